@@ -1,0 +1,194 @@
+//! Body types: what weir streams between client and upstream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// The error type of every body weir streams.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request or response body as weir passes it on: streamed or buffered.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body of these bytes.
+pub fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    full(Bytes::new())
+}
+
+/// Any body, boxed.
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// The error a [`Limited`] body fails with once it passes its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("body larger than {0} bytes")]
+pub struct TooLarge(pub u64);
+
+/// A body that fails once more than `limit` bytes have passed, and raises a flag that the
+/// request's error mapping reads (the upstream client only sees an opaque body error).
+pub struct Limited<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<B> Limited<B> {
+    /// Wraps `inner`; `tripped` is set when the limit is passed.
+    pub fn new(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+        Limited {
+            inner,
+            remaining: limit,
+            limit,
+            tripped,
+        }
+    }
+}
+
+impl<B> Body for Limited<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        this.tripped.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
+                    }
+                    this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that keeps something alive (a connection permit) until it ends or is dropped.
+pub struct Holding<B, T> {
+    inner: B,
+    held: Option<T>,
+}
+
+impl<B, T> Holding<B, T> {
+    /// Wraps `inner`, dropping `held` when the body finishes.
+    pub fn new(inner: B, held: T) -> Self {
+        Holding {
+            inner,
+            held: Some(held),
+        }
+    }
+}
+
+impl<B, T> Body for Holding<B, T>
+where
+    B: Body + Unpin,
+    T: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.held = None;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads a whole body, failing with [`TooLarge`] past `limit` bytes.
+pub async fn collect_limited<B>(body: B, limit: u64) -> Result<Bytes, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit {
+        return Err(Box::new(TooLarge(limit)));
+    }
+    let limited = Limited::new(body, limit, Arc::new(AtomicBool::new(false)));
+    Ok(limited.collect().await?.to_bytes())
+}
+
+/// Whether `err`, or any error it wraps, is a [`TooLarge`].
+pub fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<TooLarge>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limited_passes_small_and_refuses_large() {
+        let ok = collect_limited(Full::new(Bytes::from_static(b"hello")), 5).await;
+        assert_eq!(ok.unwrap(), Bytes::from_static(b"hello"));
+        let err = collect_limited(Full::new(Bytes::from_static(b"hello!")), 5)
+            .await
+            .unwrap_err();
+        assert!(is_too_large(err.as_ref()));
+    }
+
+    #[tokio::test]
+    async fn limited_sets_its_flag() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let body = Limited::new(Full::new(Bytes::from_static(b"0123456789")), 4, flag.clone());
+        assert!(body.collect().await.is_err());
+        assert!(flag.load(Ordering::Relaxed));
+    }
+}

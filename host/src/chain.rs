@@ -1,0 +1,555 @@
+//! Running a route's filter chain around the upstream call.
+//!
+//! `on-request` runs in chain order. `continue` applies the edit and keeps the memo,
+//! `respond` stops the walk (the filters already passed see `on-response`), and `wait`
+//! sleeps and asks again. The upstream is called once the walk reaches the end. Then
+//! `on-response` runs in reverse; `retry` from filter *k* re-sends through filters
+//! *k+1…N* and the upstream, with `attempt + 1`, and filter *k* then sees the new outcome.
+//! The route deadline and [`MAX_ATTEMPTS`] bound every wait and retry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use tokio::time::Instant;
+
+use crate::body::{self, ProxyBody};
+use crate::config::OnError;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::upstream::{Upstream, UpstreamPool};
+use crate::wasm::{
+    self, CallError, FilterPool, Outcome, RequestAction, RequestInfo, ResponseAction,
+};
+
+/// The most tries one request gets, whatever the filters ask.
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// A route's filters, with what they need from the host worked out once at load.
+pub struct Chain {
+    filters: Vec<Arc<FilterPool>>,
+    /// Some filter reads request bodies, or may retry (and so needs the body again).
+    buffer_request: bool,
+    /// Some filter reads response bodies.
+    buffer_response: bool,
+}
+
+impl Chain {
+    /// A chain of these filters, in order.
+    pub fn new(filters: Vec<Arc<FilterPool>>) -> Chain {
+        let buffer_request = filters
+            .iter()
+            .any(|f| f.info().wants_request_body || f.info().may_retry);
+        let buffer_response = filters.iter().any(|f| f.info().wants_response_body);
+        Chain {
+            filters,
+            buffer_request,
+            buffer_response,
+        }
+    }
+
+    /// The filters' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.filters.iter().map(|f| f.name()).collect()
+    }
+}
+
+/// Everything about one client request that the walk needs besides the message.
+pub struct Exchange<'a> {
+    /// The route's name.
+    pub route: &'a str,
+    /// The route's chain.
+    pub chain: &'a Chain,
+    /// The route's upstream.
+    pub upstream: &'a Upstream,
+    /// The shared client.
+    pub pool: &'a UpstreamPool,
+    /// The request id (`x-request-id`).
+    pub id: &'a str,
+    /// The client's address.
+    pub client_addr: String,
+    /// When the route's timeout runs out.
+    pub deadline: Instant,
+    /// The route's timeout, for error messages.
+    pub timeout: Duration,
+    /// The most body bytes weir accepts or buffers.
+    pub max_body: u64,
+}
+
+/// The request as the client sent it, with the path already rewritten for the upstream.
+pub struct Incoming {
+    /// The method.
+    pub method: Method,
+    /// The path and query to send upstream.
+    pub path_with_query: String,
+    /// The headers, hop-by-hop headers already removed.
+    pub headers: http::HeaderMap,
+    /// The body, streaming.
+    pub body: ProxyBody,
+    /// Set when the streamed body passed the size limit.
+    pub body_too_large: Arc<AtomicBool>,
+}
+
+impl Exchange<'_> {
+    /// Runs the chain and the upstream call; the error is what the client gets.
+    pub async fn run(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
+        if self.chain.filters.is_empty() {
+            return self.direct(req).await;
+        }
+        let Incoming {
+            method,
+            path_with_query,
+            headers,
+            body,
+            body_too_large,
+        } = req;
+        let body = if self.chain.buffer_request {
+            let collected = tokio::time::timeout_at(
+                self.deadline,
+                body::collect_limited(body, self.max_body),
+            )
+            .await
+            .map_err(|_| self.timeout())?;
+            match collected {
+                Ok(b) => ReqBody::Buffered(b),
+                Err(e) if body::is_too_large(e.as_ref()) => {
+                    return Err(ProxyError::BodyTooLarge {
+                        limit: self.max_body,
+                    });
+                }
+                Err(e) => return Err(ProxyError::BadRequest(format!("reading the request body: {e}"))),
+            }
+        } else {
+            ReqBody::Stream(Some(body))
+        };
+        let mut walk = Walk {
+            x: self,
+            method,
+            body,
+            body_too_large,
+            memos: vec![None; self.chain.filters.len()],
+            attempt: 1,
+        };
+        let wreq = wasm::Request {
+            method: walk.method.as_str().to_owned(),
+            upstream: self.upstream.origin.clone(),
+            path_with_query,
+            headers: headers::to_fields(&headers),
+            body: None,
+        };
+        let reply = walk.pass(0, wreq).await?;
+        reply.into_response()
+    }
+
+    /// No filters: forward as it is, with no conversion.
+    async fn direct(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut out = http::Request::new(req.body);
+        *out.method_mut() = req.method;
+        *out.uri_mut() = self.upstream.uri(&req.path_with_query)?;
+        *out.headers_mut() = req.headers;
+        self.finish_request(out.headers_mut());
+        match self
+            .pool
+            .send(self.upstream, out, self.deadline, self.timeout_ms())
+            .await
+        {
+            Ok(mut resp) => {
+                headers::strip_hop_by_hop(resp.headers_mut());
+                Ok(resp)
+            }
+            Err(f) if req.body_too_large.load(Ordering::Relaxed) => {
+                drop(f);
+                Err(ProxyError::BodyTooLarge {
+                    limit: self.max_body,
+                })
+            }
+            Err(f) => Err(f.error),
+        }
+    }
+
+    fn finish_request(&self, headers: &mut http::HeaderMap) {
+        if let Ok(v) = HeaderValue::from_str(self.id) {
+            headers.insert("x-request-id", v);
+        }
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.timeout.as_millis() as u64
+    }
+
+    fn timeout(&self) -> ProxyError {
+        ProxyError::Timeout {
+            timeout_ms: self.timeout_ms(),
+        }
+    }
+
+    fn info(&self, attempt: u32) -> RequestInfo {
+        RequestInfo {
+            id: self.id.to_owned(),
+            route: self.route.to_owned(),
+            attempt,
+            remaining_ms: self
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+            client_addr: self.client_addr.clone(),
+        }
+    }
+
+    /// Sleeps `ms`, unless that would pass the deadline.
+    async fn sleep_within_deadline(&self, ms: u32) -> Result<(), ProxyError> {
+        let until = Instant::now() + Duration::from_millis(u64::from(ms));
+        if until > self.deadline {
+            return Err(self.timeout());
+        }
+        tokio::time::sleep_until(until).await;
+        Ok(())
+    }
+}
+
+enum ReqBody {
+    Buffered(Bytes),
+    /// Streamed to the upstream once; `None` after it was sent.
+    Stream(Option<ProxyBody>),
+}
+
+/// What came back: the WIT outcome, the upstream body if it is still streaming, and the
+/// error the client gets if the outcome is an error.
+struct Reply {
+    outcome: Outcome,
+    stream: Option<ProxyBody>,
+    error: Option<ProxyError>,
+}
+
+impl Reply {
+    fn respond(resp: wasm::Response) -> Result<Reply, String> {
+        StatusCode::from_u16(resp.status)
+            .map_err(|_| format!("invalid status {}", resp.status))?;
+        for (n, v) in &resp.headers {
+            headers::validate(n, v)?;
+        }
+        Ok(Reply {
+            outcome: Outcome::Response(resp),
+            stream: None,
+            error: None,
+        })
+    }
+
+    /// The JSON error response as a reply, so filters before the failing one still see a
+    /// response.
+    fn error(err: &ProxyError, route: &str, id: &str) -> Reply {
+        let body = serde_json::json!({
+            "error": err.code(),
+            "message": err.to_string(),
+            "route": route,
+            "request_id": id,
+        });
+        let mut text = serde_json::to_vec(&body).unwrap_or_default();
+        text.push(b'\n');
+        Reply {
+            outcome: Outcome::Response(wasm::Response {
+                status: err.status().as_u16(),
+                headers: vec![("content-type".into(), b"application/json".to_vec())],
+                body: Some(text),
+            }),
+            stream: None,
+            error: None,
+        }
+    }
+
+    fn into_response(self) -> Result<Response<ProxyBody>, ProxyError> {
+        match self.outcome {
+            Outcome::Response(r) => {
+                let body = match (self.stream, r.body) {
+                    (Some(s), _) => s,
+                    (None, Some(b)) => body::full(Bytes::from(b)),
+                    (None, None) => body::empty(),
+                };
+                let mut resp = Response::new(body);
+                *resp.status_mut() =
+                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                *resp.headers_mut() = headers::from_fields(&r.headers);
+                if resp.body().size_hint().exact().is_some() {
+                    // The filters may have changed the body; let hyper set the length.
+                    resp.headers_mut().remove(header::CONTENT_LENGTH);
+                }
+                Ok(resp)
+            }
+            Outcome::Error(_) => Err(self.error.unwrap_or(ProxyError::UpstreamBroken {
+                upstream: String::new(),
+                detail: "no response".into(),
+            })),
+        }
+    }
+}
+
+/// One request's walk through the chain.
+struct Walk<'x, 'a> {
+    x: &'x Exchange<'a>,
+    method: Method,
+    body: ReqBody,
+    body_too_large: Arc<AtomicBool>,
+    memos: Vec<Option<Vec<u8>>>,
+    attempt: u32,
+}
+
+impl Walk<'_, '_> {
+    /// Runs filters `from..` and the upstream with `req`, then `on-response` back down
+    /// to `from`.
+    async fn pass(&mut self, from: usize, mut req: wasm::Request) -> Result<Reply, ProxyError> {
+        let filters = &self.x.chain.filters;
+        let mut snapshots: Vec<Option<wasm::Request>> = vec![None; filters.len()];
+        let mut passed = from;
+        let mut early = None;
+        'walk: for (k, f) in filters.iter().enumerate().skip(from) {
+            loop {
+                match self.on_request(f, &mut req).await {
+                    Step::Go(memo) => {
+                        self.memos[k] = memo;
+                        break;
+                    }
+                    Step::Stop(reply) => {
+                        early = Some(reply);
+                        break 'walk;
+                    }
+                    Step::Wait(ms) => self.x.sleep_within_deadline(ms.max(1)).await?,
+                }
+            }
+            if f.info().may_retry {
+                snapshots[k] = Some(req.clone());
+            }
+            passed = k + 1;
+        }
+        let mut reply = match early {
+            Some(r) => r,
+            None => self.send(&req).await?,
+        };
+        let mut k = passed;
+        while k > from {
+            k -= 1;
+            let f = &filters[k];
+            match self.on_response(f, k, &req, &mut reply).await {
+                ResponseAction::Continue(None) => {}
+                ResponseAction::Continue(Some(edit)) => {
+                    if let Outcome::Response(r) = &mut reply.outcome {
+                        if let Err(e) = headers::apply_edit(&mut r.headers, edit.set_headers, &edit.remove_headers) {
+                            reply = self.misbehaved(f, &e, reply);
+                        }
+                    }
+                }
+                ResponseAction::Respond(resp) => {
+                    reply = match Reply::respond(resp) {
+                        Ok(r) => r,
+                        Err(e) => self.misbehaved(f, &e, reply),
+                    };
+                }
+                ResponseAction::Retry(ms) => {
+                    let Some(snapshot) = snapshots[k].clone() else {
+                        continue;
+                    };
+                    if self.attempt >= MAX_ATTEMPTS
+                        || matches!(self.body, ReqBody::Stream(_))
+                        || self.x.sleep_within_deadline(ms).await.is_err()
+                    {
+                        continue;
+                    }
+                    self.attempt += 1;
+                    reply = Box::pin(self.pass(k + 1, snapshot)).await?;
+                    // Filter k sees the new outcome next.
+                    k += 1;
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn on_request(&mut self, f: &FilterPool, req: &mut wasm::Request) -> Step {
+        if f.info().wants_request_body {
+            if let ReqBody::Buffered(b) = &self.body {
+                req.body = Some(b.to_vec());
+            }
+        }
+        let info = self.x.info(self.attempt);
+        let result = f.on_request(&info, req).await;
+        req.body = None;
+        match result {
+            Ok(RequestAction::Continue((edit, memo))) => {
+                if let Some(edit) = edit {
+                    if let Err(e) = self.apply_request_edit(req, edit) {
+                        return self.failed_request(f, CallError::Trap(format!("invalid request edit: {e}")));
+                    }
+                }
+                Step::Go(memo)
+            }
+            Ok(RequestAction::Respond(resp)) => match Reply::respond(resp) {
+                Ok(r) => Step::Stop(r),
+                Err(e) => self.failed_request(f, CallError::Trap(format!("invalid response: {e}"))),
+            },
+            Ok(RequestAction::Wait(ms)) => Step::Wait(ms),
+            Err(e) => self.failed_request(f, e),
+        }
+    }
+
+    fn apply_request_edit(&mut self, req: &mut wasm::Request, edit: wasm::RequestEdit) -> Result<(), String> {
+        headers::apply_edit(&mut req.headers, edit.set_headers, &edit.remove_headers)?;
+        if let Some(pq) = edit.path_with_query {
+            if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
+                return Err(format!("invalid path {pq:?}"));
+            }
+            req.path_with_query = pq;
+        }
+        if let Some(b) = edit.body {
+            self.body = ReqBody::Buffered(Bytes::from(b));
+        }
+        Ok(())
+    }
+
+    fn failed_request(&self, f: &FilterPool, e: CallError) -> Step {
+        match f.on_error() {
+            OnError::FailOpen => Step::Go(None),
+            OnError::FailClosed => Step::Stop(Reply::error(
+                &ProxyError::FilterFailed {
+                    filter: f.name().to_owned(),
+                    detail: e.to_string(),
+                },
+                self.x.route,
+                self.x.id,
+            )),
+        }
+    }
+
+    /// A filter's `on-response` answer was invalid: fail open or closed, as configured.
+    fn misbehaved(&self, f: &FilterPool, detail: &str, reply: Reply) -> Reply {
+        tracing::warn!(route = %self.x.route, filter = %f.name(), "{detail}");
+        match f.on_error() {
+            OnError::FailOpen => reply,
+            OnError::FailClosed => Reply::error(
+                &ProxyError::FilterFailed {
+                    filter: f.name().to_owned(),
+                    detail: detail.to_owned(),
+                },
+                self.x.route,
+                self.x.id,
+            ),
+        }
+    }
+
+    async fn on_response(
+        &mut self,
+        f: &FilterPool,
+        k: usize,
+        req: &wasm::Request,
+        reply: &mut Reply,
+    ) -> ResponseAction {
+        // Only filters that asked for the body get it.
+        let hidden = match (&mut reply.outcome, f.info().wants_response_body) {
+            (Outcome::Response(r), false) => r.body.take(),
+            _ => None,
+        };
+        let info = self.x.info(self.attempt);
+        let result = f
+            .on_response(&info, req, self.memos[k].as_deref(), &reply.outcome)
+            .await;
+        if let (Outcome::Response(r), Some(b)) = (&mut reply.outcome, hidden) {
+            r.body = Some(b);
+        }
+        match result {
+            Ok(action) => action,
+            Err(e) => match f.on_error() {
+                OnError::FailOpen => ResponseAction::Continue(None),
+                OnError::FailClosed => {
+                    *reply = Reply::error(
+                        &ProxyError::FilterFailed {
+                            filter: f.name().to_owned(),
+                            detail: e.to_string(),
+                        },
+                        self.x.route,
+                        self.x.id,
+                    );
+                    ResponseAction::Continue(None)
+                }
+            },
+        }
+    }
+
+    /// Calls the upstream with the request as the chain left it.
+    async fn send(&mut self, req: &wasm::Request) -> Result<Reply, ProxyError> {
+        let body = match &mut self.body {
+            ReqBody::Buffered(b) => body::full(b.clone()),
+            ReqBody::Stream(s) => s.take().unwrap_or_else(body::empty),
+        };
+        let mut out = http::Request::new(body);
+        *out.method_mut() = self.method.clone();
+        *out.uri_mut() = self.x.upstream.uri(&req.path_with_query)?;
+        let mut h = headers::from_fields(&req.headers);
+        headers::prepare_upstream(&mut h);
+        *out.headers_mut() = h;
+        self.x.finish_request(out.headers_mut());
+        let sent = self
+            .x
+            .pool
+            .send(self.x.upstream, out, self.x.deadline, self.x.timeout_ms())
+            .await;
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(_) if self.body_too_large.load(Ordering::Relaxed) => {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: self.x.max_body,
+                });
+            }
+            Err(f) => {
+                return Ok(Reply {
+                    outcome: Outcome::Error(f.kind),
+                    stream: None,
+                    error: Some(f.error),
+                });
+            }
+        };
+        headers::strip_hop_by_hop(resp.headers_mut());
+        let (parts, stream) = resp.into_parts();
+        let (body, stream) = if self.x.chain.buffer_response {
+            let limit = self.x.max_body;
+            match tokio::time::timeout_at(self.x.deadline, body::collect_limited(stream, limit)).await {
+                Err(_) => return Err(self.x.timeout()),
+                Ok(Ok(b)) => (Some(b.to_vec()), None),
+                Ok(Err(e)) if body::is_too_large(e.as_ref()) => {
+                    let filter = self
+                        .x
+                        .chain
+                        .filters
+                        .iter()
+                        .find(|f| f.info().wants_response_body)
+                        .map(|f| f.name().to_owned())
+                        .unwrap_or_default();
+                    return Err(ProxyError::ResponseTooLarge { filter, limit });
+                }
+                Ok(Err(e)) => {
+                    return Err(ProxyError::UpstreamBroken {
+                        upstream: self.x.upstream.origin.clone(),
+                        detail: format!("reading the response body: {e}"),
+                    });
+                }
+            }
+        } else {
+            (None, Some(stream))
+        };
+        Ok(Reply {
+            outcome: Outcome::Response(wasm::Response {
+                status: parts.status.as_u16(),
+                headers: headers::to_fields(&parts.headers),
+                body,
+            }),
+            stream,
+            error: None,
+        })
+    }
+}
+
+enum Step {
+    Go(Option<Vec<u8>>),
+    Stop(Reply),
+    Wait(u32),
+}

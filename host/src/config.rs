@@ -1,0 +1,858 @@
+//! The TOML configuration: parsing, validation and error locations.
+//!
+//! Parsing happens in two steps. Serde turns the text into [`RawConfig`], rejecting unknown
+//! keys and malformed values (durations, sizes, addresses, URLs) at their line and column.
+//! [`Config::validate`] then checks what one value cannot know alone: that every route names
+//! an upstream and filters that exist. Both steps report [`ConfigError`]s that name the file,
+//! line and column, so `weir check` can print every problem at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use toml::Spanned;
+
+use crate::wasm::builtin;
+
+/// Every problem found in one config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {message}", .pos.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file, as given on the command line.
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub pos: Option<(usize, usize)>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// A duration written as `"250ms"`, `"2s"`, `"1m"` or `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl TryFrom<String> for HumanDuration {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("invalid duration {s:?}: expected a number and a unit, like \"250ms\", \"2s\", \"1m\" or \"1h\"");
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?;
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(bad()),
+        };
+        Duration::try_from_secs_f64(secs)
+            .map(HumanDuration)
+            .map_err(|_| bad())
+    }
+}
+
+/// A size in bytes: an integer, or a string such as `"64KiB"`, `"10MiB"`, `"1GiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 65536, \"64KiB\", \"10MiB\" or \"1GiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                parse_size(s).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number and a unit such as \"64KiB\", \"10MiB\" or \"1GiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1 << 10,
+        "MiB" | "MB" | "M" => 1 << 20,
+        "GiB" | "GB" | "G" => 1 << 30,
+        other => return Err(format!("invalid size {s:?}: unknown unit {other:?}; use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// A socket address such as `"127.0.0.1:8080"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ListenAddr(pub SocketAddr);
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map(ListenAddr).map_err(|_| {
+            format!("invalid address {s:?}: expected an IP address and a port, like \"127.0.0.1:8080\"")
+        })
+    }
+}
+
+/// An upstream origin: `http://host[:port]` or `https://host[:port]`, nothing after it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Origin {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// `host[:port]`.
+    pub authority: http::uri::Authority,
+}
+
+impl Origin {
+    /// Whether connections use TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == http::uri::Scheme::HTTPS
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+impl TryFrom<String> for Origin {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| format!("invalid url {s:?}: {e}"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => http::uri::Scheme::HTTP,
+            Some("https") => http::uri::Scheme::HTTPS,
+            _ => return Err(format!("invalid url {s:?}: the scheme must be http or https")),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("invalid url {s:?}: no host"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "invalid url {s:?}: an upstream is an origin (scheme, host, port) without a path; use a route's `strip_prefix` and paths instead"
+            ));
+        }
+        if authority.as_str().contains('@') {
+            return Err(format!("invalid url {s:?}: credentials in the url are not allowed; use the `headers` or `auth` filter"));
+        }
+        Ok(Origin { scheme, authority })
+    }
+}
+
+/// What a filter does when its guest traps, times out or runs out of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Answer 503 with a JSON body naming the filter.
+    #[default]
+    FailClosed,
+    /// Skip the filter and go on.
+    FailOpen,
+}
+
+/// The file as written, before cross-checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The proxy listener.
+    pub listen: Listen,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// The state backend.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// The wasm runtime's process-wide settings.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Upstreams by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    /// Filters by name: custom ones, or settings for built-in ones.
+    #[serde(default)]
+    pub filters: BTreeMap<String, Spanned<FilterConfig>>,
+    /// Routes, tried in order.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Where to accept client connections. Port 0 picks a free port.
+    pub addr: ListenAddr,
+    /// TLS for clients; plain HTTP (with h2c) when absent.
+    #[serde(default)]
+    pub tls: Option<ListenTls>,
+    /// The largest request head (request line and headers) accepted; larger gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// The largest request body accepted; larger gets 413. Also the most weir buffers.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: ByteSize,
+    /// How long a client may take to send the request head.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: HumanDuration,
+}
+
+/// `[listen] tls`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    /// PEM certificate chain, relative to the config file.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it signed.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Where the admin endpoints listen.
+    pub addr: ListenAddr,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `memory` (the only backend so far).
+    #[serde(default)]
+    pub backend: StateBackendKind,
+    /// The most memory the store may hold (keys and values); a full store evicts by LRU.
+    #[serde(default = "defaults::state_max_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackendKind::Memory,
+            max_bytes: defaults::state_max_bytes(),
+        }
+    }
+}
+
+/// Which state backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateBackendKind {
+    /// An in-process map with TTLs.
+    #[default]
+    Memory,
+}
+
+/// `[runtime]`: process-wide wasm settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; defaults to `$XDG_CACHE_HOME/weir` or
+    /// `~/.cache/weir`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The origin, e.g. `https://api.example.com`.
+    pub url: Origin,
+    /// How long a TCP connect and TLS handshake may take.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// The most requests in flight to this upstream; more wait, then get 503.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    /// TLS settings for an https upstream.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstreams.NAME] tls`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA bundle to trust instead of the public roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain to present.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// `[filters.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The component, relative to the config file. Absent for a built-in filter.
+    #[serde(default)]
+    pub wasm: Option<PathBuf>,
+    /// What to do when the guest fails.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Config for every route that uses the filter; a route's own config is merged on top.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    /// The most linear memory one instance may use.
+    #[serde(default = "defaults::max_memory")]
+    pub max_memory: ByteSize,
+    /// The most time one call into the filter may take.
+    #[serde(default = "defaults::max_call_time")]
+    pub max_call_time: HumanDuration,
+    /// The most instances per route (concurrent calls); more calls wait for one.
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: u32,
+    /// Instances created and initialised at load, before traffic.
+    #[serde(default = "defaults::min_instances")]
+    pub min_instances: u32,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            wasm: None,
+            on_error: OnError::default(),
+            config: None,
+            max_memory: defaults::max_memory(),
+            max_call_time: defaults::max_call_time(),
+            max_instances: defaults::max_instances(),
+            min_instances: defaults::min_instances(),
+        }
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A unique name, used in logs, metrics and errors.
+    pub name: String,
+    /// Which requests this route takes; everything when absent.
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    /// The upstream's name.
+    pub upstream: Spanned<String>,
+    /// Remove the matched `path_prefix` before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// The deadline for the whole request, retries included.
+    #[serde(default = "defaults::route_timeout")]
+    pub timeout: HumanDuration,
+    /// The filter chain, in order.
+    #[serde(default)]
+    pub filters: Vec<Spanned<FilterUse>>,
+}
+
+/// `[[routes]] match`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// The `Host` (or `:authority`) without port; `*.example.com` matches subdomains.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The path must start with this.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The method must be one of these.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Each header must be present with exactly this value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One entry of a route's `filters`: `"name"` or `{ use = "name", config = { … } }`.
+#[derive(Debug, Clone)]
+pub struct FilterUse {
+    /// The filter's name.
+    pub name: String,
+    /// This route's config for it, merged over the filter's own.
+    pub config: Option<serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for FilterUse {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            #[serde(rename = "use")]
+            name: String,
+            #[serde(default)]
+            config: Option<serde_json::Value>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FilterUse;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a filter name, or a table { use = \"name\", config = { … } }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<FilterUse, E> {
+                Ok(FilterUse {
+                    name: s.to_owned(),
+                    config: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FilterUse, A::Error> {
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(FilterUse {
+                    name: t.name,
+                    config: t.config,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+mod defaults {
+    use super::{ByteSize, HumanDuration};
+    use std::time::Duration;
+
+    pub fn max_header_bytes() -> ByteSize {
+        ByteSize(64 << 10)
+    }
+    pub fn max_body_bytes() -> ByteSize {
+        ByteSize(10 << 20)
+    }
+    pub fn header_read_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    pub fn drain_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub fn state_max_bytes() -> ByteSize {
+        ByteSize(64 << 20)
+    }
+    pub fn connect_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(2))
+    }
+    pub fn max_connections() -> u32 {
+        100
+    }
+    pub fn max_memory() -> ByteSize {
+        ByteSize(64 << 20)
+    }
+    pub fn max_call_time() -> HumanDuration {
+        HumanDuration(Duration::from_millis(100))
+    }
+    pub fn max_instances() -> u32 {
+        64
+    }
+    pub fn min_instances() -> u32 {
+        2
+    }
+    pub fn route_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+}
+
+/// The largest memory cap a filter may ask for; the pooling allocator reserves this much
+/// address space per memory slot.
+pub const MAX_FILTER_MEMORY: u64 = 1 << 30;
+
+/// A validated config: every name resolves, every path is absolute.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The file's text, to place later errors.
+    pub text: String,
+    /// The parsed file, with paths made absolute.
+    pub raw: RawConfig,
+}
+
+/// Where a filter's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FilterSource {
+    /// A component compiled into the weir binary.
+    Builtin(&'static str),
+    /// A `.wasm` file.
+    File(PathBuf),
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                pos: None,
+                message: format!("cannot read config: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates `text`, which came from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+            file: path.to_owned(),
+            pos: span.map(|s| line_col(text, s.start)),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![at(e.span(), e.message().trim().to_owned())]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut errors = Vec::new();
+        let raw = validate(raw, base, &mut |span, msg| errors.push(at(Some(span), msg)));
+        if errors.is_empty() {
+            Ok(Config {
+                path: path.to_owned(),
+                text: text.to_owned(),
+                raw,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// An error about this file, placed at `span` when known.
+    pub fn error_at(&self, span: Option<std::ops::Range<usize>>, message: String) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            pos: span.map(|s| line_col(&self.text, s.start)),
+            message,
+        }
+    }
+
+    /// Where the named filter's component comes from.
+    pub fn filter_source(&self, name: &str) -> FilterSource {
+        match self.raw.filters.get(name).and_then(|f| f.get_ref().wasm.clone()) {
+            Some(path) => FilterSource::File(path),
+            None => FilterSource::Builtin(
+                builtin::lookup(name)
+                    .map(|b| b.name)
+                    .expect("validate() checked that filters without wasm are built in"),
+            ),
+        }
+    }
+
+    /// The settings of the named filter: its `[filters.NAME]` table, or the defaults.
+    pub fn filter_settings(&self, name: &str) -> FilterConfig {
+        self.raw
+            .filters
+            .get(name)
+            .map(|f| f.get_ref().clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Cross-checks the parsed file. `err` receives each problem with its byte span.
+fn validate(
+    mut raw: RawConfig,
+    base: &Path,
+    err: &mut dyn FnMut(std::ops::Range<usize>, String),
+) -> RawConfig {
+    let abs = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    if let Some(tls) = &mut raw.listen.tls {
+        abs(&mut tls.cert);
+        abs(&mut tls.key);
+        if let Some(ca) = &mut tls.client_ca {
+            abs(ca);
+        }
+    }
+    if let Some(dir) = &mut raw.runtime.cache_dir {
+        abs(dir);
+    }
+    let mut origins: BTreeMap<String, &str> = BTreeMap::new();
+    for (name, up) in raw.upstreams.iter_mut() {
+        let span = up.span();
+        let up = up.get_mut();
+        if up.max_connections == 0 {
+            err(span.clone(), format!("upstream `{name}`: max_connections must be at least 1"));
+        }
+        if let Some(tls) = &mut up.tls {
+            if !up.url.is_https() {
+                err(span.clone(), format!("upstream `{name}`: `tls` is set but the url is not https"));
+            }
+            for p in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key].into_iter().flatten() {
+                abs(p);
+            }
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                err(span.clone(), format!("upstream `{name}`: `client_cert` and `client_key` go together"));
+            }
+        }
+        if let Some(other) = origins.insert(up.url.to_string(), name) {
+            err(span, format!("upstream `{name}` has the same url as upstream `{other}`; use one upstream for both"));
+        }
+    }
+    for (name, f) in raw.filters.iter_mut() {
+        let span = f.span();
+        let f = f.get_mut();
+        match &mut f.wasm {
+            Some(p) => abs(p),
+            None if builtin::lookup(name).is_none() => err(
+                span.clone(),
+                format!(
+                    "filter `{name}` has no `wasm` path and is not a built-in filter (built-in: {})",
+                    builtin::names().join(", ")
+                ),
+            ),
+            None => {}
+        }
+        if f.max_memory.0 == 0 || f.max_memory.0 > MAX_FILTER_MEMORY {
+            err(span.clone(), format!("filter `{name}`: max_memory must be between 1 byte and 1GiB"));
+        }
+        if f.max_instances == 0 {
+            err(span.clone(), format!("filter `{name}`: max_instances must be at least 1"));
+        }
+        if f.min_instances > f.max_instances {
+            err(span.clone(), format!("filter `{name}`: min_instances ({}) is more than max_instances ({})", f.min_instances, f.max_instances));
+        }
+        if f.max_call_time.0.is_zero() {
+            err(span.clone(), format!("filter `{name}`: max_call_time must be more than zero"));
+        }
+        if let Some(c) = &f.config {
+            if !c.is_object() {
+                err(span, format!("filter `{name}`: `config` must be a table"));
+            }
+        }
+    }
+    let mut route_names = std::collections::BTreeSet::new();
+    for route in &raw.routes {
+        let span = route.span();
+        let r = route.get_ref();
+        if !route_names.insert(r.name.clone()) {
+            err(span.clone(), format!("route `{}` is defined twice; route names must be unique", r.name));
+        }
+        if r.name.is_empty() {
+            err(span.clone(), "a route's name must not be empty".to_owned());
+        }
+        if !raw.upstreams.contains_key(r.upstream.get_ref()) {
+            err(
+                r.upstream.span(),
+                format!(
+                    "route `{}`: unknown upstream `{}` (defined: {})",
+                    r.name,
+                    r.upstream.get_ref(),
+                    list_or_none(raw.upstreams.keys())
+                ),
+            );
+        }
+        if r.strip_prefix && r.matcher.path_prefix.is_none() {
+            err(span.clone(), format!("route `{}`: `strip_prefix` needs `match.path_prefix`", r.name));
+        }
+        if let Some(p) = &r.matcher.path_prefix {
+            if !p.starts_with('/') {
+                err(span.clone(), format!("route `{}`: `match.path_prefix` must start with `/`", r.name));
+            }
+        }
+        if let Some(methods) = &r.matcher.methods {
+            for m in methods {
+                if http::Method::from_bytes(m.as_bytes()).is_err() || m.to_ascii_uppercase() != *m {
+                    err(span.clone(), format!("route `{}`: invalid method {m:?}: use upper case, like \"GET\"", r.name));
+                }
+            }
+        }
+        for name in r.matcher.headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                err(span.clone(), format!("route `{}`: invalid header name {name:?} in `match.headers`", r.name));
+            }
+        }
+        if r.timeout.0.is_zero() {
+            err(span.clone(), format!("route `{}`: timeout must be more than zero", r.name));
+        }
+        for f in &r.filters {
+            let name = &f.get_ref().name;
+            let known = raw.filters.contains_key(name) || builtin::lookup(name).is_some();
+            if !known {
+                err(
+                    f.span(),
+                    format!(
+                        "route `{}`: unknown filter `{name}`: define [filters.{name}] with a `wasm` path, or use a built-in filter ({})",
+                        r.name,
+                        builtin::names().join(", ")
+                    ),
+                );
+            }
+            if let Some(c) = &f.get_ref().config {
+                if !c.is_object() {
+                    err(f.span(), format!("route `{}`: the config of filter `{name}` must be a table", r.name));
+                }
+            }
+        }
+    }
+    raw
+}
+
+fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<_> = names.map(|n| format!("`{n}`")).collect();
+    if v.is_empty() { "none".to_owned() } else { v.join(", ") }
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Merges `over` into `base`: tables merge key by key, anything else replaces.
+pub fn merge_json(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge_json(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("/etc/weir/weir.toml"), text)
+    }
+
+    const MIN: &str = r#"
+[listen]
+addr = "127.0.0.1:8080"
+[upstreams.api]
+url = "https://api.example.com"
+[[routes]]
+name = "all"
+upstream = "api"
+"#;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(HumanDuration::try_from("250ms".to_owned()).unwrap().0, Duration::from_millis(250));
+        assert_eq!(HumanDuration::try_from("2s".to_owned()).unwrap().0, Duration::from_secs(2));
+        assert_eq!(HumanDuration::try_from("1.5m".to_owned()).unwrap().0, Duration::from_secs(90));
+        assert!(HumanDuration::try_from("2".to_owned()).is_err());
+        assert!(HumanDuration::try_from("2 weeks".to_owned()).is_err());
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert!(parse_size("10XB").is_err());
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        let r = c.raw.routes[0].get_ref();
+        assert_eq!(r.timeout.0, Duration::from_secs(30));
+        assert_eq!(c.raw.upstreams["api"].get_ref().max_connections, 100);
+        assert_eq!(c.raw.listen.max_body_bytes.0, 10 << 20);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let err = parse(&format!("{MIN}bogus = 1\n")).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(err.0[0].message.contains("unknown field `bogus`"), "{}", err);
+        assert!(err.0[0].pos.is_some());
+    }
+
+    #[test]
+    fn unknown_upstream_and_filter_are_all_reported() {
+        let text = r#"
+[listen]
+addr = "127.0.0.1:8080"
+[[routes]]
+name = "r"
+upstream = "nope"
+filters = ["headers", "mystery"]
+"#;
+        let err = parse(text).unwrap_err();
+        let msgs: Vec<_> = err.0.iter().map(|e| (e.pos, e.message.as_str())).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert_eq!(msgs[0].0, Some((6, 12)));
+        assert!(msgs[0].1.contains("unknown upstream `nope`"));
+        assert_eq!(msgs[1].0, Some((7, 23)));
+        assert!(msgs[1].1.contains("unknown filter `mystery`"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let text = format!("{MIN}[filters.custom]\nwasm = \"f/custom.wasm\"\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.filter_source("custom"),
+            FilterSource::File(PathBuf::from("/etc/weir/f/custom.wasm"))
+        );
+        assert_eq!(c.filter_source("headers"), FilterSource::Builtin("headers"));
+    }
+
+    #[test]
+    fn filter_use_forms() {
+        let text = format!(
+            "{MIN}filters = [\"headers\", {{ use = \"headers\", config = {{ a = 1 }} }}]\n"
+        );
+        let c = parse(&text).unwrap();
+        let fs = &c.raw.routes[0].get_ref().filters;
+        assert_eq!(fs.len(), 2);
+        assert_eq!(fs[1].get_ref().config, Some(serde_json::json!({"a": 1})));
+        let bad = format!("{MIN}filters = [{{ name = \"headers\" }}]\n");
+        assert!(parse(&bad).unwrap_err().to_string().contains("unknown field `name`"));
+    }
+
+    #[test]
+    fn json_merge_is_deep() {
+        let mut a = serde_json::json!({"x": {"y": 1, "z": 2}, "k": 1});
+        merge_json(&mut a, &serde_json::json!({"x": {"y": 5}, "n": true}));
+        assert_eq!(a, serde_json::json!({"x": {"y": 5, "z": 2}, "k": 1, "n": true}));
+    }
+}

@@ -1,0 +1,127 @@
+//! Header plumbing shared by the request path: hop-by-hop removal and conversion between
+//! `http::HeaderMap` and the WIT `fields` list.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1, which a proxy never forwards.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Prepares client request headers for the upstream: no hop-by-hop headers, no `Host`
+/// (the client sets the upstream's), no `Content-Length` (recomputed from the body).
+pub fn prepare_upstream(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+}
+
+/// The WIT form: (lowercase name, value bytes) in order.
+pub fn to_fields(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Back to a `HeaderMap`. Entries were validated when they entered the chain.
+pub fn from_fields(fields: &[(String, Vec<u8>)]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for (n, v) in fields {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// Checks one header a filter wants to set; the error says what is wrong with it.
+pub fn validate(name: &str, value: &[u8]) -> Result<(), String> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header {name:?}"))?;
+    Ok(())
+}
+
+/// Applies a filter's header edit to `fields`: removals first, then sets, each replacing
+/// every existing value of its name.
+pub fn apply_edit(
+    fields: &mut Vec<(String, Vec<u8>)>,
+    set: Vec<(String, Vec<u8>)>,
+    remove: &[String],
+) -> Result<(), String> {
+    for (n, v) in &set {
+        validate(n, v)?;
+    }
+    fields.retain(|(n, _)| {
+        !remove.iter().any(|r| r.eq_ignore_ascii_case(n))
+            && !set.iter().any(|(s, _)| s.eq_ignore_ascii_case(n))
+    });
+    fields.extend(set.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::HOST, HeaderValue::from_static("weir.local"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        prepare_upstream(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn edits_replace_and_remove_case_insensitively() {
+        let mut f = vec![
+            ("x-a".to_owned(), b"1".to_vec()),
+            ("x-a".to_owned(), b"2".to_vec()),
+            ("cookie".to_owned(), b"c".to_vec()),
+        ];
+        apply_edit(&mut f, vec![("X-A".into(), b"3".to_vec())], &["COOKIE".into()]).unwrap();
+        assert_eq!(f, vec![("x-a".to_owned(), b"3".to_vec())]);
+        assert!(apply_edit(&mut f, vec![("bad name".into(), b"v".to_vec())], &[]).is_err());
+        assert!(apply_edit(&mut f, vec![("x-b".into(), b"a\r\nb".to_vec())], &[]).is_err());
+    }
+
+    #[test]
+    fn fields_round_trip() {
+        let mut h = HeaderMap::new();
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let back = from_fields(&to_fields(&h));
+        assert_eq!(back.get_all("x-a").iter().count(), 2);
+    }
+}

@@ -1,0 +1,190 @@
+//! weir: an egress proxy that runs WebAssembly-component filters.
+//!
+//! An application sends its outbound HTTP calls to weir. weir matches each call to a
+//! route, runs the route's chain of filters (retry, breaker, limiter, cache, auth, or a
+//! team's own, each a component built against `wit/`), and forwards the call over one
+//! shared, pooled, TLS-verifying upstream client.
+//!
+//! Using the library:
+//!
+//! 1. [`config::Config::load`] reads and validates a TOML file; its errors carry file,
+//!    line and column.
+//! 2. [`Server::start`] builds the wasm runtime, loads and initialises every filter,
+//!    binds the listeners and returns their addresses.
+//! 3. [`Server::run`] serves until the shutdown future resolves, then drains.
+//!
+//! [`check`] does steps 1 and 2 without binding, for `weir check`.
+//!
+//! The modules follow a request's path: [`listener`] accepts it, [`router`] picks the
+//! route, [`chain`] runs the filters (through [`wasm`]) around the [`upstream`] call, and
+//! [`error`] turns any failure into a JSON response.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod body;
+pub mod chain;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod listener;
+pub mod router;
+pub mod state;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;
+pub mod wasm;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ConfigError, StateBackendKind};
+use crate::listener::Proxy;
+use crate::router::Router;
+use crate::state::{MemoryBackend, StateBackend};
+use crate::telemetry::Telemetry;
+use crate::wasm::Runtime;
+
+/// How often the memory state backend drops expired entries.
+const STATE_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Why weir could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config, or something it names, is wrong.
+    #[error("{}", config::ConfigErrors(.0.clone()))]
+    Config(Vec<ConfigError>),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process could not set something up (metrics registry, engine).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A started weir: listeners bound, filters ready.
+pub struct Server {
+    config: Config,
+    proxy: Arc<Proxy>,
+    telemetry: Arc<Telemetry>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    admin: Option<TcpListener>,
+    // Kept alive for the filters' sake: pools hold the runtime, the runtime the state.
+    _runtime: Arc<Runtime>,
+}
+
+/// Everything `check` and `start` share: the runtime and a built route table.
+async fn prepare(
+    config: &Config,
+) -> Result<(Arc<Runtime>, Router, Arc<Telemetry>, Option<TlsAcceptor>), StartError> {
+    let telemetry = Telemetry::new().map_err(|e| StartError::Internal(e.to_string()))?;
+    let state: Arc<dyn StateBackend> = match config.raw.state.backend {
+        StateBackendKind::Memory => {
+            let m = MemoryBackend::new(config.raw.state.max_bytes.0);
+            m.spawn_sweeper(STATE_SWEEP_EVERY);
+            m
+        }
+    };
+    let cache_dir = config
+        .raw
+        .runtime
+        .cache_dir
+        .clone()
+        .or_else(Runtime::default_cache_dir);
+    let runtime = Runtime::new(cache_dir.as_deref(), state, telemetry.filters.clone())
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+    let mut errors = Vec::new();
+    let tls = match &config.raw.listen.tls {
+        None => None,
+        Some(t) => match tls::server_config(t) {
+            Ok(cfg) => Some(TlsAcceptor::from(cfg)),
+            Err(e) => {
+                errors.push(config.error_at(None, e.to_string()));
+                None
+            }
+        },
+    };
+    let router = match Router::build(config, &runtime).await {
+        Ok(r) => Some(r),
+        Err(mut e) => {
+            errors.append(&mut e);
+            None
+        }
+    };
+    match router {
+        Some(router) if errors.is_empty() => Ok((runtime, router, telemetry, tls)),
+        _ => Err(StartError::Config(errors)),
+    }
+}
+
+/// Validates `config` fully: loads every filter and calls each `init`.
+pub async fn check(config: &Config) -> Result<(), StartError> {
+    prepare(config).await.map(drop)
+}
+
+impl Server {
+    /// Loads everything and binds the listeners.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let (runtime, router, telemetry, tls) = prepare(&config).await?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let listener = bind(config.raw.listen.addr.0).await?;
+        let admin = match &config.raw.admin {
+            Some(a) => Some(bind(a.addr.0).await?),
+            None => None,
+        };
+        let proxy = Proxy::new(router, &config.raw.listen, telemetry.clone());
+        Ok(Server {
+            config,
+            proxy,
+            telemetry,
+            listener,
+            tls,
+            admin,
+            _runtime: runtime,
+        })
+    }
+
+    /// The proxy listener's address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin listener's address, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests (up to the
+    /// listener's `drain_timeout`) and returns.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let admin = self
+            .admin
+            .map(|l| tokio::spawn(admin::serve(l, self.telemetry.clone())));
+        listener::serve(
+            self.listener,
+            self.tls,
+            self.proxy,
+            &self.config.raw.listen,
+            shutdown,
+        )
+        .await;
+        if let Some(a) = admin {
+            a.abort();
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The route table: which route takes a request, and building routes (with their filter
+//! pools) from a validated config.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, request::Parts};
+
+use crate::chain::Chain;
+use crate::config::{Config, ConfigError, FilterSource, RouteMatch, merge_json};
+use crate::upstream::{Upstream, UpstreamPool};
+use crate::wasm::{Loaded, Runtime, builtin};
+
+/// One route, ready to serve.
+pub struct Route {
+    /// The route's name.
+    pub name: String,
+    matcher: Matcher,
+    /// The prefix removed before forwarding, if `strip_prefix` is set.
+    pub strip: Option<String>,
+    /// Where requests go.
+    pub upstream: Arc<Upstream>,
+    /// The deadline for the whole request.
+    pub timeout: Duration,
+    /// The filter chain.
+    pub chain: Chain,
+}
+
+struct Matcher {
+    host: Option<HostMatch>,
+    path_prefix: Option<String>,
+    methods: Option<Vec<Method>>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`.
+    Suffix(String),
+}
+
+impl Matcher {
+    fn new(m: &RouteMatch) -> Matcher {
+        Matcher {
+            host: m.host.as_ref().map(|h| {
+                let h = h.to_ascii_lowercase();
+                match h.strip_prefix('*') {
+                    Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
+                    None => HostMatch::Exact(h),
+                }
+            }),
+            path_prefix: m.path_prefix.clone(),
+            methods: m.methods.as_ref().map(|ms| {
+                ms.iter()
+                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                    .collect()
+            }),
+            headers: m
+                .headers
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    fn matches(&self, parts: &Parts) -> bool {
+        if let Some(p) = &self.path_prefix {
+            if !parts.uri.path().starts_with(p.as_str()) {
+                return false;
+            }
+        }
+        if let Some(ms) = &self.methods {
+            if !ms.contains(&parts.method) {
+                return false;
+            }
+        }
+        if let Some(h) = &self.host {
+            let Some(host) = request_host(parts) else {
+                return false;
+            };
+            let ok = match h {
+                HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
+                HostMatch::Suffix(s) => {
+                    host.len() > s.len()
+                        && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(n, v)| parts.headers.get_all(n).iter().any(|got| got == v))
+    }
+}
+
+/// The host the client asked for, without the port: `:authority` or `Host`.
+fn request_host(parts: &Parts) -> Option<&str> {
+    let raw = match parts.uri.host() {
+        Some(h) => h,
+        None => parts.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    // Strip a port, minding IPv6 literals like "[::1]:8080".
+    Some(match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+impl Route {
+    /// The path and query to send upstream: the prefix removed when `strip_prefix` is set.
+    pub fn upstream_path(&self, uri: &http::Uri) -> String {
+        let path = uri.path();
+        let rest = match &self.strip {
+            Some(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or(path),
+            None => path,
+        };
+        let mut out = String::with_capacity(rest.len() + 1 + uri.query().map_or(0, str::len));
+        if !rest.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(rest);
+        if let Some(q) = uri.query() {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// The routes of one config, in order, and the upstream client they share.
+pub struct Router {
+    routes: Vec<Route>,
+    /// The shared upstream client.
+    pub upstreams: UpstreamPool,
+}
+
+impl Router {
+    /// The first route that matches.
+    pub fn find(&self, parts: &Parts) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matcher.matches(parts))
+    }
+
+    /// Every route, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Loads every component the config names (once each), initialises a pool per
+    /// (route, filter), and builds the routes. Every problem is returned, not just the
+    /// first.
+    pub async fn build(config: &Config, runtime: &Arc<Runtime>) -> Result<Router, Vec<ConfigError>> {
+        let raw = &config.raw;
+        let mut errors = Vec::new();
+        let upstream_cfgs: Vec<_> = raw
+            .upstreams
+            .iter()
+            .map(|(n, u)| (n.clone(), u.get_ref().clone()))
+            .collect();
+        let upstreams = match UpstreamPool::new(&upstream_cfgs) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                let span = raw.upstreams.get(e.upstream()).map(|u| u.span());
+                errors.push(config.error_at(span, e.to_string()));
+                None
+            }
+        };
+
+        let mut loaded: HashMap<FilterSource, Option<Arc<Loaded>>> = HashMap::new();
+        let mut routes = Vec::new();
+        for route in &raw.routes {
+            let r = route.get_ref();
+            let mut pools = Vec::new();
+            for f in &r.filters {
+                let use_ = f.get_ref();
+                let source = config.filter_source(&use_.name);
+                // Load errors point at the filter's table, or at its first use.
+                let span = raw
+                    .filters
+                    .get(&use_.name)
+                    .map_or_else(|| f.span(), |t| t.span());
+                let component = loaded
+                    .entry(source.clone())
+                    .or_insert_with(|| {
+                        let result = match &source {
+                            FilterSource::File(path) => runtime.load_file(path),
+                            FilterSource::Builtin(name) => {
+                                let b = builtin::lookup(name).expect("validated built-in name");
+                                runtime.load(&format!("built-in filter `{name}`"), b.wasm)
+                            }
+                        };
+                        result
+                            .map_err(|e| errors.push(config.error_at(Some(span), e.to_string())))
+                            .ok()
+                    })
+                    .clone();
+                let Some(component) = component else { continue };
+                let settings = config.filter_settings(&use_.name);
+                let mut cfg = settings
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({}));
+                if let Some(over) = &use_.config {
+                    merge_json(&mut cfg, over);
+                }
+                match runtime
+                    .pool(component, &use_.name, &r.name, cfg.to_string(), &settings)
+                    .await
+                {
+                    Ok(p) => pools.push(p),
+                    Err(e) => errors.push(config.error_at(Some(f.span()), e.to_string())),
+                }
+            }
+            let Some(upstream) = upstreams.as_ref().and_then(|u| u.get(r.upstream.get_ref())) else {
+                continue;
+            };
+            routes.push(Route {
+                name: r.name.clone(),
+                matcher: Matcher::new(&r.matcher),
+                strip: if r.strip_prefix {
+                    r.matcher.path_prefix.clone()
+                } else {
+                    None
+                },
+                upstream: upstream.clone(),
+                timeout: r.timeout.0,
+                chain: Chain::new(pools),
+            });
+        }
+        match upstreams {
+            Some(upstreams) if errors.is_empty() => Ok(Router { routes, upstreams }),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str, host: &str) -> Parts {
+        let (p, _) = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", host)
+            .header("x-tenant", "a")
+            .body(())
+            .unwrap()
+            .into_parts();
+        p
+    }
+
+    fn matcher(toml_text: &str) -> Matcher {
+        let m: RouteMatch = toml::from_str(toml_text).unwrap();
+        Matcher::new(&m)
+    }
+
+    #[test]
+    fn path_method_host_and_header_all_must_match() {
+        let m = matcher(
+            "host = \"*.example.com\"\npath_prefix = \"/pay/\"\nmethods = [\"POST\"]\nheaders = { x-tenant = \"a\" }",
+        );
+        assert!(m.matches(&parts("POST", "/pay/x", "api.example.com:8080")));
+        assert!(!m.matches(&parts("GET", "/pay/x", "api.example.com")));
+        assert!(!m.matches(&parts("POST", "/other", "api.example.com")));
+        assert!(!m.matches(&parts("POST", "/pay/x", "example.com")));
+        let m = matcher("headers = { x-tenant = \"b\" }");
+        assert!(!m.matches(&parts("GET", "/", "h")));
+        assert!(matcher("").matches(&parts("GET", "/", "h")));
+    }
+
+    #[test]
+    fn host_port_is_ignored_including_ipv6() {
+        let p = parts("GET", "/", "[::1]:8080");
+        assert_eq!(request_host(&p), Some("[::1]"));
+        let p = parts("GET", "/", "Example.COM:80");
+        assert!(matcher("host = \"example.com\"").matches(&p));
+    }
+}

@@ -1,0 +1,396 @@
+//! The one shared upstream client: pooled keep-alive connections, HTTP/2 by ALPN, TLS
+//! verified by default, and per-upstream connect timeouts and connection limits.
+//!
+//! All routes share one hyper-util client; its pool is keyed by origin. The connector
+//! looks up each origin's TLS settings and connect timeout, so an upstream with its own
+//! CA or client certificate still uses the shared pool.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::{self, ProxyBody};
+use crate::config::{Origin, UpstreamConfig};
+use crate::error::ProxyError;
+use crate::tls::{self, TlsError};
+use crate::wasm::UpstreamError;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One configured upstream.
+pub struct Upstream {
+    /// The name in the config.
+    pub name: String,
+    /// The origin, as text: `https://api.example.com`.
+    pub origin: String,
+    uri_origin: Origin,
+    permits: Arc<Semaphore>,
+    max_connections: u32,
+}
+
+impl Upstream {
+    /// The full URI for `path_with_query` on this upstream.
+    pub fn uri(&self, path_with_query: &str) -> Result<Uri, ProxyError> {
+        let pq = if path_with_query.starts_with('/') {
+            path_with_query
+        } else {
+            return Err(ProxyError::BadRequest(format!(
+                "path {path_with_query:?} does not start with /"
+            )));
+        };
+        Uri::builder()
+            .scheme(self.uri_origin.scheme.clone())
+            .authority(self.uri_origin.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(format!("invalid path {pq:?}: {e}")))
+    }
+
+    /// Requests in flight to this upstream now.
+    pub fn in_flight(&self) -> usize {
+        self.max_connections as usize - self.permits.available_permits()
+    }
+}
+
+/// The shared client and the upstreams it serves.
+pub struct UpstreamPool {
+    client: Client<Connector, ProxyBody>,
+    upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+/// Why there is no upstream response: what filters see, and what the client gets.
+#[derive(Debug)]
+pub struct UpstreamFailure {
+    /// The kind, as the WIT names it.
+    pub kind: UpstreamError,
+    /// The error the client gets if no filter answers instead.
+    pub error: ProxyError,
+}
+
+impl UpstreamPool {
+    /// Builds the client and loads every upstream's TLS files.
+    pub fn new(upstreams: &[(String, UpstreamConfig)]) -> Result<UpstreamPool, TlsError> {
+        let mut targets = HashMap::new();
+        let mut by_name = HashMap::new();
+        for (name, cfg) in upstreams {
+            let target = Target {
+                tls: if cfg.url.is_https() {
+                    Some(tls::client_config(name, cfg.tls.as_ref())?)
+                } else {
+                    None
+                },
+                connect_timeout: cfg.connect_timeout.0,
+            };
+            targets.insert(authority_key(&cfg.url.scheme, &cfg.url.authority), target);
+            by_name.insert(
+                name.clone(),
+                Arc::new(Upstream {
+                    name: name.clone(),
+                    origin: cfg.url.to_string(),
+                    uri_origin: cfg.url.clone(),
+                    permits: Arc::new(Semaphore::new(cfg.max_connections as usize)),
+                    max_connections: cfg.max_connections,
+                }),
+            );
+        }
+        let connector = Connector {
+            targets: Arc::new(targets),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Ok(UpstreamPool {
+            client,
+            upstreams: by_name,
+        })
+    }
+
+    /// The upstream called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(name)
+    }
+
+    /// Sends `req` to `upstream`, waiting for a connection slot and the response head no
+    /// later than `deadline`. The slot is held until the response body ends.
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        req: Request<ProxyBody>,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        let permit = match tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(UpstreamFailure {
+                    kind: UpstreamError::Overloaded,
+                    error: ProxyError::Overloaded {
+                        upstream: upstream.origin.clone(),
+                    },
+                });
+            }
+        };
+        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Err(_) => Err(UpstreamFailure {
+                kind: UpstreamError::Timeout,
+                error: ProxyError::Timeout { timeout_ms },
+            }),
+            Ok(Err(e)) => Err(classify(&e, &upstream.origin)),
+            Ok(Ok(resp)) => Ok(resp.map(|b| body::boxed(body::Holding::new(b, permit)))),
+        }
+    }
+}
+
+fn authority_key(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> String {
+    let port = authority
+        .port_u16()
+        .unwrap_or(if *scheme == http::uri::Scheme::HTTPS { 443 } else { 80 });
+    format!("{scheme}://{}:{port}", authority.host().to_ascii_lowercase())
+}
+
+/// Maps a client error to the WIT kind and the client's error.
+fn classify(e: &hyper_util::client::legacy::Error, origin: &str) -> UpstreamFailure {
+    let upstream = origin.to_owned();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return c.to_failure(upstream);
+        }
+        if body::is_too_large(err) {
+            return UpstreamFailure {
+                kind: UpstreamError::Reset,
+                error: ProxyError::BodyTooLarge { limit: 0 },
+            };
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            let detail = h.to_string();
+            let kind = if h.is_timeout() {
+                UpstreamError::Timeout
+            } else if h.is_parse() || h.is_parse_status() {
+                UpstreamError::Protocol
+            } else {
+                UpstreamError::Reset
+            };
+            return UpstreamFailure {
+                kind,
+                error: ProxyError::UpstreamBroken { upstream, detail },
+            };
+        }
+        cur = err.source();
+    }
+    if e.is_connect() {
+        return UpstreamFailure {
+            kind: UpstreamError::ConnectFailed,
+            error: ProxyError::ConnectFailed {
+                upstream,
+                detail: format!("{e:#}"),
+            },
+        };
+    }
+    UpstreamFailure {
+        kind: UpstreamError::Reset,
+        error: ProxyError::UpstreamBroken {
+            upstream,
+            detail: format!("{e:#}"),
+        },
+    }
+}
+
+// === impl Connector ===
+
+struct Target {
+    tls: Option<Arc<ClientConfig>>,
+    connect_timeout: Duration,
+}
+
+/// Connects to configured upstreams only, with each one's timeout and TLS settings.
+#[derive(Clone)]
+struct Connector {
+    targets: Arc<HashMap<String, Target>>,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("connect timed out")]
+    Timeout,
+    #[error("{0}")]
+    Tls(String),
+}
+
+impl ConnectError {
+    fn to_failure(&self, upstream: String) -> UpstreamFailure {
+        match self {
+            ConnectError::Failed(detail) => UpstreamFailure {
+                kind: UpstreamError::ConnectFailed,
+                error: ProxyError::ConnectFailed {
+                    upstream,
+                    detail: detail.clone(),
+                },
+            },
+            ConnectError::Timeout => UpstreamFailure {
+                kind: UpstreamError::ConnectTimeout,
+                error: ProxyError::ConnectTimeout { upstream },
+            },
+            ConnectError::Tls(detail) => UpstreamFailure {
+                kind: UpstreamError::Tls,
+                error: ProxyError::Tls {
+                    upstream,
+                    detail: detail.clone(),
+                },
+            },
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let targets = self.targets.clone();
+        Box::pin(async move {
+            let (scheme, authority) = match (uri.scheme(), uri.authority()) {
+                (Some(s), Some(a)) => (s.clone(), a.clone()),
+                _ => return Err(ConnectError::Failed(format!("not an absolute uri: {uri}"))),
+            };
+            let key = authority_key(&scheme, &authority);
+            // weir is never an open proxy: only configured origins are dialled.
+            let target = targets
+                .get(&key)
+                .ok_or_else(|| ConnectError::Failed(format!("{key} is not a configured upstream")))?;
+            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let port = authority
+                .port_u16()
+                .unwrap_or(if target.tls.is_some() { 443 } else { 80 });
+            let connect = async {
+                let tcp = TcpStream::connect((host, port))
+                    .await
+                    .map_err(|e| ConnectError::Failed(e.to_string()))?;
+                let _ = tcp.set_nodelay(true);
+                match &target.tls {
+                    None => Ok(Conn::Plain(TokioIo::new(tcp))),
+                    Some(cfg) => {
+                        let name = ServerName::try_from(host.to_owned())
+                            .map_err(|e| ConnectError::Tls(format!("invalid server name {host:?}: {e}")))?;
+                        let tls = TlsConnector::from(cfg.clone())
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+                        Ok(Conn::Tls(Box::new(TokioIo::new(tls))))
+                    }
+                }
+            };
+            tokio::time::timeout(target.connect_timeout, connect)
+                .await
+                .map_err(|_| ConnectError::Timeout)?
+        })
+    }
+}
+
+/// A connection to an upstream, plain or TLS.
+enum Conn {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        match self {
+            Conn::Plain(_) => Connected::new(),
+            Conn::Tls(s) => {
+                let (_, session) = s.inner().get_ref();
+                if session.alpn_protocol() == Some(b"h2") {
+                    Connected::new().negotiated_h2()
+                } else {
+                    Connected::new()
+                }
+            }
+        }
+    }
+}
+
+impl Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}

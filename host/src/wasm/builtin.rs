@@ -1,0 +1,25 @@
+//! The standard filters compiled into the weir binary, so `filters = ["headers"]` works
+//! without a `wasm` path. `host/build.rs` builds them from `filters/`.
+
+/// A filter component shipped inside weir.
+pub struct Builtin {
+    /// The name routes use.
+    pub name: &'static str,
+    /// The component's bytes.
+    pub wasm: &'static [u8],
+}
+
+static BUILTINS: &[Builtin] = &[Builtin {
+    name: "headers",
+    wasm: include_bytes!(env!("WEIR_BUILTIN_HEADERS")),
+}];
+
+/// The built-in filter called `name`.
+pub fn lookup(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.name == name)
+}
+
+/// The names of all built-in filters.
+pub fn names() -> Vec<&'static str> {
+    BUILTINS.iter().map(|b| b.name).collect()
+}

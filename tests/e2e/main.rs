@@ -1,0 +1,13 @@
+//! End-to-end tests: a real `weir` process, real sockets, in-process upstreams.
+//!
+//! Everything runs on 127.0.0.1; nothing here reaches the internet.
+//!
+//! 1. Start an upstream: `let up = Upstream::builder().reply(|_, _| Reply::ok()).start().await;`
+//! 2. Start weir with a config naming it:
+//!    `let weir = Weir::start(&format!("... url = \"{}\" ...", up.url())).await;`
+//! 3. Call `weir.url("/path")` with `support::client::client()`, then read `up.requests()`.
+//!
+//! The helpers live in [`support`]; `support_selftest` checks them without weir.
+
+mod support;
+mod support_selftest;
