@@ -7,6 +7,8 @@
 //! *k+1…N* and the upstream, with `attempt + 1`, and filter *k* then sees the new outcome.
 //! The route deadline and [`MAX_ATTEMPTS`] bound every wait and retry.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
+use http_body::Body as _;
 use tokio::time::Instant;
 
 use crate::body::{self, ProxyBody};
@@ -95,10 +98,17 @@ pub struct Incoming {
 
 impl Exchange<'_> {
     /// Runs the chain and the upstream call; the error is what the client gets.
-    pub async fn run(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
+    pub fn run(
+        &self,
+        req: Incoming,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + '_>> {
         if self.chain.filters.is_empty() {
-            return self.direct(req).await;
+            return Box::pin(self.direct(req));
         }
+        Box::pin(self.run_chain(req))
+    }
+
+    async fn run_chain(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
         let Incoming {
             method,
             path_with_query,
@@ -299,7 +309,17 @@ struct Walk<'x, 'a> {
 impl Walk<'_, '_> {
     /// Runs filters `from..` and the upstream with `req`, then `on-response` back down
     /// to `from`.
-    async fn pass(&mut self, from: usize, mut req: wasm::Request) -> Result<Reply, ProxyError> {
+    ///
+    /// Boxed, with `Send` spelled out, because it recurses for retries.
+    fn pass(
+        &mut self,
+        from: usize,
+        req: wasm::Request,
+    ) -> Pin<Box<dyn Future<Output = Result<Reply, ProxyError>> + Send + '_>> {
+        Box::pin(self.pass_inner(from, req))
+    }
+
+    async fn pass_inner(&mut self, from: usize, mut req: wasm::Request) -> Result<Reply, ProxyError> {
         let filters = &self.x.chain.filters;
         let mut snapshots: Vec<Option<wasm::Request>> = vec![None; filters.len()];
         let mut passed = from;
@@ -357,7 +377,7 @@ impl Walk<'_, '_> {
                         continue;
                     }
                     self.attempt += 1;
-                    reply = Box::pin(self.pass(k + 1, snapshot)).await?;
+                    reply = self.pass(k + 1, snapshot).await?;
                     // Filter k sees the new outcome next.
                     k += 1;
                 }

@@ -83,7 +83,7 @@ impl Proxy {
                     })
                 } else {
                     let too_large = Arc::new(AtomicBool::new(false));
-                    let body = body::boxed(body::Limited::new(body, self.max_body, too_large.clone()));
+                    let body = body::boxed(body::Limited::new(body::boxed(body), self.max_body, too_large.clone()));
                     let mut hdrs = parts.headers;
                     headers::prepare_upstream(&mut hdrs);
                     let x = Exchange {

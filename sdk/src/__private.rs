@@ -53,7 +53,7 @@ fn initialised<F: Filter>(slot: &mut Option<F>) -> &mut F {
     // failed, so this is a host bug; trapping is the only sensible answer.
     slot.as_mut().unwrap_or_else(|| {
         panic!(
-            "weir-filter: `{}` was called before a successful `init`",
+            "weir-filter: filter `{}` was called without a successful `init`",
             F::NAME
         )
     })
@@ -166,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "before a successful `init`")]
+    #[should_panic(expected = "without a successful `init`")]
     fn a_call_before_init_panics() {
         thread_local! {
             static EMPTY: RefCell<Option<Hello>> = const { RefCell::new(None) };

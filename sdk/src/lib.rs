@@ -13,7 +13,9 @@
 //!    what happens to each request. Every method but `new` has a default that lets the
 //!    request pass untouched.
 //! 4. Call [`export_filter!`] once with your type.
-//! 5. Build with `cargo build --release --target wasm32-wasip2` and point a
+//! 5. Test the logic with plain `cargo test`: [`build_filter`] runs the same config
+//!    parsing as weir's `init`, and the trait methods are ordinary Rust calls.
+//! 6. Build with `cargo build --release --target wasm32-wasip2` and point a
 //!    `[filters.NAME] wasm = "…"` entry in weir's config at the `.wasm` file.
 //!
 //! # A complete filter
@@ -30,47 +32,37 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! weir-filter = "0.1"
+//! weir-filter = { path = "path/to/weir/sdk" }
 //! serde = { version = "1", features = ["derive"] }
 //! ```
 //!
-//! `src/lib.rs`, a filter that tags every request with a team name and counts the
-//! server errors that come back:
+//! `src/lib.rs`, a filter that tags every request with the team named in its config
+//! (`config = { team = "payments" }`; without `team`, weir refuses the config with
+//! ``stamp: missing field `team` ``):
 //!
 //! ```no_run
 //! use serde::Deserialize;
-//! use weir_filter::{Filter, Outcome, Request, RequestAction, RequestEdit, RequestInfo, ResponseAction, metrics};
+//! use weir_filter::{Filter, Request, RequestAction, RequestEdit, RequestInfo};
 //!
-//! #[derive(Deserialize, Default)]
-//! #[serde(default, deny_unknown_fields)]
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
 //! struct Config {
 //!     team: String,
 //! }
 //!
-//! struct Stamp {
-//!     team: String,
-//! }
+//! struct Stamp(Config);
 //!
 //! impl Filter for Stamp {
 //!     type Config = Config;
 //!     const NAME: &'static str = "stamp";
 //!
 //!     fn new(config: Config) -> Result<Self, String> {
-//!         if config.team.is_empty() {
-//!             return Err("`team` must be set".into());
-//!         }
-//!         Ok(Stamp { team: config.team })
+//!         Ok(Stamp(config))
 //!     }
 //!
 //!     fn on_request(&mut self, _info: &RequestInfo, _req: &Request) -> RequestAction {
-//!         RequestAction::proceed_with_edit(RequestEdit::new().set_header("x-team", self.team.as_str()))
-//!     }
-//!
-//!     fn on_response(&mut self, _: &RequestInfo, _: &Request, _: Option<Vec<u8>>, outcome: &Outcome) -> ResponseAction {
-//!         if outcome.status().is_none_or(|s| s >= 500) {
-//!             metrics::counter_add("upstream_failures", &[("team", self.team.as_str())], 1);
-//!         }
-//!         ResponseAction::proceed()
+//!         let edit = RequestEdit::new().set_header("x-team", self.0.team.as_str());
+//!         RequestAction::proceed_with_edit(edit)
 //!     }
 //! }
 //!
@@ -95,10 +87,12 @@
 //!   filter's `on_error` policy; it never takes the proxy down.
 //! - Besides the imports wrapped here, a filter gets WASI clocks and random numbers.
 //!   stdout and stderr go to weir's log; prefer [`log`], which is tagged with the route.
+//! - The SDK keeps the unsafe ABI glue to itself: a filter crate can
+//!   `#![forbid(unsafe_code)]`.
 //!
 //! The SDK also builds on the host target so that a filter's logic can be unit-tested
-//! with plain `cargo test`; only the `state`, `log` and `metrics` calls need wasm (off
-//! wasm they panic).
+//! with plain `cargo test`; only the [`state`], [`log`] and [`metrics`] calls need wasm
+//! (off wasm they panic), and [`export_filter!`] exports nothing there.
 
 // Generated bindings need `unsafe` for the canonical ABI; that is allowed on the
 // `bindings` module alone. The rest of the SDK is safe Rust.
@@ -224,8 +218,6 @@ macro_rules! export_filter {
                     const { ::core::cell::RefCell::new(::core::option::Option::None) };
             }
 
-            // Constructed by nobody: the generated exports use it only as a type.
-            #[allow(dead_code)]
             struct WeirFilterExport;
 
             impl $crate::__private::Guest for WeirFilterExport {
@@ -260,6 +252,15 @@ macro_rules! export_filter {
             // a native cdylib (`cargo test` of a filter crate) could not link them.
             #[cfg(target_arch = "wasm32")]
     $crate::bindings::export!(WeirFilterExport with_types_in $crate::bindings);
+
+            // Off wasm nothing calls the exports. Naming them keeps the filter's code live
+            // for the dead-code lint, and type-checks the export path in native builds.
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = (
+                <WeirFilterExport as $crate::__private::Guest>::init,
+                <WeirFilterExport as $crate::__private::Guest>::on_request,
+                <WeirFilterExport as $crate::__private::Guest>::on_response,
+            );
         };
     };
 }

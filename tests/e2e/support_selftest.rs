@@ -275,7 +275,13 @@ async fn tls_rejects_untrusted_certs() {
         .start()
         .await;
     let other = Ca::new("some other ca");
-    assert!(tls::client(&other, None).get(good.url()).send().await.is_err());
+    assert!(
+        tls::client(&other, None)
+            .get(good.url())
+            .send()
+            .await
+            .is_err()
+    );
     assert_eq!(good.count(), 0);
 }
 
@@ -300,7 +306,13 @@ async fn tls_client_certificates() {
     );
 
     // No certificate, or one from the wrong CA: refused.
-    assert!(tls::client(&pki.ca, None).get(up.url()).send().await.is_err());
+    assert!(
+        tls::client(&pki.ca, None)
+            .get(up.url())
+            .send()
+            .await
+            .is_err()
+    );
     let stranger = pki.ca.client_cert("stranger");
     assert!(
         tls::client(&pki.ca, Some(&stranger))
@@ -360,10 +372,7 @@ exec sleep 60
     assert_eq!(weir.addr().to_string(), "127.0.0.1:4321");
     assert_eq!(weir.url("x?y=1"), "http://127.0.0.1:4321/x?y=1");
     assert_eq!(weir.admin_url("/metrics"), "http://127.0.0.1:4322/metrics");
-    assert_eq!(
-        std::fs::read_to_string(weir.config_path()).unwrap(),
-        config
-    );
+    assert_eq!(std::fs::read_to_string(weir.config_path()).unwrap(), config);
     weir.wait_for_log("ready", Duration::from_secs(10)).await;
     let logs = weir.logs();
     assert!(logs.contains("booting run "), "{logs}");

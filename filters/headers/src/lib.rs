@@ -42,6 +42,9 @@
 //! filters = [{ use = "headers", config = { request = { set = { "x-team" = "billing" } } } }]
 //! ```
 
+// The SDK keeps all the unsafe ABI glue in its own crate; a filter needs none.
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;

@@ -28,3 +28,6 @@ impl Host for GuestHost {
         }
     }
 }
+
+// `types` has no functions, only the types the other interfaces use.
+impl super::bindings::weir::filter::types::Host for GuestHost {}

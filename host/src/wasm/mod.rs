@@ -326,13 +326,14 @@ impl FilterPool {
         info: &RequestInfo,
         req: &Request,
     ) -> Result<RequestAction, CallError> {
-        self.call(Phase::Request, async |guest, store| {
-            guest
-                .weir_filter_filter()
-                .call_on_request(store, info, req)
-                .await
-        })
-        .await
+        let (mut inst, _permit) = self.checkout(Phase::Request).await?;
+        let started = self.begin(&mut inst);
+        let result = inst
+            .guest
+            .weir_filter_filter()
+            .call_on_request(&mut inst.store, info, req)
+            .await;
+        self.finish(Phase::Request, inst, started, result)
     }
 
     /// Calls `on-response` on a pooled instance.
@@ -343,39 +344,52 @@ impl FilterPool {
         memo: Option<&[u8]>,
         outcome: &Outcome,
     ) -> Result<ResponseAction, CallError> {
-        // The bindings take the memo by value; it is small and copied once.
-        let memo = memo.map(<[u8]>::to_vec);
-        self.call(Phase::Response, async |guest, store| {
-            guest
-                .weir_filter_filter()
-                .call_on_response(store, info, req, memo, outcome)
-                .await
-        })
-        .await
+        let (mut inst, _permit) = self.checkout(Phase::Response).await?;
+        let started = self.begin(&mut inst);
+        let result = inst
+            .guest
+            .weir_filter_filter()
+            .call_on_response(&mut inst.store, info, req, memo, outcome)
+            .await;
+        self.finish(Phase::Response, inst, started, result)
     }
 
-    async fn call<R>(
+    /// Takes an idle instance, or makes one when all are busy (up to `max_instances`;
+    /// beyond that, waits for one to come back).
+    async fn checkout(
         &self,
         phase: Phase,
-        f: impl AsyncFnOnce(&HttpFilter, &mut Store<GuestState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
+    ) -> Result<(Instance, Option<tokio::sync::SemaphorePermit<'_>>), CallError> {
         // The semaphore is never closed, so acquiring cannot fail.
-        let _permit = self.permits.acquire().await.ok();
+        let permit = self.permits.acquire().await.ok();
         let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut inst = match popped {
-            Some(i) => i,
+        match popped {
+            Some(i) => Ok((i, permit)),
             None => match self.instantiate().await {
-                Ok((i, _)) => i,
+                Ok((i, _)) => Ok((i, permit)),
                 Err(detail) => {
-                    self.fail(phase, &CallError::Trap(detail.clone()));
-                    return Err(CallError::Trap(detail));
+                    let err = CallError::Trap(detail);
+                    self.fail(phase, &err);
+                    Err(err)
                 }
             },
-        };
-        let started = Instant::now();
+        }
+    }
+
+    fn begin(&self, inst: &mut Instance) -> Instant {
         inst.store.data_mut().begin_call(self.meta.max_call_time);
         inst.store.set_epoch_deadline(1);
-        let result = f(&inst.guest, &mut inst.store).await;
+        Instant::now()
+    }
+
+    /// Returns a healthy instance to the pool; a failed one is dropped.
+    fn finish<R>(
+        &self,
+        phase: Phase,
+        inst: Instance,
+        started: Instant,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
         self.timers[phase as usize].observe(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => {

@@ -92,6 +92,7 @@ pub struct PatternBody {
     len: u64,
     sent: u64,
     fail_after: Option<u64>,
+    flushed: bool,
 }
 
 /// The error a [`PatternBody`] yields when told to fail.
@@ -112,6 +113,7 @@ impl PatternBody {
             len,
             sent: 0,
             fail_after: None,
+            flushed: false,
         }
     }
 
@@ -133,12 +135,19 @@ impl Body for PatternBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, PatternFailed>>> {
         let this = self.get_mut();
         let end = this.fail_after.map_or(this.len, |f| f.min(this.len));
         if this.sent >= end {
             if this.fail_after.is_some() && this.sent < this.len {
+                if !this.flushed {
+                    // Yield once so the server flushes what it has (at least the response
+                    // head) before the error makes it drop the connection.
+                    this.flushed = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 return Poll::Ready(Some(Err(PatternFailed)));
             }
             return Poll::Ready(None);

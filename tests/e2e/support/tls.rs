@@ -61,7 +61,11 @@ impl Ca {
 
     /// A server certificate for these DNS names and/or IP addresses, signed by this CA.
     pub fn server_cert(&self, names: &[&str]) -> Cert {
-        self.issue(names, names.first().copied().unwrap_or("server"), ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(
+            names,
+            names.first().copied().unwrap_or("server"),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
     }
 
     /// A client certificate with this common name, signed by this CA.

@@ -396,9 +396,9 @@ impl Upstream {
     /// The `i`th request; panics if there is none.
     pub fn request(&self, i: usize) -> Recorded {
         let log = self.shared.log.lock().unwrap();
-        log.get(i).cloned().unwrap_or_else(|| {
-            panic!("upstream got {} requests, no request #{i}", log.len())
-        })
+        log.get(i)
+            .cloned()
+            .unwrap_or_else(|| panic!("upstream got {} requests, no request #{i}", log.len()))
     }
 
     /// Waits until at least `n` requests have been recorded (at most [`WAIT`]), then
@@ -528,17 +528,13 @@ async fn handle(
     }
     let (body_len, body_crc32) = digest.finish();
 
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
+    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
     let recorded = Recorded {
         method: parts.method.to_string(),
         path: parts

@@ -120,8 +120,7 @@ impl WeirBuilder {
     /// Copy the file at `src` (e.g. a built filter `.wasm`) to `path` in the config's directory.
     pub fn copy(self, path: impl AsRef<Path>, src: impl AsRef<Path>) -> Self {
         let src = src.as_ref();
-        let contents =
-            std::fs::read(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+        let contents = std::fs::read(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
         self.file(path, contents)
     }
 
@@ -167,8 +166,16 @@ impl WeirBuilder {
             .unwrap_or_else(|e| panic!("spawn weir: {e}"));
         let output = Arc::new(Output::default());
         let readers = vec![
-            read_lines(child.stdout.take().expect("piped stdout"), output.clone(), Stream::Stdout),
-            read_lines(child.stderr.take().expect("piped stderr"), output.clone(), Stream::Stderr),
+            read_lines(
+                child.stdout.take().expect("piped stdout"),
+                output.clone(),
+                Stream::Stdout,
+            ),
+            read_lines(
+                child.stderr.take().expect("piped stderr"),
+                output.clone(),
+                Stream::Stderr,
+            ),
         ];
         let mut weir = Weir {
             child,
@@ -182,19 +189,22 @@ impl WeirBuilder {
 
         let mut changed = weir.output.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
-        let failure = loop {
-            {
+        let (failure, grace) = loop {
+            let (listen, admin, stdout_closed) = {
                 let state = weir.output.state.lock().unwrap();
-                if let Some(listen) = state.listen
-                    && (!expect_admin || state.admin.is_some())
-                {
-                    weir.listen = Some(listen);
-                    weir.admin = state.admin;
-                    return Ok(weir);
-                }
-                if state.stdout_closed {
-                    break "weir exited (or closed stdout) before it was listening".to_owned();
-                }
+                (state.listen, state.admin, state.stdout_closed)
+            };
+            if let Some(listen) = listen
+                && (!expect_admin || admin.is_some())
+            {
+                weir.listen = Some(listen);
+                weir.admin = admin;
+                return Ok(weir);
+            }
+            if stdout_closed {
+                // It is exiting: give it a moment so its exit status is known.
+                let reason = "weir exited (or closed stdout) before it was listening";
+                break (reason.to_owned(), Duration::from_secs(5));
             }
             if tokio::time::timeout_at(deadline, changed.changed())
                 .await
@@ -205,10 +215,13 @@ impl WeirBuilder {
                 } else {
                     "`weir listening on`"
                 };
-                break format!("weir printed no {what} within {timeout:?}");
+                break (
+                    format!("weir printed no {what} within {timeout:?}"),
+                    Duration::ZERO,
+                );
             }
         };
-        Err(weir.fail(failure))
+        Err(weir.fail(failure, grace).await)
     }
 
     /// Run `weir check weir.toml`; returns `(exit code, stdout, stderr)`.
@@ -384,7 +397,11 @@ fn read_lines(
                 .trim_end_matches(['\r', '\n'])
                 .to_owned();
             if echo {
-                let tag = if stream == Stream::Stdout { "out" } else { "err" };
+                let tag = if stream == Stream::Stdout {
+                    "out"
+                } else {
+                    "err"
+                };
                 eprintln!("[weir {tag}] {line}");
             }
             let mut state = output.state.lock().unwrap();
@@ -550,8 +567,7 @@ impl Weir {
 
     fn proc_status_kb(&self, field: &str) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
-        let status =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         status
             .lines()
             .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
@@ -595,11 +611,18 @@ impl Weir {
         let _ = self.child.wait();
     }
 
-    /// Kill weir, collect everything it printed, and describe it as a failure.
-    fn fail(mut self, reason: String) -> StartError {
-        let exit = match self.child.try_wait() {
-            Ok(Some(status)) => Some(status),
-            _ => None,
+    /// Give weir up to `grace` to exit by itself, then kill it, collect everything it
+    /// printed, and describe it as a failure.
+    async fn fail(mut self, reason: String, grace: Duration) -> StartError {
+        let deadline = Instant::now() + grace;
+        let exit = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => break None,
+            }
         };
         self.kill();
         // Both pipes hit EOF now that the process is gone.

@@ -12,6 +12,9 @@
 //! | `alloc` | allocates and touches 1 MiB chunks forever, until weir's memory cap stops it |
 //! | `init-error` | `init` fails with `misbehave: init refused` |
 
+// The SDK keeps all the unsafe ABI glue in its own crate; a filter needs none.
+#![forbid(unsafe_code)]
+
 use std::hint::black_box;
 
 use serde::Deserialize;
@@ -37,12 +40,21 @@ enum Mode {
     InitError,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Default, Debug)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Default)]
 #[serde(rename_all = "kebab-case")]
 enum Phase {
     #[default]
     Request,
     Response,
+}
+
+impl Phase {
+    fn call(self) -> &'static str {
+        match self {
+            Phase::Request => "on-request",
+            Phase::Response => "on-response",
+        }
+    }
 }
 
 struct Misbehave {
@@ -57,7 +69,7 @@ impl Misbehave {
         }
         match self.mode {
             Mode::Ok | Mode::InitError => {}
-            Mode::Trap => panic!("misbehave: trap in {phase:?} phase, as configured"),
+            Mode::Trap => panic!("misbehave: trapping in {}, as configured", phase.call()),
             Mode::Loop => {
                 // black_box keeps the optimiser from proving the loop side-effect free.
                 let mut n = 0u64;
