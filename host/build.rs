@@ -11,6 +11,7 @@ use std::process::Command;
 const COMPONENTS: &[(&str, &str)] = &[
     ("weir-filter-headers", "WEIR_BUILTIN_HEADERS"),
     ("weir-test-misbehave", "WEIR_TEST_MISBEHAVE"),
+    ("weir-test-scripted", "WEIR_TEST_SCRIPTED"),
 ];
 
 fn main() {
