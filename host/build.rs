@@ -10,6 +10,10 @@ use std::process::Command;
 /// (package, env var that receives the component's path)
 const COMPONENTS: &[(&str, &str)] = &[
     ("weir-filter-headers", "WEIR_BUILTIN_HEADERS"),
+    ("weir-filter-retry", "WEIR_BUILTIN_RETRY"),
+    ("weir-filter-breaker", "WEIR_BUILTIN_BREAKER"),
+    ("weir-filter-limiter", "WEIR_BUILTIN_LIMITER"),
+    ("weir-filter-cache", "WEIR_BUILTIN_CACHE"),
     ("weir-test-misbehave", "WEIR_TEST_MISBEHAVE"),
     ("weir-test-scripted", "WEIR_TEST_SCRIPTED"),
 ];

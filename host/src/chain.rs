@@ -142,6 +142,7 @@ impl Exchange<'_> {
             body_too_large,
             memos: vec![None; self.chain.filters.len()],
             attempt: 1,
+            try_timeout: None,
         };
         let wreq = wasm::Request {
             method: walk.method.as_str().to_owned(),
@@ -304,6 +305,8 @@ struct Walk<'x, 'a> {
     body_too_large: Arc<AtomicBool>,
     memos: Vec<Option<Vec<u8>>>,
     attempt: u32,
+    /// The smallest per-try timeout any filter asked for.
+    try_timeout: Option<Duration>,
 }
 
 impl Walk<'_, '_> {
@@ -424,6 +427,10 @@ impl Walk<'_, '_> {
         if let Some(b) = edit.body {
             self.body = ReqBody::Buffered(Bytes::from(b));
         }
+        if let Some(ms) = edit.try_timeout_ms {
+            let t = Duration::from_millis(u64::from(ms));
+            self.try_timeout = Some(self.try_timeout.map_or(t, |old| old.min(t)));
+        }
         Ok(())
     }
 
@@ -508,10 +515,14 @@ impl Walk<'_, '_> {
         headers::prepare_upstream(&mut h);
         *out.headers_mut() = h;
         self.x.finish_request(out.headers_mut());
+        let (deadline, timeout_ms) = match self.try_timeout {
+            Some(t) if Instant::now() + t < self.x.deadline => (Instant::now() + t, t.as_millis() as u64),
+            _ => (self.x.deadline, self.x.timeout_ms()),
+        };
         let sent = self
             .x
             .pool
-            .send(self.x.upstream, out, self.x.deadline, self.x.timeout_ms())
+            .send(self.x.upstream, out, deadline, timeout_ms)
             .await;
         let mut resp = match sent {
             Ok(r) => r,

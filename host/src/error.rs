@@ -68,8 +68,8 @@ pub enum ProxyError {
         /// What went wrong.
         detail: String,
     },
-    /// The route's deadline passed before the response came.
-    #[error("route deadline of {timeout_ms} ms passed")]
+    /// The route's deadline (or a filter's per-try timeout) passed before the response came.
+    #[error("no response within {timeout_ms} ms")]
     Timeout {
         /// The route's timeout.
         timeout_ms: u64,

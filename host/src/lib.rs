@@ -24,8 +24,10 @@
 pub mod admin;
 pub mod body;
 pub mod chain;
+pub mod clock;
 pub mod config;
 pub mod error;
+pub mod harness;
 pub mod headers;
 pub mod listener;
 pub mod router;

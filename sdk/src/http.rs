@@ -121,6 +121,7 @@ impl RequestEdit {
             remove_headers: Vec::new(),
             path_with_query: None,
             body: None,
+            try_timeout_ms: None,
         }
     }
 
@@ -149,12 +150,21 @@ impl RequestEdit {
         self
     }
 
+    /// Limits how long this try waits for the upstream's response head; past it the
+    /// outcome is `UpstreamError::Timeout` (and a retrying filter may try again). The
+    /// route deadline still applies; the smallest limit any filter sets wins.
+    pub fn try_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.try_timeout_ms = Some(timeout.as_millis().min(u32::MAX as u128) as u32);
+        self
+    }
+
     /// Whether this edit changes nothing.
     pub fn is_empty(&self) -> bool {
         self.set_headers.is_empty()
             && self.remove_headers.is_empty()
             && self.path_with_query.is_none()
             && self.body.is_none()
+            && self.try_timeout_ms.is_none()
     }
 }
 
@@ -306,6 +316,7 @@ mod tests {
                 remove_headers: vec!["cookie".into()],
                 path_with_query: Some("/v2?x=1".into()),
                 body: Some(b"{}".to_vec()),
+                try_timeout_ms: None,
             }
         );
         assert!(!edit.is_empty());

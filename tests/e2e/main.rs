@@ -9,5 +9,6 @@
 //!
 //! The helpers live in [`support`]; `support_selftest` checks them without weir.
 
+mod proxy;
 mod support;
 mod support_selftest;

@@ -54,6 +54,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::clock::VirtualClock;
 use super::{BoxFuture, StateBackend, StateError};
 
 /// The most shards a backend is split into.
@@ -80,6 +81,8 @@ pub struct MemoryBackend {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     max_bytes: u64,
+    /// Time for TTLs: tokio's clock, or a virtual one under the filter harness.
+    clock: Option<VirtualClock>,
 }
 
 impl MemoryBackend {
@@ -97,6 +100,20 @@ impl MemoryBackend {
         Arc::new(Self::with_shards(max_bytes, shards))
     }
 
+    /// A backend whose TTLs follow `clock` instead of real time (for the filter harness).
+    pub fn with_clock(max_bytes: u64, clock: VirtualClock) -> Arc<MemoryBackend> {
+        let mut backend = Arc::into_inner(Self::new(max_bytes)).expect("just made");
+        backend.clock = Some(clock);
+        Arc::new(backend)
+    }
+
+    fn now(&self) -> Instant {
+        match &self.clock {
+            Some(c) => c.instant(),
+            None => Instant::now(),
+        }
+    }
+
     /// A backend split into exactly `shards` shards (a power of two).
     fn with_shards(max_bytes: u64, shards: usize) -> MemoryBackend {
         debug_assert!(shards.is_power_of_two());
@@ -107,6 +124,7 @@ impl MemoryBackend {
                 .collect(),
             hasher: RandomState::new(),
             max_bytes,
+            clock: None,
         }
     }
 
@@ -134,7 +152,7 @@ impl MemoryBackend {
 
     /// Drops every expired entry now, and returns how many it dropped.
     pub fn sweep(&self) -> usize {
-        let now = Instant::now();
+        let now = self.now();
         let mut removed = 0;
         for shard in &self.shards {
             loop {
@@ -166,13 +184,13 @@ impl MemoryBackend {
 
     fn get_now(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         check_key(key)?;
-        let now = Instant::now();
+        let now = self.now();
         Ok(self.shard(key).live(key, now).map(|e| e.value.clone()))
     }
 
     fn set_now(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), StateError> {
         check_key(key)?;
-        let now = Instant::now();
+        let now = self.now();
         self.shard(key).store(key, value, deadline(now, ttl), now)
     }
 
@@ -184,7 +202,7 @@ impl MemoryBackend {
 
     fn incr_now(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StateError> {
         check_key(key)?;
-        let now = Instant::now();
+        let now = self.now();
         let mut shard = self.shard(key);
         let (old, expires) = match shard.live(key, now) {
             Some(entry) => (parse_integer(&entry.value)?, entry.expires),
@@ -207,7 +225,7 @@ impl MemoryBackend {
         // depend on what another filter instance stored meanwhile.
         let mut shard = self.shard(key);
         shard.check_fits(key, &new)?;
-        let now = Instant::now();
+        let now = self.now();
         let current = shard.live(key, now).map(|e| e.value.as_slice());
         if current != expected {
             return Ok(false);

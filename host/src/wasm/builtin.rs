@@ -9,10 +9,28 @@ pub struct Builtin {
     pub wasm: &'static [u8],
 }
 
-static BUILTINS: &[Builtin] = &[Builtin {
-    name: "headers",
-    wasm: include_bytes!(env!("WEIR_BUILTIN_HEADERS")),
-}];
+static BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "headers",
+        wasm: include_bytes!(env!("WEIR_BUILTIN_HEADERS")),
+    },
+    Builtin {
+        name: "retry",
+        wasm: include_bytes!(env!("WEIR_BUILTIN_RETRY")),
+    },
+    Builtin {
+        name: "breaker",
+        wasm: include_bytes!(env!("WEIR_BUILTIN_BREAKER")),
+    },
+    Builtin {
+        name: "limiter",
+        wasm: include_bytes!(env!("WEIR_BUILTIN_LIMITER")),
+    },
+    Builtin {
+        name: "cache",
+        wasm: include_bytes!(env!("WEIR_BUILTIN_CACHE")),
+    },
+];
 
 /// The built-in filter called `name`.
 pub fn lookup(name: &str) -> Option<&'static Builtin> {

@@ -34,6 +34,7 @@ pub use bindings::{
 };
 pub use metrics_impl::FilterMetrics;
 
+use crate::clock::VirtualClock;
 use crate::config::{FilterConfig, MAX_FILTER_MEMORY, OnError};
 use crate::state::StateBackend;
 use bindings::{HttpFilter, HttpFilterPre};
@@ -103,6 +104,8 @@ pub struct Runtime {
     state: Arc<dyn StateBackend>,
     metrics: Arc<FilterMetrics>,
     ticker_stop: Arc<AtomicBool>,
+    /// The guests' clocks: real time, or a virtual clock under the filter harness.
+    clock: Option<VirtualClock>,
 }
 
 impl Drop for Runtime {
@@ -118,6 +121,25 @@ impl Runtime {
         cache_dir: Option<&Path>,
         state: Arc<dyn StateBackend>,
         metrics: Arc<FilterMetrics>,
+    ) -> Result<Arc<Runtime>, LoadError> {
+        Runtime::build(cache_dir, state, metrics, None)
+    }
+
+    /// Like [`Runtime::new`], but guests read `clock` as their wall and monotonic clocks.
+    pub fn with_clock(
+        cache_dir: Option<&Path>,
+        state: Arc<dyn StateBackend>,
+        metrics: Arc<FilterMetrics>,
+        clock: VirtualClock,
+    ) -> Result<Arc<Runtime>, LoadError> {
+        Runtime::build(cache_dir, state, metrics, Some(clock))
+    }
+
+    fn build(
+        cache_dir: Option<&Path>,
+        state: Arc<dyn StateBackend>,
+        metrics: Arc<FilterMetrics>,
+        clock: Option<VirtualClock>,
     ) -> Result<Arc<Runtime>, LoadError> {
         let err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
         let mut cfg = wasmtime::Config::new();
@@ -171,6 +193,7 @@ impl Runtime {
             state,
             metrics,
             ticker_stop,
+            clock,
         }))
     }
 
@@ -523,13 +546,16 @@ impl GuestState {
     fn new(meta: Arc<FilterMeta>, runtime: &Runtime) -> GuestState {
         // Clocks and random numbers only: no files, sockets or environment. Output goes
         // to weir's log, tagged with the filter.
-        let wasi = WasiCtx::builder()
-            .stdout(stdio::LogOutput::new(&meta.filter, &meta.route, "stdout"))
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdio::LogOutput::new(&meta.filter, &meta.route, "stdout"))
             .stderr(stdio::LogOutput::new(&meta.filter, &meta.route, "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        if let Some(clock) = &runtime.clock {
+            wasi.wall_clock(clock.clone()).monotonic_clock(clock.clone());
+        }
+        let wasi = wasi.build();
         GuestState {
             wasi,
             table: ResourceTable::new(),
