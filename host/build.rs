@@ -20,11 +20,17 @@ const COMPONENTS: &[(&str, &str)] = &[
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest.parent().expect("host/ sits in the workspace").to_owned();
+    let root = manifest
+        .parent()
+        .expect("host/ sits in the workspace")
+        .to_owned();
     for dir in ["wit", "sdk", "filters", "tests/filters"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -43,20 +49,33 @@ fn main() {
     // instrumentation) applies to the guests.
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k.starts_with("RUSTC") || k == "RUSTFLAGS" || k == "RUSTDOCFLAGS" {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME"
+            || k.starts_with("RUSTC")
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOCFLAGS"
+        {
             cmd.env_remove(&key);
         }
     }
     cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
-    let status = cmd.status().expect("cannot run cargo to build the filter components");
-    assert!(status.success(), "building the filter components failed (see above)");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the filter components");
+    assert!(
+        status.success(),
+        "building the filter components failed (see above)"
+    );
 
     for (pkg, var) in COMPONENTS {
         let file = target_dir
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", pkg.replace('-', "_")));
-        assert!(Path::new(&file).exists(), "{} was not built", file.display());
+        assert!(
+            Path::new(&file).exists(),
+            "{} was not built",
+            file.display()
+        );
         println!("cargo:rustc-env={var}={}", file.display());
     }
 }

@@ -91,7 +91,10 @@ fn line_diff(expected: &str, actual: &str) -> String {
     }
     if a == b && expected != actual {
         // Same lines; only the final newline (or a CR) differs.
-        let _ = writeln!(out, "(the texts differ only in line endings or the final newline)");
+        let _ = writeln!(
+            out,
+            "(the texts differ only in line endings or the final newline)"
+        );
     }
     out
 }
@@ -153,7 +156,11 @@ fn config_errors_match_their_err_files() {
         "{} of {} ui cases failed{}:\n\n{}",
         failures.len(),
         cases.len(),
-        if bless { " (while blessing)" } else { "; after an intended change, run with WEIR_BLESS=1 and review the diff" },
+        if bless {
+            " (while blessing)"
+        } else {
+            "; after an intended change, run with WEIR_BLESS=1 and review the diff"
+        },
         failures.join("\n")
     );
 }

@@ -16,7 +16,11 @@ use hyper_util::server::conn::auto;
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let size = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let size = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()

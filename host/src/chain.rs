@@ -117,12 +117,10 @@ impl Exchange<'_> {
             body_too_large,
         } = req;
         let body = if self.chain.buffer_request {
-            let collected = tokio::time::timeout_at(
-                self.deadline,
-                body::collect_limited(body, self.max_body),
-            )
-            .await
-            .map_err(|_| self.timeout())?;
+            let collected =
+                tokio::time::timeout_at(self.deadline, body::collect_limited(body, self.max_body))
+                    .await
+                    .map_err(|_| self.timeout())?;
             match collected {
                 Ok(b) => ReqBody::Buffered(b),
                 Err(e) if body::is_too_large(e.as_ref()) => {
@@ -130,7 +128,11 @@ impl Exchange<'_> {
                         limit: self.max_body,
                     });
                 }
-                Err(e) => return Err(ProxyError::BadRequest(format!("reading the request body: {e}"))),
+                Err(e) => {
+                    return Err(ProxyError::BadRequest(format!(
+                        "reading the request body: {e}"
+                    )));
+                }
             }
         } else {
             ReqBody::Stream(Some(body))
@@ -237,8 +239,7 @@ struct Reply {
 
 impl Reply {
     fn respond(resp: wasm::Response) -> Result<Reply, String> {
-        StatusCode::from_u16(resp.status)
-            .map_err(|_| format!("invalid status {}", resp.status))?;
+        StatusCode::from_u16(resp.status).map_err(|_| format!("invalid status {}", resp.status))?;
         for (n, v) in &resp.headers {
             headers::validate(n, v)?;
         }
@@ -322,7 +323,11 @@ impl Walk<'_, '_> {
         Box::pin(self.pass_inner(from, req))
     }
 
-    async fn pass_inner(&mut self, from: usize, mut req: wasm::Request) -> Result<Reply, ProxyError> {
+    async fn pass_inner(
+        &mut self,
+        from: usize,
+        mut req: wasm::Request,
+    ) -> Result<Reply, ProxyError> {
         let filters = &self.x.chain.filters;
         let mut snapshots: Vec<Option<wasm::Request>> = vec![None; filters.len()];
         let mut passed = from;
@@ -358,7 +363,11 @@ impl Walk<'_, '_> {
                 ResponseAction::Continue(None) => {}
                 ResponseAction::Continue(Some(edit)) => {
                     if let Outcome::Response(r) = &mut reply.outcome {
-                        if let Err(e) = headers::apply_edit(&mut r.headers, edit.set_headers, &edit.remove_headers) {
+                        if let Err(e) = headers::apply_edit(
+                            &mut r.headers,
+                            edit.set_headers,
+                            &edit.remove_headers,
+                        ) {
                             reply = self.misbehaved(f, &e, reply);
                         }
                     }
@@ -402,7 +411,10 @@ impl Walk<'_, '_> {
             Ok(RequestAction::Continue((edit, memo))) => {
                 if let Some(edit) = edit {
                     if let Err(e) = self.apply_request_edit(req, edit) {
-                        return self.failed_request(f, CallError::Trap(format!("invalid request edit: {e}")));
+                        return self.failed_request(
+                            f,
+                            CallError::Trap(format!("invalid request edit: {e}")),
+                        );
                     }
                 }
                 Step::Go(memo)
@@ -416,7 +428,11 @@ impl Walk<'_, '_> {
         }
     }
 
-    fn apply_request_edit(&mut self, req: &mut wasm::Request, edit: wasm::RequestEdit) -> Result<(), String> {
+    fn apply_request_edit(
+        &mut self,
+        req: &mut wasm::Request,
+        edit: wasm::RequestEdit,
+    ) -> Result<(), String> {
         headers::apply_edit(&mut req.headers, edit.set_headers, &edit.remove_headers)?;
         if let Some(pq) = edit.path_with_query {
             if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
@@ -516,7 +532,9 @@ impl Walk<'_, '_> {
         *out.headers_mut() = h;
         self.x.finish_request(out.headers_mut());
         let (deadline, timeout_ms) = match self.try_timeout {
-            Some(t) if Instant::now() + t < self.x.deadline => (Instant::now() + t, t.as_millis() as u64),
+            Some(t) if Instant::now() + t < self.x.deadline => {
+                (Instant::now() + t, t.as_millis() as u64)
+            }
             _ => (self.x.deadline, self.x.timeout_ms()),
         };
         let sent = self
@@ -543,7 +561,9 @@ impl Walk<'_, '_> {
         let (parts, stream) = resp.into_parts();
         let (body, stream) = if self.x.chain.buffer_response {
             let limit = self.x.max_body;
-            match tokio::time::timeout_at(self.x.deadline, body::collect_limited(stream, limit)).await {
+            match tokio::time::timeout_at(self.x.deadline, body::collect_limited(stream, limit))
+                .await
+            {
                 Err(_) => return Err(self.x.timeout()),
                 Ok(Ok(b)) => (Some(b.to_vec()), None),
                 Ok(Err(e)) if body::is_too_large(e.as_ref()) => {

@@ -36,7 +36,11 @@ impl VirtualClock {
 
     /// A clock whose wall time starts now.
     pub fn new() -> VirtualClock {
-        VirtualClock::starting_at(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+        VirtualClock::starting_at(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
     }
 
     /// Moves the clock forward.

@@ -54,9 +54,15 @@ pub struct HumanDuration(pub Duration);
 impl TryFrom<String> for HumanDuration {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let bad = || format!("invalid duration {s:?}: expected a number and a unit, like \"250ms\", \"2s\", \"1m\" or \"1h\"");
+        let bad = || {
+            format!(
+                "invalid duration {s:?}: expected a number and a unit, like \"250ms\", \"2s\", \"1m\" or \"1h\""
+            )
+        };
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?;
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
         let (num, unit) = t.split_at(split);
         let n: f64 = num.parse().map_err(|_| bad())?;
         let secs = match unit {
@@ -112,7 +118,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "KiB" | "KB" | "K" => 1 << 10,
         "MiB" | "MB" | "M" => 1 << 20,
         "GiB" | "GB" | "G" => 1 << 30,
-        other => return Err(format!("invalid size {s:?}: unknown unit {other:?}; use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?}; use B, KiB, MiB or GiB"
+            ));
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("invalid size {s:?}: too large"))
@@ -127,7 +137,9 @@ impl TryFrom<String> for ListenAddr {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         s.parse().map(ListenAddr).map_err(|_| {
-            format!("invalid address {s:?}: expected an IP address and a port, like \"127.0.0.1:8080\"")
+            format!(
+                "invalid address {s:?}: expected an IP address and a port, like \"127.0.0.1:8080\""
+            )
         })
     }
 }
@@ -158,13 +170,15 @@ impl fmt::Display for Origin {
 impl TryFrom<String> for Origin {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let uri: http::Uri = s
-            .parse()
-            .map_err(|e| format!("invalid url {s:?}: {e}"))?;
+        let uri: http::Uri = s.parse().map_err(|e| format!("invalid url {s:?}: {e}"))?;
         let scheme = match uri.scheme_str() {
             Some("http") => http::uri::Scheme::HTTP,
             Some("https") => http::uri::Scheme::HTTPS,
-            _ => return Err(format!("invalid url {s:?}: the scheme must be http or https")),
+            _ => {
+                return Err(format!(
+                    "invalid url {s:?}: the scheme must be http or https"
+                ));
+            }
         };
         let authority = uri
             .authority()
@@ -176,7 +190,9 @@ impl TryFrom<String> for Origin {
             ));
         }
         if authority.as_str().contains('@') {
-            return Err(format!("invalid url {s:?}: credentials in the url are not allowed; use the `headers` or `auth` filter"));
+            return Err(format!(
+                "invalid url {s:?}: credentials in the url are not allowed; use the `headers` or `auth` filter"
+            ));
         }
         Ok(Origin { scheme, authority })
     }
@@ -545,11 +561,18 @@ impl Config {
             pos: span.map(|s| line_col(text, s.start)),
             message,
         };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigErrors(vec![at(e.span(), e.message().trim().to_owned())]))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim();
+            eprintln!("DEBUG {:?} {}", e.span(), text.len());
+            ConfigErrors(vec![at(e.span(), message.to_owned())])
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut errors = Vec::new();
-        let raw = validate(raw, base, &mut |span, msg| errors.push(at(Some(span), msg)));
+        let raw = validate(raw, base, text, &mut |span, msg| {
+            errors.push(at(Some(span), msg))
+        });
+        // Report in file order, however the checks are grouped.
+        errors.sort_by_key(|e| e.pos);
         if errors.is_empty() {
             Ok(Config {
                 path: path.to_owned(),
@@ -570,9 +593,20 @@ impl Config {
         }
     }
 
+    /// The span of the setting at `path`, such as `["listen", "tls", "cert"]`, to place an
+    /// error found after parsing. See [`key_span`].
+    pub fn key_span(&self, path: &[&str]) -> Option<std::ops::Range<usize>> {
+        key_span(&self.text, path)
+    }
+
     /// Where the named filter's component comes from.
     pub fn filter_source(&self, name: &str) -> FilterSource {
-        match self.raw.filters.get(name).and_then(|f| f.get_ref().wasm.clone()) {
+        match self
+            .raw
+            .filters
+            .get(name)
+            .and_then(|f| f.get_ref().wasm.clone())
+        {
             Some(path) => FilterSource::File(path),
             None => FilterSource::Builtin(
                 builtin::lookup(name)
@@ -592,12 +626,16 @@ impl Config {
     }
 }
 
-/// Cross-checks the parsed file. `err` receives each problem with its byte span.
+/// Cross-checks the parsed file. `err` receives each problem with its byte span: the
+/// setting at fault when it can be found in `text`, else the table it belongs to.
 fn validate(
     mut raw: RawConfig,
     base: &Path,
+    text: &str,
     err: &mut dyn FnMut(std::ops::Range<usize>, String),
 ) -> RawConfig {
+    let place =
+        |path: &[&str], table: std::ops::Range<usize>| key_span(text, path).unwrap_or(table);
     let abs = |p: &mut PathBuf| {
         if p.is_relative() {
             *p = base.join(&*p);
@@ -618,21 +656,38 @@ fn validate(
         let span = up.span();
         let up = up.get_mut();
         if up.max_connections == 0 {
-            err(span.clone(), format!("upstream `{name}`: max_connections must be at least 1"));
+            err(
+                place(&["upstreams", name, "max_connections"], span.clone()),
+                format!("upstream `{name}`: max_connections must be at least 1"),
+            );
         }
         if let Some(tls) = &mut up.tls {
             if !up.url.is_https() {
-                err(span.clone(), format!("upstream `{name}`: `tls` is set but the url is not https"));
+                err(
+                    place(&["upstreams", name, "tls"], span.clone()),
+                    format!("upstream `{name}`: `tls` is set but the url is not https"),
+                );
             }
-            for p in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key].into_iter().flatten() {
+            for p in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key]
+                .into_iter()
+                .flatten()
+            {
                 abs(p);
             }
             if tls.client_cert.is_some() != tls.client_key.is_some() {
-                err(span.clone(), format!("upstream `{name}`: `client_cert` and `client_key` go together"));
+                err(
+                    place(&["upstreams", name, "tls"], span.clone()),
+                    format!("upstream `{name}`: `client_cert` and `client_key` go together"),
+                );
             }
         }
         if let Some(other) = origins.insert(up.url.to_string(), name) {
-            err(span, format!("upstream `{name}` has the same url as upstream `{other}`; use one upstream for both"));
+            err(
+                place(&["upstreams", name, "url"], span),
+                format!(
+                    "upstream `{name}` has the same url as upstream `{other}`; use one upstream for both"
+                ),
+            );
         }
     }
     for (name, f) in raw.filters.iter_mut() {
@@ -650,32 +705,68 @@ fn validate(
             None => {}
         }
         if f.max_memory.0 == 0 || f.max_memory.0 > MAX_FILTER_MEMORY {
-            err(span.clone(), format!("filter `{name}`: max_memory must be between 1 byte and 1GiB"));
+            err(
+                place(&["filters", name, "max_memory"], span.clone()),
+                format!("filter `{name}`: max_memory must be between 1 byte and 1GiB"),
+            );
         }
         if f.max_instances == 0 {
-            err(span.clone(), format!("filter `{name}`: max_instances must be at least 1"));
+            err(
+                place(&["filters", name, "max_instances"], span.clone()),
+                format!("filter `{name}`: max_instances must be at least 1"),
+            );
         }
         if f.min_instances > f.max_instances {
-            err(span.clone(), format!("filter `{name}`: min_instances ({}) is more than max_instances ({})", f.min_instances, f.max_instances));
+            err(
+                place(&["filters", name, "min_instances"], span.clone()),
+                format!(
+                    "filter `{name}`: min_instances ({}) is more than max_instances ({})",
+                    f.min_instances, f.max_instances
+                ),
+            );
         }
         if f.max_call_time.0.is_zero() {
-            err(span.clone(), format!("filter `{name}`: max_call_time must be more than zero"));
+            err(
+                place(&["filters", name, "max_call_time"], span.clone()),
+                format!("filter `{name}`: max_call_time must be more than zero"),
+            );
         }
         if let Some(c) = &f.config {
             if !c.is_object() {
-                err(span, format!("filter `{name}`: `config` must be a table"));
+                err(
+                    place(&["filters", name, "config"], span),
+                    format!("filter `{name}`: `config` must be a table"),
+                );
             }
         }
     }
-    let mut route_names = std::collections::BTreeSet::new();
-    for route in &raw.routes {
+    // Each route name, with the index of the route that defined it first.
+    let mut route_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, route) in raw.routes.iter().enumerate() {
         let span = route.span();
         let r = route.get_ref();
-        if !route_names.insert(r.name.clone()) {
-            err(span.clone(), format!("route `{}` is defined twice; route names must be unique", r.name));
+        let index = i.to_string();
+        let at = |path: &[&str]| {
+            let mut full = vec!["routes", index.as_str()];
+            full.extend_from_slice(path);
+            place(&full, span.clone())
+        };
+        if let Some(&first) = route_names.get(r.name.as_str()) {
+            let first_line = key_span(text, &["routes", &first.to_string(), "name"])
+                .map(|s| format!(" (first at line {})", line_col(text, s.start).0))
+                .unwrap_or_default();
+            err(
+                at(&["name"]),
+                format!(
+                    "route `{}` is defined twice{first_line}; route names must be unique",
+                    r.name
+                ),
+            );
+        } else {
+            route_names.insert(&r.name, i);
         }
         if r.name.is_empty() {
-            err(span.clone(), "a route's name must not be empty".to_owned());
+            err(at(&["name"]), "a route's name must not be empty".to_owned());
         }
         if !raw.upstreams.contains_key(r.upstream.get_ref()) {
             err(
@@ -689,27 +780,61 @@ fn validate(
             );
         }
         if r.strip_prefix && r.matcher.path_prefix.is_none() {
-            err(span.clone(), format!("route `{}`: `strip_prefix` needs `match.path_prefix`", r.name));
+            err(
+                at(&["strip_prefix"]),
+                format!(
+                    "route `{}`: `strip_prefix` needs `match.path_prefix`",
+                    r.name
+                ),
+            );
         }
         if let Some(p) = &r.matcher.path_prefix {
             if !p.starts_with('/') {
-                err(span.clone(), format!("route `{}`: `match.path_prefix` must start with `/`", r.name));
+                err(
+                    at(&["match", "path_prefix"]),
+                    format!(
+                        "route `{}`: `match.path_prefix` must start with `/`",
+                        r.name
+                    ),
+                );
             }
         }
         if let Some(methods) = &r.matcher.methods {
-            for m in methods {
-                if http::Method::from_bytes(m.as_bytes()).is_err() || m.to_ascii_uppercase() != *m {
-                    err(span.clone(), format!("route `{}`: invalid method {m:?}: use upper case, like \"GET\"", r.name));
-                }
+            for (j, m) in methods.iter().enumerate() {
+                let problem = if http::Method::from_bytes(m.as_bytes()).is_err() {
+                    format!(
+                        "invalid method {m:?}: expected an HTTP method such as \"GET\" or \"POST\""
+                    )
+                } else if m.to_ascii_uppercase() != *m {
+                    format!(
+                        "method {m:?} must be upper case: {:?}",
+                        m.to_ascii_uppercase()
+                    )
+                } else {
+                    continue;
+                };
+                err(
+                    at(&["match", "methods", &j.to_string()]),
+                    format!("route `{}`: {problem}", r.name),
+                );
             }
         }
         for name in r.matcher.headers.keys() {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                err(span.clone(), format!("route `{}`: invalid header name {name:?} in `match.headers`", r.name));
+                err(
+                    at(&["match", "headers", name]),
+                    format!(
+                        "route `{}`: invalid header name {name:?} in `match.headers`",
+                        r.name
+                    ),
+                );
             }
         }
         if r.timeout.0.is_zero() {
-            err(span.clone(), format!("route `{}`: timeout must be more than zero", r.name));
+            err(
+                at(&["timeout"]),
+                format!("route `{}`: timeout must be more than zero", r.name),
+            );
         }
         for f in &r.filters {
             let name = &f.get_ref().name;
@@ -726,7 +851,13 @@ fn validate(
             }
             if let Some(c) = &f.get_ref().config {
                 if !c.is_object() {
-                    err(f.span(), format!("route `{}`: the config of filter `{name}` must be a table", r.name));
+                    err(
+                        f.span(),
+                        format!(
+                            "route `{}`: the config of filter `{name}` must be a table",
+                            r.name
+                        ),
+                    );
                 }
             }
         }
@@ -736,7 +867,41 @@ fn validate(
 
 fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<_> = names.map(|n| format!("`{n}`")).collect();
-    if v.is_empty() { "none".to_owned() } else { v.join(", ") }
+    if v.is_empty() {
+        "none".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The byte span of the setting at `path` in the TOML `text`: of its key, or for an array
+/// element (a path segment that is an index, like `"0"`) of the element. `None` when the
+/// text does not parse or has nothing at `path` (a default value, say).
+fn key_span(text: &str, path: &[&str]) -> Option<std::ops::Range<usize>> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut span = None;
+    let mut here: Option<&DeValue<'_>> = None;
+    for seg in path {
+        let (s, v) = match here {
+            None => {
+                let (k, v) = doc.get_ref().get_key_value(*seg)?;
+                (k.span(), v.get_ref())
+            }
+            Some(DeValue::Table(t)) => {
+                let (k, v) = t.get_key_value(*seg)?;
+                (k.span(), v.get_ref())
+            }
+            Some(DeValue::Array(a)) => {
+                let v = a.get(seg.parse::<usize>().ok()?)?;
+                (v.span(), v.get_ref())
+            }
+            Some(_) => return None,
+        };
+        span = Some(s);
+        here = Some(v);
+    }
+    span
 }
 
 /// 1-based line and column (in characters) of byte offset `at`.
@@ -779,9 +944,18 @@ upstream = "api"
 
     #[test]
     fn durations_and_sizes_parse() {
-        assert_eq!(HumanDuration::try_from("250ms".to_owned()).unwrap().0, Duration::from_millis(250));
-        assert_eq!(HumanDuration::try_from("2s".to_owned()).unwrap().0, Duration::from_secs(2));
-        assert_eq!(HumanDuration::try_from("1.5m".to_owned()).unwrap().0, Duration::from_secs(90));
+        assert_eq!(
+            HumanDuration::try_from("250ms".to_owned()).unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            HumanDuration::try_from("2s".to_owned()).unwrap().0,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            HumanDuration::try_from("1.5m".to_owned()).unwrap().0,
+            Duration::from_secs(90)
+        );
         assert!(HumanDuration::try_from("2".to_owned()).is_err());
         assert!(HumanDuration::try_from("2 weeks".to_owned()).is_err());
         assert_eq!(parse_size("64KiB").unwrap(), 65536);
@@ -802,7 +976,11 @@ upstream = "api"
     fn unknown_key_is_located() {
         let err = parse(&format!("{MIN}bogus = 1\n")).unwrap_err();
         assert_eq!(err.0.len(), 1);
-        assert!(err.0[0].message.contains("unknown field `bogus`"), "{}", err);
+        assert!(
+            err.0[0].message.contains("unknown field `bogus`"),
+            "{}",
+            err
+        );
         assert!(err.0[0].pos.is_some());
     }
 
@@ -846,13 +1024,21 @@ filters = ["headers", "mystery"]
         assert_eq!(fs.len(), 2);
         assert_eq!(fs[1].get_ref().config, Some(serde_json::json!({"a": 1})));
         let bad = format!("{MIN}filters = [{{ name = \"headers\" }}]\n");
-        assert!(parse(&bad).unwrap_err().to_string().contains("unknown field `name`"));
+        assert!(
+            parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `name`")
+        );
     }
 
     #[test]
     fn json_merge_is_deep() {
         let mut a = serde_json::json!({"x": {"y": 1, "z": 2}, "k": 1});
         merge_json(&mut a, &serde_json::json!({"x": {"y": 5}, "n": true}));
-        assert_eq!(a, serde_json::json!({"x": {"y": 5, "z": 2}, "k": 1, "n": true}));
+        assert_eq!(
+            a,
+            serde_json::json!({"x": {"y": 5, "z": 2}, "k": 1, "n": true})
+        );
     }
 }

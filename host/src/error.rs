@@ -209,6 +209,9 @@ mod tests {
             filter: "auth".into(),
             detail: "trap".into(),
         };
-        assert_eq!((f.status(), f.origin()), (StatusCode::SERVICE_UNAVAILABLE, Origin::Filter));
+        assert_eq!(
+            (f.status(), f.origin()),
+            (StatusCode::SERVICE_UNAVAILABLE, Origin::Filter)
+        );
     }
 }

@@ -77,7 +77,10 @@ impl Harness {
     pub async fn builtin(name: &str, config: serde_json::Value) -> Result<Harness, LoadError> {
         let b = builtin::lookup(name).ok_or_else(|| LoadError::Invalid {
             what: name.to_owned(),
-            detail: format!("no built-in filter of that name (built-in: {})", builtin::names().join(", ")),
+            detail: format!(
+                "no built-in filter of that name (built-in: {})",
+                builtin::names().join(", ")
+            ),
         })?;
         Harness::load(b.wasm, config).await
     }
@@ -99,7 +102,11 @@ impl Harness {
 
     /// Another instance pool of the same component with its own config, sharing this
     /// harness's clock and state: two routes, or two weir processes, using one key.
-    pub async fn sibling(&self, wasm: &[u8], config: serde_json::Value) -> Result<Harness, LoadError> {
+    pub async fn sibling(
+        &self,
+        wasm: &[u8],
+        config: serde_json::Value,
+    ) -> Result<Harness, LoadError> {
         Ok(Harness {
             clock: self.clock.clone(),
             state: self.state.clone(),
@@ -129,7 +136,11 @@ impl Harness {
     }
 
     /// Calls `on-request`.
-    pub async fn on_request(&self, info: &RequestInfo, req: &Request) -> Result<RequestAction, CallError> {
+    pub async fn on_request(
+        &self,
+        info: &RequestInfo,
+        req: &Request,
+    ) -> Result<RequestAction, CallError> {
         self.pool.on_request(info, req).await
     }
 
@@ -261,7 +272,11 @@ fn apply_request_edit(req: &mut Request, e: crate::wasm::RequestEdit) {
     }
 }
 
-fn apply_fields_edit(fields: &mut Vec<(String, Vec<u8>)>, set: Vec<(String, Vec<u8>)>, remove: &[String]) {
+fn apply_fields_edit(
+    fields: &mut Vec<(String, Vec<u8>)>,
+    set: Vec<(String, Vec<u8>)>,
+    remove: &[String],
+) {
     // Invalid headers are the host's business in a route; the harness applies as given.
     let _ = crate::headers::apply_edit(fields, set, remove);
 }
@@ -287,7 +302,8 @@ pub fn request(method: &str, path_with_query: &str) -> Request {
 
 /// `req` with header `name: value` added.
 pub fn with_header(mut req: Request, name: &str, value: &str) -> Request {
-    req.headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+    req.headers
+        .push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
     req
 }
 
@@ -313,7 +329,8 @@ pub fn response(status: u16) -> Response {
 
 /// `resp` with header `name: value` added.
 pub fn with_response_header(mut resp: Response, name: &str, value: &str) -> Response {
-    resp.headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+    resp.headers
+        .push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
     resp
 }
 
@@ -344,7 +361,10 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_builtin_is_an_error() {
-        let err = Harness::builtin("nope", serde_json::json!({})).await.err().unwrap();
+        let err = Harness::builtin("nope", serde_json::json!({}))
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("no built-in filter"), "{err}");
     }
 }

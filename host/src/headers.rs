@@ -92,9 +92,15 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::HOST, HeaderValue::from_static("weir.local"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
@@ -110,7 +116,12 @@ mod tests {
             ("x-a".to_owned(), b"2".to_vec()),
             ("cookie".to_owned(), b"c".to_vec()),
         ];
-        apply_edit(&mut f, vec![("X-A".into(), b"3".to_vec())], &["COOKIE".into()]).unwrap();
+        apply_edit(
+            &mut f,
+            vec![("X-A".into(), b"3".to_vec())],
+            &["COOKIE".into()],
+        )
+        .unwrap();
         assert_eq!(f, vec![("x-a".to_owned(), b"3".to_vec())]);
         assert!(apply_edit(&mut f, vec![("bad name".into(), b"v".to_vec())], &[]).is_err());
         assert!(apply_edit(&mut f, vec![("x-b".into(), b"a\r\nb".to_vec())], &[]).is_err());

@@ -112,7 +112,10 @@ async fn prepare(
         Some(t) => match tls::server_config(t) {
             Ok(cfg) => Some(TlsAcceptor::from(cfg)),
             Err(e) => {
-                errors.push(config.error_at(None, e.to_string()));
+                // `e.setting()` is a path like `listen.tls.cert`: point at that key.
+                let path: Vec<&str> = e.setting().split('.').collect();
+                let span = config.key_span(&path);
+                errors.push(config.error_at(span, e.to_string()));
                 None
             }
         },

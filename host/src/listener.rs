@@ -55,11 +55,7 @@ impl Proxy {
     }
 
     /// Handles one request; never fails: every error becomes a JSON response.
-    pub async fn handle(
-        &self,
-        client: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let id = request_id(req.headers());
         let router = self.router();
@@ -83,7 +79,11 @@ impl Proxy {
                     })
                 } else {
                     let too_large = Arc::new(AtomicBool::new(false));
-                    let body = body::boxed(body::Limited::new(body::boxed(body), self.max_body, too_large.clone()));
+                    let body = body::boxed(body::Limited::new(
+                        body::boxed(body),
+                        self.max_body,
+                        too_large.clone(),
+                    ));
                     let mut hdrs = parts.headers;
                     headers::prepare_upstream(&mut hdrs);
                     let x = Exchange {
@@ -189,11 +189,15 @@ pub async fn serve(
             });
             let result = match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned();
                     watcher.watch(conn).await
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -201,7 +205,9 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .into_owned();
                     watcher.watch(conn).await
                 }
             };

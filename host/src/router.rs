@@ -88,8 +88,7 @@ impl Matcher {
             let ok = match h {
                 HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
                 HostMatch::Suffix(s) => {
-                    host.len() > s.len()
-                        && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
                 }
             };
             if !ok {
@@ -157,7 +156,10 @@ impl Router {
     /// Loads every component the config names (once each), initialises a pool per
     /// (route, filter), and builds the routes. Every problem is returned, not just the
     /// first.
-    pub async fn build(config: &Config, runtime: &Arc<Runtime>) -> Result<Router, Vec<ConfigError>> {
+    pub async fn build(
+        config: &Config,
+        runtime: &Arc<Runtime>,
+    ) -> Result<Router, Vec<ConfigError>> {
         let raw = &config.raw;
         let mut errors = Vec::new();
         let upstream_cfgs: Vec<_> = raw
@@ -219,7 +221,8 @@ impl Router {
                     Err(e) => errors.push(config.error_at(Some(f.span()), e.to_string())),
                 }
             }
-            let Some(upstream) = upstreams.as_ref().and_then(|u| u.get(r.upstream.get_ref())) else {
+            let Some(upstream) = upstreams.as_ref().and_then(|u| u.get(r.upstream.get_ref()))
+            else {
                 continue;
             };
             routes.push(Route {

@@ -47,7 +47,10 @@ impl Telemetry {
     pub fn new() -> prometheus::Result<Arc<Telemetry>> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("weir_requests_total", "Requests answered, by route, method and status class"),
+            Opts::new(
+                "weir_requests_total",
+                "Requests answered, by route, method and status class",
+            ),
             &["route", "method", "status"],
         )?;
         let latency = HistogramVec::new(

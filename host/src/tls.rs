@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ListenTls, UpstreamTls};
@@ -14,8 +14,19 @@ use crate::config::{ListenTls, UpstreamTls};
 /// A TLS file or setting that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A PEM file could not be read or held nothing usable.
-    #[error("{what} {path}: {detail}")]
+    /// A PEM file could not be read.
+    #[error("{what}: cannot read {path}: {source}")]
+    Read {
+        /// Which setting, e.g. "listen.tls.cert".
+        what: String,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file held nothing usable.
+    #[error("{what}: {path}: {detail}")]
     File {
         /// Which setting, e.g. "listen.tls.cert".
         what: String,
@@ -36,12 +47,19 @@ pub enum TlsError {
 }
 
 impl TlsError {
+    /// The setting this error is about, as a dotted path such as `listen.tls.cert`.
+    pub fn setting(&self) -> &str {
+        match self {
+            TlsError::Read { what, .. }
+            | TlsError::File { what, .. }
+            | TlsError::Rustls { what, .. } => what,
+        }
+    }
+
     /// The upstream this error is about, for `upstreams.NAME.tls…` settings.
     pub fn upstream(&self) -> &str {
-        let what = match self {
-            TlsError::File { what, .. } | TlsError::Rustls { what, .. } => what,
-        };
-        what.strip_prefix("upstreams.")
+        self.setting()
+            .strip_prefix("upstreams.")
             .and_then(|w| w.split('.').next())
             .unwrap_or("")
     }
@@ -59,32 +77,60 @@ fn file_error(what: &str, path: &Path, detail: impl ToString) -> TlsError {
     }
 }
 
+/// A PEM parsing error in words, without rustls-pki-types' byte dumps; `wanted` names
+/// what the file should hold, e.g. "certificate".
+fn pem_error(what: &str, path: &Path, wanted: &str, e: pem::Error) -> TlsError {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+    let detail = match e {
+        pem::Error::Io(source) => {
+            return TlsError::Read {
+                what: what.to_owned(),
+                path: path.display().to_string(),
+                source,
+            };
+        }
+        pem::Error::NoItemsFound => format!("no PEM {wanted} found"),
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("a PEM section has no \"-----END {}-----\" line", text(&end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed PEM section start {:?}", text(&line))
+        }
+        pem::Error::Base64Decode(e) => format!("bad base64 in a PEM section: {e}"),
+        other => other.to_string(),
+    };
+    file_error(what, path, detail)
+}
+
 /// Reads every certificate in a PEM file.
 pub fn load_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(what, path, e))?
+        .map_err(|e| pem_error(what, path, "certificate", e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(what, path, e))?;
+        .map_err(|e| pem_error(what, path, "certificate", e))?;
     if certs.is_empty() {
-        return Err(file_error(what, path, "no PEM certificate found"));
+        return Err(pem_error(
+            what,
+            path,
+            "certificate",
+            pem::Error::NoItemsFound,
+        ));
     }
     Ok(certs)
 }
 
 /// Reads the first private key in a PEM file.
 pub fn load_key(what: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(what, path, e))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(what, path, "private key", e))
 }
 
 fn roots(what: &str, path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(what, path)? {
-        roots
-            .add(cert)
-            .map_err(|source| TlsError::Rustls {
-                what: what.to_owned(),
-                source,
-            })?;
+        roots.add(cert).map_err(|source| TlsError::Rustls {
+            what: what.to_owned(),
+            source,
+        })?;
     }
     Ok(roots)
 }

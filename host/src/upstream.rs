@@ -139,17 +139,19 @@ impl UpstreamPool {
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
-        let permit = match tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Err(UpstreamFailure {
-                    kind: UpstreamError::Overloaded,
-                    error: ProxyError::Overloaded {
-                        upstream: upstream.origin.clone(),
-                    },
-                });
-            }
-        };
+        let permit =
+            match tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await
+            {
+                Ok(Ok(p)) => p,
+                _ => {
+                    return Err(UpstreamFailure {
+                        kind: UpstreamError::Overloaded,
+                        error: ProxyError::Overloaded {
+                            upstream: upstream.origin.clone(),
+                        },
+                    });
+                }
+            };
         match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(UpstreamFailure {
                 kind: UpstreamError::Timeout,
@@ -164,8 +166,15 @@ impl UpstreamPool {
 fn authority_key(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> String {
     let port = authority
         .port_u16()
-        .unwrap_or(if *scheme == http::uri::Scheme::HTTPS { 443 } else { 80 });
-    format!("{scheme}://{}:{port}", authority.host().to_ascii_lowercase())
+        .unwrap_or(if *scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        });
+    format!(
+        "{scheme}://{}:{port}",
+        authority.host().to_ascii_lowercase()
+    )
 }
 
 /// Maps a client error to the WIT kind and the client's error.
@@ -283,10 +292,13 @@ impl tower_service::Service<Uri> for Connector {
             };
             let key = authority_key(&scheme, &authority);
             // weir is never an open proxy: only configured origins are dialled.
-            let target = targets
-                .get(&key)
-                .ok_or_else(|| ConnectError::Failed(format!("{key} is not a configured upstream")))?;
-            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let target = targets.get(&key).ok_or_else(|| {
+                ConnectError::Failed(format!("{key} is not a configured upstream"))
+            })?;
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             let port = authority
                 .port_u16()
                 .unwrap_or(if target.tls.is_some() { 443 } else { 80 });
@@ -298,8 +310,9 @@ impl tower_service::Service<Uri> for Connector {
                 match &target.tls {
                     None => Ok(Conn::Plain(TokioIo::new(tcp))),
                     Some(cfg) => {
-                        let name = ServerName::try_from(host.to_owned())
-                            .map_err(|e| ConnectError::Tls(format!("invalid server name {host:?}: {e}")))?;
+                        let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+                            ConnectError::Tls(format!("invalid server name {host:?}: {e}"))
+                        })?;
                         let tls = TlsConnector::from(cfg.clone())
                             .connect(name, tcp)
                             .await

@@ -9,6 +9,7 @@
 //!
 //! The helpers live in [`support`]; `support_selftest` checks them without weir.
 
+mod filters;
 mod proxy;
 mod support;
 mod support_selftest;

@@ -173,7 +173,10 @@ upstream = "api"
     let other = request_id(&resp);
     assert_generated_id(&other);
     assert_ne!(other, id);
-    assert_eq!(up.request(2).header_str("x-request-id"), Some(other.as_str()));
+    assert_eq!(
+        up.request(2).header_str("x-request-id"),
+        Some(other.as_str())
+    );
     assert_eq!(up.count(), 3);
 }
 
@@ -369,15 +372,40 @@ upstream = "billing"
     .await;
     let c = client();
     // (method, path, host header, x-team header, expected upstream or None for a 404)
-    let cases: &[(&str, &str, Option<&str>, Option<&str>, Option<&str>)] = &[
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+    let cases: &[Case] = &[
         // Host: a subdomain at any depth, any port, any case.
-        ("GET", "/m/1", Some("api.example.test:8080"), None, Some("wildcard")),
-        ("GET", "/m/2", Some("Deep.API.Example.Test"), None, Some("wildcard")),
+        (
+            "GET",
+            "/m/1",
+            Some("api.example.test:8080"),
+            None,
+            Some("wildcard"),
+        ),
+        (
+            "GET",
+            "/m/2",
+            Some("Deep.API.Example.Test"),
+            None,
+            Some("wildcard"),
+        ),
         // The bare domain is not a subdomain; a GET without the team header falls through.
         ("GET", "/m/3", Some("example.test"), None, None),
         // The wildcard route also needs its path.
         ("GET", "/other", Some("api.example.test"), None, None),
-        ("GET", "/anything", Some("API.EXACT.TEST:443"), None, Some("exact")),
+        (
+            "GET",
+            "/anything",
+            Some("API.EXACT.TEST:443"),
+            None,
+            Some("exact"),
+        ),
         ("GET", "/m/4", Some("other.exact.test"), None, None),
         // Methods.
         ("POST", "/m/5", None, None, Some("writes")),
@@ -417,10 +445,7 @@ upstream = "billing"
     let paths: Vec<String> = ups[2].requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/m/5", "/m/6", "/m/12"]);
     // The upstream gets its own authority, whatever host the client asked for.
-    assert_eq!(
-        ups[0].request(0).authority,
-        Some(ups[0].addr().to_string())
-    );
+    assert_eq!(ups[0].request(0).authority, Some(ups[0].addr().to_string()));
 }
 
 // === the built-in headers filter ===
@@ -462,7 +487,10 @@ filters = [{{ use = "headers", config = {{ request = {{ set = {{ "x-api-key" = "
         .unwrap();
     assert_eq!(resp.status(), 200);
     let h = resp.headers();
-    assert_eq!(h.get_all("x-served-by").iter().collect::<Vec<_>>(), ["weir"]);
+    assert_eq!(
+        h.get_all("x-served-by").iter().collect::<Vec<_>>(),
+        ["weir"]
+    );
     assert!(h.get("server").is_none(), "server header leaked: {h:?}");
     assert_eq!(h["x-upstream-kept"], "1");
     let id = request_id(&resp);
@@ -511,32 +539,52 @@ timeout = "10m"
         .timeout(Duration::from_secs(600))
         .build()
         .unwrap();
-    let mut resp = c
-        .put(weir.url("/big/upload"))
-        .body(client::pattern_body(LEN))
-        .send()
-        .await
+    let h2 = client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(600))
+        .build()
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-length"], LEN.to_string().as_str());
-    let mut digest = Digest::new();
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        digest.update(&chunk);
-    }
-    assert_eq!(digest.finish(), pattern_digest(LEN), "response body");
+    for (i, (name, c)) in [("http/1.1", c), ("h2c", h2)].into_iter().enumerate() {
+        let mut resp = c
+            .put(weir.url(&format!("/big/upload/{name}")))
+            .body(client::pattern_body(LEN))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(resp.status(), 200, "{name}");
+        assert_eq!(
+            resp.headers()["content-length"],
+            LEN.to_string().as_str(),
+            "{name}"
+        );
+        // Checksummed chunk by chunk, never held whole.
+        let mut digest = Digest::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+        {
+            digest.update(&chunk);
+        }
+        assert_eq!(
+            digest.finish(),
+            pattern_digest(LEN),
+            "{name}: response body"
+        );
 
-    let reqs = up.requests();
-    assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0].path, "/big/upload");
-    assert_eq!(
-        (reqs[0].body_len, reqs[0].body_crc32),
-        pattern_digest(LEN),
-        "request body"
-    );
+        let r = up.request(i);
+        assert_eq!(r.path, format!("/big/upload/{name}"));
+        assert_eq!(
+            (r.body_len, r.body_crc32),
+            pattern_digest(LEN),
+            "{name}: request body"
+        );
+    }
+    assert_eq!(up.count(), 2);
     let peak = weir.peak_rss_bytes();
     assert!(
         peak < MAX_RSS,
-        "weir's peak RSS was {} MiB (at start {} MiB) while streaming {} MiB each way",
+        "weir's peak RSS was {} MiB (at start {} MiB) after streaming {} MiB each way, twice",
         peak >> 20,
         started_rss >> 20,
         LEN >> 20
@@ -582,7 +630,10 @@ strip_prefix = true
         assert_eq!(r.method, "POST");
         assert_eq!(r.path, format!("/echo/{i}?v=2"));
         assert_eq!(r.body_str(), format!("body {i}"));
-        assert_eq!(r.header_str("x-request-id"), Some(format!("h2-{i}").as_str()));
+        assert_eq!(
+            r.header_str("x-request-id"),
+            Some(format!("h2-{i}").as_str())
+        );
     }
     // Errors come back over HTTP/2 too.
     let resp = h2.get(weir.url("/nowhere")).send().await.unwrap();
@@ -654,10 +705,7 @@ strip_prefix = true
     assert_eq!(r.method, "POST");
     assert_eq!(r.path, "/charge?amount=5");
     assert_eq!(r.body_str(), "pay");
-    assert_eq!(
-        r.authority,
-        Some(format!("localhost:{}", h2_up.port()))
-    );
+    assert_eq!(r.authority, Some(format!("localhost:{}", h2_up.port())));
     assert_eq!(r.header_str("x-request-id"), Some(id.as_str()));
 
     let resp = c.get(weir.url("/s1/plain")).send().await.unwrap();
@@ -855,28 +903,36 @@ upstream = "api"
         up.url()
     ))
     .await;
-    let c = client();
+    for (name, c) in [("http/1.1", client()), ("h2c", h2_client())] {
+        // Heads over the limit: by a lot, and by a little.
+        for len in [20 * 1024, 17 * 1024] {
+            let resp = c
+                .get(weir.url(&format!("/big-head/{name}")))
+                .header("x-big", "a".repeat(len))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{name}, {len}: {e:?}"));
+            assert_eq!(resp.status(), 431, "{name}, {len}");
+        }
+        assert_eq!(up.count(), 0, "{name}");
+    }
 
-    let resp = c
-        .get(weir.url("/big-head"))
-        .header("x-big", "a".repeat(20 * 1024))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 431);
-    assert_eq!(up.count(), 0);
-
-    // A head well under the limit goes through whole.
-    let resp = c
-        .get(weir.url("/ok-head"))
-        .header("x-big", "b".repeat(8 * 1024))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "8192");
-    let paths: Vec<String> = up.requests().into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, ["/ok-head"]);
+    // A head just under the limit goes through whole.
+    for (i, (name, c)) in [("http/1.1", client()), ("h2c", h2_client())]
+        .into_iter()
+        .enumerate()
+    {
+        let resp = c
+            .get(weir.url(&format!("/ok-head/{name}")))
+            .header("x-big", "b".repeat(15 * 1024))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(resp.status(), 200, "{name}");
+        assert_eq!(resp.text().await.unwrap(), "15360", "{name}");
+        assert_eq!(up.request(i).path, format!("/ok-head/{name}"));
+    }
+    assert_eq!(up.count(), 2);
 }
 
 /// weir with `max_body_bytes = "1KiB"` in front of `up`, route "api".

@@ -54,8 +54,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::clock::VirtualClock;
 use super::{BoxFuture, StateBackend, StateError};
+use crate::clock::VirtualClock;
 
 /// The most shards a backend is split into.
 const MAX_SHARDS: usize = 16;

@@ -207,9 +207,28 @@ impl Runtime {
 
     /// Compiles `bytes` (through the compile cache) and links it once.
     pub fn load(&self, what: &str, bytes: &[u8]) -> Result<Arc<Loaded>, LoadError> {
-        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+        let invalid = |detail: &str| LoadError::Invalid {
             what: what.to_owned(),
-            detail: format!("{e:#}"),
+            detail: detail.to_owned(),
+        };
+        // The two common mistakes, in words rather than as wasmtime's parser errors.
+        if !bytes.starts_with(b"\0asm") {
+            return Err(invalid("it is not a WebAssembly binary"));
+        }
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(invalid(
+                "it is a core WebAssembly module, not a component; build it for the `wasm32-wasip2` target",
+            ));
+        }
+        // One line: `weir check` prints each line of an error as its own `error:`.
+        let invalid = |e: wasmtime::Error| {
+            let text = format!("{e:#}");
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            invalid(&lines.join(" "))
         };
         let component = Component::new(&self.engine, bytes).map_err(invalid)?;
         let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
@@ -479,7 +498,13 @@ impl FilterPool {
             .await;
         match result {
             Ok(Ok(info)) => Ok((Instance { store, guest }, info)),
-            Ok(Err(msg)) => Err(format!("init rejected its config: {msg}")),
+            Ok(Err(msg)) => {
+                // The SDK starts the message with the filter's own name; when that is the
+                // configured name too, the error already says it.
+                let prefix = format!("{}: ", meta.filter);
+                let msg = msg.strip_prefix(&prefix).unwrap_or(&msg);
+                Err(format!("init rejected its config: {msg}"))
+            }
             Err(e) => Err(format!("init {}", describe(&store, e))),
         }
     }
@@ -553,7 +578,8 @@ impl GuestState {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         if let Some(clock) = &runtime.clock {
-            wasi.wall_clock(clock.clone()).monotonic_clock(clock.clone());
+            wasi.wall_clock(clock.clone())
+                .monotonic_clock(clock.clone());
         }
         let wasi = wasi.build();
         GuestState {

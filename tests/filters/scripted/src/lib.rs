@@ -104,10 +104,7 @@ impl Filter for Scripted {
         Info {
             wants_request_body: self.0.wants_request_body,
             wants_response_body: false,
-            may_retry: self
-                .0
-                .may_retry
-                .unwrap_or(self.0.retry_on_status.is_some()),
+            may_retry: self.0.may_retry.unwrap_or(self.0.retry_on_status.is_some()),
         }
     }
 

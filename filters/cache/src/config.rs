@@ -1,0 +1,208 @@
+//! The filter's config: durations and sizes as strings, checked while parsing.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The filter's config as written, as documented in the crate docs. Values stay text
+/// here so that [`Config::validate`] can name the key in every error.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Freshness for storable responses that carry no freshness information.
+    pub default_ttl: Option<String>,
+    /// The largest entry (headers and body, as stored) the cache keeps.
+    pub max_entry_bytes: Option<SizeText>,
+    /// The most bytes this cache keeps in the state store, over all entries.
+    pub max_total_bytes: Option<SizeText>,
+    /// How long past its freshness an entry with a validator is kept for revalidation.
+    pub revalidation_window: Option<String>,
+}
+
+/// The checked config the filter runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `default_ttl`; `None` when off.
+    pub default_ttl: Option<Duration>,
+    /// `max_entry_bytes`.
+    pub max_entry_bytes: u64,
+    /// `max_total_bytes`.
+    pub max_total_bytes: u64,
+    /// `revalidation_window`.
+    pub revalidation_window: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_ttl: None,
+            max_entry_bytes: 1 << 20,
+            max_total_bytes: 64 << 20,
+            revalidation_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Config {
+    /// Parses every value and checks them against each other; an error names the key.
+    pub fn validate(self) -> Result<Settings, String> {
+        let d = Settings::default();
+        let key = |k: &str| move |e: String| format!("{k}: {e}");
+        let default_ttl = match self.default_ttl {
+            None => None,
+            Some(text) => {
+                let ttl = duration(&text).map_err(key("default_ttl"))?;
+                if ttl.is_zero() {
+                    return Err(
+                        "default_ttl: must be more than 0 (leave it out to turn it off)".into(),
+                    );
+                }
+                Some(ttl)
+            }
+        };
+        let size = |v: Option<SizeText>, k: &str, default: u64| match v {
+            None => Ok(default),
+            Some(v) => size(v).map_err(key(k)),
+        };
+        let max_entry_bytes = size(self.max_entry_bytes, "max_entry_bytes", d.max_entry_bytes)?;
+        let max_total_bytes = size(self.max_total_bytes, "max_total_bytes", d.max_total_bytes)?;
+        let revalidation_window = match self.revalidation_window {
+            None => d.revalidation_window,
+            Some(text) => duration(&text).map_err(key("revalidation_window"))?,
+        };
+        if max_entry_bytes == 0 {
+            return Err("max_entry_bytes: must be more than 0".into());
+        }
+        if max_entry_bytes > max_total_bytes {
+            return Err(format!(
+                "max_entry_bytes: {max_entry_bytes} bytes is more than max_total_bytes \
+                 ({max_total_bytes} bytes)"
+            ));
+        }
+        Ok(Settings {
+            default_ttl,
+            max_entry_bytes,
+            max_total_bytes,
+            revalidation_window,
+        })
+    }
+}
+
+/// Parses a duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or `"1d"`.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "invalid duration {text:?}: write a whole number and a unit (ms, s, m, h, d), \
+             e.g. \"30s\""
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(bad()),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+/// A size as written: a number of bytes, or text such as `"512KiB"`, `"1MiB"`, `"1MB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeText {
+    /// A plain number of bytes.
+    Bytes(u64),
+    /// A number and a unit.
+    Text(String),
+}
+
+/// Parses a size into bytes.
+pub fn size(value: SizeText) -> Result<u64, String> {
+    let text = match value {
+        SizeText::Bytes(n) => return Ok(n),
+        SizeText::Text(text) => text,
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "invalid size {text:?}: write a whole number and a unit (B, KB, MB, GB, KiB, MiB, \
+             GiB), e.g. \"1MiB\""
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Settings, String> {
+        weir_filter::parse_config::<Config>("cache", json)?.validate()
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(parse("{}").unwrap(), Settings::default());
+        let d = Settings::default();
+        assert_eq!(d.default_ttl, None);
+        assert_eq!(d.max_entry_bytes, 1 << 20);
+        assert_eq!(d.max_total_bytes, 64 << 20);
+        assert_eq!(d.revalidation_window, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        let c = parse(
+            r#"{"default_ttl": "90s", "max_entry_bytes": "512KiB", "max_total_bytes": 10000000,
+                "revalidation_window": "2h"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.default_ttl, Some(Duration::from_secs(90)));
+        assert_eq!(c.max_entry_bytes, 512 * 1024);
+        assert_eq!(c.max_total_bytes, 10_000_000);
+        assert_eq!(c.revalidation_window, Duration::from_secs(7200));
+        for (text, ms) in [("250ms", 250), ("5m", 300_000), ("1d", 86_400_000)] {
+            assert_eq!(duration(text), Ok(Duration::from_millis(ms)));
+        }
+        assert_eq!(size(SizeText::Text("2MB".into())), Ok(2_000_000));
+        assert_eq!(size(SizeText::Text("3GiB".into())), Ok(3 << 30));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(r#"{"default_ttl": "ten minutes"}"#).unwrap_err();
+        assert!(e.starts_with("default_ttl: invalid duration \"ten minutes\""), "{e}");
+        let e = parse(r#"{"default_ttl": "0s"}"#).unwrap_err();
+        assert!(e.starts_with("default_ttl: must be more than 0"), "{e}");
+        let e = parse(r#"{"revalidation_window": "5 weeks"}"#).unwrap_err();
+        assert!(e.starts_with("revalidation_window: invalid duration"), "{e}");
+        let e = parse(r#"{"max_total_bytes": "1 lightyear"}"#).unwrap_err();
+        assert!(e.starts_with("max_total_bytes: invalid size \"1 lightyear\""), "{e}");
+        let e = parse(r#"{"max_entry_bytes": "2MiB", "max_total_bytes": "1MiB"}"#).unwrap_err();
+        assert!(e.starts_with("max_entry_bytes: 2097152 bytes is more than"), "{e}");
+        let e = parse(r#"{"max_entry_bytes": 0}"#).unwrap_err();
+        assert!(e.starts_with("max_entry_bytes: must be more than 0"), "{e}");
+        let e = parse(r#"{"ttl": "1s"}"#).unwrap_err();
+        assert!(e.contains("unknown field `ttl`"), "{e}");
+    }
+}
