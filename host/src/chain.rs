@@ -329,7 +329,8 @@ impl Walk<'_, '_> {
         mut req: wasm::Request,
     ) -> Result<Reply, ProxyError> {
         let filters = &self.x.chain.filters;
-        let mut snapshots: Vec<Option<wasm::Request>> = vec![None; filters.len()];
+        // What each retrying filter passed on, body included, for its retries to re-send.
+        let mut snapshots: Vec<Option<(wasm::Request, Option<Bytes>)>> = vec![None; filters.len()];
         let mut passed = from;
         let mut early = None;
         'walk: for (k, f) in filters.iter().enumerate().skip(from) {
@@ -347,7 +348,11 @@ impl Walk<'_, '_> {
                 }
             }
             if f.info().may_retry {
-                snapshots[k] = Some(req.clone());
+                let body = match &self.body {
+                    ReqBody::Buffered(b) => Some(b.clone()),
+                    ReqBody::Stream(_) => None,
+                };
+                snapshots[k] = Some((req.clone(), body));
             }
             passed = k + 1;
         }
@@ -379,14 +384,24 @@ impl Walk<'_, '_> {
                     };
                 }
                 ResponseAction::Retry(ms) => {
-                    let Some(snapshot) = snapshots[k].clone() else {
+                    let Some((snapshot, body)) = snapshots[k].clone() else {
                         continue;
                     };
+                    let until = Instant::now() + Duration::from_millis(u64::from(ms));
                     if self.attempt >= MAX_ATTEMPTS
                         || matches!(self.body, ReqBody::Stream(_))
-                        || self.x.sleep_within_deadline(ms).await.is_err()
+                        || until > self.x.deadline
                     {
                         continue;
+                    }
+                    // The next try replaces this outcome: release its upstream body, and
+                    // with it the connection and the `max_connections` slot, now rather
+                    // than after the next try (which may need that very slot).
+                    reply.stream = None;
+                    tokio::time::sleep_until(until).await;
+                    // Later filters may have replaced the body on the last try.
+                    if let Some(b) = body {
+                        self.body = ReqBody::Buffered(b);
                     }
                     self.attempt += 1;
                     reply = self.pass(k + 1, snapshot).await?;

@@ -563,7 +563,15 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let message = e.message().trim();
-            eprintln!("DEBUG {:?} {}", e.span(), text.len());
+            // A missing top-level table has no place in the file (toml gives an empty span
+            // at its start), and serde calls it a field.
+            if e.span() == Some(0..0)
+                && let Some(name) = message
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.strip_suffix('`'))
+            {
+                return ConfigErrors(vec![at(None, format!("missing required table [{name}]"))]);
+            }
             ConfigErrors(vec![at(e.span(), message.to_owned())])
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -593,8 +601,9 @@ impl Config {
         }
     }
 
-    /// The span of the setting at `path`, such as `["listen", "tls", "cert"]`, to place an
-    /// error found after parsing. See [`key_span`].
+    /// The byte span of the setting at `path`, such as `["listen", "tls", "cert"]` or
+    /// `["routes", "0", "name"]` (an index for an array element), to place an error found
+    /// after parsing: the key's span, or the element's. `None` if the file has no such key.
     pub fn key_span(&self, path: &[&str]) -> Option<std::ops::Range<usize>> {
         key_span(&self.text, path)
     }

@@ -184,11 +184,10 @@ impl Router {
             for f in &r.filters {
                 let use_ = f.get_ref();
                 let source = config.filter_source(&use_.name);
-                // Load errors point at the filter's table, or at its first use.
-                let span = raw
-                    .filters
-                    .get(&use_.name)
-                    .map_or_else(|| f.span(), |t| t.span());
+                // Load errors point at the filter's `wasm` key, or at its first use.
+                let span = config
+                    .key_span(&["filters", &use_.name, "wasm"])
+                    .unwrap_or_else(|| f.span());
                 let component = loaded
                     .entry(source.clone())
                     .or_insert_with(|| {

@@ -91,7 +91,10 @@ fn pem_error(what: &str, path: &Path, wanted: &str, e: pem::Error) -> TlsError {
         }
         pem::Error::NoItemsFound => format!("no PEM {wanted} found"),
         pem::Error::MissingSectionEnd { end_marker } => {
-            format!("a PEM section has no \"-----END {}-----\" line", text(&end_marker))
+            format!(
+                "a PEM section has no \"-----END {}-----\" line",
+                text(&end_marker)
+            )
         }
         pem::Error::IllegalSectionStart { line } => {
             format!("malformed PEM section start {:?}", text(&line))

@@ -480,7 +480,11 @@ async fn looping_filter_is_stopped_by_max_call_time() {
 #[tokio::test]
 async fn looping_filter_does_not_block_other_routes() {
     let up = Upstream::start(|_, _| Reply::ok().body("upstream")).await;
-    let weir = start(misbehave_config(&up)).await;
+    // The test waits for `mark`'s info line, whatever RUST_LOG the caller has.
+    let weir = with_test_filters(misbehave_config(&up))
+        .env("RUST_LOG", "info")
+        .start()
+        .await;
 
     // `mark` logs as the request reaches it; `spin-slow`, right after it in the chain,
     // then spins for its whole 2 s call time.
@@ -967,4 +971,85 @@ filters = [{ use = "a", config = { set_path = "/v2/items?limit=10", wants_reques
     // a read the whole body; b, after it, saw a's edit.
     assert_eq!(reqs[0].header_str("x-body-len-a"), Some("5"));
     assert_eq!(reqs[0].header_str("x-order"), Some("a,b"));
+}
+
+#[tokio::test]
+async fn invalid_answers_are_filter_failures() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    let weir = start(chain_config(
+        &up,
+        r#"[[routes]]
+name = "bad-path"
+match = { path_prefix = "/bad-path/" }
+upstream = "up"
+filters = ["a", { use = "b", config = { set_path = "no-leading-slash" } }]
+
+[[routes]]
+name = "bad-status"
+match = { path_prefix = "/bad-status/" }
+upstream = "up"
+filters = ["a", { use = "b", config = { respond = 99 } }]
+
+[[routes]]
+name = "good"
+upstream = "up"
+filters = ["a", "b"]
+"#,
+    ))
+    .await;
+    let c = client();
+
+    for (path, route) in [("/bad-path/x", "bad-path"), ("/bad-status/x", "bad-status")] {
+        let resp = c.get(weir.url(path)).send().await.unwrap();
+        // The filter before the culprit still sees the failure on the way back.
+        assert_eq!(
+            header(&resp, "x-order-back").as_deref(),
+            Some("a"),
+            "{route}"
+        );
+        let json = expect_error(resp, 503, "filter_failed", route).await;
+        assert!(message(&json).starts_with("filter `b` failed"), "{json}");
+        assert!(message(&json).contains("invalid"), "{json}");
+    }
+    assert_eq!(up.count(), 0);
+
+    let resp = c.get(weir.url("/fine")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-order-back").as_deref(), Some("b,a"));
+}
+
+#[tokio::test]
+async fn retry_resends_the_body_as_the_retrying_filter_passed_it_on() {
+    let up = Upstream::builder()
+        .replies([Reply::new(503), Reply::new(503), Reply::ok()])
+        .start()
+        .await;
+    let weir = start(chain_config(
+        &up,
+        r#"[[routes]]
+name = "rewrap"
+upstream = "up"
+filters = [
+  { use = "a", config = { append_body = "+a" } },
+  { use = "b", config = { retry_on_status = 503, max_attempts = 3 } },
+  { use = "c", config = { append_body = "+c", wants_request_body = true } },
+]
+"#,
+    ))
+    .await;
+
+    let resp = client()
+        .post(weir.url("/x"))
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-attempt-b").as_deref(), Some("3"));
+    let reqs = up.wait_for(3).await;
+    // Every try starts from b's request, body included: c edits "data+a" each time.
+    for r in &reqs {
+        assert_eq!(r.body_str(), "data+a+c");
+        assert_eq!(r.header_str("x-body-len-c"), Some("6"));
+    }
 }

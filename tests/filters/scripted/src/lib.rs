@@ -13,6 +13,7 @@
 //! | `wait_ms` | ms | — | the first `on_request` of each (request id, attempt) answers `wait(wait_ms)`; the call after the wait goes on |
 //! | `set_path` | string | — | the request edit sets this path and query |
 //! | `wants_request_body` | bool | `false` | ask for the request body; `on_request` sets `x-body-len-<tag>` to its length (`none` if the host passed none) |
+//! | `append_body` | string | — | the request edit sets the body to the body it got plus this text; implies `wants_request_body` |
 //! | `retry_on_status` | status | — | `on_response` answers `retry` when the outcome has this status and `attempt < max_attempts`; also sets `may_retry` |
 //! | `max_attempts` | integer | `1` | see `retry_on_status` |
 //! | `retry_delay_ms` | ms | `10` | the delay of that retry |
@@ -55,6 +56,7 @@ struct Config {
     wait_ms: Option<u32>,
     set_path: Option<String>,
     wants_request_body: bool,
+    append_body: Option<String>,
     retry_on_status: Option<u16>,
     max_attempts: u32,
     retry_delay_ms: u32,
@@ -70,6 +72,7 @@ impl Default for Config {
             wait_ms: None,
             set_path: None,
             wants_request_body: false,
+            append_body: None,
             retry_on_status: None,
             max_attempts: 1,
             retry_delay_ms: 10,
@@ -102,7 +105,7 @@ impl Filter for Scripted {
 
     fn info(&self) -> Info {
         Info {
-            wants_request_body: self.0.wants_request_body,
+            wants_request_body: self.0.wants_request_body || self.0.append_body.is_some(),
             wants_response_body: false,
             may_retry: self.0.may_retry.unwrap_or(self.0.retry_on_status.is_some()),
         }
@@ -135,6 +138,11 @@ impl Filter for Scripted {
             RequestEdit::new().set_header("x-order", append(req.header_str("x-order"), &c.tag));
         if let Some(path) = &c.set_path {
             edit = edit.path_with_query(path.as_str());
+        }
+        if let Some(suffix) = &c.append_body {
+            let mut body = req.body.clone().unwrap_or_default();
+            body.extend_from_slice(suffix.as_bytes());
+            edit = edit.body(body);
         }
         if c.wants_request_body {
             let len = req
