@@ -393,7 +393,7 @@ async fn trapping_filter_is_503_and_weir_keeps_serving() {
     let weir = start(misbehave_config(&up)).await;
     let c = client();
 
-    // Twice on the same route: each call gets a fresh instance, and traps again.
+    // Twice on the same route: weir survives the first trap, and the next instance traps too.
     for i in 0..2 {
         let resp = c.get(weir.url(&format!("/trap/{i}"))).send().await.unwrap();
         let json = expect_error(resp, 503, "filter_failed", "trap").await;

@@ -9,7 +9,9 @@
 //!
 //! The helpers live in [`support`]; `support_selftest` checks them without weir.
 
+mod breaker;
 mod filters;
+mod limiter;
 mod proxy;
 mod support;
 mod support_selftest;

@@ -229,7 +229,9 @@ fn check_percent(key: &str, value: f64) -> Result<(), String> {
 /// value must be at least 1 ms. `key` names the config key in the error.
 pub fn duration(key: &str, text: &str) -> Result<u64, String> {
     let invalid = || {
-        format!("{key}: invalid duration {text:?}, expected a whole number and a unit (ms, s, m, h), e.g. \"250ms\" or \"2s\"")
+        format!(
+            "{key}: invalid duration {text:?}, expected a whole number and a unit (ms, s, m, h), e.g. \"250ms\" or \"2s\""
+        )
     };
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -286,9 +288,21 @@ mod tests {
         assert_eq!(duration("k", "2s"), Ok(2000));
         assert_eq!(duration("k", "1m"), Ok(60_000));
         assert_eq!(duration("k", "1h"), Ok(3_600_000));
-        for bad in ["", "5", "s", "1.5s", "2 s", "-1s", "2d", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1.5s",
+            "2 s",
+            "-1s",
+            "2d",
+            "99999999999999999999h",
+        ] {
             let err = duration("wait_in_open", bad).unwrap_err();
-            assert!(err.starts_with("wait_in_open: invalid duration"), "{bad}: {err}");
+            assert!(
+                err.starts_with("wait_in_open: invalid duration"),
+                "{bad}: {err}"
+            );
         }
         assert_eq!(
             duration("wait_in_open", "0s"),
@@ -303,8 +317,8 @@ mod tests {
         let s = settings(r#"{"window_type": "time", "window_size": 5}"#).unwrap();
         assert_eq!((s.window, s.minimum_calls), (Window::Time(5), 100));
         assert_eq!(s.record_ttl_ms(), 3_660_000);
-        let s = settings(r#"{"window_type": "time", "window_size": 600, "idle_ttl": "1s"}"#)
-            .unwrap();
+        let s =
+            settings(r#"{"window_type": "time", "window_size": 600, "idle_ttl": "1s"}"#).unwrap();
         assert_eq!(s.record_ttl_ms(), 600_000 + 60_000);
     }
 
@@ -315,12 +329,18 @@ mod tests {
                 r#"{"window_type": "sliding"}"#,
                 r#"window_type: expected "count" or "time", got "sliding""#,
             ),
-            (r#"{"window_size": 0}"#, "window_size: must be from 1 to 1000, got 0"),
+            (
+                r#"{"window_size": 0}"#,
+                "window_size: must be from 1 to 1000, got 0",
+            ),
             (
                 r#"{"window_type": "time", "window_size": 601}"#,
                 "window_size: must be from 1 to 600, got 601",
             ),
-            (r#"{"minimum_calls": 0}"#, "minimum_calls: must be at least 1"),
+            (
+                r#"{"minimum_calls": 0}"#,
+                "minimum_calls: must be at least 1",
+            ),
             (
                 r#"{"failure_rate_threshold": 0}"#,
                 "failure_rate_threshold: must be a percentage above 0 and at most 100, got 0",
@@ -337,14 +357,20 @@ mod tests {
                 r#"{"failure_statuses": [500, 42]}"#,
                 "failure_statuses: 42 is not an HTTP status (100 to 999)",
             ),
-            (r#"{"idle_ttl": "500ms"}"#, r#"idle_ttl: must be at least 1s, got "500ms""#),
+            (
+                r#"{"idle_ttl": "500ms"}"#,
+                r#"idle_ttl: must be at least 1s, got "500ms""#,
+            ),
         ];
         for (json, want) in cases {
             assert_eq!(settings(json), Err(want.to_owned()), "{json}");
         }
         for key in ["slow_call_duration", "wait_in_open", "idle_ttl"] {
             let err = settings(&format!(r#"{{"{key}": "soon"}}"#)).unwrap_err();
-            assert!(err.starts_with(&format!("{key}: invalid duration \"soon\"")), "{err}");
+            assert!(
+                err.starts_with(&format!("{key}: invalid duration \"soon\"")),
+                "{err}"
+            );
         }
     }
 

@@ -34,9 +34,7 @@ impl KeySource {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
                 if !valid {
-                    return Err(format!(
-                        "key.header: {header:?} is not a valid header name"
-                    ));
+                    return Err(format!("key.header: {header:?} is not a valid header name"));
                 }
                 Ok(KeySource::Header(header.to_ascii_lowercase()))
             }
@@ -120,16 +118,25 @@ mod tests {
         let k = source(Some("X-Tenant"), None).unwrap();
         assert_eq!(k.key_for(&req("/", &[("x-tenant", "acme")])), "acme");
         assert_eq!(k.key_for(&req("/", &[])), "https://api.example.com");
-        assert_eq!(k.key_for(&req("/", &[("x-tenant", " ")])), "https://api.example.com");
+        assert_eq!(
+            k.key_for(&req("/", &[("x-tenant", " ")])),
+            "https://api.example.com"
+        );
     }
 
     #[test]
     fn regex_key_prefers_the_first_group_and_falls_back_to_the_origin() {
         let k = source(None, Some(r"/v1/([a-z]+)/")).unwrap();
         assert_eq!(k.key_for(&req("/v1/orders/7?x=1", &[])), "orders");
-        assert_eq!(k.key_for(&req("/v2/orders/7", &[])), "https://api.example.com");
+        assert_eq!(
+            k.key_for(&req("/v2/orders/7", &[])),
+            "https://api.example.com"
+        );
         let k = source(None, Some(r"^https://[^/]+/v\d+")).unwrap();
-        assert_eq!(k.key_for(&req("/v2/orders", &[])), "https://api.example.com/v2");
+        assert_eq!(
+            k.key_for(&req("/v2/orders", &[])),
+            "https://api.example.com/v2"
+        );
         // An optional group that does not take part: the whole match.
         let k = source(None, Some(r"/items(/[0-9]+)?")).unwrap();
         assert_eq!(k.key_for(&req("/items", &[])), "/items");

@@ -161,12 +161,15 @@ pub struct Tally {
 
 impl Tally {
     fn of_codes(codes: &str) -> Tally {
-        codes.chars().map(Call::from_code).fold(Tally::default(), |mut t, c| {
-            t.calls += 1;
-            t.failed += u64::from(c.failed);
-            t.slow += u64::from(c.slow);
-            t
-        })
+        codes
+            .chars()
+            .map(Call::from_code)
+            .fold(Tally::default(), |mut t, c| {
+                t.calls += 1;
+                t.failed += u64::from(c.failed);
+                t.slow += u64::from(c.slow);
+                t
+            })
     }
 
     fn of_buckets(buckets: &[Bucket]) -> Tally {
@@ -288,7 +291,13 @@ fn take_probe(half: &mut Record, expires: u64) -> Admission {
 /// Records `call` (admitted with `ticket`) at `now`; returns the new record, or `None`
 /// when the call no longer counts: it was admitted in an earlier generation, or its
 /// probe permit expired and was reused.
-pub fn complete(rec: &Record, s: &Settings, ticket: Ticket, call: Call, now: u64) -> Option<Record> {
+pub fn complete(
+    rec: &Record,
+    s: &Settings,
+    ticket: Ticket,
+    call: Call,
+    now: u64,
+) -> Option<Record> {
     if rec.generation != ticket.generation {
         return None;
     }
@@ -465,34 +474,31 @@ impl Engine {
         now: u64,
         expires: u64,
     ) -> Result<Admitted, StoreFailure> {
-        self.update(store, key, |rec| match admit(rec, &self.settings, now, expires) {
-            Admission::Permit { ticket, update } => {
-                let transition = update
-                    .as_ref()
-                    .filter(|u| u.state != rec.state)
-                    .map(|u| Transition {
-                        from: rec.state,
-                        to: u.state,
-                        tally: tally(rec),
-                    });
-                (
-                    update,
-                    Admitted::Pass {
-                        ticket,
-                        transition,
-                    },
-                )
-            }
-            Admission::Reject {
-                phase,
-                retry_after_s,
-            } => (
-                None,
-                Admitted::Reject {
+        self.update(store, key, |rec| {
+            match admit(rec, &self.settings, now, expires) {
+                Admission::Permit { ticket, update } => {
+                    let transition =
+                        update
+                            .as_ref()
+                            .filter(|u| u.state != rec.state)
+                            .map(|u| Transition {
+                                from: rec.state,
+                                to: u.state,
+                                tally: tally(rec),
+                            });
+                    (update, Admitted::Pass { ticket, transition })
+                }
+                Admission::Reject {
                     phase,
                     retry_after_s,
-                },
-            ),
+                } => (
+                    None,
+                    Admitted::Reject {
+                        phase,
+                        retry_after_s,
+                    },
+                ),
+            }
         })
     }
 
@@ -619,8 +625,10 @@ mod tests {
             _ttl_ms: u64,
         ) -> Result<bool, String> {
             if self.interfere.get() > 0 {
-                self.interfere.set(self.interfere.get() - 1);
-                self.map.borrow_mut().insert(key.into(), b"junk".to_vec());
+                let n = self.interfere.get() - 1;
+                self.interfere.set(n);
+                let other = format!("another writer {n}").into_bytes();
+                self.map.borrow_mut().insert(key.into(), other);
             }
             let mut map = self.map.borrow_mut();
             if map.get(key).map(Vec::as_slice) != expected {
@@ -731,7 +739,7 @@ mod tests {
         for c in [FAIL, FAIL, OK, OK, OK, FAIL, OK, OK, FAIL, OK, OK] {
             assert_eq!(call(&e, &st, c, T0), Phase::Closed);
         }
-        assert_eq!(st.record("k").unwrap().calls, "ooffo");
+        assert_eq!(st.record("k").unwrap().calls, "oofoo");
     }
 
     #[test]
@@ -778,13 +786,18 @@ mod tests {
             panic!("not half-open after the wait");
         };
         assert_eq!(ticket.probe, Some(0));
-        assert_eq!(transition.map(|t| (t.from, t.to)), Some((Phase::Open, Phase::HalfOpen)));
+        assert_eq!(
+            transition.map(|t| (t.from, t.to)),
+            Some((Phase::Open, Phase::HalfOpen))
+        );
         assert_eq!(st.record("k").unwrap().state, Phase::HalfOpen);
     }
 
     #[test]
     fn half_open_permits_only_so_many_concurrent_probes() {
-        let e = engine(r#"{"window_size": 5, "wait_in_open": "1s", "permitted_calls_in_half_open": 4}"#);
+        let e = engine(
+            r#"{"window_size": 5, "wait_in_open": "1s", "permitted_calls_in_half_open": 4}"#,
+        );
         let st = MemStore::default();
         opened(&e, &st, T0);
         let now = T0 + 1000;
@@ -801,7 +814,10 @@ mod tests {
         assert_eq!(done.phase, Phase::HalfOpen);
         assert!(ticket(&e, &st, now).is_none());
         for t in &tickets[1..3] {
-            assert_eq!(e.complete(&st, "k", *t, OK, now).unwrap().phase, Phase::HalfOpen);
+            assert_eq!(
+                e.complete(&st, "k", *t, OK, now).unwrap().phase,
+                Phase::HalfOpen
+            );
         }
         let done = e.complete(&st, "k", tickets[3], FAIL, now).unwrap();
         assert_eq!(done.phase, Phase::Closed);
@@ -812,7 +828,9 @@ mod tests {
 
     #[test]
     fn half_open_ffsf_reopens_at_75_percent() {
-        let e = engine(r#"{"window_size": 5, "wait_in_open": "1s", "permitted_calls_in_half_open": 4}"#);
+        let e = engine(
+            r#"{"window_size": 5, "wait_in_open": "1s", "permitted_calls_in_half_open": 4}"#,
+        );
         let st = MemStore::default();
         opened(&e, &st, T0);
         let now = T0 + 1000;
@@ -839,7 +857,9 @@ mod tests {
 
     #[test]
     fn a_lost_probe_frees_its_permit_at_its_deadline() {
-        let e = engine(r#"{"window_size": 5, "wait_in_open": "1s", "permitted_calls_in_half_open": 1}"#);
+        let e = engine(
+            r#"{"window_size": 5, "wait_in_open": "1s", "permitted_calls_in_half_open": 1}"#,
+        );
         let st = MemStore::default();
         opened(&e, &st, T0);
         let now = T0 + 1000;
@@ -850,8 +870,14 @@ mod tests {
         let again = ticket(&e, &st, now + 500).expect("the permit came back");
         assert_ne!(again.probe, lost.probe);
         // The lost probe's late outcome is ignored; the new one decides.
-        assert_eq!(e.complete(&st, "k", lost, FAIL, now + 600).unwrap().phase, Phase::HalfOpen);
-        assert_eq!(e.complete(&st, "k", again, OK, now + 600).unwrap().phase, Phase::Closed);
+        assert_eq!(
+            e.complete(&st, "k", lost, FAIL, now + 600).unwrap().phase,
+            Phase::HalfOpen
+        );
+        assert_eq!(
+            e.complete(&st, "k", again, OK, now + 600).unwrap().phase,
+            Phase::Closed
+        );
     }
 
     #[test]
@@ -885,7 +911,10 @@ mod tests {
         for c in [FAIL, OK, OK] {
             assert_eq!(call(&e, &st, c, later), Phase::Closed);
         }
-        assert_eq!(st.record("k").unwrap().buckets, vec![[later / 1000, 3, 1, 0]]);
+        assert_eq!(
+            st.record("k").unwrap().buckets,
+            vec![[later / 1000, 3, 1, 0]]
+        );
         assert_eq!(call(&e, &st, OK, later + 1000), Phase::Closed);
         // Buckets within the window still count: 3 of 6 failed → open.
         assert_eq!(call(&e, &st, FAIL, later + 4000), Phase::Closed);
@@ -901,7 +930,10 @@ mod tests {
         assert_eq!(st.record("k").unwrap().calls, "f");
         st.interfere.set(1000);
         let t = ticket(&e, &st, T0).unwrap();
-        assert_eq!(e.complete(&st, "k", t, FAIL, T0), Err(StoreFailure::Contended));
+        assert_eq!(
+            e.complete(&st, "k", t, FAIL, T0),
+            Err(StoreFailure::Contended)
+        );
     }
 
     #[test]

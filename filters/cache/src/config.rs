@@ -43,11 +43,15 @@ impl Default for Settings {
     }
 }
 
+/// Prefixes an error with the key it is about.
+fn key(k: &'static str) -> impl Fn(String) -> String {
+    move |e| format!("{k}: {e}")
+}
+
 impl Config {
     /// Parses every value and checks them against each other; an error names the key.
     pub fn validate(self) -> Result<Settings, String> {
         let d = Settings::default();
-        let key = |k: &str| move |e: String| format!("{k}: {e}");
         let default_ttl = match self.default_ttl {
             None => None,
             Some(text) => {
@@ -60,7 +64,7 @@ impl Config {
                 Some(ttl)
             }
         };
-        let size = |v: Option<SizeText>, k: &str, default: u64| match v {
+        let size = |v: Option<SizeText>, k: &'static str, default: u64| match v {
             None => Ok(default),
             Some(v) => size(v).map_err(key(k)),
         };
@@ -191,15 +195,27 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = parse(r#"{"default_ttl": "ten minutes"}"#).unwrap_err();
-        assert!(e.starts_with("default_ttl: invalid duration \"ten minutes\""), "{e}");
+        assert!(
+            e.starts_with("default_ttl: invalid duration \"ten minutes\""),
+            "{e}"
+        );
         let e = parse(r#"{"default_ttl": "0s"}"#).unwrap_err();
         assert!(e.starts_with("default_ttl: must be more than 0"), "{e}");
         let e = parse(r#"{"revalidation_window": "5 weeks"}"#).unwrap_err();
-        assert!(e.starts_with("revalidation_window: invalid duration"), "{e}");
+        assert!(
+            e.starts_with("revalidation_window: invalid duration"),
+            "{e}"
+        );
         let e = parse(r#"{"max_total_bytes": "1 lightyear"}"#).unwrap_err();
-        assert!(e.starts_with("max_total_bytes: invalid size \"1 lightyear\""), "{e}");
+        assert!(
+            e.starts_with("max_total_bytes: invalid size \"1 lightyear\""),
+            "{e}"
+        );
         let e = parse(r#"{"max_entry_bytes": "2MiB", "max_total_bytes": "1MiB"}"#).unwrap_err();
-        assert!(e.starts_with("max_entry_bytes: 2097152 bytes is more than"), "{e}");
+        assert!(
+            e.starts_with("max_entry_bytes: 2097152 bytes is more than"),
+            "{e}"
+        );
         let e = parse(r#"{"max_entry_bytes": 0}"#).unwrap_err();
         assert!(e.starts_with("max_entry_bytes: must be more than 0"), "{e}");
         let e = parse(r#"{"ttl": "1s"}"#).unwrap_err();

@@ -9,7 +9,8 @@ use weir_filter::FieldsExt;
 use crate::directives::{CacheControl, split_list};
 
 /// Statuses a cache may store with heuristic freshness (RFC 9110 §15.1).
-pub const HEURISTIC_STATUSES: [u16; 12] = [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+pub const HEURISTIC_STATUSES: [u16; 12] =
+    [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// Heuristic freshness is this fraction of the time since `Last-Modified` (RFC 9111
 /// §4.2.2 suggests 10%)…
@@ -101,7 +102,8 @@ pub fn storable(
     if resp.header("set-cookie").is_some() {
         return Err(NotStored::SetCookie);
     }
-    let explicit = cc.max_age.is_some() || cc.s_maxage.is_some() || resp.header("expires").is_some();
+    let explicit =
+        cc.max_age.is_some() || cc.s_maxage.is_some() || resp.header("expires").is_some();
     let heuristic_status = HEURISTIC_STATUSES.contains(&status);
     let heuristic = heuristic_status && resp.header("last-modified").is_some();
     if !(explicit || cc.public || heuristic || (default_ttl && heuristic_status)) {
@@ -263,9 +265,18 @@ mod tests {
     fn storability_rules() {
         let ok = [("cache-control", "max-age=60")];
         assert_eq!(store(&[], 200, &ok), Ok(()));
-        assert_eq!(storable("POST", &[], 200, &h(&ok), false), Err(NotStored::Method));
-        assert_eq!(storable("HEAD", &[], 200, &h(&ok), false), Err(NotStored::Method));
-        assert_eq!(store(&[("range", "bytes=0-1")], 200, &ok), Err(NotStored::Range));
+        assert_eq!(
+            storable("POST", &[], 200, &h(&ok), false),
+            Err(NotStored::Method)
+        );
+        assert_eq!(
+            storable("HEAD", &[], 200, &h(&ok), false),
+            Err(NotStored::Method)
+        );
+        assert_eq!(
+            store(&[("range", "bytes=0-1")], 200, &ok),
+            Err(NotStored::Range)
+        );
         assert_eq!(store(&[], 103, &ok), Err(NotStored::NotFinal));
         assert_eq!(store(&[], 206, &ok), Err(NotStored::NotFinal));
         assert_eq!(store(&[], 304, &ok), Err(NotStored::NotFinal));
@@ -283,15 +294,27 @@ mod tests {
         );
         let auth = [("authorization", "Bearer x")];
         assert_eq!(store(&auth, 200, &ok), Err(NotStored::Authorization));
-        for cc in ["public, max-age=60", "s-maxage=60", "max-age=60, must-revalidate"] {
+        for cc in [
+            "public, max-age=60",
+            "s-maxage=60",
+            "max-age=60, must-revalidate",
+        ] {
             assert_eq!(store(&auth, 200, &[("cache-control", cc)]), Ok(()), "{cc}");
         }
         assert_eq!(
-            store(&[], 200, &[("cache-control", "max-age=60"), ("vary", "accept, *")]),
+            store(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "accept, *")]
+            ),
             Err(NotStored::VaryStar)
         );
         assert_eq!(
-            store(&[], 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]),
+            store(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
+            ),
             Err(NotStored::SetCookie)
         );
         assert_eq!(store(&[], 200, &[]), Err(NotStored::NoFreshness));
@@ -304,7 +327,10 @@ mod tests {
         assert_eq!(store(&[], 302, &lm), Err(NotStored::NoFreshness));
         // default_ttl opens heuristic statuses only.
         assert_eq!(storable("GET", &[], 200, &[], true), Ok(()));
-        assert_eq!(storable("GET", &[], 500, &[], true), Err(NotStored::NoFreshness));
+        assert_eq!(
+            storable("GET", &[], 500, &[], true),
+            Err(NotStored::NoFreshness)
+        );
     }
 
     #[test]
@@ -316,13 +342,29 @@ mod tests {
             ("date", &d),
             ("expires", &e),
         ]);
-        assert_eq!(freshness_lifetime(200, &all, NOW, None), (120_000, Source::SMaxAge));
-        let no_s = h(&[("cache-control", "max-age=60"), ("date", &d), ("expires", &e)]);
-        assert_eq!(freshness_lifetime(200, &no_s, NOW, None), (60_000, Source::MaxAge));
+        assert_eq!(
+            freshness_lifetime(200, &all, NOW, None),
+            (120_000, Source::SMaxAge)
+        );
+        let no_s = h(&[
+            ("cache-control", "max-age=60"),
+            ("date", &d),
+            ("expires", &e),
+        ]);
+        assert_eq!(
+            freshness_lifetime(200, &no_s, NOW, None),
+            (60_000, Source::MaxAge)
+        );
         let exp = h(&[("date", &d), ("expires", &e)]);
-        assert_eq!(freshness_lifetime(200, &exp, NOW, None), (300_000, Source::Expires));
+        assert_eq!(
+            freshness_lifetime(200, &exp, NOW, None),
+            (300_000, Source::Expires)
+        );
         let bad = h(&[("date", &d), ("expires", "0")]);
-        assert_eq!(freshness_lifetime(200, &bad, NOW, None), (0, Source::Expires));
+        assert_eq!(
+            freshness_lifetime(200, &bad, NOW, None),
+            (0, Source::Expires)
+        );
     }
 
     #[test]
@@ -330,17 +372,32 @@ mod tests {
         let d = date(NOW);
         let lm = date(NOW - 1000 * 1000);
         let resp = h(&[("date", &d), ("last-modified", &lm)]);
-        assert_eq!(freshness_lifetime(200, &resp, NOW, None), (100_000, Source::Heuristic));
-        let ancient = h(&[("date", &d), ("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT")]);
+        assert_eq!(
+            freshness_lifetime(200, &resp, NOW, None),
+            (100_000, Source::Heuristic)
+        );
+        let ancient = h(&[
+            ("date", &d),
+            ("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT"),
+        ]);
         assert_eq!(
             freshness_lifetime(200, &ancient, NOW, None),
             (HEURISTIC_MAX_MS, Source::Heuristic)
         );
         let ttl = Some(Duration::from_secs(30));
-        assert_eq!(freshness_lifetime(200, &resp, NOW, ttl), (30_000, Source::DefaultTtl));
-        assert_eq!(freshness_lifetime(500, &h(&[]), NOW, ttl), (0, Source::None));
+        assert_eq!(
+            freshness_lifetime(200, &resp, NOW, ttl),
+            (30_000, Source::DefaultTtl)
+        );
+        assert_eq!(
+            freshness_lifetime(500, &h(&[]), NOW, ttl),
+            (0, Source::None)
+        );
         let explicit = h(&[("cache-control", "max-age=5")]);
-        assert_eq!(freshness_lifetime(200, &explicit, NOW, ttl), (5_000, Source::MaxAge));
+        assert_eq!(
+            freshness_lifetime(200, &explicit, NOW, ttl),
+            (5_000, Source::MaxAge)
+        );
     }
 
     #[test]
@@ -360,14 +417,23 @@ mod tests {
     #[test]
     fn vary_names_and_values() {
         let resp = h(&[("vary", "Accept-Encoding, accept"), ("vary", "accept")]);
-        assert_eq!(vary(&resp), Vary::Names(vec!["accept".into(), "accept-encoding".into()]));
+        assert_eq!(
+            vary(&resp),
+            Vary::Names(vec!["accept".into(), "accept-encoding".into()])
+        );
         assert_eq!(vary(&h(&[])), Vary::Names(vec![]));
         assert_eq!(vary(&h(&[("vary", "*")])), Vary::Star);
         let names = vec!["accept".to_string(), "x-tenant".to_string()];
         let a = vary_values(&h(&[("accept", "a/b ,  c/d")]), &names);
         let b = vary_values(&h(&[("accept", "a/b"), ("accept", "c/d")]), &names);
         assert_eq!(a, b);
-        assert_eq!(a, vec![("accept".into(), Some("a/b,c/d".into())), ("x-tenant".into(), None)]);
+        assert_eq!(
+            a,
+            vec![
+                ("accept".into(), Some("a/b,c/d".into())),
+                ("x-tenant".into(), None)
+            ]
+        );
         let empty = vary_values(&h(&[("x-tenant", "")]), &names);
         assert_ne!(empty[1], a[1]);
     }

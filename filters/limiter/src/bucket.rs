@@ -266,7 +266,14 @@ mod tests {
         };
         assert_eq!(Bucket::decode(&b.encode()), Some(b));
         assert_eq!(b.encode(), format!("{T0} 7").into_bytes());
-        for bad in [&b""[..], b"1", b"1 x", b"x 1", b"1 2 3", &[0xff, b' ', b'1']] {
+        for bad in [
+            &b""[..],
+            b"1",
+            b"1 x",
+            b"x 1",
+            b"1 2 3",
+            &[0xff, b' ', b'1'],
+        ] {
             assert_eq!(Bucket::decode(bad), None, "{bad:?}");
         }
     }
@@ -336,15 +343,21 @@ mod tests {
         assert_eq!(reject(T0 + 4 * S), 1);
         assert_eq!(reject(T0 + 5 * S - 1), 1);
         // After 7 s, one token came back at 5 s and the next comes at 10 s.
-        assert_eq!(status(&p, b.unwrap().tat, T0 + 7 * S), Status {
-            remaining: 1,
-            reset: 3
-        });
+        assert_eq!(
+            status(&p, b.unwrap().tat, T0 + 7 * S),
+            Status {
+                remaining: 1,
+                reset: 3
+            }
+        );
         // A full bucket has nothing to wait for.
-        assert_eq!(status(&p, T0, T0 + S), Status {
-            remaining: 3,
-            reset: 0
-        });
+        assert_eq!(
+            status(&p, T0, T0 + S),
+            Status {
+                remaining: 3,
+                reset: 0
+            }
+        );
     }
 
     #[test]
@@ -428,7 +441,10 @@ mod tests {
         });
         let mut b = None;
         assert!(admitted(step(&p, &mut b, T0, short)).is_some());
-        assert!(matches!(step(&p, &mut b, T0, short), Decision::Reserve { .. }));
+        assert!(matches!(
+            step(&p, &mut b, T0, short),
+            Decision::Reserve { .. }
+        ));
         assert_eq!(
             step(&p, &mut b, T0, short),
             Decision::Reject {

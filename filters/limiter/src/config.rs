@@ -177,9 +177,7 @@ pub fn parse_duration(name: &str, text: &str) -> Result<Duration, String> {
              e.g. \"250ms\" or \"2s\")"
         )
     };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(bad)?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let unit_ms: u64 = match unit {
@@ -290,9 +288,21 @@ mod tests {
         assert_eq!(parse_duration("x", "2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("x", "1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("x", "1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "5", "s", "1.5s", "-1s", "2 s", "3d", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1.5s",
+            "-1s",
+            "2 s",
+            "3d",
+            "99999999999999999999s",
+        ] {
             let err = parse_duration("max_wait", bad).unwrap_err();
-            assert!(err.starts_with("max_wait: invalid duration"), "{bad}: {err}");
+            assert!(
+                err.starts_with("max_wait: invalid duration"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -302,10 +312,22 @@ mod tests {
             (r#"{}"#, "limiter: missing field `rate`"),
             (r#"{"rate": 0}"#, "rate must be at least 1"),
             (r#"{"rate": 1, "burst": 0}"#, "burst must be at least 1"),
-            (r#"{"rate": 1, "per": "500ms"}"#, "per must be a whole number of seconds"),
-            (r#"{"rate": 1, "per": "1500ms"}"#, "per must be a whole number of seconds"),
-            (r#"{"rate": 1, "per": "25h"}"#, "per must be a whole number of seconds"),
-            (r#"{"rate": 1, "per": "soon"}"#, "per: invalid duration \"soon\""),
+            (
+                r#"{"rate": 1, "per": "500ms"}"#,
+                "per must be a whole number of seconds",
+            ),
+            (
+                r#"{"rate": 1, "per": "1500ms"}"#,
+                "per must be a whole number of seconds",
+            ),
+            (
+                r#"{"rate": 1, "per": "25h"}"#,
+                "per must be a whole number of seconds",
+            ),
+            (
+                r#"{"rate": 1, "per": "soon"}"#,
+                "per: invalid duration \"soon\"",
+            ),
             (r#"{"rate": 2000000}"#, "rate 2000000 per 1s is faster than"),
             (
                 r#"{"rate": 1, "per": "24h", "burst": 400}"#,
@@ -313,11 +335,23 @@ mod tests {
             ),
             (r#"{"rate": 1, "key": "tenant"}"#, "key: expected"),
             (r#"{"rate": 1, "key": {"cookie": "a"}}"#, "key: expected"),
-            (r#"{"rate": 1, "key": {"header": "a b"}}"#, "key: invalid header name"),
-            (r#"{"rate": 1, "key": {"header": ""}}"#, "key: invalid header name"),
+            (
+                r#"{"rate": 1, "key": {"header": "a b"}}"#,
+                "key: invalid header name",
+            ),
+            (
+                r#"{"rate": 1, "key": {"header": ""}}"#,
+                "key: invalid header name",
+            ),
             (r#"{"rate": 1, "mode": "drop"}"#, "unknown variant `drop`"),
-            (r#"{"rate": 1, "max_wait": "1s"}"#, "max_wait applies only to mode"),
-            (r#"{"rate": 1, "max_queue": 3}"#, "max_queue applies only to mode"),
+            (
+                r#"{"rate": 1, "max_wait": "1s"}"#,
+                "max_wait applies only to mode",
+            ),
+            (
+                r#"{"rate": 1, "max_queue": 3}"#,
+                "max_queue applies only to mode",
+            ),
             (
                 r#"{"rate": 1, "mode": "queue", "max_queue": 0}"#,
                 "max_queue must be at least 1",

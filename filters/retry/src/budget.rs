@@ -60,17 +60,32 @@ pub fn allowed(active: u64, budget_percent: f64, min_retry_concurrency: u32) -> 
 }
 
 /// Adds one to `count` in `bucket`.
-pub fn enter(store: &mut impl Store, count: Count, upstream: &str, bucket: u64) -> Result<(), String> {
+pub fn enter(
+    store: &mut impl Store,
+    count: Count,
+    upstream: &str,
+    bucket: u64,
+) -> Result<(), String> {
     store.incr(&key(count, upstream, bucket), 1, TTL).map(drop)
 }
 
 /// Takes one off `count` in `bucket`.
-pub fn leave(store: &mut impl Store, count: Count, upstream: &str, bucket: u64) -> Result<(), String> {
+pub fn leave(
+    store: &mut impl Store,
+    count: Count,
+    upstream: &str,
+    bucket: u64,
+) -> Result<(), String> {
     store.incr(&key(count, upstream, bucket), -1, TTL).map(drop)
 }
 
 /// The sum of `count` over the window that ends with bucket `now`; never below zero.
-pub fn total(store: &mut impl Store, count: Count, upstream: &str, now: u64) -> Result<u64, String> {
+pub fn total(
+    store: &mut impl Store,
+    count: Count,
+    upstream: &str,
+    now: u64,
+) -> Result<u64, String> {
     let mut sum = 0i64;
     for b in now.saturating_sub(WINDOW - 1)..=now {
         sum += store.get(&key(count, upstream, b))?.unwrap_or(0);
@@ -118,10 +133,18 @@ pub mod tests {
     pub struct FakeStore {
         now: Duration,
         keys: HashMap<String, (i64, Duration)>,
-        pub fail: bool,
+        fail: bool,
     }
 
     impl FakeStore {
+        /// A store whose every call fails, like a Redis that is down.
+        pub fn failing() -> FakeStore {
+            FakeStore {
+                fail: true,
+                ..FakeStore::default()
+            }
+        }
+
         pub fn advance(&mut self, by: Duration) {
             self.now += by;
             let now = self.now;
@@ -169,10 +192,7 @@ pub mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_009);
         assert_eq!(bucket(t), 170_000_000);
         assert_eq!(bucket(t + Duration::from_secs(1)), 170_000_001);
-        assert_eq!(
-            key(Count::Active, UP, 5),
-            "budget:active:http://api.test:5"
-        );
+        assert_eq!(key(Count::Active, UP, 5), "budget:active:http://api.test:5");
         assert_eq!(
             key(Count::Retrying, UP, 5),
             "budget:retrying:http://api.test:5"
@@ -190,7 +210,10 @@ pub mod tests {
                 .filter(|_| try_acquire(&mut s, UP, 100, 100, 20.0, 3).unwrap())
                 .count();
             assert_eq!(granted, want, "{active} active");
-            assert_eq!(total(&mut s, Count::Retrying, UP, 100).unwrap(), want as u64);
+            assert_eq!(
+                total(&mut s, Count::Retrying, UP, 100).unwrap(),
+                want as u64
+            );
             // A retry that ends frees its slot for another.
             leave(&mut s, Count::Retrying, UP, 100).unwrap();
             assert!(try_acquire(&mut s, UP, 100, 100, 20.0, 3).unwrap());
@@ -238,10 +261,7 @@ pub mod tests {
 
     #[test]
     fn a_failing_store_is_an_error() {
-        let mut s = FakeStore {
-            fail: true,
-            ..FakeStore::default()
-        };
+        let mut s = FakeStore::failing();
         assert!(try_acquire(&mut s, UP, 1, 1, 20.0, 3).is_err());
         assert!(enter(&mut s, Count::Active, UP, 1).is_err());
     }

@@ -165,22 +165,23 @@ impl Policy {
             ));
         }
 
-        let retriable_methods = match field::<Vec<String>>("retriable_methods", config.retriable_methods)? {
-            None => IDEMPOTENT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
-            Some(methods) => {
-                let mut out: Vec<String> = Vec::new();
-                for m in methods {
-                    if m.is_empty() || !m.bytes().all(is_token_char) {
-                        return Err(format!("retriable_methods: {m:?} is not a method name"));
+        let retriable_methods =
+            match field::<Vec<String>>("retriable_methods", config.retriable_methods)? {
+                None => IDEMPOTENT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+                Some(methods) => {
+                    let mut out: Vec<String> = Vec::new();
+                    for m in methods {
+                        if m.is_empty() || !m.bytes().all(is_token_char) {
+                            return Err(format!("retriable_methods: {m:?} is not a method name"));
+                        }
+                        let m = m.to_ascii_uppercase();
+                        if !out.contains(&m) {
+                            out.push(m);
+                        }
                     }
-                    let m = m.to_ascii_uppercase();
-                    if !out.contains(&m) {
-                        out.push(m);
-                    }
+                    out
                 }
-                out
-            }
-        };
+            };
 
         let base_interval = duration(
             "base_interval",
@@ -188,11 +189,7 @@ impl Policy {
             Duration::from_millis(25),
         )?;
         // Envoy's default: ten times the base interval.
-        let max_interval = duration(
-            "max_interval",
-            config.max_interval,
-            base_interval * 10,
-        )?;
+        let max_interval = duration("max_interval", config.max_interval, base_interval * 10)?;
         if max_interval < base_interval {
             return Err(format!(
                 "max_interval: {} ms is less than base_interval ({} ms)",
@@ -331,15 +328,36 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             (r#"{"max_retries": 10}"#, "max_retries: 10 is more than 9"),
-            (r#"{"max_retries": -1}"#, "max_retries: invalid value: integer `-1`"),
-            (r#"{"max_retries": "2"}"#, "max_retries: invalid type: string"),
+            (
+                r#"{"max_retries": -1}"#,
+                "max_retries: invalid value: integer `-1`",
+            ),
+            (
+                r#"{"max_retries": "2"}"#,
+                "max_retries: invalid type: string",
+            ),
             (r#"{"retry_on": "5xx"}"#, "retry_on: invalid type: string"),
-            (r#"{"base_interval": 25}"#, "base_interval: invalid type: integer"),
-            (r#"{"budget_percent": "20%"}"#, "budget_percent: invalid type"),
-            (r#"{"min_retry_concurrency": 1.5}"#, "min_retry_concurrency: invalid type"),
+            (
+                r#"{"base_interval": 25}"#,
+                "base_interval: invalid type: integer",
+            ),
+            (
+                r#"{"budget_percent": "20%"}"#,
+                "budget_percent: invalid type",
+            ),
+            (
+                r#"{"min_retry_concurrency": 1.5}"#,
+                "min_retry_concurrency: invalid type",
+            ),
             (r#"{"retry_on": []}"#, "retry_on: must name at least one"),
-            (r#"{"retry_on": ["5XX"]}"#, "retry_on: unknown condition \"5XX\""),
-            (r#"{"retry_on": ["reset", "reset"]}"#, "retry_on: \"reset\" is listed twice"),
+            (
+                r#"{"retry_on": ["5XX"]}"#,
+                "retry_on: unknown condition \"5XX\"",
+            ),
+            (
+                r#"{"retry_on": ["reset", "reset"]}"#,
+                "retry_on: \"reset\" is listed twice",
+            ),
             (
                 r#"{"retry_on": ["retriable-status-codes"]}"#,
                 "retriable_status_codes: must list at least one",
@@ -356,17 +374,38 @@ mod tests {
                 r#"{"retriable_methods": ["GET IT"]}"#,
                 "retriable_methods: \"GET IT\" is not a method name",
             ),
-            (r#"{"base_interval": "25"}"#, "base_interval: invalid duration \"25\""),
-            (r#"{"base_interval": "0ms"}"#, "base_interval: \"0ms\" is less than 1ms"),
-            (r#"{"max_interval": "fast"}"#, "max_interval: invalid duration"),
+            (
+                r#"{"base_interval": "25"}"#,
+                "base_interval: invalid duration \"25\"",
+            ),
+            (
+                r#"{"base_interval": "0ms"}"#,
+                "base_interval: \"0ms\" is less than 1ms",
+            ),
+            (
+                r#"{"max_interval": "fast"}"#,
+                "max_interval: invalid duration",
+            ),
             (
                 r#"{"base_interval": "1s", "max_interval": "500ms"}"#,
                 "max_interval: 500 ms is less than base_interval (1000 ms)",
             ),
-            (r#"{"per_try_timeout": "2 weeks"}"#, "per_try_timeout: invalid duration"),
-            (r#"{"per_try_timeout": "1000h"}"#, "per_try_timeout: \"1000h\" is too long"),
-            (r#"{"budget_percent": 120}"#, "budget_percent: 120 is not between 0 and 100"),
-            (r#"{"budget_percent": -1}"#, "budget_percent: -1 is not between 0 and 100"),
+            (
+                r#"{"per_try_timeout": "2 weeks"}"#,
+                "per_try_timeout: invalid duration",
+            ),
+            (
+                r#"{"per_try_timeout": "2000h"}"#,
+                "per_try_timeout: \"2000h\" is too long",
+            ),
+            (
+                r#"{"budget_percent": 120}"#,
+                "budget_percent: 120 is not between 0 and 100",
+            ),
+            (
+                r#"{"budget_percent": -1}"#,
+                "budget_percent: -1 is not between 0 and 100",
+            ),
             (r#"{"retries": 2}"#, "retry: unknown field `retries`"),
         ];
         for (json, want) in cases {

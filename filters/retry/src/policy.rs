@@ -295,7 +295,10 @@ mod tests {
         let p = policy("{}");
         for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
             let t = Try { method: m, ..get() };
-            assert!(matches!(decide(&p, &status(503), &t, 0), Verdict::Retry(_)), "{m}");
+            assert!(
+                matches!(decide(&p, &status(503), &t, 0), Verdict::Retry(_)),
+                "{m}"
+            );
         }
         for m in ["POST", "PATCH", "CONNECT"] {
             let t = Try { method: m, ..get() };
@@ -338,7 +341,10 @@ mod tests {
             method: "POST",
             ..get()
         };
-        assert!(matches!(decide(&p, &status(503), &post, 0), Verdict::Retry(_)));
+        assert!(matches!(
+            decide(&p, &status(503), &post, 0),
+            Verdict::Retry(_)
+        ));
         assert_eq!(
             decide(&p, &status(503), &get(), 0),
             Verdict::Final(Why::NotSafe)
@@ -394,7 +400,10 @@ mod tests {
             seen[backoff(&p, 2, r).as_millis() as usize] = true;
         }
         assert!(seen.iter().all(|s| *s));
-        assert_eq!(backoff(&p, u32::MAX, 12345), Duration::from_millis(12345 % 250));
+        assert_eq!(
+            backoff(&p, u32::MAX, 12345),
+            Duration::from_millis(12345 % 250)
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@
 //! # What it does
 //!
 //! - `on_request` (unless it waits or responds): appends `<tag>` to request header
-//!   `x-order` (comma-separated: `a,b,c`), applies `set_path`, and returns the memo
-//!   `<tag>:<attempt>`.
+//!   `x-order` (comma-separated: `a,b,c`), applies `set_path`, `append_body` and
+//!   `x-body-len-<tag>`, and returns the memo `<tag>:<attempt>`. A state error traps.
 //! - `on_response` (unless it retries): appends `<tag>` to response header
 //!   `x-order-back`, sets `x-memo-<tag>` to the memo it got (`none` if none) and
 //!   `x-attempt-<tag>` to the attempt it sees. An outcome without a response passes

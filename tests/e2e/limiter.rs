@@ -1,0 +1,195 @@
+//! The built-in `limiter` filter end to end: a real weir, real sockets, real time.
+//!
+//! Timing bounds are the specification's (the rate, the queue's spacing, the upstream's
+//! `Retry-After`), with margins for a loaded machine; clients are paced on a fixed
+//! schedule and fire concurrently, so a slow response never slows the schedule.
+
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+
+use crate::support::client::client;
+use crate::support::upstream::{Reply, Upstream};
+use crate::support::weir::Weir;
+
+/// weir with one route, `/api/` to `up`, through the limiter with `config` (inline TOML).
+async fn start(up: &Upstream, config: &str) -> Weir {
+    Weir::start(&format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{}"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api/" }}
+upstream = "api"
+timeout = "10s"
+filters = [{{ use = "limiter", config = {config} }}]
+"#,
+        up.url()
+    ))
+    .await
+}
+
+/// A response header as text, if present.
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ASCII header").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_overload_is_cut_to_rate_plus_burst_and_429s_carry_the_headers() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    let weir = start(&up, "{ rate = 20, burst = 10 }").await;
+    let c = client();
+    // 100 requests per second for 10 s, on a fixed schedule.
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut calls = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        tick.tick().await;
+        let (c, url) = (c.clone(), weir.url("/api/x"));
+        calls.push(tokio::spawn(async move { c.get(url).send().await }));
+    }
+    let (mut admitted, mut rejected) = (0usize, 0usize);
+    for call in calls {
+        let resp = call.await.unwrap().expect("weir answers");
+        assert_eq!(
+            header(&resp, "ratelimit-policy").as_deref(),
+            Some("\"default\";q=20;w=1")
+        );
+        let ratelimit = header(&resp, "ratelimit").expect("RateLimit on every response");
+        match resp.status().as_u16() {
+            200 => {
+                admitted += 1;
+                let r: u32 = ratelimit
+                    .strip_prefix("\"default\";r=")
+                    .and_then(|rest| rest.strip_suffix(";t=1"))
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or_else(|| panic!("RateLimit {ratelimit:?}"));
+                assert!(r < 10, "{ratelimit}");
+            }
+            429 => {
+                rejected += 1;
+                // A token every 50 ms: the next one is always under a second away.
+                assert_eq!(header(&resp, "retry-after").as_deref(), Some("1"));
+                assert_eq!(ratelimit, "\"default\";r=0;t=1");
+                let body: serde_json::Value = resp.json().await.unwrap();
+                assert_eq!(body["error"], "rate_limited", "{body}");
+                assert_eq!(body["route"], "api", "{body}");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(admitted + rejected, 1000);
+    // 20 per second for 10 s, plus the burst of 10.
+    let want = 210.0;
+    assert!(
+        (admitted as f64 - want).abs() <= want * 0.02,
+        "{admitted} admitted, want {want} ± 2%"
+    );
+    assert_eq!(
+        up.count(),
+        admitted,
+        "only admitted requests reach the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_mode_delays_instead_of_rejecting() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    // A token every 200 ms, bucket of 1.
+    let weir = start(&up, r#"{ rate = 5, burst = 1, mode = "queue" }"#).await;
+    let c = client();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), weir.url("/api/q"));
+            tokio::spawn(async move { c.get(url).send().await })
+        })
+        .collect();
+    for call in calls {
+        let resp = call.await.unwrap().expect("weir answers");
+        assert_eq!(resp.status(), 200, "{resp:?}");
+    }
+    let mut arrived: Vec<Instant> = up.requests().iter().map(|r| r.received_at).collect();
+    arrived.sort();
+    assert_eq!(arrived.len(), 3);
+    // Each waited for its own token: 200 ms apart, 400 ms from first to last.
+    let spread = arrived[2] - arrived[0];
+    assert!(
+        spread >= Duration::from_millis(390) && spread < Duration::from_millis(1500),
+        "first to last request upstream: {spread:?}"
+    );
+    assert!(arrived[1] - arrived[0] >= Duration::from_millis(190));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_mode_rejects_what_it_could_not_serve_within_max_wait() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    // A token every second, but nobody waits more than 300 ms.
+    let weir = start(
+        &up,
+        r#"{ rate = 1, burst = 1, mode = "queue", max_wait = "300ms" }"#,
+    )
+    .await;
+    let c = client();
+    let first = c.get(weir.url("/api/a")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let started = Instant::now();
+    let second = c.get(weir.url("/api/b")).send().await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert_eq!(header(&second, "retry-after").as_deref(), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "rejected at once, not after waiting: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_429_with_retry_after_pauses_the_key() {
+    let up = Upstream::start(|_, i| {
+        if i == 0 {
+            Reply::new(429).header("retry-after", "2")
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let weir = start(&up, "{ rate = 100 }").await;
+    let c = client();
+    let get = |path: &str| c.get(weir.url(path)).send();
+
+    let resp = get("/api/1").await.unwrap();
+    let paused_at = Instant::now();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(up.count(), 1, "the first 429 is the upstream's");
+
+    // Paused: weir answers 429 itself, without reaching the upstream.
+    let resp = get("/api/2").await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry_after: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(
+        header(&resp, "ratelimit"),
+        Some(format!("\"default\";r=0;t={retry_after}"))
+    );
+    tokio::time::sleep_until((paused_at + Duration::from_millis(1200)).into()).await;
+    assert_eq!(get("/api/3").await.unwrap().status(), 429);
+    assert_eq!(
+        up.count(),
+        1,
+        "no request reached the upstream during the pause"
+    );
+
+    // After the 2 s, requests reach the upstream again.
+    tokio::time::sleep_until((paused_at + Duration::from_millis(2300)).into()).await;
+    let resp = get("/api/4").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.count(), 2);
+}
