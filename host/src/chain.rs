@@ -154,7 +154,7 @@ impl Exchange<'_> {
             body: None,
         };
         let reply = walk.pass(0, wreq).await?;
-        reply.into_response()
+        reply.into_response(self.route, self.id)
     }
 
     /// No filters: forward as it is, with no conversion.
@@ -235,6 +235,9 @@ struct Reply {
     outcome: Outcome,
     stream: Option<ProxyBody>,
     error: Option<ProxyError>,
+    /// Headers filters set on the way back while the outcome is an error (e.g. retry's
+    /// `x-weir-attempts`): they go on weir's error response.
+    error_headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Reply {
@@ -247,6 +250,7 @@ impl Reply {
             outcome: Outcome::Response(resp),
             stream: None,
             error: None,
+            error_headers: Vec::new(),
         })
     }
 
@@ -269,10 +273,11 @@ impl Reply {
             }),
             stream: None,
             error: None,
+            error_headers: Vec::new(),
         }
     }
 
-    fn into_response(self) -> Result<Response<ProxyBody>, ProxyError> {
+    fn into_response(self, route: &str, id: &str) -> Result<Response<ProxyBody>, ProxyError> {
         match self.outcome {
             Outcome::Response(r) => {
                 let body = match (self.stream, r.body) {
@@ -290,10 +295,20 @@ impl Reply {
                 }
                 Ok(resp)
             }
-            Outcome::Error(_) => Err(self.error.unwrap_or(ProxyError::UpstreamBroken {
-                upstream: String::new(),
-                detail: "no response".into(),
-            })),
+            Outcome::Error(_) => {
+                let err = self.error.unwrap_or(ProxyError::UpstreamBroken {
+                    upstream: String::new(),
+                    detail: "no response".into(),
+                });
+                if self.error_headers.is_empty() {
+                    return Err(err);
+                }
+                tracing::debug!(request_id = %id, route, error = %err, "request failed");
+                let mut resp = err.to_response(Some(route), id);
+                resp.headers_mut()
+                    .extend(headers::from_fields(&self.error_headers));
+                Ok(resp)
+            }
         }
     }
 }
@@ -367,14 +382,14 @@ impl Walk<'_, '_> {
             match self.on_response(f, k, &req, &mut reply).await {
                 ResponseAction::Continue(None) => {}
                 ResponseAction::Continue(Some(edit)) => {
-                    if let Outcome::Response(r) = &mut reply.outcome {
-                        if let Err(e) = headers::apply_edit(
-                            &mut r.headers,
-                            edit.set_headers,
-                            &edit.remove_headers,
-                        ) {
-                            reply = self.misbehaved(f, &e, reply);
-                        }
+                    let fields = match &mut reply.outcome {
+                        Outcome::Response(r) => &mut r.headers,
+                        Outcome::Error(_) => &mut reply.error_headers,
+                    };
+                    if let Err(e) =
+                        headers::apply_edit(fields, edit.set_headers, &edit.remove_headers)
+                    {
+                        reply = self.misbehaved(f, &e, reply);
                     }
                 }
                 ResponseAction::Respond(resp) => {
@@ -569,6 +584,7 @@ impl Walk<'_, '_> {
                     outcome: Outcome::Error(f.kind),
                     stream: None,
                     error: Some(f.error),
+                    error_headers: Vec::new(),
                 });
             }
         };
@@ -610,6 +626,7 @@ impl Walk<'_, '_> {
             }),
             stream,
             error: None,
+            error_headers: Vec::new(),
         })
     }
 }

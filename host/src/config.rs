@@ -276,7 +276,64 @@ pub struct ListenTls {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Where the admin endpoints listen.
+    #[serde(default = "defaults::admin_addr")]
     pub addr: ListenAddr,
+    /// When set, every admin endpoint requires `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// How many recent requests `/requests` keeps.
+    #[serde(default = "defaults::recent_requests")]
+    pub recent_requests: usize,
+    /// The most body bytes kept per recorded request (a longer body cannot be replayed).
+    #[serde(default = "defaults::recent_body_bytes")]
+    pub recent_body_bytes: ByteSize,
+    /// More headers to redact in `/requests`, besides Authorization, Cookie, Set-Cookie,
+    /// Proxy-Authorization and X-API-Key.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
+}
+
+/// A secret: written inline, or read from an environment variable or a file at load.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged, expecting = "a string, { env = \"NAME\" } or { file = \"path\" }")]
+pub enum Secret {
+    /// The value itself.
+    Inline(String),
+    /// The value of an environment variable.
+    Env {
+        /// The variable's name.
+        env: String,
+    },
+    /// The contents of a file (trailing newlines removed).
+    File {
+        /// The file, relative to the config file.
+        file: PathBuf,
+    },
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Never print the value itself.
+            Secret::Inline(_) => f.write_str("Secret(inline)"),
+            Secret::Env { env } => write!(f, "Secret(env {env})"),
+            Secret::File { file } => write!(f, "Secret(file {})", file.display()),
+        }
+    }
+}
+
+impl Secret {
+    /// The value; the error says which variable or file is missing.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Secret::Inline(v) => Ok(v.clone()),
+            Secret::Env { env } => std::env::var(env)
+                .map_err(|_| format!("environment variable {env} is not set")),
+            Secret::File { file } => std::fs::read_to_string(file)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| format!("cannot read {}: {e}", file.display())),
+        }
+    }
 }
 
 /// `[state]`.
@@ -476,7 +533,7 @@ impl<'de> Deserialize<'de> for FilterUse {
 }
 
 mod defaults {
-    use super::{ByteSize, HumanDuration};
+    use super::{ByteSize, HumanDuration, ListenAddr};
     use std::time::Duration;
 
     pub fn max_header_bytes() -> ByteSize {
@@ -511,6 +568,15 @@ mod defaults {
     }
     pub fn min_instances() -> u32 {
         2
+    }
+    pub fn admin_addr() -> ListenAddr {
+        ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 9901)))
+    }
+    pub fn recent_requests() -> usize {
+        1000
+    }
+    pub fn recent_body_bytes() -> ByteSize {
+        ByteSize(64 << 10)
     }
     pub fn route_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
@@ -659,6 +725,23 @@ fn validate(
     }
     if let Some(dir) = &mut raw.runtime.cache_dir {
         abs(dir);
+    }
+    if let Some(admin) = &mut raw.admin {
+        let here = place(&["admin", "token"], 0..0);
+        if let Some(Secret::File { file }) = &mut admin.token {
+            abs(file);
+        }
+        if let Some(Err(e)) = admin.token.as_ref().map(Secret::resolve) {
+            err(here, format!("admin.token: {e}"));
+        }
+        for h in &admin.redact_headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                err(
+                    place(&["admin", "redact_headers"], 0..0),
+                    format!("admin.redact_headers: invalid header name {h:?}"),
+                );
+            }
+        }
     }
     let mut origins: BTreeMap<String, &str> = BTreeMap::new();
     for (name, up) in raw.upstreams.iter_mut() {

@@ -30,6 +30,7 @@ pub mod error;
 pub mod harness;
 pub mod headers;
 pub mod listener;
+pub mod reload;
 pub mod router;
 pub mod state;
 pub mod telemetry;
@@ -82,8 +83,7 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     admin: Option<TcpListener>,
-    // Kept alive for the filters' sake: pools hold the runtime, the runtime the state.
-    _runtime: Arc<Runtime>,
+    runtime: Arc<Runtime>,
 }
 
 /// Everything `check` and `start` share: the runtime and a built route table.
@@ -160,7 +160,7 @@ impl Server {
             listener,
             tls,
             admin,
-            _runtime: runtime,
+            runtime,
         })
     }
 

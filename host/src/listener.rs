@@ -46,6 +46,12 @@ impl Proxy {
         })
     }
 
+    /// Makes `router` the table for new requests. Requests already running keep the
+    /// table (and chains) they started with.
+    pub fn swap(&self, router: Router) {
+        *self.router.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(router);
+    }
+
     /// The route table requests use now.
     pub fn router(&self) -> Arc<Router> {
         self.router

@@ -10,8 +10,10 @@
 //! The helpers live in [`support`]; `support_selftest` checks them without weir.
 
 mod breaker;
+mod cache;
 mod filters;
 mod limiter;
 mod proxy;
+mod retry;
 mod support;
 mod support_selftest;

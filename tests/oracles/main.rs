@@ -4,3 +4,4 @@
 mod breaker;
 mod limiter;
 mod retry;
+mod cache;

@@ -3,20 +3,22 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use weir_filter::serde_json::Value;
 
-/// The filter's config as written, as documented in the crate docs. Values stay text
-/// here so that [`Config::validate`] can name the key in every error.
+/// The filter's config as written, as documented in the crate docs. Values stay JSON
+/// here so that [`Config::validate`] can name the key in every error, type errors
+/// included (serde's own messages do not say which field they are about).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Freshness for storable responses that carry no freshness information.
-    pub default_ttl: Option<String>,
+    pub default_ttl: Option<Value>,
     /// The largest entry (headers and body, as stored) the cache keeps.
-    pub max_entry_bytes: Option<SizeText>,
+    pub max_entry_bytes: Option<Value>,
     /// The most bytes this cache keeps in the state store, over all entries.
-    pub max_total_bytes: Option<SizeText>,
+    pub max_total_bytes: Option<Value>,
     /// How long past its freshness an entry with a validator is kept for revalidation.
-    pub revalidation_window: Option<String>,
+    pub revalidation_window: Option<Value>,
 }
 
 /// The checked config the filter runs with.
@@ -54,8 +56,8 @@ impl Config {
         let d = Settings::default();
         let default_ttl = match self.default_ttl {
             None => None,
-            Some(text) => {
-                let ttl = duration(&text).map_err(key("default_ttl"))?;
+            Some(v) => {
+                let ttl = duration_value(&v).map_err(key("default_ttl"))?;
                 if ttl.is_zero() {
                     return Err(
                         "default_ttl: must be more than 0 (leave it out to turn it off)".into(),
@@ -64,15 +66,15 @@ impl Config {
                 Some(ttl)
             }
         };
-        let size = |v: Option<SizeText>, k: &'static str, default: u64| match v {
+        let size = |v: Option<Value>, k: &'static str, default: u64| match v {
             None => Ok(default),
-            Some(v) => size(v).map_err(key(k)),
+            Some(v) => size_value(&v).map_err(key(k)),
         };
         let max_entry_bytes = size(self.max_entry_bytes, "max_entry_bytes", d.max_entry_bytes)?;
         let max_total_bytes = size(self.max_total_bytes, "max_total_bytes", d.max_total_bytes)?;
         let revalidation_window = match self.revalidation_window {
             None => d.revalidation_window,
-            Some(text) => duration(&text).map_err(key("revalidation_window"))?,
+            Some(v) => duration_value(&v).map_err(key("revalidation_window"))?,
         };
         if max_entry_bytes == 0 {
             return Err("max_entry_bytes: must be more than 0".into());
@@ -116,22 +118,31 @@ pub fn duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration {text:?} is too large"))
 }
 
-/// A size as written: a number of bytes, or text such as `"512KiB"`, `"1MiB"`, `"1MB"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum SizeText {
-    /// A plain number of bytes.
-    Bytes(u64),
-    /// A number and a unit.
-    Text(String),
+/// A duration value: a string such as `"30s"`.
+fn duration_value(v: &Value) -> Result<Duration, String> {
+    match v {
+        Value::String(text) => duration(text),
+        other => Err(format!(
+            "expected a duration string such as \"30s\", got {other}"
+        )),
+    }
+}
+
+/// A size value: a number of bytes, or a string such as `"1MiB"`.
+fn size_value(v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| format!("expected a whole number of bytes, got {n}")),
+        Value::String(text) => size(text),
+        other => Err(format!(
+            "expected a size such as \"1MiB\" or a number of bytes, got {other}"
+        )),
+    }
 }
 
 /// Parses a size into bytes.
-pub fn size(value: SizeText) -> Result<u64, String> {
-    let text = match value {
-        SizeText::Bytes(n) => return Ok(n),
-        SizeText::Text(text) => text,
-    };
+pub fn size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -188,8 +199,8 @@ mod tests {
         for (text, ms) in [("250ms", 250), ("5m", 300_000), ("1d", 86_400_000)] {
             assert_eq!(duration(text), Ok(Duration::from_millis(ms)));
         }
-        assert_eq!(size(SizeText::Text("2MB".into())), Ok(2_000_000));
-        assert_eq!(size(SizeText::Text("3GiB".into())), Ok(3 << 30));
+        assert_eq!(size("2MB"), Ok(2_000_000));
+        assert_eq!(size("3GiB"), Ok(3 << 30));
     }
 
     #[test]
@@ -218,6 +229,16 @@ mod tests {
         );
         let e = parse(r#"{"max_entry_bytes": 0}"#).unwrap_err();
         assert!(e.starts_with("max_entry_bytes: must be more than 0"), "{e}");
+        let e = parse(r#"{"revalidation_window": 60}"#).unwrap_err();
+        assert!(
+            e.starts_with("revalidation_window: expected a duration string"),
+            "{e}"
+        );
+        let e = parse(r#"{"max_entry_bytes": -1}"#).unwrap_err();
+        assert!(
+            e.starts_with("max_entry_bytes: expected a whole number"),
+            "{e}"
+        );
         let e = parse(r#"{"ttl": "1s"}"#).unwrap_err();
         assert!(e.contains("unknown field `ttl`"), "{e}");
     }

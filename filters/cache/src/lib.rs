@@ -132,7 +132,8 @@
 //! an entry whose state TTL is at most 2^c seconds (c from 4 to 22) is counted in the
 //! counter for class c and time bucket `now / 2^c s`, which lives until the end of the
 //! next bucket. The total is the sum of the current and previous bucket of every class,
-//! so every live entry is counted. An entry that the cache replaces or drops itself is
+//! so every live entry is counted (storing an entry reads these 38 counters; hits read
+//! none). An entry that the cache replaces or drops itself is
 //! subtracted at once; one that expires stays counted until its bucket does, so the
 //! total over-counts (by entries that expired within up to about 3× their TTL) and never
 //! under-counts. When a new entry would pass the limit it is not stored (weir logs

@@ -68,7 +68,7 @@ pub struct Status {
     pub reset: u64,
 }
 
-/// The outcome of [`take`].
+/// The outcome of `take`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// The request has its token; store `bucket`.

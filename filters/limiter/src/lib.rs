@@ -55,8 +55,9 @@
 //! # Behaviour
 //!
 //! - **Admitted**: the request goes on. The response gets `RateLimit-Policy` and
-//!   `RateLimit` (below), with `r` the tokens left after this request, unless the
-//!   upstream answered 429 (its own headers then pass untouched) or there is no response.
+//!   `RateLimit` (below, replacing any the upstream sent), with `r` the tokens left after
+//!   this request, unless the upstream answered 429 (its own headers then pass
+//!   untouched) or there is no response.
 //! - **Rejected** (reject mode with an empty bucket, a full queue, a token due later than
 //!   `max_wait` or than the route deadline, or a paused key): 429 with `Retry-After`
 //!   (whole seconds, rounded up, at least 1, until a request could pass), both headers
