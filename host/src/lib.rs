@@ -33,6 +33,7 @@ pub mod listener;
 pub mod reload;
 pub mod router;
 pub mod state;
+pub mod stats;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
@@ -120,7 +121,7 @@ async fn prepare(
             }
         },
     };
-    let router = match Router::build(config, &runtime).await {
+    let router = match Router::build(config, &runtime, &telemetry).await {
         Ok(r) => Some(r),
         Err(mut e) => {
             errors.append(&mut e);

@@ -10,6 +10,7 @@ use http::{Method, request::Parts};
 
 use crate::chain::Chain;
 use crate::config::{Config, ConfigError, FilterSource, RouteMatch, merge_json};
+use crate::telemetry::Telemetry;
 use crate::upstream::{Upstream, UpstreamPool};
 use crate::wasm::{Loaded, Runtime, builtin};
 
@@ -159,6 +160,7 @@ impl Router {
     pub async fn build(
         config: &Config,
         runtime: &Arc<Runtime>,
+        telemetry: &Telemetry,
     ) -> Result<Router, Vec<ConfigError>> {
         let raw = &config.raw;
         let mut errors = Vec::new();
@@ -167,7 +169,7 @@ impl Router {
             .iter()
             .map(|(n, u)| (n.clone(), u.get_ref().clone()))
             .collect();
-        let upstreams = match UpstreamPool::new(&upstream_cfgs) {
+        let upstreams = match UpstreamPool::new(&upstream_cfgs, telemetry.upstreams.clone()) {
             Ok(u) => Some(u),
             Err(e) => {
                 let span = raw.upstreams.get(e.upstream()).map(|u| u.span());

@@ -29,6 +29,7 @@ use tokio_rustls::client::TlsStream;
 use crate::body::{self, ProxyBody};
 use crate::config::{Origin, UpstreamConfig};
 use crate::error::ProxyError;
+use crate::telemetry::UpstreamMetrics;
 use crate::tls::{self, TlsError};
 use crate::wasm::UpstreamError;
 
@@ -44,6 +45,19 @@ pub struct Upstream {
     uri_origin: Origin,
     permits: Arc<Semaphore>,
     max_connections: u32,
+    in_flight: prometheus::IntGauge,
+}
+
+/// A connection slot: its permit, and the in-flight gauge it keeps up while held.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 impl Upstream {
@@ -74,6 +88,7 @@ impl Upstream {
 pub struct UpstreamPool {
     client: Client<Connector, ProxyBody>,
     upstreams: HashMap<String, Arc<Upstream>>,
+    metrics: Arc<UpstreamMetrics>,
 }
 
 /// Why there is no upstream response: what filters see, and what the client gets.
@@ -87,7 +102,10 @@ pub struct UpstreamFailure {
 
 impl UpstreamPool {
     /// Builds the client and loads every upstream's TLS files.
-    pub fn new(upstreams: &[(String, UpstreamConfig)]) -> Result<UpstreamPool, TlsError> {
+    pub fn new(
+        upstreams: &[(String, UpstreamConfig)],
+        metrics: Arc<UpstreamMetrics>,
+    ) -> Result<UpstreamPool, TlsError> {
         let mut targets = HashMap::new();
         let mut by_name = HashMap::new();
         for (name, cfg) in upstreams {
@@ -108,6 +126,7 @@ impl UpstreamPool {
                     uri_origin: cfg.url.clone(),
                     permits: Arc::new(Semaphore::new(cfg.max_connections as usize)),
                     max_connections: cfg.max_connections,
+                    in_flight: metrics.in_flight(name),
                 }),
             );
         }
@@ -122,6 +141,7 @@ impl UpstreamPool {
         Ok(UpstreamPool {
             client,
             upstreams: by_name,
+            metrics,
         })
     }
 
@@ -139,26 +159,43 @@ impl UpstreamPool {
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
-        let permit =
-            match tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await
-            {
-                Ok(Ok(p)) => p,
-                _ => {
-                    return Err(UpstreamFailure {
-                        kind: UpstreamError::Overloaded,
-                        error: ProxyError::Overloaded {
-                            upstream: upstream.origin.clone(),
-                        },
-                    });
-                }
-            };
+        let started = Instant::now();
+        let result = self.send_inner(upstream, req, deadline, timeout_ms).await;
+        match &result {
+            Ok(_) => self.metrics.answered(&upstream.name, started.elapsed()),
+            Err(f) => self.metrics.failed(&upstream.name, f.kind),
+        }
+        result
+    }
+
+    async fn send_inner(
+        &self,
+        upstream: &Upstream,
+        req: Request<ProxyBody>,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        let acquired = tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await;
+        let Ok(Ok(permit)) = acquired else {
+            return Err(UpstreamFailure {
+                kind: UpstreamError::Overloaded,
+                error: ProxyError::Overloaded {
+                    upstream: upstream.origin.clone(),
+                },
+            });
+        };
+        upstream.in_flight.inc();
+        let slot = Slot {
+            _permit: permit,
+            gauge: upstream.in_flight.clone(),
+        };
         match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(UpstreamFailure {
                 kind: UpstreamError::Timeout,
                 error: ProxyError::Timeout { timeout_ms },
             }),
             Ok(Err(e)) => Err(classify(&e, &upstream.origin)),
-            Ok(Ok(resp)) => Ok(resp.map(|b| body::boxed(body::Holding::new(b, permit)))),
+            Ok(Ok(resp)) => Ok(resp.map(|b| body::boxed(body::Holding::new(b, slot)))),
         }
     }
 }

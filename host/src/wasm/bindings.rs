@@ -10,8 +10,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::weir::filter::filter::FilterInfo;
-pub use weir::filter::types::{
+pub use self::exports::weir::filter::filter::FilterInfo;
+pub use self::weir::filter::types::{
     Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response, ResponseAction,
     ResponseEdit, UpstreamError,
 };
