@@ -1,32 +1,49 @@
-//! The admin listener: `/metrics` in the Prometheus text format. It binds to localhost
-//! unless configured otherwise, and never serves proxy traffic.
+//! The admin listener: `/metrics` (Prometheus text format), `/status` (JSON), and the
+//! recent-request endpoints. It binds to localhost by default and never serves proxy
+//! traffic. With `[admin] token` set, every endpoint requires `Authorization: Bearer`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use prometheus::proto::MetricType;
 use tokio::net::TcpListener;
 
 use crate::body::{self, ProxyBody};
 use crate::error::json_response;
+use crate::listener::Proxy;
+use crate::reload::ReloadStatus;
 use crate::telemetry::Telemetry;
 
+/// What the admin endpoints read.
+pub struct Admin {
+    /// Metrics and per-route statistics.
+    pub telemetry: Arc<Telemetry>,
+    /// The proxy: its current routes, recent requests and replay.
+    pub proxy: Arc<Proxy>,
+    /// The running config and reload history.
+    pub reload: Arc<ReloadStatus>,
+    /// The bearer token every request must carry, if set.
+    pub token: Option<String>,
+}
+
 /// Serves admin requests on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let telemetry = telemetry.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let telemetry = telemetry.clone();
-                async move { Ok::<_, Infallible>(route(&telemetry, &req)) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -35,19 +52,155 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>) {
     }
 }
 
-fn route(telemetry: &Telemetry, req: &Request<Incoming>) -> Response<ProxyBody> {
-    match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/metrics") => {
-            let mut resp = Response::new(body::full(Bytes::from(telemetry.render())));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+fn error(status: StatusCode, code: &str, message: String) -> Response<ProxyBody> {
+    json_response(status, &serde_json::json!({"error": code, "message": message}))
+}
+
+impl Admin {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compare in constant time, so the token cannot be guessed byte by byte.
+        presented.is_some_and(|p| {
+            p.len() == token.len()
+                && p.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        })
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if !self.authorized(&req) {
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this admin endpoint needs Authorization: Bearer <token>".into(),
             );
-            resp
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
         }
-        (_, path) => json_response(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "not_found", "message": format!("no admin endpoint {path}")}),
-        ),
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (req.method().clone(), segments.as_slice()) {
+            (Method::GET, ["metrics"]) => {
+                let mut resp = Response::new(body::full(Bytes::from(self.telemetry.render())));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
+            (Method::GET, ["status"]) => json_response(StatusCode::OK, &self.status()),
+            (Method::GET, ["requests"]) => match self.proxy.recent().list(&query) {
+                Ok(list) => json_response(StatusCode::OK, &list),
+                Err(e) => error(StatusCode::BAD_REQUEST, "bad_query", e),
+            },
+            (Method::GET, ["requests", id]) => match self.proxy.recent().get(id) {
+                Some(r) => json_response(StatusCode::OK, &r.to_json()),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no recent request with id {id:?}"),
+                ),
+            },
+            (Method::POST, ["requests", id, "replay"]) => {
+                // Drain whatever body the caller sent; the replay uses the stored one.
+                let _ = req.into_body().collect().await;
+                self.proxy.replay(id).await
+            }
+            (_, ["metrics" | "status" | "requests"]) | (_, ["requests", _]) | (_, ["requests", _, "replay"]) => {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{} is not allowed on {path}", req.method()),
+                )
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no admin endpoint {path}; try /metrics, /status or /requests"),
+            ),
+        }
+    }
+
+    /// `/status`: routes with their figures and filters, breakers, limiters, and the
+    /// loaded config.
+    fn status(&self) -> serde_json::Value {
+        let router = self.proxy.router();
+        let routes: Vec<serde_json::Value> = router
+            .routes()
+            .iter()
+            .map(|r| {
+                let mut v = self.telemetry.stats.summary(&r.name);
+                v["name"] = r.name.clone().into();
+                v["upstream"] = r.upstream.origin.clone().into();
+                v["filters"] = r.chain.names().into();
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "routes": routes,
+            "breakers": self.guest_gauges("weir_filter_breaker_state", |v| match v as i64 {
+                0 => "closed".into(),
+                1 => "open".into(),
+                2 => "half_open".into(),
+                _ => serde_json::Value::Null,
+            }, "state", &[("weir_filter_breaker_failure_rate", "failure_rate")]),
+            "limiters": self.guest_gauges("weir_filter_limiter_tokens", serde_json::Value::from, "tokens", &[]),
+            "config": self.reload.snapshot(),
+        })
+    }
+
+    /// One entry per series of the guest gauge `name`: its labels, its value (mapped by
+    /// `value`) under `field`, and the values of `extra` gauges with the same labels.
+    fn guest_gauges(
+        &self,
+        name: &str,
+        value: impl Fn(f64) -> serde_json::Value,
+        field: &str,
+        extra: &[(&str, &str)],
+    ) -> Vec<serde_json::Value> {
+        let families = self.telemetry.registry.gather();
+        let find = |n: &str| {
+            families
+                .iter()
+                .find(|f| f.name() == n && f.get_field_type() == MetricType::GAUGE)
+        };
+        let labels_of = |m: &prometheus::proto::Metric| -> serde_json::Map<String, serde_json::Value> {
+            m.get_label()
+                .iter()
+                .map(|l| (l.name().to_owned(), l.value().into()))
+                .collect()
+        };
+        let Some(family) = find(name) else {
+            return Vec::new();
+        };
+        family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let labels = labels_of(m);
+                let mut entry = labels.clone();
+                entry.insert(field.to_owned(), value(m.get_gauge().get_value()));
+                for (gauge, key) in extra {
+                    let v = find(gauge).and_then(|f| {
+                        f.get_metric()
+                            .iter()
+                            .find(|o| labels_of(o) == labels)
+                            .map(|o| o.get_gauge().get_value())
+                    });
+                    entry.insert((*key).to_owned(), v.into());
+                }
+                serde_json::Value::Object(entry)
+            })
+            .collect()
     }
 }

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ use crate::body::{self, ProxyBody};
 use crate::config::OnError;
 use crate::error::ProxyError;
 use crate::headers;
+use crate::recent::{FilterTiming, Trace};
+use crate::telemetry::Telemetry;
 use crate::upstream::{Upstream, UpstreamPool};
 use crate::wasm::{
     self, CallError, FilterPool, Outcome, RequestAction, RequestInfo, ResponseAction,
@@ -80,6 +82,12 @@ pub struct Exchange<'a> {
     pub timeout: Duration,
     /// The most body bytes weir accepts or buffers.
     pub max_body: u64,
+    /// The `traceparent` sent upstream.
+    pub traceparent: &'a str,
+    /// Where filter and upstream timings go, for `/requests`.
+    pub trace: &'a Mutex<Trace>,
+    /// Where retries are counted.
+    pub telemetry: &'a Telemetry,
 }
 
 /// The request as the client sent it, with the path already rewritten for the upstream.
@@ -153,8 +161,9 @@ impl Exchange<'_> {
             headers: headers::to_fields(&headers),
             body: None,
         };
-        let reply = walk.pass(0, wreq).await?;
-        reply.into_response(self.route, self.id)
+        let reply = walk.pass(0, wreq).await;
+        self.lock_trace().attempts = walk.attempt;
+        reply?.into_response(self.route, self.id)
     }
 
     /// No filters: forward as it is, with no conversion.
@@ -164,11 +173,17 @@ impl Exchange<'_> {
         *out.uri_mut() = self.upstream.uri(&req.path_with_query)?;
         *out.headers_mut() = req.headers;
         self.finish_request(out.headers_mut());
-        match self
+        let started = Instant::now();
+        let sent = self
             .pool
             .send(self.upstream, out, self.deadline, self.timeout_ms())
-            .await
+            .await;
         {
+            let mut trace = self.lock_trace();
+            trace.attempts = 1;
+            trace.upstream.push(started.elapsed());
+        }
+        match sent {
             Ok(mut resp) => {
                 headers::strip_hop_by_hop(resp.headers_mut());
                 Ok(resp)
@@ -187,6 +202,22 @@ impl Exchange<'_> {
         if let Ok(v) = HeaderValue::from_str(self.id) {
             headers.insert("x-request-id", v);
         }
+        if let Ok(v) = HeaderValue::from_str(self.traceparent) {
+            headers.insert("traceparent", v);
+        }
+    }
+
+    fn lock_trace(&self) -> std::sync::MutexGuard<'_, Trace> {
+        self.trace.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn time_filter(&self, f: &FilterPool, phase: &'static str, attempt: u32, took: Duration) {
+        self.lock_trace().filters.push(FilterTiming {
+            filter: f.name().to_owned(),
+            phase,
+            attempt,
+            took,
+        });
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -419,6 +450,7 @@ impl Walk<'_, '_> {
                         self.body = ReqBody::Buffered(b);
                     }
                     self.attempt += 1;
+                    self.x.telemetry.record_retry(self.x.route);
                     reply = self.pass(k + 1, snapshot).await?;
                     // Filter k sees the new outcome next.
                     k += 1;
@@ -435,7 +467,10 @@ impl Walk<'_, '_> {
             }
         }
         let info = self.x.info(self.attempt);
+        let started = Instant::now();
         let result = f.on_request(&info, req).await;
+        self.x
+            .time_filter(f, "on_request", self.attempt, started.elapsed());
         req.body = None;
         match result {
             Ok(RequestAction::Continue((edit, memo))) => {
@@ -523,9 +558,12 @@ impl Walk<'_, '_> {
             _ => None,
         };
         let info = self.x.info(self.attempt);
+        let started = Instant::now();
         let result = f
             .on_response(&info, req, self.memos[k].as_deref(), &reply.outcome)
             .await;
+        self.x
+            .time_filter(f, "on_response", self.attempt, started.elapsed());
         if let (Outcome::Response(r), Some(b)) = (&mut reply.outcome, hidden) {
             r.body = Some(b);
         }
@@ -567,11 +605,13 @@ impl Walk<'_, '_> {
             }
             _ => (self.x.deadline, self.x.timeout_ms()),
         };
+        let started = Instant::now();
         let sent = self
             .x
             .pool
             .send(self.x.upstream, out, deadline, timeout_ms)
             .await;
+        self.x.lock_trace().upstream.push(started.elapsed());
         let mut resp = match sent {
             Ok(r) => r,
             Err(_) if self.body_too_large.load(Ordering::Relaxed) => {

@@ -30,6 +30,7 @@ pub mod error;
 pub mod harness;
 pub mod headers;
 pub mod listener;
+pub mod recent;
 pub mod reload;
 pub mod router;
 pub mod state;
@@ -48,6 +49,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError, StateBackendKind};
 use crate::listener::Proxy;
+use crate::reload::ReloadStatus;
 use crate::router::Router;
 use crate::state::{MemoryBackend, StateBackend};
 use crate::telemetry::Telemetry;
@@ -85,6 +87,7 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     admin: Option<TcpListener>,
     runtime: Arc<Runtime>,
+    reload: Arc<ReloadStatus>,
 }
 
 /// Everything `check` and `start` share: the runtime and a built route table.
@@ -153,7 +156,14 @@ impl Server {
             Some(a) => Some(bind(a.addr.0).await?),
             None => None,
         };
-        let proxy = Proxy::new(router, &config.raw.listen, telemetry.clone());
+        let proxy = Proxy::new(
+            router,
+            &config.raw.listen,
+            config.raw.admin.as_ref(),
+            telemetry.clone(),
+        );
+        let reload = ReloadStatus::new(reload::loaded(&config), &telemetry.registry)
+            .map_err(|e| StartError::Internal(e.to_string()))?;
         Ok(Server {
             config,
             proxy,
@@ -162,6 +172,7 @@ impl Server {
             tls,
             admin,
             runtime,
+            reload: Arc::new(reload),
         })
     }
 
@@ -178,9 +189,24 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains in-flight requests (up to the
     /// listener's `drain_timeout`) and returns.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let admin = self
-            .admin
-            .map(|l| tokio::spawn(admin::serve(l, self.telemetry.clone())));
+        let admin = self.admin.map(|l| {
+            let token = self
+                .config
+                .raw
+                .admin
+                .as_ref()
+                .and_then(|a| a.token.as_ref())
+                // validate() resolved it once already; a secret that vanished since
+                // locks the admin API rather than opening it.
+                .map(|t| t.resolve().unwrap_or_else(|_| rand::random::<u128>().to_string()));
+            let state = Arc::new(admin::Admin {
+                telemetry: self.telemetry.clone(),
+                proxy: self.proxy.clone(),
+                reload: self.reload.clone(),
+                token,
+            });
+            tokio::spawn(admin::serve(l, state))
+        });
         listener::serve(
             self.listener,
             self.tls,

@@ -114,6 +114,32 @@ impl ReloadStatus {
     }
 }
 
+/// A hash of the config text and of every filter component file it names, so `/status`
+/// shows when anything that makes up the running config changed.
+pub fn fingerprint(config: &crate::config::Config) -> String {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable across runs of the same build.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.text.hash(&mut h);
+    for f in config.raw.filters.values() {
+        if let Some(path) = &f.get_ref().wasm {
+            path.hash(&mut h);
+            std::fs::read(path).unwrap_or_default().hash(&mut h);
+        }
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// What is loaded now, read off `config`.
+pub fn loaded(config: &crate::config::Config) -> Loaded {
+    Loaded {
+        path: config.path.clone(),
+        hash: fingerprint(config),
+        modified: modified(&config.path),
+        loaded_at: SystemTime::now(),
+    }
+}
+
 /// The modification time of `path`, if it can be read.
 pub fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
