@@ -9,6 +9,7 @@
 //!
 //! The helpers live in [`support`]; `support_selftest` checks them without weir.
 
+mod all_four;
 mod breaker;
 mod cache;
 mod filters;
