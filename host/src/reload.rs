@@ -1,12 +1,43 @@
-//! Hot reload: what is loaded now, and how the last reload went.
+//! Hot reload: what is loaded now, how the last reload went, and the task that reloads.
 //!
 //! [`ReloadStatus`] is what `/status` and `/metrics` show about the running config.
+//! [`Reloader`] rebuilds the route table when the config file or a filter component it
+//! names changes on disk, or on `SIGHUP`:
+//!
+//! 1. [`Reloader::new`] (in [`crate::Server::start`], before weir says it is listening)
+//!    installs the `SIGHUP` handler and watches the directories of those files.
+//! 2. [`Reloader::run`] (spawned by [`crate::Server::run`]) waits for a change to settle
+//!    ([`DEBOUNCE`]), then parses, validates, compiles and initialises the new config on a
+//!    blocking thread, away from the request path.
+//! 3. Only a config that built completely replaces the route table ([`Proxy::swap`]);
+//!    requests in flight finish on the table they started with. Anything wrong leaves
+//!    the running config serving, logged with file, line and column, and counted.
+//!
+//! Filter state (breakers, limiters, caches) lives in the runtime's state store, which a
+//! reload shares, so it survives. The listeners, the admin settings, the state store and
+//! the runtime are bound at start: a reload that changes them says so in `needs_restart`.
 
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ConfigErrors, RawConfig};
+use crate::listener::Proxy;
+use crate::router::Router;
+use crate::telemetry::Telemetry;
+use crate::wasm::Runtime;
+
+/// How long the watched files must stay quiet before a reload. Editors replace a file by
+/// writing a temporary one and renaming it, and builds write a component in several
+/// steps: one reload for the whole burst, of the finished files.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The config that is serving now.
 #[derive(Debug, Clone)]

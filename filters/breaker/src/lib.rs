@@ -124,6 +124,8 @@
 //!
 //! - `breaker_state{key}` (gauge): 0 closed, 1 open, 2 half-open, as this process last
 //!   saw it (set on every transition, rejection and recorded outcome);
+//! - `breaker_failure_rate{key}` (gauge): the failure rate (percent) of the window after
+//!   the last recorded outcome, or the rate that moved the breaker on a transition;
 //! - `breaker_transitions_total{key,to}` (counter): transitions this process made;
 //! - `breaker_rejected_total{key}` (counter): calls answered with the 503.
 //!
@@ -257,6 +259,11 @@ impl Filter for Breaker {
             .complete(&SharedState, &memo.key, memo.ticket, call, now)
         {
             Ok(done) => {
+                metrics::gauge_set(
+                    "breaker_failure_rate",
+                    &[("key", &memo.key)],
+                    done.failure_rate,
+                );
                 if let Some(t) = done.transition {
                     report_transition(&memo.key, t);
                 } else {

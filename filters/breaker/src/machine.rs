@@ -420,6 +420,8 @@ pub enum Admitted {
 pub struct Completed {
     /// The state after this call.
     pub phase: Phase,
+    /// The failure rate (percent) of the window after this call, for `/status`.
+    pub failure_rate: f64,
     /// Set when this call moved the breaker.
     pub transition: Option<Transition>,
 }
@@ -535,6 +537,8 @@ impl Engine {
                     }
                     Completed {
                         phase: n.state,
+                        // The rate that moved the breaker, not the reset window's.
+                        failure_rate: decided.failure_rate(),
                         transition: Some(Transition {
                             from: rec.state,
                             to: n.state,
@@ -544,10 +548,12 @@ impl Engine {
                 }
                 Some(n) => Completed {
                     phase: n.state,
+                    failure_rate: tally(n).failure_rate(),
                     transition: None,
                 },
                 None => Completed {
                     phase: rec.state,
+                    failure_rate: tally(rec).failure_rate(),
                     transition: None,
                 },
             };

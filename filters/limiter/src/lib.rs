@@ -105,7 +105,10 @@
 //! their clocks in sync (NTP). If the state store fails, the limiter fails open: the
 //! request passes without headers, and the counter `weir_filter_limiter_state_errors_total`
 //! goes up. Rejections count in `weir_filter_limiter_rejected_total{reason}`, with reason
-//! `empty`, `paused`, `queue_full` or `max_wait`.
+//! `empty`, `paused`, `queue_full` or `max_wait`. The gauge
+//! `weir_filter_limiter_tokens{key}` holds the whole tokens a bucket had left after its
+//! last admitted request (weir's `/status` lists it under `limiters`); every bucket id is
+//! a label value, so keep the set of header keys small.
 
 // The SDK keeps all the unsafe ABI glue in its own crate; a filter needs none.
 #![forbid(unsafe_code)]
@@ -181,6 +184,13 @@ impl Filter for Limiter {
         memo: Option<Vec<u8>>,
         outcome: &Outcome,
     ) -> ResponseAction {
+        if let Some(m) = memo.as_deref().and_then(Memo::decode) {
+            weir_filter::metrics::gauge_set(
+                "limiter_tokens",
+                &[("key", &m.id)],
+                m.status.remaining as f64,
+            );
+        }
         self.response(&Host, now_ns(), memo.as_deref(), outcome)
     }
 }
