@@ -14,6 +14,8 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("weir-filter-breaker", "WEIR_BUILTIN_BREAKER"),
     ("weir-filter-limiter", "WEIR_BUILTIN_LIMITER"),
     ("weir-filter-cache", "WEIR_BUILTIN_CACHE"),
+    ("weir-filter-idempotency", "WEIR_BUILTIN_IDEMPOTENCY"),
+    ("weir-filter-sanitize", "WEIR_BUILTIN_SANITIZE"),
     ("weir-test-misbehave", "WEIR_TEST_MISBEHAVE"),
     ("weir-test-scripted", "WEIR_TEST_SCRIPTED"),
 ];

@@ -28,7 +28,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, ConfigErrors, RawConfig};
+use crate::config::{Admin, Config, ConfigErrors, Listen, RawConfig, RuntimeConfig, StateConfig};
 use crate::listener::Proxy;
 use crate::router::Router;
 use crate::telemetry::Telemetry;
@@ -174,6 +174,424 @@ pub fn loaded(config: &crate::config::Config) -> Loaded {
 /// The modification time of `path`, if it can be read.
 pub fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+// === impl Reloader ===
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// A watched file changed. Skipped when none of the files changed in content, so a
+    /// `touch` or a rebuild that wrote the same bytes does not rebuild every pool.
+    Files,
+    /// `SIGHUP`: always reloads.
+    Hangup,
+}
+
+/// What woke the reload task.
+enum Wake {
+    Event(Option<notify::Result<Event>>),
+    Settled,
+    Hangup,
+}
+
+/// Reloads the config when it or a filter component it names changes, or on `SIGHUP`.
+pub struct Reloader {
+    path: PathBuf,
+    proxy: Arc<Proxy>,
+    runtime: Arc<Runtime>,
+    telemetry: Arc<Telemetry>,
+    status: Arc<ReloadStatus>,
+    fixed: Fixed,
+    hangup: Option<Signal>,
+    events: mpsc::UnboundedReceiver<notify::Result<Event>>,
+    /// `None` if the OS refused a watcher: then only `SIGHUP` reloads.
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: Watched,
+}
+
+impl Reloader {
+    /// Installs the `SIGHUP` handler and starts watching the files `config` reads. Call it
+    /// before announcing readiness: until the handler is installed, `SIGHUP` kills weir.
+    /// Must be called within a tokio runtime.
+    pub fn new(
+        config: &Config,
+        proxy: Arc<Proxy>,
+        runtime: Arc<Runtime>,
+        telemetry: Arc<Telemetry>,
+        status: Arc<ReloadStatus>,
+    ) -> Reloader {
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
+            .ok();
+        let (tx, events) = mpsc::unbounded_channel();
+        // The watcher calls back on its own thread; the reload task does the filtering,
+        // since it knows the current set of files.
+        let watcher = notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        })
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "cannot watch the config for changes; send SIGHUP to reload")
+        })
+        .ok();
+        let mut reloader = Reloader {
+            path: config.path.clone(),
+            proxy,
+            runtime,
+            telemetry,
+            status,
+            fixed: Fixed::of(config),
+            hangup,
+            events,
+            watcher,
+            watched: Watched::default(),
+        };
+        reloader.watch(config);
+        reloader
+    }
+
+    /// Waits for changes and reloads, until the task is dropped.
+    pub async fn run(mut self) {
+        let mut due: Option<tokio::time::Instant> = None;
+        let mut events_open = true;
+        loop {
+            let wake = tokio::select! {
+                event = self.events.recv(), if events_open => Wake::Event(event),
+                () = settle(due) => Wake::Settled,
+                () = hangup(&mut self.hangup) => Wake::Hangup,
+            };
+            match wake {
+                Wake::Event(None) => events_open = false,
+                Wake::Event(Some(Ok(event))) => {
+                    if self.watched.is_relevant(&event) {
+                        due = Some(tokio::time::Instant::now() + DEBOUNCE);
+                    }
+                }
+                Wake::Event(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "watching the config files failed; reloading to be safe");
+                    due = Some(tokio::time::Instant::now() + DEBOUNCE);
+                }
+                Wake::Settled => {
+                    due = None;
+                    self.reload(Trigger::Files).await;
+                }
+                Wake::Hangup => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    due = None;
+                    self.reload(Trigger::Hangup).await;
+                }
+            }
+        }
+    }
+
+    /// One reload: read, build, swap; or keep the running config and say why.
+    async fn reload(&mut self, trigger: Trigger) {
+        let started = Instant::now();
+        let path = self.path.clone();
+        // File reads and hashing are blocking I/O: keep them off the async workers.
+        let read = tokio::task::spawn_blocking(move || Config::load(&path).map(Read::of)).await;
+        let read = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(errors)) => return self.refuse(errors.to_string()),
+            Err(e) => return self.refuse(format!("{}: reading the config failed: {e}", self.path.display())),
+        };
+        // Watch what this config names even if it fails to build: the missing component
+        // it names may be about to appear.
+        self.watch(&read.config);
+        if trigger == Trigger::Files && read.hash == self.status.loaded().hash {
+            tracing::debug!("config files unchanged; not reloading");
+            return;
+        }
+        let config = Arc::new(read.config);
+        // Compiling and initialising filters is CPU work: run it on a blocking thread (in
+        // the runtime's context, for its timers), never on a worker serving requests.
+        let build = {
+            let (config, runtime, telemetry) =
+                (config.clone(), self.runtime.clone(), self.telemetry.clone());
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                handle.block_on(Router::build(&config, &runtime, &telemetry))
+            })
+            .await
+        };
+        let router = match build {
+            Ok(Ok(router)) => router,
+            Ok(Err(errors)) => return self.refuse(ConfigErrors(errors).to_string()),
+            Err(e) => return self.refuse(format!("{}: building the config failed: {e}", self.path.display())),
+        };
+        self.proxy.swap(router);
+        let needs_restart = self.fixed.changes(&config.raw, read.tls_files);
+        for change in &needs_restart {
+            tracing::warn!("{change}");
+        }
+        let needs_restart = (!needs_restart.is_empty()).then(|| needs_restart.join("; "));
+        self.status.succeeded(
+            Loaded {
+                path: config.path.clone(),
+                hash: read.hash.clone(),
+                modified: read.modified,
+                loaded_at: SystemTime::now(),
+            },
+            needs_restart,
+        );
+        tracing::info!(
+            hash = %read.hash,
+            took_ms = started.elapsed().as_millis() as u64,
+            "config reloaded"
+        );
+    }
+
+    /// Records a refused reload; the running config keeps serving.
+    fn refuse(&self, message: String) {
+        for line in message.lines() {
+            tracing::error!("reload refused: {line}");
+        }
+        tracing::warn!("the running config keeps serving");
+        self.status.failed(message);
+    }
+
+    /// Makes the watched set what `config` reads: watches new directories, drops old ones.
+    fn watch(&mut self, config: &Config) {
+        let files: HashSet<PathBuf> = inputs(config).iter().flat_map(|p| event_paths(p)).collect();
+        let want: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        self.watched.files = files;
+        let Some(watcher) = &mut self.watcher else {
+            return;
+        };
+        for gone in self.watched.dirs.difference(&want) {
+            let _ = watcher.unwatch(gone);
+        }
+        let mut dirs = BTreeSet::new();
+        for dir in want {
+            if self.watched.dirs.contains(&dir) {
+                dirs.insert(dir);
+                continue;
+            }
+            // Directories, not the files: an editor's rename replaces the file, and a
+            // watch on the old file would see nothing after the first save.
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    dirs.insert(dir);
+                }
+                // Not kept: the next reload tries again.
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot watch for changes; send SIGHUP to reload"
+                ),
+            }
+        }
+        self.watched.dirs = dirs;
+    }
+}
+
+/// Resolves at `due`, or never.
+async fn settle(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on the next `SIGHUP`, or never.
+async fn hangup(signal: &mut Option<Signal>) {
+    match signal {
+        Some(s) if s.recv().await.is_some() => {}
+        _ => std::future::pending().await,
+    }
+}
+
+/// A config as read for a reload, with what was hashed alongside it.
+struct Read {
+    config: Config,
+    hash: String,
+    modified: Option<SystemTime>,
+    tls_files: u64,
+}
+
+impl Read {
+    /// Hashes the files before the build reads them: a file that changes during the build
+    /// then differs from this hash, and its event reloads again.
+    fn of(config: Config) -> Read {
+        Read {
+            hash: fingerprint(&config),
+            modified: modified(&config.path),
+            tls_files: tls_files(&config.raw),
+            config,
+        }
+    }
+}
+
+/// Every file a reload reads: the config itself and each filter component it names.
+fn inputs(config: &Config) -> Vec<PathBuf> {
+    std::iter::once(config.path.clone())
+        .chain(config.raw.filters.values().filter_map(|f| f.get_ref().wasm.clone()))
+        .collect()
+}
+
+/// The paths an event about `path` may carry: the file in its (absolute, symlink-free)
+/// directory and, when the file is a symlink, its target. A Kubernetes ConfigMap is a
+/// symlink whose target's directory is swapped; the old target's removal is the event.
+fn event_paths(path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    if let (Some(dir), Some(name)) = (abs.parent(), abs.file_name()) {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+        out.push(dir.join(name));
+    }
+    if let Ok(target) = std::fs::canonicalize(path)
+        && !out.contains(&target)
+    {
+        out.push(target);
+    }
+    out
+}
+
+/// The files a reload reads, and the directories watched to see them change.
+#[derive(Default)]
+struct Watched {
+    files: HashSet<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Watched {
+    /// Whether `event` may have changed a file a reload reads. Opening and reading files
+    /// (weir's own reloads do both) are not changes; finishing a write is.
+    fn is_relevant(&self, event: &Event) -> bool {
+        let change = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        // An overflowed event queue may have dropped anything.
+        event.need_rescan() || (change && event.paths.iter().any(|p| self.files.contains(p)))
+    }
+}
+
+/// The settings weir bound at start, which a reload cannot change: the listener and its
+/// TLS files, the admin listener, the state store and the wasm runtime.
+struct Fixed {
+    listen: Listen,
+    admin: Option<Admin>,
+    state: StateConfig,
+    runtime: RuntimeConfig,
+    tls_files: u64,
+}
+
+impl Fixed {
+    fn of(config: &Config) -> Fixed {
+        let raw = &config.raw;
+        Fixed {
+            listen: raw.listen.clone(),
+            admin: raw.admin.clone(),
+            state: raw.state.clone(),
+            runtime: raw.runtime.clone(),
+            tls_files: tls_files(raw),
+        }
+    }
+
+    /// What `new` (whose listener TLS files hash to `tls_files`) changes in the settings
+    /// bound at start, one sentence each.
+    fn changes(&self, new: &RawConfig, tls_files: u64) -> Vec<String> {
+        let path = |p: Option<&PathBuf>| p.map_or_else(|| "(none)".to_owned(), |p| p.display().to_string());
+        let tls = |l: &Listen| {
+            let t = l.tls.as_ref();
+            [
+                path(t.map(|t| &t.cert)),
+                path(t.map(|t| &t.key)),
+                path(t.and_then(|t| t.client_ca.as_ref())),
+            ]
+        };
+        let admin = |a: &Option<Admin>| match a {
+            None => ["(none)".to_owned(), String::new(), String::new(), String::new()],
+            Some(a) => [
+                a.addr.0.to_string(),
+                a.recent_requests.to_string(),
+                a.recent_body_bytes.0.to_string(),
+                format!("{:?}", a.redact_headers),
+            ],
+        };
+        let (old_tls, new_tls) = (tls(&self.listen), tls(&new.listen));
+        let (old_admin, new_admin) = (admin(&self.admin), admin(&new.admin));
+        let settings = [
+            ("listen.addr", self.listen.addr.0.to_string(), new.listen.addr.0.to_string()),
+            ("listen.tls.cert", old_tls[0].clone(), new_tls[0].clone()),
+            ("listen.tls.key", old_tls[1].clone(), new_tls[1].clone()),
+            ("listen.tls.client_ca", old_tls[2].clone(), new_tls[2].clone()),
+            (
+                "listen.max_header_bytes",
+                self.listen.max_header_bytes.0.to_string(),
+                new.listen.max_header_bytes.0.to_string(),
+            ),
+            (
+                "listen.max_body_bytes",
+                self.listen.max_body_bytes.0.to_string(),
+                new.listen.max_body_bytes.0.to_string(),
+            ),
+            (
+                "listen.header_read_timeout",
+                format!("{:?}", self.listen.header_read_timeout.0),
+                format!("{:?}", new.listen.header_read_timeout.0),
+            ),
+            (
+                "listen.drain_timeout",
+                format!("{:?}", self.listen.drain_timeout.0),
+                format!("{:?}", new.listen.drain_timeout.0),
+            ),
+            ("admin.addr", old_admin[0].clone(), new_admin[0].clone()),
+            ("admin.recent_requests", old_admin[1].clone(), new_admin[1].clone()),
+            ("admin.recent_body_bytes", old_admin[2].clone(), new_admin[2].clone()),
+            ("admin.redact_headers", old_admin[3].clone(), new_admin[3].clone()),
+            (
+                "state.backend",
+                format!("{:?}", self.state.backend),
+                format!("{:?}", new.state.backend),
+            ),
+            (
+                "state.max_bytes",
+                self.state.max_bytes.0.to_string(),
+                new.state.max_bytes.0.to_string(),
+            ),
+            (
+                "runtime.cache_dir",
+                path(self.runtime.cache_dir.as_ref()),
+                path(new.runtime.cache_dir.as_ref()),
+            ),
+        ];
+        let mut out: Vec<String> = settings
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(key, old, new)| format!("{key} changed from {old} to {new}: restart weir to apply"))
+            .collect();
+        let token = |a: &Option<Admin>| a.as_ref().and_then(|a| a.token.clone());
+        if token(&self.admin) != token(&new.admin) {
+            // Never the value: it is a secret.
+            out.push("admin.token changed: restart weir to apply".to_owned());
+        }
+        if old_tls == new_tls && self.tls_files != tls_files {
+            out.push("the listener's TLS files changed on disk: restart weir to apply".to_owned());
+        }
+        out
+    }
+}
+
+/// A hash of the listener's certificate, key and client CA files (0 without TLS).
+fn tls_files(raw: &RawConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(tls) = &raw.listen.tls else {
+        return 0;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::read(p).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// `time` as RFC 3339 UTC with milliseconds, e.g. `2026-11-22T04:15:01.123Z`.

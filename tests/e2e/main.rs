@@ -14,6 +14,7 @@ mod breaker;
 mod cache;
 mod filters;
 mod limiter;
+mod operate;
 mod proxy;
 mod retry;
 mod support;

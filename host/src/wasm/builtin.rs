@@ -30,6 +30,14 @@ static BUILTINS: &[Builtin] = &[
         name: "cache",
         wasm: include_bytes!(env!("WEIR_BUILTIN_CACHE")),
     },
+    Builtin {
+        name: "idempotency",
+        wasm: include_bytes!(env!("WEIR_BUILTIN_IDEMPOTENCY")),
+    },
+    Builtin {
+        name: "sanitize",
+        wasm: include_bytes!(env!("WEIR_BUILTIN_SANITIZE")),
+    },
 ];
 
 /// The built-in filter called `name`.
