@@ -18,6 +18,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("weir-filter-sanitize", "WEIR_BUILTIN_SANITIZE"),
     ("weir-test-misbehave", "WEIR_TEST_MISBEHAVE"),
     ("weir-test-scripted", "WEIR_TEST_SCRIPTED"),
+    ("weir-test-legacy", "WEIR_TEST_LEGACY"),
 ];
 
 fn main() {

@@ -433,6 +433,10 @@ pub struct FilterConfig {
     /// Instances created and initialised at load, before traffic.
     #[serde(default = "defaults::min_instances")]
     pub min_instances: u32,
+    /// The upstreams this filter may call through `weir:filter/outbound` (e.g. an OAuth2
+    /// token endpoint); none by default.
+    #[serde(default)]
+    pub outbound: Vec<String>,
 }
 
 impl Default for FilterConfig {
@@ -443,6 +447,7 @@ impl Default for FilterConfig {
             config: None,
             max_memory: defaults::max_memory(),
             max_call_time: defaults::max_call_time(),
+            outbound: Vec::new(),
             max_instances: defaults::max_instances(),
             min_instances: defaults::min_instances(),
         }
@@ -822,6 +827,17 @@ fn validate(
                 place(&["filters", name, "max_call_time"], span.clone()),
                 format!("filter `{name}`: max_call_time must be more than zero"),
             );
+        }
+        for up in &f.outbound {
+            if !raw.upstreams.contains_key(up) {
+                err(
+                    place(&["filters", name, "outbound"], span.clone()),
+                    format!(
+                        "filter `{name}`: outbound names unknown upstream `{up}` (defined: {})",
+                        list_or_none(raw.upstreams.keys())
+                    ),
+                );
+            }
         }
         if let Some(c) = &f.config {
             if !c.is_object() {

@@ -96,7 +96,14 @@ impl Harness {
             ..FilterConfig::default()
         };
         runtime
-            .pool(loaded, "filter", "test", config.to_string(), &settings)
+            .pool(
+                loaded,
+                "filter",
+                "test",
+                config.to_string(),
+                &settings,
+                None,
+            )
             .await
     }
 

@@ -11,7 +11,8 @@
 //!    line and column.
 //! 2. [`Server::start`] builds the wasm runtime, loads and initialises every filter,
 //!    binds the listeners and returns their addresses.
-//! 3. [`Server::run`] serves until the shutdown future resolves, then drains.
+//! 3. [`Server::run`] serves until the shutdown future resolves, then drains. While it
+//!    serves, it reloads the config on change or `SIGHUP` ([`reload`]).
 //!
 //! [`check`] does steps 1 and 2 without binding, for `weir check`.
 //!
@@ -49,7 +50,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError, StateBackendKind};
 use crate::listener::Proxy;
-use crate::reload::ReloadStatus;
+use crate::reload::{ReloadStatus, Reloader};
 use crate::router::Router;
 use crate::state::{MemoryBackend, StateBackend};
 use crate::telemetry::Telemetry;
@@ -86,8 +87,8 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     admin: Option<TcpListener>,
-    runtime: Arc<Runtime>,
     reload: Arc<ReloadStatus>,
+    reloader: Reloader,
 }
 
 /// Everything `check` and `start` share: the runtime and a built route table.
@@ -164,6 +165,16 @@ impl Server {
         );
         let reload = ReloadStatus::new(reload::loaded(&config), &telemetry.registry)
             .map_err(|e| StartError::Internal(e.to_string()))?;
+        let reload = Arc::new(reload);
+        // Before weir announces it is ready: SIGHUP kills a process without a handler,
+        // and a file written right after the announcement must be seen.
+        let reloader = Reloader::new(
+            &config,
+            proxy.clone(),
+            runtime,
+            telemetry.clone(),
+            reload.clone(),
+        );
         Ok(Server {
             config,
             proxy,
@@ -171,8 +182,8 @@ impl Server {
             listener,
             tls,
             admin,
-            runtime,
-            reload: Arc::new(reload),
+            reload,
+            reloader,
         })
     }
 
@@ -187,8 +198,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests (up to the
-    /// listener's `drain_timeout`) and returns.
+    /// listener's `drain_timeout`) and returns. Meanwhile it reloads the config when it
+    /// or a filter component changes on disk, or on `SIGHUP` (see [`reload`]).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let reloader = tokio::spawn(self.reloader.run());
         let admin = self.admin.map(|l| {
             let token = self
                 .config
@@ -198,7 +211,10 @@ impl Server {
                 .and_then(|a| a.token.as_ref())
                 // validate() resolved it once already; a secret that vanished since
                 // locks the admin API rather than opening it.
-                .map(|t| t.resolve().unwrap_or_else(|_| rand::random::<u128>().to_string()));
+                .map(|t| {
+                    t.resolve()
+                        .unwrap_or_else(|_| rand::random::<u128>().to_string())
+                });
             let state = Arc::new(admin::Admin {
                 telemetry: self.telemetry.clone(),
                 proxy: self.proxy.clone(),
@@ -215,6 +231,7 @@ impl Server {
             shutdown,
         )
         .await;
+        reloader.abort();
         if let Some(a) = admin {
             a.abort();
         }

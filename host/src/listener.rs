@@ -236,16 +236,6 @@ impl Proxy {
                 format!("no recent request with id {id:?}"),
             );
         };
-        let Some(body) = record.replayable_body() else {
-            return fail(
-                StatusCode::CONFLICT,
-                "body_not_kept",
-                format!(
-                    "the request body was not kept (larger than recent_body_bytes = {} bytes, or not fully read), so it cannot be replayed",
-                    self.recent.body_cap()
-                ),
-            );
-        };
         let mut req = Request::new(());
         *req.method_mut() = record.method.clone();
         *req.uri_mut() = match record.path_with_query.parse() {
@@ -265,6 +255,17 @@ impl Proxy {
                 ),
             );
         }
+        // After the route: a request no route took never had its body read.
+        let Some(body) = record.replayable_body() else {
+            return fail(
+                StatusCode::CONFLICT,
+                "body_not_kept",
+                format!(
+                    "the request body was not kept (larger than recent_body_bytes = {} bytes, or not fully read), so it cannot be replayed",
+                    self.recent.body_cap()
+                ),
+            );
+        };
         let new_id = request_id(&http::HeaderMap::new());
         let origin = Origin {
             client: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -92,6 +92,9 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Installed before the ready lines: until then SIGTERM or SIGINT would kill weir
+    // outright instead of draining it.
+    let shutdown = shutdown_signal();
     // Scripts and tests read these lines to find the ports (the config may say port 0).
     let mut out = std::io::stdout().lock();
     if let Ok(addr) = server.local_addr() {
@@ -103,22 +106,27 @@ async fn run(path: PathBuf) -> ExitCode {
     let _ = out.flush();
     drop(out);
     tracing::info!("ready");
-    server.run(shutdown_signal()).await;
+    server.run(shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (mut term, mut int) = match (term, int) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM or SIGINT");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
 }

@@ -51,10 +51,14 @@ pub struct Tee<B> {
     capture: Arc<Mutex<Capture>>,
 }
 
-impl<B> Tee<B> {
+impl<B: Body> Tee<B> {
     /// Wraps `inner`; what passes is recorded in the returned capture.
     pub fn new(inner: B, cap: u64) -> (Tee<B>, Arc<Mutex<Capture>>) {
-        let capture = Arc::new(Mutex::new(Capture::default()));
+        // An empty body (a GET) may never be polled: it is complete as it is.
+        let capture = Arc::new(Mutex::new(Capture {
+            complete: inner.is_end_stream(),
+            ..Capture::default()
+        }));
         (
             Tee {
                 inner,
@@ -453,6 +457,13 @@ mod tests {
         assert!(!text.contains("s3cret") && !text.contains("t0p"), "{text}");
         assert!(text.contains("visible"));
         assert!(text.contains("[redacted]"));
+    }
+
+    #[test]
+    fn an_empty_body_is_complete_without_being_polled() {
+        let (_tee, cap) = Tee::new(body::empty(), 16);
+        let c = cap.lock().unwrap();
+        assert!(c.complete && !c.overflow && c.total == 0);
     }
 
     #[tokio::test]

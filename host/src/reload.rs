@@ -78,7 +78,10 @@ impl ReloadStatus {
     /// Starts with `loaded`, registering `weir_reloads_total{result}` in `registry`.
     pub fn new(loaded: Loaded, registry: &Registry) -> prometheus::Result<ReloadStatus> {
         let reloads = IntCounterVec::new(
-            Opts::new("weir_reloads_total", "Config reloads, by result (ok or error)"),
+            Opts::new(
+                "weir_reloads_total",
+                "Config reloads, by result (ok or error)",
+            ),
             &["result"],
         )?;
         registry.register(Box::new(reloads.clone()))?;
@@ -293,7 +296,12 @@ impl Reloader {
         let read = match read {
             Ok(Ok(read)) => read,
             Ok(Err(errors)) => return self.refuse(errors.to_string()),
-            Err(e) => return self.refuse(format!("{}: reading the config failed: {e}", self.path.display())),
+            Err(e) => {
+                return self.refuse(format!(
+                    "{}: reading the config failed: {e}",
+                    self.path.display()
+                ));
+            }
         };
         // Watch what this config names even if it fails to build: the missing component
         // it names may be about to appear.
@@ -317,7 +325,12 @@ impl Reloader {
         let router = match build {
             Ok(Ok(router)) => router,
             Ok(Err(errors)) => return self.refuse(ConfigErrors(errors).to_string()),
-            Err(e) => return self.refuse(format!("{}: building the config failed: {e}", self.path.display())),
+            Err(e) => {
+                return self.refuse(format!(
+                    "{}: building the config failed: {e}",
+                    self.path.display()
+                ));
+            }
         };
         self.proxy.swap(router);
         let needs_restart = self.fixed.changes(&config.raw, read.tls_files);
@@ -398,10 +411,12 @@ async fn settle(due: Option<tokio::time::Instant>) {
 
 /// Resolves on the next `SIGHUP`, or never.
 async fn hangup(signal: &mut Option<Signal>) {
-    match signal {
-        Some(s) if s.recv().await.is_some() => {}
-        _ => std::future::pending().await,
+    if let Some(s) = signal
+        && s.recv().await.is_some()
+    {
+        return;
     }
+    std::future::pending().await
 }
 
 /// A config as read for a reload, with what was hashed alongside it.
@@ -428,7 +443,13 @@ impl Read {
 /// Every file a reload reads: the config itself and each filter component it names.
 fn inputs(config: &Config) -> Vec<PathBuf> {
     std::iter::once(config.path.clone())
-        .chain(config.raw.filters.values().filter_map(|f| f.get_ref().wasm.clone()))
+        .chain(
+            config
+                .raw
+                .filters
+                .values()
+                .filter_map(|f| f.get_ref().wasm.clone()),
+        )
         .collect()
 }
 
@@ -496,7 +517,9 @@ impl Fixed {
     /// What `new` (whose listener TLS files hash to `tls_files`) changes in the settings
     /// bound at start, one sentence each.
     fn changes(&self, new: &RawConfig, tls_files: u64) -> Vec<String> {
-        let path = |p: Option<&PathBuf>| p.map_or_else(|| "(none)".to_owned(), |p| p.display().to_string());
+        let path = |p: Option<&PathBuf>| {
+            p.map_or_else(|| "(none)".to_owned(), |p| p.display().to_string())
+        };
         let tls = |l: &Listen| {
             let t = l.tls.as_ref();
             [
@@ -506,7 +529,12 @@ impl Fixed {
             ]
         };
         let admin = |a: &Option<Admin>| match a {
-            None => ["(none)".to_owned(), String::new(), String::new(), String::new()],
+            None => [
+                "(none)".to_owned(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
             Some(a) => [
                 a.addr.0.to_string(),
                 a.recent_requests.to_string(),
@@ -517,10 +545,18 @@ impl Fixed {
         let (old_tls, new_tls) = (tls(&self.listen), tls(&new.listen));
         let (old_admin, new_admin) = (admin(&self.admin), admin(&new.admin));
         let settings = [
-            ("listen.addr", self.listen.addr.0.to_string(), new.listen.addr.0.to_string()),
+            (
+                "listen.addr",
+                self.listen.addr.0.to_string(),
+                new.listen.addr.0.to_string(),
+            ),
             ("listen.tls.cert", old_tls[0].clone(), new_tls[0].clone()),
             ("listen.tls.key", old_tls[1].clone(), new_tls[1].clone()),
-            ("listen.tls.client_ca", old_tls[2].clone(), new_tls[2].clone()),
+            (
+                "listen.tls.client_ca",
+                old_tls[2].clone(),
+                new_tls[2].clone(),
+            ),
             (
                 "listen.max_header_bytes",
                 self.listen.max_header_bytes.0.to_string(),
@@ -542,9 +578,21 @@ impl Fixed {
                 format!("{:?}", new.listen.drain_timeout.0),
             ),
             ("admin.addr", old_admin[0].clone(), new_admin[0].clone()),
-            ("admin.recent_requests", old_admin[1].clone(), new_admin[1].clone()),
-            ("admin.recent_body_bytes", old_admin[2].clone(), new_admin[2].clone()),
-            ("admin.redact_headers", old_admin[3].clone(), new_admin[3].clone()),
+            (
+                "admin.recent_requests",
+                old_admin[1].clone(),
+                new_admin[1].clone(),
+            ),
+            (
+                "admin.recent_body_bytes",
+                old_admin[2].clone(),
+                new_admin[2].clone(),
+            ),
+            (
+                "admin.redact_headers",
+                old_admin[3].clone(),
+                new_admin[3].clone(),
+            ),
             (
                 "state.backend",
                 format!("{:?}", self.state.backend),
@@ -564,7 +612,9 @@ impl Fixed {
         let mut out: Vec<String> = settings
             .into_iter()
             .filter(|(_, old, new)| old != new)
-            .map(|(key, old, new)| format!("{key} changed from {old} to {new}: restart weir to apply"))
+            .map(|(key, old, new)| {
+                format!("{key} changed from {old} to {new}: restart weir to apply")
+            })
             .collect();
         let token = |a: &Option<Admin>| a.as_ref().and_then(|a| a.token.clone());
         if token(&self.admin) != token(&new.admin) {
@@ -651,5 +701,82 @@ mod tests {
         assert_eq!(snap["last_reload_error"]["message"], "weir.toml:3:1: bad");
         assert_eq!(status.reloads.with_label_values(&["ok"]).get(), 1);
         assert_eq!(status.reloads.with_label_values(&["error"]).get(), 1);
+    }
+
+    fn parse(text: &str) -> Config {
+        let base = "[upstreams.api]\nurl = \"http://127.0.0.1:9\"\n\n[[routes]]\nname = \"r\"\nupstream = \"api\"\n";
+        Config::parse(Path::new("/etc/weir/weir.toml"), &format!("{text}\n{base}")).unwrap()
+    }
+
+    #[test]
+    fn settings_bound_at_start_are_reported_not_applied() {
+        let start =
+            parse("[listen]\naddr = \"127.0.0.1:8080\"\n[admin]\naddr = \"127.0.0.1:9901\"");
+        let fixed = Fixed::of(&start);
+        assert!(fixed.changes(&start.raw, tls_files(&start.raw)).is_empty());
+        let new = parse(
+            "[listen]\naddr = \"127.0.0.1:8081\"\ndrain_timeout = \"5s\"\n[admin]\naddr = \"127.0.0.1:9901\"\ntoken = \"s3cret\"\n[state]\nmax_bytes = \"1MiB\"",
+        );
+        assert_eq!(
+            fixed.changes(&new.raw, 0),
+            [
+                "listen.addr changed from 127.0.0.1:8080 to 127.0.0.1:8081: restart weir to apply",
+                "listen.drain_timeout changed from 30s to 5s: restart weir to apply",
+                "state.max_bytes changed from 67108864 to 1048576: restart weir to apply",
+                "admin.token changed: restart weir to apply",
+            ]
+        );
+        let no_admin = parse("[listen]\naddr = \"127.0.0.1:8080\"");
+        assert_eq!(
+            fixed.changes(&no_admin.raw, 0)[0],
+            "admin.addr changed from 127.0.0.1:9901 to (none): restart weir to apply"
+        );
+    }
+
+    #[test]
+    fn only_changes_to_watched_files_are_relevant() {
+        use notify::event::{CreateKind, DataChange, ModifyKind, RenameMode};
+        let watched = Watched {
+            files: [PathBuf::from("/etc/weir/weir.toml")].into(),
+            dirs: [PathBuf::from("/etc/weir")].into(),
+        };
+        let event = |kind, path: &str| Event::new(kind).add_path(PathBuf::from(path));
+        let config = "/etc/weir/weir.toml";
+        // An editor's save: a temporary file renamed over the config.
+        assert!(!watched.is_relevant(&event(
+            EventKind::Create(CreateKind::File),
+            "/etc/weir/.weir.toml.swp"
+        )));
+        assert!(
+            watched.is_relevant(
+                &event(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                    "/etc/weir/.weir.toml.tmp"
+                )
+                .add_path(PathBuf::from(config))
+            )
+        );
+        assert!(watched.is_relevant(&event(
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            config
+        )));
+        assert!(watched.is_relevant(&event(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            config
+        )));
+        // weir reading the file for a reload is not a change.
+        assert!(!watched.is_relevant(&event(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            config
+        )));
+        assert!(!watched.is_relevant(&event(
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            config
+        )));
+        // A dropped event queue may hide anything.
+        assert!(
+            watched
+                .is_relevant(&Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan))
+        );
     }
 }

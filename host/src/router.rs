@@ -12,7 +12,7 @@ use crate::chain::Chain;
 use crate::config::{Config, ConfigError, FilterSource, RouteMatch, merge_json};
 use crate::telemetry::Telemetry;
 use crate::upstream::{Upstream, UpstreamPool};
-use crate::wasm::{Loaded, Runtime, builtin};
+use crate::wasm::{Loaded, Outbound, Runtime, builtin};
 
 /// One route, ready to serve.
 pub struct Route {
@@ -140,7 +140,7 @@ impl Route {
 pub struct Router {
     routes: Vec<Route>,
     /// The shared upstream client.
-    pub upstreams: UpstreamPool,
+    pub upstreams: Arc<UpstreamPool>,
 }
 
 impl Router {
@@ -170,7 +170,7 @@ impl Router {
             .map(|(n, u)| (n.clone(), u.get_ref().clone()))
             .collect();
         let upstreams = match UpstreamPool::new(&upstream_cfgs, telemetry.upstreams.clone()) {
-            Ok(u) => Some(u),
+            Ok(u) => Some(Arc::new(u)),
             Err(e) => {
                 let span = raw.upstreams.get(e.upstream()).map(|u| u.span());
                 errors.push(config.error_at(span, e.to_string()));
@@ -214,8 +214,23 @@ impl Router {
                 if let Some(over) = &use_.config {
                     merge_json(&mut cfg, over);
                 }
+                let outbound = match (&upstreams, settings.outbound.is_empty()) {
+                    (Some(pool), false) => Some(Arc::new(Outbound::new(
+                        pool.clone(),
+                        settings.outbound.clone(),
+                        raw.listen.max_body_bytes.0,
+                    ))),
+                    _ => None,
+                };
                 match runtime
-                    .pool(component, &use_.name, &r.name, cfg.to_string(), &settings)
+                    .pool(
+                        component,
+                        &use_.name,
+                        &r.name,
+                        cfg.to_string(),
+                        &settings,
+                        outbound,
+                    )
                     .await
                 {
                     Ok(p) => pools.push(p),

@@ -108,6 +108,7 @@ mod config;
 mod http;
 pub mod log;
 pub mod metrics;
+pub mod outbound;
 pub mod state;
 
 #[doc(hidden)]

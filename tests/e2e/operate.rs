@@ -16,26 +16,8 @@ use crate::support::client::client;
 use crate::support::upstream::{Recorded, Reply, Upstream, closed_port};
 use crate::support::weir::{Weir, WeirBuilder};
 
-/// The upper bounds of weir's `/status` latency buckets (`stats::LATENCY_BOUNDS_MS`),
-/// the last one unbounded.
-const LATENCY_BOUNDS_MS: [f64; 16] = [
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    25.0,
-    50.0,
-    100.0,
-    250.0,
-    500.0,
-    1000.0,
-    2500.0,
-    5000.0,
-    10000.0,
-    30000.0,
-    f64::INFINITY,
-];
+// The bounds `/status` reports latency percentiles in.
+use weir::stats::LATENCY_BOUNDS_MS;
 
 /// The W3C example trace context.
 const CLIENT_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -287,7 +269,7 @@ async fn metrics_parse_and_count_requests_upstream_calls_filter_calls_and_retrie
         ])
         .start()
         .await;
-    let slow = Upstream::start(|_, _| Reply::ok().delay(Duration::from_millis(1500))).await;
+    let slow = Upstream::start(|_, _| Reply::ok().delay(Duration::from_secs(3))).await;
     let down = format!("http://127.0.0.1:{}", closed_port());
     let config = format!(
         r#"{head}
@@ -609,6 +591,10 @@ upstream = "api"
     assert_eq!(open.len(), 1, "{breakers:?}");
     assert_eq!(open[0]["key"], failing.url(), "{breakers:?}");
     assert_eq!(open[0]["state"], "open", "{breakers:?}");
+    assert_eq!(
+        open[0]["failure_rate"], 100.0,
+        "four failures of four: {breakers:?}"
+    );
     assert_eq!(status["limiters"], serde_json::json!([]), "{status}");
 
     let cfg = &status["config"];
@@ -833,10 +819,11 @@ upstream = "api"
     assert_eq!(q6["error"], "no_route", "{q6}");
     assert_eq!(q6["status"], 404, "{q6}");
     let q2 = &list["requests"][4];
-    assert_eq!(
-        (&q2["method"], &q2["path"], &q2["route"]),
-        (&"GET".into(), &"/b/503".into(), &"b".into())
-    );
+    assert_eq!(q2["id"], "q2", "{q2}");
+    assert_eq!(q2["method"], "GET", "{q2}");
+    assert_eq!(q2["path"], "/b/503", "{q2}");
+    assert_eq!(q2["route"], "b", "{q2}");
+    assert_eq!(q2["attempts"], 1, "{q2}");
 
     let bad = admin_get(&weir, "/requests?colour=red", None).await;
     assert_eq!(bad.status(), 400);
@@ -1034,7 +1021,21 @@ filters = [{{ use = "headers", config = {{ request = {{ set = {{ "x-team" = "ops
         ["[redacted]"]
     );
     assert!(!record.to_string().contains("sekret-R"), "{record}");
-    weir.wait_for_log("replay_of=orig-1", WAIT).await;
+    let line = weir.wait_for_log("replay_of=\"orig-1\"", WAIT).await;
+    assert!(line.contains(&format!("request_id={new_id} ")), "{line}");
+
+    // A request without a body (its body is never read) replays too.
+    assert_eq!(get_with_id(&weir, "/orders/list", "list-1").await, 201);
+    let (status, replayed) = replay(&weir, "list-1").await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed["status"], 201, "{replayed}");
+    let seen = up.wait_for(4).await;
+    assert_eq!(
+        (seen[3].method.as_str(), seen[3].path.as_str()),
+        ("GET", "/list")
+    );
+    assert_eq!(comparable_headers(&seen[2]), comparable_headers(&seen[3]));
+    assert!(seen[3].body.is_empty());
 
     // A body over recent_body_bytes = 16 was not kept whole: nothing to replay.
     let big = "x".repeat(100);
@@ -1059,14 +1060,27 @@ filters = [{{ use = "headers", config = {{ request = {{ set = {{ "x-team" = "ops
     assert_eq!(status, 404, "{refused}");
     assert_eq!(refused["error"], "route_gone", "{refused}");
 
+    // Also when it had a body, which weir never read: the route is what is missing.
+    let (status, _, _) = send(
+        client()
+            .post(weir.url("/nowhere"))
+            .header("x-request-id", "gone-2")
+            .body("short"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, refused) = replay(&weir, "gone-2").await;
+    assert_eq!(status, 404, "{refused}");
+    assert_eq!(refused["error"], "route_gone", "{refused}");
+
     let (status, refused) = replay(&weir, "never-was").await;
     assert_eq!(status, 404, "{refused}");
     assert_eq!(refused["error"], "not_found", "{refused}");
 
     assert_eq!(
         up.count(),
-        3,
-        "only the original, its replay and big-1 reached the upstream"
+        5,
+        "only the two originals, their replays and big-1 reached the upstream"
     );
 }
 
@@ -1281,12 +1295,12 @@ filters = [{{ use = "retry", config = {{ max_retries = 2, retry_on = ["5xx"] }} 
     assert_eq!(get_with_id(&weir, "/elsewhere", "trace-5").await, 404);
 
     // One info line per request, naming its id, route, status, attempts and duration.
-    for (id, route, status, attempts) in [
-        ("trace-1", "t", 200, 1),
-        ("trace-2", "t", 200, 1),
-        ("trace-3", "t", 200, 1),
-        ("trace-4", "tr", 200, 3),
-        ("trace-5", "-", 404, 0),
+    for (id, route, status, attempts, error) in [
+        ("trace-1", "t", 200, 1, "-"),
+        ("trace-2", "t", 200, 1, "-"),
+        ("trace-3", "t", 200, 1, "-"),
+        ("trace-4", "tr", 200, 3, "-"),
+        ("trace-5", "-", 404, 0, "no_route"),
     ] {
         let needle = format!("request_id={id} ");
         weir.wait_for_log(&needle, WAIT).await;
@@ -1299,9 +1313,10 @@ filters = [{{ use = "retry", config = {{ max_retries = 2, retry_on = ["5xx"] }} 
         let line = &lines[0];
         assert!(line.contains(" INFO "), "{line}");
         for field in [
-            format!("route={route} "),
-            format!("status={status} "),
-            format!("attempts={attempts} "),
+            format!(" route=\"{route}\" "),
+            format!(" status={status} "),
+            format!(" attempts={attempts} "),
+            format!(" error=\"{error}\""),
         ] {
             assert!(line.contains(&field), "{field:?} in {line}");
         }

@@ -6,7 +6,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "http-filter",
-    imports: { "weir:filter/state": async },
+    imports: { "weir:filter/state": async, "weir:filter/outbound": async },
     exports: { default: async },
 });
 

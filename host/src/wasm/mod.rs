@@ -12,6 +12,7 @@ mod bindings;
 pub mod builtin;
 mod log_impl;
 mod metrics_impl;
+mod outbound_impl;
 mod state_impl;
 mod stdio;
 
@@ -33,6 +34,7 @@ pub use bindings::{
     ResponseAction, ResponseEdit, UpstreamError,
 };
 pub use metrics_impl::FilterMetrics;
+pub use outbound_impl::Outbound;
 
 use crate::clock::VirtualClock;
 use crate::config::{FilterConfig, MAX_FILTER_MEMORY, OnError};
@@ -253,10 +255,12 @@ impl Runtime {
         route: &str,
         config_json: String,
         settings: &FilterConfig,
+        outbound: Option<Arc<Outbound>>,
     ) -> Result<Arc<FilterPool>, LoadError> {
         let mut pool = FilterPool {
             runtime: self.clone(),
             loaded,
+            outbound,
             meta: Arc::new(FilterMeta {
                 filter: filter.to_owned(),
                 route: route.to_owned(),
@@ -336,6 +340,8 @@ struct Instance {
 pub struct FilterPool {
     runtime: Arc<Runtime>,
     loaded: Arc<Loaded>,
+    /// The upstreams this filter may call, if any.
+    outbound: Option<Arc<Outbound>>,
     meta: Arc<FilterMeta>,
     on_error: OnError,
     config_json: String,
@@ -419,7 +425,10 @@ impl FilterPool {
     }
 
     fn begin(&self, inst: &mut Instance) -> Instant {
-        inst.store.data_mut().begin_call(self.meta.max_call_time);
+        inst.store
+            .data_mut()
+            .host
+            .begin_call(self.meta.max_call_time);
         inst.store.set_epoch_deadline(1);
         Instant::now()
     }
@@ -467,12 +476,13 @@ impl FilterPool {
     /// trap, as text.
     async fn instantiate(&self) -> Result<(Instance, FilterInfo), String> {
         let meta = &self.meta;
-        let data = GuestState::new(meta.clone(), &self.runtime);
+        let data = GuestState::new(meta.clone(), &self.runtime, self.outbound.clone());
         let mut store = Store::new(&self.runtime.engine, data);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| {
-            let call = &mut ctx.data_mut().call;
-            if call.started.elapsed() > call.limit {
+            let call = &mut ctx.data_mut().host.call;
+            // Time the guest spent waiting on the host (an outbound call) is not its own.
+            if call.started.elapsed().saturating_sub(call.waited) > call.limit {
                 call.timed_out = true;
                 Err(wasmtime::format_err!("filter call time exceeded"))
             } else {
@@ -483,7 +493,7 @@ impl FilterPool {
         // Instantiation and `init` may do real work (a Python or JavaScript runtime
         // starting), so they get a wider budget than a request-path call.
         let budget = (meta.max_call_time * 10).max(Duration::from_secs(5));
-        store.data_mut().begin_call(budget);
+        store.data_mut().host.begin_call(budget);
         store.set_epoch_deadline(1);
         let describe = |store: &Store<GuestState>, e: wasmtime::Error| {
             store.data().classify(&e, meta).to_string()
@@ -517,6 +527,8 @@ struct CallClock {
     started: Instant,
     limit: Duration,
     timed_out: bool,
+    /// Time spent in host calls that wait (outbound HTTP), excluded from the limit.
+    waited: Duration,
 }
 
 /// A memory cap per linear memory; remembers that it refused so the trap that follows can
@@ -556,6 +568,19 @@ pub struct GuestHost {
     meta: Arc<FilterMeta>,
     state: Arc<dyn StateBackend>,
     metrics: Arc<FilterMetrics>,
+    outbound: Option<Arc<Outbound>>,
+    call: CallClock,
+}
+
+impl GuestHost {
+    fn begin_call(&mut self, limit: Duration) {
+        self.call = CallClock {
+            started: Instant::now(),
+            limit,
+            timed_out: false,
+            waited: Duration::ZERO,
+        };
+    }
 }
 
 /// The data of one instance's store.
@@ -564,11 +589,14 @@ pub struct GuestState {
     table: ResourceTable,
     host: GuestHost,
     limiter: MemoryCap,
-    call: CallClock,
 }
 
 impl GuestState {
-    fn new(meta: Arc<FilterMeta>, runtime: &Runtime) -> GuestState {
+    fn new(
+        meta: Arc<FilterMeta>,
+        runtime: &Runtime,
+        outbound: Option<Arc<Outbound>>,
+    ) -> GuestState {
         // Clocks and random numbers only: no files, sockets or environment. Output goes
         // to weir's log, tagged with the filter.
         let mut wasi = WasiCtx::builder();
@@ -589,31 +617,25 @@ impl GuestState {
                 max: meta.max_memory,
                 refused: false,
             },
-            call: CallClock {
-                started: Instant::now(),
-                limit: meta.max_call_time,
-                timed_out: false,
-            },
             host: GuestHost {
+                call: CallClock {
+                    started: Instant::now(),
+                    limit: meta.max_call_time,
+                    timed_out: false,
+                    waited: Duration::ZERO,
+                },
                 meta,
                 state: runtime.state.clone(),
                 metrics: runtime.metrics.clone(),
+                outbound,
             },
         }
     }
 
-    fn begin_call(&mut self, limit: Duration) {
-        self.call = CallClock {
-            started: Instant::now(),
-            limit,
-            timed_out: false,
-        };
-    }
-
     /// Turns a failed call into what happened, using what the limiter and the clock saw.
     fn classify(&self, e: &wasmtime::Error, meta: &FilterMeta) -> CallError {
-        if self.call.timed_out {
-            CallError::Timeout(self.call.limit)
+        if self.host.call.timed_out {
+            CallError::Timeout(self.host.call.limit)
         } else if self.limiter.refused {
             CallError::Memory(meta.max_memory)
         } else {

@@ -19,6 +19,7 @@
 //! | `retry_delay_ms` | ms | `10` | the delay of that retry |
 //! | `may_retry` | bool | `retry_on_status` is set | what `info()` says; `false` with `retry_on_status` tests that weir ignores an unannounced retry |
 //! | `log` | string | — | `on_request` first logs `<log> (request <id>, attempt <n>)` at info level, so a test can wait for a request to reach this filter |
+//! | `call` | string | — | `on_request` first sends `GET /hook` to the upstream of this name through `weir:filter/outbound`, and sets request header `x-outbound` to `status <code>` or `error <what>` |
 //!
 //! # What it does
 //!
@@ -39,6 +40,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use weir_filter::outbound::{self, OutboundError, OutboundRequest};
 use weir_filter::{
     Filter, Info, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response,
     ResponseAction, ResponseEdit, log, state,
@@ -62,6 +64,7 @@ struct Config {
     retry_delay_ms: u32,
     may_retry: Option<bool>,
     log: Option<String>,
+    call: Option<String>,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             retry_delay_ms: 10,
             may_retry: None,
             log: None,
+            call: None,
         }
     }
 }
@@ -136,6 +140,17 @@ impl Filter for Scripted {
         }
         let mut edit =
             RequestEdit::new().set_header("x-order", append(req.header_str("x-order"), &c.tag));
+        if let Some(upstream) = &c.call {
+            let sent = outbound::send(
+                OutboundRequest::new(upstream, "GET", "/hook").header("x-from-filter", c.tag.as_str()),
+            );
+            let result = match sent {
+                Ok(r) => format!("status {}", r.status),
+                Err(OutboundError::NotAllowed(why)) => format!("error not-allowed: {why}"),
+                Err(e) => format!("error {e:?}"),
+            };
+            edit = edit.set_header("x-outbound", result);
+        }
         if let Some(path) = &c.set_path {
             edit = edit.path_with_query(path.as_str());
         }

@@ -1,0 +1,112 @@
+//! Host side of `weir:filter/outbound`: HTTP calls from a filter to the upstreams its
+//! `[filters.NAME] outbound = [...]` setting names, through the shared upstream pool.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method};
+
+use super::GuestHost;
+use super::bindings::weir::filter::outbound::{
+    Host, OutboundError, OutboundRequest, OutboundResponse,
+};
+use crate::body;
+use crate::headers;
+use crate::upstream::UpstreamPool;
+
+/// The default, and the most, an outbound call may wait for its response.
+const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one filter may call: the shared pool and the upstreams it is allowed.
+pub struct Outbound {
+    pool: Arc<UpstreamPool>,
+    allowed: Vec<String>,
+    max_body: u64,
+}
+
+impl Outbound {
+    /// Calls through `pool` to the upstreams named in `allowed`, buffering responses up
+    /// to `max_body` bytes.
+    pub fn new(pool: Arc<UpstreamPool>, allowed: Vec<String>, max_body: u64) -> Outbound {
+        Outbound {
+            pool,
+            allowed,
+            max_body,
+        }
+    }
+
+    async fn send(&self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        // weir is never an open proxy, not even for its own filters.
+        let upstream = match self.pool.get(&req.upstream) {
+            Some(u) if self.allowed.iter().any(|a| *a == req.upstream) => u.clone(),
+            _ => {
+                return Err(OutboundError::NotAllowed(format!(
+                    "upstream `{}` is not in this filter's outbound list ({})",
+                    req.upstream,
+                    if self.allowed.is_empty() {
+                        "empty".to_owned()
+                    } else {
+                        self.allowed.join(", ")
+                    }
+                )));
+            }
+        };
+        let method = Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| OutboundError::Invalid(format!("invalid method {:?}", req.method)))?;
+        let uri = upstream
+            .uri(&req.path_with_query)
+            .map_err(|e| OutboundError::Invalid(e.to_string()))?;
+        let mut out = http::Request::new(body::full(Bytes::from(req.body.unwrap_or_default())));
+        *out.method_mut() = method;
+        *out.uri_mut() = uri;
+        for (n, v) in &req.headers {
+            let name = HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| OutboundError::Invalid(format!("invalid header name {n:?}")))?;
+            let value = HeaderValue::from_bytes(v)
+                .map_err(|_| OutboundError::Invalid(format!("invalid value for header {n:?}")))?;
+            out.headers_mut().append(name, value);
+        }
+        headers::prepare_upstream(out.headers_mut());
+        let timeout = req.timeout_ms.map_or(MAX_TIMEOUT, |ms| {
+            Duration::from_millis(u64::from(ms)).min(MAX_TIMEOUT)
+        });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let resp = self
+            .pool
+            .send(&upstream, out, deadline, timeout.as_millis() as u64)
+            .await
+            .map_err(|f| OutboundError::Upstream(f.kind))?;
+        let (parts, stream) = resp.into_parts();
+        let collected =
+            tokio::time::timeout_at(deadline, body::collect_limited(stream, self.max_body))
+                .await
+                .map_err(|_| OutboundError::Upstream(super::UpstreamError::Timeout))?;
+        let bytes = match collected {
+            Ok(b) => b,
+            Err(e) if body::is_too_large(e.as_ref()) => return Err(OutboundError::TooLarge),
+            Err(_) => return Err(OutboundError::Upstream(super::UpstreamError::Reset)),
+        };
+        Ok(OutboundResponse {
+            status: parts.status.as_u16(),
+            headers: headers::to_fields(&parts.headers),
+            body: bytes.to_vec(),
+        })
+    }
+}
+
+impl Host for GuestHost {
+    async fn send(&mut self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        let Some(outbound) = self.outbound.clone() else {
+            return Err(OutboundError::NotAllowed(format!(
+                "filter `{}` has no outbound upstreams; list them in [filters.{}] outbound = [...]",
+                self.meta.filter, self.meta.filter
+            )));
+        };
+        let started = Instant::now();
+        let result = outbound.send(req).await;
+        // The guest was blocked on the network, not computing: that time is not its own.
+        self.call.waited += started.elapsed();
+        result
+    }
+}
