@@ -65,7 +65,12 @@ impl Admin {
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            // The scheme name is case-insensitive (RFC 9110 §11.1).
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                    .map(|_| &v[7..])
+            });
         // Compare in constant time, so the token cannot be guessed byte by byte.
         presented.is_some_and(|p| {
             p.len() == token.len()

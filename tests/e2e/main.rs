@@ -19,5 +19,6 @@ mod operate;
 mod proxy;
 mod reload;
 mod retry;
+mod sanitize;
 mod support;
 mod support_selftest;

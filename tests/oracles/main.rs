@@ -4,4 +4,5 @@
 mod breaker;
 mod limiter;
 mod retry;
+mod sanitize;
 mod cache;
