@@ -16,6 +16,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("weir-filter-cache", "WEIR_BUILTIN_CACHE"),
     ("weir-filter-idempotency", "WEIR_BUILTIN_IDEMPOTENCY"),
     ("weir-filter-sanitize", "WEIR_BUILTIN_SANITIZE"),
+    ("weir-filter-auth", "WEIR_BUILTIN_AUTH"),
     ("weir-test-misbehave", "WEIR_TEST_MISBEHAVE"),
     ("weir-test-scripted", "WEIR_TEST_SCRIPTED"),
     ("weir-test-legacy", "WEIR_TEST_LEGACY"),

@@ -20,7 +20,8 @@ use http_body::Body as _;
 use tokio::time::Instant;
 
 use crate::body::{self, ProxyBody};
-use crate::config::OnError;
+use crate::compress;
+use crate::config::{Compression, OnError};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::recent::{FilterTiming, Trace};
@@ -40,6 +41,9 @@ pub struct Chain {
     buffer_request: bool,
     /// Some filter reads response bodies.
     buffer_response: bool,
+    /// The route's content codings; `None` when it has nothing to do, so routes without
+    /// compression pay one branch and no allocation.
+    compression: Option<Compression>,
 }
 
 impl Chain {
@@ -53,7 +57,14 @@ impl Chain {
             filters,
             buffer_request,
             buffer_response,
+            compression: None,
         }
+    }
+
+    /// The chain with the route's `compression` setting.
+    pub fn with_compression(mut self, c: Option<Compression>) -> Chain {
+        self.compression = c.filter(|c| c.request.is_some() || c.response);
+        self
     }
 
     /// The filters' names, in order.
@@ -110,6 +121,19 @@ impl Exchange<'_> {
         &self,
         req: Incoming,
     ) -> Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + '_>> {
+        if self.chain.compression.is_some_and(|c| c.response) {
+            // What the client accepts must be read before its headers go upstream.
+            let accept = compress::Accept::from_headers(&req.headers);
+            let head = req.method == Method::HEAD;
+            return Box::pin(async move {
+                let resp = if self.chain.filters.is_empty() {
+                    self.direct(req).await
+                } else {
+                    self.run_chain(req).await
+                }?;
+                Ok(compress::to_client(resp, &accept, head))
+            });
+        }
         if self.chain.filters.is_empty() {
             return Box::pin(self.direct(req));
         }
@@ -173,6 +197,7 @@ impl Exchange<'_> {
         *out.uri_mut() = self.upstream.uri(&req.path_with_query)?;
         *out.headers_mut() = req.headers;
         self.finish_request(out.headers_mut());
+        self.compress_request(&mut out);
         let started = Instant::now();
         let sent = self
             .pool
@@ -204,6 +229,22 @@ impl Exchange<'_> {
         }
         if let Ok(v) = HeaderValue::from_str(self.traceparent) {
             headers.insert("traceparent", v);
+        }
+    }
+
+    /// Applies the route's request-side codings to what goes upstream.
+    fn compress_request(&self, out: &mut http::Request<ProxyBody>) {
+        let Some(c) = self.chain.compression else {
+            return;
+        };
+        if c.response {
+            // weir decodes whatever it gets back, so the upstream may use any of these;
+            // the client's own `Accept-Encoding` is honoured on the way back.
+            out.headers_mut()
+                .insert(header::ACCEPT_ENCODING, compress::UPSTREAM_ACCEPT);
+        }
+        if let Some(coding) = c.request {
+            compress::encode_request(out, coding);
         }
     }
 
@@ -599,6 +640,7 @@ impl Walk<'_, '_> {
         headers::prepare_upstream(&mut h);
         *out.headers_mut() = h;
         self.x.finish_request(out.headers_mut());
+        self.x.compress_request(&mut out);
         let (deadline, timeout_ms) = match self.try_timeout {
             Some(t) if Instant::now() + t < self.x.deadline => {
                 (Instant::now() + t, t.as_millis() as u64)
@@ -629,9 +671,17 @@ impl Walk<'_, '_> {
             }
         };
         headers::strip_hop_by_hop(resp.headers_mut());
-        let (parts, stream) = resp.into_parts();
+        let (mut parts, mut stream) = resp.into_parts();
         let (body, stream) = if self.x.chain.buffer_response {
             let limit = self.x.max_body;
+            // Filters read the body decoded. The limit below then counts decoded bytes,
+            // and the decoder yields small frames, so a bomb stops at the limit.
+            if self.x.chain.compression.is_some_and(|c| c.response) {
+                if let Ok(Some(coding)) = compress::content_coding(&parts.headers) {
+                    compress::mark_decoded(&mut parts.headers);
+                    stream = compress::decode(stream, coding);
+                }
+            }
             match tokio::time::timeout_at(self.x.deadline, body::collect_limited(stream, limit))
                 .await
             {

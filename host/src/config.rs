@@ -474,6 +474,35 @@ pub struct RouteConfig {
     /// The filter chain, in order.
     #[serde(default)]
     pub filters: Vec<Spanned<FilterUse>>,
+    /// Content codings on this route; none when absent (bodies pass as they are).
+    #[serde(default)]
+    pub compression: Option<Compression>,
+}
+
+/// `[[routes]] compression = { request = "gzip" | "zstd" | "br", response = true }`:
+/// content codings done by the host, streamed (see [`crate::compress`]).
+///
+/// - `request`: encode request bodies sent upstream with this coding and set
+///   `Content-Encoding`, for upstreams configured to accept it. An empty body, or one
+///   that already has a `Content-Encoding`, is sent as it is. weir never decodes request
+///   bodies: filters that read them see what the client sent.
+/// - `response` (default `false`): weir asks the upstream for `zstd, br, gzip`. When a
+///   filter reads response bodies, weir decodes the body for it first; more than
+///   `max_body_bytes` of decoded bytes is refused with 502 `response_too_large` (a
+///   decompression bomb never expands in memory). Towards the client weir encodes to the
+///   best coding of its `Accept-Encoding` (q-values and `*` honoured; no header, or only
+///   `identity`, gets identity), dropping `Content-Length`, weakening a strong `ETag` and
+///   adding `Vary: Accept-Encoding`. A body already in a coding the client accepts passes
+///   untouched. Partial (206) responses and `Cache-Control: no-transform` are left alone.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    /// The coding for request bodies sent upstream; none by default.
+    #[serde(default)]
+    pub request: Option<crate::compress::Coding>,
+    /// Negotiate response codings with the upstream and the client.
+    #[serde(default)]
+    pub response: bool,
 }
 
 /// `[[routes]] match`.
@@ -730,6 +759,13 @@ fn validate(
     }
     if let Some(dir) = &mut raw.runtime.cache_dir {
         abs(dir);
+        // The compile cache wants an absolute path even when the config was given as a
+        // relative one (`weir run weir.toml`).
+        if dir.is_relative() {
+            if let Ok(cwd) = std::env::current_dir() {
+                *dir = cwd.join(&*dir);
+            }
+        }
     }
     if let Some(admin) = &mut raw.admin {
         let here = place(&["admin", "token"], 0..0);

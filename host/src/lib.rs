@@ -26,6 +26,7 @@ pub mod admin;
 pub mod body;
 pub mod chain;
 pub mod clock;
+pub mod compress;
 pub mod config;
 pub mod error;
 pub mod harness;

@@ -251,7 +251,7 @@ impl Router {
                 },
                 upstream: upstream.clone(),
                 timeout: r.timeout.0,
-                chain: Chain::new(pools),
+                chain: Chain::new(pools).with_compression(r.compression),
             });
         }
         match upstreams {

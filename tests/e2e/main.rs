@@ -12,7 +12,9 @@
 mod all_four;
 mod breaker;
 mod cache;
+mod compression;
 mod filters;
+mod idempotency;
 mod limiter;
 mod outbound;
 mod operate;

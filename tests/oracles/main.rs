@@ -6,3 +6,4 @@ mod limiter;
 mod retry;
 mod sanitize;
 mod cache;
+mod idempotency;

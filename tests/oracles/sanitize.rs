@@ -260,8 +260,8 @@ async fn too_many_headers_get_431_naming_the_limit_and_the_header() {
 #[tokio::test]
 async fn too_many_header_bytes_get_431_naming_the_limit_and_the_header() {
     let h = sanitize(json!({ "limits": { "max_header_bytes": 1000 } })).await;
-    // Each header is 6 + 194 = 200 bytes: five fit exactly, the sixth is over.
-    let value = "v".repeat(194);
+    // Each header is 5 + 195 = 200 bytes: five fit exactly, the sixth is over.
+    let value = "v".repeat(195);
     let mut req = request("GET", "/");
     for i in 1..=5 {
         req = with_header(req, &format!("x-p-{i}"), &value);

@@ -125,7 +125,7 @@ impl Idempotency {
         info: &RequestInfo,
         req: &Request,
     ) -> (RequestAction, Option<Label>) {
-        if !self.settings.methods.iter().any(|m| *m == req.method) {
+        if !self.settings.methods.contains(&req.method) {
             return (RequestAction::proceed(), None);
         }
         let mut keys = req.headers.header_all(HEADER);

@@ -38,6 +38,10 @@ static BUILTINS: &[Builtin] = &[
         name: "sanitize",
         wasm: include_bytes!(env!("WEIR_BUILTIN_SANITIZE")),
     },
+    Builtin {
+        name: "auth",
+        wasm: include_bytes!(env!("WEIR_BUILTIN_AUTH")),
+    },
 ];
 
 /// The built-in filter called `name`.
