@@ -147,6 +147,80 @@ where
     }
 }
 
+/// How much of an unread request body weir still reads (and drops) after answering early.
+const DRAIN_BYTES: u64 = 1 << 20;
+/// How long weir keeps reading an unread request body after answering early.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A client's request body that, if dropped unread (weir answered early: 413, 404, a
+/// filter's respond), is read to its end in the background, up to [`DRAIN_BYTES`] and
+/// [`DRAIN_TIME`], before the connection closes. Closing a socket with unread data makes
+/// the kernel send a reset, and the client can lose the response it was about to read
+/// (the "lingering close" nginx does for the same reason).
+pub struct Drain {
+    inner: Option<hyper::body::Incoming>,
+}
+
+impl Drain {
+    /// Wraps a client's request body.
+    pub fn new(inner: hyper::body::Incoming) -> Drain {
+        Drain { inner: Some(inner) }
+    }
+}
+
+impl Body for Drain {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            let drain = async {
+                let mut read = 0u64;
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Some(d) = frame.data_ref() {
+                        read += d.len() as u64;
+                        if read > DRAIN_BYTES {
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
+    }
+}
+
 /// Reads a whole body, failing with [`TooLarge`] past `limit` bytes.
 pub async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, BoxError> {
     if body.size_hint().lower() > limit {

@@ -676,11 +676,11 @@ impl Walk<'_, '_> {
             let limit = self.x.max_body;
             // Filters read the body decoded. The limit below then counts decoded bytes,
             // and the decoder yields small frames, so a bomb stops at the limit.
-            if self.x.chain.compression.is_some_and(|c| c.response) {
-                if let Ok(Some(coding)) = compress::content_coding(&parts.headers) {
-                    compress::mark_decoded(&mut parts.headers);
-                    stream = compress::decode(stream, coding);
-                }
+            if self.x.chain.compression.is_some_and(|c| c.response)
+                && let Ok(Some(coding)) = compress::content_coding(&parts.headers)
+            {
+                compress::mark_decoded(&mut parts.headers);
+                stream = compress::decode(stream, coding);
             }
             match tokio::time::timeout_at(self.x.deadline, body::collect_limited(stream, limit))
                 .await

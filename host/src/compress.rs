@@ -265,19 +265,22 @@ fn parse_q(v: &str) -> Option<Q> {
     }
 }
 
-/// The coding of a message: `Ok(None)` for identity, `Ok(Some(c))` for one coding weir
-/// knows, `Err(())` for anything else (an unknown coding, or several stacked).
-pub fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, ()> {
+/// A `Content-Encoding` weir cannot undo: a coding it does not know, or several stacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownCoding;
+
+/// The coding of a message: `None` for identity, or the one coding weir knows.
+pub fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, UnknownCoding> {
     let mut found = None;
     for line in headers.get_all(header::CONTENT_ENCODING) {
-        let line = line.to_str().map_err(|_| ())?;
+        let line = line.to_str().map_err(|_| UnknownCoding)?;
         for token in line.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             if token.eq_ignore_ascii_case("identity") {
                 continue;
             }
-            let c = Coding::from_token(token).ok_or(())?;
+            let c = Coding::from_token(token).ok_or(UnknownCoding)?;
             if found.replace(c).is_some() {
-                return Err(());
+                return Err(UnknownCoding);
             }
         }
     }
@@ -513,8 +516,8 @@ mod tests {
         assert_eq!(content_coding(&h("identity")), Ok(None));
         assert_eq!(content_coding(&h("GZIP")), Ok(Some(Coding::Gzip)));
         assert_eq!(content_coding(&h("br")), Ok(Some(Coding::Br)));
-        assert_eq!(content_coding(&h("deflate")), Err(()));
-        assert_eq!(content_coding(&h("gzip, br")), Err(()));
+        assert_eq!(content_coding(&h("deflate")), Err(UnknownCoding));
+        assert_eq!(content_coding(&h("gzip, br")), Err(UnknownCoding));
     }
 
     #[tokio::test]

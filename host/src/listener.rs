@@ -94,7 +94,8 @@ impl Proxy {
             client,
             replay_of: None,
         };
-        self.serve(origin, id, parts, body::boxed(body)).await
+        self.serve(origin, id, parts, body::boxed(body::Drain::new(body)))
+            .await
     }
 
     async fn serve(

@@ -2,6 +2,7 @@
 //! pools) from a validated config.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, request::Parts};
 
 use crate::chain::Chain;
-use crate::config::{Config, ConfigError, FilterSource, RouteMatch, merge_json};
+use crate::config::{Config, ConfigError, FilterSource, RouteMatch, Secret, merge_json};
 use crate::telemetry::Telemetry;
 use crate::upstream::{Upstream, UpstreamPool};
 use crate::wasm::{Loaded, Outbound, Runtime, builtin};
@@ -179,6 +180,9 @@ impl Router {
         };
 
         let mut loaded: HashMap<FilterSource, Option<Arc<Loaded>>> = HashMap::new();
+        // Each filter's own `config`, its secrets resolved; `None` if one is missing.
+        let mut filter_configs: HashMap<&str, Option<serde_json::Value>> = HashMap::new();
+        let base = config.path.parent().unwrap_or(Path::new("."));
         let mut routes = Vec::new();
         for route in &raw.routes {
             let r = route.get_ref();
@@ -207,12 +211,35 @@ impl Router {
                     .clone();
                 let Some(component) = component else { continue };
                 let settings = config.filter_settings(&use_.name);
-                let mut cfg = settings
-                    .config
-                    .clone()
-                    .unwrap_or_else(|| serde_json::json!({}));
+                // Secrets are resolved in each part before the merge, so a route can
+                // replace a `{ env = … }` with a `{ file = … }` wholesale.
+                let name = use_.name.as_str();
+                let own = filter_configs.entry(name).or_insert_with(|| {
+                    let mut cfg = settings
+                        .config
+                        .clone()
+                        .unwrap_or_else(|| serde_json::json!({}));
+                    let span = config
+                        .key_span(&["filters", name, "config"])
+                        .or_else(|| raw.filters.get(name).map(|t| t.span()));
+                    let problems = resolve_secrets(&mut cfg, base);
+                    for p in &problems {
+                        errors.push(config.error_at(span.clone(), format!("filter `{name}`: {p}")));
+                    }
+                    problems.is_empty().then_some(cfg)
+                });
+                let Some(mut cfg) = own.clone() else { continue };
                 if let Some(over) = &use_.config {
-                    merge_json(&mut cfg, over);
+                    let mut over = over.clone();
+                    let problems = resolve_secrets(&mut over, base);
+                    for p in &problems {
+                        errors
+                            .push(config.error_at(Some(f.span()), format!("filter `{name}`: {p}")));
+                    }
+                    if !problems.is_empty() {
+                        continue;
+                    }
+                    merge_json(&mut cfg, &over);
                 }
                 let outbound = match (&upstreams, settings.outbound.is_empty()) {
                     (Some(pool), false) => Some(Arc::new(Outbound::new(
@@ -261,9 +288,116 @@ impl Router {
     }
 }
 
+/// Replaces every object of exactly the form `{ "env": "NAME" }` or `{ "file": "path" }`
+/// in a filter's config by the secret it names: the variable's value, or the file's
+/// contents without trailing newlines (relative paths from `base`, the config file's
+/// directory). Filters run in a sandbox with neither environment nor files, so weir reads
+/// their secrets for them. Returns one message per secret that cannot be read, naming its
+/// place in the config but never a value.
+fn resolve_secrets(value: &mut serde_json::Value, base: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    resolve_at(value, base, &mut String::new(), &mut problems);
+    problems
+}
+
+fn resolve_at(
+    value: &mut serde_json::Value,
+    base: &Path,
+    at: &mut String,
+    problems: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    let secret = match &*value {
+        Value::Object(map) if map.len() == 1 => match map.iter().next() {
+            Some((k, Value::String(env))) if k == "env" => Some(Secret::Env { env: env.clone() }),
+            Some((k, Value::String(file))) if k == "file" => Some(Secret::File {
+                file: base.join(file),
+            }),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(secret) = secret {
+        match secret.resolve() {
+            Ok(v) => *value = Value::String(v),
+            Err(e) => problems.push(format!("config `{at}`: {e}")),
+        }
+        return;
+    }
+    let len = at.len();
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if !at.is_empty() {
+                    at.push('.');
+                }
+                at.push_str(k);
+                resolve_at(v, base, at, problems);
+                at.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                at.push_str(&format!("[{i}]"));
+                resolve_at(v, base, at, problems);
+                at.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_filter_configs_are_resolved_anywhere_in_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.txt"), "from-file\n\n").unwrap();
+        // A variable cargo sets for every test process (setting one needs `unsafe`).
+        let var = "CARGO_MANIFEST_DIR";
+        let mut cfg = serde_json::json!({
+            "bearer": { "token": { "env": var } },
+            "list": [{ "file": "secret.txt" }, "plain"],
+            "not_a_secret": { "env": "X", "other": 1 },
+            "number": { "env": 5 },
+        });
+        assert!(resolve_secrets(&mut cfg, dir.path()).is_empty());
+        assert_eq!(
+            cfg,
+            serde_json::json!({
+                "bearer": { "token": env!("CARGO_MANIFEST_DIR") },
+                "list": ["from-file", "plain"],
+                "not_a_secret": { "env": "X", "other": 1 },
+                "number": { "env": 5 },
+            })
+        );
+    }
+
+    #[test]
+    fn a_missing_secret_names_its_place_and_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = serde_json::json!({
+            "oauth2": { "client_secret": { "file": "nope.txt" } },
+            "headers": { "x-a": { "env": "WEIR_ROUTER_TEST_SURELY_UNSET_41C9" } },
+        });
+        let mut problems = resolve_secrets(&mut cfg, dir.path());
+        problems.sort();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(
+            problems[0],
+            "config `headers.x-a`: environment variable WEIR_ROUTER_TEST_SURELY_UNSET_41C9 is not set"
+        );
+        assert!(
+            problems[1].starts_with(&format!(
+                "config `oauth2.client_secret`: cannot read {}: ",
+                dir.path().join("nope.txt").display()
+            )),
+            "{}",
+            problems[1]
+        );
+    }
 
     fn parts(method: &str, uri: &str, host: &str) -> Parts {
         let (p, _) = http::Request::builder()

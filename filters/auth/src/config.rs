@@ -196,9 +196,13 @@ impl Settings {
 
 fn oauth2(c: OAuth2Config) -> Result<OAuth2, String> {
     if c.upstream.is_empty() {
-        return Err("oauth2.upstream must name an upstream listed in this filter's `outbound`".into());
+        return Err(
+            "oauth2.upstream must name an upstream listed in this filter's `outbound`".into(),
+        );
     }
-    let token_path = c.token_path.unwrap_or_else(|| DEFAULT_TOKEN_PATH.to_owned());
+    let token_path = c
+        .token_path
+        .unwrap_or_else(|| DEFAULT_TOKEN_PATH.to_owned());
     if !token_path.starts_with('/') || token_path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(format!(
             "oauth2.token_path must be a path starting with `/`, not {token_path:?}"
@@ -371,8 +375,8 @@ mod tests {
         assert_eq!(header(&s, "authorization"), Some("Bearer t0k"));
 
         // RFC 7617 §2's example.
-        let s = settings(json!({"basic": {"username": "Aladdin", "password": "open sesame"}}))
-            .unwrap();
+        let s =
+            settings(json!({"basic": {"username": "Aladdin", "password": "open sesame"}})).unwrap();
         assert_eq!(
             header(&s, "authorization"),
             Some("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==")
@@ -387,8 +391,9 @@ mod tests {
             s.headers,
             vec![
                 ("x-api-key".to_owned(), b"k1".to_vec()),
-                ("x-signature".to_owned(), b"s1".to_vec()),
+                // `headers` in the order of its keys as written (sorted, byte-wise).
                 ("x-tenant".to_owned(), b"acme".to_vec()),
+                ("x-signature".to_owned(), b"s1".to_vec()),
             ]
         );
         assert!(s.query.is_none() && s.oauth2.is_none());
@@ -407,7 +412,10 @@ mod tests {
             "upstream": "oauth", "client_id": "id", "client_secret": "sec"
         }}))
         .unwrap();
-        assert!(s.headers.is_empty(), "oauth2 sets authorization per request");
+        assert!(
+            s.headers.is_empty(),
+            "oauth2 sets authorization per request"
+        );
         let o = s.oauth2.unwrap();
         assert_eq!(o.token_path(), "/oauth/token");
         assert_eq!(o.refresh_before(), Duration::from_secs(30));
@@ -424,7 +432,10 @@ mod tests {
             (json!({"bearer": {}}), "bearer: missing field `token`"),
             (json!({"bearer": secret}), "bearer must be a table"),
             (json!({"bearer": {"token": 5}}), "bearer: invalid type"),
-            (json!({"bearer": {"token": ""}}), "bearer.token must not be empty"),
+            (
+                json!({"bearer": {"token": ""}}),
+                "bearer.token must not be empty",
+            ),
             (
                 json!({"bearer": {"token": format!("{secret}\n")}}),
                 "bearer.token contains a control character",
@@ -524,7 +535,10 @@ mod tests {
                 Err(e) => e,
             };
             assert!(err.contains(want), "{shown}: {err}");
-            assert!(!err.contains("hunter2"), "{shown}: the error shows the secret: {err}");
+            assert!(
+                !err.contains("hunter2"),
+                "{shown}: the error shows the secret: {err}"
+            );
         }
     }
 

@@ -128,14 +128,20 @@ mod tests {
         assert_eq!(form_encode("a b*c-d.e_f"), "a+b*c-d.e_f");
         assert_eq!(form_encode("~:/+="), "%7E%3A%2F%2B%3D");
         assert_eq!(
-            form(&[("grant_type", "client_credentials"), ("scope", "read write")]),
+            form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "read write")
+            ]),
             "grant_type=client_credentials&scope=read+write"
         );
     }
 
     #[test]
     fn query_param_is_appended_and_replaces_the_clients() {
-        assert_eq!(with_query_param("/v1/items", "key", "k%201"), "/v1/items?key=k%201");
+        assert_eq!(
+            with_query_param("/v1/items", "key", "k%201"),
+            "/v1/items?key=k%201"
+        );
         assert_eq!(with_query_param("/v1?", "key", "k"), "/v1?key=k");
         assert_eq!(
             with_query_param("/v1?a=1&key=forged&b=&KEY&keyx=2", "key", "k"),

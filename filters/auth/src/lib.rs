@@ -143,7 +143,9 @@ use weir_filter::{
 
 pub use config::{Settings, parse_duration, scrub};
 pub use encode::{base64, form, form_encode, percent_encode, with_query_param};
-pub use oauth2::{ClientAuth, DEFAULT_LIFETIME, Env, Issued, OAuth2, Token, cache_ttl, parse_token};
+pub use oauth2::{
+    ClientAuth, DEFAULT_LIFETIME, Env, Issued, OAuth2, Token, cache_ttl, parse_token,
+};
 
 /// How long a request waits before looking for a token again while another fetches it.
 pub const POLL_MS: u32 = 10;
@@ -284,7 +286,9 @@ impl Auth {
         match env.send(out) {
             Ok(resp) => {
                 if resp.status == 401 {
-                    env.warn("the upstream refused a freshly fetched token too; passing its 401 on");
+                    env.warn(
+                        "the upstream refused a freshly fetched token too; passing its 401 on",
+                    );
                 }
                 ResponseAction::Respond(reissued(resp))
             }
@@ -623,7 +627,10 @@ mod tests {
         let (e, memo) = edit(&action);
         assert_eq!(set(e, "authorization").as_deref(), Some("Bearer t0k"));
         assert_eq!(set(e, "x-tenant").as_deref(), Some("acme"));
-        assert_eq!(e.path_with_query.as_deref(), Some("/v1/x?q=1&api_key=k%201"));
+        assert_eq!(
+            e.path_with_query.as_deref(),
+            Some("/v1/x?q=1&api_key=k%201")
+        );
         assert!(memo.is_none());
         assert!(!f.info().wants_request_body);
         assert!(env.sent.borrow().is_empty());
@@ -637,7 +644,10 @@ mod tests {
         let f = oauth(json!({"scope": "read write", "audience": "https://api"}));
         let env = Fake::new(&[(200, TOKEN)]);
         let action = f.request(&env, &info("a"), &request("/x"));
-        assert_eq!(set(edit(&action).0, "authorization").as_deref(), Some("Bearer tok-1"));
+        assert_eq!(
+            set(edit(&action).0, "authorization").as_deref(),
+            Some("Bearer tok-1")
+        );
         let sent = env.sent.borrow();
         let r = &sent[0];
         assert_eq!((r.upstream.as_str(), r.method.as_str()), ("oauth", "POST"));
@@ -682,7 +692,10 @@ mod tests {
         let env = Fake::new(&[(200, TOKEN)]);
         for i in 0..100 {
             let action = f.request(&env, &info(&format!("r{i}")), &request("/x"));
-            assert_eq!(set(edit(&action).0, "authorization").as_deref(), Some("Bearer tok-1"));
+            assert_eq!(
+                set(edit(&action).0, "authorization").as_deref(),
+                Some("Bearer tok-1")
+            );
         }
         assert_eq!(env.token_calls(), 1);
         // expires_in 60 s, refresh_before 10 s: cached for 50 s.
@@ -691,7 +704,10 @@ mod tests {
         assert_eq!(env.token_calls(), 1);
         env.advance(1);
         let action = f.request(&env, &info("c"), &request("/x"));
-        assert_eq!(set(edit(&action).0, "authorization").as_deref(), Some("Bearer tok-2"));
+        assert_eq!(
+            set(edit(&action).0, "authorization").as_deref(),
+            Some("Bearer tok-2")
+        );
         assert_eq!(env.token_calls(), 2);
     }
 
@@ -710,16 +726,25 @@ mod tests {
         env.set(&key, b"theirs", Duration::from_secs(50)).unwrap();
         env.delete(&lock).unwrap();
         let action = f.request(&env, &info("a"), &request("/x"));
-        assert_eq!(set(edit(&action).0, "authorization").as_deref(), Some("Bearer theirs"));
+        assert_eq!(
+            set(edit(&action).0, "authorization").as_deref(),
+            Some("Bearer theirs")
+        );
         assert_eq!(env.token_calls(), 0);
 
         // A holder that died: its lock expires and the next request fetches.
         env.delete(&key).unwrap();
         env.set(&lock, b"dead:1", Duration::from_secs(11)).unwrap();
-        assert_eq!(f.request(&env, &info("b"), &request("/x")), RequestAction::Wait(POLL_MS));
+        assert_eq!(
+            f.request(&env, &info("b"), &request("/x")),
+            RequestAction::Wait(POLL_MS)
+        );
         env.advance(11_000);
         let action = f.request(&env, &info("b"), &request("/x"));
-        assert_eq!(set(edit(&action).0, "authorization").as_deref(), Some("Bearer tok-1"));
+        assert_eq!(
+            set(edit(&action).0, "authorization").as_deref(),
+            Some("Bearer tok-1")
+        );
         assert!(env.live(&lock).is_none(), "the fetcher released the lock");
     }
 
@@ -727,7 +752,10 @@ mod tests {
     fn a_failing_token_endpoint_answers_503_and_never_sends_the_request_bare() {
         for (tokens, want) in [
             (vec![(500, "oops")], "auth: token endpoint answered 500"),
-            (vec![(200, "{}")], "auth: token endpoint answered 200 but the body has no access_token"),
+            (
+                vec![(200, "{}")],
+                "auth: token endpoint answered 200 but the body has no access_token",
+            ),
         ] {
             let f = oauth(json!({}));
             let env = Fake::new(&tokens);
@@ -736,13 +764,17 @@ mod tests {
                 panic!("expected a 503, got {action:?}");
             };
             assert_eq!(r.status, 503);
-            let body: Value = weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+            let body: Value =
+                weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
             assert_eq!(
                 body,
                 json!({"error": "token_unavailable", "message": want, "route": "r", "request_id": "a"})
             );
             assert_eq!(*env.fetched.borrow(), ["error"]);
-            assert!(env.live(f.settings().oauth2.as_ref().unwrap().lock_key()).is_none());
+            assert!(
+                env.live(f.settings().oauth2.as_ref().unwrap().lock_key())
+                    .is_none()
+            );
             // The next request tries again.
             f.request(&env, &info("b"), &request("/x"));
             assert_eq!(env.token_calls(), 2);
@@ -775,7 +807,10 @@ mod tests {
         let sent = env.sent.borrow();
         let again = &sent[2];
         assert_eq!(again.upstream, "api");
-        assert_eq!((again.method.as_str(), again.path_with_query.as_str()), ("POST", "/orders?x=1"));
+        assert_eq!(
+            (again.method.as_str(), again.path_with_query.as_str()),
+            ("POST", "/orders?x=1")
+        );
         assert_eq!(
             again.headers,
             vec![
@@ -787,7 +822,10 @@ mod tests {
         drop(sent);
         // The fresh token is the cached one now.
         let action = f.request(&env, &info("b"), &request("/x"));
-        assert_eq!(set(edit(&action).0, "authorization").as_deref(), Some("Bearer tok-2"));
+        assert_eq!(
+            set(edit(&action).0, "authorization").as_deref(),
+            Some("Bearer tok-2")
+        );
         assert_eq!(env.token_calls(), 2);
     }
 
@@ -800,12 +838,22 @@ mod tests {
         // Meanwhile another request found tok-1 refused and fetched a newer token.
         let key = f.settings().oauth2.as_ref().unwrap().token_key().to_owned();
         env.set(&key, b"newer", Duration::from_secs(50)).unwrap();
-        let r = f.response(&env, &info("a"), &request("/x"), memo.as_deref(), &status(401));
+        let r = f.response(
+            &env,
+            &info("a"),
+            &request("/x"),
+            memo.as_deref(),
+            &status(401),
+        );
         assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 200));
         assert_eq!(env.token_calls(), 1, "no fetch: the newer token is used");
         assert_eq!(env.live(&key).as_deref(), Some(&b"newer"[..]));
         let sent = env.sent.borrow();
-        assert!(sent[1].headers.contains(&("authorization".into(), b"Bearer newer".to_vec())));
+        assert!(
+            sent[1]
+                .headers
+                .contains(&("authorization".into(), b"Bearer newer".to_vec()))
+        );
     }
 
     #[test]
@@ -814,15 +862,34 @@ mod tests {
         let env = Fake::new(&[(200, TOKEN)]);
         let action = f.request(&env, &info("a"), &request("/x"));
         let memo = edit(&action).1.cloned();
-        assert_eq!(memo.as_ref().map(Vec::len), Some(9), "no body kept without reissue");
-        let r = f.response(&env, &info("a"), &request("/x"), memo.as_deref(), &status(401));
+        assert_eq!(
+            memo.as_ref().map(Vec::len),
+            Some(9),
+            "no body kept without reissue"
+        );
+        let r = f.response(
+            &env,
+            &info("a"),
+            &request("/x"),
+            memo.as_deref(),
+            &status(401),
+        );
         assert_eq!(r, ResponseAction::proceed());
         assert_eq!(env.token_calls(), 1);
         // Other statuses leave the token alone.
         let action = f.request(&env, &info("b"), &request("/x"));
-        assert_eq!(set(edit(&action).0, "authorization").as_deref(), Some("Bearer tok-2"));
+        assert_eq!(
+            set(edit(&action).0, "authorization").as_deref(),
+            Some("Bearer tok-2")
+        );
         let memo = edit(&action).1.cloned();
-        let r = f.response(&env, &info("b"), &request("/x"), memo.as_deref(), &status(403));
+        let r = f.response(
+            &env,
+            &info("b"),
+            &request("/x"),
+            memo.as_deref(),
+            &status(403),
+        );
         assert_eq!(r, ResponseAction::proceed());
         f.request(&env, &info("c"), &request("/x"));
         assert_eq!(env.token_calls(), 2);
@@ -832,17 +899,36 @@ mod tests {
     fn a_reissue_that_is_not_allowed_passes_the_401_on() {
         let f = oauth(json!({"reissue_upstream": "api"}));
         let mut env = Fake::new(&[(200, TOKEN)]);
-        env.upstream = Err(OutboundError::NotAllowed("upstream `api` is not listed".into()));
+        env.upstream = Err(OutboundError::NotAllowed(
+            "upstream `api` is not listed".into(),
+        ));
         let action = f.request(&env, &info("a"), &request("/x"));
         let memo = edit(&action).1.cloned();
-        let r = f.response(&env, &info("a"), &request("/x"), memo.as_deref(), &status(401));
+        let r = f.response(
+            &env,
+            &info("a"),
+            &request("/x"),
+            memo.as_deref(),
+            &status(401),
+        );
         assert_eq!(r, ResponseAction::proceed());
-        assert!(env.warnings.borrow().iter().any(|w| w.contains("`api` is not listed")));
+        assert!(
+            env.warnings
+                .borrow()
+                .iter()
+                .any(|w| w.contains("`api` is not listed"))
+        );
 
         env.upstream = Err(OutboundError::Upstream(weir_filter::UpstreamError::Reset));
         let action = f.request(&env, &info("b"), &request("/x"));
         let memo = edit(&action).1.cloned();
-        let r = f.response(&env, &info("b"), &request("/x"), memo.as_deref(), &status(401));
+        let r = f.response(
+            &env,
+            &info("b"),
+            &request("/x"),
+            memo.as_deref(),
+            &status(401),
+        );
         assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 502));
     }
 
@@ -852,7 +938,13 @@ mod tests {
         let env = Fake::new(&[(200, TOKEN), (500, "s3cr:t")]);
         let action = f.request(&env, &info("a"), &request("/x"));
         let memo = edit(&action).1.cloned();
-        let r = f.response(&env, &info("a"), &request("/x"), memo.as_deref(), &status(401));
+        let r = f.response(
+            &env,
+            &info("a"),
+            &request("/x"),
+            memo.as_deref(),
+            &status(401),
+        );
         assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 503));
         for w in env.warnings.borrow().iter() {
             assert!(!w.contains("s3cr") && !w.contains("tok-"), "{w}");
@@ -861,8 +953,14 @@ mod tests {
 
     #[test]
     fn memo_round_trip() {
-        assert_eq!(Memo::decode(&Memo::encode(7, b"body")), Some((7, b"body".to_vec())));
-        assert_eq!(Memo::decode(&Memo::encode(u64::MAX, b"")), Some((u64::MAX, Vec::new())));
+        assert_eq!(
+            Memo::decode(&Memo::encode(7, b"body")),
+            Some((7, b"body".to_vec()))
+        );
+        assert_eq!(
+            Memo::decode(&Memo::encode(u64::MAX, b"")),
+            Some((u64::MAX, Vec::new()))
+        );
         assert_eq!(Memo::decode(b"a1234567"), None);
         assert_eq!(Memo::decode(b"x12345678"), None);
         assert_eq!(Memo::decode(b""), None);
@@ -870,7 +968,9 @@ mod tests {
 
     #[test]
     fn init_errors_name_the_filter() {
-        let err = build_filter::<Auth>(r#"{"bearer": {"token": ""}}"#).err().unwrap();
+        let err = build_filter::<Auth>(r#"{"bearer": {"token": ""}}"#)
+            .err()
+            .unwrap();
         assert_eq!(err, "auth: bearer.token must not be empty");
         let err = build_filter::<Auth>("{}").err().unwrap();
         assert!(err.starts_with("auth: nothing to add"), "{err}");

@@ -204,7 +204,9 @@ impl OAuth2 {
             Ok(false) => self.fetch(env, budget),
             Err(e) => {
                 // No shared state: each request fetches for itself rather than fail.
-                env.warn(&format!("state store failed ({e}); fetching a token without the lock"));
+                env.warn(&format!(
+                    "state store failed ({e}); fetching a token without the lock"
+                ));
                 self.fetch(env, budget)
             }
         }
@@ -284,7 +286,10 @@ impl OAuth2 {
                     form_encode(&self.client_id),
                     form_encode(&self.client_secret)
                 );
-                req = req.header("authorization", format!("Basic {}", base64(pair.as_bytes())));
+                req = req.header(
+                    "authorization",
+                    format!("Basic {}", base64(pair.as_bytes())),
+                );
             }
             ClientAuth::Body => {
                 fields.push(("client_id", &self.client_id));
@@ -396,9 +401,15 @@ mod tests {
                 .expires_in,
             Some(60)
         );
-        assert_eq!(ok(r#"{"access_token":"t","expires_in":59.9}"#).expires_in, Some(59));
+        assert_eq!(
+            ok(r#"{"access_token":"t","expires_in":59.9}"#).expires_in,
+            Some(59)
+        );
         assert_eq!(ok(r#"{"access_token":"t"}"#).expires_in, None);
-        assert_eq!(ok(r#"{"access_token":"t","expires_in":null}"#).expires_in, None);
+        assert_eq!(
+            ok(r#"{"access_token":"t","expires_in":null}"#).expires_in,
+            None
+        );
 
         for (body, want) in [
             ("not json", "not a JSON object"),
@@ -406,12 +417,30 @@ mod tests {
             (r#"{"token_type":"Bearer"}"#, "no access_token"),
             (r#"{"access_token":""}"#, "not a non-empty string"),
             (r#"{"access_token":7}"#, "not a non-empty string"),
-            (r#"{"access_token":"a b"}"#, "characters a header cannot carry"),
-            (r#"{"access_token":"a\nb"}"#, "characters a header cannot carry"),
-            (r#"{"access_token":"t","token_type":"mac"}"#, "token_type \"mac\" is not supported"),
-            (r#"{"access_token":"t","expires_in":-5}"#, "expires_in is negative"),
-            (r#"{"access_token":"t","expires_in":"soon"}"#, "not a whole number"),
-            (r#"{"access_token":"t","expires_in":[]}"#, "expires_in is not a number"),
+            (
+                r#"{"access_token":"a b"}"#,
+                "characters a header cannot carry",
+            ),
+            (
+                r#"{"access_token":"a\nb"}"#,
+                "characters a header cannot carry",
+            ),
+            (
+                r#"{"access_token":"t","token_type":"mac"}"#,
+                "token_type \"mac\" is not supported",
+            ),
+            (
+                r#"{"access_token":"t","expires_in":-5}"#,
+                "expires_in is negative",
+            ),
+            (
+                r#"{"access_token":"t","expires_in":"soon"}"#,
+                "not a whole number",
+            ),
+            (
+                r#"{"access_token":"t","expires_in":[]}"#,
+                "expires_in is not a number",
+            ),
         ] {
             let err = parse_token(body.as_bytes()).unwrap_err();
             assert!(err.contains(want), "{body}: {err}");
