@@ -228,18 +228,19 @@ impl Router {
                     }
                     problems.is_empty().then_some(cfg)
                 });
-                let Some(mut cfg) = own.clone() else { continue };
-                if let Some(over) = &use_.config {
-                    let mut over = over.clone();
-                    let problems = resolve_secrets(&mut over, base);
-                    for p in &problems {
-                        errors
-                            .push(config.error_at(Some(f.span()), format!("filter `{name}`: {p}")));
-                    }
-                    if !problems.is_empty() {
-                        continue;
-                    }
-                    merge_json(&mut cfg, &over);
+                let mut over = use_.config.clone();
+                let problems = over
+                    .as_mut()
+                    .map_or_else(Vec::new, |o| resolve_secrets(o, base));
+                for p in &problems {
+                    let message = format!("filter `{name}`: {p}");
+                    errors.push(config.error_at(Some(f.span()), message));
+                }
+                let (Some(mut cfg), true) = (own.clone(), problems.is_empty()) else {
+                    continue;
+                };
+                if let Some(over) = &over {
+                    merge_json(&mut cfg, over);
                 }
                 let outbound = match (&upstreams, settings.outbound.is_empty()) {
                     (Some(pool), false) => Some(Arc::new(Outbound::new(

@@ -110,6 +110,7 @@ pub mod log;
 pub mod metrics;
 pub mod outbound;
 pub mod state;
+pub mod units;
 
 #[doc(hidden)]
 pub mod __private;

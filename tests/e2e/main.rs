@@ -10,6 +10,7 @@
 //! The helpers live in [`support`]; `support_selftest` checks them without weir.
 
 mod all_four;
+mod auth;
 mod breaker;
 mod cache;
 mod compression;

@@ -34,7 +34,7 @@
 //! | `key` | `{ header = "…" }` or `{ regex = "…" }` | the upstream origin | what names the breaker (below) |
 //! | `idle_ttl` | duration ≥ 1s | `"1h"` | a breaker no call has updated for this long is forgotten (back to closed, empty window) |
 //!
-//! Durations are a whole number and a unit: `ms`, `s`, `m` or `h` (`"250ms"`, `"2s"`).
+//! Durations are a number and a unit: `ms`, `s`, `m`, `h` or `d` (`"250ms"`, `"1.5s"`, `"2m"`).
 //!
 //! ## What counts
 //!

@@ -157,28 +157,9 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Parses a duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"` or `"1d"`.
+/// Parses a duration such as `"30s"`; see [`weir_filter::units::parse_duration`].
 pub fn duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let bad = || {
-        format!(
-            "invalid duration {text:?}: write a whole number and a unit (ms, s, m, h, d), \
-             e.g. \"24h\""
-        )
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => return Err(bad()),
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
+    weir_filter::units::parse_duration(text)
 }
 
 fn duration_value(v: &Value) -> Result<Duration, String> {
@@ -190,31 +171,9 @@ fn duration_value(v: &Value) -> Result<Duration, String> {
     }
 }
 
-/// Parses a size into bytes: a whole number and `B`, `KB`, `MB`, `GB`, `KiB`, `MiB` or
-/// `GiB` (no unit: bytes).
+/// Parses a size such as `"1MiB"`; see [`weir_filter::units::parse_size`].
 pub fn size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let bad = || {
-        format!(
-            "invalid size {text:?}: write a whole number and a unit (B, KB, MB, GB, KiB, MiB, \
-             GiB), e.g. \"1MiB\""
-        )
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+    weir_filter::units::parse_size(text)
 }
 
 fn size_value(v: &Value) -> Result<u64, String> {

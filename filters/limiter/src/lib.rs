@@ -23,7 +23,7 @@
 //! | `max_wait` | duration | `"1s"` | queue mode only: the longest a request waits for its token |
 //! | `max_queue` | integer ≥ 1 | `100` | queue mode only: the most requests waiting per key |
 //!
-//! Durations are a whole number and a unit: `"250ms"`, `"2s"`, `"1m"`, `"1h"`. The
+//! Durations are a number and a unit: `"250ms"`, `"1.5s"`, `"1m"`, `"1h"`, `"1d"`. The
 //! rate may be at most one token per microsecond. `max_wait` and `max_queue` are errors
 //! in reject mode.
 //!

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw results (bench/.run/results.tsv) into the markdown of
+bench/RESULTS.md: the medians of every repeat, per row, and the ratios.
+
+Each line of the input is: phase (closed|open), row, repeat, req/s, p50 µs, p99 µs,
+CPU-µs per request, peak RSS KiB, errors; empty where a measure does not apply.
+"""
+
+import argparse
+import statistics
+from collections import defaultdict
+
+ROWS = [
+    ("direct", "direct (wrk → upstream, no proxy)"),
+    ("nginx", "nginx"),
+    ("haproxy", "HAProxy"),
+    ("pingora", "pingora"),
+    ("weir-empty", "weir, empty chain"),
+    ("weir-headers", "weir, headers"),
+    ("weir-retry", "weir, retry"),
+    ("weir-limiter", "weir, limiter"),
+    ("weir-breaker", "weir, breaker"),
+    ("weir-cache-miss", "weir, cache (miss)"),
+    ("weir-full", "weir, full chain (miss)"),
+    ("weir-cache-hit", "weir, cache (hit)"),
+]
+REFERENCES = [("nginx", "nginx"), ("haproxy", "HAProxy"), ("pingora", "pingora"), ("weir-empty", "weir empty")]
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def num(text):
+    return float(text) if text not in ("", None) else None
+
+
+def latency(us):
+    if us is None:
+        return "–"
+    if us < 1000:
+        return f"{us:.0f} µs"
+    return f"{us / 1000:.2f} ms"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    for opt in ("date", "commit", "machine", "rate", "rate-base", "connections", "duration",
+                "open-duration", "warmup", "repeats", "quick", "versions"):
+        ap.add_argument(f"--{opt}", default="")
+    a = ap.parse_args()
+
+    # (phase, row) -> list of (rps, p50, p99, cpu, rss, errors)
+    runs = defaultdict(list)
+    with open(a.results) as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 9:
+                continue
+            phase, row, _repeat = cols[:3]
+            runs[(phase, row)].append([num(c) for c in cols[3:9]])
+
+    def med(phase, row, i):
+        return median([r[i] for r in runs.get((phase, row), [])])
+
+    rows = [(key, label) for key, label in ROWS if ("closed", key) in runs]
+    direct_open_p99 = med("open", "direct", 2)
+
+    out = []
+    w = out.append
+    w("# weir benchmark results")
+    w("")
+    if a.quick == "1":
+        w("> **Smoke run (`bench/run.sh --quick`): one short repeat, not a result.** "
+          "Run `bench/run.sh` on a quiet machine for numbers worth keeping.")
+        w("")
+    w(f"- date: {a.date}")
+    w(f"- commit: {a.commit}")
+    w(f"- machine: {a.machine}")
+    w(f"- tools: {a.versions}")
+    w(f"- method: {a.connections} connections; proxy pinned to CPU 0, wrk/oha and the upstream "
+      f"to CPU 1; {a.warmup} s warm-up, {a.duration} s closed loop (wrk) and "
+      f"{a.open_duration} s open loop (oha, latency-corrected) per repeat; "
+      f"{a.repeats} interleaved repeat(s); every figure is the median over repeats")
+    w(f"- open-loop rate: {a.rate} req/s (half of {a.rate_base}'s median closed-loop maximum)")
+    w("")
+    w(f"| row | req/s | p50 | p99 | added p99 @ {a.rate} req/s | CPU-µs/req | peak RSS MiB "
+      "| req/s vs nginx | vs HAProxy | vs pingora | vs weir empty |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    errors_seen = []
+    for key, label in rows:
+        rps = med("closed", key, 0)
+        p50 = med("closed", key, 1)
+        p99 = med("closed", key, 2)
+        cpu = med("closed", key, 3)
+        rss = med("closed", key, 4)
+        open_p99 = med("open", key, 2)
+        if key == "direct" or open_p99 is None or direct_open_p99 is None:
+            added = "–"
+        else:
+            added = latency(open_p99 - direct_open_p99)
+            if open_p99 < direct_open_p99:
+                added = "−" + latency(direct_open_p99 - open_p99)
+        errs = sum(r[5] or 0 for phase in ("closed", "open") for r in runs.get((phase, key), []))
+        if errs:
+            errors_seen.append(f"{label}: {errs:.0f}")
+        ratios = [ratio(rps, med("closed", ref, 0)) if key != "direct" else "–" for ref, _ in REFERENCES]
+        w(f"| {label} | {rps:,.0f} | {latency(p50)} | {latency(p99)} | {added} | "
+          f"{'–' if cpu is None else f'{cpu:.1f}'} | {'–' if rss is None else f'{rss / 1024:.1f}'} | "
+          + " | ".join(ratios) + " |")
+    w("")
+    w("CPU-µs per request, as a ratio (lower is cheaper; 2.00 means twice the CPU per request):")
+    w("")
+    w("| row | vs nginx | vs HAProxy | vs pingora | vs weir empty |")
+    w("| --- | ---: | ---: | ---: | ---: |")
+    for key, label in rows:
+        if key == "direct":
+            continue
+        cpu = med("closed", key, 3)
+        w(f"| {label} | " + " | ".join(ratio(cpu, med("closed", ref, 3)) for ref, _ in REFERENCES) + " |")
+    w("")
+    if direct_open_p99 is not None:
+        w(f"Direct p99 at {a.rate} req/s (open loop), the base of *added p99*: {latency(direct_open_p99)}.")
+        w("")
+    if errors_seen:
+        w("**Errors (non-2xx or socket errors, all repeats):** " + "; ".join(errors_seen))
+    else:
+        w("No errors: every response was a 2xx and no connection failed.")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# weir's benchmark: weir against nginx, HAProxy and pingora, on one core each, with one
+# command. See bench/README.md for what it measures and how to read it.
+#
+#   bench/run.sh            the full run (about 20 minutes), writes bench/RESULTS.md
+#   bench/run.sh --quick    one short repeat, to check the script works (numbers are rough)
+#   bench/run.sh --rows direct,nginx,weir-empty    only these rows
+#
+# Needs 2 cores, root (or sudo) for apt-get when nginx, haproxy or wrk are missing, and
+# a quiet machine: anything else running shows up in every number.
+set -euo pipefail
+
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(dirname "$BENCH")"
+RUN="$BENCH/.run"        # logs, pid files, raw results of the last run
+TOOLS="$BENCH/.tools"    # oha, installed with cargo
+
+ALL_ROWS="direct nginx haproxy pingora weir-empty weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-cache-hit"
+CONNECTIONS=64
+PROXY_CPU=0              # the proxy under test
+LOAD_CPU=1               # wrk/oha and the upstream
+WARMUP=5                 # seconds of load before each measurement, not recorded
+DURATION=10              # seconds per closed-loop measurement
+OPEN_DURATION=10         # seconds per open-loop measurement
+REPEATS=3
+QUICK=0
+ROWS="$ALL_ROWS"
+OUT=""                   # default: bench/RESULTS.md, except for --quick
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick)
+            QUICK=1; WARMUP=1; DURATION=3; OPEN_DURATION=3; REPEATS=1 ;;
+        --rows)
+            ROWS="${2//,/ }"; shift ;;
+        --repeats)
+            REPEATS="$2"; shift ;;
+        --out)
+            OUT="$2"; shift ;;
+        -h|--help)
+            sed -n '2,10p' "$0"; exit 0 ;;
+        *)
+            echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+say() { echo "[bench] $*" >&2; }
+die() { echo "[bench] error: $*" >&2; exit 1; }
+
+if [ "$(nproc --all)" -lt 2 ]; then
+    die "needs at least 2 cores (the proxy on CPU $PROXY_CPU, the load on CPU $LOAD_CPU)"
+fi
+if [ "$(nproc --all)" -gt 2 ]; then
+    say "note: $(nproc --all) cores; only CPUs $PROXY_CPU and $LOAD_CPU are used"
+fi
+if [ "$QUICK" = 1 ]; then
+    say "--quick: one short repeat; the numbers are a smoke test, not results"
+fi
+# A smoke run never overwrites the recorded results unless asked to with --out.
+if [ -z "$OUT" ] && [ "$QUICK" = 0 ]; then
+    OUT="$BENCH/RESULTS.md"
+fi
+
+# === install what is missing ===
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v taskset >/dev/null || missing+=(util-linux)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} with apt-get"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian's packages start their services on install where they can; the benchmark
+# starts its own, and a system nginx or HAProxy on this machine would steal cycles.
+for svc in nginx haproxy; do
+    if pgrep -x "$svc" >/dev/null; then
+        say "warning: a $svc is already running (pid $(pgrep -x "$svc" | tr '\n' ' ')); it will disturb the numbers"
+    fi
+done
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
+
+OHA="$(command -v oha || true)"
+if [ -z "$OHA" ]; then
+    OHA="$TOOLS/bin/oha"
+    if [ ! -x "$OHA" ]; then
+        say "installing oha into $TOOLS (cargo install --locked)"
+        cargo install oha --locked --root "$TOOLS" >/dev/null
+    fi
+fi
+
+# === build ===
+
+say "building weir and the upstream (release)"
+(cd "$ROOT" && cargo build --release -q -p weir --bin weir --example bench-upstream)
+WEIR_TARGET="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+WEIR="$WEIR_TARGET/release/weir"
+UPSTREAM="$WEIR_TARGET/release/examples/bench-upstream"
+
+case " $ROWS " in
+    *" pingora "*)
+        say "building the pingora peer (release, its own target dir)"
+        (cd "$BENCH/peers/pingora" && CARGO_TARGET_DIR="$BENCH/peers/pingora/target" cargo build --release -q)
+        ;;
+esac
+PINGORA="$BENCH/peers/pingora/target/release/weir-bench-pingora"
+
+# === processes ===
+
+rm -rf "$RUN"
+mkdir -p "$RUN/nginx/tmp"
+RESULTS="$RUN/results.tsv"   # phase row repeat rps p50_us p99_us cpu_us_per_req rss_kib errors
+: >"$RESULTS"
+STARTED=()
+
+cleanup() {
+    for pid in "${STARTED[@]:-}"; do
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+UPSTREAM_PORT=18080
+declare -A PORT=(
+    [direct]=$UPSTREAM_PORT [nginx]=18081 [haproxy]=18082 [pingora]=18083
+)
+port_of() { echo "${PORT[$1]:-18084}"; }
+
+# Waits until the row's port answers a request with 200.
+wait_ready() {
+    local port="$1" pid="$2" name="$3"
+    for _ in $(seq 1 300); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            die "$name exited at start; see $RUN/$name.log"
+        fi
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/bench" || true)" = 200 ]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$name did not answer on port $port within 30 s; see $RUN/$name.log"
+}
+
+# Starts the peer of row $1 pinned to the proxy's core; sets PEER_PID ("" for direct).
+start_peer() {
+    local row="$1" log="$RUN/$1.log"
+    PEER_PID=""
+    case "$row" in
+        direct)
+            return 0 ;;
+        nginx)
+            taskset -c "$PROXY_CPU" "$NGINX" -p "$RUN/nginx/" -e stderr -c "$BENCH/peers/nginx.conf" >"$log" 2>&1 &
+            ;;
+        haproxy)
+            taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$BENCH/peers/haproxy.cfg" >"$log" 2>&1 &
+            ;;
+        pingora)
+            taskset -c "$PROXY_CPU" "$PINGORA" "127.0.0.1:${PORT[pingora]}" "127.0.0.1:$UPSTREAM_PORT" >"$log" 2>&1 &
+            ;;
+        weir-*)
+            # warn: no per-request log line. One tokio worker (the default would be one
+            # per CPU in the affinity mask, which is also 1 under taskset).
+            RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" \
+                "$WEIR" run "$BENCH/configs/$row.toml" >"$log" 2>&1 &
+            ;;
+        *)
+            die "unknown row $row (rows: $ALL_ROWS)" ;;
+    esac
+    PEER_PID=$!
+    STARTED+=("$PEER_PID")
+    wait_ready "$(port_of "$row")" "$PEER_PID" "$row"
+}
+
+stop_peer() {
+    [ -z "${PEER_PID:-}" ] && return 0
+    kill "$PEER_PID" 2>/dev/null || true
+    wait "$PEER_PID" 2>/dev/null || true
+    PEER_PID=""
+}
+
+# The pid and all its descendants (nginx's worker is the master's child).
+tree() {
+    local pid="$1"
+    echo "$pid"
+    for c in $(pgrep -P "$pid" || true); do
+        tree "$c"
+    done
+}
+
+# utime + stime, in clock ticks, of the process tree (all threads).
+cpu_ticks() {
+    local total=0 pid
+    for pid in $(tree "$1"); do
+        # Fields 14 and 15 after the ")" that ends the command name.
+        local stat
+        stat="$(cat /proc/"$pid"/stat 2>/dev/null)" || continue
+        stat="${stat##*) }"
+        # shellcheck disable=SC2086
+        set -- $stat
+        total=$((total + ${12} + ${13}))
+    done
+    echo "$total"
+}
+
+# Peak resident set (VmHWM), in KiB, summed over the process tree.
+peak_rss_kib() {
+    local total=0 pid kib
+    for pid in $(tree "$1"); do
+        kib="$(awk '/^VmHWM:/ { print $2 }' /proc/"$pid"/status 2>/dev/null || true)"
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+
+CLK_TCK="$(getconf CLK_TCK)"
+
+# wrk's "1.23ms" / "456.00us" / "1.10s" as microseconds.
+to_us() {
+    python3 -c '
+import re, sys
+m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", sys.argv[1])
+f = {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
+print(round(float(m.group(1)) * f, 1))' "$1"
+}
+
+# One closed-loop measurement of row $1 (peer already warm): appends to $RESULTS.
+closed_loop() {
+    local row="$1" repeat="$2" port out t0 t1
+    port="$(port_of "$row")"
+    local url="http://127.0.0.1:$port/bench"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    [ -n "$PEER_PID" ] && t0="$(cpu_ticks "$PEER_PID")"
+    out="$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")"
+    [ -n "$PEER_PID" ] && t1="$(cpu_ticks "$PEER_PID")"
+    echo "$out" >"$RUN/wrk-$row-$repeat.txt"
+    local rps requests p50 p99 errors cpu="" rss=""
+    rps="$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")"
+    requests="$(awk '/requests in/ { print $1 }' <<<"$out")"
+    p50="$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
+    p99="$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+    errors="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+    if [ -n "$PEER_PID" ]; then
+        cpu="$(python3 -c "print(round(($t1 - $t0) * 1e6 / $CLK_TCK / $requests, 2))")"
+        rss="$(peak_rss_kib "$PEER_PID")"
+    fi
+    printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$row" "$repeat" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errors" >>"$RESULTS"
+    say "  $row #$repeat: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu:-–} CPU-us/req, errors $errors"
+}
+
+# One open-loop measurement of row $1 at $RATE req/s (latency-corrected).
+open_loop() {
+    local row="$1" repeat="$2" port json
+    port="$(port_of "$row")"
+    local url="http://127.0.0.1:$port/bench"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    json="$RUN/oha-$row-$repeat.json"
+    taskset -c "$LOAD_CPU" "$OHA" -z "${OPEN_DURATION}s" -q "$RATE" -c "$CONNECTIONS" \
+        --latency-correction --no-tui --output-format json "$url" >"$json"
+    python3 - "$json" "$row" "$repeat" >>"$RESULTS" <<'EOF'
+import json, sys
+path, row, repeat = sys.argv[1:]
+d = json.load(open(path))
+s = d["summary"]
+p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+errors = sum(n for c, n in codes.items() if not c.startswith("2")) + sum(d.get("errorDistribution", {}).values())
+# oha's JSON times are seconds.
+print(f"open\t{row}\t{repeat}\t{s['requestsPerSec']:.1f}\t{p['p50'] * 1e6:.1f}\t{p['p99'] * 1e6:.1f}\t\t\t{errors}")
+EOF
+    say "  $row #$repeat open loop: $(tail -1 "$RESULTS" | cut -f4-6,9 | tr '\t' ' ') (rps p50us p99us errors)"
+}
+
+# === run ===
+
+say "starting the upstream on CPU $LOAD_CPU"
+taskset -c "$LOAD_CPU" "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT" >"$RUN/upstream.log" 2>&1 &
+UPSTREAM_PID=$!
+STARTED+=("$UPSTREAM_PID")
+wait_ready "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
+
+# Repeats are interleaved (row 1..N, then again), so a slow drift on the machine
+# spreads over every row instead of landing on one.
+say "closed loop: $CONNECTIONS connections, ${WARMUP}s warm-up, ${DURATION}s x $REPEATS per row"
+for repeat in $(seq 1 "$REPEATS"); do
+    for row in $ROWS; do
+        start_peer "$row"
+        closed_loop "$row" "$repeat"
+        stop_peer
+    done
+done
+
+median_rps() {
+    awk -F'\t' -v row="$1" '$1 == "closed" && $2 == row { print $4 }' "$RESULTS" | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+BASE="nginx"
+case " $ROWS " in *" nginx "*) ;; *) BASE="$(echo "$ROWS" | awk '{ print $1 }')" ;; esac
+RATE="$(median_rps "$BASE" | awk '{ printf "%d", $1 / 2 }')"
+say "open loop: $RATE req/s (half of $BASE's median maximum), ${OPEN_DURATION}s x $REPEATS per row"
+for repeat in $(seq 1 "$REPEATS"); do
+    for row in $ROWS; do
+        start_peer "$row"
+        open_loop "$row" "$repeat"
+        stop_peer
+    done
+done
+
+# === report ===
+
+MACHINE="$(nproc --all) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr)"
+COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(cd "$ROOT" && git status --porcelain 2>/dev/null | grep -v '^??' || true)" ]; then
+    COMMIT="$COMMIT (with uncommitted changes)"
+fi
+python3 "$BENCH/report.py" "$RESULTS" \
+    --date "$(date -u +%Y-%m-%dT%H:%MZ)" --commit "$COMMIT" --machine "$MACHINE" \
+    --rate "$RATE" --rate-base "$BASE" --connections "$CONNECTIONS" \
+    --duration "$DURATION" --open-duration "$OPEN_DURATION" --warmup "$WARMUP" \
+    --repeats "$REPEATS" --quick "$QUICK" \
+    --versions "nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'); HAProxy $("$HAPROXY" -v | awk 'NR == 1 { print $3 }'); $("$OHA" --version); wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')" \
+    >"$RUN/RESULTS.md"
+cat "$RUN/RESULTS.md"
+if [ -n "$OUT" ]; then
+    cp "$RUN/RESULTS.md" "$OUT"
+    say "written to $OUT (raw numbers in $RESULTS)"
+else
+    say "smoke run: table in $RUN/RESULTS.md, bench/RESULTS.md untouched (raw numbers in $RESULTS)"
+fi
