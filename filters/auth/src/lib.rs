@@ -14,7 +14,9 @@
 //! the variable's value, or the file's contents with trailing newlines removed, the path
 //! relative to the config file. A variable that is not set or a file that cannot be read
 //! is a config error at `weir check` and at load, with the file, line and column of the
-//! filter. Secret files are read again on every reload.
+//! filter. Secret files are read again on every reload. Any table of exactly one of
+//! these forms, anywhere in any filter's config, is read this way, so a value that must
+//! stay a literal `{ env = "…" }` table cannot be written in a filter's config.
 //!
 //! Values never appear in weir's logs, in `/status`, or in `/requests` (which records the
 //! client's request as it arrived, before filters), and init errors name the key at fault,
