@@ -224,6 +224,9 @@ pub struct RawConfig {
     /// The wasm runtime's process-wide settings.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Logging: level and format (applied at start; `RUST_LOG` and `--log-format` win).
+    #[serde(default)]
+    pub log: LogConfig,
     /// Upstreams by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
@@ -364,6 +367,18 @@ pub enum StateBackendKind {
     /// An in-process map with TTLs.
     #[default]
     Memory,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter directive: `"info"`, `"warn"`, `"warn,weir=debug"`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// `"pretty"` or `"json"`.
+    #[serde(default)]
+    pub format: Option<crate::telemetry::LogFormat>,
 }
 
 /// `[runtime]`: process-wide wasm settings.
@@ -765,6 +780,14 @@ fn validate(
             if let Ok(cwd) = std::env::current_dir() {
                 *dir = cwd.join(&*dir);
             }
+        }
+    }
+    if let Some(level) = &raw.log.level {
+        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+            err(
+                place(&["log", "level"], 0..0),
+                format!("log.level: invalid filter {level:?}: use a level such as \"info\" or a directive such as \"warn,weir=debug\""),
+            );
         }
     }
     if let Some(admin) = &mut raw.admin {

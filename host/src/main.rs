@@ -12,9 +12,10 @@ use weir::telemetry::{LogFormat, init_logging};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log format on stderr (the level comes from RUST_LOG, default info).
-    #[arg(long, global = true, value_enum, default_value = "pretty")]
-    log_format: LogFormat,
+    /// Log format on stderr (default: the config's `[log] format`, else pretty). The
+    /// level comes from RUST_LOG, else the config's `[log] level`, else info.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,7 +36,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,8 +48,11 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Check { config } => check(config).await,
-            Command::Run { config } => run(config).await,
+            Command::Check { config } => {
+                init_logging(cli.log_format.unwrap_or(LogFormat::Pretty), None);
+                check(config).await
+            }
+            Command::Run { config } => run(config, cli.log_format).await,
         }
     })
 }
@@ -73,7 +76,7 @@ async fn check(path: PathBuf) -> ExitCode {
     }
 }
 
-async fn run(path: PathBuf) -> ExitCode {
+async fn run(path: PathBuf, log_format: Option<LogFormat>) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -83,6 +86,11 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let log = &config.raw.log;
+    init_logging(
+        log_format.or(log.format).unwrap_or(LogFormat::Pretty),
+        log.level.as_deref(),
+    );
     let server = match weir::Server::start(config).await {
         Ok(s) => s,
         Err(e) => {

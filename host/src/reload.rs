@@ -499,6 +499,7 @@ struct Fixed {
     admin: Option<Admin>,
     state: StateConfig,
     runtime: RuntimeConfig,
+    log: crate::config::LogConfig,
     tls_files: u64,
 }
 
@@ -510,6 +511,7 @@ impl Fixed {
             admin: raw.admin.clone(),
             state: raw.state.clone(),
             runtime: raw.runtime.clone(),
+            log: raw.log.clone(),
             tls_files: tls_files(raw),
         }
     }
@@ -607,6 +609,16 @@ impl Fixed {
                 "runtime.cache_dir",
                 path(self.runtime.cache_dir.as_ref()),
                 path(new.runtime.cache_dir.as_ref()),
+            ),
+            (
+                "log.level",
+                format!("{:?}", self.log.level),
+                format!("{:?}", new.log.level),
+            ),
+            (
+                "log.format",
+                format!("{:?}", self.log.format),
+                format!("{:?}", new.log.format),
             ),
         ];
         let mut out: Vec<String> = settings

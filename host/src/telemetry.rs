@@ -11,7 +11,8 @@ use crate::stats::Stats;
 use crate::wasm::{FilterMetrics, UpstreamError};
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Pretty,
@@ -19,10 +20,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber: level from `RUST_LOG` (default `info`), to stderr.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Installs the global subscriber, writing to stderr. `RUST_LOG` wins over `level` (a
+/// filter directive such as `"info"` or `"warn,weir=debug"`); without either, `info`.
+pub fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -27,6 +27,7 @@ pub struct FilterMetrics {
     registry: Registry,
     call_seconds: HistogramVec,
     failures: CounterVec,
+    state_errors: CounterVec,
     guest: Mutex<HashMap<String, Option<GuestSeries>>>,
 }
 
@@ -50,12 +51,21 @@ impl FilterMetrics {
             ),
             &["route", "filter", "phase", "kind"],
         )?;
+        let state_errors = CounterVec::new(
+            Opts::new(
+                "weir_state_errors_total",
+                "State operations that failed, by filter and kind (unavailable, too_large, not_an_integer)",
+            ),
+            &["filter", "kind"],
+        )?;
         registry.register(Box::new(call_seconds.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(state_errors.clone()))?;
         Ok(FilterMetrics {
             registry: registry.clone(),
             call_seconds,
             failures,
+            state_errors,
             guest: Mutex::new(HashMap::new()),
         })
     }
@@ -76,6 +86,11 @@ impl FilterMetrics {
         self.failures
             .with_label_values(&[route, filter, phase, kind])
             .inc();
+    }
+
+    /// Counts a failed state operation.
+    pub fn count_state_error(&self, filter: &str, kind: &str) {
+        self.state_errors.with_label_values(&[filter, kind]).inc();
     }
 
     /// Applies `op` to the guest series `name`, creating it on first use.

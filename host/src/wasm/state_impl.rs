@@ -18,6 +18,19 @@ impl GuestHost {
     }
 }
 
+impl GuestHost {
+    /// Counts a backend failure and turns it into the error the guest sees.
+    fn state_failed(&self, e: BackendError) -> StateError {
+        let kind = match &e {
+            BackendError::Unavailable(_) => "unavailable",
+            BackendError::TooLarge => "too_large",
+            BackendError::NotAnInteger => "not_an_integer",
+        };
+        self.metrics.count_state_error(&self.meta.filter, kind);
+        guest_error(e)
+    }
+}
+
 fn guest_error(e: BackendError) -> StateError {
     match e {
         BackendError::Unavailable(why) => StateError::Unavailable(why),
@@ -33,7 +46,7 @@ fn ttl(ms: Option<u64>) -> Option<Duration> {
 impl Host for GuestHost {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, StateError> {
         let key = self.key(&key)?;
-        self.state.get(&key).await.map_err(guest_error)
+        self.state.get(&key).await.map_err(|e| self.state_failed(e))
     }
 
     async fn set(
@@ -46,12 +59,12 @@ impl Host for GuestHost {
         self.state
             .set(&key, value, ttl(ttl_ms))
             .await
-            .map_err(guest_error)
+            .map_err(|e| self.state_failed(e))
     }
 
     async fn delete(&mut self, key: String) -> Result<(), StateError> {
         let key = self.key(&key)?;
-        self.state.delete(&key).await.map_err(guest_error)
+        self.state.delete(&key).await.map_err(|e| self.state_failed(e))
     }
 
     async fn incr(
@@ -64,7 +77,7 @@ impl Host for GuestHost {
         self.state
             .incr(&key, delta, ttl(ttl_ms))
             .await
-            .map_err(guest_error)
+            .map_err(|e| self.state_failed(e))
     }
 
     async fn compare_and_swap(
@@ -78,6 +91,6 @@ impl Host for GuestHost {
         self.state
             .compare_and_swap(&key, expected.as_deref(), new, ttl(ttl_ms))
             .await
-            .map_err(guest_error)
+            .map_err(|e| self.state_failed(e))
     }
 }
