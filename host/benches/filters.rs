@@ -103,7 +103,10 @@ fn phases(c: &mut Criterion) {
 
     // `headers` is the one filter measured in both phases: it edits in both.
     let headers = rt.block_on(load("headers", headers_config()));
-    let memo = memo_of("headers", rt.block_on(headers.on_request(&ri, &req)).unwrap());
+    let memo = memo_of(
+        "headers",
+        rt.block_on(headers.on_request(&ri, &req)).unwrap(),
+    );
     group.bench_function("headers/on_request", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(headers.on_request(&ri, &req).await.unwrap()) })

@@ -53,7 +53,10 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response<ProxyBody> {
-    json_response(status, &serde_json::json!({"error": code, "message": message}))
+    json_response(
+        status,
+        &serde_json::json!({"error": code, "message": message}),
+    )
 }
 
 impl Admin {
@@ -74,7 +77,10 @@ impl Admin {
         // Compare in constant time, so the token cannot be guessed byte by byte.
         presented.is_some_and(|p| {
             p.len() == token.len()
-                && p.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+                && p.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
         })
     }
 
@@ -121,13 +127,13 @@ impl Admin {
                 let _ = req.into_body().collect().await;
                 self.proxy.replay(id).await
             }
-            (_, ["metrics" | "status" | "requests"]) | (_, ["requests", _]) | (_, ["requests", _, "replay"]) => {
-                error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!("{} is not allowed on {path}", req.method()),
-                )
-            }
+            (_, ["metrics" | "status" | "requests"])
+            | (_, ["requests", _])
+            | (_, ["requests", _, "replay"]) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {path}", req.method()),
+            ),
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -179,12 +185,13 @@ impl Admin {
                 .iter()
                 .find(|f| f.name() == n && f.get_field_type() == MetricType::GAUGE)
         };
-        let labels_of = |m: &prometheus::proto::Metric| -> serde_json::Map<String, serde_json::Value> {
-            m.get_label()
-                .iter()
-                .map(|l| (l.name().to_owned(), l.value().into()))
-                .collect()
-        };
+        let labels_of =
+            |m: &prometheus::proto::Metric| -> serde_json::Map<String, serde_json::Value> {
+                m.get_label()
+                    .iter()
+                    .map(|l| (l.name().to_owned(), l.value().into()))
+                    .collect()
+            };
         let Some(family) = find(name) else {
             return Vec::new();
         };

@@ -9,8 +9,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -502,10 +502,10 @@ impl Walk<'_, '_> {
     }
 
     async fn on_request(&mut self, f: &FilterPool, req: &mut wasm::Request) -> Step {
-        if f.info().wants_request_body {
-            if let ReqBody::Buffered(b) = &self.body {
-                req.body = Some(b.to_vec());
-            }
+        if f.info().wants_request_body
+            && let ReqBody::Buffered(b) = &self.body
+        {
+            req.body = Some(b.to_vec());
         }
         let info = self.x.info(self.attempt);
         let started = Instant::now();
@@ -515,13 +515,11 @@ impl Walk<'_, '_> {
         req.body = None;
         match result {
             Ok(RequestAction::Continue((edit, memo))) => {
-                if let Some(edit) = edit {
-                    if let Err(e) = self.apply_request_edit(req, edit) {
-                        return self.failed_request(
-                            f,
-                            CallError::Trap(format!("invalid request edit: {e}")),
-                        );
-                    }
+                if let Some(edit) = edit
+                    && let Err(e) = self.apply_request_edit(req, edit)
+                {
+                    return self
+                        .failed_request(f, CallError::Trap(format!("invalid request edit: {e}")));
                 }
                 Step::Go(memo)
             }

@@ -298,7 +298,10 @@ pub struct Admin {
 
 /// A secret: written inline, or read from an environment variable or a file at load.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged, expecting = "a string, { env = \"NAME\" } or { file = \"path\" }")]
+#[serde(
+    untagged,
+    expecting = "a string, { env = \"NAME\" } or { file = \"path\" }"
+)]
 pub enum Secret {
     /// The value itself.
     Inline(String),
@@ -330,8 +333,9 @@ impl Secret {
     pub fn resolve(&self) -> Result<String, String> {
         match self {
             Secret::Inline(v) => Ok(v.clone()),
-            Secret::Env { env } => std::env::var(env)
-                .map_err(|_| format!("environment variable {env} is not set")),
+            Secret::Env { env } => {
+                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
+            }
             Secret::File { file } => std::fs::read_to_string(file)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
                 .map_err(|e| format!("cannot read {}: {e}", file.display())),
@@ -776,19 +780,21 @@ fn validate(
         abs(dir);
         // The compile cache wants an absolute path even when the config was given as a
         // relative one (`weir run weir.toml`).
-        if dir.is_relative() {
-            if let Ok(cwd) = std::env::current_dir() {
-                *dir = cwd.join(&*dir);
-            }
+        if dir.is_relative()
+            && let Ok(cwd) = std::env::current_dir()
+        {
+            *dir = cwd.join(&*dir);
         }
     }
-    if let Some(level) = &raw.log.level {
-        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
-            err(
-                place(&["log", "level"], 0..0),
-                format!("log.level: invalid filter {level:?}: use a level such as \"info\" or a directive such as \"warn,weir=debug\""),
-            );
-        }
+    if let Some(level) = &raw.log.level
+        && tracing_subscriber::EnvFilter::try_new(level).is_err()
+    {
+        err(
+            place(&["log", "level"], 0..0),
+            format!(
+                "log.level: invalid filter {level:?}: use a level such as \"info\" or a directive such as \"warn,weir=debug\""
+            ),
+        );
     }
     if let Some(admin) = &mut raw.admin {
         let here = place(&["admin", "token"], 0..0);
@@ -898,13 +904,13 @@ fn validate(
                 );
             }
         }
-        if let Some(c) = &f.config {
-            if !c.is_object() {
-                err(
-                    place(&["filters", name, "config"], span),
-                    format!("filter `{name}`: `config` must be a table"),
-                );
-            }
+        if let Some(c) = &f.config
+            && !c.is_object()
+        {
+            err(
+                place(&["filters", name, "config"], span),
+                format!("filter `{name}`: `config` must be a table"),
+            );
         }
     }
     // Each route name, with the index of the route that defined it first.
@@ -955,16 +961,16 @@ fn validate(
                 ),
             );
         }
-        if let Some(p) = &r.matcher.path_prefix {
-            if !p.starts_with('/') {
-                err(
-                    at(&["match", "path_prefix"]),
-                    format!(
-                        "route `{}`: `match.path_prefix` must start with `/`",
-                        r.name
-                    ),
-                );
-            }
+        if let Some(p) = &r.matcher.path_prefix
+            && !p.starts_with('/')
+        {
+            err(
+                at(&["match", "path_prefix"]),
+                format!(
+                    "route `{}`: `match.path_prefix` must start with `/`",
+                    r.name
+                ),
+            );
         }
         if let Some(methods) = &r.matcher.methods {
             for (j, m) in methods.iter().enumerate() {
@@ -1016,16 +1022,16 @@ fn validate(
                     ),
                 );
             }
-            if let Some(c) = &f.get_ref().config {
-                if !c.is_object() {
-                    err(
-                        f.span(),
-                        format!(
-                            "route `{}`: the config of filter `{name}` must be a table",
-                            r.name
-                        ),
-                    );
-                }
+            if let Some(c) = &f.get_ref().config
+                && !c.is_object()
+            {
+                err(
+                    f.span(),
+                    format!(
+                        "route `{}`: the config of filter `{name}` must be a table",
+                        r.name
+                    ),
+                );
             }
         }
     }

@@ -207,7 +207,8 @@ impl Proxy {
             route: route_name.map(str::to_owned),
             method,
             path_with_query,
-            upstream_url: route.map(|r| format!("{}{}", r.upstream.origin, r.upstream_path(&parts.uri))),
+            upstream_url: route
+                .map(|r| format!("{}{}", r.upstream.origin, r.upstream_path(&parts.uri))),
             request_headers,
             request_body: request_capture,
             status: resp_parts.status.as_u16(),
@@ -272,7 +273,9 @@ impl Proxy {
             client: SocketAddr::from(([127, 0, 0, 1], 0)),
             replay_of: Some(id),
         };
-        let resp = self.serve(origin, new_id.clone(), parts, body::full(body)).await;
+        let resp = self
+            .serve(origin, new_id.clone(), parts, body::full(body))
+            .await;
         let (resp_parts, resp_body) = resp.into_parts();
         let body = body::collect_limited(resp_body, self.max_body).await;
         let text = body
@@ -346,10 +349,12 @@ impl TraceContext {
 
 /// The client's `x-request-id` when it is sane, or a new random one.
 fn request_id(headers: &http::HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        if !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic()) {
-            return v.to_owned();
-        }
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID
+        && v.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return v.to_owned();
     }
     format!("{:032x}", rand::random::<u128>())
 }
@@ -453,7 +458,10 @@ mod tests {
         );
         let hop = TraceContext::from_headers(&h).next_hop();
         assert_eq!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(hop.header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(
+            hop.header
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
         assert!(hop.header.ends_with("-01"));
         assert!(!hop.header.contains("00f067aa0ba902b7"));
     }

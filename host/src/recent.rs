@@ -366,14 +366,14 @@ impl Recent {
                 "route" => route = Some(v.to_owned()),
                 "status" => {
                     status = Some(if let Some(class) = v.strip_suffix("xx") {
-                        let c: u16 = class
-                            .parse()
-                            .map_err(|_| format!("invalid status {v:?}: use a code like 503 or a class like 5xx"))?;
+                        let c: u16 = class.parse().map_err(|_| {
+                            format!("invalid status {v:?}: use a code like 503 or a class like 5xx")
+                        })?;
                         (c, true)
                     } else {
-                        let c: u16 = v
-                            .parse()
-                            .map_err(|_| format!("invalid status {v:?}: use a code like 503 or a class like 5xx"))?;
+                        let c: u16 = v.parse().map_err(|_| {
+                            format!("invalid status {v:?}: use a code like 503 or a class like 5xx")
+                        })?;
                         (c, false)
                     })
                 }
@@ -383,14 +383,22 @@ impl Recent {
                         .map_err(|_| format!("invalid limit {v:?}: use a whole number"))?;
                     limit = limit.min(MAX_LIST);
                 }
-                other => return Err(format!("unknown query parameter {other:?}: use route, status or limit")),
+                other => {
+                    return Err(format!(
+                        "unknown query parameter {other:?}: use route, status or limit"
+                    ));
+                }
             }
         }
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         let items: Vec<serde_json::Value> = ring
             .iter()
             .rev()
-            .filter(|r| route.as_deref().is_none_or(|want| r.route.as_deref() == Some(want)))
+            .filter(|r| {
+                route
+                    .as_deref()
+                    .is_none_or(|want| r.route.as_deref() == Some(want))
+            })
             .filter(|r| match status {
                 None => true,
                 Some((c, true)) => r.status / 100 == c,
@@ -436,15 +444,40 @@ mod tests {
     fn the_ring_is_bounded_and_lists_newest_first_with_filters() {
         let recent = Recent::new(3, 16, &[]);
         for (i, s) in [200, 503, 200, 404].iter().enumerate() {
-            record(&recent, &format!("r{i}"), if i % 2 == 0 { "a" } else { "b" }, *s);
+            record(
+                &recent,
+                &format!("r{i}"),
+                if i % 2 == 0 { "a" } else { "b" },
+                *s,
+            );
         }
         assert!(recent.get("r0").is_none(), "the oldest was dropped");
         let all = recent.list("").unwrap();
-        let ids: Vec<_> = all["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+        let ids: Vec<_> = all["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(ids, ["r3", "r2", "r1"]);
-        assert_eq!(recent.list("status=5xx").unwrap()["requests"][0]["id"], "r1");
-        assert_eq!(recent.list("route=a").unwrap()["requests"].as_array().unwrap().len(), 1);
-        assert_eq!(recent.list("limit=1").unwrap()["requests"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            recent.list("status=5xx").unwrap()["requests"][0]["id"],
+            "r1"
+        );
+        assert_eq!(
+            recent.list("route=a").unwrap()["requests"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            recent.list("limit=1").unwrap()["requests"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(recent.list("colour=red").is_err());
         assert!(recent.list("status=bad").is_err());
     }
@@ -470,10 +503,11 @@ mod tests {
     async fn tee_keeps_small_bodies_whole_and_marks_large_ones() {
         let (tee, cap) = Tee::new(body::full(Bytes::from_static(b"hello")), 16);
         assert_eq!(tee.collect().await.unwrap().to_bytes(), "hello");
-        let c = cap.lock().unwrap();
-        assert!(c.complete && !c.overflow);
-        assert_eq!((&c.kept[..], c.total), (&b"hello"[..], 5));
-        drop(c);
+        {
+            let c = cap.lock().unwrap();
+            assert!(c.complete && !c.overflow);
+            assert_eq!((&c.kept[..], c.total), (&b"hello"[..], 5));
+        }
         let (tee, cap) = Tee::new(body::full(Bytes::from_static(b"0123456789")), 4);
         assert_eq!(tee.collect().await.unwrap().to_bytes().len(), 10);
         let c = cap.lock().unwrap();

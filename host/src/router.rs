@@ -73,15 +73,15 @@ impl Matcher {
     }
 
     fn matches(&self, parts: &Parts) -> bool {
-        if let Some(p) = &self.path_prefix {
-            if !parts.uri.path().starts_with(p.as_str()) {
-                return false;
-            }
+        if let Some(p) = &self.path_prefix
+            && !parts.uri.path().starts_with(p.as_str())
+        {
+            return false;
         }
-        if let Some(ms) = &self.methods {
-            if !ms.contains(&parts.method) {
-                return false;
-            }
+        if let Some(ms) = &self.methods
+            && !ms.contains(&parts.method)
+        {
+            return false;
         }
         if let Some(h) = &self.host {
             let Some(host) = request_host(parts) else {

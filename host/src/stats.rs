@@ -13,8 +13,22 @@ use tokio::time::Instant;
 
 /// Upper bounds of the latency buckets, in milliseconds; the last bucket is unbounded.
 pub const LATENCY_BOUNDS_MS: [f64; 16] = [
-    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
-    10000.0, 30000.0, f64::INFINITY,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    5000.0,
+    10000.0,
+    30000.0,
+    f64::INFINITY,
 ];
 
 /// The rate window: one counter per second.
@@ -132,7 +146,15 @@ impl Stats {
                 "status_codes": {},
             });
         };
-        let bound = |q| r.quantile(q).map(|b| if b.is_finite() { serde_json::json!(b) } else { serde_json::json!("+Inf") });
+        let bound = |q| {
+            r.quantile(q).map(|b| {
+                if b.is_finite() {
+                    serde_json::json!(b)
+                } else {
+                    serde_json::json!("+Inf")
+                }
+            })
+        };
         serde_json::json!({
             "requests": r.total,
             "requests_per_second_1m": r.rate(second),
@@ -150,7 +172,11 @@ mod tests {
     fn counts_codes_and_bucketed_percentiles() {
         let mut r = RouteStats::default();
         for i in 0..100u64 {
-            let took = if i < 90 { Duration::from_millis(3) } else { Duration::from_millis(200) };
+            let took = if i < 90 {
+                Duration::from_millis(3)
+            } else {
+                Duration::from_millis(200)
+            };
             r.record(if i % 10 == 0 { 503 } else { 200 }, took, 0);
         }
         assert_eq!(r.total, 100);

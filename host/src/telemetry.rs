@@ -145,7 +145,10 @@ impl Telemetry {
             &["route"],
         )?;
         let retries = IntCounterVec::new(
-            Opts::new("weir_retries_total", "Requests re-sent because a filter answered retry, by route"),
+            Opts::new(
+                "weir_retries_total",
+                "Requests re-sent because a filter answered retry, by route",
+            ),
             &["route"],
         )?;
         registry.register(Box::new(requests.clone()))?;

@@ -175,7 +175,8 @@ impl UpstreamPool {
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
-        let acquired = tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await;
+        let acquired =
+            tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await;
         let Ok(Ok(permit)) = acquired else {
             return Err(UpstreamFailure {
                 kind: UpstreamError::Overloaded,

@@ -74,7 +74,10 @@ mod tests {
             .body("x")
             .timeout(Duration::from_millis(1500));
         assert_eq!(r.upstream, "oauth");
-        assert_eq!(r.headers, vec![("content-type".to_owned(), b"text/plain".to_vec())]);
+        assert_eq!(
+            r.headers,
+            vec![("content-type".to_owned(), b"text/plain".to_vec())]
+        );
         assert_eq!(r.body.as_deref(), Some(&b"x"[..]));
         assert_eq!(r.timeout_ms, Some(1500));
     }

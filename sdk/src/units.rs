@@ -30,8 +30,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => n * 86_400.0,
         _ => return Err(bad()),
     };
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("invalid duration {text:?}: too large"))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {text:?}: too large"))
 }
 
 /// Parses a size into bytes: a whole number with `B`, `KB`, `MB`, `GB`, `KiB`, `MiB` or
@@ -76,7 +75,16 @@ mod tests {
         assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        for bad in ["", "2", "s", "2 weeks", "2 s", "-1s", "1..5s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "2",
+            "s",
+            "2 weeks",
+            "2 s",
+            "-1s",
+            "1..5s",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -46,8 +46,12 @@ async fn retried_then_cached_then_limited() {
             Reply::ok()
                 .header("cache-control", "max-age=60")
                 .body("item v1"),
-            Reply::ok().header("cache-control", "no-store").body("fresh 1"),
-            Reply::ok().header("cache-control", "no-store").body("fresh 2"),
+            Reply::ok()
+                .header("cache-control", "no-store")
+                .body("fresh 1"),
+            Reply::ok()
+                .header("cache-control", "no-store")
+                .body("fresh 2"),
         ])
         .start()
         .await;
@@ -64,7 +68,10 @@ async fn retried_then_cached_then_limited() {
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-weir-attempts").as_deref(), Some("3"));
     assert_eq!(header(&r, "x-weir-cache").as_deref(), Some("miss"));
-    assert!(header(&r, "ratelimit").is_some(), "the limiter annotates admitted responses");
+    assert!(
+        header(&r, "ratelimit").is_some(),
+        "the limiter annotates admitted responses"
+    );
     assert_eq!(r.text().await.unwrap(), "item v1");
     assert_eq!(up.count(), 3);
 
@@ -84,7 +91,11 @@ async fn retried_then_cached_then_limited() {
     assert_eq!(r.text().await.unwrap(), "fresh 1");
     assert_eq!(up.count(), 4);
     let r = c.get(weir.url("/fresh")).send().await.unwrap();
-    assert_eq!(r.status(), 429, "the limiter refuses once the burst is spent");
+    assert_eq!(
+        r.status(),
+        429,
+        "the limiter refuses once the burst is spent"
+    );
     assert!(header(&r, "retry-after").is_some());
     assert!(header(&r, "ratelimit-policy").is_some());
     // 429 is not a gateway error: the retry filter passes it on after one try.
@@ -119,5 +130,9 @@ async fn the_breaker_opens_under_retries_and_spares_the_upstream() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "breaker_open");
     assert_eq!(body["key"], up.url());
-    assert_eq!(up.count(), 6, "an open breaker spares the upstream, retries included");
+    assert_eq!(
+        up.count(),
+        6,
+        "an open breaker spares the upstream, retries included"
+    );
 }

@@ -67,14 +67,24 @@ async fn a_call_to_an_upstream_not_in_the_filters_list_is_refused() {
 
 #[tokio::test]
 async fn an_outbound_list_naming_an_unknown_upstream_is_a_config_error() {
-    let text = config("http://127.0.0.1:1", "http://127.0.0.1:2", "side", "\"nowhere\"");
+    let text = config(
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:2",
+        "side",
+        "\"nowhere\"",
+    );
     let (code, _, stderr) = crate::support::weir::check(
         &text,
-        &[("filters/scripted.wasm", &std::fs::read(env!("WEIR_TEST_SCRIPTED")).unwrap())],
+        &[(
+            "filters/scripted.wasm",
+            &std::fs::read(env!("WEIR_TEST_SCRIPTED")).unwrap(),
+        )],
     );
     assert_ne!(code, 0);
     assert!(
-        stderr.contains("filter `caller`: outbound names unknown upstream `nowhere` (defined: `main`, `side`)"),
+        stderr.contains(
+            "filter `caller`: outbound names unknown upstream `nowhere` (defined: `main`, `side`)"
+        ),
         "{stderr}"
     );
 }
@@ -105,5 +115,8 @@ filters = ["legacy", "headers"]
     let r = client().get(weir.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-legacy"], "0.1.0");
-    assert_eq!(main.wait_for(1).await[0].header_str("x-legacy"), Some("0.1.0"));
+    assert_eq!(
+        main.wait_for(1).await[0].header_str("x-legacy"),
+        Some("0.1.0")
+    );
 }

@@ -3,8 +3,8 @@
 //! sequence is reproduced exactly, with no real sleeping.
 mod auth;
 mod breaker;
+mod cache;
+mod idempotency;
 mod limiter;
 mod retry;
 mod sanitize;
-mod cache;
-mod idempotency;

@@ -272,15 +272,7 @@ mod tests {
         assert_eq!(duration("k", "2s"), Ok(2000));
         assert_eq!(duration("k", "1m"), Ok(60_000));
         assert_eq!(duration("k", "1h"), Ok(3_600_000));
-        for bad in [
-            "",
-            "5",
-            "s",
-            "2 s",
-            "-1s",
-            "2w",
-            "99999999999999999999h",
-        ] {
+        for bad in ["", "5", "s", "2 s", "-1s", "2w", "99999999999999999999h"] {
             let err = duration("wait_in_open", bad).unwrap_err();
             assert!(
                 err.starts_with("wait_in_open: invalid duration"),

@@ -270,15 +270,7 @@ mod tests {
         assert_eq!(parse_duration("x", "2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("x", "1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("x", "1h"), Ok(Duration::from_secs(3600)));
-        for bad in [
-            "",
-            "5",
-            "s",
-            "-1s",
-            "2 s",
-            "3w",
-            "99999999999999999999s",
-        ] {
+        for bad in ["", "5", "s", "-1s", "2 s", "3w", "99999999999999999999s"] {
             let err = parse_duration("max_wait", bad).unwrap_err();
             assert!(
                 err.starts_with("max_wait: invalid duration"),

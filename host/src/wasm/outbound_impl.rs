@@ -39,7 +39,7 @@ impl Outbound {
     async fn send(&self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
         // weir is never an open proxy, not even for its own filters.
         let upstream = match self.pool.get(&req.upstream) {
-            Some(u) if self.allowed.iter().any(|a| *a == req.upstream) => u.clone(),
+            Some(u) if self.allowed.contains(&req.upstream) => u.clone(),
             _ => {
                 return Err(OutboundError::NotAllowed(format!(
                     "upstream `{}` is not in this filter's outbound list ({})",

@@ -64,7 +64,10 @@ impl Host for GuestHost {
 
     async fn delete(&mut self, key: String) -> Result<(), StateError> {
         let key = self.key(&key)?;
-        self.state.delete(&key).await.map_err(|e| self.state_failed(e))
+        self.state
+            .delete(&key)
+            .await
+            .map_err(|e| self.state_failed(e))
     }
 
     async fn incr(

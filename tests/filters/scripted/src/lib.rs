@@ -142,7 +142,8 @@ impl Filter for Scripted {
             RequestEdit::new().set_header("x-order", append(req.header_str("x-order"), &c.tag));
         if let Some(upstream) = &c.call {
             let sent = outbound::send(
-                OutboundRequest::new(upstream, "GET", "/hook").header("x-from-filter", c.tag.as_str()),
+                OutboundRequest::new(upstream, "GET", "/hook")
+                    .header("x-from-filter", c.tag.as_str()),
             );
             let result = match sent {
                 Ok(r) => format!("status {}", r.status),
