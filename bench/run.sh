@@ -99,19 +99,16 @@ fi
 
 # === build ===
 
-say "building weir and the upstream (release)"
-(cd "$ROOT" && cargo build --release -q -p weir --bin weir --example bench-upstream)
+say "building weir (release)"
+(cd "$ROOT" && cargo build --release -q -p weir --bin weir)
 WEIR_TARGET="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 WEIR="$WEIR_TARGET/release/weir"
-UPSTREAM="$WEIR_TARGET/release/examples/bench-upstream"
-
-case " $ROWS " in
-    *" pingora "*)
-        say "building the pingora peer (release, its own target dir)"
-        (cd "$BENCH/peers/pingora" && CARGO_TARGET_DIR="$BENCH/peers/pingora/target" cargo build --release -q)
-        ;;
-esac
-PINGORA="$BENCH/peers/pingora/target/release/weir-bench-pingora"
+# The upstream and the pingora peer: bench/'s own workspace and target dir, so their
+# dependencies never change a feature of weir's build.
+say "building the upstream and the pingora peer (release, bench/target)"
+(cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
+UPSTREAM="$BENCH/target/release/weir-bench-upstream"
+PINGORA="$BENCH/target/release/weir-bench-pingora"
 
 # === processes ===
 

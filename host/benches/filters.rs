@@ -63,7 +63,7 @@ fn client_request() -> Request {
     with_header(req, "cookie", "session=abc")
 }
 
-/// The benchmark upstream's answer (`bench/upstream.rs`): small, not cacheable.
+/// The benchmark upstream's answer (`bench/upstream`): small, not cacheable.
 fn upstream_outcome() -> Outcome {
     let mut resp = response(200);
     resp = with_response_header(resp, "content-type", "text/plain");

@@ -199,14 +199,15 @@ impl Exchange<'_> {
         self.finish_request(out.headers_mut());
         self.compress_request(&mut out);
         let started = Instant::now();
-        let sent = self
+        let (sent, connect) = self
             .pool
-            .send(self.upstream, out, self.deadline, self.timeout_ms())
+            .send_timed(self.upstream, out, self.deadline, self.timeout_ms())
             .await;
         {
             let mut trace = self.lock_trace();
             trace.attempts = 1;
             trace.upstream.push(started.elapsed());
+            trace.connect.extend(connect);
         }
         match sent {
             Ok(mut resp) => {
@@ -646,12 +647,16 @@ impl Walk<'_, '_> {
             _ => (self.x.deadline, self.x.timeout_ms()),
         };
         let started = Instant::now();
-        let sent = self
+        let (sent, connect) = self
             .x
             .pool
-            .send(self.x.upstream, out, deadline, timeout_ms)
+            .send_timed(self.x.upstream, out, deadline, timeout_ms)
             .await;
-        self.x.lock_trace().upstream.push(started.elapsed());
+        {
+            let mut trace = self.x.lock_trace();
+            trace.upstream.push(started.elapsed());
+            trace.connect.extend(connect);
+        }
         let mut resp = match sent {
             Ok(r) => r,
             Err(_) if self.body_too_large.load(Ordering::Relaxed) => {

@@ -134,6 +134,8 @@ pub struct Trace {
     pub filters: Vec<FilterTiming>,
     /// Time from sending upstream to the response head, for each upstream call.
     pub upstream: Vec<Duration>,
+    /// Time to open a new upstream connection (TCP and TLS), for each call that had to.
+    pub connect: Vec<Duration>,
     /// The number of tries.
     pub attempts: u32,
 }
@@ -241,6 +243,7 @@ impl Record {
                 "us": t.took.as_secs_f64() * 1e6,
             })).collect::<Vec<_>>(),
             "upstream_ms": self.trace.upstream.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+            "connect_ms": self.trace.connect.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
             "total_ms": self.duration.as_secs_f64() * 1000.0,
         });
         v

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,6 +33,13 @@ use crate::error::ProxyError;
 use crate::telemetry::UpstreamMetrics;
 use crate::tls::{self, TlsError};
 use crate::wasm::UpstreamError;
+
+tokio::task_local! {
+    /// Where the connector reports how long a new connection took (TCP and TLS), in
+    /// nanoseconds, to the request waiting on it. Absent when hyper makes the connection
+    /// in the background; a pooled connection reports nothing.
+    static CONNECT_NANOS: Arc<AtomicU64>;
+}
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -159,13 +167,35 @@ impl UpstreamPool {
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        self.send_timed(upstream, req, deadline, timeout_ms).await.0
+    }
+
+    /// Like [`UpstreamPool::send`], and also says how long opening a new connection took,
+    /// when this request waited for one.
+    pub async fn send_timed(
+        &self,
+        upstream: &Upstream,
+        req: Request<ProxyBody>,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> (
+        Result<Response<ProxyBody>, UpstreamFailure>,
+        Option<Duration>,
+    ) {
         let started = Instant::now();
-        let result = self.send_inner(upstream, req, deadline, timeout_ms).await;
+        let connect = Arc::new(AtomicU64::new(0));
+        let result = CONNECT_NANOS
+            .scope(
+                connect.clone(),
+                self.send_inner(upstream, req, deadline, timeout_ms),
+            )
+            .await;
         match &result {
             Ok(_) => self.metrics.answered(&upstream.name, started.elapsed()),
             Err(f) => self.metrics.failed(&upstream.name, f.kind),
         }
-        result
+        let nanos = connect.load(Ordering::Relaxed);
+        (result, (nanos > 0).then(|| Duration::from_nanos(nanos)))
     }
 
     async fn send_inner(
@@ -359,9 +389,13 @@ impl tower_service::Service<Uri> for Connector {
                     }
                 }
             };
-            tokio::time::timeout(target.connect_timeout, connect)
+            let started = std::time::Instant::now();
+            let conn = tokio::time::timeout(target.connect_timeout, connect)
                 .await
-                .map_err(|_| ConnectError::Timeout)?
+                .map_err(|_| ConnectError::Timeout)??;
+            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let _ = CONNECT_NANOS.try_with(|c| c.store(took.max(1), Ordering::Relaxed));
+            Ok(conn)
         })
     }
 }

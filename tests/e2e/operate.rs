@@ -871,6 +871,26 @@ upstream = "api"
         upstream_ms[0] >= 100.0,
         "the upstream took 100 ms: {timings}"
     );
+    // q1 was the first request to the upstream: it waited for a new connection, and
+    // that connect time is part of its upstream time.
+    let connect_ms: Vec<f64> = timings["connect_ms"]
+        .as_array()
+        .expect("connect_ms")
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(connect_ms.len(), 1, "{timings}");
+    assert!(
+        connect_ms[0] > 0.0 && connect_ms[0] <= upstream_ms[0],
+        "{timings}"
+    );
+    // q2 came after q1 had finished: it reused the pooled connection.
+    let q2_full = admin_json(&weir, "/requests/q2").await;
+    assert_eq!(
+        q2_full["timings"]["connect_ms"],
+        serde_json::json!([]),
+        "{q2_full}"
+    );
     let total = timings["total_ms"].as_f64().unwrap();
     assert!(total >= upstream_ms[0], "{timings}");
     assert_eq!(q1["duration_ms"].as_f64(), Some(total));

@@ -1,7 +1,7 @@
 //! The benchmark's upstream: answers every request with the same small body, as fast as
 //! one thread can, over HTTP/1.1 keep-alive.
 //!
-//! `cargo run --release -p weir --example bench-upstream -- 127.0.0.1:18080`
+//! `cargo run --release -p weir-bench-upstream -- 127.0.0.1:18080` (in `bench/`)
 //!
 //! It prints `upstream listening on ADDR` once bound. The response carries no caching
 //! headers, so weir's `cache` filter stores nothing (the miss path) unless a route sets
