@@ -73,6 +73,9 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+# pingora builds zlib-ng (through flate2) with cmake.
+command -v cmake >/dev/null || missing+=(cmake)
+command -v cc >/dev/null || missing+=(build-essential)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} with apt-get"
     as_root apt-get update -qq
