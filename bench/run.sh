@@ -274,7 +274,9 @@ d = json.load(open(path))
 s = d["summary"]
 p = d["latencyPercentiles"]
 codes = d.get("statusCodeDistribution", {})
-errors = sum(n for c, n in codes.items() if not c.startswith("2")) + sum(d.get("errorDistribution", {}).values())
+# Requests still in flight when -z runs out are "aborted due to deadline": not errors.
+failed = {e: n for e, n in d.get("errorDistribution", {}).items() if "deadline" not in e}
+errors = sum(n for c, n in codes.items() if not c.startswith("2")) + sum(failed.values())
 # oha's JSON times are seconds.
 print(f"open\t{row}\t{repeat}\t{s['requestsPerSec']:.1f}\t{p['p50'] * 1e6:.1f}\t{p['p99'] * 1e6:.1f}\t\t\t{errors}")
 EOF

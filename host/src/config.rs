@@ -787,14 +787,9 @@ fn validate(
         }
     }
     if let Some(level) = &raw.log.level
-        && tracing_subscriber::EnvFilter::try_new(level).is_err()
+        && let Err(e) = check_log_level(level)
     {
-        err(
-            place(&["log", "level"], 0..0),
-            format!(
-                "log.level: invalid filter {level:?}: use a level such as \"info\" or a directive such as \"warn,weir=debug\""
-            ),
-        );
+        err(place(&["log", "level"], 0..0), format!("log.level: {e}"));
     }
     if let Some(admin) = &mut raw.admin {
         let here = place(&["admin", "token"], 0..0);
@@ -1038,6 +1033,22 @@ fn validate(
     raw
 }
 
+/// Checks a `[log] level`: comma-separated parts, each a level (`info`) or
+/// `target=level` (`weir=debug`). `EnvFilter` would take a bare word as a target name and
+/// silently log nothing at the default level, so weir is stricter.
+fn check_log_level(text: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for part in text.split(',').map(str::trim) {
+        let level = part.rsplit_once('=').map_or(part, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "invalid level {part:?} in {text:?}: use trace, debug, info, warn, error or off, optionally per target (\"warn,weir=debug\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<_> = names.map(|n| format!("`{n}`")).collect();
     if v.is_empty() {
@@ -1203,6 +1214,14 @@ filters = ["headers", "mystery"]
                 .to_string()
                 .contains("unknown field `name`")
         );
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        assert!(check_log_level("info").is_ok());
+        assert!(check_log_level("warn,weir=debug").is_ok());
+        assert!(check_log_level("loud").is_err());
+        assert!(check_log_level("warn,weir=chatty").is_err());
     }
 
     #[test]
