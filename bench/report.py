@@ -109,6 +109,10 @@ def main():
             added = latency(open_p99 - direct_open_p99)
             if open_p99 < direct_open_p99:
                 added = "−" + latency(direct_open_p99 - open_p99)
+            # Below the fixed rate, the row was saturated: its p99 is queueing, not cost.
+            achieved = med("open", key, 0)
+            if a.rate and achieved is not None and achieved < 0.95 * float(a.rate):
+                added += f" (overloaded: {achieved:,.0f} req/s)"
         errs = sum(r[5] or 0 for phase in ("closed", "open") for r in runs.get((phase, key), []))
         if errs:
             errors_seen.append(f"{label}: {errs:.0f}")

@@ -155,9 +155,9 @@ wait_ready() {
 start_peer() {
     local row="$1" log="$RUN/$1.log"
     PEER_PID=""
+    [ "$row" = direct ] && return 0
+    check_port_free "$(port_of "$row")"
     case "$row" in
-        direct)
-            return 0 ;;
         nginx)
             taskset -c "$PROXY_CPU" "$NGINX" -p "$RUN/nginx/" -e stderr -c "$BENCH/peers/nginx.conf" >"$log" 2>&1 &
             ;;
@@ -181,11 +181,26 @@ start_peer() {
     wait_ready "$(port_of "$row")" "$PEER_PID" "$row"
 }
 
+# Stops the peer at once: its numbers are already taken. pingora drains on SIGTERM (for
+# minutes by default) but stops on SIGINT; nginx, HAProxy and weir stop on either.
 stop_peer() {
     [ -z "${PEER_PID:-}" ] && return 0
-    kill "$PEER_PID" 2>/dev/null || true
+    kill -INT "$PEER_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$PEER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$PEER_PID" 2>/dev/null || true
     wait "$PEER_PID" 2>/dev/null || true
     PEER_PID=""
+}
+
+# Refuses to start when something already listens on a port the benchmark uses: a
+# leftover peer would answer in place of the one under test.
+check_port_free() {
+    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/"; then
+        die "something already listens on 127.0.0.1:$1 (a leftover peer?); stop it first"
+    fi
 }
 
 # The pid and all its descendants (nginx's worker is the master's child).
@@ -286,6 +301,7 @@ EOF
 # === run ===
 
 say "starting the upstream on CPU $LOAD_CPU"
+check_port_free "$UPSTREAM_PORT"
 taskset -c "$LOAD_CPU" "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT" >"$RUN/upstream.log" 2>&1 &
 UPSTREAM_PID=$!
 STARTED+=("$UPSTREAM_PID")

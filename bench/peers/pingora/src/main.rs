@@ -45,6 +45,9 @@ fn main() {
             .join("weir-bench-pingora.pid")
             .to_string_lossy()
             .into_owned(),
+        // Stop at once on a signal: the benchmark has its numbers by then.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
