@@ -52,7 +52,6 @@ pub struct Upstream {
     pub origin: String,
     uri_origin: Origin,
     permits: Arc<Semaphore>,
-    max_connections: u32,
     in_flight: prometheus::IntGauge,
 }
 
@@ -84,11 +83,6 @@ impl Upstream {
             .path_and_query(pq)
             .build()
             .map_err(|e| ProxyError::BadRequest(format!("invalid path {pq:?}: {e}")))
-    }
-
-    /// Requests in flight to this upstream now.
-    pub fn in_flight(&self) -> usize {
-        self.max_connections as usize - self.permits.available_permits()
     }
 }
 
@@ -133,7 +127,6 @@ impl UpstreamPool {
                     origin: cfg.url.to_string(),
                     uri_origin: cfg.url.clone(),
                     permits: Arc::new(Semaphore::new(cfg.max_connections as usize)),
-                    max_connections: cfg.max_connections,
                     in_flight: metrics.in_flight(name),
                 }),
             );
