@@ -104,6 +104,7 @@
 #[allow(unsafe_code, missing_docs)]
 pub mod bindings;
 
+pub mod codec;
 mod config;
 mod http;
 pub mod log;

@@ -16,6 +16,8 @@
 //! | freshness lifetime (ms) | `u64` |
 //! | size charge: class, bucket, bytes | `u8`, `u64`, `u64` |
 
+use weir_filter::codec::{Reader, put_bytes};
+
 /// The version byte of the encoding.
 const VERSION: u8 = 1;
 
@@ -95,7 +97,7 @@ impl Entry {
 
     /// Decodes an entry; `None` if the bytes are not one (another version, or damaged).
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
-        let mut r = Reader(bytes);
+        let mut r = Reader::new(bytes);
         if r.u8()? != VERSION {
             return None;
         }
@@ -131,46 +133,7 @@ impl Entry {
                 bytes: r.u64()?,
             },
         };
-        r.0.is_empty().then_some(entry)
-    }
-}
-
-fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
-    w.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    w.extend_from_slice(b);
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = u32::from_be_bytes(self.take(4)?.try_into().ok()?) as usize;
-        self.take(n)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
+        r.is_empty().then_some(entry)
     }
 }
 
