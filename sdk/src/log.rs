@@ -1,8 +1,27 @@
-//! Logging into weir's log. weir tags each line with the route, the request and the
-//! filter's name, so messages need not repeat them.
+//! Logging into weir's log (stderr, in weir's format).
 //!
-//! Logging crosses into the host; keep it off the per-request path unless something
-//! is worth a line.
+//! weir adds the fields `route` and `filter` (the filter's configured name) to every
+//! line, so messages need not repeat them; add the request id
+//! ([`RequestInfo::id`](crate::RequestInfo::id)) yourself when a line is about one
+//! request. Messages longer than 4096 bytes are cut and end in `…`.
+//!
+//! weir writes one `info` line per request itself, and its default level is `info`: keep
+//! `info` and above for what an operator should see, and use [`debug`] for detail. Guest
+//! lines come from the log target `weir::wasm::log_impl`, so an operator can show one
+//! filter's debug lines with `[log] level = "info,weir::wasm::log_impl=debug"` (or the
+//! same in `RUST_LOG`). Each call crosses into the host: keep logging off the
+//! per-request path unless something is worth a line.
+//!
+//! stdout and stderr (`println!`, `eprintln!`) reach the same log, line by line, at
+//! `info`. Off wasm (under `cargo test`) these functions panic.
+//!
+//! ```
+//! use weir_filter::{RequestInfo, log};
+//!
+//! fn refused(info: &RequestInfo, why: &str) {
+//!     log::warn(&format!("request {} refused: {why}", info.id));
+//! }
+//! ```
 
 use crate::bindings::weir::filter::log as wit;
 

@@ -1,21 +1,46 @@
 //! HTTP calls from a filter (WIT `weir:filter/outbound`, since 0.1.1): token fetches,
 //! webhooks. A filter may call only the upstreams listed in its
 //! `[filters.NAME] outbound = ["token-endpoint"]` setting; anything else fails with
-//! [`OutboundError::NotAllowed`]. The call goes through weir's shared upstream pool (TLS
-//! verified, connection limits applied) and blocks until the whole response is in, so the
-//! code stays sequential. Waiting does not count against the filter's `max_call_time`.
+//! [`OutboundError::NotAllowed`], whose text names the upstream and the list. The path is
+//! sent to that upstream's configured URL, so a filter can never reach an origin weir
+//! does not know. The call goes through weir's shared upstream pool (TLS verified,
+//! `connect_timeout` and `max_connections` applied) and blocks until the whole response
+//! is in, so the code stays sequential.
 //!
-//! ```no_run
+//! Waiting does not count against the filter's `max_call_time`, but it does hold up the
+//! request the filter is working on, and weir does not check the route deadline during a
+//! filter call: give the call a [`timeout`](OutboundRequest::timeout) no longer than
+//! [`RequestInfo::remaining_ms`](crate::RequestInfo::remaining_ms) (weir caps it at 30 s,
+//! the default), and keep what you fetch in [`state`](crate::state) so that most
+//! requests need no call at all. A response body larger than weir's `max_body_bytes` is
+//! [`OutboundError::TooLarge`]. A component that imports `outbound` needs weir 0.1.1 or
+//! later. Off wasm (under `cargo test`) [`send`] panics.
+//!
+//! ```
+//! use std::time::Duration;
+//! use weir_filter::RequestInfo;
 //! use weir_filter::outbound::{self, OutboundRequest};
-//! let resp = outbound::send(
-//!     OutboundRequest::new("oauth", "POST", "/token")
-//!         .header("content-type", "application/x-www-form-urlencoded")
-//!         .body("grant_type=client_credentials"),
-//! );
-//! match resp {
-//!     Ok(r) if r.status == 200 => { /* parse r.body */ }
-//!     Ok(r) => weir_filter::log::warn(&format!("token endpoint answered {}", r.status)),
-//!     Err(e) => weir_filter::log::warn(&format!("token endpoint failed: {e:?}")),
+//!
+//! /// Fetches a token from the `oauth` upstream (listed in this filter's `outbound`).
+//! fn fetch_token(info: &RequestInfo) -> Option<Vec<u8>> {
+//!     let wait = Duration::from_millis(info.remaining_ms.min(2_000));
+//!     let resp = outbound::send(
+//!         OutboundRequest::new("oauth", "POST", "/token")
+//!             .header("content-type", "application/x-www-form-urlencoded")
+//!             .body("grant_type=client_credentials")
+//!             .timeout(wait),
+//!     );
+//!     match resp {
+//!         Ok(r) if r.status == 200 => Some(r.body),
+//!         Ok(r) => {
+//!             weir_filter::log::warn(&format!("token endpoint answered {}", r.status));
+//!             None
+//!         }
+//!         Err(e) => {
+//!             weir_filter::log::warn(&format!("token endpoint failed: {e:?}"));
+//!             None
+//!         }
+//!     }
 //! }
 //! ```
 
