@@ -1061,7 +1061,7 @@ fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
 /// The byte span of the setting at `path` in the TOML `text`: of its key, or for an array
 /// element (a path segment that is an index, like `"0"`) of the element. `None` when the
 /// text does not parse or has nothing at `path` (a default value, say).
-fn key_span(text: &str, path: &[&str]) -> Option<std::ops::Range<usize>> {
+pub(crate) fn key_span(text: &str, path: &[&str]) -> Option<std::ops::Range<usize>> {
     use toml::de::{DeTable, DeValue};
     let doc = DeTable::parse(text).ok()?;
     let mut span = None;
@@ -1089,7 +1089,7 @@ fn key_span(text: &str, path: &[&str]) -> Option<std::ops::Range<usize>> {
 }
 
 /// 1-based line and column (in characters) of byte offset `at`.
-fn line_col(text: &str, at: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, at: usize) -> (usize, usize) {
     let before = &text[..at.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

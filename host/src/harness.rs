@@ -52,8 +52,20 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Loads the component `wasm` and initialises it with `config`.
+    /// Loads the component `wasm` and initialises it with `config`, under the default
+    /// limits (`max_memory`, `max_call_time`) of a `[filters.NAME]` table.
     pub async fn load(wasm: &[u8], config: serde_json::Value) -> Result<Harness, LoadError> {
+        Harness::load_with(wasm, config, &FilterConfig::default()).await
+    }
+
+    /// Like [`Harness::load`], under the limits and `on_error` of `settings` (its `wasm`
+    /// and `config` are not used). One instance is initialised at load; more are made
+    /// as calls need them, up to `max_instances`.
+    pub async fn load_with(
+        wasm: &[u8],
+        config: serde_json::Value,
+        settings: &FilterConfig,
+    ) -> Result<Harness, LoadError> {
         let clock = VirtualClock::new();
         let state = MemoryBackend::with_clock(STATE_BYTES, clock.clone());
         let metrics = FilterMetrics::new(&prometheus::Registry::new())
@@ -64,7 +76,7 @@ impl Harness {
             Arc::new(metrics),
             clock.clone(),
         )?;
-        let pool = Harness::make_pool(&runtime, wasm, &config).await?;
+        let pool = Harness::make_pool(&runtime, wasm, &config, settings).await?;
         Ok(Harness {
             clock,
             state,
@@ -89,11 +101,12 @@ impl Harness {
         runtime: &Arc<Runtime>,
         wasm: &[u8],
         config: &serde_json::Value,
+        settings: &FilterConfig,
     ) -> Result<Arc<FilterPool>, LoadError> {
         let loaded = runtime.load("the filter under test", wasm)?;
         let settings = FilterConfig {
             min_instances: 1,
-            ..FilterConfig::default()
+            ..settings.clone()
         };
         runtime
             .pool(
@@ -118,7 +131,8 @@ impl Harness {
             clock: self.clock.clone(),
             state: self.state.clone(),
             runtime: self.runtime.clone(),
-            pool: Harness::make_pool(&self.runtime, wasm, &config).await?,
+            pool: Harness::make_pool(&self.runtime, wasm, &config, &FilterConfig::default())
+                .await?,
         })
     }
 
@@ -165,7 +179,14 @@ impl Harness {
     /// Plays the host's part for one request through this one filter: follows `wait`
     /// (advancing the clock), calls `upstream` when the filter continues, and follows
     /// `retry` (advancing the clock, calling `upstream` again with `attempt + 1`, at most
-    /// `max_attempts` tries). Edits are applied as the host would.
+    /// `max_attempts` tries).
+    ///
+    /// As in a route, the filter sees `req.body` only if its `info()` sets
+    /// `wants_request_body`, and the upstream's response body only with
+    /// `wants_response_body`; `upstream` always gets the body (the edited one, if the
+    /// filter replaced it), and the final outcome keeps the upstream's body. Edits are
+    /// applied as the host applies them; an edit or a response the host would refuse
+    /// (an invalid header, path or status) is an error, as a trap would be.
     pub async fn exchange(
         &self,
         id: &str,
@@ -180,16 +201,24 @@ impl Harness {
             attempts: 1,
             waited: Duration::ZERO,
         };
+        let filter = self.info();
+        let mut body = req.body.take();
         let mut waits = 0;
         let memo = loop {
-            match self.on_request(&info(id, 1), &req).await? {
+            if filter.wants_request_body {
+                req.body.clone_from(&body);
+            }
+            let action = self.on_request(&info(id, 1), &req).await;
+            req.body = None;
+            match action? {
                 RequestAction::Continue((edit, memo)) => {
                     if let Some(e) = edit {
-                        apply_request_edit(&mut req, e);
+                        apply_request_edit(&mut req, &mut body, e)?;
                     }
                     break memo;
                 }
                 RequestAction::Respond(r) => {
+                    check_response(&r)?;
                     ex.outcome = Outcome::Response(r);
                     ex.responded = true;
                     return Ok(ex);
@@ -205,25 +234,42 @@ impl Harness {
                 }
             }
         };
+        req.body = body;
         loop {
             ex.upstream_calls += 1;
             ex.outcome = upstream(&req, ex.attempts);
-            match self
+            let sent_body = req.body.take();
+            // Only a filter that asked for the response body gets it.
+            let hidden = match (&mut ex.outcome, filter.wants_response_body) {
+                (Outcome::Response(r), false) => r.body.take(),
+                _ => None,
+            };
+            let action = self
                 .on_response(&info(id, ex.attempts), &req, memo.as_deref(), &ex.outcome)
-                .await?
-            {
+                .await;
+            req.body = sent_body;
+            if let (Outcome::Response(r), Some(b)) = (&mut ex.outcome, hidden) {
+                r.body = Some(b);
+            }
+            match action? {
                 ResponseAction::Continue(edit) => {
                     if let (Some(e), Outcome::Response(r)) = (edit, &mut ex.outcome) {
-                        apply_fields_edit(&mut r.headers, e.set_headers, &e.remove_headers);
+                        crate::headers::apply_edit(
+                            &mut r.headers,
+                            e.set_headers,
+                            &e.remove_headers,
+                        )
+                        .map_err(|e| invalid("response edit", e))?;
                     }
                     return Ok(ex);
                 }
                 ResponseAction::Respond(r) => {
+                    check_response(&r)?;
                     ex.outcome = Outcome::Response(r);
                     return Ok(ex);
                 }
                 ResponseAction::Retry(ms) => {
-                    if ex.attempts >= max_attempts || !self.info().may_retry {
+                    if ex.attempts >= max_attempts || !filter.may_retry {
                         return Ok(ex);
                     }
                     let d = Duration::from_millis(u64::from(ms));
@@ -269,23 +315,38 @@ impl Exchange {
     }
 }
 
-fn apply_request_edit(req: &mut Request, e: crate::wasm::RequestEdit) {
-    apply_fields_edit(&mut req.headers, e.set_headers, &e.remove_headers);
+/// What the host makes of an answer it refuses: the filter failed, in these words.
+fn invalid(what: &str, detail: String) -> CallError {
+    CallError::Trap(format!("invalid {what}: {detail}"))
+}
+
+fn apply_request_edit(
+    req: &mut Request,
+    body: &mut Option<Vec<u8>>,
+    e: crate::wasm::RequestEdit,
+) -> Result<(), CallError> {
+    crate::headers::apply_edit(&mut req.headers, e.set_headers, &e.remove_headers)
+        .map_err(|d| invalid("request edit", d))?;
     if let Some(p) = e.path_with_query {
+        if !p.starts_with('/') || p.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(invalid("request edit", format!("invalid path {p:?}")));
+        }
         req.path_with_query = p;
     }
     if let Some(b) = e.body {
-        req.body = Some(b);
+        *body = Some(b);
     }
+    Ok(())
 }
 
-fn apply_fields_edit(
-    fields: &mut Vec<(String, Vec<u8>)>,
-    set: Vec<(String, Vec<u8>)>,
-    remove: &[String],
-) {
-    // Invalid headers are the host's business in a route; the harness applies as given.
-    let _ = crate::headers::apply_edit(fields, set, remove);
+/// Refuses a response the host would not send: a status outside 100–999 or a bad header.
+fn check_response(r: &Response) -> Result<(), CallError> {
+    http::StatusCode::from_u16(r.status)
+        .map_err(|_| invalid("response", format!("invalid status {}", r.status)))?;
+    for (n, v) in &r.headers {
+        crate::headers::validate(n, v).map_err(|d| invalid("response", d))?;
+    }
+    Ok(())
 }
 
 /// The first value of header `name` in `fields`, as text.
@@ -364,6 +425,51 @@ mod tests {
         assert_eq!(ex.status(), Some(200));
         assert_eq!(ex.header("x-by").as_deref(), Some("weir"));
         assert_eq!(ex.upstream_calls, 1);
+    }
+
+    fn scripted() -> Vec<u8> {
+        std::fs::read(env!("WEIR_TEST_SCRIPTED")).expect("build.rs built the scripted filter")
+    }
+
+    #[tokio::test]
+    async fn the_upstream_gets_the_edited_body_and_the_filter_the_body_it_asked_for() {
+        let h = Harness::load(
+            &scripted(),
+            serde_json::json!({"append_body": "+x", "wants_request_body": true}),
+        )
+        .await
+        .unwrap();
+        let mut req = request("POST", "/");
+        req.body = Some(b"abc".to_vec());
+        let mut sent = None;
+        let ex = h
+            .exchange("r1", req, 1, |req, _| {
+                sent = Some(req.clone());
+                Outcome::Response(response(200))
+            })
+            .await
+            .unwrap();
+        let sent = sent.unwrap();
+        assert_eq!(sent.body.as_deref(), Some(&b"abc+x"[..]));
+        assert_eq!(header(&sent.headers, "x-body-len-s").as_deref(), Some("3"));
+        assert_eq!(ex.status(), Some(200));
+    }
+
+    #[tokio::test]
+    async fn an_edit_the_host_would_refuse_is_an_error() {
+        let h = Harness::load(&scripted(), serde_json::json!({"set_path": "no-slash"}))
+            .await
+            .unwrap();
+        let err = h
+            .exchange("r1", request("GET", "/"), 1, |_, _| {
+                Outcome::Response(response(200))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CallError::Trap("invalid request edit: invalid path \"no-slash\"".into())
+        );
     }
 
     #[tokio::test]

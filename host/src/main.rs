@@ -1,7 +1,7 @@
 //! The `weir` command: parses the CLI and calls the library.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +32,48 @@ enum Command {
         /// The TOML config file.
         config: PathBuf,
     },
+    /// Write and test filters.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Write a new filter project: the source, the WIT, build and test commands, test
+    /// cases for `weir filter test`, a weir.toml that runs it, and a README.
+    New {
+        /// The filter's name: lowercase letters, digits, `-` and `_`, starting with a letter.
+        name: String,
+        /// The language to write the filter in.
+        #[arg(long, value_enum)]
+        lang: weir::scaffold::Lang,
+        /// Where to write the project (default: ./NAME); it must be absent or empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run a filter against a case file, offline, on a virtual clock: one `ok` or `FAIL`
+    /// line per case, with a diff. Exit 0 if every case passes, 1 if any fails, 2 on bad
+    /// input. A failing case shows what the filter printed and logged; RUST_LOG=info
+    /// writes weir's log to stderr as well.
+    Test {
+        /// The filter component (.wasm).
+        wasm: PathBuf,
+        /// The filter's config: a .json file, or a .toml file whose top-level table is
+        /// the config (default: {}).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The case file (TOML).
+        #[arg(long = "case", value_name = "CASES")]
+        cases: PathBuf,
+        /// The most time one call may take, like `max_call_time` (default 100ms).
+        #[arg(long, value_parser = weir::filter_test::parse_call_time)]
+        max_call_time: Option<std::time::Duration>,
+        /// The most memory one instance may use, like `max_memory` (default 64MiB).
+        #[arg(long, value_parser = weir::filter_test::parse_memory)]
+        max_memory: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,8 +95,59 @@ fn main() -> ExitCode {
                 check(config).await
             }
             Command::Run { config } => run(config, cli.log_format).await,
+            Command::Filter {
+                command: FilterCommand::New { name, lang, dir },
+            } => new_filter(&name, lang, dir.as_deref()),
+            Command::Filter {
+                command:
+                    FilterCommand::Test {
+                        wasm,
+                        config,
+                        cases,
+                        max_call_time,
+                        max_memory,
+                    },
+            } => {
+                weir::filter_test::init_logging(cli.log_format.unwrap_or(LogFormat::Pretty));
+                let opts = weir::filter_test::Options {
+                    wasm,
+                    config,
+                    cases,
+                    max_call_time,
+                    max_memory,
+                };
+                test_filter(&opts).await
+            }
         }
     })
+}
+
+fn new_filter(name: &str, lang: weir::scaffold::Lang, dir: Option<&Path>) -> ExitCode {
+    let dir = dir.unwrap_or(Path::new(name));
+    match weir::scaffold::create(name, lang, dir) {
+        Ok(project) => {
+            print!("{}", project.next_steps(&weir::scaffold::weir_command()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn test_filter(opts: &weir::filter_test::Options) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match weir::filter_test::test_filter(opts, &mut out).await {
+        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn check(path: PathBuf) -> ExitCode {
