@@ -3,7 +3,16 @@
 bench/RESULTS.md: the medians of every repeat, per row, and the ratios.
 
 Each line of the input is: phase (closed|open), row, repeat, req/s, p50 µs, p99 µs,
-CPU-µs per request, peak RSS KiB, errors; empty where a measure does not apply.
+CPU-µs per request, peak RSS KiB, errors; empty where a measure does not apply. Two
+more kinds of line feed the targets:
+
+- `ready  weir-full  N  MS  cold|warm ...`: start N of `weir run` with the five filters
+  answered its first 200 after MS milliseconds, with an empty or a warm compile cache;
+- `quickstart  quickstart  1  REQ/S  ...  RSS_KIB  ERRORS`: the quickstart's closed-loop
+  run, and its peak RSS.
+
+After the tables it checks the issue's targets (a)–(f), each with its measured value
+and whether it is met; see bench/README.md, "Targets".
 """
 
 import argparse
@@ -60,12 +69,17 @@ def main():
 
     # (phase, row) -> list of (rps, p50, p99, cpu, rss, errors)
     runs = defaultdict(list)
+    # "cold" or "warm" -> start-up times in ms
+    ready = defaultdict(list)
     with open(a.results) as f:
         for line in f:
             cols = line.rstrip("\n").split("\t")
             if len(cols) < 9:
                 continue
             phase, row, _repeat = cols[:3]
+            if phase == "ready":
+                ready[cols[4]].append(float(cols[3]))
+                continue
             runs[(phase, row)].append([num(c) for c in cols[3:9]])
 
     def med(phase, row, i):
@@ -138,7 +152,87 @@ def main():
         w("**Errors (non-2xx or socket errors, all repeats):** " + "; ".join(errors_seen))
     else:
         w("No errors: every response was a 2xx and no connection failed.")
+    w("")
+    targets(w, med, ready, direct_open_p99, a.rate)
     print("\n".join(out))
+
+
+def targets(w, med, ready, direct_open_p99, rate):
+    """The issue's targets (a)-(f): each with what was measured and met / not met."""
+
+    def verdict(ok):
+        if ok is None:
+            return "not measured"
+        return "**met**" if ok else "**not met**"
+
+    def rps(row):
+        return med("closed", row, 0)
+
+    rows = []
+    # (a) the empty chain against each other proxy.
+    empty = rps("weir-empty")
+    peers = [(label, rps(key)) for key, label in (("nginx", "nginx"), ("haproxy", "HAProxy"),
+                                                  ("pingora", "pingora"))]
+    ratios = [(label, empty / v if v and empty else None) for label, v in peers]
+    a_ok = None
+    if all(r is not None for _, r in ratios):
+        a_ok = all(r >= 1.0 for _, r in ratios)
+    rows.append(("(a) weir empty chain ≥ 1.00× nginx, HAProxy and pingora in req/s",
+                 ", ".join(f"{r:.2f}× {label}" if r is not None else f"{label} not measured"
+                           for label, r in ratios),
+                 verdict(a_ok)))
+    # (b) the five filters cost at most 15% of the empty chain's throughput.
+    full = rps("weir-full")
+    b = full / empty if full and empty else None
+    per_filter = ""
+    cpu_full, cpu_empty = med("closed", "weir-full", 3), med("closed", "weir-empty", 3)
+    if cpu_full is not None and cpu_empty is not None:
+        per_filter = f"; {(cpu_full - cpu_empty) / 5:.1f} CPU-µs per filter (both phases)"
+    rows.append(("(b) weir full chain ≥ 0.85× weir empty in req/s",
+                 (f"{b:.2f}×" if b else "–") + per_filter,
+                 verdict(b >= 0.85 if b else None)))
+    # (c) serving from the cache against the full chain's miss path.
+    hit = rps("weir-cache-hit")
+    c = hit / full if hit and full else None
+    rows.append(("(c) cache hit ≥ 2× the full chain (miss) in req/s",
+                 f"{c:.2f}×" if c else "–", verdict(c >= 2.0 if c else None)))
+    # (d) added p99 of the empty chain at the open-loop rate.
+    open_p99 = med("open", "weir-empty", 2)
+    achieved = med("open", "weir-empty", 0)
+    if open_p99 is None or direct_open_p99 is None:
+        rows.append(("(d) weir empty chain: added p99 over direct ≤ 200 µs at "
+                     f"{rate} req/s", "–", verdict(None)))
+    else:
+        added = open_p99 - direct_open_p99
+        overloaded = rate and achieved is not None and achieved < 0.95 * float(rate)
+        value = latency(added) if added >= 0 else "−" + latency(-added)
+        if overloaded:
+            value += f" (overloaded: {achieved:,.0f} req/s)"
+        rows.append(("(d) weir empty chain: added p99 over direct ≤ 200 µs at "
+                     f"{rate} req/s", value, verdict(added <= 200 and not overloaded)))
+    # (e) the quickstart's peak RSS under load.
+    qs_rss = med("quickstart", "quickstart", 4)
+    qs_rps = med("quickstart", "quickstart", 0)
+    rows.append(("(e) quickstart peak RSS under load ≤ 64 MiB",
+                 f"{qs_rss / 1024:.1f} MiB at {qs_rps:,.0f} req/s" if qs_rss else "–",
+                 verdict(qs_rss / 1024 <= 64 if qs_rss else None)))
+    # (f) start-up with the five filters and a warm compile cache.
+    warm = median(ready.get("warm", []))
+    cold = median(ready.get("cold", []))
+    value = "–"
+    if warm is not None:
+        value = f"{warm:.0f} ms (median of {len(ready['warm'])} starts)"
+        if cold is not None:
+            value += f"; {cold:.0f} ms with an empty cache"
+    rows.append(("(f) `weir run` with five filters ready ≤ 300 ms, warm compile cache",
+                 value, verdict(warm <= 300 if warm is not None else None)))
+
+    w("## Targets")
+    w("")
+    w("| target | measured | |")
+    w("| --- | --- | --- |")
+    for target, value, ok in rows:
+        w(f"| {target} | {value} | {ok} |")
 
 
 if __name__ == "__main__":

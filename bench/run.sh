@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# weir's benchmark: weir against nginx, HAProxy and pingora, on one core each, with one
-# command. See bench/README.md for what it measures and how to read it.
+# weir's benchmark: weir against nginx, HAProxy and pingora, on one core each, plus
+# weir's start-up time and the quickstart's memory, checked against issue #6's targets,
+# with one command. See bench/README.md for what it measures and how to read it.
 #
 #   bench/run.sh            the full run (about 20 minutes), writes bench/RESULTS.md
 #   bench/run.sh --quick    one short repeat, to check the script works (numbers are rough)
@@ -16,6 +17,9 @@ RUN="$BENCH/.run"        # logs, pid files, raw results of the last run
 TOOLS="$BENCH/.tools"    # oha, installed with cargo
 
 ALL_ROWS="direct nginx haproxy pingora weir-empty weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-cache-hit"
+STARTS=11                # `weir run` starts timed for target (f), after one that fills the cache
+QUICKSTART_PORT=18085    # the quickstart's listener and admin API, moved off 8080 and 9901
+QUICKSTART_ADMIN_PORT=18086
 CONNECTIONS=64
 PROXY_CPU=0              # the proxy under test
 LOAD_CPU=1               # wrk/oha and the upstream
@@ -30,7 +34,7 @@ OUT=""                   # default: bench/RESULTS.md, except for --quick
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick)
-            QUICK=1; WARMUP=1; DURATION=3; OPEN_DURATION=3; REPEATS=1 ;;
+            QUICK=1; WARMUP=1; DURATION=3; OPEN_DURATION=3; REPEATS=1; STARTS=3 ;;
         --rows)
             ROWS="${2//,/ }"; shift ;;
         --repeats)
@@ -38,7 +42,7 @@ while [ $# -gt 0 ]; do
         --out)
             OUT="$2"; shift ;;
         -h|--help)
-            sed -n '2,10p' "$0"; exit 0 ;;
+            sed -n '2,11p' "$0"; exit 0 ;;
         *)
             echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -117,7 +121,9 @@ PINGORA="$BENCH/target/release/weir-bench-pingora"
 
 rm -rf "$RUN"
 mkdir -p "$RUN/nginx/tmp"
-RESULTS="$RUN/results.tsv"   # phase row repeat rps p50_us p99_us cpu_us_per_req rss_kib errors
+# phase row repeat rps p50_us p99_us cpu_us_per_req rss_kib errors (report.py says what
+# the `ready` and `quickstart` lines hold)
+RESULTS="$RUN/results.tsv"
 : >"$RESULTS"
 STARTED=()
 
@@ -333,6 +339,81 @@ for repeat in $(seq 1 "$REPEATS"); do
         stop_peer
     done
 done
+
+# === start-up time, target (f) ===
+
+# `weir run` with the five-filter chain, from exec to the first 200 through it: once with
+# an empty compile cache of its own (the cold start, reported but not the target), then
+# $STARTS times with that cache warm; the median of those is the figure.
+say "start-up: weir run configs/weir-full.toml, 1 cold + $STARTS warm starts"
+STARTUP_CACHE="$RUN/compile-cache"
+rm -rf "$STARTUP_CACHE"
+for start in $(seq 0 "$STARTS"); do
+    kind=warm
+    [ "$start" = 0 ] && kind=cold
+    check_port_free "$(port_of weir-full)"
+    ms="$(XDG_CACHE_HOME="$STARTUP_CACHE" RUST_LOG=warn TOKIO_WORKER_THREADS=1 \
+        python3 - "$WEIR" "$BENCH/configs/weir-full.toml" "$(port_of weir-full)" "$PROXY_CPU" \
+        "$RUN/startup-$start.log" <<'EOF'
+import http.client, subprocess, sys, time
+weir, config, port, cpu, log = sys.argv[1:]
+started = time.monotonic()
+proc = subprocess.Popen(["taskset", "-c", cpu, weir, "run", config],
+                        stdout=open(log, "w"), stderr=subprocess.STDOUT)
+try:
+    while True:
+        if proc.poll() is not None:
+            sys.exit(f"weir exited at start; see {log}")
+        if time.monotonic() - started > 120:
+            sys.exit(f"weir did not answer within 120 s; see {log}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=1)
+            c.request("GET", "/bench")
+            if c.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.002)
+    print(f"{(time.monotonic() - started) * 1000:.1f}")
+finally:
+    proc.terminate()
+    proc.wait()
+EOF
+)" || die "start-up measurement failed"
+    printf 'ready\tweir-full\t%s\t%s\t%s\t\t\t\t0\n' "$start" "$ms" "$kind" >>"$RESULTS"
+    say "  start $start ($kind cache): ready in ${ms} ms"
+done
+
+# === the quickstart's memory under load, target (e) ===
+
+# examples/quickstart/weir.toml as it is (the headers filter, the admin API and so the
+# recent-request ring), with its ports moved to free ones and its upstream pointed at the
+# bench upstream; its peak RSS after a closed-loop run of $DURATION s.
+say "quickstart: peak RSS under $CONNECTIONS connections for ${DURATION}s"
+sed -e "s/127\.0\.0\.1:8080/127.0.0.1:$QUICKSTART_PORT/" \
+    -e "s/127\.0\.0\.1:9901/127.0.0.1:$QUICKSTART_ADMIN_PORT/" \
+    -e "s/127\.0\.0\.1:9090/127.0.0.1:$UPSTREAM_PORT/" \
+    "$ROOT/examples/quickstart/weir.toml" >"$RUN/quickstart.toml"
+grep -q "127.0.0.1:$QUICKSTART_PORT" "$RUN/quickstart.toml" ||
+    die "examples/quickstart/weir.toml no longer listens on 127.0.0.1:8080; update run.sh"
+check_port_free "$QUICKSTART_PORT"
+RUST_LOG=warn taskset -c "$PROXY_CPU" "$WEIR" run "$RUN/quickstart.toml" >"$RUN/quickstart.log" 2>&1 &
+PEER_PID=$!
+STARTED+=("$PEER_PID")
+QUICK_URL="http://127.0.0.1:$QUICKSTART_PORT/demo/bench"
+for _ in $(seq 1 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$QUICK_URL" || true)" = 200 ] && break
+    kill -0 "$PEER_PID" 2>/dev/null || die "the quickstart exited at start; see $RUN/quickstart.log"
+    sleep 0.1
+done
+out="$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$QUICK_URL")"
+echo "$out" >"$RUN/wrk-quickstart.txt"
+rss="$(peak_rss_kib "$PEER_PID")"
+rps="$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")"
+errors="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+printf 'quickstart\tquickstart\t1\t%s\t\t\t\t%s\t%s\n' "$rps" "$rss" "$errors" >>"$RESULTS"
+say "  quickstart: $rps req/s, peak RSS $((rss / 1024)) MiB, errors $errors"
+stop_peer
 
 # === report ===
 

@@ -8,6 +8,7 @@
 //! The route deadline and [`MAX_ATTEMPTS`] bound every wait and retry.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,8 +26,8 @@ use crate::config::{Compression, OnError};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::recent::{FilterTiming, Trace};
-use crate::telemetry::Telemetry;
-use crate::upstream::{Upstream, UpstreamPool};
+use crate::telemetry::RouteMetrics;
+use crate::upstream::{Upstream, UpstreamFailure, UpstreamPool};
 use crate::wasm::{
     self, CallError, FilterPool, Outcome, RequestAction, RequestInfo, ResponseAction,
 };
@@ -85,8 +86,10 @@ pub struct Exchange<'a> {
     pub pool: &'a UpstreamPool,
     /// The request id (`x-request-id`).
     pub id: &'a str,
+    /// The same, as the header weir sends upstream.
+    pub id_header: &'a HeaderValue,
     /// The client's address.
-    pub client_addr: String,
+    pub client: SocketAddr,
     /// When the route's timeout runs out.
     pub deadline: Instant,
     /// The route's timeout, for error messages.
@@ -94,11 +97,14 @@ pub struct Exchange<'a> {
     /// The most body bytes weir accepts or buffers.
     pub max_body: u64,
     /// The `traceparent` sent upstream.
-    pub traceparent: &'a str,
-    /// Where filter and upstream timings go, for `/requests`.
+    pub traceparent: &'a HeaderValue,
+    /// Where the number of tries goes, and, with `record_timings`, filter and upstream
+    /// timings, for `/requests`.
     pub trace: &'a Mutex<Trace>,
+    /// Whether to time each filter call and upstream call (only `/requests` shows them).
+    pub record_timings: bool,
     /// Where retries are counted.
-    pub telemetry: &'a Telemetry,
+    pub metrics: &'a RouteMetrics,
 }
 
 /// The request as the client sent it, with the path already rewritten for the upstream.
@@ -177,6 +183,13 @@ impl Exchange<'_> {
             memos: vec![None; self.chain.filters.len()],
             attempt: 1,
             try_timeout: None,
+            info: RequestInfo {
+                id: self.id.to_owned(),
+                route: self.route.to_owned(),
+                attempt: 1,
+                remaining_ms: 0,
+                client_addr: self.client.to_string(),
+            },
         };
         let wreq = wasm::Request {
             method: walk.method.as_str().to_owned(),
@@ -198,17 +211,10 @@ impl Exchange<'_> {
         *out.headers_mut() = req.headers;
         self.finish_request(out.headers_mut());
         self.compress_request(&mut out);
-        let started = Instant::now();
-        let (sent, connect) = self
-            .pool
-            .send_timed(self.upstream, out, self.deadline, self.timeout_ms())
+        let sent = self
+            .send_upstream(out, self.deadline, self.timeout_ms())
             .await;
-        {
-            let mut trace = self.lock_trace();
-            trace.attempts = 1;
-            trace.upstream.push(started.elapsed());
-            trace.connect.extend(connect);
-        }
+        self.lock_trace().attempts = 1;
         match sent {
             Ok(mut resp) => {
                 headers::strip_hop_by_hop(resp.headers_mut());
@@ -225,12 +231,37 @@ impl Exchange<'_> {
     }
 
     fn finish_request(&self, headers: &mut http::HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(self.id) {
-            headers.insert("x-request-id", v);
+        headers.insert(headers::X_REQUEST_ID, self.id_header.clone());
+        headers.insert(headers::TRACEPARENT, self.traceparent.clone());
+        if let Some(host) = self.upstream.host_header() {
+            // What the client would add itself, made once per upstream.
+            headers.insert(header::HOST, host.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(self.traceparent) {
-            headers.insert("traceparent", v);
+    }
+
+    /// Sends `out` upstream; with `record_timings`, notes how long the response head
+    /// and any new connection took.
+    async fn send_upstream(
+        &self,
+        out: http::Request<ProxyBody>,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        if !self.record_timings {
+            return self
+                .pool
+                .send(self.upstream, out, deadline, timeout_ms)
+                .await;
         }
+        let started = Instant::now();
+        let (sent, connect) = self
+            .pool
+            .send_timed(self.upstream, out, deadline, timeout_ms)
+            .await;
+        let mut trace = self.lock_trace();
+        trace.upstream.push(started.elapsed());
+        trace.connect.extend(connect);
+        sent
     }
 
     /// Applies the route's request-side codings to what goes upstream.
@@ -253,7 +284,19 @@ impl Exchange<'_> {
         self.trace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn time_filter(&self, f: &FilterPool, phase: &'static str, attempt: u32, took: Duration) {
+    /// Notes a filter call's duration for `/requests`; `started` is `None` when this
+    /// request is not recorded.
+    fn time_filter(
+        &self,
+        f: &FilterPool,
+        phase: &'static str,
+        attempt: u32,
+        started: Option<Instant>,
+    ) {
+        let Some(started) = started else {
+            return;
+        };
+        let took = started.elapsed();
         self.lock_trace().filters.push(FilterTiming {
             filter: f.name().to_owned(),
             phase,
@@ -272,17 +315,9 @@ impl Exchange<'_> {
         }
     }
 
-    fn info(&self, attempt: u32) -> RequestInfo {
-        RequestInfo {
-            id: self.id.to_owned(),
-            route: self.route.to_owned(),
-            attempt,
-            remaining_ms: self
-                .deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis() as u64,
-            client_addr: self.client_addr.clone(),
-        }
+    /// When a filter call starts, if this request's calls are timed.
+    fn call_started(&self) -> Option<Instant> {
+        self.record_timings.then(Instant::now)
     }
 
     /// Sleeps `ms`, unless that would pass the deadline.
@@ -396,9 +431,22 @@ struct Walk<'x, 'a> {
     attempt: u32,
     /// The smallest per-try timeout any filter asked for.
     try_timeout: Option<Duration>,
+    /// What filters are told about the request: built once, brought up to date before
+    /// each call.
+    info: RequestInfo,
 }
 
 impl Walk<'_, '_> {
+    /// Brings `info` up to date for a call made now.
+    fn refresh_info(&mut self) {
+        self.info.attempt = self.attempt;
+        self.info.remaining_ms = self
+            .x
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+    }
+
     /// Runs filters `from..` and the upstream with `req`, then `on-response` back down
     /// to `from`.
     ///
@@ -492,7 +540,7 @@ impl Walk<'_, '_> {
                         self.body = ReqBody::Buffered(b);
                     }
                     self.attempt += 1;
-                    self.x.telemetry.record_retry(self.x.route);
+                    self.x.metrics.record_retry();
                     reply = self.pass(k + 1, snapshot).await?;
                     // Filter k sees the new outcome next.
                     k += 1;
@@ -508,11 +556,10 @@ impl Walk<'_, '_> {
         {
             req.body = Some(b.to_vec());
         }
-        let info = self.x.info(self.attempt);
-        let started = Instant::now();
-        let result = f.on_request(&info, req).await;
-        self.x
-            .time_filter(f, "on_request", self.attempt, started.elapsed());
+        let started = self.x.call_started();
+        self.refresh_info();
+        let result = f.on_request(&self.info, req).await;
+        self.x.time_filter(f, "on_request", self.attempt, started);
         req.body = None;
         match result {
             Ok(RequestAction::Continue((edit, memo))) => {
@@ -597,13 +644,12 @@ impl Walk<'_, '_> {
             (Outcome::Response(r), false) => r.body.take(),
             _ => None,
         };
-        let info = self.x.info(self.attempt);
-        let started = Instant::now();
+        let started = self.x.call_started();
+        self.refresh_info();
         let result = f
-            .on_response(&info, req, self.memos[k].as_deref(), &reply.outcome)
+            .on_response(&self.info, req, self.memos[k].as_deref(), &reply.outcome)
             .await;
-        self.x
-            .time_filter(f, "on_response", self.attempt, started.elapsed());
+        self.x.time_filter(f, "on_response", self.attempt, started);
         if let (Outcome::Response(r), Some(b)) = (&mut reply.outcome, hidden) {
             r.body = Some(b);
         }
@@ -646,17 +692,7 @@ impl Walk<'_, '_> {
             }
             _ => (self.x.deadline, self.x.timeout_ms()),
         };
-        let started = Instant::now();
-        let (sent, connect) = self
-            .x
-            .pool
-            .send_timed(self.x.upstream, out, deadline, timeout_ms)
-            .await;
-        {
-            let mut trace = self.x.lock_trace();
-            trace.upstream.push(started.elapsed());
-            trace.connect.extend(connect);
-        }
+        let sent = self.x.send_upstream(out, deadline, timeout_ms).await;
         let mut resp = match sent {
             Ok(r) => r,
             Err(_) if self.body_too_large.load(Ordering::Relaxed) => {

@@ -3,6 +3,12 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// The request id weir keeps or makes, sends upstream and answers with.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The W3C trace context header.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// The hop-by-hop headers of RFC 9110 §7.6.1, which a proxy never forwards.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -15,8 +21,21 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the few names present is cheaper than a
+    // hashed removal of each of the nine.
+    if headers.keys().any(is_hop_by_hop) {
+        strip_present_hop_by_hop(headers);
+    }
+}
+
+fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -33,9 +52,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Prepares client request headers for the upstream: no hop-by-hop headers, no `Host`
 /// (the client sets the upstream's), no `Content-Length` (recomputed from the body).
 pub fn prepare_upstream(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
+    let (mut hop, mut host, mut length) = (false, false, false);
+    for name in headers.keys() {
+        hop |= is_hop_by_hop(name);
+        host |= name == header::HOST;
+        length |= name == header::CONTENT_LENGTH;
+    }
+    if hop {
+        strip_present_hop_by_hop(headers);
+    }
+    if host {
+        headers.remove(header::HOST);
+    }
+    if length {
+        headers.remove(header::CONTENT_LENGTH);
+    }
 }
 
 /// The WIT form: (lowercase name, value bytes) in order.
@@ -107,6 +138,19 @@ mod tests {
         prepare_upstream(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn upgrade_alone_is_stripped_and_clean_maps_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        let mut clean = h.clone();
+        strip_hop_by_hop(&mut clean);
+        prepare_upstream(&mut clean);
+        assert_eq!(clean, h);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -94,14 +95,19 @@ impl Proxy {
             client,
             replay_of: None,
         };
-        self.serve(origin, id, parts, body::boxed(body::Drain::new(body)))
-            .await
+        // A request without a body (most GETs) needs neither the drain nor the limit.
+        let body = if body.is_end_stream() {
+            body::empty()
+        } else {
+            body::boxed(body::Drain::new(body))
+        };
+        self.serve(origin, id, parts, body).await
     }
 
     async fn serve(
         &self,
         origin: Origin<'_>,
-        id: String,
+        id: HeaderValue,
         parts: http::request::Parts,
         body: ProxyBody,
     ) -> Response<ProxyBody> {
@@ -110,12 +116,8 @@ impl Proxy {
         let route = router.find(&parts);
         let method = parts.method.clone();
         let traceparent = TraceContext::from_headers(&parts.headers).next_hop();
+        // Everything only `/requests` reads is gathered only when it keeps records.
         let recording = self.recent.enabled();
-        let path_with_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
         let request_headers = if recording {
             parts.headers.clone()
         } else {
@@ -127,6 +129,8 @@ impl Proxy {
         } else {
             (body, None)
         };
+        // request_id() only makes visible-ASCII values.
+        let id_text = id.to_str().unwrap_or_default();
         let trace = Mutex::new(Trace::default());
         let result = match route {
             None => Err(ProxyError::NoRoute {
@@ -145,8 +149,11 @@ impl Proxy {
                     })
                 } else {
                     let too_large = Arc::new(AtomicBool::new(false));
-                    let body =
-                        body::boxed(body::Limited::new(body, self.max_body, too_large.clone()));
+                    let body = if body.is_end_stream() {
+                        body
+                    } else {
+                        body::boxed(body::Limited::new(body, self.max_body, too_large.clone()))
+                    };
                     let mut hdrs = parts.headers;
                     headers::prepare_upstream(&mut hdrs);
                     let x = Exchange {
@@ -154,14 +161,16 @@ impl Proxy {
                         chain: &route.chain,
                         upstream: &route.upstream,
                         pool: &router.upstreams,
-                        id: &id,
-                        client_addr: origin.client.to_string(),
+                        id: id_text,
+                        id_header: &id,
+                        client: origin.client,
                         deadline: started + route.timeout,
                         timeout: route.timeout,
                         max_body: self.max_body,
                         traceparent: &traceparent.header,
                         trace: &trace,
-                        telemetry: &self.telemetry,
+                        record_timings: recording,
+                        metrics: &route.metrics,
                     };
                     x.run(chain::Incoming {
                         method: parts.method,
@@ -177,17 +186,19 @@ impl Proxy {
         let route_name = route.map(|r| r.name.as_str());
         let (mut resp, error) = match result {
             Ok(r) => (r, None),
-            Err(e) => (e.to_response(route_name, &id), Some(e.code())),
+            Err(e) => (e.to_response(route_name, id_text), Some(e.code())),
         };
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
+        resp.headers_mut().insert(headers::X_REQUEST_ID, id.clone());
         let took = started.elapsed();
         let trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());
-        self.telemetry
-            .record_request(route_name.unwrap_or(""), &method, resp.status(), took);
+        match route {
+            Some(r) => r.metrics.record(&method, resp.status(), took),
+            None => self
+                .telemetry
+                .record_request("", &method, resp.status(), took),
+        }
         tracing::info!(
-            request_id = %id,
+            request_id = %id_text,
             route = route_name.unwrap_or("-"),
             method = %method,
             status = resp.status().as_u16(),
@@ -203,10 +214,14 @@ impl Proxy {
         let (resp_parts, resp_body) = resp.into_parts();
         let (resp_body, response_capture) = Tee::new(resp_body, self.recent.body_cap());
         self.recent.push(NewRecord {
-            id,
+            id: id_text.to_owned(),
             route: route_name.map(str::to_owned),
             method,
-            path_with_query,
+            path_with_query: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
             upstream_url: route
                 .map(|r| format!("{}{}", r.upstream.origin, r.upstream_path(&parts.uri))),
             request_headers,
@@ -217,7 +232,7 @@ impl Proxy {
             trace,
             duration: took,
             error: error.map(str::to_owned),
-            trace_id: traceparent.trace_id,
+            trace_id: traceparent.trace_id(),
         });
         Response::from_parts(resp_parts, body::boxed(resp_body))
     }
@@ -245,7 +260,7 @@ impl Proxy {
             Err(e) => return fail(StatusCode::CONFLICT, "not_replayable", e.to_string()),
         };
         *req.headers_mut() = record.request_headers.clone();
-        req.headers_mut().remove("x-request-id");
+        req.headers_mut().remove(headers::X_REQUEST_ID);
         let (parts, ()) = req.into_parts();
         if self.router().find(&parts).is_none() {
             return fail(
@@ -268,7 +283,7 @@ impl Proxy {
                 ),
             );
         };
-        let new_id = request_id(&http::HeaderMap::new());
+        let new_id = new_request_id();
         let origin = Origin {
             client: SocketAddr::from(([127, 0, 0, 1], 0)),
             replay_of: Some(id),
@@ -276,6 +291,7 @@ impl Proxy {
         let resp = self
             .serve(origin, new_id.clone(), parts, body::full(body))
             .await;
+        let new_id = new_id.to_str().unwrap_or_default();
         let (resp_parts, resp_body) = resp.into_parts();
         let body = body::collect_limited(resp_body, self.max_body).await;
         let text = body
@@ -294,23 +310,31 @@ impl Proxy {
     }
 }
 
-/// A W3C trace context: the incoming one continued, or a new one started.
+/// A W3C trace context: the incoming one continued, or a new one started. Both ids are
+/// kept as their lowercase hex digits.
 struct TraceContext {
-    trace_id: String,
-    flags: String,
+    trace_id: [u8; 32],
+    flags: [u8; 2],
 }
 
 /// The `traceparent` weir sends upstream, and the trace id it belongs to.
 struct NextHop {
-    header: String,
-    trace_id: String,
+    header: HeaderValue,
+    trace_id: [u8; 32],
+}
+
+impl NextHop {
+    /// The trace id as text, for `/requests`.
+    fn trace_id(&self) -> String {
+        String::from_utf8_lossy(&self.trace_id).into_owned()
+    }
 }
 
 impl TraceContext {
     /// The client's `traceparent` when it is valid (version 00), else a new sampled trace.
     fn from_headers(headers: &http::HeaderMap) -> TraceContext {
         let parsed = headers
-            .get("traceparent")
+            .get(headers::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 let mut parts = v.split('-');
@@ -327,36 +351,63 @@ impl TraceContext {
                     && parent.bytes().any(|b| b != b'0')
                     && hex(flags, 2);
                 valid.then(|| TraceContext {
-                    trace_id: trace.to_owned(),
-                    flags: flags.to_owned(),
+                    trace_id: trace.as_bytes().try_into().expect("checked: 32 bytes"),
+                    flags: flags.as_bytes().try_into().expect("checked: 2 bytes"),
                 })
             });
-        parsed.unwrap_or_else(|| TraceContext {
-            trace_id: format!("{:032x}", rand::random::<u128>() | 1),
-            flags: "01".to_owned(),
+        parsed.unwrap_or_else(|| {
+            let mut trace_id = [0; 32];
+            hex_into(rand::random::<u128>() | 1, &mut trace_id);
+            TraceContext {
+                trace_id,
+                flags: *b"01",
+            }
         })
     }
 
     /// weir's own span in the trace: a new parent id for the upstream request.
     fn next_hop(self) -> NextHop {
-        let span = rand::random::<u64>() | 1;
+        // "00-" trace "-" span "-" flags
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        text[3..35].copy_from_slice(&self.trace_id);
+        text[35] = b'-';
+        hex_into(u128::from(rand::random::<u64>() | 1), &mut text[36..52]);
+        text[52] = b'-';
+        text[53..].copy_from_slice(&self.flags);
         NextHop {
-            header: format!("00-{}-{span:016x}-{}", self.trace_id, self.flags),
+            header: HeaderValue::from_bytes(&text).expect("hex digits and dashes"),
             trace_id: self.trace_id,
         }
     }
 }
 
+/// Writes the low `out.len()` hex digits of `n`, lowercase, most significant first.
+fn hex_into(mut n: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
 /// The client's `x-request-id` when it is sane, or a new random one.
-fn request_id(headers: &http::HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(headers::X_REQUEST_ID)
         && !v.is_empty()
         && v.len() <= MAX_REQUEST_ID
-        && v.bytes().all(|b| b.is_ascii_graphic())
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
     {
-        return v.to_owned();
+        return v.clone();
     }
-    format!("{:032x}", rand::random::<u128>())
+    new_request_id()
+}
+
+/// A new random request id: 32 hex digits.
+fn new_request_id() -> HeaderValue {
+    let mut text = [0u8; 32];
+    hex_into(rand::random::<u128>(), &mut text);
+    HeaderValue::from_bytes(&text).expect("hex digits")
 }
 
 /// Accepts connections on `listener` until `shutdown` resolves, then waits up to `drain`
@@ -457,13 +508,11 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         let hop = TraceContext::from_headers(&h).next_hop();
-        assert_eq!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(
-            hop.header
-                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
-        );
-        assert!(hop.header.ends_with("-01"));
-        assert!(!hop.header.contains("00f067aa0ba902b7"));
+        assert_eq!(hop.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let header = hop.header.to_str().unwrap();
+        assert!(header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(header.ends_with("-01"));
+        assert!(!header.contains("00f067aa0ba902b7"));
     }
 
     #[test]
@@ -476,9 +525,17 @@ mod tests {
         let a = TraceContext::from_headers(&h).next_hop();
         let b = TraceContext::from_headers(&http::HeaderMap::new()).next_hop();
         for hop in [a, b] {
-            assert_eq!(hop.trace_id.len(), 32);
-            assert_ne!(hop.trace_id, "00000000000000000000000000000000");
-            assert_eq!(hop.header.len(), 55);
+            let id = hop.trace_id();
+            assert_eq!(id.len(), 32);
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+            assert_ne!(id, "00000000000000000000000000000000");
+            let header = hop.header.to_str().unwrap();
+            assert_eq!(header.len(), 55);
+            assert!(header.starts_with(&format!("00-{id}-")));
+            assert!(header.ends_with("-01"));
         }
     }
 
@@ -488,6 +545,17 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static("has space"));
-        assert_eq!(request_id(&h).len(), 32);
+        let made = request_id(&h);
+        assert_eq!(made.len(), 32);
+        assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn hex_digits_are_most_significant_first() {
+        let mut out = [0u8; 6];
+        hex_into(0xab_cdef, &mut out);
+        assert_eq!(&out, b"abcdef");
+        hex_into(0x12_3456_789a, &mut out);
+        assert_eq!(&out, b"56789a");
     }
 }

@@ -11,7 +11,7 @@ use http::{Method, request::Parts};
 
 use crate::chain::Chain;
 use crate::config::{Config, ConfigError, FilterSource, RouteMatch, Secret, merge_json};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{RouteMetrics, Telemetry};
 use crate::upstream::{Upstream, UpstreamPool};
 use crate::wasm::{Loaded, Outbound, Runtime, builtin};
 
@@ -28,6 +28,8 @@ pub struct Route {
     pub timeout: Duration,
     /// The filter chain.
     pub chain: Chain,
+    /// The route's series and `/status` statistics.
+    pub metrics: RouteMetrics,
 }
 
 struct Matcher {
@@ -280,6 +282,7 @@ impl Router {
                 upstream: upstream.clone(),
                 timeout: r.timeout.0,
                 chain: Chain::new(pools).with_compression(r.compression),
+                metrics: telemetry.route(&r.name),
             });
         }
         match upstreams {

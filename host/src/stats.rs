@@ -6,7 +6,7 @@
 //! buckets, so a percentile is reported as the upper bound of the bucket it falls in.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -103,7 +103,26 @@ impl RouteStats {
 /// Statistics for every route, by name. They survive reloads: a route keeps its name.
 pub struct Stats {
     start: Instant,
-    routes: Mutex<HashMap<String, RouteStats>>,
+    routes: Mutex<HashMap<String, Arc<Mutex<RouteStats>>>>,
+}
+
+/// One route's statistics, looked up once when the route is built so that counting a
+/// request takes no map lookup.
+#[derive(Clone)]
+pub struct RouteHandle {
+    start: Instant,
+    stats: Arc<Mutex<RouteStats>>,
+}
+
+impl RouteHandle {
+    /// Counts one answered request.
+    pub fn record(&self, status: u16, took: Duration) {
+        let second = self.start.elapsed().as_secs();
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(status, took, second);
+    }
 }
 
 impl Default for Stats {
@@ -120,25 +139,31 @@ impl Stats {
         self.start.elapsed().as_secs()
     }
 
+    /// The statistics of `route`, created empty on first use.
+    pub fn route(&self, route: &str) -> RouteHandle {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = routes.entry(route.to_owned()).or_default().clone();
+        RouteHandle {
+            start: self.start,
+            stats,
+        }
+    }
+
     /// Counts one answered request on `route`.
     pub fn record(&self, route: &str, status: u16, took: Duration) {
-        let second = self.second();
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        match routes.get_mut(route) {
-            Some(r) => r.record(status, took, second),
-            None => {
-                let mut r = RouteStats::default();
-                r.record(status, took, second);
-                routes.insert(route.to_owned(), r);
-            }
-        }
+        self.route(route).record(status, took);
     }
 
     /// The `/status` summary of `route`.
     pub fn summary(&self, route: &str) -> serde_json::Value {
         let second = self.second();
-        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(r) = routes.get(route) else {
+        let stats = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(route)
+            .cloned();
+        let Some(stats) = stats else {
             return serde_json::json!({
                 "requests": 0,
                 "requests_per_second_1m": 0.0,
@@ -146,6 +171,7 @@ impl Stats {
                 "status_codes": {},
             });
         };
+        let r = stats.lock().unwrap_or_else(|p| p.into_inner());
         let bound = |q| {
             r.quantile(q).map(|b| {
                 if b.is_finite() {

@@ -1,13 +1,15 @@
 //! Logs and metrics: the tracing subscriber, and the Prometheus registry every series
 //! lives in.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
-use crate::stats::Stats;
+use crate::stats::{RouteHandle, Stats};
 use crate::wasm::{FilterMetrics, UpstreamError};
 
 /// How log lines are written.
@@ -93,13 +95,6 @@ impl UpstreamMetrics {
         })
     }
 
-    /// Records a call that got a response head after `took`.
-    pub fn answered(&self, upstream: &str, took: Duration) {
-        self.duration
-            .with_label_values(&[upstream])
-            .observe(took.as_secs_f64());
-    }
-
     /// Records a call that got no response.
     pub fn failed(&self, upstream: &str, kind: UpstreamError) {
         let kind = match kind {
@@ -117,6 +112,90 @@ impl UpstreamMetrics {
     /// The in-flight gauge of `upstream`.
     pub fn in_flight(&self, upstream: &str) -> prometheus::IntGauge {
         self.in_flight.with_label_values(&[upstream])
+    }
+
+    /// Records a call to `upstream` that got a response head after `took`. `cached`
+    /// keeps the series after its first use, so later calls do no label lookup (and an
+    /// upstream that never answered has no series).
+    pub fn answered(&self, upstream: &str, cached: &OnceLock<Histogram>, took: Duration) {
+        cached
+            .get_or_init(|| self.duration.with_label_values(&[upstream]))
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The `status` label values, by [`status_class`].
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of `status`'s class in [`STATUS_CLASSES`].
+fn status_class(status: StatusCode) -> usize {
+    match status.as_u16() / 100 {
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
+    }
+}
+
+/// The methods whose request counters a route keeps resolved; others are looked up.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::PATCH,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// One route's series and `/status` statistics. Each series is resolved on its first
+/// use (for the request counters, of each method and status class) and kept, so a
+/// series appears in `/metrics` only once something counted in it, as with a label
+/// lookup per request, and later requests do no lookup.
+pub struct RouteMetrics {
+    by_method: IntCounterVec,
+    latency_vec: HistogramVec,
+    retries_vec: IntCounterVec,
+    route: String,
+    latency: OnceLock<Histogram>,
+    retries: OnceLock<IntCounter>,
+    requests: [[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHODS.len()],
+    stats: RouteHandle,
+}
+
+impl RouteMetrics {
+    /// Counts one answered request.
+    pub fn record(&self, method: &Method, status: StatusCode, took: Duration) {
+        let class = status_class(status);
+        match METHODS.iter().position(|m| m == method) {
+            Some(i) => self.requests[i][class]
+                .get_or_init(|| {
+                    self.by_method.with_label_values(&[
+                        &self.route,
+                        method.as_str(),
+                        STATUS_CLASSES[class],
+                    ])
+                })
+                .inc(),
+            None => self
+                .by_method
+                .with_label_values(&[&self.route, method.as_str(), STATUS_CLASSES[class]])
+                .inc(),
+        }
+        self.latency
+            .get_or_init(|| self.latency_vec.with_label_values(&[&self.route]))
+            .observe(took.as_secs_f64());
+        self.stats.record(status.as_u16(), took);
+    }
+
+    /// Counts one retry.
+    pub fn record_retry(&self) {
+        self.retries
+            .get_or_init(|| self.retries_vec.with_label_values(&[&self.route]))
+            .inc();
     }
 }
 
@@ -169,13 +248,7 @@ impl Telemetry {
 
     /// Counts one answered request. `route` is empty when no route matched.
     pub fn record_request(&self, route: &str, method: &Method, status: StatusCode, took: Duration) {
-        let class = match status.as_u16() / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
+        let class = STATUS_CLASSES[status_class(status)];
         self.requests
             .with_label_values(&[route, method.as_str(), class])
             .inc();
@@ -185,9 +258,19 @@ impl Telemetry {
         self.stats.record(route, status.as_u16(), took);
     }
 
-    /// Counts one retry on `route`.
-    pub fn record_retry(&self, route: &str) {
-        self.retries.with_label_values(&[route]).inc();
+    /// The series of `route`, looked up once so that [`RouteMetrics::record`] does no
+    /// label lookup on the request path.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            by_method: self.requests.clone(),
+            latency_vec: self.latency.clone(),
+            retries_vec: self.retries.clone(),
+            route: route.to_owned(),
+            latency: OnceLock::new(),
+            retries: OnceLock::new(),
+            requests: Default::default(),
+            stats: self.stats.route(route),
+        }
     }
 
     /// The Prometheus text exposition of every series.

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,6 +53,12 @@ pub struct Upstream {
     uri_origin: Origin,
     permits: Arc<Semaphore>,
     in_flight: prometheus::IntGauge,
+    /// Time to the response head: the series, once the first answer made it.
+    duration: OnceLock<prometheus::Histogram>,
+    /// The `Host` header for a plain-HTTP upstream, made once: the client would format
+    /// the same value for every request. `None` for HTTPS, where the connection may turn
+    /// out to be HTTP/2 and the client sets `:authority` instead.
+    host: Option<http::HeaderValue>,
 }
 
 /// A connection slot: its permit, and the in-flight gauge it keeps up while held.
@@ -68,6 +74,11 @@ impl Drop for Slot {
 }
 
 impl Upstream {
+    /// The `Host` header requests to this upstream carry, when weir sets it itself.
+    pub fn host_header(&self) -> Option<&http::HeaderValue> {
+        self.host.as_ref()
+    }
+
     /// The full URI for `path_with_query` on this upstream.
     pub fn uri(&self, path_with_query: &str) -> Result<Uri, ProxyError> {
         let pq = if path_with_query.starts_with('/') {
@@ -128,6 +139,8 @@ impl UpstreamPool {
                     uri_origin: cfg.url.clone(),
                     permits: Arc::new(Semaphore::new(cfg.max_connections as usize)),
                     in_flight: metrics.in_flight(name),
+                    duration: OnceLock::new(),
+                    host: host_header(&cfg.url),
                 }),
             );
         }
@@ -160,11 +173,20 @@ impl UpstreamPool {
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
-        self.send_timed(upstream, req, deadline, timeout_ms).await.0
+        let started = Instant::now();
+        let result = self.send_inner(upstream, req, deadline, timeout_ms).await;
+        match &result {
+            Ok(_) => self
+                .metrics
+                .answered(&upstream.name, &upstream.duration, started.elapsed()),
+            Err(f) => self.metrics.failed(&upstream.name, f.kind),
+        }
+        result
     }
 
     /// Like [`UpstreamPool::send`], and also says how long opening a new connection took,
-    /// when this request waited for one.
+    /// when this request waited for one. The report costs a task-local around every poll,
+    /// so only requests that are recorded for `/requests` ask for it.
     pub async fn send_timed(
         &self,
         upstream: &Upstream,
@@ -175,18 +197,13 @@ impl UpstreamPool {
         Result<Response<ProxyBody>, UpstreamFailure>,
         Option<Duration>,
     ) {
-        let started = Instant::now();
         let connect = Arc::new(AtomicU64::new(0));
         let result = CONNECT_NANOS
             .scope(
                 connect.clone(),
-                self.send_inner(upstream, req, deadline, timeout_ms),
+                self.send(upstream, req, deadline, timeout_ms),
             )
             .await;
-        match &result {
-            Ok(_) => self.metrics.answered(&upstream.name, started.elapsed()),
-            Err(f) => self.metrics.failed(&upstream.name, f.kind),
-        }
         let nanos = connect.load(Ordering::Relaxed);
         (result, (nanos > 0).then(|| Duration::from_nanos(nanos)))
     }
@@ -222,6 +239,20 @@ impl UpstreamPool {
             Ok(Ok(resp)) => Ok(resp.map(|b| body::boxed(body::Holding::new(b, slot)))),
         }
     }
+}
+
+/// The `Host` value the HTTP/1 client would send to a plain-HTTP `origin`: the host,
+/// and the port unless it is 80.
+fn host_header(origin: &Origin) -> Option<http::HeaderValue> {
+    if origin.is_https() {
+        return None;
+    }
+    let host = origin.authority.host();
+    let value = match origin.authority.port_u16() {
+        Some(port) if port != 80 => http::HeaderValue::from_str(&format!("{host}:{port}")),
+        _ => http::HeaderValue::from_str(host),
+    };
+    value.ok()
 }
 
 fn authority_key(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> String {
@@ -470,5 +501,37 @@ impl Write for Conn {
             Conn::Plain(s) => s.is_write_vectored(),
             Conn::Tls(s) => s.is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(url: &str) -> Origin {
+        let uri: Uri = url.parse().unwrap();
+        Origin {
+            scheme: uri.scheme().unwrap().clone(),
+            authority: uri.authority().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn host_header_is_made_for_plain_http_only_and_drops_the_default_port() {
+        let host = |url| host_header(&origin(url)).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            host("http://127.0.0.1:18080").as_deref(),
+            Some("127.0.0.1:18080")
+        );
+        assert_eq!(
+            host("http://api.example.com:80").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            host("http://api.example.com").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(host("http://[::1]:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(host("https://api.example.com"), None);
     }
 }

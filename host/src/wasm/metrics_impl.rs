@@ -93,7 +93,8 @@ impl FilterMetrics {
         self.state_errors.with_label_values(&[filter, kind]).inc();
     }
 
-    /// Applies `op` to the guest series `name`, creating it on first use.
+    /// Applies `op` to the guest series `name`, creating it on first use. Allocates only
+    /// when it creates one: this runs on every guest metrics call.
     fn with_series(
         &self,
         kind: &'static str,
@@ -102,24 +103,28 @@ impl FilterMetrics {
         host: &GuestHost,
         op: impl FnOnce(&GuestSeries, &[&str]),
     ) {
-        let full = format!("weir_filter_{name}");
-        let mut names: Vec<String> = labels.iter().map(|(k, _)| k.clone()).collect();
-        names.extend(["route".to_owned(), "filter".to_owned()]);
-        let mut values: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
-        values.extend([host.meta.route.as_str(), host.meta.filter.as_str()]);
-
+        let host_labels = [host.meta.route.as_str(), host.meta.filter.as_str()];
+        let names = || {
+            labels
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .chain(["route", "filter"])
+        };
+        // Keyed by the guest's name; the series itself is `weir_filter_<name>`.
         let mut map = self.guest.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(&full) {
+        if !map.contains_key(name) {
             if map.len() >= MAX_GUEST_SERIES {
                 return;
             }
-            let created = self.create(kind, &full, &names);
+            let full = format!("weir_filter_{name}");
+            let owned: Vec<String> = names().map(str::to_owned).collect();
+            let created = self.create(kind, &full, &owned);
             if created.is_none() {
                 tracing::warn!(filter = %host.meta.filter, metric = %full, "invalid guest metric; dropped");
             }
-            map.insert(full.clone(), created);
+            map.insert(name.to_owned(), created);
         }
-        let Some(Some(series)) = map.get(&full) else {
+        let Some(Some(series)) = map.get(name) else {
             return;
         };
         let (series_kind, series_names) = match series {
@@ -127,9 +132,12 @@ impl FilterMetrics {
             GuestSeries::Gauge(_, n) => ("gauge", n),
             GuestSeries::Histogram(_, n) => ("histogram", n),
         };
-        if series_kind != kind || *series_names != names {
+        if series_kind != kind || !names().eq(series_names.iter().map(String::as_str)) {
             return;
         }
+        let mut values: Vec<&str> = Vec::with_capacity(labels.len() + host_labels.len());
+        values.extend(labels.iter().map(|(_, v)| v.as_str()));
+        values.extend(host_labels);
         op(series, &values);
     }
 

@@ -17,8 +17,8 @@ mod state_impl;
 mod stdio;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -43,6 +43,14 @@ use bindings::{HttpFilter, HttpFilterPre};
 
 /// How often the epoch advances; a call's time limit is checked at this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// After this many ticks with no guest running, the ticker sleeps until one starts: an
+/// idle weir, or a route with no filters, is not woken a thousand times a second.
+const IDLE_TICKS: u32 = 100;
+
+/// Set to `1`, the engine allocates instances on demand instead of from the pooling
+/// allocator's reservation (see `bench/profile.sh`, which runs weir under valgrind).
+pub const ON_DEMAND_ENV: &str = "WEIR_WASM_ON_DEMAND";
 
 /// How many memories, tables and instances the pooling allocator keeps slots for, across
 /// all filters of all loaded configs.
@@ -105,14 +113,17 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     state: Arc<dyn StateBackend>,
     metrics: Arc<FilterMetrics>,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
     /// The guests' clocks: real time, or a virtual clock under the filter harness.
     clock: Option<VirtualClock>,
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.ticker.thread.get() {
+            t.unpark();
+        }
     }
 }
 
@@ -151,7 +162,10 @@ impl Runtime {
         pool.max_memory_size(MAX_FILTER_MEMORY as usize)
             .total_memories(POOL_SLOTS)
             .total_tables(POOL_SLOTS)
-            .total_core_instances(POOL_SLOTS)
+            // Only a count (core instances' metadata is allocated on demand), and a
+            // componentize-js or componentize-py component instantiates 15 to 30 core
+            // instances per component instance.
+            .total_core_instances(POOL_SLOTS * 32)
             .total_component_instances(POOL_SLOTS)
             .total_stacks(POOL_SLOTS)
             .max_memories_per_component(16)
@@ -160,7 +174,16 @@ impl Runtime {
             .max_core_instance_size(16 << 20)
             .max_component_instance_size(16 << 20)
             .table_elements(200_000);
-        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if std::env::var_os(ON_DEMAND_ENV).is_some_and(|v| v == "1") {
+            // For tools that cannot map the pool's terabytes of address space (valgrind
+            // stops near 128 GiB): each memory reserves only what it may grow to, so
+            // guest code checks its bounds explicitly and runs somewhat slower.
+            cfg.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            cfg.memory_reservation(MAX_FILTER_MEMORY);
+            cfg.memory_guard_size(0);
+        } else {
+            cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
         if let Some(dir) = cache_dir {
             let mut cc = CacheConfig::new();
             cc.with_directory(dir);
@@ -175,26 +198,22 @@ impl Runtime {
         })
         .map_err(err)?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = Arc::new(Ticker::default());
         {
             let engine = engine.clone();
-            let stop = ticker_stop.clone();
-            std::thread::Builder::new()
+            let ticker_ = ticker.clone();
+            let handle = std::thread::Builder::new()
                 .name("weir-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
+                .spawn(move || ticker_.run(&engine))
                 .map_err(|e| LoadError::Engine(e.to_string()))?;
+            let _ = ticker.thread.set(handle.thread().clone());
         }
         Ok(Arc::new(Runtime {
             engine,
             linker,
             state,
             metrics,
-            ticker_stop,
+            ticker,
             clock,
         }))
     }
@@ -257,7 +276,7 @@ impl Runtime {
         settings: &FilterConfig,
         outbound: Option<Arc<Outbound>>,
     ) -> Result<Arc<FilterPool>, LoadError> {
-        let mut pool = FilterPool {
+        let maker = Arc::new(Maker {
             runtime: self.clone(),
             loaded,
             outbound,
@@ -267,41 +286,111 @@ impl Runtime {
                 max_memory: settings.max_memory.0,
                 max_call_time: settings.max_call_time.0,
             }),
-            on_error: settings.on_error,
             config_json,
-            info: FilterInfo {
-                name: filter.to_owned(),
-                version: String::new(),
-                wants_request_body: false,
-                wants_response_body: false,
-                may_retry: false,
-            },
-            idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(settings.max_instances as usize),
-            timers: [
-                self.metrics.call_timer(route, filter, "on_request"),
-                self.metrics.call_timer(route, filter, "on_response"),
-            ],
-        };
+            #[cfg(test)]
+            made_in: Mutex::new(Vec::new()),
+        });
         let init_err = |detail: String| LoadError::Init {
             filter: filter.to_owned(),
             route: route.to_owned(),
             detail,
         };
-        let (first, info) = pool.instantiate().await.map_err(init_err)?;
-        pool.info = info;
+        let (first, info) = maker.instantiate().await.map_err(init_err)?;
         let mut idle = vec![first];
         for _ in 1..settings.min_instances.max(1) {
-            idle.push(pool.instantiate().await.map_err(init_err)?.0);
+            idle.push(maker.instantiate().await.map_err(init_err)?.0);
         }
-        *pool.idle.get_mut().unwrap_or_else(|p| p.into_inner()) = idle;
-        Ok(Arc::new(pool))
+        let slots = Slots {
+            ready: Semaphore::new(idle.len()),
+            state: Mutex::new(SlotState {
+                total: idle.len(),
+                idle,
+                building: 0,
+                waiting: 0,
+                failures: 0,
+                peak: 0,
+                last_failure: String::new(),
+            }),
+            spares: settings.min_instances as usize,
+            max: settings.max_instances.max(1) as usize,
+        };
+        Ok(Arc::new(FilterPool {
+            maker,
+            slots: Arc::new(slots),
+            on_error: settings.on_error,
+            info,
+            timers: [
+                self.metrics.call_timer(route, filter, "on_request"),
+                self.metrics.call_timer(route, filter, "on_response"),
+            ],
+        }))
     }
 }
 
 /// A compiled, linked component, ready to instantiate.
 pub struct Loaded {
     pre: HttpFilterPre<GuestState>,
+}
+
+// === impl Ticker ===
+
+/// The thread that advances the engine's epoch every [`EPOCH_TICK`] while guests run,
+/// and sleeps while none does.
+#[derive(Default)]
+struct Ticker {
+    /// Guest calls and instantiations running now.
+    active: AtomicUsize,
+    /// The ticker is asleep, or about to be: a guest starting must wake it.
+    parked: AtomicBool,
+    stop: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// A guest running; the ticker keeps ticking until every one has ended.
+struct Ticking<'a>(&'a Ticker);
+
+impl Ticker {
+    fn run(&self, engine: &Engine) {
+        let mut idle = 0;
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+            if self.active.load(Ordering::SeqCst) > 0 {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle < IDLE_TICKS {
+                continue;
+            }
+            // `parked` is set before `active` is read again, and `enter` raises `active`
+            // before it reads `parked` (all SeqCst): either this sees the new guest, or
+            // the guest sees `parked` and unparks, which a later `park` returns from.
+            self.parked.store(true, Ordering::SeqCst);
+            if self.active.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
+                std::thread::park();
+            }
+            self.parked.store(false, Ordering::SeqCst);
+            idle = 0;
+        }
+    }
+
+    /// Marks a guest as running, waking the ticker if it sleeps.
+    fn enter(&self) -> Ticking<'_> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+        Ticking(self)
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 // === impl FilterPool ===
@@ -337,25 +426,160 @@ struct Instance {
 }
 
 /// Initialised instances of one filter for one route.
+///
+/// A call checks out an idle instance, or waits for one to come back or to be built:
+/// instances are only ever created at load and by background builds (on tokio's
+/// blocking threads), never inside a call. A checkout that leaves fewer than
+/// `min_instances` idle, or has to wait, starts a build while there are fewer than
+/// `max_instances`; so a route keeps `min_instances` spares warm, and grows towards
+/// `max_instances` as calls overlap. A failed instance is dropped, and builds replace it
+/// the same way. When a build fails and no instance is left, the waiting calls fail
+/// with its error (and the filter's `on_error` decides) rather than wait for nothing.
 pub struct FilterPool {
+    maker: Arc<Maker>,
+    slots: Arc<Slots>,
+    on_error: OnError,
+    info: FilterInfo,
+    /// Call-duration histograms for `on_request` and `on_response`.
+    timers: [prometheus::Histogram; 2],
+}
+
+/// What creating an instance needs: shared by the pool and its background builds.
+struct Maker {
     runtime: Arc<Runtime>,
     loaded: Arc<Loaded>,
     /// The upstreams this filter may call, if any.
     outbound: Option<Arc<Outbound>>,
     meta: Arc<FilterMeta>,
-    on_error: OnError,
     config_json: String,
-    info: FilterInfo,
-    idle: Mutex<Vec<Instance>>,
-    permits: Semaphore,
-    /// Call-duration histograms for `on_request` and `on_response`.
-    timers: [prometheus::Histogram; 2],
+    /// The task each instance was created in (`None`: outside any task), so the tests
+    /// can check that no call creates one.
+    #[cfg(test)]
+    made_in: Mutex<Vec<Option<tokio::task::Id>>>,
+}
+
+/// The instances of a pool, and the counts that decide when to build more.
+struct Slots {
+    state: Mutex<SlotState>,
+    /// One permit per idle instance, plus one per failed build that a waiting call must
+    /// hear about ([`SlotState::failures`]).
+    ready: Semaphore,
+    /// Idle instances to keep: `min_instances`.
+    spares: usize,
+    /// The most instances: `max_instances`.
+    max: usize,
+}
+
+struct SlotState {
+    /// Most recently returned last: a checkout takes the warmest.
+    idle: Vec<Instance>,
+    /// Idle, in use and being built.
+    total: usize,
+    building: usize,
+    /// Calls waiting for an instance.
+    waiting: usize,
+    /// Permits of `ready` that stand for a failed build rather than an instance.
+    failures: usize,
+    /// Why the last build failed.
+    last_failure: String,
+    /// The most instances there were at once since the pool was created.
+    peak: usize,
+}
+
+/// The size of a pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Instances ready for a call.
+    pub idle: usize,
+    /// Instances in all: idle, in a call, and being built.
+    pub total: usize,
+    /// Instances being built in the background.
+    pub building: usize,
+    /// The most instances there were at once since the pool was created.
+    pub peak: usize,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts background builds while fewer instances are idle or coming than the spares
+    /// and the waiting calls need, up to `max`.
+    fn top_up(self: &Arc<Self>, maker: &Arc<Maker>, state: &mut SlotState) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        while state.idle.len() + state.building < self.spares.max(1) + state.waiting
+            && state.total < self.max
+        {
+            state.total += 1;
+            state.peak = state.peak.max(state.total);
+            state.building += 1;
+            // On a blocking-pool thread, not a worker: instantiating and `init` may take
+            // milliseconds (a Python runtime starting), and on a worker they would run
+            // between the polls of requests, whose guest calls yield every epoch tick and
+            // would see that time counted against their `max_call_time`.
+            let (slots, maker, rt) = (self.clone(), maker.clone(), handle.clone());
+            handle.spawn_blocking(move || rt.block_on(slots.build(maker)));
+        }
+    }
+
+    async fn build(self: Arc<Self>, maker: Arc<Maker>) {
+        let made = maker.instantiate().await;
+        let mut state = self.lock();
+        state.building -= 1;
+        match made {
+            Ok((instance, _)) => {
+                // Below the returned ones: a call keeps getting the instance it warmed.
+                state.idle.insert(0, instance);
+                self.ready.add_permits(1);
+            }
+            Err(detail) => {
+                state.total -= 1;
+                tracing::warn!(
+                    route = %maker.meta.route,
+                    filter = %maker.meta.filter,
+                    error = %detail,
+                    "cannot create a filter instance"
+                );
+                // With no instance left to come back, the waiting calls fail now
+                // rather than at their deadline.
+                if state.total == 0 && state.waiting > state.failures {
+                    let n = state.waiting - state.failures;
+                    state.failures += n;
+                    state.last_failure = detail;
+                    self.ready.add_permits(n);
+                }
+            }
+        }
+    }
+}
+
+/// A call waiting for an instance; counted so that builds keep up with the waiters.
+struct Waiting<'a> {
+    pool: &'a FilterPool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(pool: &'a FilterPool) -> Waiting<'a> {
+        let mut state = pool.slots.lock();
+        state.waiting += 1;
+        pool.slots.top_up(&pool.maker, &mut state);
+        Waiting { pool }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.pool.slots.lock().waiting -= 1;
+    }
 }
 
 impl FilterPool {
     /// The filter's name as configured.
     pub fn name(&self) -> &str {
-        &self.meta.filter
+        &self.maker.meta.filter
     }
 
     /// What the guest said about itself in `init`.
@@ -368,13 +592,25 @@ impl FilterPool {
         self.on_error
     }
 
+    /// How many instances the pool has now.
+    pub fn size(&self) -> PoolSize {
+        let state = self.slots.lock();
+        PoolSize {
+            idle: state.idle.len(),
+            total: state.total,
+            building: state.building,
+            peak: state.peak.max(state.total),
+        }
+    }
+
     /// Calls `on-request` on a pooled instance.
     pub async fn on_request(
         &self,
         info: &RequestInfo,
         req: &Request,
     ) -> Result<RequestAction, CallError> {
-        let (mut inst, _permit) = self.checkout(Phase::Request).await?;
+        let mut inst = self.checkout(Phase::Request).await?;
+        let _ticking = self.maker.runtime.ticker.enter();
         let started = self.begin(&mut inst);
         let result = inst
             .guest
@@ -392,7 +628,8 @@ impl FilterPool {
         memo: Option<&[u8]>,
         outcome: &Outcome,
     ) -> Result<ResponseAction, CallError> {
-        let (mut inst, _permit) = self.checkout(Phase::Response).await?;
+        let mut inst = self.checkout(Phase::Response).await?;
+        let _ticking = self.maker.runtime.ticker.enter();
         let started = self.begin(&mut inst);
         let result = inst
             .guest
@@ -402,38 +639,55 @@ impl FilterPool {
         self.finish(Phase::Response, inst, started, result)
     }
 
-    /// Takes an idle instance, or makes one when all are busy (up to `max_instances`;
-    /// beyond that, waits for one to come back).
-    async fn checkout(
-        &self,
-        phase: Phase,
-    ) -> Result<(Instance, Option<tokio::sync::SemaphorePermit<'_>>), CallError> {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let permit = self.permits.acquire().await.ok();
-        let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    /// Takes an idle instance, or waits for one to come back or to be built.
+    async fn checkout(&self, phase: Phase) -> Result<Instance, CallError> {
+        let permit = match self.slots.ready.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                let _waiting = Waiting::new(self);
+                // The semaphore is never closed.
+                self.slots
+                    .ready
+                    .acquire()
+                    .await
+                    .map_err(|e| CallError::Trap(e.to_string()))?
+            }
+        };
+        // The instance leaves the pool with its permit; returning it adds one.
+        permit.forget();
+        let mut state = self.slots.lock();
+        let popped = state.idle.pop();
+        if popped.is_none() {
+            state.failures -= 1;
+        }
+        self.slots.top_up(&self.maker, &mut state);
+        let failure = popped.is_none().then(|| state.last_failure.clone());
+        drop(state);
         match popped {
-            Some(i) => Ok((i, permit)),
-            None => match self.instantiate().await {
-                Ok((i, _)) => Ok((i, permit)),
-                Err(detail) => {
-                    let err = CallError::Trap(detail);
-                    self.fail(phase, &err);
-                    Err(err)
-                }
-            },
+            Some(i) => Ok(i),
+            None => {
+                let err = CallError::Trap(format!(
+                    "no instance to call: creating one failed: {}",
+                    failure.unwrap_or_default()
+                ));
+                self.fail(phase, &err);
+                Err(err)
+            }
         }
     }
 
     fn begin(&self, inst: &mut Instance) -> Instant {
+        let now = Instant::now();
         inst.store
             .data_mut()
             .host
-            .begin_call(self.meta.max_call_time);
+            .begin_call(now, self.maker.meta.max_call_time);
         inst.store.set_epoch_deadline(1);
-        Instant::now()
+        now
     }
 
-    /// Returns a healthy instance to the pool; a failed one is dropped.
+    /// Returns a healthy instance to the pool; a failed one is dropped, and a build
+    /// replaces it if the pool needs one.
     fn finish<R>(
         &self,
         phase: Phase,
@@ -444,14 +698,18 @@ impl FilterPool {
         self.timers[phase as usize].observe(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(inst);
+                self.slots.lock().idle.push(inst);
+                self.slots.ready.add_permits(1);
                 Ok(r)
             }
             Err(e) => {
-                let err = inst.store.data().classify(&e, &self.meta);
+                let err = inst.store.data().classify(&e, &self.maker.meta);
+                drop(inst);
+                {
+                    let mut state = self.slots.lock();
+                    state.total -= 1;
+                    self.slots.top_up(&self.maker, &mut state);
+                }
                 self.fail(phase, &err);
                 Err(err)
             }
@@ -460,21 +718,31 @@ impl FilterPool {
 
     fn fail(&self, phase: Phase, err: &CallError) {
         let phase = phase.name();
-        self.runtime
+        let meta = &self.maker.meta;
+        self.maker
+            .runtime
             .metrics
-            .count_failure(&self.meta.route, &self.meta.filter, phase, err);
+            .count_failure(&meta.route, &meta.filter, phase, err);
         tracing::warn!(
-            route = %self.meta.route,
-            filter = %self.meta.filter,
+            route = %meta.route,
+            filter = %meta.filter,
             phase,
             error = %err,
             "filter call failed; instance discarded"
         );
     }
+}
 
+impl Maker {
     /// Creates and initialises one instance. The error is the guest's `init` error or a
     /// trap, as text.
     async fn instantiate(&self) -> Result<(Instance, FilterInfo), String> {
+        #[cfg(test)]
+        self.made_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::task::try_id());
+        let _ticking = self.runtime.ticker.enter();
         let meta = &self.meta;
         let data = GuestState::new(meta.clone(), &self.runtime, self.outbound.clone());
         let mut store = Store::new(&self.runtime.engine, data);
@@ -493,7 +761,7 @@ impl FilterPool {
         // Instantiation and `init` may do real work (a Python or JavaScript runtime
         // starting), so they get a wider budget than a request-path call.
         let budget = (meta.max_call_time * 10).max(Duration::from_secs(5));
-        store.data_mut().host.begin_call(budget);
+        store.data_mut().host.begin_call(Instant::now(), budget);
         store.set_epoch_deadline(1);
         let describe = |store: &Store<GuestState>, e: wasmtime::Error| {
             store.data().classify(&e, meta).to_string()
@@ -573,9 +841,9 @@ pub struct GuestHost {
 }
 
 impl GuestHost {
-    fn begin_call(&mut self, limit: Duration) {
+    fn begin_call(&mut self, started: Instant, limit: Duration) {
         self.call = CallClock {
-            started: Instant::now(),
+            started,
             limit,
             timed_out: false,
             waited: Duration::ZERO,
@@ -654,5 +922,172 @@ impl WasiView for GuestState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, HumanDuration};
+    use crate::state::MemoryBackend;
+
+    const MISBEHAVE: &[u8] = include_bytes!(env!("WEIR_TEST_MISBEHAVE"));
+
+    async fn pool_of(
+        wasm: &[u8],
+        config: serde_json::Value,
+        settings: FilterConfig,
+    ) -> Arc<FilterPool> {
+        let metrics = FilterMetrics::new(&prometheus::Registry::new()).unwrap();
+        let runtime = Runtime::new(
+            Runtime::default_cache_dir().as_deref(),
+            MemoryBackend::new(1 << 20),
+            Arc::new(metrics),
+        )
+        .unwrap();
+        let loaded = runtime.load("the test filter", wasm).unwrap();
+        runtime
+            .pool(loaded, "f", "r", config.to_string(), &settings, None)
+            .await
+            .unwrap()
+    }
+
+    fn request() -> Request {
+        Request {
+            method: "GET".into(),
+            upstream: "http://127.0.0.1:1".into(),
+            path_with_query: "/".into(),
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    fn info() -> RequestInfo {
+        RequestInfo {
+            id: "1".into(),
+            route: "r".into(),
+            attempt: 1,
+            remaining_ms: 1000,
+            client_addr: "127.0.0.1:2".into(),
+        }
+    }
+
+    /// Runs one `on-request` in its own task; returns that task's id with the result.
+    fn call_in_task(
+        pool: &Arc<FilterPool>,
+    ) -> tokio::task::JoinHandle<(tokio::task::Id, Result<RequestAction, CallError>)> {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let id = tokio::task::id();
+            (id, pool.on_request(&info(), &request()).await)
+        })
+    }
+
+    /// Where the pool's instances were created; `None` is the test's own body (the load).
+    fn made_in(pool: &FilterPool) -> Vec<Option<tokio::task::Id>> {
+        pool.maker.made_in.lock().unwrap().clone()
+    }
+
+    /// Waits, without a time limit of its own (the test harness has one), until `done`.
+    async fn until(pool: &FilterPool, done: impl Fn(PoolSize) -> bool) -> PoolSize {
+        loop {
+            let size = pool.size();
+            if done(size) {
+                return size;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn spares_are_built_in_the_background_and_a_call_keeps_its_warm_instance() {
+        let settings = FilterConfig {
+            min_instances: 2,
+            max_instances: 4,
+            ..FilterConfig::default()
+        };
+        let pool = pool_of(
+            builtin::lookup("headers").unwrap().wasm,
+            serde_json::json!({}),
+            settings,
+        )
+        .await;
+        let size = |idle, total| PoolSize {
+            idle,
+            total,
+            building: 0,
+            peak: total,
+        };
+        assert_eq!(pool.size(), size(2, 2));
+        let (task, result) = call_in_task(&pool).await.unwrap();
+        assert!(result.is_ok());
+        // The call left one idle, under min_instances: a spare is on its way (or built).
+        assert_eq!(pool.size().total, 3);
+        let built = until(&pool, |s| s.building == 0).await;
+        assert_eq!(built, size(3, 3));
+        assert!(
+            !made_in(&pool).contains(&Some(task)),
+            "the call created an instance"
+        );
+        // One call at a time leaves two spares idle each time: no more builds.
+        for _ in 0..5 {
+            assert!(call_in_task(&pool).await.unwrap().1.is_ok());
+        }
+        assert_eq!(pool.size(), size(3, 3));
+        assert_eq!(made_in(&pool).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_ticker_sleeps_while_no_guest_runs_and_wakes_for_a_call() {
+        let settings = FilterConfig {
+            min_instances: 1,
+            max_call_time: HumanDuration(Duration::from_millis(50)),
+            max_memory: ByteSize(16 << 20),
+            ..FilterConfig::default()
+        };
+        let pool = pool_of(MISBEHAVE, serde_json::json!({ "mode": "loop" }), settings).await;
+        let ticker = &pool.maker.runtime.ticker;
+        while !ticker.parked.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A guest that never returns is still stopped at its time limit.
+        let result = pool.on_request(&info(), &request()).await;
+        assert!(matches!(result, Err(CallError::Timeout(_))), "{result:?}");
+        assert_eq!(ticker.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_calls_grow_the_pool_to_max_without_instantiating_inline() {
+        // Every call spins until its time limit, holding its instance, then traps: the
+        // pool grows for the waiting calls, shrinks as instances fail, and refills.
+        let settings = FilterConfig {
+            min_instances: 1,
+            max_instances: 3,
+            max_call_time: HumanDuration(Duration::from_millis(200)),
+            max_memory: ByteSize(16 << 20),
+            ..FilterConfig::default()
+        };
+        let pool = pool_of(MISBEHAVE, serde_json::json!({ "mode": "loop" }), settings).await;
+        let calls: Vec<_> = (0..5).map(|_| call_in_task(&pool)).collect();
+        let mut tasks = Vec::new();
+        for call in calls {
+            let (task, result) = call.await.unwrap();
+            assert!(matches!(result, Err(CallError::Timeout(_))), "{result:?}");
+            tasks.push(Some(task));
+        }
+        let made = made_in(&pool);
+        assert!(
+            made.len() >= 5,
+            "each failed instance was replaced: {made:?}"
+        );
+        assert!(
+            made.iter().all(|m| !tasks.contains(m)),
+            "a call created an instance: {made:?} vs calls {tasks:?}"
+        );
+        // Calls waited, so the pool grew to max_instances, and no further.
+        // Every instance that failed was dropped; a spare is built again.
+        let size = until(&pool, |s| s.building == 0 && s.idle >= 1).await;
+        assert_eq!(size.peak, 3, "{size:?}");
+        assert!(size.total <= 3, "{size:?}");
     }
 }
