@@ -5,7 +5,18 @@
 //! sleeps and asks again. The upstream is called once the walk reaches the end. Then
 //! `on-response` runs in reverse; `retry` from filter *k* re-sends through filters
 //! *k+1…N* and the upstream, with `attempt + 1`, and filter *k* then sees the new outcome.
-//! The route deadline and [`MAX_ATTEMPTS`] bound every wait and retry.
+//! The route deadline and [`MAX_ATTEMPTS`] bound every wait and retry, and every wait of
+//! `on-request` for a free instance.
+//!
+//! Every filter whose `on-request` answered `continue` gets its `on-response`, in reverse,
+//! however the request ends, so that reservations (a breaker's probe, a limiter's slot)
+//! are always settled. When weir itself ends the request midway (a `wait` or a wait for
+//! an instance past the deadline, a streamed request body over the limit, a response
+//! too large to buffer) the filters see what the client gets: `error(timeout)` for a
+//! deadline, weir's JSON error response otherwise. That outcome is final, as the WIT
+//! says of a `wait` past the deadline ("ends the request with 504"): `respond` and
+//! `retry` are ignored, a `continue` edit only adds headers to weir's error response, and
+//! a filter that fails there is logged and counted but changes nothing.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +40,8 @@ use crate::recent::{FilterTiming, Trace};
 use crate::telemetry::RouteMetrics;
 use crate::upstream::{Upstream, UpstreamFailure, UpstreamPool};
 use crate::wasm::{
-    self, CallError, FilterPool, Outcome, RequestAction, RequestInfo, ResponseAction,
+    self, FilterPool, Outcome, Phase, RequestAction, RequestInfo, ResponseAction, Unanswered,
+    UpstreamError,
 };
 
 /// The most tries one request gets, whatever the filters ask.
@@ -137,6 +149,11 @@ impl Exchange<'_> {
                 } else {
                     self.run_chain(req).await
                 }?;
+                // weir's own errors go out as they do without compression, headers the
+                // filters added or not.
+                if resp.extensions().get::<Failed>().is_some() {
+                    return Ok(resp);
+                }
                 Ok(compress::to_client(resp, &accept, head))
             });
         }
@@ -200,7 +217,7 @@ impl Exchange<'_> {
         };
         let reply = walk.pass(0, wreq).await;
         self.lock_trace().attempts = walk.attempt;
-        reply?.into_response(self.route, self.id)
+        reply.into_response(self.route, self.id)
     }
 
     /// No filters: forward as it is, with no conversion.
@@ -329,7 +346,20 @@ impl Exchange<'_> {
         tokio::time::sleep_until(until).await;
         Ok(())
     }
+
+    /// How long an `on-response` call of `f` may wait for a free instance: until the
+    /// deadline, and at least `max_call_time` from now. `on-response` also runs after
+    /// the deadline (the filters see the upstream's `error(timeout)`), and by then an
+    /// instance in a call has had its whole call time to come back.
+    fn response_wait_until(&self, f: &FilterPool) -> Instant {
+        self.deadline.max(Instant::now() + f.max_call_time())
+    }
 }
+
+/// Marks a response that is one of weir's JSON errors with headers the filters added,
+/// so the request log and `/requests` still name the error: its code.
+#[derive(Debug, Clone, Copy)]
+pub struct Failed(pub &'static str);
 
 enum ReqBody {
     Buffered(Bytes),
@@ -346,6 +376,9 @@ struct Reply {
     /// Headers filters set on the way back while the outcome is an error (e.g. retry's
     /// `x-weir-attempts`): they go on weir's error response.
     error_headers: Vec<(String, Vec<u8>)>,
+    /// weir ended the request with `error` itself: the filters are told, but cannot
+    /// change it (see the module docs).
+    fixed: bool,
 }
 
 impl Reply {
@@ -359,7 +392,37 @@ impl Reply {
             stream: None,
             error: None,
             error_headers: Vec::new(),
+            fixed: false,
         })
+    }
+
+    /// An upstream failure (no response, or none in time): the filters see `kind` and
+    /// may answer it as they would any upstream error; the client gets `err` unless one
+    /// of them responds.
+    fn upstream_failed(kind: UpstreamError, err: ProxyError) -> Reply {
+        Reply {
+            outcome: Outcome::Error(kind),
+            stream: None,
+            error: Some(err),
+            error_headers: Vec::new(),
+            fixed: false,
+        }
+    }
+
+    /// weir ends the request with `err`: the filters see `error(timeout)` for the
+    /// deadline, and weir's JSON error response for anything else, as the client will.
+    fn ended(err: ProxyError, route: &str, id: &str) -> Reply {
+        let outcome = match err {
+            ProxyError::Timeout { .. } => Outcome::Error(UpstreamError::Timeout),
+            _ => Reply::error(&err, route, id).outcome,
+        };
+        Reply {
+            outcome,
+            stream: None,
+            error: Some(err),
+            error_headers: Vec::new(),
+            fixed: true,
+        }
     }
 
     /// The JSON error response as a reply, so filters before the failing one still see a
@@ -382,12 +445,13 @@ impl Reply {
             stream: None,
             error: None,
             error_headers: Vec::new(),
+            fixed: false,
         }
     }
 
     fn into_response(self, route: &str, id: &str) -> Result<Response<ProxyBody>, ProxyError> {
         match self.outcome {
-            Outcome::Response(r) => {
+            Outcome::Response(r) if !self.fixed => {
                 let body = match (self.stream, r.body) {
                     (Some(s), _) => s,
                     (None, Some(b)) => body::full(Bytes::from(b)),
@@ -403,7 +467,7 @@ impl Reply {
                 }
                 Ok(resp)
             }
-            Outcome::Error(_) => {
+            _ => {
                 let err = self.error.unwrap_or(ProxyError::UpstreamBroken {
                     upstream: String::new(),
                     detail: "no response".into(),
@@ -411,10 +475,10 @@ impl Reply {
                 if self.error_headers.is_empty() {
                     return Err(err);
                 }
-                tracing::debug!(request_id = %id, route, error = %err, "request failed");
                 let mut resp = err.to_response(Some(route), id);
                 resp.headers_mut()
                     .extend(headers::from_fields(&self.error_headers));
+                resp.extensions_mut().insert(Failed(err.code()));
                 Ok(resp)
             }
         }
@@ -448,22 +512,18 @@ impl Walk<'_, '_> {
     }
 
     /// Runs filters `from..` and the upstream with `req`, then `on-response` back down
-    /// to `from`.
+    /// to `from`: to every filter whose `on-request` continued, however the try ended.
     ///
     /// Boxed, with `Send` spelled out, because it recurses for retries.
     fn pass(
         &mut self,
         from: usize,
         req: wasm::Request,
-    ) -> Pin<Box<dyn Future<Output = Result<Reply, ProxyError>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
         Box::pin(self.pass_inner(from, req))
     }
 
-    async fn pass_inner(
-        &mut self,
-        from: usize,
-        mut req: wasm::Request,
-    ) -> Result<Reply, ProxyError> {
+    async fn pass_inner(&mut self, from: usize, mut req: wasm::Request) -> Reply {
         let filters = &self.x.chain.filters;
         // What each retrying filter passed on, body included, for its retries to re-send.
         let mut snapshots: Vec<Option<(wasm::Request, Option<Bytes>)>> = vec![None; filters.len()];
@@ -480,7 +540,17 @@ impl Walk<'_, '_> {
                         early = Some(reply);
                         break 'walk;
                     }
-                    Step::Wait(ms) => self.x.sleep_within_deadline(ms.max(1)).await?,
+                    Step::Wait(ms) => {
+                        // The WIT: "a wait past the deadline ends the request with 504".
+                        if let Err(e) = self.x.sleep_within_deadline(ms.max(1)).await {
+                            early = Some(self.ended(e));
+                            break 'walk;
+                        }
+                    }
+                    Step::Expired => {
+                        early = Some(self.ended(self.x.timeout()));
+                        break 'walk;
+                    }
                 }
             }
             if f.info().may_retry {
@@ -494,13 +564,25 @@ impl Walk<'_, '_> {
         }
         let mut reply = match early {
             Some(r) => r,
-            None => self.send(&req).await?,
+            None => self.send(&req).await,
         };
         let mut k = passed;
         while k > from {
             k -= 1;
             let f = &filters[k];
-            match self.on_response(f, k, &req, &mut reply).await {
+            let Some(action) = self.on_response(f, k, &req, &mut reply).await else {
+                // No instance in time: this filter misses its `on-response`, and the
+                // request ends at its deadline; the filters before it see that.
+                if !reply.fixed {
+                    reply = self.ended(self.x.timeout());
+                }
+                continue;
+            };
+            if reply.fixed {
+                self.settled(f, action, &mut reply);
+                continue;
+            }
+            match action {
                 ResponseAction::Continue(None) => {}
                 ResponseAction::Continue(Some(edit)) => {
                     let fields = match &mut reply.outcome {
@@ -516,7 +598,7 @@ impl Walk<'_, '_> {
                 ResponseAction::Respond(resp) => {
                     reply = match Reply::respond(resp) {
                         Ok(r) => r,
-                        Err(e) => self.misbehaved(f, &e, reply),
+                        Err(e) => self.misbehaved(f, &format!("invalid response: {e}"), reply),
                     };
                 }
                 ResponseAction::Retry(ms) => {
@@ -541,13 +623,45 @@ impl Walk<'_, '_> {
                     }
                     self.attempt += 1;
                     self.x.metrics.record_retry();
-                    reply = self.pass(k + 1, snapshot).await?;
+                    reply = self.pass(k + 1, snapshot).await;
                     // Filter k sees the new outcome next.
                     k += 1;
                 }
             }
         }
-        Ok(reply)
+        reply
+    }
+
+    /// weir ends the request with `err`; the filters that continued are told.
+    fn ended(&self, err: ProxyError) -> Reply {
+        Reply::ended(err, self.x.route, self.x.id)
+    }
+
+    /// Applies filter `f`'s answer to a reply weir has fixed: a `continue` edit adds
+    /// headers to the error response; anything else is ignored, since the WIT's
+    /// `wait(…)` "ends the request with 504" and weir's other errors are limits the
+    /// filters do not lift.
+    fn settled(&self, f: &FilterPool, action: ResponseAction, reply: &mut Reply) {
+        match action {
+            ResponseAction::Continue(None) => {}
+            ResponseAction::Continue(Some(edit)) => {
+                if let Err(e) = headers::apply_edit(
+                    &mut reply.error_headers,
+                    edit.set_headers,
+                    &edit.remove_headers,
+                ) {
+                    f.invalid_answer(Phase::Response, &e);
+                }
+            }
+            ResponseAction::Respond(_) | ResponseAction::Retry(_) => {
+                tracing::debug!(
+                    route = %self.x.route,
+                    filter = %f.name(),
+                    request_id = %self.x.id,
+                    "the request already failed in weir; the filter's respond or retry is ignored"
+                );
+            }
+        }
     }
 
     async fn on_request(&mut self, f: &FilterPool, req: &mut wasm::Request) -> Step {
@@ -558,7 +672,9 @@ impl Walk<'_, '_> {
         }
         let started = self.x.call_started();
         self.refresh_info();
-        let result = f.on_request(&self.info, req).await;
+        let result = f
+            .on_request_until(&self.info, req, Some(self.x.deadline))
+            .await;
         self.x.time_filter(f, "on_request", self.attempt, started);
         req.body = None;
         match result {
@@ -566,17 +682,20 @@ impl Walk<'_, '_> {
                 if let Some(edit) = edit
                     && let Err(e) = self.apply_request_edit(req, edit)
                 {
-                    return self
-                        .failed_request(f, CallError::Trap(format!("invalid request edit: {e}")));
+                    return self.invalid_request_answer(f, format!("invalid request edit: {e}"));
                 }
                 Step::Go(memo)
             }
             Ok(RequestAction::Respond(resp)) => match Reply::respond(resp) {
                 Ok(r) => Step::Stop(r),
-                Err(e) => self.failed_request(f, CallError::Trap(format!("invalid response: {e}"))),
+                Err(e) => self.invalid_request_answer(f, format!("invalid response: {e}")),
             },
             Ok(RequestAction::Wait(ms)) => Step::Wait(ms),
-            Err(e) => self.failed_request(f, e),
+            // Not the filter's failure, and skipping it (fail-open) would let requests
+            // past an auth or a sanitizer whenever its pool is busy: the request ran
+            // out of time, like any other wait.
+            Err(Unanswered::Busy) => Step::Expired,
+            Err(Unanswered::Failed(e)) => self.failed_request(f, e.to_string()),
         }
     }
 
@@ -602,13 +721,19 @@ impl Walk<'_, '_> {
         Ok(())
     }
 
-    fn failed_request(&self, f: &FilterPool, e: CallError) -> Step {
+    /// An `on-request` answer weir cannot apply: logged, counted, then `on_error`.
+    fn invalid_request_answer(&self, f: &FilterPool, detail: String) -> Step {
+        f.invalid_answer(Phase::Request, &detail);
+        self.failed_request(f, detail)
+    }
+
+    fn failed_request(&self, f: &FilterPool, detail: String) -> Step {
         match f.on_error() {
             OnError::FailOpen => Step::Go(None),
             OnError::FailClosed => Step::Stop(Reply::error(
                 &ProxyError::FilterFailed {
                     filter: f.name().to_owned(),
-                    detail: e.to_string(),
+                    detail,
                 },
                 self.x.route,
                 self.x.id,
@@ -616,9 +741,10 @@ impl Walk<'_, '_> {
         }
     }
 
-    /// A filter's `on-response` answer was invalid: fail open or closed, as configured.
+    /// A filter's `on-response` answer was invalid: logged, counted, then fail open or
+    /// closed, as configured.
     fn misbehaved(&self, f: &FilterPool, detail: &str, reply: Reply) -> Reply {
-        tracing::warn!(route = %self.x.route, filter = %f.name(), "{detail}");
+        f.invalid_answer(Phase::Response, detail);
         match f.on_error() {
             OnError::FailOpen => reply,
             OnError::FailClosed => Reply::error(
@@ -632,13 +758,15 @@ impl Walk<'_, '_> {
         }
     }
 
+    /// Calls `f`'s `on-response`; `None` when no instance became free in time. A failed
+    /// call is answered by `on_error` here (on a fixed reply it changes nothing).
     async fn on_response(
         &mut self,
         f: &FilterPool,
         k: usize,
         req: &wasm::Request,
         reply: &mut Reply,
-    ) -> ResponseAction {
+    ) -> Option<ResponseAction> {
         // Only filters that asked for the body get it.
         let hidden = match (&mut reply.outcome, f.info().wants_response_body) {
             (Outcome::Response(r), false) => r.body.take(),
@@ -646,18 +774,25 @@ impl Walk<'_, '_> {
         };
         let started = self.x.call_started();
         self.refresh_info();
+        let until = self.x.response_wait_until(f);
         let result = f
-            .on_response(&self.info, req, self.memos[k].as_deref(), &reply.outcome)
+            .on_response_until(
+                &self.info,
+                req,
+                self.memos[k].as_deref(),
+                &reply.outcome,
+                Some(until),
+            )
             .await;
         self.x.time_filter(f, "on_response", self.attempt, started);
         if let (Outcome::Response(r), Some(b)) = (&mut reply.outcome, hidden) {
             r.body = Some(b);
         }
         match result {
-            Ok(action) => action,
-            Err(e) => match f.on_error() {
-                OnError::FailOpen => ResponseAction::Continue(None),
-                OnError::FailClosed => {
+            Ok(action) => Some(action),
+            Err(Unanswered::Busy) => None,
+            Err(Unanswered::Failed(e)) => {
+                if !reply.fixed && f.on_error() == OnError::FailClosed {
                     *reply = Reply::error(
                         &ProxyError::FilterFailed {
                             filter: f.name().to_owned(),
@@ -666,21 +801,26 @@ impl Walk<'_, '_> {
                         self.x.route,
                         self.x.id,
                     );
-                    ResponseAction::Continue(None)
                 }
-            },
+                Some(ResponseAction::Continue(None))
+            }
         }
     }
 
-    /// Calls the upstream with the request as the chain left it.
-    async fn send(&mut self, req: &wasm::Request) -> Result<Reply, ProxyError> {
+    /// Calls the upstream with the request as the chain left it. The reply is an
+    /// upstream failure when no whole response came in time, and fixed when weir ends
+    /// the request itself (see [`Reply::ended`]).
+    async fn send(&mut self, req: &wasm::Request) -> Reply {
         let body = match &mut self.body {
             ReqBody::Buffered(b) => body::full(b.clone()),
             ReqBody::Stream(s) => s.take().unwrap_or_else(body::empty),
         };
         let mut out = http::Request::new(body);
         *out.method_mut() = self.method.clone();
-        *out.uri_mut() = self.x.upstream.uri(&req.path_with_query)?;
+        *out.uri_mut() = match self.x.upstream.uri(&req.path_with_query) {
+            Ok(u) => u,
+            Err(e) => return self.ended(e),
+        };
         let mut h = headers::from_fields(&req.headers);
         headers::prepare_upstream(&mut h);
         *out.headers_mut() = h;
@@ -695,19 +835,13 @@ impl Walk<'_, '_> {
         let sent = self.x.send_upstream(out, deadline, timeout_ms).await;
         let mut resp = match sent {
             Ok(r) => r,
+            // The client's fault, not the upstream's: 413, whatever the filters say.
             Err(_) if self.body_too_large.load(Ordering::Relaxed) => {
-                return Err(ProxyError::BodyTooLarge {
+                return self.ended(ProxyError::BodyTooLarge {
                     limit: self.x.max_body,
                 });
             }
-            Err(f) => {
-                return Ok(Reply {
-                    outcome: Outcome::Error(f.kind),
-                    stream: None,
-                    error: Some(f.error),
-                    error_headers: Vec::new(),
-                });
-            }
+            Err(f) => return Reply::upstream_failed(f.kind, f.error),
         };
         headers::strip_hop_by_hop(resp.headers_mut());
         let (mut parts, mut stream) = resp.into_parts();
@@ -721,10 +855,13 @@ impl Walk<'_, '_> {
                 compress::mark_decoded(&mut parts.headers);
                 stream = compress::decode(stream, coding);
             }
+            // A body that does not come whole in time, or breaks off, is an upstream
+            // failure like a head that does not come: the filters may answer it as
+            // such (a cache's stale copy, a retry).
             match tokio::time::timeout_at(self.x.deadline, body::collect_limited(stream, limit))
                 .await
             {
-                Err(_) => return Err(self.x.timeout()),
+                Err(_) => return Reply::upstream_failed(UpstreamError::Timeout, self.x.timeout()),
                 Ok(Ok(b)) => (Some(b.to_vec()), None),
                 Ok(Err(e)) if body::is_too_large(e.as_ref()) => {
                     let filter = self
@@ -735,19 +872,22 @@ impl Walk<'_, '_> {
                         .find(|f| f.info().wants_response_body)
                         .map(|f| f.name().to_owned())
                         .unwrap_or_default();
-                    return Err(ProxyError::ResponseTooLarge { filter, limit });
+                    return self.ended(ProxyError::ResponseTooLarge { filter, limit });
                 }
                 Ok(Err(e)) => {
-                    return Err(ProxyError::UpstreamBroken {
-                        upstream: self.x.upstream.origin.clone(),
-                        detail: format!("reading the response body: {e}"),
-                    });
+                    return Reply::upstream_failed(
+                        UpstreamError::Reset,
+                        ProxyError::UpstreamBroken {
+                            upstream: self.x.upstream.origin.clone(),
+                            detail: format!("reading the response body: {e}"),
+                        },
+                    );
                 }
             }
         } else {
             (None, Some(stream))
         };
-        Ok(Reply {
+        Reply {
             outcome: Outcome::Response(wasm::Response {
                 status: parts.status.as_u16(),
                 headers: headers::to_fields(&parts.headers),
@@ -756,12 +896,19 @@ impl Walk<'_, '_> {
             stream,
             error: None,
             error_headers: Vec::new(),
-        })
+            fixed: false,
+        }
     }
 }
 
+/// What one `on-request` call comes to.
 enum Step {
+    /// Go on, with this memo.
     Go(Option<Vec<u8>>),
+    /// Stop the walk with this reply.
     Stop(Reply),
+    /// Ask again after this many milliseconds.
     Wait(u32),
+    /// No instance became free before the deadline.
+    Expired,
 }

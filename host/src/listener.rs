@@ -185,7 +185,11 @@ impl Proxy {
         };
         let route_name = route.map(|r| r.name.as_str());
         let (mut resp, error) = match result {
-            Ok(r) => (r, None),
+            // One of weir's errors that filters added headers to still names its code.
+            Ok(r) => {
+                let failed = r.extensions().get::<chain::Failed>().map(|f| f.0);
+                (r, failed)
+            }
             Err(e) => (e.to_response(route_name, id_text), Some(e.code())),
         };
         resp.headers_mut().insert(headers::X_REQUEST_ID, id.clone());

@@ -250,7 +250,11 @@
 //! which Rust turns into an abort). weir then throws the instance away (the next call
 //! gets a fresh one, [`Filter::new`] included), logs `filter call failed; instance
 //! discarded` once, counts `weir_filter_failures_total{route,filter,phase,kind}` (`kind`
-//! = `trap`, `timeout` or `memory`), and applies the filter's `on_error`:
+//! = `trap`, `timeout` or `memory`; an answer the host cannot apply, such as an invalid
+//! header name in an edit, counts as `invalid`), and applies the filter's `on_error`.
+//! A call that finds no free instance before the route's deadline is not a failure of
+//! the filter: the client gets 504 and the count is `kind="busy"`, whatever `on_error`
+//! says. `on_error`:
 //!
 //! - `"fail-closed"` (default): the client gets 503 `{"error":"filter_failed",…}` naming
 //!   the filter; filters before this one see that response in `on_response`.

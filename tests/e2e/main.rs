@@ -13,6 +13,7 @@ mod all_four;
 mod auth;
 mod breaker;
 mod cache;
+mod cleanup;
 mod compression;
 mod example_c;
 mod example_js;

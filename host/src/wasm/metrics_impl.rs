@@ -47,7 +47,7 @@ impl FilterMetrics {
         let failures = CounterVec::new(
             Opts::new(
                 "weir_filter_failures_total",
-                "Filter calls that trapped, timed out or ran out of memory",
+                "Filter calls that trapped, timed out, ran out of memory (trap, timeout, memory), answered something invalid (invalid) or found no free instance in time (busy)",
             ),
             &["route", "filter", "phase", "kind"],
         )?;
@@ -83,6 +83,12 @@ impl FilterMetrics {
             CallError::Timeout(_) => "timeout",
             CallError::Memory(_) => "memory",
         };
+        self.count_failure_kind(route, filter, phase, kind);
+    }
+
+    /// Counts a call that went wrong without a failed guest call: `invalid` (an answer
+    /// the host could not apply) or `busy` (no instance became free before the deadline).
+    pub fn count_failure_kind(&self, route: &str, filter: &str, phase: &str, kind: &str) {
         self.failures
             .with_label_values(&[route, filter, phase, kind])
             .inc();

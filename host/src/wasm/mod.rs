@@ -105,6 +105,37 @@ pub enum CallError {
     Memory(u64),
 }
 
+/// Why a call whose wait for an instance has a bound got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unanswered {
+    /// Every instance stayed busy (`max_instances` of them in calls) until the bound:
+    /// the guest was never called, so this is no failure of the filter's own.
+    #[error("no instance of the filter became free in time")]
+    Busy,
+    /// The call was made and failed; the instance is gone.
+    #[error(transparent)]
+    Failed(#[from] CallError),
+}
+
+/// Which export a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `on-request`.
+    Request = 0,
+    /// `on-response`.
+    Response = 1,
+}
+
+impl Phase {
+    /// The phase as metrics and logs name it: `on_request` or `on_response`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Request => "on_request",
+            Phase::Response => "on_response",
+        }
+    }
+}
+
 // === impl Runtime ===
 
 /// The process-wide wasm engine, linker and epoch ticker.
@@ -404,22 +435,6 @@ struct FilterMeta {
     max_call_time: Duration,
 }
 
-/// Which export a call goes to.
-#[derive(Debug, Clone, Copy)]
-enum Phase {
-    Request = 0,
-    Response = 1,
-}
-
-impl Phase {
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Request => "on_request",
-            Phase::Response => "on_response",
-        }
-    }
-}
-
 struct Instance {
     store: Store<GuestState>,
     guest: HttpFilter,
@@ -603,24 +618,21 @@ impl FilterPool {
         }
     }
 
-    /// Calls `on-request` on a pooled instance.
+    /// The longest one call may run (`max_call_time`).
+    pub fn max_call_time(&self) -> Duration {
+        self.maker.meta.max_call_time
+    }
+
+    /// Calls `on-request` on a pooled instance, waiting as long as it takes for one.
     pub async fn on_request(
         &self,
         info: &RequestInfo,
         req: &Request,
     ) -> Result<RequestAction, CallError> {
-        let mut inst = self.checkout(Phase::Request).await?;
-        let _ticking = self.maker.runtime.ticker.enter();
-        let started = self.begin(&mut inst);
-        let result = inst
-            .guest
-            .weir_filter_filter()
-            .call_on_request(&mut inst.store, info, req)
-            .await;
-        self.finish(Phase::Request, inst, started, result)
+        unbounded(self.on_request_until(info, req, None).await)
     }
 
-    /// Calls `on-response` on a pooled instance.
+    /// Calls `on-response` on a pooled instance, waiting as long as it takes for one.
     pub async fn on_response(
         &self,
         info: &RequestInfo,
@@ -628,7 +640,40 @@ impl FilterPool {
         memo: Option<&[u8]>,
         outcome: &Outcome,
     ) -> Result<ResponseAction, CallError> {
-        let mut inst = self.checkout(Phase::Response).await?;
+        unbounded(self.on_response_until(info, req, memo, outcome, None).await)
+    }
+
+    /// Calls `on-request` on a pooled instance; with every instance busy, waits for one
+    /// until `until` at most (the request's deadline), then gives up with
+    /// [`Unanswered::Busy`].
+    pub async fn on_request_until(
+        &self,
+        info: &RequestInfo,
+        req: &Request,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<RequestAction, Unanswered> {
+        let mut inst = self.checkout(Phase::Request, until).await?;
+        let _ticking = self.maker.runtime.ticker.enter();
+        let started = self.begin(&mut inst);
+        let result = inst
+            .guest
+            .weir_filter_filter()
+            .call_on_request(&mut inst.store, info, req)
+            .await;
+        Ok(self.finish(Phase::Request, inst, started, result)?)
+    }
+
+    /// Calls `on-response` on a pooled instance; waits for an instance until `until` at
+    /// most, as [`FilterPool::on_request_until`] does.
+    pub async fn on_response_until(
+        &self,
+        info: &RequestInfo,
+        req: &Request,
+        memo: Option<&[u8]>,
+        outcome: &Outcome,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<ResponseAction, Unanswered> {
+        let mut inst = self.checkout(Phase::Response, until).await?;
         let _ticking = self.maker.runtime.ticker.enter();
         let started = self.begin(&mut inst);
         let result = inst
@@ -636,21 +681,55 @@ impl FilterPool {
             .weir_filter_filter()
             .call_on_response(&mut inst.store, info, req, memo, outcome)
             .await;
-        self.finish(Phase::Response, inst, started, result)
+        Ok(self.finish(Phase::Response, inst, started, result)?)
     }
 
-    /// Takes an idle instance, or waits for one to come back or to be built.
-    async fn checkout(&self, phase: Phase) -> Result<Instance, CallError> {
+    /// Logs and counts (`kind = "invalid"`) an answer the host could not apply: a header
+    /// HTTP does not allow, a path without its `/`, a status outside 100–999. The
+    /// instance, which is healthy, stays in the pool.
+    pub fn invalid_answer(&self, phase: Phase, detail: &str) {
+        let meta = &self.maker.meta;
+        self.maker.runtime.metrics.count_failure_kind(
+            &meta.route,
+            &meta.filter,
+            phase.name(),
+            "invalid",
+        );
+        tracing::warn!(
+            route = %meta.route,
+            filter = %meta.filter,
+            phase = phase.name(),
+            error = %detail,
+            "filter answered something invalid"
+        );
+    }
+
+    /// Takes an idle instance, or waits for one to come back or to be built: until
+    /// `until` at most, when given.
+    async fn checkout(
+        &self,
+        phase: Phase,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Instance, Unanswered> {
         let permit = match self.slots.ready.try_acquire() {
             Ok(p) => p,
             Err(_) => {
                 let _waiting = Waiting::new(self);
+                // Dropping `acquire` on the timeout loses no permit (tokio's semaphore
+                // is cancel-safe), and `_waiting` stops counting this call.
+                let acquire = self.slots.ready.acquire();
+                let acquired = match until {
+                    None => acquire.await,
+                    Some(t) => match tokio::time::timeout_at(t, acquire).await {
+                        Ok(a) => a,
+                        Err(_) => {
+                            self.busy(phase);
+                            return Err(Unanswered::Busy);
+                        }
+                    },
+                };
                 // The semaphore is never closed.
-                self.slots
-                    .ready
-                    .acquire()
-                    .await
-                    .map_err(|e| CallError::Trap(e.to_string()))?
+                acquired.map_err(|e| CallError::Trap(e.to_string()))?
             }
         };
         // The instance leaves the pool with its permit; returning it adds one.
@@ -671,9 +750,27 @@ impl FilterPool {
                     failure.unwrap_or_default()
                 ));
                 self.fail(phase, &err);
-                Err(err)
+                Err(err.into())
             }
         }
+    }
+
+    /// Logs and counts (`kind = "busy"`) a call that found no free instance in time.
+    fn busy(&self, phase: Phase) {
+        let meta = &self.maker.meta;
+        self.maker.runtime.metrics.count_failure_kind(
+            &meta.route,
+            &meta.filter,
+            phase.name(),
+            "busy",
+        );
+        tracing::warn!(
+            route = %meta.route,
+            filter = %meta.filter,
+            phase = phase.name(),
+            max_instances = self.slots.max,
+            "no instance of the filter became free before the request's deadline; raise max_instances if this recurs"
+        );
     }
 
     fn begin(&self, inst: &mut Instance) -> Instant {
@@ -731,6 +828,15 @@ impl FilterPool {
             "filter call failed; instance discarded"
         );
     }
+}
+
+/// The answer of a call that waited without a bound, which therefore cannot be
+/// [`Unanswered::Busy`].
+fn unbounded<T>(r: Result<T, Unanswered>) -> Result<T, CallError> {
+    r.map_err(|e| match e {
+        Unanswered::Failed(e) => e,
+        Unanswered::Busy => CallError::Trap(e.to_string()),
+    })
 }
 
 impl Maker {
@@ -938,7 +1044,17 @@ mod tests {
         config: serde_json::Value,
         settings: FilterConfig,
     ) -> Arc<FilterPool> {
-        let metrics = FilterMetrics::new(&prometheus::Registry::new()).unwrap();
+        pool_in(&prometheus::Registry::new(), wasm, config, settings).await
+    }
+
+    /// A pool whose host metrics go to `registry`.
+    async fn pool_in(
+        registry: &prometheus::Registry,
+        wasm: &[u8],
+        config: serde_json::Value,
+        settings: FilterConfig,
+    ) -> Arc<FilterPool> {
+        let metrics = FilterMetrics::new(registry).unwrap();
         let runtime = Runtime::new(
             Runtime::default_cache_dir().as_deref(),
             MemoryBackend::new(1 << 20),
@@ -1089,5 +1205,97 @@ mod tests {
         let size = until(&pool, |s| s.building == 0 && s.idle >= 1).await;
         assert_eq!(size.peak, 3, "{size:?}");
         assert!(size.total <= 3, "{size:?}");
+    }
+
+    /// `weir_filter_failures_total` for route `r`, filter `f`, this phase and kind.
+    fn failures(registry: &prometheus::Registry, phase: &str, kind: &str) -> f64 {
+        let want = [
+            ("route", "r"),
+            ("filter", "f"),
+            ("phase", phase),
+            ("kind", kind),
+        ];
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "weir_filter_failures_total")
+            .flat_map(|family| family.get_metric())
+            .find(|m| {
+                m.get_label().len() == want.len()
+                    && want.iter().all(|(k, v)| {
+                        m.get_label()
+                            .iter()
+                            .any(|l| l.name() == *k && l.value() == *v)
+                    })
+            })
+            .map_or(0.0, |m| m.get_counter().get_value())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_an_instance_ends_at_its_bound_and_the_instance_still_comes_back() {
+        let settings = FilterConfig {
+            min_instances: 1,
+            max_instances: 1,
+            ..FilterConfig::default()
+        };
+        let registry = prometheus::Registry::new();
+        let pool = pool_in(
+            &registry,
+            builtin::lookup("headers").unwrap().wasm,
+            serde_json::json!({}),
+            settings,
+        )
+        .await;
+        // The test holds the only instance, as a call in progress would.
+        let held = pool.checkout(Phase::Request, None).await.unwrap();
+
+        let start = tokio::time::Instant::now();
+        let until = start + Duration::from_millis(250);
+        let result = pool
+            .on_request_until(&info(), &request(), Some(until))
+            .await;
+        assert!(matches!(result, Err(Unanswered::Busy)), "{result:?}");
+        assert_eq!(
+            tokio::time::Instant::now(),
+            until,
+            "it gave up at its bound, not before or after"
+        );
+        assert_eq!(failures(&registry, "on_request", "busy"), 1.0);
+        let until = tokio::time::Instant::now() + Duration::from_millis(100);
+        let result = pool
+            .on_response_until(
+                &info(),
+                &request(),
+                None,
+                &Outcome::Error(UpstreamError::Timeout),
+                Some(until),
+            )
+            .await;
+        assert!(matches!(result, Err(Unanswered::Busy)), "{result:?}");
+        assert_eq!(failures(&registry, "on_response", "busy"), 1.0);
+        // Giving up built nothing: max_instances is 1, and no waiter is left counted.
+        assert_eq!(pool.size().total, 1);
+        assert_eq!(pool.slots.lock().waiting, 0);
+
+        // A waiter whose instance comes back before its bound gets it.
+        let waiter = {
+            let pool = pool.clone();
+            let until = tokio::time::Instant::now() + Duration::from_millis(250);
+            tokio::spawn(async move {
+                pool.on_request_until(&info(), &request(), Some(until))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished());
+        // Back to the pool, as at the end of a call.
+        pool.finish(Phase::Request, held, Instant::now(), Ok(()))
+            .unwrap();
+        let result = waiter.await.unwrap();
+        assert!(
+            matches!(result, Ok(RequestAction::Continue(_))),
+            "{result:?}"
+        );
+        assert_eq!(failures(&registry, "on_request", "busy"), 1.0);
     }
 }
