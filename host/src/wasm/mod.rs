@@ -331,6 +331,14 @@ impl Runtime {
         for _ in 1..settings.min_instances.max(1) {
             idle.push(maker.instantiate().await.map_err(init_err)?.0);
         }
+        tracing::info!(
+            route,
+            filter,
+            guest = %info.name,
+            version = %info.version,
+            instances = idle.len(),
+            "filter ready"
+        );
         let slots = Slots {
             ready: Semaphore::new(idle.len()),
             state: Mutex::new(SlotState {
