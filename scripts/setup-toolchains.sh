@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Where `cargo install` and `pip install --user` put commands (wit-bindgen, wasm-tools,
+# componentize-py), in case this shell's PATH lacks them.
+PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if user_base=$(python3 -m site --user-base 2>/dev/null); then PATH="$PATH:$user_base/bin"; fi
+export PATH
+
 for lang in c js python; do
     echo "[setup] $lang: examples/filters/$lang/setup.sh" >&2
     "examples/filters/$lang/setup.sh"
