@@ -375,16 +375,9 @@ filters = ["signer"]
     assert!(line.contains("`secret` is missing"), "{line}");
 
     // weir itself refuses to start with an empty secret.
-    let err = with_signer(bad(r#"{ secret = "" }"#))
-        .try_start()
-        .await
-        .err()
-        .expect("weir must refuse an empty secret");
-    assert!(
-        matches!(err.exit_code(), Some(code) if code != 0),
-        "weir should exit non-zero by itself: {err}"
-    );
-    assert!(err.stderr.contains("`secret` is empty"), "{err}");
+    with_signer(bad(r#"{ secret = "" }"#))
+        .refused("`secret` is empty")
+        .await;
 
     // A secret that is not what `secret_encoding` says is an error that does not repeat it.
     let secret = "not-hex-at-all-0123";

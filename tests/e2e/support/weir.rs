@@ -151,6 +151,24 @@ impl WeirBuilder {
         }
     }
 
+    /// Starts weir expecting it to refuse its config: it must exit non-zero by itself.
+    /// Returns the first line of its stderr that contains `needle`.
+    pub async fn refused(self, needle: &str) -> String {
+        let err = match self.try_start().await {
+            Ok(_) => panic!("weir started, but it must refuse this config"),
+            Err(err) => err,
+        };
+        assert!(
+            matches!(err.exit_code(), Some(code) if code != 0),
+            "weir should exit non-zero by itself: {err}"
+        );
+        err.stderr
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no line with {needle:?} in stderr: {err}"))
+    }
+
     /// Start weir and wait until it listens, or return why it didn't (e.g. for tests that
     /// expect weir to refuse a config).
     pub async fn try_start(self) -> Result<Weir, StartError> {
