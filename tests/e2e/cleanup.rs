@@ -11,16 +11,13 @@
 //! times longer than the route timeout, and the order of events is established by
 //! awaiting them.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use prometheus_parse::{Scrape, Value};
 
 use crate::support::WAIT;
+use crate::support::body::unsized_body;
 use crate::support::client::client;
 use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::{Weir, WeirBuilder};
@@ -111,33 +108,6 @@ async fn failures(weir: &Weir, route: &str, filter: &str, phase: &str, kind: &st
             Value::Counter(v) => v,
             ref other => panic!("weir_filter_failures_total is {other:?}"),
         })
-}
-
-/// A request body with no length: weir finds it too large only while streaming it.
-struct UnsizedBody(VecDeque<Bytes>);
-
-impl UnsizedBody {
-    fn chunks(count: usize, size: usize) -> reqwest::Body {
-        reqwest::Body::wrap(UnsizedBody(
-            (0..count).map(|_| Bytes::from(vec![b'x'; size])).collect(),
-        ))
-    }
-}
-
-impl Body for UnsizedBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.get_mut().0.pop_front().map(|c| Ok(Frame::data(c))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }
 
 #[tokio::test]
@@ -256,7 +226,7 @@ filters = [{{ use = "breaker", config = {{ window_size = 1, minimum_calls = 1, w
     // 4 x 1000 bytes without a length: the 1 KiB limit trips while weir streams it.
     let resp = client()
         .post(weir.url("/upload"))
-        .body(UnsizedBody::chunks(4, 1000))
+        .body(unsized_body((0..4).map(|_| Bytes::from(vec![b'x'; 1000]))))
         .send()
         .await
         .expect("POST /upload");

@@ -5,14 +5,9 @@
 //! Every test starts the real `weir` binary with its own config (port 0) and in-process
 //! upstreams on 127.0.0.1, then asserts what the client got and what the upstream saw.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Version;
-use http_body::{Body, Frame, SizeHint};
 use serde_json::Value;
 
 use crate::support::body::{self, Digest, pattern_digest};
@@ -72,36 +67,6 @@ async fn error_json(resp: reqwest::Response, status: u16, code: &str) -> Value {
         "{text}"
     );
     v
-}
-
-/// A body sent as these chunks with no length hint, so clients send it chunked
-/// (HTTP/1.1) or without `content-length` (HTTP/2).
-struct UnsizedBody(VecDeque<Bytes>);
-
-impl UnsizedBody {
-    /// `count` chunks of `size` pattern bytes, continuing the pattern across chunks.
-    fn pattern(count: usize, size: usize) -> reqwest::Body {
-        let chunks = (0..count)
-            .map(|i| body::pattern_chunk((i * size) as u64, size))
-            .collect();
-        reqwest::Body::wrap(UnsizedBody(chunks))
-    }
-}
-
-impl Body for UnsizedBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.get_mut().0.pop_front().map(|c| Ok(Frame::data(c))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }
 
 // === routing ===
@@ -1000,7 +965,9 @@ async fn chunked_body_over_max_body_bytes_gets_413_and_never_reaches_upstream_wh
         // 4 x 1000 bytes, no content-length: the limit trips while streaming.
         let resp = c
             .post(weir.url(&format!("/too-big/{name}")))
-            .body(UnsizedBody::pattern(4, 1000))
+            .body(body::unsized_body(
+                (0..4).map(|i| body::pattern_chunk(i * 1000, 1000)),
+            ))
             .send()
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
@@ -1012,7 +979,9 @@ async fn chunked_body_over_max_body_bytes_gets_413_and_never_reaches_upstream_wh
         // At the limit, streamed, it goes through.
         let resp = c
             .post(weir.url(&format!("/fits/{name}")))
-            .body(UnsizedBody::pattern(2, 512))
+            .body(body::unsized_body(
+                (0..2).map(|i| body::pattern_chunk(i * 512, 512)),
+            ))
             .send()
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));

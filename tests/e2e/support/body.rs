@@ -4,6 +4,7 @@
 //! dropped, repeated or reordered chunk of any power-of-two size changes the digest.
 //! Chunks are slices of one static block, so generating 200 MB copies nothing.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
@@ -164,5 +165,30 @@ impl Body for PatternBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.len - self.sent.min(self.len))
+    }
+}
+
+/// A request body sent as `chunks` with no length hint, so clients send it chunked
+/// (HTTP/1.1) or without `content-length` (HTTP/2), and weir learns its size only while
+/// streaming it.
+pub fn unsized_body(chunks: impl IntoIterator<Item = Bytes>) -> reqwest::Body {
+    reqwest::Body::wrap(Unsized(chunks.into_iter().collect()))
+}
+
+struct Unsized(VecDeque<Bytes>);
+
+impl Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.get_mut().0.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
     }
 }
