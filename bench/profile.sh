@@ -37,7 +37,8 @@ done
 
 say() { echo "[profile] $*" >&2; }
 die() { echo "[profile] error: $*" >&2; exit 1; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=common.sh
+. "$BENCH/common.sh"
 
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
@@ -45,29 +46,10 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null || missing+=(curl)
 command -v cmake >/dev/null || missing+=(cmake)
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]} with apt-get"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
-OHA="$(command -v oha || true)"
-if [ -z "$OHA" ]; then
-    OHA="$TOOLS/bin/oha"
-    if [ ! -x "$OHA" ]; then
-        say "installing oha into $TOOLS (cargo install --locked)"
-        cargo install oha --locked --root "$TOOLS" >/dev/null
-    fi
-fi
+apt_install "${missing[@]}"
+find_peers_and_oha
 
-say "building weir, the upstream and the pingora peer (release)"
-(cd "$ROOT" && cargo build --release -q -p weir --bin weir)
-WEIR_TARGET="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-WEIR="$WEIR_TARGET/release/weir"
-(cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
-UPSTREAM="$BENCH/target/release/weir-bench-upstream"
-PINGORA="$BENCH/target/release/weir-bench-pingora"
+build_binaries
 
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/nginx/tmp"

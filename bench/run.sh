@@ -68,7 +68,8 @@ fi
 
 # === install what is missing ===
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=common.sh
+. "$BENCH/common.sh"
 
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -80,11 +81,7 @@ command -v python3 >/dev/null || missing+=(python3)
 # pingora builds zlib-ng (through flate2) with cmake.
 command -v cmake >/dev/null || missing+=(cmake)
 command -v cc >/dev/null || missing+=(build-essential)
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]} with apt-get"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install "${missing[@]}"
 # Debian's packages start their services on install where they can; the benchmark
 # starts its own, and a system nginx or HAProxy on this machine would steal cycles.
 for svc in nginx haproxy; do
@@ -92,30 +89,11 @@ for svc in nginx haproxy; do
         say "warning: a $svc is already running (pid $(pgrep -x "$svc" | tr '\n' ' ')); it will disturb the numbers"
     fi
 done
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
-
-OHA="$(command -v oha || true)"
-if [ -z "$OHA" ]; then
-    OHA="$TOOLS/bin/oha"
-    if [ ! -x "$OHA" ]; then
-        say "installing oha into $TOOLS (cargo install --locked)"
-        cargo install oha --locked --root "$TOOLS" >/dev/null
-    fi
-fi
+find_peers_and_oha
 
 # === build ===
 
-say "building weir (release)"
-(cd "$ROOT" && cargo build --release -q -p weir --bin weir)
-WEIR_TARGET="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-WEIR="$WEIR_TARGET/release/weir"
-# The upstream and the pingora peer: bench/'s own workspace and target dir, so their
-# dependencies never change a feature of weir's build.
-say "building the upstream and the pingora peer (release, bench/target)"
-(cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
-UPSTREAM="$BENCH/target/release/weir-bench-upstream"
-PINGORA="$BENCH/target/release/weir-bench-pingora"
+build_binaries
 
 # === processes ===
 

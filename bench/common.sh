@@ -1,0 +1,41 @@
+# Shared by run.sh and profile.sh, which source it after setting BENCH, ROOT, TOOLS and
+# say(). Installs what is missing and builds the binaries under test.
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Installs the Debian packages named, if any.
+apt_install() {
+    [ $# -gt 0 ] || return 0
+    say "installing $* with apt-get"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Sets NGINX, HAPROXY and OHA; installs oha into $TOOLS with cargo when none is on PATH.
+find_peers_and_oha() {
+    NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+    HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
+    OHA="$(command -v oha || true)"
+    if [ -z "$OHA" ]; then
+        OHA="$TOOLS/bin/oha"
+        if [ ! -x "$OHA" ]; then
+            say "installing oha into $TOOLS (cargo install --locked)"
+            cargo install oha --locked --root "$TOOLS" >/dev/null
+        fi
+    fi
+}
+
+# Builds weir, the upstream and the pingora peer in release; sets WEIR, UPSTREAM and
+# PINGORA. The upstream and the pingora peer are bench/'s own workspace with its own
+# target dir, so their dependencies never change a feature of weir's build.
+build_binaries() {
+    say "building weir (release)"
+    (cd "$ROOT" && cargo build --release -q -p weir --bin weir)
+    local target
+    target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+    WEIR="$target/release/weir"
+    say "building the upstream and the pingora peer (release, bench/target)"
+    (cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
+    UPSTREAM="$BENCH/target/release/weir-bench-upstream"
+    PINGORA="$BENCH/target/release/weir-bench-pingora"
+}
