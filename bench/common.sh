@@ -1,5 +1,17 @@
 # Shared by run.sh and profile.sh, which source it after setting BENCH, ROOT, TOOLS and
-# say(). Installs what is missing and builds the binaries under test.
+# say(). Stops the processes they start when they exit, installs what is missing and
+# builds the binaries under test.
+
+# The pids of the processes the script starts: all are stopped when it exits.
+STARTED=()
+stop_started() {
+    for pid in "${STARTED[@]:-}"; do
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+trap stop_started EXIT
+trap 'exit 130' INT TERM
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -53,15 +53,6 @@ build_binaries
 
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/nginx/tmp"
-STARTED=()
-cleanup() {
-    for pid in "${STARTED[@]:-}"; do
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 UPSTREAM_PORT=18080
 declare -A PORT=([nginx]=18081 [haproxy]=18082 [pingora]=18083)

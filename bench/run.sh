@@ -103,16 +103,6 @@ mkdir -p "$RUN/nginx/tmp"
 # the `ready` and `quickstart` lines hold)
 RESULTS="$RUN/results.tsv"
 : >"$RESULTS"
-STARTED=()
-
-cleanup() {
-    for pid in "${STARTED[@]:-}"; do
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 UPSTREAM_PORT=18080
 declare -A PORT=(
