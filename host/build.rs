@@ -36,6 +36,8 @@ fn main() {
         root.join("Cargo.lock").display()
     );
 
+    check_wasm_target();
+
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -82,4 +84,29 @@ fn main() {
         );
         println!("cargo:rustc-env={var}={}", file.display());
     }
+}
+
+/// Fails at once, saying what to do, when the pinned toolchain lacks the wasm target:
+/// otherwise the nested build fails much later with "can't find crate for `core`".
+fn check_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let has_core = libdir
+        .as_deref()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .is_some_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+        });
+    assert!(
+        has_core,
+        "the wasm32-wasip2 target is not installed for this toolchain, and weir's filters \
+         build to it: run scripts/setup-rust.sh (or `rustup target add wasm32-wasip2`)"
+    );
 }

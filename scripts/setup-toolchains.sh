@@ -4,7 +4,7 @@
 # and wasi-libc; wit-bindgen and wasm-tools from crates.io). Each language's own setup.sh
 # does the work and is a quick no-op when its tools are already there.
 #
-# Rust needs nothing here: rust-toolchain.toml brings the toolchain and wasm32-wasip2.
+# Rust's toolchain and its wasm32-wasip2 target come from scripts/setup-rust.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

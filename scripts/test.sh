@@ -11,5 +11,6 @@ PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 if user_base=$(python3 -m site --user-base 2>/dev/null); then PATH="$PATH:$user_base/bin"; fi
 export PATH
 
+scripts/setup-rust.sh
 scripts/setup-toolchains.sh
 cargo test --workspace "$@"

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# The pinned toolchain and its wasm32-wasip2 target, checked (and added) before the
+# long build starts.
+scripts/setup-rust.sh
 cargo build --bin weir --example demo-upstream
 
 logs=$(mktemp -d)
