@@ -1,7 +1,7 @@
 //! The wasm cost of weir's filters, in process: no sockets, no HTTP parsing, no upstream.
 //!
 //! Each benchmark calls the built-in filters through the same pools, limits and host
-//! interfaces as `weir run` (via [`weir::harness`]), so what it measures is one guest
+//! interfaces as `weir run` (via [`weir::authoring::harness`]), so what it measures is one guest
 //! call: checking an instance out, copying the request into the guest, running it, and
 //! copying the answer back.
 //!
@@ -14,9 +14,9 @@
 //! - `phase/<filter>/on_request` (and `phase/headers/on_response`): one call of one phase
 //!   of one standard filter, configured as in `bench/configs/`.
 //! - `chain/five`: one request through headers, retry, limiter, breaker and cache (miss)
-//!   and back, the calls the host's chain makes for a request that reaches the upstream:
-//!   five `on-request` calls in order, edits applied, then five `on-response` calls in
-//!   reverse with each filter's memo.
+//!   and back, through the host's own chain walk (`weir::chain`, as the harness runs it):
+//!   five `on-request` calls in order, edits applied, the scripted upstream, then five
+//!   `on-response` calls in reverse with each filter's memo.
 //!
 //! The harness's clock is virtual and moves only when told to. The limiter's bucket would
 //! run dry after `burst` calls, so the limiter benchmarks move the clock on by 1 ms per
@@ -27,8 +27,11 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use weir::harness::{Harness, info, request, response, with_header, with_response_header};
-use weir::wasm::{Outcome, Request, RequestAction, ResponseAction, builtin};
+use weir::authoring::harness::{
+    Harness, info, request, response, with_header, with_response_header,
+};
+use weir::builtin;
+use weir::wasm::{Outcome, Request, RequestAction, ResponseAction};
 
 /// The five filters of the full chain, in route order, with their configs.
 fn chain_filters() -> [(&'static str, Value); 5] {
@@ -143,78 +146,35 @@ fn phases(c: &mut Criterion) {
     group.finish();
 }
 
-/// Five filters sharing one runtime and state store, as a route's chain does.
+/// Five filters sharing one runtime and state store, in one route's chain.
 struct FiveChain {
-    filters: Vec<(&'static str, Harness)>,
+    harness: Harness,
 }
 
 impl FiveChain {
     async fn load() -> FiveChain {
-        let mut filters: Vec<(&'static str, Harness)> = Vec::new();
-        for (name, config) in chain_filters() {
-            let h = match filters.first() {
-                None => load(name, config).await,
-                Some((_, first)) => {
-                    let wasm = builtin::lookup(name).expect("a built-in filter").wasm;
-                    first
-                        .sibling(wasm, config)
-                        .await
-                        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
-                }
-            };
-            filters.push((name, h));
+        let mut filters = chain_filters().into_iter();
+        let (first, config) = filters.next().expect("five filters");
+        let mut harness = load(first, config).await;
+        for (name, config) in filters {
+            let wasm = builtin::lookup(name).expect("a built-in filter").wasm;
+            harness = harness
+                .then(wasm, config)
+                .await
+                .unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
-        FiveChain { filters }
+        FiveChain { harness }
     }
 
-    /// One request through the chain and back, as `chain::Walk` makes the calls.
+    /// One request through the chain and back: the host's own walk, against a scripted
+    /// upstream that answers `upstream`.
     async fn exchange(&self, client: &Request, upstream: &Outcome) -> Outcome {
-        // Every sibling shares the first harness's clock.
-        self.filters[0].1.advance(Duration::from_millis(1));
-        let ri = info("bench-request", 1);
-        let mut req = client.clone();
-        let mut memos: Vec<Option<Vec<u8>>> = Vec::with_capacity(self.filters.len());
-        for (name, h) in &self.filters {
-            match h.on_request(&ri, &req).await.unwrap() {
-                RequestAction::Continue((edit, memo)) => {
-                    if let Some(e) = edit {
-                        weir::headers::apply_edit(
-                            &mut req.headers,
-                            e.set_headers,
-                            &e.remove_headers,
-                        )
-                        .unwrap();
-                        if let Some(p) = e.path_with_query {
-                            req.path_with_query = p;
-                        }
-                    }
-                    memos.push(memo);
-                }
-                other => panic!("{name}: expected continue, got {other:?}"),
-            }
-        }
-        let mut outcome = upstream.clone();
-        for ((name, h), memo) in self.filters.iter().zip(&memos).rev() {
-            match h
-                .on_response(&ri, &req, memo.as_deref(), &outcome)
-                .await
-                .unwrap()
-            {
-                ResponseAction::Continue(Some(edit)) => {
-                    if let Outcome::Response(r) = &mut outcome {
-                        weir::headers::apply_edit(
-                            &mut r.headers,
-                            edit.set_headers,
-                            &edit.remove_headers,
-                        )
-                        .unwrap();
-                    }
-                }
-                ResponseAction::Continue(None) => {}
-                other => panic!("{name}: expected continue, got {other:?}"),
-            }
-        }
-        outcome
+        self.harness.advance(Duration::from_millis(1));
+        self.harness
+            .exchange("bench-request", client.clone(), 1, |_, _| upstream.clone())
+            .await
+            .expect("the chain runs")
+            .outcome
     }
 }
 
@@ -227,7 +187,7 @@ fn chain(c: &mut Criterion) {
     // every filter, with the headers filter's edits.
     match rt.block_on(five.exchange(&req, &upstream)) {
         Outcome::Response(r) => {
-            let h = |n: &str| weir::harness::header(&r.headers, n);
+            let h = |n: &str| weir::authoring::harness::header(&r.headers, n);
             assert_eq!(h("x-weir-cache").as_deref(), Some("miss"));
             assert_eq!(h("x-served-by").as_deref(), Some("weir"));
             assert_eq!(h("server"), None);

@@ -32,16 +32,17 @@ use http_body::Body as _;
 use tokio::time::Instant;
 
 use crate::body::{self, ProxyBody};
+use crate::clock::VirtualClock;
 use crate::compress;
 use crate::config::{Compression, OnError};
 use crate::error::ProxyError;
 use crate::headers;
-use crate::recent::{FilterTiming, Trace};
+use crate::recent::{FilterFailure, FilterTiming, Trace};
 use crate::telemetry::RouteMetrics;
 use crate::upstream::{Upstream, UpstreamFailure, UpstreamPool};
 use crate::wasm::{
-    self, FilterPool, Outcome, Phase, RequestAction, RequestInfo, ResponseAction, Unanswered,
-    UpstreamError,
+    self, CallError, FilterPool, Outcome, Phase, RequestAction, RequestInfo, ResponseAction,
+    Unanswered, UpstreamError,
 };
 
 /// The most tries one request gets, whatever the filters ask.
@@ -80,6 +81,11 @@ impl Chain {
         self
     }
 
+    /// The filters, in order.
+    pub fn filters(&self) -> &[Arc<FilterPool>] {
+        &self.filters
+    }
+
     /// The filters' names, in order.
     pub fn names(&self) -> Vec<&str> {
         self.filters.iter().map(|f| f.name()).collect()
@@ -94,8 +100,8 @@ pub struct Exchange<'a> {
     pub chain: &'a Chain,
     /// The route's upstream.
     pub upstream: &'a Upstream,
-    /// The shared client.
-    pub pool: &'a UpstreamPool,
+    /// How the request reaches the upstream.
+    pub transport: Transport<'a>,
     /// The request id (`x-request-id`).
     pub id: &'a str,
     /// The same, as the header weir sends upstream.
@@ -117,6 +123,33 @@ pub struct Exchange<'a> {
     pub record_timings: bool,
     /// Where retries are counted.
     pub metrics: &'a RouteMetrics,
+    /// The most tries, whatever the filters ask: [`MAX_ATTEMPTS`] for every client
+    /// request; the filter harness may set fewer.
+    pub max_attempts: u32,
+}
+
+/// How the walk reaches the upstream once it passes the last filter, and which clock its
+/// waits and deadline run on.
+#[derive(Clone, Copy)]
+pub enum Transport<'a> {
+    /// The shared client, on tokio's clock: every request weir serves.
+    Pool(&'a UpstreamPool),
+    /// A scripted upstream on a virtual clock: the filter harness, so that a filter
+    /// under test goes through this very walk and not a copy of it.
+    Scripted(&'a dyn Script),
+}
+
+/// An upstream that answers from a script, on a virtual clock that the walk's waits and
+/// retry delays move instead of sleeping.
+pub trait Script: Sync {
+    /// Answers one try.
+    fn answer(
+        &self,
+        req: http::Request<ProxyBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, UpstreamFailure>> + Send + '_>>;
+
+    /// The clock the walk waits on.
+    fn clock(&self) -> &VirtualClock;
 }
 
 /// The request as the client sent it, with the path already rewritten for the upstream.
@@ -264,15 +297,15 @@ impl Exchange<'_> {
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        let pool = match self.transport {
+            Transport::Pool(pool) => pool,
+            Transport::Scripted(script) => return script.answer(out).await,
+        };
         if !self.record_timings {
-            return self
-                .pool
-                .send(self.upstream, out, deadline, timeout_ms)
-                .await;
+            return pool.send(self.upstream, out, deadline, timeout_ms).await;
         }
         let started = Instant::now();
-        let (sent, connect) = self
-            .pool
+        let (sent, connect) = pool
             .send_timed(self.upstream, out, deadline, timeout_ms)
             .await;
         let mut trace = self.lock_trace();
@@ -322,6 +355,15 @@ impl Exchange<'_> {
         });
     }
 
+    /// Notes that filter `f` failed (a failed call, or an answer weir refused) for the
+    /// record; the harness reports it as the filter's error.
+    fn note_failure(&self, f: &FilterPool, error: CallError) {
+        self.lock_trace().failures.push(FilterFailure {
+            filter: f.name().to_owned(),
+            error,
+        });
+    }
+
     fn timeout_ms(&self) -> u64 {
         self.timeout.as_millis() as u64
     }
@@ -339,20 +381,48 @@ impl Exchange<'_> {
 
     /// Sleeps `ms`, unless that would pass the deadline.
     async fn sleep_within_deadline(&self, ms: u32) -> Result<(), ProxyError> {
-        let until = Instant::now() + Duration::from_millis(u64::from(ms));
+        let until = self.now() + Duration::from_millis(u64::from(ms));
         if until > self.deadline {
             return Err(self.timeout());
         }
-        tokio::time::sleep_until(until).await;
+        self.sleep_until(until).await;
         Ok(())
+    }
+
+    /// Now, on the clock the walk runs on.
+    fn now(&self) -> Instant {
+        match self.transport {
+            Transport::Pool(_) => Instant::now(),
+            Transport::Scripted(s) => s.clock().instant(),
+        }
+    }
+
+    /// Waits until `until` on the walk's clock: a virtual clock is moved there at once.
+    async fn sleep_until(&self, until: Instant) {
+        match self.transport {
+            Transport::Pool(_) => tokio::time::sleep_until(until).await,
+            Transport::Scripted(s) => {
+                let clock = s.clock();
+                clock.advance(until.saturating_duration_since(clock.instant()));
+            }
+        }
+    }
+
+    /// How long a call may wait for a free instance: until `until` on tokio's clock. On
+    /// a virtual clock, which only waits move, an instance being rebuilt is waited for.
+    fn instance_wait(&self, until: Instant) -> Option<Instant> {
+        match self.transport {
+            Transport::Pool(_) => Some(until),
+            Transport::Scripted(_) => None,
+        }
     }
 
     /// How long an `on-response` call of `f` may wait for a free instance: until the
     /// deadline, and at least `max_call_time` from now. `on-response` also runs after
     /// the deadline (the filters see the upstream's `error(timeout)`), and by then an
     /// instance in a call has had its whole call time to come back.
-    fn response_wait_until(&self, f: &FilterPool) -> Instant {
-        self.deadline.max(Instant::now() + f.max_call_time())
+    fn response_wait_until(&self, f: &FilterPool) -> Option<Instant> {
+        self.instance_wait(self.deadline.max(self.now() + f.max_call_time()))
     }
 }
 
@@ -507,7 +577,7 @@ impl Walk<'_, '_> {
         self.info.remaining_ms = self
             .x
             .deadline
-            .saturating_duration_since(Instant::now())
+            .saturating_duration_since(self.x.now())
             .as_millis() as u64;
     }
 
@@ -605,8 +675,8 @@ impl Walk<'_, '_> {
                     let Some((snapshot, body)) = snapshots[k].clone() else {
                         continue;
                     };
-                    let until = Instant::now() + Duration::from_millis(u64::from(ms));
-                    if self.attempt >= MAX_ATTEMPTS
+                    let until = self.x.now() + Duration::from_millis(u64::from(ms));
+                    if self.attempt >= self.x.max_attempts
                         || matches!(self.body, ReqBody::Stream(_))
                         || until > self.x.deadline
                     {
@@ -616,7 +686,7 @@ impl Walk<'_, '_> {
                     // with it the connection and the `max_connections` slot, now rather
                     // than after the next try (which may need that very slot).
                     reply.stream = None;
-                    tokio::time::sleep_until(until).await;
+                    self.x.sleep_until(until).await;
                     // Later filters may have replaced the body on the last try.
                     if let Some(b) = body {
                         self.body = ReqBody::Buffered(b);
@@ -651,6 +721,7 @@ impl Walk<'_, '_> {
                     &edit.remove_headers,
                 ) {
                     f.invalid_answer(Phase::Response, &e);
+                    self.x.note_failure(f, CallError::Trap(e));
                 }
             }
             ResponseAction::Respond(_) | ResponseAction::Retry(_) => {
@@ -673,7 +744,7 @@ impl Walk<'_, '_> {
         let started = self.x.call_started();
         self.refresh_info();
         let result = f
-            .on_request_until(&self.info, req, Some(self.x.deadline))
+            .on_request_until(&self.info, req, self.x.instance_wait(self.x.deadline))
             .await;
         self.x.time_filter(f, "on_request", self.attempt, started);
         req.body = None;
@@ -695,7 +766,11 @@ impl Walk<'_, '_> {
             // past an auth or a sanitizer whenever its pool is busy: the request ran
             // out of time, like any other wait.
             Err(Unanswered::Busy) => Step::Expired,
-            Err(Unanswered::Failed(e)) => self.failed_request(f, e.to_string()),
+            Err(Unanswered::Failed(e)) => {
+                let detail = e.to_string();
+                self.x.note_failure(f, e);
+                self.failed_request(f, detail)
+            }
         }
     }
 
@@ -724,6 +799,7 @@ impl Walk<'_, '_> {
     /// An `on-request` answer weir cannot apply: logged, counted, then `on_error`.
     fn invalid_request_answer(&self, f: &FilterPool, detail: String) -> Step {
         f.invalid_answer(Phase::Request, &detail);
+        self.x.note_failure(f, CallError::Trap(detail.clone()));
         self.failed_request(f, detail)
     }
 
@@ -745,6 +821,7 @@ impl Walk<'_, '_> {
     /// closed, as configured.
     fn misbehaved(&self, f: &FilterPool, detail: &str, reply: Reply) -> Reply {
         f.invalid_answer(Phase::Response, detail);
+        self.x.note_failure(f, CallError::Trap(detail.to_owned()));
         match f.on_error() {
             OnError::FailOpen => reply,
             OnError::FailClosed => Reply::error(
@@ -781,7 +858,7 @@ impl Walk<'_, '_> {
                 req,
                 self.memos[k].as_deref(),
                 &reply.outcome,
-                Some(until),
+                until,
             )
             .await;
         self.x.time_filter(f, "on_response", self.attempt, started);
@@ -802,6 +879,7 @@ impl Walk<'_, '_> {
                         self.x.id,
                     );
                 }
+                self.x.note_failure(f, e);
                 Some(ResponseAction::Continue(None))
             }
         }
@@ -826,10 +904,9 @@ impl Walk<'_, '_> {
         *out.headers_mut() = h;
         self.x.finish_request(out.headers_mut());
         self.x.compress_request(&mut out);
+        let now = self.x.now();
         let (deadline, timeout_ms) = match self.try_timeout {
-            Some(t) if Instant::now() + t < self.x.deadline => {
-                (Instant::now() + t, t.as_millis() as u64)
-            }
+            Some(t) if now + t < self.x.deadline => (now + t, t.as_millis() as u64),
             _ => (self.x.deadline, self.x.timeout_ms()),
         };
         let sent = self.x.send_upstream(out, deadline, timeout_ms).await;

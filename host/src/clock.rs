@@ -1,5 +1,6 @@
-//! A virtual clock for testing filters: the harness hands it to guests as their WASI wall
-//! and monotonic clocks, and to the state store for TTLs, and moves it by hand.
+//! Time as weir shows and fakes it: [`rfc3339`] timestamps for `/status` and `/requests`,
+//! and a virtual clock for testing filters, which the harness hands to guests as their
+//! WASI wall and monotonic clocks, and to the state store for TTLs, and moves by hand.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +92,32 @@ impl HostMonotonicClock for VirtualClock {
     }
 }
 
+/// `time` as RFC 3339 UTC with milliseconds, e.g. `2026-11-22T04:15:01.123Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let d = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +131,14 @@ mod tests {
         assert_eq!(c.wall(), Duration::from_millis(1_001_500));
         assert_eq!(HostMonotonicClock::now(&c), 1_500_000_000);
         assert_eq!(c.clone().elapsed(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_320_901_123);
+        assert_eq!(rfc3339(t), "2026-11-22T04:15:01.123Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 }

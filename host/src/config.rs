@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
-use crate::wasm::builtin;
+use crate::builtin;
 
 /// Every problem found in one config file.
 #[derive(Debug, thiserror::Error)]
@@ -382,7 +382,7 @@ pub struct LogConfig {
     pub level: Option<String>,
     /// `"pretty"` or `"json"`.
     #[serde(default)]
-    pub format: Option<crate::telemetry::LogFormat>,
+    pub format: Option<LogFormat>,
 }
 
 /// `[runtime]`: process-wide wasm settings.
@@ -393,6 +393,16 @@ pub struct RuntimeConfig {
     /// `~/.cache/weir`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[upstreams.NAME]`.

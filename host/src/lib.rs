@@ -16,6 +16,9 @@
 //!
 //! [`check`] does steps 1 and 2 without binding, for `weir check`.
 //!
+//! The tools for filter authors (the harness, `weir filter test`, `weir filter new`)
+//! live apart from the request path, in [`authoring`].
+//!
 //! The modules follow a request's path: [`listener`] accepts it, [`router`] picks the
 //! route, [`chain`] runs the filters (through [`wasm`]) around the [`upstream`] call, and
 //! [`error`] turns any failure into a JSON response.
@@ -23,20 +26,20 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod authoring;
+mod bindings;
 pub mod body;
+pub mod builtin;
 pub mod chain;
 pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod error;
-pub mod filter_test;
-pub mod harness;
 pub mod headers;
 pub mod listener;
 pub mod recent;
 pub mod reload;
 pub mod router;
-pub mod scaffold;
 pub mod state;
 pub mod stats;
 pub mod telemetry;
@@ -57,7 +60,7 @@ use crate::reload::{ReloadStatus, Reloader};
 use crate::router::Router;
 use crate::state::{MemoryBackend, StateBackend};
 use crate::telemetry::Telemetry;
-use crate::wasm::Runtime;
+use crate::wasm::{FilterMetrics, Runtime};
 
 /// How often the memory state backend drops expired entries.
 const STATE_SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -112,7 +115,9 @@ async fn prepare(
         .cache_dir
         .clone()
         .or_else(Runtime::default_cache_dir);
-    let runtime = Runtime::new(cache_dir.as_deref(), state, telemetry.filters.clone())
+    let filter_metrics =
+        FilterMetrics::new(&telemetry.registry).map_err(|e| StartError::Internal(e.to_string()))?;
+    let runtime = Runtime::new(cache_dir.as_deref(), state, Arc::new(filter_metrics))
         .map_err(|e| StartError::Internal(e.to_string()))?;
     let mut errors = Vec::new();
     let tls = match &config.raw.listen.tls {

@@ -160,7 +160,7 @@ impl Proxy {
                         route: &route.name,
                         chain: &route.chain,
                         upstream: &route.upstream,
-                        pool: &router.upstreams,
+                        transport: chain::Transport::Pool(&router.upstreams),
                         id: id_text,
                         id_header: &id,
                         client: origin.client,
@@ -171,6 +171,7 @@ impl Proxy {
                         trace: &trace,
                         record_timings: recording,
                         metrics: &route.metrics,
+                        max_attempts: chain::MAX_ATTEMPTS,
                     };
                     x.run(chain::Incoming {
                         method: parts.method,

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use weir::config::Config;
-use weir::telemetry::{LogFormat, init_logging};
+use weir::config::LogFormat;
+use weir::telemetry::init_logging;
 
 /// weir: an egress proxy with WebAssembly filters.
 #[derive(Parser)]
@@ -48,7 +49,7 @@ enum FilterCommand {
         name: String,
         /// The language to write the filter in.
         #[arg(long, value_enum)]
-        lang: weir::scaffold::Lang,
+        lang: weir::authoring::scaffold::Lang,
         /// Where to write the project (default: ./NAME); it must be absent or empty.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -68,10 +69,10 @@ enum FilterCommand {
         #[arg(long = "case", value_name = "CASES")]
         cases: PathBuf,
         /// The most time one call may take, like `max_call_time` (default 100ms).
-        #[arg(long, value_parser = weir::filter_test::parse_call_time)]
+        #[arg(long, value_parser = weir::authoring::filter_test::parse_call_time)]
         max_call_time: Option<std::time::Duration>,
         /// The most memory one instance may use, like `max_memory` (default 64MiB).
-        #[arg(long, value_parser = weir::filter_test::parse_memory)]
+        #[arg(long, value_parser = weir::authoring::filter_test::parse_memory)]
         max_memory: Option<u64>,
     },
 }
@@ -108,8 +109,10 @@ fn main() -> ExitCode {
                         max_memory,
                     },
             } => {
-                weir::filter_test::init_logging(cli.log_format.unwrap_or(LogFormat::Pretty));
-                let opts = weir::filter_test::Options {
+                weir::authoring::filter_test::init_logging(
+                    cli.log_format.unwrap_or(LogFormat::Pretty),
+                );
+                let opts = weir::authoring::filter_test::Options {
                     wasm,
                     config,
                     cases,
@@ -122,11 +125,14 @@ fn main() -> ExitCode {
     })
 }
 
-fn new_filter(name: &str, lang: weir::scaffold::Lang, dir: Option<&Path>) -> ExitCode {
+fn new_filter(name: &str, lang: weir::authoring::scaffold::Lang, dir: Option<&Path>) -> ExitCode {
     let dir = dir.unwrap_or(Path::new(name));
-    match weir::scaffold::create(name, lang, dir) {
+    match weir::authoring::scaffold::create(name, lang, dir) {
         Ok(project) => {
-            print!("{}", project.next_steps(&weir::scaffold::weir_command()));
+            print!(
+                "{}",
+                project.next_steps(&weir::authoring::scaffold::weir_command())
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -136,9 +142,9 @@ fn new_filter(name: &str, lang: weir::scaffold::Lang, dir: Option<&Path>) -> Exi
     }
 }
 
-async fn test_filter(opts: &weir::filter_test::Options) -> ExitCode {
+async fn test_filter(opts: &weir::authoring::filter_test::Options) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    match weir::filter_test::test_filter(opts, &mut out).await {
+    match weir::authoring::filter_test::test_filter(opts, &mut out).await {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {

@@ -19,7 +19,7 @@ use http::header::HeaderName;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::BoxError;
-use crate::reload::rfc3339;
+use crate::clock::rfc3339;
 
 /// Headers always redacted.
 const ALWAYS_REDACTED: [&str; 5] = [
@@ -127,6 +127,15 @@ pub struct FilterTiming {
     pub took: Duration,
 }
 
+/// A filter that failed during a request.
+#[derive(Debug, Clone)]
+pub struct FilterFailure {
+    /// The filter's name.
+    pub filter: String,
+    /// How it failed.
+    pub error: crate::wasm::CallError,
+}
+
 /// What the chain did, for the record: filter timings, upstream timings, attempts.
 #[derive(Debug, Default, Clone)]
 pub struct Trace {
@@ -138,6 +147,8 @@ pub struct Trace {
     pub connect: Vec<Duration>,
     /// The number of tries.
     pub attempts: u32,
+    /// Every filter that failed (a trap, a timeout, an answer weir refused), in order.
+    pub failures: Vec<FilterFailure>,
 }
 
 /// One recorded request.
@@ -246,6 +257,13 @@ impl Record {
             "connect_ms": self.trace.connect.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
             "total_ms": self.duration.as_secs_f64() * 1000.0,
         });
+        v["filter_failures"] = self
+            .trace
+            .failures
+            .iter()
+            .map(|f| serde_json::json!({"filter": f.filter, "error": f.error.to_string()}))
+            .collect::<Vec<_>>()
+            .into();
         v
     }
 }

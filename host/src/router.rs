@@ -9,11 +9,12 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, request::Parts};
 
+use crate::builtin;
 use crate::chain::Chain;
 use crate::config::{Config, ConfigError, FilterSource, RouteMatch, Secret, merge_json};
 use crate::telemetry::{RouteMetrics, Telemetry};
 use crate::upstream::{Upstream, UpstreamPool};
-use crate::wasm::{Loaded, Outbound, Runtime, builtin};
+use crate::wasm::{Loaded, Outbound, Runtime};
 
 /// One route, ready to serve.
 pub struct Route {

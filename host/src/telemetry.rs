@@ -9,18 +9,9 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+use crate::bindings::UpstreamError;
+use crate::config::LogFormat;
 use crate::stats::{RouteHandle, Stats};
-use crate::wasm::{FilterMetrics, UpstreamError};
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Pretty,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Installs the global subscriber, writing to stderr. `RUST_LOG` wins over `level` (a
 /// filter directive such as `"info"` or `"warn,weir=debug"`); without either, `info`.
@@ -46,8 +37,6 @@ pub struct Telemetry {
     requests: IntCounterVec,
     latency: HistogramVec,
     retries: IntCounterVec,
-    /// The filters' series.
-    pub filters: Arc<FilterMetrics>,
     /// The upstream client's series.
     pub upstreams: Arc<UpstreamMetrics>,
     /// Per-route summaries for `/status`.
@@ -233,14 +222,12 @@ impl Telemetry {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(retries.clone()))?;
-        let filters = Arc::new(FilterMetrics::new(&registry)?);
         let upstreams = Arc::new(UpstreamMetrics::new(&registry)?);
         Ok(Arc::new(Telemetry {
             registry,
             requests,
             latency,
             retries,
-            filters,
             upstreams,
             stats: Stats::default(),
         }))

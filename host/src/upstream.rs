@@ -27,12 +27,12 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::bindings::UpstreamError;
 use crate::body::{self, ProxyBody};
 use crate::config::{Origin, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::telemetry::UpstreamMetrics;
 use crate::tls::{self, TlsError};
-use crate::wasm::UpstreamError;
 
 tokio::task_local! {
     /// Where the connector reports how long a new connection took (TCP and TLS), in

@@ -7,10 +7,10 @@
 //! `exchange` applies the filter's edits as weir does, so what the scripted upstream
 //! records is what weir would send.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use serde_json::{Value, json};
-use weir::harness::{Harness, header, request, response, with_header};
+use weir::authoring::harness::{Harness, header, request, response, with_header};
 use weir::wasm::{Outcome, Request};
 
 async fn auth(config: Value) -> Harness {
@@ -21,16 +21,16 @@ async fn auth(config: Value) -> Harness {
 
 /// Runs one request through the filter; returns what the upstream saw (if it was
 /// called) and the exchange.
-async fn run(h: &Harness, req: Request) -> (Option<Request>, weir::harness::Exchange) {
-    let seen = RefCell::new(None);
+async fn run(h: &Harness, req: Request) -> (Option<Request>, weir::authoring::harness::Exchange) {
+    let seen = Mutex::new(None);
     let ex = h
         .exchange("r1", req, 1, |req, _| {
-            *seen.borrow_mut() = Some(req.clone());
+            *seen.lock().unwrap() = Some(req.clone());
             Outcome::Response(response(200))
         })
         .await
         .expect("the filter runs");
-    (seen.into_inner(), ex)
+    (seen.into_inner().unwrap(), ex)
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use weir::harness::{Harness, info, request, response, with_header};
+use weir::authoring::harness::{Harness, info, request, response, with_header};
 use weir::state::StateBackend;
 use weir::wasm::{Outcome, Request, RequestAction, Response, ResponseAction, UpstreamError};
 
@@ -65,7 +65,7 @@ async fn rejected(h: &Harness, req: &Request) -> (u64, Value) {
         .await
         .expect_err("the breaker let the call through");
     assert_eq!(r.status, 503);
-    let header = |name: &str| weir::harness::header(&r.headers, name);
+    let header = |name: &str| weir::authoring::harness::header(&r.headers, name);
     assert_eq!(header("content-type").as_deref(), Some("application/json"));
     let retry_after = header("retry-after")
         .expect("Retry-After")
@@ -328,9 +328,7 @@ async fn two_siblings_with_one_key_share_one_breaker() {
     let config =
         json!({ "window_size": 5, "wait_in_open": "2s", "permitted_calls_in_half_open": 2 });
     let a = breaker(config.clone()).await;
-    let wasm = weir::wasm::builtin::lookup("breaker")
-        .expect("built in")
-        .wasm;
+    let wasm = weir::builtin::lookup("breaker").expect("built in").wasm;
     let b = a.sibling(wasm, config).await.expect("sibling loads");
     let req = get("/");
     // One window: F F F S S across both opens it at the fifth call.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use weir::harness::{Exchange, Harness, header, info, request, with_header};
+use weir::authoring::harness::{Exchange, Harness, header, info, request, with_header};
 use weir::wasm::{Outcome, Request, RequestAction, Response, ResponseAction, UpstreamError};
 
 async fn cache(config: serde_json::Value) -> Harness {
@@ -93,7 +93,7 @@ async fn expect_cached(h: &Harness, req: Request) -> Exchange {
 async fn send(
     h: &Harness,
     req: Request,
-    upstream: impl FnMut(&Request, u32) -> Outcome,
+    upstream: impl FnMut(&Request, u32) -> Outcome + Send,
 ) -> Exchange {
     h.exchange("r", req, 1, upstream).await.unwrap()
 }

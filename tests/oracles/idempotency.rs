@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use weir::harness::{Exchange, Harness, header, info, request, response, with_header};
+use weir::authoring::harness::{Exchange, Harness, header, info, request, response, with_header};
 use weir::wasm::{Outcome, Request, RequestAction, RequestInfo, Response, ResponseAction};
 
 async fn idempotency(config: Value) -> Harness {
@@ -289,9 +289,7 @@ async fn two_tenants_with_one_key_are_isolated() {
 #[tokio::test]
 async fn two_routes_with_one_key_are_isolated_and_weir_processes_share_keys() {
     let h = idempotency(json!({})).await;
-    let wasm = weir::wasm::builtin::lookup("idempotency")
-        .expect("built in")
-        .wasm;
+    let wasm = weir::builtin::lookup("idempotency").expect("built in").wasm;
     // Another instance pool on the same store: another weir process with Redis.
     let other_process = h.sibling(wasm, json!({})).await.unwrap();
     let req = post(Some("k"), "x");

@@ -6,8 +6,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use weir::harness::{Harness, header, info, request, response, with_header, with_response_header};
-use weir::wasm::{Outcome, RequestAction, RequestInfo, Response, ResponseAction, builtin};
+use weir::authoring::harness::{
+    Harness, header, info, request, response, with_header, with_response_header,
+};
+use weir::builtin;
+use weir::wasm::{Outcome, RequestAction, RequestInfo, Response, ResponseAction};
 
 async fn limiter(config: serde_json::Value) -> Harness {
     Harness::builtin("limiter", config)

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use weir::harness::{Harness, header, info, request, response, with_header, with_response_header};
+use weir::authoring::harness::{
+    Harness, header, info, request, response, with_header, with_response_header,
+};
 use weir::wasm::{Outcome, Request, RequestAction, RequestInfo, ResponseAction, UpstreamError};
 
 async fn retry(config: Value) -> Harness {
@@ -593,7 +595,7 @@ async fn a_finished_retry_frees_its_slot() {
 #[tokio::test]
 async fn the_budget_is_shared_across_routes_and_survives_lost_decrements() {
     let h = retry(json!({})).await;
-    let wasm = weir::wasm::builtin::lookup("retry").unwrap().wasm;
+    let wasm = weir::builtin::lookup("retry").unwrap().wasm;
     let other_route = h.sibling(wasm, json!({ "max_retries": 2 })).await.unwrap();
     // Three retries to one upstream from the first route, never answered (the client
     // went away mid-retry): the budget is spent for both routes.

@@ -8,8 +8,6 @@
 //! instance; the host logs it once, counts it, and the filter's `on_error` decides what
 //! the request gets.
 
-mod bindings;
-pub mod builtin;
 mod log_impl;
 mod metrics_impl;
 mod outbound_impl;
@@ -36,6 +34,7 @@ pub use bindings::{
 pub use metrics_impl::FilterMetrics;
 pub use outbound_impl::Outbound;
 
+use crate::bindings;
 use crate::clock::VirtualClock;
 use crate::config::{FilterConfig, MAX_FILTER_MEMORY, OnError};
 use crate::state::StateBackend;
@@ -1131,7 +1130,7 @@ mod tests {
             ..FilterConfig::default()
         };
         let pool = pool_of(
-            builtin::lookup("headers").unwrap().wasm,
+            crate::builtin::lookup("headers").unwrap().wasm,
             serde_json::json!({}),
             settings,
         )
@@ -1249,7 +1248,7 @@ mod tests {
         let registry = prometheus::Registry::new();
         let pool = pool_in(
             &registry,
-            builtin::lookup("headers").unwrap().wasm,
+            crate::builtin::lookup("headers").unwrap().wasm,
             serde_json::json!({}),
             settings,
         )

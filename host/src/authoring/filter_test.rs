@@ -28,12 +28,12 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
+use crate::authoring::harness::{Harness, request};
 use crate::chain::MAX_ATTEMPTS;
 use crate::config::{
     ByteSize, ConfigError, ConfigErrors, FilterConfig, HumanDuration, MAX_FILTER_MEMORY, key_span,
     line_col,
 };
-use crate::harness::{Harness, request};
 use crate::wasm::{CallError, LoadError, Outcome, Request, Response, UpstreamError};
 
 /// Where the guest's stdout and stderr go in weir's log (`tracing` target).
@@ -989,7 +989,7 @@ static CAPTURED: OnceLock<Captured> = OnceLock::new();
 /// Installs the process's `tracing` subscriber for `weir filter test`: it keeps what
 /// filters print and log for the report, and writes nothing itself unless `RUST_LOG` is
 /// set, in which case weir's log goes to stderr as usual, in `format`.
-pub fn init_logging(format: crate::telemetry::LogFormat) {
+pub fn init_logging(format: crate::config::LogFormat) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -1002,8 +1002,8 @@ pub fn init_logging(format: crate::telemetry::LogFormat) {
         .map(|filter| {
             let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
             match format {
-                crate::telemetry::LogFormat::Pretty => layer.with_filter(filter).boxed(),
-                crate::telemetry::LogFormat::Json => layer.json().with_filter(filter).boxed(),
+                crate::config::LogFormat::Pretty => layer.with_filter(filter).boxed(),
+                crate::config::LogFormat::Json => layer.json().with_filter(filter).boxed(),
             }
         });
     // A second init (tests) keeps the first subscriber.

@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use weir::harness::{Harness, info, request, response};
+//! use weir::authoring::harness::{Harness, info, request, response};
 //! use weir::wasm::{Outcome, RequestAction};
 //! let h = Harness::builtin("headers", serde_json::json!({
 //!     "request": { "set": { "x-api-key": "k" } }
@@ -26,19 +26,33 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::body::{self, ProxyBody};
+use crate::builtin;
+use crate::chain::{self, Chain};
 use crate::clock::VirtualClock;
-use crate::config::FilterConfig;
+use crate::config::{FilterConfig, HumanDuration, Origin, UpstreamConfig};
+use crate::error::ProxyError;
+use crate::recent::Trace;
 use crate::state::MemoryBackend;
+use crate::telemetry::{RouteMetrics, Telemetry};
+use crate::upstream::{Upstream, UpstreamFailure, UpstreamPool};
 use crate::wasm::{
     CallError, FilterInfo, FilterMetrics, FilterPool, LoadError, Outcome, Request, RequestAction,
-    RequestInfo, Response, ResponseAction, Runtime, builtin,
+    RequestInfo, Response, ResponseAction, Runtime, UpstreamError,
 };
 
-/// How many `wait` answers [`Harness::exchange`] follows before giving up.
-const MAX_WAITS: u32 = 10_000;
+/// The route timeout of [`Harness::exchange`], in virtual time; also the `remaining_ms`
+/// of [`info`].
+pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The scripted upstream's origin, which filters see as `request.upstream`.
+const ORIGIN: &str = "http://upstream.test";
 
 /// The state store's budget in the harness.
 const STATE_BYTES: u64 = 64 << 20;
@@ -48,7 +62,9 @@ pub struct Harness {
     clock: VirtualClock,
     state: Arc<MemoryBackend>,
     runtime: Arc<Runtime>,
+    telemetry: Arc<Telemetry>,
     pool: Arc<FilterPool>,
+    route: Route,
 }
 
 impl Harness {
@@ -68,20 +84,23 @@ impl Harness {
     ) -> Result<Harness, LoadError> {
         let clock = VirtualClock::new();
         let state = MemoryBackend::with_clock(STATE_BYTES, clock.clone());
-        let metrics = FilterMetrics::new(&prometheus::Registry::new())
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let engine = |e: prometheus::Error| LoadError::Engine(e.to_string());
+        let telemetry = Telemetry::new().map_err(engine)?;
         let runtime = Runtime::with_clock(
             Runtime::default_cache_dir().as_deref(),
             state.clone(),
-            Arc::new(metrics),
+            Arc::new(FilterMetrics::new(&telemetry.registry).map_err(engine)?),
             clock.clone(),
         )?;
         let pool = Harness::make_pool(&runtime, wasm, &config, settings).await?;
+        let route = Route::new(vec![pool.clone()], &telemetry)?;
         Ok(Harness {
             clock,
             state,
             runtime,
+            telemetry,
             pool,
+            route,
         })
     }
 
@@ -127,12 +146,30 @@ impl Harness {
         wasm: &[u8],
         config: serde_json::Value,
     ) -> Result<Harness, LoadError> {
+        let pool =
+            Harness::make_pool(&self.runtime, wasm, &config, &FilterConfig::default()).await?;
         Ok(Harness {
             clock: self.clock.clone(),
             state: self.state.clone(),
             runtime: self.runtime.clone(),
-            pool: Harness::make_pool(&self.runtime, wasm, &config, &FilterConfig::default())
-                .await?,
+            telemetry: self.telemetry.clone(),
+            route: Route::new(vec![pool.clone()], &self.telemetry)?,
+            pool,
+        })
+    }
+
+    /// This harness with `wasm` (initialised with `config`) added after its filters in
+    /// the route's chain, sharing the clock and state: [`Harness::exchange`] then runs a
+    /// request through all of them, as a route with that `filters` list would. The
+    /// single-call methods ([`Harness::on_request`], …) still call the first filter.
+    pub async fn then(self, wasm: &[u8], config: serde_json::Value) -> Result<Harness, LoadError> {
+        let next =
+            Harness::make_pool(&self.runtime, wasm, &config, &FilterConfig::default()).await?;
+        let mut filters = self.route.chain.filters().to_vec();
+        filters.push(next);
+        Ok(Harness {
+            route: Route::new(filters, &self.telemetry)?,
+            ..self
         })
     }
 
@@ -176,110 +213,228 @@ impl Harness {
         self.pool.on_response(info, req, memo, outcome).await
     }
 
-    /// Plays the host's part for one request through this one filter: follows `wait`
-    /// (advancing the clock), calls `upstream` when the filter continues, and follows
-    /// `retry` (advancing the clock, calling `upstream` again with `attempt + 1`, at most
-    /// `max_attempts` tries).
+    /// Runs one request through a route whose chain is this one filter, against a
+    /// scripted upstream: the very walk `weir run` makes ([`crate::chain`]), on the
+    /// virtual clock. `wait` and `retry` delays move the clock instead of sleeping; the
+    /// route's timeout is [`ROUTE_TIMEOUT`] of virtual time, and at most `max_attempts`
+    /// tries are made.
     ///
     /// As in a route, the filter sees `req.body` only if its `info()` sets
     /// `wants_request_body`, and the upstream's response body only with
-    /// `wants_response_body`; `upstream` always gets the body (the edited one, if the
-    /// filter replaced it), and the final outcome keeps the upstream's body. Edits are
-    /// applied as the host applies them; an edit or a response the host would refuse
-    /// (an invalid header, path or status) is an error, as a trap would be.
+    /// `wants_response_body`; `upstream` gets the request as weir sends it (the edited
+    /// body, and weir's own `x-request-id`, `traceparent` and `host`), and the final
+    /// outcome keeps the upstream's body. A failed call, or an answer weir refuses (an
+    /// invalid header, path or status), is the error, whatever `on_error` says.
     pub async fn exchange(
         &self,
         id: &str,
         mut req: Request,
         max_attempts: u32,
-        mut upstream: impl FnMut(&Request, u32) -> Outcome,
+        upstream: impl FnMut(&Request, u32) -> Outcome + Send,
     ) -> Result<Exchange, CallError> {
-        let mut ex = Exchange {
-            outcome: Outcome::Error(crate::wasm::UpstreamError::ConnectFailed),
-            responded: false,
-            upstream_calls: 0,
-            attempts: 1,
-            waited: Duration::ZERO,
+        let script = Script {
+            clock: &self.clock,
+            origin: &self.route.upstream.origin,
+            answer: Mutex::new(upstream),
+            tries: Mutex::new((0, None)),
         };
-        let filter = self.info();
-        let mut body = req.body.take();
-        let mut waits = 0;
-        let memo = loop {
-            if filter.wants_request_body {
-                req.body.clone_from(&body);
-            }
-            let action = self.on_request(&info(id, 1), &req).await;
-            req.body = None;
-            match action? {
-                RequestAction::Continue((edit, memo)) => {
-                    if let Some(e) = edit {
-                        apply_request_edit(&mut req, &mut body, e)?;
-                    }
-                    break memo;
-                }
-                RequestAction::Respond(r) => {
-                    check_response(&r)?;
-                    ex.outcome = Outcome::Response(r);
-                    ex.responded = true;
-                    return Ok(ex);
-                }
-                RequestAction::Wait(ms) => {
-                    waits += 1;
-                    if waits > MAX_WAITS {
-                        return Err(CallError::Trap("the filter kept answering wait".into()));
-                    }
-                    let d = Duration::from_millis(u64::from(ms.max(1)));
-                    self.advance(d);
-                    ex.waited += d;
-                }
-            }
+        let method = http::Method::from_bytes(req.method.as_bytes())
+            .map_err(|e| CallError::Trap(format!("invalid request method: {e}")))?;
+        let id_header = http::HeaderValue::from_str(id)
+            .map_err(|e| CallError::Trap(format!("invalid request id {id:?}: {e}")))?;
+        let mut headers = crate::headers::from_fields(&req.headers);
+        crate::headers::prepare_upstream(&mut headers);
+        let body = req
+            .body
+            .take()
+            .map_or_else(body::empty, |b| body::full(b.into()));
+        let trace = std::sync::Mutex::new(Trace::default());
+        let started = self.clock.elapsed();
+        let x = chain::Exchange {
+            route: ROUTE,
+            chain: &self.route.chain,
+            upstream: &self.route.upstream,
+            transport: chain::Transport::Scripted(&script),
+            id,
+            id_header: &id_header,
+            client: CLIENT.into(),
+            deadline: self.clock.instant() + ROUTE_TIMEOUT,
+            timeout: ROUTE_TIMEOUT,
+            max_body: MAX_BODY,
+            traceparent: &http::HeaderValue::from_static(TRACEPARENT),
+            trace: &trace,
+            record_timings: false,
+            metrics: &self.route.metrics,
+            max_attempts: max_attempts.max(1),
         };
-        req.body = body;
-        loop {
-            ex.upstream_calls += 1;
-            ex.outcome = upstream(&req, ex.attempts);
-            let sent_body = req.body.take();
-            // Only a filter that asked for the response body gets it.
-            let hidden = match (&mut ex.outcome, filter.wants_response_body) {
-                (Outcome::Response(r), false) => r.body.take(),
-                _ => None,
-            };
-            let action = self
-                .on_response(&info(id, ex.attempts), &req, memo.as_deref(), &ex.outcome)
-                .await;
-            req.body = sent_body;
-            if let (Outcome::Response(r), Some(b)) = (&mut ex.outcome, hidden) {
-                r.body = Some(b);
-            }
-            match action? {
-                ResponseAction::Continue(edit) => {
-                    if let (Some(e), Outcome::Response(r)) = (edit, &mut ex.outcome) {
-                        crate::headers::apply_edit(
-                            &mut r.headers,
-                            e.set_headers,
-                            &e.remove_headers,
-                        )
-                        .map_err(|e| invalid("response edit", e))?;
-                    }
-                    return Ok(ex);
-                }
-                ResponseAction::Respond(r) => {
-                    check_response(&r)?;
-                    ex.outcome = Outcome::Response(r);
-                    return Ok(ex);
-                }
-                ResponseAction::Retry(ms) => {
-                    if ex.attempts >= max_attempts || !filter.may_retry {
-                        return Ok(ex);
-                    }
-                    let d = Duration::from_millis(u64::from(ms));
-                    self.advance(d);
-                    ex.waited += d;
-                    ex.attempts += 1;
-                }
-            }
+        let result = x
+            .run(chain::Incoming {
+                method,
+                path_with_query: req.path_with_query,
+                headers,
+                body,
+                body_too_large: Arc::new(AtomicBool::new(false)),
+            })
+            .await;
+        let trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(failure) = trace.failures.into_iter().next() {
+            return Err(failure.error);
         }
+        let (upstream_calls, last_error) = *script.tries.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = match result {
+            Ok(resp) if resp.extensions().get::<chain::Failed>().is_none() => {
+                to_outcome(resp).await
+            }
+            // weir's own error, as the client would get it, unless it is the upstream's.
+            Ok(resp) => match last_error {
+                Some(kind) => Outcome::Error(kind),
+                None => to_outcome(resp).await,
+            },
+            Err(ProxyError::Timeout { .. }) => Outcome::Error(UpstreamError::Timeout),
+            Err(e) => match last_error {
+                Some(kind) => Outcome::Error(kind),
+                None => to_outcome(e.to_response(Some(ROUTE), id)).await,
+            },
+        };
+        Ok(Exchange {
+            responded: upstream_calls == 0 && matches!(outcome, Outcome::Response(_)),
+            outcome,
+            upstream_calls,
+            attempts: trace.attempts,
+            waited: self.clock.elapsed() - started,
+        })
     }
+}
+
+/// The route the harness runs a filter in.
+const ROUTE: &str = "test";
+/// The client address filters see.
+const CLIENT: ([u8; 4], u16) = ([127, 0, 0, 1], 40000);
+/// The `traceparent` weir sends the scripted upstream.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// The most body bytes the harness route accepts or buffers.
+const MAX_BODY: u64 = 1 << 30;
+
+/// The route a [`Harness`] runs its filter in: a chain of that one filter, the scripted
+/// upstream's origin, and the route's metrics.
+struct Route {
+    chain: Chain,
+    upstream: Arc<Upstream>,
+    metrics: RouteMetrics,
+    /// Keeps the upstream's pool (and its metrics) alive; the script answers instead.
+    _upstreams: UpstreamPool,
+}
+
+impl Route {
+    fn new(filters: Vec<Arc<FilterPool>>, telemetry: &Telemetry) -> Result<Route, LoadError> {
+        let engine = |e: String| LoadError::Engine(e);
+        let config = UpstreamConfig {
+            url: Origin::try_from(ORIGIN.to_owned()).map_err(engine)?,
+            connect_timeout: HumanDuration(Duration::from_secs(1)),
+            max_connections: 1,
+            tls: None,
+        };
+        let upstreams =
+            UpstreamPool::new(&[(ROUTE.to_owned(), config)], telemetry.upstreams.clone())
+                .map_err(|e| engine(e.to_string()))?;
+        let upstream = upstreams
+            .get(ROUTE)
+            .cloned()
+            .ok_or_else(|| engine("the harness upstream is missing".into()))?;
+        Ok(Route {
+            chain: Chain::new(filters),
+            upstream,
+            metrics: telemetry.route(ROUTE),
+            _upstreams: upstreams,
+        })
+    }
+}
+
+/// The scripted upstream of one [`Harness::exchange`].
+struct Script<'h, F> {
+    clock: &'h VirtualClock,
+    origin: &'h str,
+    answer: Mutex<F>,
+    /// How many tries the upstream got, and the error it answered the last one with.
+    tries: Mutex<(u32, Option<UpstreamError>)>,
+}
+
+impl<F: FnMut(&Request, u32) -> Outcome + Send> chain::Script for Script<'_, F> {
+    fn answer(
+        &self,
+        req: http::Request<ProxyBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<ProxyBody>, UpstreamFailure>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = body::collect_limited(body, MAX_BODY)
+                .await
+                .unwrap_or_default();
+            let seen = Request {
+                method: parts.method.as_str().to_owned(),
+                upstream: self.origin.to_owned(),
+                path_with_query: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                headers: crate::headers::to_fields(&parts.headers),
+                body: (!body.is_empty()).then(|| body.to_vec()),
+            };
+            let attempt = {
+                let mut tries = self.tries.lock().unwrap_or_else(|p| p.into_inner());
+                tries.0 += 1;
+                tries.0
+            };
+            let outcome = (self.answer.lock().unwrap_or_else(|p| p.into_inner()))(&seen, attempt);
+            let last_error = match &outcome {
+                Outcome::Error(kind) => Some(*kind),
+                Outcome::Response(_) => None,
+            };
+            self.tries.lock().unwrap_or_else(|p| p.into_inner()).1 = last_error;
+            match outcome {
+                Outcome::Response(r) => {
+                    let mut resp = http::Response::new(
+                        r.body.map_or_else(body::empty, |b| body::full(b.into())),
+                    );
+                    *resp.status_mut() =
+                        http::StatusCode::from_u16(r.status).map_err(|_| UpstreamFailure {
+                            kind: UpstreamError::Protocol,
+                            error: ProxyError::UpstreamBroken {
+                                upstream: self.origin.to_owned(),
+                                detail: format!("the script answered status {}", r.status),
+                            },
+                        })?;
+                    *resp.headers_mut() = crate::headers::from_fields(&r.headers);
+                    Ok(resp)
+                }
+                Outcome::Error(kind) => Err(UpstreamFailure {
+                    kind,
+                    error: ProxyError::UpstreamBroken {
+                        upstream: self.origin.to_owned(),
+                        detail: format!("the script answered error {kind:?}"),
+                    },
+                }),
+            }
+        })
+    }
+
+    fn clock(&self) -> &VirtualClock {
+        self.clock
+    }
+}
+
+/// A response as the filters' WIT sees it, body read whole.
+async fn to_outcome(resp: http::Response<ProxyBody>) -> Outcome {
+    let (parts, body) = resp.into_parts();
+    let body = body::collect_limited(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
+    Outcome::Response(Response {
+        status: parts.status.as_u16(),
+        headers: crate::headers::to_fields(&parts.headers),
+        body: (!body.is_empty()).then(|| body.to_vec()),
+    })
 }
 
 /// What [`Harness::exchange`] ended with.
@@ -315,40 +470,6 @@ impl Exchange {
     }
 }
 
-/// What the host makes of an answer it refuses: the filter failed, in these words.
-fn invalid(what: &str, detail: String) -> CallError {
-    CallError::Trap(format!("invalid {what}: {detail}"))
-}
-
-fn apply_request_edit(
-    req: &mut Request,
-    body: &mut Option<Vec<u8>>,
-    e: crate::wasm::RequestEdit,
-) -> Result<(), CallError> {
-    crate::headers::apply_edit(&mut req.headers, e.set_headers, &e.remove_headers)
-        .map_err(|d| invalid("request edit", d))?;
-    if let Some(p) = e.path_with_query {
-        if !p.starts_with('/') || p.parse::<http::uri::PathAndQuery>().is_err() {
-            return Err(invalid("request edit", format!("invalid path {p:?}")));
-        }
-        req.path_with_query = p;
-    }
-    if let Some(b) = e.body {
-        *body = Some(b);
-    }
-    Ok(())
-}
-
-/// Refuses a response the host would not send: a status outside 100–999 or a bad header.
-fn check_response(r: &Response) -> Result<(), CallError> {
-    http::StatusCode::from_u16(r.status)
-        .map_err(|_| invalid("response", format!("invalid status {}", r.status)))?;
-    for (n, v) in &r.headers {
-        crate::headers::validate(n, v).map_err(|d| invalid("response", d))?;
-    }
-    Ok(())
-}
-
 /// The first value of header `name` in `fields`, as text.
 pub fn header(fields: &[(String, Vec<u8>)], name: &str) -> Option<String> {
     fields
@@ -381,7 +502,7 @@ pub fn info(id: &str, attempt: u32) -> RequestInfo {
         id: id.to_owned(),
         route: "test".to_owned(),
         attempt,
-        remaining_ms: 30_000,
+        remaining_ms: ROUTE_TIMEOUT.as_millis() as u64,
         client_addr: "127.0.0.1:40000".to_owned(),
     }
 }

@@ -10,7 +10,7 @@
 //!    `weir filter test`, a `weir.toml` with a route that runs the filter, and a README.
 //! 3. [`Project::next_steps`] is what to tell the user to run next.
 //!
-//! The templates live in `host/templates/` and are compiled into the binary, as are
+//! The templates live in `host/src/authoring/templates/` and are compiled into the binary, as are
 //! the WIT file and, for Rust, the SDK's sources (vendored into the project, since the
 //! `weir-filter` crate is not published): a project always matches the weir that made it.
 
@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The WIT file filters are built against, as this weir has it.
-const WIT: &str = include_str!("../../wit/filter.wit");
+const WIT: &str = include_str!("../../../wit/filter.wit");
 
 /// A language a filter project can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,13 +78,10 @@ const fn copied_script(path: &'static str, text: &'static str) -> Template {
 /// The files every project has; the README's language-specific parts come from
 /// [`Lang::readme_parts`].
 const COMMON: &[Template] = &[
-    template("README.md", include_str!("../templates/common/README.md")),
-    template(
-        "config.json",
-        include_str!("../templates/common/config.json"),
-    ),
-    template("cases.toml", include_str!("../templates/common/cases.toml")),
-    template("weir.toml", include_str!("../templates/common/weir.toml")),
+    template("README.md", include_str!("templates/common/README.md")),
+    template("config.json", include_str!("templates/common/config.json")),
+    template("cases.toml", include_str!("templates/common/cases.toml")),
+    template("weir.toml", include_str!("templates/common/weir.toml")),
     Template {
         path: "wit/filter.wit",
         text: WIT,
@@ -94,48 +91,45 @@ const COMMON: &[Template] = &[
 ];
 
 const RUST: &[Template] = &[
-    template(
-        "Cargo.toml",
-        include_str!("../templates/rust/Cargo.toml.tmpl"),
-    ),
-    template("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
-    script("build.sh", include_str!("../templates/rust/build.sh")),
-    script("test.sh", include_str!("../templates/rust/test.sh")),
-    template(".gitignore", include_str!("../templates/rust/gitignore")),
+    template("Cargo.toml", include_str!("templates/rust/Cargo.toml.tmpl")),
+    template("src/lib.rs", include_str!("templates/rust/src/lib.rs")),
+    script("build.sh", include_str!("templates/rust/build.sh")),
+    script("test.sh", include_str!("templates/rust/test.sh")),
+    template(".gitignore", include_str!("templates/rust/gitignore")),
 ];
 
 const JS: &[Template] = &[
-    template("filter.js", include_str!("../templates/js/filter.js")),
-    template("package.json", include_str!("../templates/js/package.json")),
+    template("filter.js", include_str!("templates/js/filter.js")),
+    template("package.json", include_str!("templates/js/package.json")),
     // The example's own script: `npm ci` from the lock file `npm_deps` writes.
     copied_script(
         "setup.sh",
-        include_str!("../../examples/filters/js/setup.sh"),
+        include_str!("../../../examples/filters/js/setup.sh"),
     ),
-    template(".gitignore", include_str!("../templates/js/gitignore")),
+    template(".gitignore", include_str!("templates/js/gitignore")),
 ];
 
 const PYTHON: &[Template] = &[
-    template("app.py", include_str!("../templates/python/app.py")),
-    script("build.sh", include_str!("../templates/python/build.sh")),
-    script("test.sh", include_str!("../templates/python/test.sh")),
+    template("app.py", include_str!("templates/python/app.py")),
+    script("build.sh", include_str!("templates/python/build.sh")),
+    script("test.sh", include_str!("templates/python/test.sh")),
     // The example's own script, so the pinned componentize-py is the one weir is tested with.
     copied_script(
         "setup.sh",
-        include_str!("../../examples/filters/python/setup.sh"),
+        include_str!("../../../examples/filters/python/setup.sh"),
     ),
-    template(".gitignore", include_str!("../templates/python/gitignore")),
+    template(".gitignore", include_str!("templates/python/gitignore")),
 ];
 
 const C: &[Template] = &[
-    template("filter.c", include_str!("../templates/c/filter.c")),
-    template("Makefile", include_str!("../templates/c/Makefile")),
+    template("filter.c", include_str!("templates/c/filter.c")),
+    template("Makefile", include_str!("templates/c/Makefile")),
     // The example's own script, so the pinned tools are the ones weir is tested with.
     script(
         "setup.sh",
-        include_str!("../../examples/filters/c/setup.sh"),
+        include_str!("../../../examples/filters/c/setup.sh"),
     ),
-    template(".gitignore", include_str!("../templates/c/gitignore")),
+    template(".gitignore", include_str!("templates/c/gitignore")),
 ];
 
 /// The README's language-specific parts.
@@ -170,8 +164,8 @@ impl Lang {
         match self {
             Lang::Rust => ReadmeParts {
                 language: "Rust",
-                prerequisites: include_str!("../templates/rust/prerequisites.md"),
-                layout: include_str!("../templates/rust/layout.md"),
+                prerequisites: include_str!("templates/rust/prerequisites.md"),
+                layout: include_str!("templates/rust/layout.md"),
                 source: "src/lib.rs",
                 setup: None,
                 build: "./build.sh",
@@ -179,8 +173,8 @@ impl Lang {
             },
             Lang::Js => ReadmeParts {
                 language: "JavaScript",
-                prerequisites: include_str!("../templates/js/prerequisites.md"),
-                layout: include_str!("../templates/js/layout.md"),
+                prerequisites: include_str!("templates/js/prerequisites.md"),
+                layout: include_str!("templates/js/layout.md"),
                 source: "filter.js",
                 setup: Some("./setup.sh"),
                 build: "npm run build",
@@ -188,8 +182,8 @@ impl Lang {
             },
             Lang::Python => ReadmeParts {
                 language: "Python",
-                prerequisites: include_str!("../templates/python/prerequisites.md"),
-                layout: include_str!("../templates/python/layout.md"),
+                prerequisites: include_str!("templates/python/prerequisites.md"),
+                layout: include_str!("templates/python/layout.md"),
                 source: "app.py",
                 setup: Some("./setup.sh"),
                 build: "./build.sh",
@@ -197,8 +191,8 @@ impl Lang {
             },
             Lang::C => ReadmeParts {
                 language: "C",
-                prerequisites: include_str!("../templates/c/prerequisites.md"),
-                layout: include_str!("../templates/c/layout.md"),
+                prerequisites: include_str!("templates/c/prerequisites.md"),
+                layout: include_str!("templates/c/layout.md"),
                 source: "filter.c",
                 setup: Some("./setup.sh"),
                 build: "make",
@@ -576,22 +570,25 @@ mod rust_sdk {
 
     /// The SDK's sources, as in `sdk/src/`. A test checks that the list is complete.
     pub(super) const SOURCES: &[(&str, &str)] = &[
-        ("__private.rs", include_str!("../../sdk/src/__private.rs")),
-        ("bindings.rs", include_str!("../../sdk/src/bindings.rs")),
-        ("codec.rs", include_str!("../../sdk/src/codec.rs")),
-        ("config.rs", include_str!("../../sdk/src/config.rs")),
-        ("http.rs", include_str!("../../sdk/src/http.rs")),
-        ("lib.rs", include_str!("../../sdk/src/lib.rs")),
-        ("log.rs", include_str!("../../sdk/src/log.rs")),
-        ("metrics.rs", include_str!("../../sdk/src/metrics.rs")),
-        ("outbound.rs", include_str!("../../sdk/src/outbound.rs")),
-        ("state.rs", include_str!("../../sdk/src/state.rs")),
-        ("units.rs", include_str!("../../sdk/src/units.rs")),
+        (
+            "__private.rs",
+            include_str!("../../../sdk/src/__private.rs"),
+        ),
+        ("bindings.rs", include_str!("../../../sdk/src/bindings.rs")),
+        ("codec.rs", include_str!("../../../sdk/src/codec.rs")),
+        ("config.rs", include_str!("../../../sdk/src/config.rs")),
+        ("http.rs", include_str!("../../../sdk/src/http.rs")),
+        ("lib.rs", include_str!("../../../sdk/src/lib.rs")),
+        ("log.rs", include_str!("../../../sdk/src/log.rs")),
+        ("metrics.rs", include_str!("../../../sdk/src/metrics.rs")),
+        ("outbound.rs", include_str!("../../../sdk/src/outbound.rs")),
+        ("state.rs", include_str!("../../../sdk/src/state.rs")),
+        ("units.rs", include_str!("../../../sdk/src/units.rs")),
     ];
 
     /// The SDK's manifest, which inherits from the workspace's.
-    const MANIFEST: &str = include_str!("../../sdk/Cargo.toml");
-    const WORKSPACE_MANIFEST: &str = include_str!("../../Cargo.toml");
+    const MANIFEST: &str = include_str!("../../../sdk/Cargo.toml");
+    const WORKSPACE_MANIFEST: &str = include_str!("../../../Cargo.toml");
 
     /// The SDK as a project gets it.
     pub(super) struct Vendored {
@@ -756,8 +753,8 @@ mod rust_sdk {
 mod npm_deps {
     use serde_json::Value;
 
-    const PACKAGE: &str = include_str!("../../examples/filters/js/package.json");
-    const LOCK: &str = include_str!("../../examples/filters/js/package-lock.json");
+    const PACKAGE: &str = include_str!("../../../examples/filters/js/package.json");
+    const LOCK: &str = include_str!("../../../examples/filters/js/package-lock.json");
 
     /// What a project's `package.json` takes from the example's, as JSON values that sit
     /// one level deep, and the example's lock file made the project's.
@@ -956,7 +953,8 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{path} is not JSON: {e}\n{text}"))
         };
         let example: serde_json::Value =
-            serde_json::from_str(include_str!("../../examples/filters/js/package.json")).unwrap();
+            serde_json::from_str(include_str!("../../../examples/filters/js/package.json"))
+                .unwrap();
         let package = file("package.json");
         assert_eq!(package["name"], "tagger");
         for key in ["devDependencies", "overrides", "engines"] {
