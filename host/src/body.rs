@@ -478,34 +478,29 @@ mod tests {
             .boxed_unsync()
     }
 
+    /// The fault a client body records when its stream fails with `err`.
+    async fn fault_of(err: BoxError) -> BodyFaultKind {
+        let fault = BodyFault::new();
+        let body = ClientBody::new(failing(err), 100, Duration::from_secs(1), fault.clone());
+        let err = body.collect().await.unwrap_err();
+        let kind = fault.get().expect("a fault").clone();
+        assert_eq!(err.to_string(), kind.to_string());
+        kind
+    }
+
     #[tokio::test]
     async fn broken_framing_is_malformed_and_anything_else_is_the_client_leaving() {
-        let cases: [(BoxError, fn(&BodyFaultKind) -> bool); 3] = [
-            (
-                Box::new(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "invalid chunk size line",
-                )),
-                |k| matches!(k, BodyFaultKind::Malformed(m) if m.contains("chunk size")),
-            ),
-            (
-                Box::new(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "incomplete body",
-                )),
-                |k| matches!(k, BodyFaultKind::Closed(_)),
-            ),
-            ("stream reset by the client".into(), |k| {
-                matches!(k, BodyFaultKind::Closed(_))
-            }),
-        ];
-        for (err, expected) in cases {
-            let fault = BodyFault::new();
-            let body = ClientBody::new(failing(err), 100, Duration::from_secs(1), fault.clone());
-            let err = body.collect().await.unwrap_err();
-            let kind = fault.get().expect("a fault");
-            assert!(expected(kind), "{kind:?}");
-            assert_eq!(err.to_string(), kind.to_string());
-        }
+        let bad_chunk =
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid chunk size line");
+        let kind = fault_of(Box::new(bad_chunk)).await;
+        assert!(
+            matches!(&kind, BodyFaultKind::Malformed(m) if m.contains("chunk size")),
+            "{kind:?}"
+        );
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "incomplete body");
+        let kind = fault_of(Box::new(eof)).await;
+        assert!(matches!(kind, BodyFaultKind::Closed(_)), "{kind:?}");
+        let kind = fault_of("stream reset by the client".into()).await;
+        assert!(matches!(kind, BodyFaultKind::Closed(_)), "{kind:?}");
     }
 }
