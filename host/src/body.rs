@@ -1,9 +1,11 @@
 //! Body types: what weir streams between client and upstream.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -37,35 +39,127 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// The error a [`Limited`] body fails with once it passes its limit.
+/// The error [`collect_limited`] fails with once a body passes its limit.
 #[derive(Debug, thiserror::Error)]
 #[error("body larger than {0} bytes")]
 pub struct TooLarge(pub u64);
 
-/// A body that fails once more than `limit` bytes have passed, and raises a flag that the
-/// request's error mapping reads (the upstream client only sees an opaque body error).
-pub struct Limited<B> {
+/// What went wrong with a client's request body: the client's fault, never the
+/// upstream's. A [`ClientBody`] fails with it and records it in its [`BodyFault`] cell.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyFaultKind {
+    /// More than the limit came.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The framing was broken (e.g. a malformed chunk size).
+    #[error("{0}")]
+    Malformed(String),
+    /// Nothing came for this long while weir was waiting for the body.
+    #[error("no request body data for {} ms", .0.as_millis())]
+    Stalled(Duration),
+    /// The client went away before its body ended.
+    #[error("{0}")]
+    Closed(String),
+}
+
+impl BodyFaultKind {
+    /// Sorts an error of the client's body stream: broken framing is the client's
+    /// malformed request, anything else (EOF mid-body, a reset, an HTTP/2 stream the
+    /// client cancelled) means the client went away.
+    fn of(err: &(dyn std::error::Error + 'static)) -> BodyFaultKind {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                )
+            {
+                return BodyFaultKind::Malformed(io.to_string());
+            }
+            cur = e.source();
+        }
+        BodyFaultKind::Closed(err.to_string())
+    }
+}
+
+/// One cell per client request that says whether, and how, the client's body failed,
+/// and whether weir is waiting for more of it right now. The upstream client and the
+/// chain see only an opaque body error (or, over HTTP/2, a reset stream), so they read
+/// this cell to tell a client's fault from the upstream's.
+#[derive(Debug, Clone, Default)]
+pub struct BodyFault(Arc<FaultState>);
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// The first fault; later ones change nothing.
+    fault: OnceLock<BodyFaultKind>,
+    /// weir asked for the next frame and it has not come yet.
+    waiting: AtomicBool,
+}
+
+impl BodyFault {
+    /// A cell with no fault.
+    pub fn new() -> BodyFault {
+        BodyFault::default()
+    }
+
+    /// How the client's body failed, if it did.
+    pub fn get(&self) -> Option<&BodyFaultKind> {
+        self.0.fault.get()
+    }
+
+    /// Whether weir is waiting for the client's next body frame: a deadline that passes
+    /// now passes because the client is slow, not the upstream.
+    pub fn waiting(&self) -> bool {
+        self.0.waiting.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, kind: BodyFaultKind) -> BodyFaultKind {
+        self.0.fault.get_or_init(|| kind).clone()
+    }
+}
+
+/// A client's request body as weir reads it: it fails past `limit` bytes, or when no
+/// frame comes for `read_timeout` while weir waits for one, and records in a
+/// [`BodyFault`] every way it fails, its own limits and the client's broken framing
+/// or departure alike.
+pub struct ClientBody<B> {
     inner: B,
     remaining: u64,
     limit: u64,
-    tripped: Arc<AtomicBool>,
+    read_timeout: Duration,
+    /// Made on the first wait, then reset for each later one.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `stall` runs for the current wait.
+    armed: bool,
+    fault: BodyFault,
 }
 
-impl<B> Limited<B> {
-    /// Wraps `inner`; `tripped` is set when the limit is passed.
-    pub fn new(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
-        Limited {
+impl<B> ClientBody<B> {
+    /// Wraps `inner`; `fault` records how it failed.
+    pub fn new(inner: B, limit: u64, read_timeout: Duration, fault: BodyFault) -> Self {
+        ClientBody {
             inner,
             remaining: limit,
             limit,
-            tripped,
+            read_timeout,
+            stall: None,
+            armed: false,
+            fault,
         }
+    }
+
+    fn fail(&mut self, kind: BodyFaultKind) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.armed = false;
+        self.fault.0.waiting.store(false, Ordering::Relaxed);
+        Poll::Ready(Some(Err(Box::new(self.fault.set(kind)))))
     }
 }
 
 // The inner error is concretely `BoxError`: a generic `Into<BoxError>` bound here trips
 // rustc's higher-ranked `Send` check in the futures that poll this body.
-impl<B> Body for Limited<B>
+impl<B> Body for ClientBody<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
@@ -79,17 +173,40 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
+                this.fault.0.waiting.store(false, Ordering::Relaxed);
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > this.remaining {
-                        this.tripped.store(true, Ordering::Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
+                        return this.fail(BodyFaultKind::TooLarge(this.limit));
                     }
                     this.remaining -= n;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            other => other,
+            Poll::Ready(Some(Err(e))) => this.fail(BodyFaultKind::of(e.as_ref())),
+            Poll::Ready(None) => {
+                this.armed = false;
+                this.fault.0.waiting.store(false, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                // The clock runs only while weir waits for the client; time the body
+                // sits unpolled (an upstream that reads slowly) is not the client's.
+                let until = tokio::time::Instant::now() + this.read_timeout;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                if !this.armed {
+                    stall.as_mut().reset(until);
+                    this.armed = true;
+                    this.fault.0.waiting.store(true, Ordering::Relaxed);
+                }
+                if stall.as_mut().poll(cx).is_ready() {
+                    return this.fail(BodyFaultKind::Stalled(this.read_timeout));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -150,7 +267,7 @@ where
 /// How much of an unread request body weir still reads (and drops) after answering early.
 const DRAIN_BYTES: u64 = 1 << 20;
 /// How long weir keeps reading an unread request body after answering early.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// A client's request body that, if dropped unread (weir answered early: 413, 404, a
 /// filter's respond), is read to its end in the background, up to [`DRAIN_BYTES`] and
@@ -226,7 +343,7 @@ pub async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, B
     if body.size_hint().lower() > limit {
         return Err(Box::new(TooLarge(limit)));
     }
-    // A plain loop rather than `Limited` + `collect()`: polling a generic body type in
+    // A plain loop rather than a limiting body + `collect()`: polling a generic body type in
     // this future trips rustc's higher-ranked `Send` check in the callers.
     let mut first: Option<Bytes> = None;
     let mut rest = bytes::BytesMut::new();
@@ -283,10 +400,107 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn limited_sets_its_flag() {
-        let flag = Arc::new(AtomicBool::new(false));
-        let body = Limited::new(full(Bytes::from_static(b"0123456789")), 4, flag.clone());
+    async fn a_client_body_over_its_limit_records_the_fault() {
+        let fault = BodyFault::new();
+        let body = ClientBody::new(
+            full(Bytes::from_static(b"0123456789")),
+            4,
+            Duration::from_secs(1),
+            fault.clone(),
+        );
         assert!(body.collect().await.is_err());
-        assert!(flag.load(Ordering::Relaxed));
+        assert_eq!(fault.get(), Some(&BodyFaultKind::TooLarge(4)));
+    }
+
+    /// A body whose first frame never comes.
+    fn silent() -> ProxyBody {
+        http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >())
+        .boxed_unsync()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_body_fails_after_its_read_timeout() {
+        let fault = BodyFault::new();
+        let timeout = Duration::from_millis(300);
+        let mut body = ClientBody::new(silent(), 100, timeout, fault.clone());
+        let started = tokio::time::Instant::now();
+        let err = body.frame().await.expect("a frame").unwrap_err();
+        assert_eq!(started.elapsed(), timeout);
+        assert_eq!(err.to_string(), "no request body data for 300 ms");
+        assert_eq!(fault.get(), Some(&BodyFaultKind::Stalled(timeout)));
+        assert!(!fault.waiting());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_read_clock_restarts_with_each_frame_and_only_runs_while_waiting() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = http_body_util::StreamBody::new(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|frame| (frame, rx)) },
+        ))
+        .boxed_unsync();
+        let fault = BodyFault::new();
+        let timeout = Duration::from_millis(300);
+        let mut body = ClientBody::new(stream, 100, timeout, fault.clone());
+        // Frames 200 ms apart never trip a 300 ms clock.
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                    .await
+                    .unwrap();
+            }
+            // Then nothing: the sender stays open.
+            std::future::pending::<()>().await;
+        });
+        for _ in 0..5 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert!(!fault.waiting());
+            assert_eq!(frame.into_data().unwrap(), "x");
+        }
+        // Not polled for longer than the timeout: not the client's stall.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(fault.get().is_none());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(fault.waiting(), "weir now waits for the client");
+        let started = tokio::time::Instant::now();
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(started.elapsed() <= timeout);
+        assert_eq!(fault.get(), Some(&BodyFaultKind::Stalled(timeout)));
+        feeder.abort();
+    }
+
+    fn failing(err: BoxError) -> ProxyBody {
+        http_body_util::StreamBody::new(futures_util::stream::iter([Err::<Frame<Bytes>, _>(err)]))
+            .boxed_unsync()
+    }
+
+    /// The fault a client body records when its stream fails with `err`.
+    async fn fault_of(err: BoxError) -> BodyFaultKind {
+        let fault = BodyFault::new();
+        let body = ClientBody::new(failing(err), 100, Duration::from_secs(1), fault.clone());
+        let err = body.collect().await.unwrap_err();
+        let kind = fault.get().expect("a fault").clone();
+        assert_eq!(err.to_string(), kind.to_string());
+        kind
+    }
+
+    #[tokio::test]
+    async fn broken_framing_is_malformed_and_anything_else_is_the_client_leaving() {
+        let bad_chunk =
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid chunk size line");
+        let kind = fault_of(Box::new(bad_chunk)).await;
+        assert!(
+            matches!(&kind, BodyFaultKind::Malformed(m) if m.contains("chunk size")),
+            "{kind:?}"
+        );
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "incomplete body");
+        let kind = fault_of(Box::new(eof)).await;
+        assert!(matches!(kind, BodyFaultKind::Closed(_)), "{kind:?}");
+        let kind = fault_of("stream reset by the client".into()).await;
+        assert!(matches!(kind, BodyFaultKind::Closed(_)), "{kind:?}");
     }
 }

@@ -17,11 +17,16 @@
 //! says of a `wait` past the deadline ("ends the request with 504"): `respond` and
 //! `retry` are ignored, a `continue` edit only adds headers to weir's error response, and
 //! a filter that fails there is logged and counted but changes nothing.
+//!
+//! A client's request body that breaks its framing, stalls or breaks off ends the
+//! request the same way: it is the client's fault, never the upstream's, so the filters
+//! see weir's final 400, 408 or 499 JSON response and never `error(reset)` or
+//! `error(timeout)`. A breaker does not count it and a retry does not re-send it. The
+//! [`BodyFault`] cell that the client's body reads through says which it was.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,11 +36,11 @@ use http::{Method, Response, StatusCode};
 use http_body::Body as _;
 use tokio::time::Instant;
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BodyFault, ProxyBody};
 use crate::clock::VirtualClock;
 use crate::compress;
 use crate::config::{Compression, OnError};
-use crate::error::ProxyError;
+use crate::error::{Origin, ProxyError};
 use crate::headers;
 use crate::recent::{FilterFailure, FilterTiming, Trace};
 use crate::telemetry::RouteMetrics;
@@ -162,8 +167,9 @@ pub struct Incoming {
     pub headers: http::HeaderMap,
     /// The body, streaming.
     pub body: ProxyBody,
-    /// Set when the streamed body passed the size limit.
-    pub body_too_large: Arc<AtomicBool>,
+    /// How the client's body failed, if it did: set by the [`body::ClientBody`] that
+    /// `body` reads through.
+    pub body_fault: BodyFault,
 }
 
 impl Exchange<'_> {
@@ -202,24 +208,27 @@ impl Exchange<'_> {
             path_with_query,
             headers,
             body,
-            body_too_large,
+            body_fault,
         } = req;
         let body = if self.chain.buffer_request {
+            // No filter has run yet: a client whose body fails here gets its 4xx before
+            // any filter could take it for the upstream's failure.
             let collected =
                 tokio::time::timeout_at(self.deadline, body::collect_limited(body, self.max_body))
                     .await
-                    .map_err(|_| self.timeout())?;
+                    .map_err(|_| ProxyError::ClientTimeout {
+                        detail: format!(
+                            "the request body was not complete within the route's timeout of {} ms",
+                            self.timeout_ms()
+                        ),
+                    })?;
             match collected {
                 Ok(b) => ReqBody::Buffered(b),
-                Err(e) if body::is_too_large(e.as_ref()) => {
-                    return Err(ProxyError::BodyTooLarge {
-                        limit: self.max_body,
-                    });
-                }
                 Err(e) => {
-                    return Err(ProxyError::BadRequest(format!(
-                        "reading the request body: {e}"
-                    )));
+                    return Err(match body_fault.get() {
+                        Some(fault) => fault.clone().into(),
+                        None => ProxyError::BadRequest(format!("reading the request body: {e}")),
+                    });
                 }
             }
         } else {
@@ -229,7 +238,7 @@ impl Exchange<'_> {
             x: self,
             method,
             body,
-            body_too_large,
+            body_fault,
             memos: vec![None; self.chain.filters.len()],
             attempt: 1,
             try_timeout: None,
@@ -256,6 +265,8 @@ impl Exchange<'_> {
     /// No filters: forward as it is, with no conversion.
     async fn direct(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
         let mut out = http::Request::new(req.body);
+        // The pool reads it to blame the client for a body that failed.
+        out.extensions_mut().insert(req.body_fault);
         *out.method_mut() = req.method;
         *out.uri_mut() = self.upstream.uri(&req.path_with_query)?;
         *out.headers_mut() = req.headers;
@@ -269,12 +280,6 @@ impl Exchange<'_> {
             Ok(mut resp) => {
                 headers::strip_hop_by_hop(resp.headers_mut());
                 Ok(resp)
-            }
-            Err(f) if req.body_too_large.load(Ordering::Relaxed) => {
-                drop(f);
-                Err(ProxyError::BodyTooLarge {
-                    limit: self.max_body,
-                })
             }
             Err(f) => Err(f.error),
         }
@@ -427,9 +432,14 @@ impl Exchange<'_> {
 }
 
 /// Marks a response that is one of weir's JSON errors with headers the filters added,
-/// so the request log and `/requests` still name the error: its code.
+/// so the request log, `/requests` and metrics still name the error.
 #[derive(Debug, Clone, Copy)]
-pub struct Failed(pub &'static str);
+pub struct Failed {
+    /// The error's code.
+    pub code: &'static str,
+    /// Where it came from.
+    pub origin: Origin,
+}
 
 enum ReqBody {
     Buffered(Bytes),
@@ -548,7 +558,10 @@ impl Reply {
                 let mut resp = err.to_response(Some(route), id);
                 resp.headers_mut()
                     .extend(headers::from_fields(&self.error_headers));
-                resp.extensions_mut().insert(Failed(err.code()));
+                resp.extensions_mut().insert(Failed {
+                    code: err.code(),
+                    origin: err.origin(),
+                });
                 Ok(resp)
             }
         }
@@ -560,7 +573,9 @@ struct Walk<'x, 'a> {
     x: &'x Exchange<'a>,
     method: Method,
     body: ReqBody,
-    body_too_large: Arc<AtomicBool>,
+    /// Handed to the pool with each try, which reads it to blame the client for a body
+    /// that failed.
+    body_fault: BodyFault,
     memos: Vec<Option<Vec<u8>>>,
     attempt: u32,
     /// The smallest per-try timeout any filter asked for.
@@ -894,6 +909,7 @@ impl Walk<'_, '_> {
             ReqBody::Stream(s) => s.take().unwrap_or_else(body::empty),
         };
         let mut out = http::Request::new(body);
+        out.extensions_mut().insert(self.body_fault.clone());
         *out.method_mut() = self.method.clone();
         *out.uri_mut() = match self.x.upstream.uri(&req.path_with_query) {
             Ok(u) => u,
@@ -912,12 +928,9 @@ impl Walk<'_, '_> {
         let sent = self.x.send_upstream(out, deadline, timeout_ms).await;
         let mut resp = match sent {
             Ok(r) => r,
-            // The client's fault, not the upstream's: 413, whatever the filters say.
-            Err(_) if self.body_too_large.load(Ordering::Relaxed) => {
-                return self.ended(ProxyError::BodyTooLarge {
-                    limit: self.x.max_body,
-                });
-            }
+            // The client's body failed (413, 400, 408, 499): the client's fault, not the
+            // upstream's, whatever the filters say.
+            Err(f) if f.error.origin() == Origin::Client => return self.ended(f.error),
             Err(f) => return Reply::upstream_failed(f.kind, f.error),
         };
         headers::strip_hop_by_hop(resp.headers_mut());

@@ -570,14 +570,20 @@ mod tests {
 
     #[tokio::test]
     async fn body_errors_keep_their_type_through_a_coder() {
-        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let limited = body::boxed(body::Limited::new(
+        let limited = body::boxed(body::ClientBody::new(
             chunked(&sample(10_000), 1_000),
             100,
-            flag,
+            std::time::Duration::from_secs(1),
+            body::BodyFault::new(),
         ));
         let err = all(encode(limited, Coding::Zstd)).await.unwrap_err();
-        assert!(body::is_too_large(err.as_ref()), "{err}");
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
+        let mut kind = None;
+        while let Some(e) = cur {
+            kind = kind.or(e.downcast_ref::<body::BodyFaultKind>());
+            cur = e.source();
+        }
+        assert_eq!(kind, Some(&body::BodyFaultKind::TooLarge(100)), "{err}");
     }
 
     fn response(coding: Option<&'static str>, body: &[u8]) -> Response<ProxyBody> {

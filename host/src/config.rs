@@ -256,6 +256,10 @@ pub struct Listen {
     /// How long a client may take to send the request head.
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: HumanDuration,
+    /// How long weir waits for the next piece of a request body; a client that stalls
+    /// longer gets 408. The clock runs only while weir is waiting for the client.
+    #[serde(default = "defaults::body_read_timeout")]
+    pub body_read_timeout: HumanDuration,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: HumanDuration,
@@ -608,6 +612,9 @@ mod defaults {
     pub fn header_read_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
     }
+    pub fn body_read_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
     pub fn drain_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
     }
@@ -795,6 +802,13 @@ fn validate(
         {
             *dir = cwd.join(&*dir);
         }
+    }
+    if raw.listen.body_read_timeout.0.is_zero() {
+        // Zero would fail every body at its first wait for the network.
+        err(
+            place(&["listen", "body_read_timeout"], 0..0),
+            "listen.body_read_timeout must be more than zero".to_owned(),
+        );
     }
     if let Some(level) = &raw.log.level
         && let Err(e) = check_log_level(level)

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BodyFaultKind, ProxyBody};
 
 /// Where a failure came from. Retrying is allowed for some upstream failures only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,26 @@ pub enum ProxyError {
     /// The client's request could not be read or forwarded as it is.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client's request body broke its framing (e.g. a malformed chunk).
+    #[error("malformed request body: {detail}")]
+    BadRequestBody {
+        /// What the parser said.
+        detail: String,
+    },
+    /// The client stopped sending its request body: nothing came for
+    /// `body_read_timeout`, or the route's deadline passed while weir waited for it.
+    #[error("request body timed out: {detail}")]
+    ClientTimeout {
+        /// Which limit passed.
+        detail: String,
+    },
+    /// The client went away (closed or reset) before its request body ended. Nobody
+    /// reads the answer; it is logged and counted.
+    #[error("client closed the request mid-body: {detail}")]
+    ClientClosed {
+        /// What the connection said.
+        detail: String,
+    },
     /// The TCP connection to the upstream failed.
     #[error("cannot connect to upstream {upstream}: {detail}")]
     ConnectFailed {
@@ -98,13 +118,38 @@ pub enum ProxyError {
     },
 }
 
+/// The status of a request whose client went away mid-body: nginx's 499 "client closed
+/// request". The client does not read it; logs, metrics and `/requests` do, and it is a
+/// 4xx, so a breaker never counts it as the upstream's failure.
+pub const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => panic!("499 is a valid status"),
+};
+
+impl From<BodyFaultKind> for ProxyError {
+    fn from(fault: BodyFaultKind) -> ProxyError {
+        match fault {
+            BodyFaultKind::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
+            BodyFaultKind::Malformed(detail) => ProxyError::BadRequestBody { detail },
+            BodyFaultKind::Stalled(_) => ProxyError::ClientTimeout {
+                detail: fault.to_string(),
+            },
+            BodyFaultKind::Closed(detail) => ProxyError::ClientClosed { detail },
+        }
+    }
+}
+
 impl ProxyError {
     /// The HTTP status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadRequestBody { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientClosed { .. } => CLIENT_CLOSED,
             ProxyError::ConnectFailed { .. }
             | ProxyError::Tls { .. }
             | ProxyError::UpstreamBroken { .. }
@@ -124,6 +169,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadRequestBody { .. } => "bad_request_body",
+            ProxyError::ClientTimeout { .. } => "client_timeout",
+            ProxyError::ClientClosed { .. } => "client_closed",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::Tls { .. } => "tls_failed",
@@ -139,7 +187,11 @@ impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self {
             ProxyError::NoRoute { .. } => Origin::Config,
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) => Origin::Client,
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::BadRequestBody { .. }
+            | ProxyError::ClientTimeout { .. }
+            | ProxyError::ClientClosed { .. } => Origin::Client,
             ProxyError::FilterFailed { .. } => Origin::Filter,
             _ => Origin::Upstream,
         }

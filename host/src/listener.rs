@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::{self, ProxyBody};
 use crate::chain::{self, Exchange};
 use crate::config::{Admin as AdminConfig, Listen};
-use crate::error::{ProxyError, json_response};
+use crate::error::{Origin as ErrorOrigin, ProxyError, json_response};
 use crate::headers;
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::Router;
@@ -36,6 +35,7 @@ const MAX_REQUEST_ID: usize = 200;
 pub struct Proxy {
     router: RwLock<Arc<Router>>,
     max_body: u64,
+    body_read_timeout: Duration,
     telemetry: Arc<Telemetry>,
     recent: Recent,
 }
@@ -63,6 +63,7 @@ impl Proxy {
         Arc::new(Proxy {
             router: RwLock::new(Arc::new(router)),
             max_body: listen.max_body_bytes.0,
+            body_read_timeout: listen.body_read_timeout.0,
             telemetry,
             recent,
         })
@@ -148,11 +149,16 @@ impl Proxy {
                         limit: self.max_body,
                     })
                 } else {
-                    let too_large = Arc::new(AtomicBool::new(false));
+                    let body_fault = body::BodyFault::new();
                     let body = if body.is_end_stream() {
                         body
                     } else {
-                        body::boxed(body::Limited::new(body, self.max_body, too_large.clone()))
+                        body::boxed(body::ClientBody::new(
+                            body,
+                            self.max_body,
+                            self.body_read_timeout,
+                            body_fault.clone(),
+                        ))
                     };
                     let mut hdrs = parts.headers;
                     headers::prepare_upstream(&mut hdrs);
@@ -178,26 +184,38 @@ impl Proxy {
                         path_with_query: route.upstream_path(&parts.uri),
                         headers: hdrs,
                         body,
-                        body_too_large: too_large,
+                        body_fault,
                     })
                     .await
                 }
             }
         };
         let route_name = route.map(|r| r.name.as_str());
-        let (mut resp, error) = match result {
+        let (mut resp, failed) = match result {
             // One of weir's errors that filters added headers to still names its code.
             Ok(r) => {
-                let failed = r.extensions().get::<chain::Failed>().map(|f| f.0);
+                let failed = r.extensions().get::<chain::Failed>().copied();
                 (r, failed)
             }
-            Err(e) => (e.to_response(route_name, id_text), Some(e.code())),
+            Err(e) => {
+                let failed = chain::Failed {
+                    code: e.code(),
+                    origin: e.origin(),
+                };
+                (e.to_response(route_name, id_text), Some(failed))
+            }
         };
+        let error = failed.map(|f| f.code);
         resp.headers_mut().insert(headers::X_REQUEST_ID, id.clone());
         let took = started.elapsed();
         let trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());
         match route {
-            Some(r) => r.metrics.record(&method, resp.status(), took),
+            Some(r) => {
+                r.metrics.record(&method, resp.status(), took);
+                if let Some(f) = failed.filter(|f| f.origin == ErrorOrigin::Client) {
+                    r.metrics.record_client_error(f.code);
+                }
+            }
             None => self
                 .telemetry
                 .record_request("", &method, resp.status(), took),

@@ -576,6 +576,11 @@ impl Fixed {
                 format!("{:?}", new.listen.header_read_timeout.0),
             ),
             (
+                "listen.body_read_timeout",
+                format!("{:?}", self.listen.body_read_timeout.0),
+                format!("{:?}", new.listen.body_read_timeout.0),
+            ),
+            (
                 "listen.drain_timeout",
                 format!("{:?}", self.listen.drain_timeout.0),
                 format!("{:?}", new.listen.drain_timeout.0),

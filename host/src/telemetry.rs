@@ -37,6 +37,7 @@ pub struct Telemetry {
     requests: IntCounterVec,
     latency: HistogramVec,
     retries: IntCounterVec,
+    client_errors: IntCounterVec,
     /// The upstream client's series.
     pub upstreams: Arc<UpstreamMetrics>,
     /// Per-route summaries for `/status`.
@@ -148,6 +149,7 @@ pub struct RouteMetrics {
     by_method: IntCounterVec,
     latency_vec: HistogramVec,
     retries_vec: IntCounterVec,
+    client_errors_vec: IntCounterVec,
     route: String,
     latency: OnceLock<Histogram>,
     retries: OnceLock<IntCounter>,
@@ -178,6 +180,14 @@ impl RouteMetrics {
             .get_or_init(|| self.latency_vec.with_label_values(&[&self.route]))
             .observe(took.as_secs_f64());
         self.stats.record(status.as_u16(), took);
+    }
+
+    /// Counts one request that failed by the client's fault; `code` is the error's code
+    /// (one of a handful weir defines, so the series stay few). Rare, so it is looked up.
+    pub fn record_client_error(&self, code: &'static str) {
+        self.client_errors_vec
+            .with_label_values(&[&self.route, code])
+            .inc();
     }
 
     /// Counts one retry.
@@ -221,13 +231,22 @@ impl Telemetry {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "weir_client_errors_total",
+                "Requests that failed by the client's fault, by route and kind (body_too_large, bad_request, bad_request_body, client_timeout, client_closed)",
+            ),
+            &["route", "kind"],
+        )?;
         registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(client_errors.clone()))?;
         let upstreams = Arc::new(UpstreamMetrics::new(&registry)?);
         Ok(Arc::new(Telemetry {
             registry,
             requests,
             latency,
             retries,
+            client_errors,
             upstreams,
             stats: Stats::default(),
         }))
@@ -252,6 +271,7 @@ impl Telemetry {
             by_method: self.requests.clone(),
             latency_vec: self.latency.clone(),
             retries_vec: self.retries.clone(),
+            client_errors_vec: self.client_errors.clone(),
             route: route.to_owned(),
             latency: OnceLock::new(),
             retries: OnceLock::new(),

@@ -28,9 +28,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::bindings::UpstreamError;
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BodyFault, ProxyBody};
 use crate::config::{Origin, UpstreamConfig};
-use crate::error::ProxyError;
+use crate::error::{self, ProxyError};
 use crate::telemetry::UpstreamMetrics;
 use crate::tls::{self, TlsError};
 
@@ -113,6 +113,26 @@ pub struct UpstreamFailure {
     pub error: ProxyError,
 }
 
+impl UpstreamFailure {
+    /// The client's error instead of this one when the client's body is why the call
+    /// failed. `kind` stays as it was; callers look at the error's origin first.
+    fn blame(self, body: &BodyFault, timeout_ms: u64) -> UpstreamFailure {
+        let error = match body.get() {
+            Some(fault) => fault.clone().into(),
+            None if self.kind == UpstreamError::Timeout && body.waiting() => {
+                ProxyError::ClientTimeout {
+                    detail: format!("the request body was not complete within {timeout_ms} ms"),
+                }
+            }
+            None => return self,
+        };
+        UpstreamFailure {
+            kind: self.kind,
+            error,
+        }
+    }
+}
+
 impl UpstreamPool {
     /// Builds the client and loads every upstream's TLS files.
     pub fn new(
@@ -166,6 +186,12 @@ impl UpstreamPool {
 
     /// Sends `req` to `upstream`, waiting for a connection slot and the response head no
     /// later than `deadline`. The slot is held until the response body ends.
+    ///
+    /// A client's request carries its body's [`BodyFault`] in its extensions. When the
+    /// call failed because of that body (it broke, or the deadline passed while weir was
+    /// waiting for it), the failure's error is the client's ([`error::Origin::Client`]) and it
+    /// is not counted as the upstream's: over HTTP/2 the upstream side sees only a reset
+    /// stream, so the error itself cannot say.
     pub async fn send(
         &self,
         upstream: &Upstream,
@@ -173,12 +199,20 @@ impl UpstreamPool {
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        let client_body = req.extensions().get::<BodyFault>().cloned();
         let started = Instant::now();
-        let result = self.send_inner(upstream, req, deadline, timeout_ms).await;
+        let result = self
+            .send_inner(upstream, req, deadline, timeout_ms)
+            .await
+            .map_err(|f| match &client_body {
+                Some(body) => f.blame(body, timeout_ms),
+                None => f,
+            });
         match &result {
             Ok(_) => self
                 .metrics
                 .answered(&upstream.name, &upstream.duration, started.elapsed()),
+            Err(f) if f.error.origin() == error::Origin::Client => {}
             Err(f) => self.metrics.failed(&upstream.name, f.kind),
         }
         result
@@ -276,12 +310,6 @@ fn classify(e: &hyper_util::client::legacy::Error, origin: &str) -> UpstreamFail
     while let Some(err) = cur {
         if let Some(c) = err.downcast_ref::<ConnectError>() {
             return c.to_failure(upstream);
-        }
-        if body::is_too_large(err) {
-            return UpstreamFailure {
-                kind: UpstreamError::Reset,
-                error: ProxyError::BodyTooLarge { limit: 0 },
-            };
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             let detail = h.to_string();

@@ -14,6 +14,7 @@ mod auth;
 mod breaker;
 mod cache;
 mod cleanup;
+mod client_faults;
 mod compression;
 mod example_c;
 mod example_js;

@@ -28,11 +28,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BodyFault, ProxyBody};
 use crate::builtin;
 use crate::chain::{self, Chain};
 use crate::clock::VirtualClock;
@@ -273,7 +272,7 @@ impl Harness {
                 path_with_query: req.path_with_query,
                 headers,
                 body,
-                body_too_large: Arc::new(AtomicBool::new(false)),
+                body_fault: BodyFault::new(),
             })
             .await;
         let trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());
