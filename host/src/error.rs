@@ -38,6 +38,9 @@ pub enum ProxyError {
     /// The client's request could not be read or forwarded as it is.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request's path is malformed, or has an escape its route refuses.
+    #[error(transparent)]
+    BadPath(#[from] crate::path::PathError),
     /// The TCP connection to the upstream failed.
     #[error("cannot connect to upstream {upstream}: {detail}")]
     ConnectFailed {
@@ -104,7 +107,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectFailed { .. }
             | ProxyError::Tls { .. }
             | ProxyError::UpstreamBroken { .. }
@@ -124,6 +127,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadPath(_) => "bad_path",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::Tls { .. } => "tls_failed",
@@ -139,7 +143,9 @@ impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self {
             ProxyError::NoRoute { .. } => Origin::Config,
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) => Origin::Client,
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::BadPath(_) => Origin::Client,
             ProxyError::FilterFailed { .. } => Origin::Filter,
             _ => Origin::Upstream,
         }

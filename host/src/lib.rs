@@ -16,9 +16,9 @@
 //!
 //! [`check`] does steps 1 and 2 without binding, for `weir check`.
 //!
-//! The modules follow a request's path: [`listener`] accepts it, [`router`] picks the
-//! route, [`chain`] runs the filters (through [`wasm`]) around the [`upstream`] call, and
-//! [`error`] turns any failure into a JSON response.
+//! The modules follow a request's path: [`listener`] accepts it, [`path`] normalises its
+//! path, [`router`] picks the route, [`chain`] runs the filters (through [`wasm`]) around
+//! the [`upstream`] call, and [`error`] turns any failure into a JSON response.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -33,6 +33,7 @@ pub mod filter_test;
 pub mod harness;
 pub mod headers;
 pub mod listener;
+pub mod path;
 pub mod recent;
 pub mod reload;
 pub mod router;

@@ -11,6 +11,8 @@ use http::{Method, request::Parts};
 
 use crate::chain::Chain;
 use crate::config::{Config, ConfigError, FilterSource, RouteMatch, Secret, merge_json};
+use crate::error::ProxyError;
+use crate::path::{self, EscapedPaths, PathError};
 use crate::telemetry::{RouteMetrics, Telemetry};
 use crate::upstream::{Upstream, UpstreamPool};
 use crate::wasm::{Loaded, Outbound, Runtime, builtin};
@@ -22,6 +24,7 @@ pub struct Route {
     matcher: Matcher,
     /// The prefix removed before forwarding, if `strip_prefix` is set.
     pub strip: Option<String>,
+    escaped_paths: EscapedPaths,
     /// Where requests go.
     pub upstream: Arc<Upstream>,
     /// The deadline for the whole request.
@@ -105,7 +108,9 @@ impl Matcher {
     }
 }
 
-/// The host the client asked for, without the port: `:authority` or `Host`.
+/// The host the client asked for, without the port: the request target's authority when
+/// it has one (HTTP/2's `:authority`, or an HTTP/1.1 absolute-form target, where RFC 9112
+/// §3.2.2 says to ignore `Host`), else the `Host` header.
 fn request_host(parts: &Parts) -> Option<&str> {
     let raw = match parts.uri.host() {
         Some(h) => h,
@@ -116,6 +121,22 @@ fn request_host(parts: &Parts) -> Option<&str> {
         Some(i) if !raw[i..].contains(']') => &raw[..i],
         _ => raw,
     })
+}
+
+/// `uri` with its path replaced by `path` (which came from `uri`'s own, so it parses).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ProxyError> {
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("invalid path {path:?}: {e}")))?,
+    );
+    http::Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("invalid path {path:?}: {e}")))
 }
 
 impl Route {
@@ -146,10 +167,63 @@ pub struct Router {
     pub upstreams: Arc<UpstreamPool>,
 }
 
+/// The `Host` rules of RFC 9112 §3.2 for a request read off a client connection: more
+/// than one `Host` line, or a value that is not a host and optional port, is refused
+/// whatever the version; an HTTP/1.1 request must have one (HTTP/1.0 may omit it, and
+/// HTTP/2 carries `:authority` instead). An empty `Host` is allowed, as the RFC allows it.
+pub fn check_host(parts: &Parts) -> Result<(), ProxyError> {
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest(
+            "more than one Host header".to_owned(),
+        )),
+        (Some(host), None) => {
+            let valid = host.is_empty()
+                || (!host.as_bytes().contains(&b'@')
+                    && http::uri::Authority::try_from(host.as_bytes()).is_ok());
+            if valid {
+                Ok(())
+            } else {
+                Err(ProxyError::BadRequest(format!(
+                    "invalid Host header {:?}",
+                    String::from_utf8_lossy(host.as_bytes())
+                )))
+            }
+        }
+        (None, _) if parts.version == http::Version::HTTP_11 => Err(ProxyError::BadRequest(
+            "HTTP/1.1 request without a Host header".to_owned(),
+        )),
+        (None, _) => Ok(()),
+    }
+}
+
 impl Router {
     /// The first route that matches.
     pub fn find(&self, parts: &Parts) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.matches(parts))
+    }
+
+    /// Normalises the request's path in place (see [`crate::path`]), finds the first route
+    /// that matches the normalised request, and applies that route's `escaped_paths`.
+    /// Everything after this (`strip_prefix`, the upstream request, `/requests`) sees the
+    /// normalised path. The query is left as it came.
+    pub fn route(&self, parts: &mut Parts) -> Result<&Route, ProxyError> {
+        let normal = path::normalise(parts.uri.path())?;
+        if normal.path != parts.uri.path() {
+            parts.uri = with_path(&parts.uri, &normal.path)?;
+        }
+        let route = self.find(parts).ok_or_else(|| ProxyError::NoRoute {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+        })?;
+        match (normal.escaped, route.escaped_paths) {
+            (Some(what), EscapedPaths::Reject) => Err(PathError::Refused {
+                what,
+                route: route.name.clone(),
+            }
+            .into()),
+            _ => Ok(route),
+        }
     }
 
     /// Every route, in order.
@@ -279,6 +353,7 @@ impl Router {
                 } else {
                     None
                 },
+                escaped_paths: r.escaped_paths,
                 upstream: upstream.clone(),
                 timeout: r.timeout.0,
                 chain: Chain::new(pools).with_compression(r.compression),
