@@ -178,10 +178,7 @@ pub fn check_host(parts: &Parts) -> Result<(), ProxyError> {
             "more than one Host header".to_owned(),
         )),
         (Some(host), None) => {
-            let valid = host.is_empty()
-                || (!host.as_bytes().contains(&b'@')
-                    && http::uri::Authority::try_from(host.as_bytes()).is_ok());
-            if valid {
+            if host.is_empty() || is_host_and_port(host.as_bytes()) {
                 Ok(())
             } else {
                 Err(ProxyError::BadRequest(format!(
@@ -195,6 +192,23 @@ pub fn check_host(parts: &Parts) -> Result<(), ProxyError> {
         )),
         (None, _) => Ok(()),
     }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2): an authority without userinfo, whose port,
+/// if any, is digits.
+fn is_host_and_port(value: &[u8]) -> bool {
+    if value.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = http::uri::Authority::try_from(value) else {
+        return false;
+    };
+    // Without userinfo the authority starts with its host.
+    let rest = &authority.as_str()[authority.host().len()..];
+    rest.is_empty()
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Router {
@@ -507,6 +521,37 @@ mod tests {
         let m = matcher("headers = { x-tenant = \"b\" }");
         assert!(!m.matches(&parts("GET", "/", "h")));
         assert!(matcher("").matches(&parts("GET", "/", "h")));
+    }
+
+    #[test]
+    fn host_rules_depend_on_the_version_and_the_count() {
+        let with = |version: http::Version, hosts: &[&str]| {
+            let mut req = http::Request::builder().version(version).uri("/x");
+            for h in hosts {
+                req = req.header("host", *h);
+            }
+            let (p, _) = req.body(()).unwrap().into_parts();
+            check_host(&p).map_err(|e| e.to_string())
+        };
+        use http::Version;
+        assert_eq!(with(Version::HTTP_11, &["a.example:80"]), Ok(()));
+        assert_eq!(with(Version::HTTP_11, &["[::1]:8080"]), Ok(()));
+        assert_eq!(with(Version::HTTP_11, &[""]), Ok(()));
+        assert_eq!(with(Version::HTTP_10, &[]), Ok(()));
+        assert_eq!(with(Version::HTTP_2, &[]), Ok(()));
+        assert_eq!(
+            with(Version::HTTP_11, &[]),
+            Err("bad request: HTTP/1.1 request without a Host header".into())
+        );
+        for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            assert_eq!(
+                with(version, &["a", "a"]),
+                Err("bad request: more than one Host header".into())
+            );
+        }
+        for bad in ["a b", "u@a.example", "a, b", "a:x", "a/b"] {
+            assert!(with(Version::HTTP_11, &[bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]
