@@ -14,7 +14,8 @@
 //! 3. It reports, in [`Normalised::escaped`], the first thing a route's
 //!    `escaped_paths = "reject"` (the default) refuses: an encoded slash (`%2F`), a
 //!    backslash (raw or `%5C`), or a segment that is `.` or `..` only once decoded
-//!    (`%2e%2e`). The router applies that policy once it knows the route; with
+//!    (`%2e%2e`). The router applies that policy once it knows the route (the default
+//!    when no route matches the normalised path); with
 //!    `escaped_paths = "keep"` encoded slashes and backslashes go upstream as they came,
 //!    and encoded dot segments are removed like plain ones (they are the same path, RFC
 //!    3986 §6.2.2), so they can never climb out of the route.
@@ -67,9 +68,7 @@ pub enum PathError {
     #[error("path has an invalid percent-encoding {0:?}")]
     BadEscape(String),
     /// A segment that is not a dot segment but has one behind `;`, `%2F`, `%5C` or `\`.
-    #[error(
-        "path segment {0:?} hides a dot segment behind `;`, an encoded slash or a backslash"
-    )]
+    #[error("path segment {0:?} hides a dot segment behind `;`, an encoded slash or a backslash")]
     HiddenDotSegment(String),
     /// What `escaped_paths = "reject"` refuses, on the route that refuses it.
     #[error("path has {what}, which route `{route}` refuses (escaped_paths = \"reject\")")]
@@ -78,6 +77,17 @@ pub enum PathError {
         what: Escaped,
         /// The route that matched the normalised path.
         route: String,
+    },
+    /// What `escaped_paths = "reject"` refuses, in a path no route takes: the default
+    /// applies, so an attack is answered as one, not as a missing route.
+    #[error(
+        "path has {what}, which is refused by default (escaped_paths = \"reject\"; no route matches the normalised path {path})"
+    )]
+    RefusedWithoutRoute {
+        /// What the path has.
+        what: Escaped,
+        /// The normalised path.
+        path: String,
     },
 }
 

@@ -226,17 +226,25 @@ impl Router {
         if normal.path != parts.uri.path() {
             parts.uri = with_path(&parts.uri, &normal.path)?;
         }
-        let route = self.find(parts).ok_or_else(|| ProxyError::NoRoute {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_owned(),
-        })?;
-        match (normal.escaped, route.escaped_paths) {
-            (Some(what), EscapedPaths::Reject) => Err(PathError::Refused {
+        match (normal.escaped, self.find(parts)) {
+            (Some(what), Some(route)) if route.escaped_paths == EscapedPaths::Reject => {
+                Err(PathError::Refused {
+                    what,
+                    route: route.name.clone(),
+                }
+                .into())
+            }
+            // No route to say otherwise: the default, "reject", applies.
+            (Some(what), None) => Err(PathError::RefusedWithoutRoute {
                 what,
-                route: route.name.clone(),
+                path: normal.path,
             }
             .into()),
-            _ => Ok(route),
+            (_, Some(route)) => Ok(route),
+            (None, None) => Err(ProxyError::NoRoute {
+                method: parts.method.to_string(),
+                path: normal.path,
+            }),
         }
     }
 

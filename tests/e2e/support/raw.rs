@@ -104,7 +104,11 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
             while body.len() < len {
                 let mut chunk = [0u8; 4096];
                 let n = stream.read(&mut chunk).await.expect("read response body");
-                assert!(n > 0, "connection closed {} bytes into a {len}-byte body", body.len());
+                assert!(
+                    n > 0,
+                    "connection closed {} bytes into a {len}-byte body",
+                    body.len()
+                );
                 body.extend_from_slice(&chunk[..n]);
             }
             body.truncate(len);
