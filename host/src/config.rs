@@ -501,6 +501,10 @@ pub struct RouteConfig {
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// What to do with a path that has an encoded slash, a backslash or an encoded dot
+    /// segment (see [`crate::path`]): `"reject"` (400 `bad_path`) unless set to `"keep"`.
+    #[serde(default)]
+    pub escaped_paths: crate::path::EscapedPaths,
     /// The deadline for the whole request, retries included.
     #[serde(default = "defaults::route_timeout")]
     pub timeout: HumanDuration,
@@ -542,7 +546,8 @@ pub struct Compression {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
-    /// The `Host` (or `:authority`) without port; `*.example.com` matches subdomains.
+    /// The request target's authority (HTTP/2 `:authority`, an absolute-form target), else
+    /// `Host`, without port; `*.example.com` matches subdomains.
     #[serde(default)]
     pub host: Option<String>,
     /// The path must start with this.

@@ -58,6 +58,9 @@ pub enum ProxyError {
         /// What the connection said.
         detail: String,
     },
+    /// The request's path is malformed, or has an escape its route refuses.
+    #[error(transparent)]
+    BadPath(#[from] crate::path::PathError),
     /// The TCP connection to the upstream failed.
     #[error("cannot connect to upstream {upstream}: {detail}")]
     ConnectFailed {
@@ -145,9 +148,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) | ProxyError::BadRequestBody { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::BadRequest(_)
+            | ProxyError::BadRequestBody { .. }
+            | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientClosed { .. } => CLIENT_CLOSED,
             ProxyError::ConnectFailed { .. }
@@ -172,6 +175,7 @@ impl ProxyError {
             ProxyError::BadRequestBody { .. } => "bad_request_body",
             ProxyError::ClientTimeout { .. } => "client_timeout",
             ProxyError::ClientClosed { .. } => "client_closed",
+            ProxyError::BadPath(_) => "bad_path",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::Tls { .. } => "tls_failed",
@@ -191,7 +195,8 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::BadRequestBody { .. }
             | ProxyError::ClientTimeout { .. }
-            | ProxyError::ClientClosed { .. } => Origin::Client,
+            | ProxyError::ClientClosed { .. }
+            | ProxyError::BadPath(_) => Origin::Client,
             ProxyError::FilterFailed { .. } => Origin::Filter,
             _ => Origin::Upstream,
         }

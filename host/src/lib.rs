@@ -19,9 +19,9 @@
 //! The tools for filter authors (the harness, `weir filter test`, `weir filter new`)
 //! live apart from the request path, in [`authoring`].
 //!
-//! The modules follow a request's path: [`listener`] accepts it, [`router`] picks the
-//! route, [`chain`] runs the filters (through [`wasm`]) around the [`upstream`] call, and
-//! [`error`] turns any failure into a JSON response.
+//! The modules follow a request's path: [`listener`] accepts it, [`path`] normalises its
+//! path, [`router`] picks the route, [`chain`] runs the filters (through [`wasm`]) around
+//! the [`upstream`] call, and [`error`] turns any failure into a JSON response.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -37,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod listener;
+pub mod path;
 pub mod recent;
 pub mod reload;
 pub mod router;

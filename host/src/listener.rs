@@ -24,7 +24,7 @@ use crate::config::{Admin as AdminConfig, Listen};
 use crate::error::{Origin as ErrorOrigin, ProxyError, json_response};
 use crate::headers;
 use crate::recent::{NewRecord, Recent, Tee, Trace};
-use crate::router::Router;
+use crate::router::{Router, check_host};
 use crate::telemetry::Telemetry;
 
 /// The longest client-supplied `x-request-id` weir keeps; longer ones are replaced.
@@ -109,12 +109,19 @@ impl Proxy {
         &self,
         origin: Origin<'_>,
         id: HeaderValue,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: ProxyBody,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let router = self.router();
-        let route = router.find(&parts);
+        // The Host rules are for requests read off a connection; a replay is rebuilt from
+        // a record of one that already passed them.
+        let routed = match origin.replay_of {
+            None => check_host(&parts),
+            Some(_) => Ok(()),
+        }
+        .and_then(|()| router.route(&mut parts));
+        let route = routed.as_ref().ok().copied();
         let method = parts.method.clone();
         let traceparent = TraceContext::from_headers(&parts.headers).next_hop();
         // Everything only `/requests` reads is gathered only when it keeps records.
@@ -133,12 +140,9 @@ impl Proxy {
         // request_id() only makes visible-ASCII values.
         let id_text = id.to_str().unwrap_or_default();
         let trace = Mutex::new(Trace::default());
-        let result = match route {
-            None => Err(ProxyError::NoRoute {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_owned(),
-            }),
-            Some(route) => {
+        let result = match routed {
+            Err(e) => Err(e),
+            Ok(route) => {
                 let declared = parts
                     .headers
                     .get(http::header::CONTENT_LENGTH)

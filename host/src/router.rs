@@ -12,6 +12,8 @@ use http::{Method, request::Parts};
 use crate::builtin;
 use crate::chain::Chain;
 use crate::config::{Config, ConfigError, FilterSource, RouteMatch, Secret, merge_json};
+use crate::error::ProxyError;
+use crate::path::{self, EscapedPaths, PathError};
 use crate::telemetry::{RouteMetrics, Telemetry};
 use crate::upstream::{Upstream, UpstreamPool};
 use crate::wasm::{Loaded, Outbound, Runtime};
@@ -23,6 +25,7 @@ pub struct Route {
     matcher: Matcher,
     /// The prefix removed before forwarding, if `strip_prefix` is set.
     pub strip: Option<String>,
+    escaped_paths: EscapedPaths,
     /// Where requests go.
     pub upstream: Arc<Upstream>,
     /// The deadline for the whole request.
@@ -106,7 +109,9 @@ impl Matcher {
     }
 }
 
-/// The host the client asked for, without the port: `:authority` or `Host`.
+/// The host the client asked for, without the port: the request target's authority when
+/// it has one (HTTP/2's `:authority`, or an HTTP/1.1 absolute-form target, where RFC 9112
+/// §3.2.2 says to ignore `Host`), else the `Host` header.
 fn request_host(parts: &Parts) -> Option<&str> {
     let raw = match parts.uri.host() {
         Some(h) => h,
@@ -117,6 +122,22 @@ fn request_host(parts: &Parts) -> Option<&str> {
         Some(i) if !raw[i..].contains(']') => &raw[..i],
         _ => raw,
     })
+}
+
+/// `uri` with its path replaced by `path` (which came from `uri`'s own, so it parses).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ProxyError> {
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("invalid path {path:?}: {e}")))?,
+    );
+    http::Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("invalid path {path:?}: {e}")))
 }
 
 impl Route {
@@ -147,10 +168,85 @@ pub struct Router {
     pub upstreams: Arc<UpstreamPool>,
 }
 
+/// The `Host` rules of RFC 9112 §3.2 for a request read off a client connection: more
+/// than one `Host` line, or a value that is not a host and optional port, is refused
+/// whatever the version; an HTTP/1.1 request must have one (HTTP/1.0 may omit it, and
+/// HTTP/2 carries `:authority` instead). An empty `Host` is allowed, as the RFC allows it.
+pub fn check_host(parts: &Parts) -> Result<(), ProxyError> {
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest(
+            "more than one Host header".to_owned(),
+        )),
+        (Some(host), None) => {
+            if host.is_empty() || is_host_and_port(host.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ProxyError::BadRequest(format!(
+                    "invalid Host header {:?}",
+                    String::from_utf8_lossy(host.as_bytes())
+                )))
+            }
+        }
+        (None, _) if parts.version == http::Version::HTTP_11 => Err(ProxyError::BadRequest(
+            "HTTP/1.1 request without a Host header".to_owned(),
+        )),
+        (None, _) => Ok(()),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2): an authority without userinfo, whose port,
+/// if any, is digits.
+fn is_host_and_port(value: &[u8]) -> bool {
+    if value.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = http::uri::Authority::try_from(value) else {
+        return false;
+    };
+    // Without userinfo the authority starts with its host.
+    let rest = &authority.as_str()[authority.host().len()..];
+    rest.is_empty()
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl Router {
     /// The first route that matches.
     pub fn find(&self, parts: &Parts) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.matches(parts))
+    }
+
+    /// Normalises the request's path in place (see [`crate::path`]), finds the first route
+    /// that matches the normalised request, and applies that route's `escaped_paths`.
+    /// Everything after this (`strip_prefix`, the upstream request, `/requests`) sees the
+    /// normalised path. The query is left as it came.
+    pub fn route(&self, parts: &mut Parts) -> Result<&Route, ProxyError> {
+        let normal = path::normalise(parts.uri.path())?;
+        if normal.path != parts.uri.path() {
+            parts.uri = with_path(&parts.uri, &normal.path)?;
+        }
+        match (normal.escaped, self.find(parts)) {
+            (Some(what), Some(route)) if route.escaped_paths == EscapedPaths::Reject => {
+                Err(PathError::Refused {
+                    what,
+                    route: route.name.clone(),
+                }
+                .into())
+            }
+            // No route to say otherwise: the default, "reject", applies.
+            (Some(what), None) => Err(PathError::RefusedWithoutRoute {
+                what,
+                path: normal.path,
+            }
+            .into()),
+            (_, Some(route)) => Ok(route),
+            (None, None) => Err(ProxyError::NoRoute {
+                method: parts.method.to_string(),
+                path: normal.path,
+            }),
+        }
     }
 
     /// Every route, in order.
@@ -280,6 +376,7 @@ impl Router {
                 } else {
                     None
                 },
+                escaped_paths: r.escaped_paths,
                 upstream: upstream.clone(),
                 timeout: r.timeout.0,
                 chain: Chain::new(pools).with_compression(r.compression),
@@ -433,6 +530,37 @@ mod tests {
         let m = matcher("headers = { x-tenant = \"b\" }");
         assert!(!m.matches(&parts("GET", "/", "h")));
         assert!(matcher("").matches(&parts("GET", "/", "h")));
+    }
+
+    #[test]
+    fn host_rules_depend_on_the_version_and_the_count() {
+        let with = |version: http::Version, hosts: &[&str]| {
+            let mut req = http::Request::builder().version(version).uri("/x");
+            for h in hosts {
+                req = req.header("host", *h);
+            }
+            let (p, _) = req.body(()).unwrap().into_parts();
+            check_host(&p).map_err(|e| e.to_string())
+        };
+        use http::Version;
+        assert_eq!(with(Version::HTTP_11, &["a.example:80"]), Ok(()));
+        assert_eq!(with(Version::HTTP_11, &["[::1]:8080"]), Ok(()));
+        assert_eq!(with(Version::HTTP_11, &[""]), Ok(()));
+        assert_eq!(with(Version::HTTP_10, &[]), Ok(()));
+        assert_eq!(with(Version::HTTP_2, &[]), Ok(()));
+        assert_eq!(
+            with(Version::HTTP_11, &[]),
+            Err("bad request: HTTP/1.1 request without a Host header".into())
+        );
+        for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            assert_eq!(
+                with(version, &["a", "a"]),
+                Err("bad request: more than one Host header".into())
+            );
+        }
+        for bad in ["a b", "u@a.example", "a, b", "a:x", "a/b"] {
+            assert!(with(Version::HTTP_11, &[bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

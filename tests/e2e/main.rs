@@ -24,6 +24,7 @@ mod idempotency;
 mod limiter;
 mod operate;
 mod outbound;
+mod paths;
 mod proxy;
 mod reload;
 mod retry;

@@ -8,6 +8,7 @@ use http::Version;
 
 use crate::support::body::{self, pattern_digest};
 use crate::support::client::{self, client, h2_client};
+use crate::support::raw;
 use crate::support::tls::{self, Ca, Pki};
 use crate::support::upstream::{Reply, Upstream, closed_port};
 use crate::support::weir::WeirBuilder;
@@ -52,6 +53,23 @@ async fn upstream_records_and_replies() {
     assert!(r.client_cert.is_none());
     assert_eq!(up.count(), 1);
     assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn raw_requests_reach_the_upstream_byte_for_byte() {
+    let up = Upstream::start(|req, _| Reply::new(202).body(req.path.clone())).await;
+    // Neither side resolves the dot segments or the escapes: what a test writes arrives.
+    let resp = raw::send(
+        up.addr(),
+        "GET /a/../b/%2e%2e/c%2F\\d?q=/../ HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 202);
+    assert_eq!(resp.header("Content-Length"), Some("28"));
+    assert_eq!(resp.body, b"/a/../b/%2e%2e/c%2F\\d?q=/../");
+    let got = up.request(0);
+    assert_eq!(got.path, "/a/../b/%2e%2e/c%2F\\d?q=/../");
+    assert_eq!(got.header_all("host"), [&b"x"[..], &b"y"[..]]);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! - [`weir`]: runs the real `weir` binary against a config written to a temp dir.
 //! - [`tls`]: test CAs and certificates (rcgen), rustls server configs, TLS clients.
 //! - [`client`]: plain reqwest clients for calling weir.
+//! - [`raw`]: raw HTTP/1.x bytes over a TCP stream, for requests no client would send.
 //! - [`body`]: deterministic generated bodies and a streaming checksum, for big-body tests.
 
 // Each test uses a different subset of these helpers, so any one build of the test
@@ -12,6 +13,7 @@
 
 pub mod body;
 pub mod client;
+pub mod raw;
 pub mod tls;
 pub mod upstream;
 pub mod weir;
