@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,11 +14,16 @@ use hyper_util::server::conn::auto;
 use prometheus::proto::MetricType;
 use tokio::net::TcpListener;
 
+use crate::accept;
 use crate::body::{self, ProxyBody};
 use crate::error::json_response;
 use crate::listener::Proxy;
 use crate::reload::ReloadStatus;
 use crate::telemetry::Telemetry;
+
+/// The most body bytes weir reads from an admin request. No endpoint needs a body; the
+/// bound keeps a caller from making weir read (or hold) an unbounded one.
+pub const MAX_BODY: u64 = 1024;
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -36,9 +40,7 @@ pub struct Admin {
 /// Serves admin requests on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = accept::next(&listener, "admin").await;
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -123,9 +125,23 @@ impl Admin {
                 ),
             },
             (Method::POST, ["requests", id, "replay"]) => {
-                // Drain whatever body the caller sent; the replay uses the stored one.
-                let _ = req.into_body().collect().await;
-                self.proxy.replay(id).await
+                // The replay uses the stored body: a caller's own is read (so that the
+                // connection can be reused) only while it is small.
+                match body::collect_limited(body::boxed(req.into_body()), MAX_BODY).await {
+                    Ok(_) => self.proxy.replay(id).await,
+                    Err(e) if body::is_too_large(e.as_ref()) => error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!(
+                            "{path} takes no body (the replay sends the recorded one); at most {MAX_BODY} bytes are read"
+                        ),
+                    ),
+                    Err(e) => error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("reading the request body: {e}"),
+                    ),
+                }
             }
             (_, ["metrics" | "status" | "requests"])
             | (_, ["requests", _])

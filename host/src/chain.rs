@@ -463,10 +463,7 @@ struct Reply {
 
 impl Reply {
     fn respond(resp: wasm::Response) -> Result<Reply, String> {
-        StatusCode::from_u16(resp.status).map_err(|_| format!("invalid status {}", resp.status))?;
-        for (n, v) in &resp.headers {
-            headers::validate(n, v)?;
-        }
+        headers::validate_response(Some(resp.status), &resp.headers)?;
         Ok(Reply {
             outcome: Outcome::Response(resp),
             stream: None,
@@ -674,8 +671,11 @@ impl Walk<'_, '_> {
                         Outcome::Response(r) => &mut r.headers,
                         Outcome::Error(_) => &mut reply.error_headers,
                     };
+                    // What it sets goes to the client: no hop-by-hop headers either.
                     if let Err(e) =
-                        headers::apply_edit(fields, edit.set_headers, &edit.remove_headers)
+                        headers::validate_response(None, &edit.set_headers).and_then(|()| {
+                            headers::apply_edit(fields, edit.set_headers, &edit.remove_headers)
+                        })
                     {
                         reply = self.misbehaved(f, &e, reply);
                     }
@@ -730,11 +730,13 @@ impl Walk<'_, '_> {
         match action {
             ResponseAction::Continue(None) => {}
             ResponseAction::Continue(Some(edit)) => {
-                if let Err(e) = headers::apply_edit(
-                    &mut reply.error_headers,
-                    edit.set_headers,
-                    &edit.remove_headers,
-                ) {
+                if let Err(e) = headers::validate_response(None, &edit.set_headers).and_then(|()| {
+                    headers::apply_edit(
+                        &mut reply.error_headers,
+                        edit.set_headers,
+                        &edit.remove_headers,
+                    )
+                }) {
                     f.invalid_answer(Phase::Response, &e);
                     self.x.note_failure(f, CallError::Trap(e));
                 }

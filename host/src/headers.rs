@@ -98,6 +98,49 @@ pub fn validate(name: &str, value: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The headers that describe one connection or the message's framing (RFC 9110 §7.6.1,
+/// §7.8, §10.1.4; RFC 9112 §6.1) and so cannot be part of a response a filter makes: weir
+/// frames each response to the client itself. `proxy-authenticate` is not among them: a
+/// 407 a filter makes may carry it.
+const NOT_IN_A_FILTER_RESPONSE: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Checks a response a filter answers with (`respond`), or headers it sets on the response
+/// the client gets: a final status (200–999; a 1xx is interim, and the client would wait
+/// for another), and no hop-by-hop or framing header. The error says what is wrong.
+pub fn validate_response(status: Option<u16>, fields: &[(String, Vec<u8>)]) -> Result<(), String> {
+    if let Some(status) = status {
+        if !(100..=999).contains(&status) {
+            return Err(format!("invalid status {status}"));
+        }
+        if status < 200 {
+            return Err(format!(
+                "status {status} is interim (1xx), not a final response"
+            ));
+        }
+    }
+    for (n, v) in fields {
+        validate(n, v)?;
+        if NOT_IN_A_FILTER_RESPONSE
+            .iter()
+            .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+        {
+            return Err(format!(
+                "hop-by-hop header {:?} in a response (weir frames responses itself)",
+                n.to_ascii_lowercase()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Applies a filter's header edit to `fields`: removals first, then sets, each replacing
 /// every existing value of its name.
 pub fn apply_edit(
@@ -169,6 +212,43 @@ mod tests {
         assert_eq!(f, vec![("x-a".to_owned(), b"3".to_vec())]);
         assert!(apply_edit(&mut f, vec![("bad name".into(), b"v".to_vec())], &[]).is_err());
         assert!(apply_edit(&mut f, vec![("x-b".into(), b"a\r\nb".to_vec())], &[]).is_err());
+    }
+
+    #[test]
+    fn a_filter_response_must_be_final_and_free_of_hop_by_hop_headers() {
+        let ok = vec![
+            ("x-a".to_owned(), b"1".to_vec()),
+            ("proxy-authenticate".to_owned(), b"Basic".to_vec()),
+        ];
+        for status in [200, 204, 304, 407, 599, 999] {
+            assert_eq!(validate_response(Some(status), &ok), Ok(()), "{status}");
+        }
+        for status in [100, 101, 103, 199] {
+            let e = validate_response(Some(status), &ok).unwrap_err();
+            assert!(e.contains("interim (1xx)"), "{status}: {e}");
+        }
+        for status in [0, 42, 1000] {
+            let e = validate_response(Some(status), &ok).unwrap_err();
+            assert_eq!(e, format!("invalid status {status}"));
+        }
+        for name in [
+            "connection",
+            "Keep-Alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "Transfer-Encoding",
+            "upgrade",
+        ] {
+            let fields = vec![(name.to_owned(), b"x".to_vec())];
+            let e = validate_response(Some(200), &fields).unwrap_err();
+            assert!(e.contains("hop-by-hop header"), "{name}: {e}");
+            assert!(e.contains(&name.to_ascii_lowercase()), "{name}: {e}");
+            // Headers set by an edit are held to the same rule.
+            assert!(validate_response(None, &fields).is_err(), "{name}");
+        }
+        let bad = vec![("bad name".to_owned(), b"v".to_vec())];
+        assert!(validate_response(None, &bad).is_err());
     }
 
     #[test]

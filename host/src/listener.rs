@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
@@ -18,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::accept;
 use crate::body::{self, ProxyBody};
 use crate::chain::{self, Exchange};
 use crate::config::{Admin as AdminConfig, Listen};
@@ -464,15 +464,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, don't spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept::next(&listener, "proxy") => accepted,
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);

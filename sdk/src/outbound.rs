@@ -8,11 +8,12 @@
 //! is in, so the code stays sequential.
 //!
 //! Waiting does not count against the filter's `max_call_time`, but it does hold up the
-//! request the filter is working on, and weir does not check the route deadline during a
-//! filter call: give the call a [`timeout`](OutboundRequest::timeout) no longer than
-//! [`RequestInfo::remaining_ms`](crate::RequestInfo::remaining_ms) (weir caps it at 30 s,
-//! the default), and keep what you fetch in [`state`](crate::state) so that most
-//! requests need no call at all. A response body larger than weir's `max_body_bytes` is
+//! request the filter is working on, so weir ends it at the route's deadline
+//! ([`RequestInfo::remaining_ms`](crate::RequestInfo::remaining_ms) at the call's start),
+//! with [`OutboundError::Upstream`]`(UpstreamError::Timeout)`; a
+//! [`timeout`](OutboundRequest::timeout) can only shorten it (weir caps it at 30 s, the
+//! default). Keep what you fetch in [`state`](crate::state) so that most requests need
+//! no call at all. A response body larger than weir's `max_body_bytes` is
 //! [`OutboundError::TooLarge`]. A component that imports `outbound` needs weir 0.1.1 or
 //! later. Off wasm (under `cargo test`) [`send`] panics.
 //!

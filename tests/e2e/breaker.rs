@@ -1,16 +1,27 @@
 //! The `breaker` filter end to end: a real weir, a scripted upstream, real time (with a
-//! 1 s `wait_in_open`, the only real wait). Every ordering is established by awaiting a
-//! response; the proof that an open breaker protects the upstream is the upstream's own
-//! request count.
+//! [`WAIT_IN_OPEN`] of a second plus `SLACK`, the only real wait). Every ordering is
+//! established by awaiting a response; the proof that an open breaker protects the
+//! upstream is the upstream's own request count.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::support::SLACK;
 use crate::support::client::client;
 use crate::support::upstream::{Reply, Upstream, closed_port};
 use crate::support::weir::Weir;
 
-/// `window_size = minimum_calls = 4`, 50 %: four failures open it; one probe decides.
-const BREAKER: &str = r#"{ use = "breaker", config = { window_size = 4, minimum_calls = 4, wait_in_open = "1s", permitted_calls_in_half_open = 1 } }"#;
+/// How long the breaker stays open: long enough for the requests a test sends while it
+/// is open to arrive within it on a busy machine.
+const WAIT_IN_OPEN: Duration = Duration::from_secs(1).saturating_add(SLACK);
+
+/// `window_size = minimum_calls = 4`, 50 %: four failures open it for [`WAIT_IN_OPEN`];
+/// one probe decides.
+fn breaker() -> String {
+    format!(
+        r#"{{ use = "breaker", config = {{ window_size = 4, minimum_calls = 4, wait_in_open = "{}s", permitted_calls_in_half_open = 1 }} }}"#,
+        WAIT_IN_OPEN.as_secs()
+    )
+}
 
 fn config(upstream_url: &str, routes: &[&str]) -> String {
     let mut toml = format!(
@@ -31,8 +42,9 @@ url = "{upstream_url}"
 name = "{name}"
 match = {{ path_prefix = "/{name}/" }}
 upstream = "api"
-filters = [{BREAKER}]
-"#
+filters = [{breaker}]
+"#,
+            breaker = breaker()
         ));
     }
     toml
@@ -92,18 +104,24 @@ async fn opens_after_the_threshold_then_a_successful_probe_closes_it() {
     for _ in 0..4 {
         assert_eq!(get(&weir, "/api/items").await.status(), 500);
     }
+    // The breaker opened before this, as it saw the fourth failure.
+    let opened = Instant::now();
     assert_eq!(up.count(), 4);
 
     // Open: answered by weir at once; the upstream sees nothing more.
     for _ in 0..3 {
         let retry_after = assert_breaker_open(get(&weir, "/api/items").await, &up.url()).await;
-        assert_eq!(retry_after, 1, "whole seconds until half-open, at least 1");
+        assert!(
+            (1..=WAIT_IN_OPEN.as_secs()).contains(&retry_after),
+            "{retry_after}: whole seconds until half-open, at least 1"
+        );
     }
     assert_eq!(up.count(), 4, "an open breaker must not call the upstream");
     assert_eq!(state_gauge(&weir, "api", &up.url()).await, Some(1.0));
 
-    // After the wait one probe goes through; it succeeds and closes the breaker.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // After the wait one probe goes through; it succeeds and closes the breaker. (100 ms
+    // for the breaker's wall clock and the test's monotonic one to disagree.)
+    tokio::time::sleep_until((opened + WAIT_IN_OPEN + Duration::from_millis(100)).into()).await;
     assert_eq!(get(&weir, "/api/items").await.status(), 200);
     assert_eq!(up.count(), 5);
     assert_eq!(state_gauge(&weir, "api", &up.url()).await, Some(0.0));

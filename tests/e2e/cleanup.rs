@@ -16,11 +16,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus_parse::{Scrape, Value};
 
-use crate::support::WAIT;
 use crate::support::body::unsized_body;
 use crate::support::client::client;
 use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::{Weir, WeirBuilder};
+use crate::support::{SLACK, WAIT};
 
 /// One call in the window, and one failure opens it (failure rate ≥ 50 %).
 const BREAKER: &str =
@@ -29,6 +29,11 @@ const BREAKER: &str =
 /// weir with `config` after a `[listen]` with a 1 KiB body limit and an admin listener,
 /// and the `scripted` test filter at `filters/scripted.wasm`.
 async fn start(config: &str) -> Weir {
+    builder(config).start().await
+}
+
+/// What [`start`] starts, to add to.
+fn builder(config: &str) -> WeirBuilder {
     WeirBuilder::new(format!(
         r#"[listen]
 addr = "127.0.0.1:0"
@@ -40,8 +45,6 @@ addr = "127.0.0.1:0"
 {config}"#
     ))
     .copy("filters/scripted.wasm", env!("WEIR_TEST_SCRIPTED"))
-    .start()
-    .await
 }
 
 async fn get(weir: &Weir, path: &str) -> reqwest::Response {
@@ -236,44 +239,56 @@ filters = [{{ use = "breaker", config = {{ window_size = 1, minimum_calls = 1, w
 
 #[tokio::test]
 async fn a_wait_for_a_busy_instance_ends_at_the_deadline_with_504_and_settles_the_filters() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    // How long a call holds the filter's only instance: a guest that spins until its
+    // call time runs out. (An outbound call would end at the request's own deadline,
+    // before the next request's.) The second request may come up to SLACK after the
+    // first, and must find the instance still held for all of its TIMEOUT.
+    const HOLD: Duration = TIMEOUT.saturating_add(SLACK);
     let up = Upstream::start(|_, _| Reply::ok()).await;
-    // The filter's outbound call hangs, holding its only instance for the whole test.
-    let hook = Upstream::start(|_, _| Reply::hang()).await;
-    let weir = start(&format!(
+    let weir = builder(&format!(
         r#"[upstreams.api]
 url = "{}"
 
-[upstreams.hook]
-url = "{}"
+[filters.mark]
+wasm = "filters/scripted.wasm"
+config = {{ tag = "m", log = "entering the busy filter" }}
 
 [filters.slow]
-wasm = "filters/scripted.wasm"
-outbound = ["hook"]
+wasm = "filters/misbehave.wasm"
 min_instances = 1
 max_instances = 1
+max_call_time = "{}ms"
 on_error = "fail-open"
-config = {{ tag = "slow", call = "hook" }}
+config = {{ mode = "loop" }}
 
 [[routes]]
 name = "busy"
 upstream = "api"
-timeout = "300ms"
-filters = [{BREAKER}, "slow"]
+timeout = "{}ms"
+filters = [{BREAKER}, "mark", "slow"]
 "#,
         up.url(),
-        hook.url()
+        HOLD.as_millis(),
+        TIMEOUT.as_millis()
     ))
+    .copy("filters/misbehave.wasm", env!("WEIR_TEST_MISBEHAVE"))
+    // The test waits for `mark`'s info line, whatever RUST_LOG the caller has.
+    .env("RUST_LOG", "info")
+    .start()
     .await;
 
     let first = {
         let url = weir.url("/first");
         tokio::spawn(async move { client().get(url).send().await })
     };
-    // The first request is inside `slow`'s only instance, waiting on the hook.
-    hook.wait_for(1).await;
+    // The first request is at `slow`, about to take its only instance and spin.
+    weir.wait_for_log("entering the busy filter", WAIT).await;
 
-    // The second waits for that instance until its deadline: 504, even with
-    // `on_error = "fail-open"` (skipping the filter is not what a timeout means).
+    // Whichever of the two takes the instance holds it past the other's deadline. The
+    // other waits for it until then: 504, even with `on_error = "fail-open"` (skipping
+    // the filter is not what a timeout means). The one that spins gets 504 too: its
+    // deadline passed while it did.
     let body = expect_error(get(&weir, "/second").await, 504, "timeout").await;
     assert_eq!(body["route"], "busy", "{body}");
     assert_eq!(up.count(), 0, "the request skipped the busy filter");
@@ -380,4 +395,101 @@ filters = ["bad-header"]
             "{route}/{filter}/{phase}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_interim_status_or_a_hop_by_hop_header_is_an_invalid_answer() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    let weir = start(&format!(
+        r#"[upstreams.api]
+url = "{}"
+
+[filters.interim]
+wasm = "filters/scripted.wasm"
+config = {{ tag = "i", respond = 101, respond_headers = {{ upgrade = "websocket" }} }}
+
+[filters.framing]
+wasm = "filters/scripted.wasm"
+config = {{ tag = "f", respond = 200, respond_headers = {{ transfer-encoding = "chunked" }} }}
+
+[filters.hop-back]
+wasm = "filters/scripted.wasm"
+config = {{ tag = "h", respond = 200, respond_in = "response", respond_headers = {{ connection = "close" }} }}
+
+[filters.early-hints]
+wasm = "filters/scripted.wasm"
+config = {{ tag = "e", respond = 103, respond_in = "response" }}
+
+[[routes]]
+name = "interim"
+match = {{ path_prefix = "/interim/" }}
+upstream = "api"
+filters = ["interim"]
+
+[[routes]]
+name = "framing"
+match = {{ path_prefix = "/framing/" }}
+upstream = "api"
+filters = ["framing"]
+
+[[routes]]
+name = "hop-back"
+match = {{ path_prefix = "/hop-back/" }}
+upstream = "api"
+filters = ["hop-back"]
+
+[[routes]]
+name = "early-hints"
+match = {{ path_prefix = "/early-hints/" }}
+upstream = "api"
+filters = ["early-hints"]
+"#,
+        up.url()
+    ))
+    .await;
+
+    for (path, route, phase, what) in [
+        (
+            "/interim/x",
+            "interim",
+            "on_request",
+            "status 101 is interim",
+        ),
+        (
+            "/framing/x",
+            "framing",
+            "on_request",
+            "hop-by-hop header \"transfer-encoding\"",
+        ),
+        (
+            "/hop-back/x",
+            "hop-back",
+            "on_response",
+            "hop-by-hop header \"connection\"",
+        ),
+        (
+            "/early-hints/x",
+            "early-hints",
+            "on_response",
+            "status 103 is interim",
+        ),
+    ] {
+        let mark = weir.log_mark();
+        let resp = get(&weir, path).await;
+        let body = expect_error(resp, 503, "filter_failed").await;
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("invalid response"), "{path}: {body}");
+        assert!(message.contains(what), "{path}: {body}");
+        let line = weir
+            .wait_for_log_after(mark, "filter answered something invalid", WAIT)
+            .await;
+        assert!(line.contains(route), "{line}");
+        assert_eq!(
+            failures(&weir, route, route, phase, "invalid").await,
+            1.0,
+            "{route}/{phase}"
+        );
+    }
+    // The on-request answers stopped the walk; the on-response ones came after the call.
+    assert_eq!(up.count(), 2);
 }

@@ -1,10 +1,12 @@
 //! The `idempotency` filter end to end: a real weir, a scripted upstream, real time. What
 //! the upstream recorded proves how often weir called it and with which key. The only
 //! timings are the expiry test's poll and the in-flight test's upstream delay, which
-//! keeps the first request in flight far longer than the second one needs.
+//! keeps the first request in flight far longer than the second one needs: both allow
+//! `SLACK` for a busy machine.
 
 use std::time::{Duration, Instant};
 
+use crate::support::SLACK;
 use crate::support::client::client;
 use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::Weir;
@@ -144,14 +146,10 @@ async fn the_same_key_with_a_different_body_is_422() {
 
 #[tokio::test]
 async fn a_second_request_while_the_first_is_in_flight_gets_409_and_one_upstream_call() {
-    // The upstream sits on the first request for 5 s; the second arrives within
-    // milliseconds of the upstream recording the first.
-    let up = Upstream::start(|_, i| {
-        Reply::new(201)
-            .body(format!("charged {i}"))
-            .delay(Duration::from_secs(5))
-    })
-    .await;
+    // The upstream sits on the first request for SLACK; the second arrives within
+    // milliseconds of the upstream recording the first, on a busy machine within SLACK.
+    let up =
+        Upstream::start(|_, i| Reply::new(201).body(format!("charged {i}")).delay(SLACK)).await;
     let weir = idempotency(&up.url(), "").await;
     let first = {
         let url = weir.url("/charges");
@@ -183,24 +181,28 @@ async fn a_second_request_while_the_first_is_in_flight_gets_409_and_one_upstream
 
 #[tokio::test]
 async fn after_expiry_the_key_calls_the_upstream_again() {
+    // Long enough for the second request to come well within it, however busy the
+    // machine.
+    let expiry = SLACK;
     let up = Upstream::start(|_, i| Reply::ok().body(format!("response {i}"))).await;
-    let weir = idempotency(&up.url(), r#"expiry = "1s""#).await;
+    let weir = idempotency(&up.url(), &format!(r#"expiry = "{}s""#, expiry.as_secs())).await;
     let key = [("idempotency-key", "short-lived")];
     let started = Instant::now();
     assert!(!post(&weir, "/x", &key, "b").await.replayed());
     assert!(post(&weir, "/x", &key, "b").await.replayed());
     assert_eq!(up.count(), 1);
 
-    // Poll until the stored response has expired.
+    // Poll until the stored response has expired: not before `expiry`, which started
+    // after `started`, and not much after.
     let fresh = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let got = post(&weir, "/x", &key, "b").await;
         if !got.replayed() {
             break got;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "never expired");
+        assert!(started.elapsed() < expiry + SLACK, "never expired");
     };
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(started.elapsed() >= expiry);
     assert_eq!(fresh.body, b"response 1");
     assert_eq!(up.count(), 2);
 }

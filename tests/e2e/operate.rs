@@ -1104,6 +1104,81 @@ filters = [{{ use = "headers", config = {{ request = {{ set = {{ "x-team" = "ops
     );
 }
 
+/// Writes `request` (a head and part of a body) on a new connection to `addr`, keeps the
+/// connection open, and returns the response head weir sends before the rest of the body
+/// arrives; panics after [`WAIT`] without one.
+async fn head_before_the_body_ends(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write the request");
+    let mut head = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.expect("read the response");
+            assert!(n > 0, "closed without a response");
+            head.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("no answer while the body was still coming: weir waited to read it all");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn a_replay_reads_at_most_a_small_body_and_refuses_a_larger_one_with_413() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    let config = format!(
+        r#"{head}
+[upstreams.api]
+url = "{api}"
+
+[[routes]]
+name = "api"
+upstream = "api"
+"#,
+        head = head(""),
+        api = up.url(),
+    );
+    let weir = Weir::start(&config).await;
+    assert_eq!(get_with_id(&weir, "/x", "orig").await, 200);
+    let url = weir.admin_url("/requests/orig/replay");
+    let limit = weir::admin::MAX_BODY as usize;
+
+    // A small body is read and ignored: the replay goes ahead.
+    let (status, _, text) = send(client().post(&url).body("x".repeat(limit))).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(up.wait_for(2).await.len(), 2);
+
+    // One byte more is refused, with weir's JSON error, and nothing is replayed.
+    let (status, headers, text) = send(client().post(&url).body("x".repeat(limit + 1))).await;
+    assert_eq!(status, 413, "{text}");
+    assert_eq!(headers["content-type"], "application/json");
+    let json: Json = serde_json::from_str(&text).expect("a JSON error");
+    assert_eq!(json["error"], "body_too_large", "{json}");
+
+    // A declared length past the limit is refused before any of the body is read, and a
+    // chunked body once the limit is passed: weir never waits for the rest.
+    let admin = weir.admin_addr().expect("an admin listener");
+    let declared = head_before_the_body_ends(
+        admin,
+        b"POST /requests/orig/replay HTTP/1.1\r\nhost: admin\r\ncontent-length: 1000000000\r\n\r\nxxxx",
+    )
+    .await;
+    assert!(declared.starts_with("HTTP/1.1 413 "), "{declared}");
+    let mut chunked =
+        b"POST /requests/orig/replay HTTP/1.1\r\nhost: admin\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    chunked.extend_from_slice(format!("{:x}\r\n", limit + 1).as_bytes());
+    chunked.extend(std::iter::repeat_n(b'x', limit + 1));
+    chunked.extend_from_slice(b"\r\n");
+    let streamed = head_before_the_body_ends(admin, &chunked).await;
+    assert!(streamed.starts_with("HTTP/1.1 413 "), "{streamed}");
+
+    assert_eq!(up.count(), 2, "only the original and the one replay");
+}
+
 // === admin token ===
 
 #[tokio::test]

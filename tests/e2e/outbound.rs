@@ -1,6 +1,9 @@
 //! `weir:filter/outbound` end to end: a filter calls the upstreams its config allows and
 //! nothing else; and a component built against `weir:filter@0.1.0` still runs.
 
+use std::time::{Duration, Instant};
+
+use crate::support::SLACK;
 use crate::support::client::client;
 use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::WeirBuilder;
@@ -44,6 +47,37 @@ async fn a_filter_calls_an_allowed_upstream() {
     assert_eq!(hook[0].header_str("x-from-filter"), Some("c"));
     let seen = main.wait_for(1).await;
     assert_eq!(seen[0].header_str("x-outbound"), Some("status 202"));
+}
+
+#[tokio::test]
+async fn an_outbound_call_ends_at_the_route_deadline() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let main = Upstream::start(|_, _| Reply::ok()).await;
+    // Never answers: without the deadline the call would wait out its 30 s cap, far
+    // past TIMEOUT + SLACK.
+    let side = Upstream::start(|_, _| Reply::hang()).await;
+    // The route is the config's last table: the line is one of its keys.
+    let text = format!(
+        "{}timeout = \"{}ms\"\n",
+        config(&main.url(), &side.url(), "side", "\"side\""),
+        TIMEOUT.as_millis()
+    );
+    let weir = WeirBuilder::new(text)
+        .copy("filters/scripted.wasm", env!("WEIR_TEST_SCRIPTED"))
+        .start()
+        .await;
+    let started = Instant::now();
+    let r = client().get(weir.url("/x")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504);
+    let json: serde_json::Value = r.json().await.expect("weir's JSON error");
+    assert_eq!(json["error"], "timeout", "{json}");
+    assert_eq!(side.wait_for(1).await[0].path, "/hook", "the call was made");
+    assert!(took >= TIMEOUT, "504 after {took:?}, before the deadline");
+    assert!(
+        took < TIMEOUT + SLACK,
+        "504 after {took:?}: the outbound call outlived the {TIMEOUT:?} route timeout"
+    );
 }
 
 #[tokio::test]

@@ -662,6 +662,7 @@ impl FilterPool {
         let mut inst = self.checkout(Phase::Request, until).await?;
         let _ticking = self.maker.runtime.ticker.enter();
         let started = self.begin(&mut inst);
+        inst.store.data_mut().host.request_deadline(info);
         let result = inst
             .guest
             .weir_filter_filter()
@@ -683,6 +684,7 @@ impl FilterPool {
         let mut inst = self.checkout(Phase::Response, until).await?;
         let _ticking = self.maker.runtime.ticker.enter();
         let started = self.begin(&mut inst);
+        inst.store.data_mut().host.request_deadline(info);
         let result = inst
             .guest
             .weir_filter_filter()
@@ -951,9 +953,18 @@ pub struct GuestHost {
     metrics: Arc<FilterMetrics>,
     outbound: Option<Arc<Outbound>>,
     call: CallClock,
+    /// When the request the current call works on runs out of time (its
+    /// `remaining-ms` from the call's start); `None` in `init`. Bounds outbound calls.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl GuestHost {
+    /// Notes the deadline of the request that the call about to start works on.
+    fn request_deadline(&mut self, info: &RequestInfo) {
+        self.deadline =
+            Some(tokio::time::Instant::now() + Duration::from_millis(info.remaining_ms));
+    }
+
     fn begin_call(&mut self, started: Instant, limit: Duration) {
         self.call = CallClock {
             started,
@@ -1009,6 +1020,7 @@ impl GuestState {
                 state: runtime.state.clone(),
                 metrics: runtime.metrics.clone(),
                 outbound,
+                deadline: None,
             },
         }
     }

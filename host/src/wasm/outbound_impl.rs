@@ -15,7 +15,8 @@ use crate::body;
 use crate::headers;
 use crate::upstream::UpstreamPool;
 
-/// The default, and the most, an outbound call may wait for its response.
+/// The default, and the most, an outbound call may wait for its response. The request's
+/// deadline bounds it further.
 const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What one filter may call: the shared pool and the upstreams it is allowed.
@@ -36,7 +37,13 @@ impl Outbound {
         }
     }
 
-    async fn send(&self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+    /// Sends `req`, waiting no later than `deadline` (the request's, when the call
+    /// works on one) and no longer than its own `timeout-ms` or [`MAX_TIMEOUT`].
+    async fn send(
+        &self,
+        req: OutboundRequest,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<OutboundResponse, OutboundError> {
         // weir is never an open proxy, not even for its own filters.
         let upstream = match self.pool.get(&req.upstream) {
             Some(u) if self.allowed.contains(&req.upstream) => u.clone(),
@@ -68,10 +75,15 @@ impl Outbound {
             out.headers_mut().append(name, value);
         }
         headers::prepare_upstream(out.headers_mut());
-        let timeout = req.timeout_ms.map_or(MAX_TIMEOUT, |ms| {
-            Duration::from_millis(u64::from(ms)).min(MAX_TIMEOUT)
-        });
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // A filter cannot hold its request past the route's timeout by waiting here.
+        let remaining = deadline.map_or(MAX_TIMEOUT, |d| d.saturating_duration_since(now));
+        let timeout = req
+            .timeout_ms
+            .map_or(MAX_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)))
+            .min(MAX_TIMEOUT)
+            .min(remaining);
+        let deadline = now + timeout;
         let resp = self
             .pool
             .send(&upstream, out, deadline, timeout.as_millis() as u64)
@@ -104,7 +116,7 @@ impl Host for GuestHost {
             )));
         };
         let started = Instant::now();
-        let result = outbound.send(req).await;
+        let result = outbound.send(req, self.deadline).await;
         // The guest was blocked on the network, not computing: that time is not its own.
         self.call.waited += started.elapsed();
         result

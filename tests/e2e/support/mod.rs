@@ -23,3 +23,11 @@ use std::time::Duration;
 /// A generous bound for anything a test waits on. It only matters when something is
 /// broken: a passing test never waits this long.
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// How much later than a configured time (a route timeout, a call limit, a delay) a test
+/// accepts weir's answer. The tests run a debug build on a busy 2-core machine, where a
+/// process may not be scheduled for a second or more, so an upper bound is the
+/// configured value plus this; a weir that ignores the configured value overshoots it by
+/// far more (each test that uses it makes sure of that). Lower bounds need no margin: a
+/// timer never fires early.
+pub const SLACK: Duration = Duration::from_secs(5);

@@ -10,6 +10,8 @@
 //! | --- | --- | --- | --- |
 //! | `tag` | string | `"s"` | this filter's name in every header it writes |
 //! | `respond` | status | — | `on_request` answers with this status, header `x-responder: <tag>` and body `<tag>` |
+//! | `respond_headers` | table of strings | `{}` | more headers on the `respond` answer, as given (weir must refuse hop-by-hop ones) |
+//! | `respond_in` | `"request"` or `"response"` | `"request"` | which call answers `respond`: `on_request`, or `on_response` in place of any outcome |
 //! | `wait_ms` | ms | — | the first `on_request` of each (request id, attempt) answers `wait(wait_ms)`; the call after the wait goes on |
 //! | `set_path` | string | — | the request edit sets this path and query |
 //! | `wants_request_body` | bool | `false` | ask for the request body; `on_request` sets `x-body-len-<tag>` to its length (`none` if the host passed none) |
@@ -37,6 +39,7 @@
 // The SDK keeps all the unsafe ABI glue in its own crate; a filter needs none.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -55,6 +58,8 @@ const WAIT_KEY_TTL: Duration = Duration::from_secs(300);
 struct Config {
     tag: String,
     respond: Option<u16>,
+    respond_headers: BTreeMap<String, String>,
+    respond_in: Phase,
     wait_ms: Option<u32>,
     set_path: Option<String>,
     wants_request_body: bool,
@@ -72,6 +77,8 @@ impl Default for Config {
         Config {
             tag: "s".into(),
             respond: None,
+            respond_headers: BTreeMap::new(),
+            respond_in: Phase::Request,
             wait_ms: None,
             set_path: None,
             wants_request_body: false,
@@ -86,7 +93,30 @@ impl Default for Config {
     }
 }
 
+/// Which call of the filter answers `respond`.
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+enum Phase {
+    Request,
+    Response,
+}
+
 struct Scripted(Config);
+
+impl Scripted {
+    /// The scripted `respond` answer, if this call is the one to give it.
+    fn response(&self, phase: Phase) -> Option<Response> {
+        let c = &self.0;
+        let status = c.respond.filter(|_| c.respond_in == phase)?;
+        let mut resp = Response::new(status)
+            .with_header("x-responder", c.tag.as_str())
+            .with_body(c.tag.as_str());
+        for (name, value) in &c.respond_headers {
+            resp = resp.with_header(name.as_str(), value.as_str());
+        }
+        Some(resp)
+    }
+}
 
 /// `existing,tag`, or `tag` when there is nothing yet.
 fn append(existing: Option<&str>, tag: &str) -> String {
@@ -131,12 +161,8 @@ impl Filter for Scripted {
                 return RequestAction::Wait(ms);
             }
         }
-        if let Some(status) = c.respond {
-            return RequestAction::Respond(
-                Response::new(status)
-                    .with_header("x-responder", c.tag.as_str())
-                    .with_body(c.tag.as_str()),
-            );
+        if let Some(resp) = self.response(Phase::Request) {
+            return RequestAction::Respond(resp);
         }
         let mut edit =
             RequestEdit::new().set_header("x-order", append(req.header_str("x-order"), &c.tag));
@@ -178,6 +204,9 @@ impl Filter for Scripted {
         memo: Option<Vec<u8>>,
         outcome: &Outcome,
     ) -> ResponseAction {
+        if let Some(resp) = self.response(Phase::Response) {
+            return ResponseAction::Respond(resp);
+        }
         let c = &self.0;
         let Some(resp) = outcome.response() else {
             return ResponseAction::proceed();
