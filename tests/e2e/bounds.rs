@@ -80,7 +80,11 @@ fn request(i: usize) -> String {
         2 => "GET".to_owned(),
         _ => "POST".to_owned(),
     };
-    let path = if i.is_multiple_of(2) { "api" } else { "nowhere" };
+    let path = if i.is_multiple_of(2) {
+        "api"
+    } else {
+        "nowhere"
+    };
     format!(
         "{method} /{path}/p{i}?q={i} HTTP/1.1\r\n\
          host: h{i}.example\r\n\
