@@ -243,7 +243,9 @@ impl Exchange<'_> {
             attempt: 1,
             try_timeout: None,
             info: RequestInfo {
-                id: self.id.to_owned(),
+                // Not the client's `x-request-id`: filters key reservations on this, and
+                // a client may send any id, a used one included.
+                id: unique_id(),
                 route: self.route.to_owned(),
                 attempt: 1,
                 remaining_ms: 0,
@@ -429,6 +431,17 @@ impl Exchange<'_> {
     fn response_wait_until(&self, f: &FilterPool) -> Option<Instant> {
         self.instance_wait(self.deadline.max(self.now() + f.max_call_time()))
     }
+}
+
+/// A request id no other request of this process gets, for `request-info.id`: 32 hex
+/// digits, a random prefix drawn once per process and then a counter. The prefix keeps
+/// ids apart across processes that share a state store (two processes collide only if
+/// they draw the same 64 random bits).
+fn unique_id() -> String {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
+    format!("{prefix:016x}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Marks a response that is one of weir's JSON errors with headers the filters added,

@@ -166,6 +166,9 @@ impl Proxy {
                     };
                     let mut hdrs = parts.headers;
                     headers::prepare_upstream(&mut hdrs);
+                    // Filters read the id weir logs and returns here: `request-info.id`
+                    // is a different, host-made one.
+                    hdrs.insert(headers::X_REQUEST_ID, id.clone());
                     let x = Exchange {
                         route: &route.name,
                         chain: &route.chain,

@@ -6,6 +6,15 @@
 //! filter call and upstream, the attempts and the outcome. Secrets never leave it:
 //! `Authorization`, `Cookie`, `Set-Cookie`, `Proxy-Authorization`, `X-API-Key` and any
 //! configured header are shown as `[redacted]`.
+//!
+//! # Bounds
+//!
+//! Clients choose ids, paths and headers, so nothing here grows with them: the ring
+//! holds at most `recent_requests` records, the oldest dropped first, and there is no
+//! index by id (a lookup walks the ring, newest first, so a reused `x-request-id` finds
+//! its latest request). One record holds at most one request head (`max_header_bytes`),
+//! `recent_body_bytes` of each body, the response head, and a filter timing per call
+//! (at most `MAX_ATTEMPTS` tries of each filter's two phases).
 
 use std::collections::VecDeque;
 use std::pin::Pin;

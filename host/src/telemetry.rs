@@ -128,7 +128,8 @@ fn status_class(status: StatusCode) -> usize {
     }
 }
 
-/// The methods whose request counters a route keeps resolved; others are looked up.
+/// The standard methods (RFC 9110 §9 and PATCH), which keep their names as the
+/// `method` label.
 const METHODS: [Method; 9] = [
     Method::GET,
     Method::POST,
@@ -140,6 +141,26 @@ const METHODS: [Method; 9] = [
     Method::TRACE,
     Method::CONNECT,
 ];
+
+/// The `method` label values: the standard methods, then `other` for every extension
+/// method. A client may invent any number of methods, so their names never become
+/// label values: each would be a series of its own, and memory without bound.
+const METHOD_LABELS: [&str; METHODS.len() + 1] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT", "other",
+];
+
+/// The index of `method`'s label in [`METHOD_LABELS`].
+fn method_index(method: &Method) -> usize {
+    METHODS
+        .iter()
+        .position(|m| m == method)
+        .unwrap_or(METHODS.len())
+}
+
+/// The `method` label of `method`: its name if it is a standard method, else `other`.
+fn method_label(method: &Method) -> &'static str {
+    METHOD_LABELS[method_index(method)]
+}
 
 /// One route's series and `/status` statistics. Each series is resolved on its first
 /// use (for the request counters, of each method and status class) and kept, so a
@@ -153,7 +174,7 @@ pub struct RouteMetrics {
     route: String,
     latency: OnceLock<Histogram>,
     retries: OnceLock<IntCounter>,
-    requests: [[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHODS.len()],
+    requests: [[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHOD_LABELS.len()],
     stats: RouteHandle,
 }
 
@@ -161,21 +182,16 @@ impl RouteMetrics {
     /// Counts one answered request.
     pub fn record(&self, method: &Method, status: StatusCode, took: Duration) {
         let class = status_class(status);
-        match METHODS.iter().position(|m| m == method) {
-            Some(i) => self.requests[i][class]
-                .get_or_init(|| {
-                    self.by_method.with_label_values(&[
-                        &self.route,
-                        method.as_str(),
-                        STATUS_CLASSES[class],
-                    ])
-                })
-                .inc(),
-            None => self
-                .by_method
-                .with_label_values(&[&self.route, method.as_str(), STATUS_CLASSES[class]])
-                .inc(),
-        }
+        let i = method_index(method);
+        self.requests[i][class]
+            .get_or_init(|| {
+                self.by_method.with_label_values(&[
+                    &self.route,
+                    METHOD_LABELS[i],
+                    STATUS_CLASSES[class],
+                ])
+            })
+            .inc();
         self.latency
             .get_or_init(|| self.latency_vec.with_label_values(&[&self.route]))
             .observe(took.as_secs_f64());
@@ -210,7 +226,7 @@ impl Telemetry {
         let requests = IntCounterVec::new(
             Opts::new(
                 "weir_requests_total",
-                "Requests answered, by route, method and status class",
+                "Requests answered, by route, method (extension methods as `other`) and status class",
             ),
             &["route", "method", "status"],
         )?;
@@ -256,7 +272,7 @@ impl Telemetry {
     pub fn record_request(&self, route: &str, method: &Method, status: StatusCode, took: Duration) {
         let class = STATUS_CLASSES[status_class(status)];
         self.requests
-            .with_label_values(&[route, method.as_str(), class])
+            .with_label_values(&[route, method_label(method), class])
             .inc();
         self.latency
             .with_label_values(&[route])
@@ -288,5 +304,43 @@ impl Telemetry {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The number of `weir_requests_total` series.
+    fn request_series(t: &Telemetry) -> usize {
+        t.registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "weir_requests_total")
+            .map_or(0, |f| f.get_metric().len())
+    }
+
+    #[test]
+    fn invented_methods_share_one_other_series() {
+        let t = Telemetry::new().unwrap();
+        let route = t.route("r");
+        for i in 0..1000 {
+            let m = Method::from_bytes(format!("M{i:07}").as_bytes()).unwrap();
+            t.record_request("", &m, StatusCode::NOT_FOUND, Duration::ZERO);
+            route.record(&m, StatusCode::OK, Duration::ZERO);
+        }
+        route.record(&Method::GET, StatusCode::OK, Duration::ZERO);
+        route.record(&Method::PATCH, StatusCode::OK, Duration::ZERO);
+        assert_eq!(request_series(&t), 4);
+        let text = t.render();
+        assert!(
+            text.contains(r#"weir_requests_total{method="other",route="",status="4xx"} 1000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_requests_total{method="other",route="r",status="2xx"} 1000"#)
+        );
+        assert!(text.contains(r#"weir_requests_total{method="PATCH",route="r",status="2xx"} 1"#));
+        assert!(!text.contains("M0000"), "{text}");
     }
 }

@@ -54,6 +54,17 @@ impl Request {
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.headers.header_str(name)
     }
+
+    /// The request's `x-request-id`: the id weir logs, returns to the client and sends
+    /// upstream, so the one to show a person (an error body, a log line). weir always
+    /// sets it before the first filter; `None` only where a test builds the request
+    /// without it.
+    ///
+    /// It may be the client's own, so it is not unique: key per-request state on
+    /// [`RequestInfo::id`](crate::RequestInfo::id) instead, which weir makes unique.
+    pub fn request_id(&self) -> Option<&str> {
+        self.header_str("x-request-id")
+    }
 }
 
 // === impl Response ===

@@ -2,8 +2,8 @@
 //!
 //! weir adds the fields `route` and `filter` (the filter's configured name) to every
 //! line, so messages need not repeat them; add the request id
-//! ([`RequestInfo::id`](crate::RequestInfo::id)) yourself when a line is about one
-//! request. Messages longer than 4096 bytes are cut and end in `…`.
+//! ([`Request::request_id`](crate::Request::request_id), the `x-request-id` weir logs)
+//! yourself when a line is about one request. Messages longer than 4096 bytes are cut and end in `…`.
 //!
 //! weir writes one `info` line per request itself, and its default level is `info`: keep
 //! `info` and above for what an operator should see, and use [`debug`] for detail. Guest
@@ -16,10 +16,11 @@
 //! `info`. Off wasm (under `cargo test`) these functions panic.
 //!
 //! ```
-//! use weir_filter::{RequestInfo, log};
+//! use weir_filter::{Request, RequestInfo, log};
 //!
-//! fn refused(info: &RequestInfo, why: &str) {
-//!     log::warn(&format!("request {} refused: {why}", info.id));
+//! fn refused(info: &RequestInfo, req: &Request, why: &str) {
+//!     let id = req.request_id().unwrap_or(&info.id);
+//!     log::warn(&format!("request {id} refused: {why}"));
 //! }
 //! ```
 

@@ -687,6 +687,61 @@ filters = ["a", "b", "c"]
 }
 
 #[tokio::test]
+async fn filters_get_a_host_made_unique_id_even_when_clients_reuse_x_request_id() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    let weir = start(chain_config(
+        &up,
+        r#"[[routes]]
+name = "ab"
+upstream = "up"
+filters = ["a", "b"]
+"#,
+    ))
+    .await;
+    let c = client();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let resp = c
+            .get(weir.url("/x"))
+            .header("x-request-id", "same-id")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // The client's id stays the trace id: returned, and what filters see as the header.
+        assert_eq!(header(&resp, "x-request-id").as_deref(), Some("same-id"));
+        assert_eq!(
+            header(&resp, "x-seen-request-id-a").as_deref(),
+            Some("same-id")
+        );
+        let id = header(&resp, "x-info-id-a").expect("filter a echoes request-info.id");
+        assert_eq!(
+            header(&resp, "x-info-id-b").as_deref(),
+            Some(id.as_str()),
+            "one id per request, the same for every filter"
+        );
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        ids.insert(id);
+    }
+    assert_eq!(
+        ids.len(),
+        3,
+        "a reused x-request-id gives no reused id: {ids:?}"
+    );
+
+    // Without one, weir makes the x-request-id, and filters see that one as the header.
+    let resp = c.get(weir.url("/x")).send().await.unwrap();
+    let made = header(&resp, "x-request-id").expect("x-request-id");
+    assert_eq!(header(&resp, "x-seen-request-id-a"), Some(made));
+    assert!(!ids.contains(&header(&resp, "x-info-id-a").unwrap()));
+    let reqs = up.wait_for(4).await;
+    assert_eq!(reqs[0].header_all("x-request-id"), [b"same-id"]);
+}
+
+#[tokio::test]
 async fn respond_stops_the_chain() {
     let up = Upstream::start(|_, _| Reply::ok()).await;
     let weir = start(chain_config(

@@ -238,3 +238,65 @@ async fn an_upstream_429_with_retry_after_pauses_the_key() {
     assert_eq!(resp.status(), 200);
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_x_request_id_does_not_ride_on_another_requests_reservation() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    // One token every 5 s, and one request may wait for it. The limiter keys a queued
+    // request's reservation by `request-info.id`: were that the client's
+    // `x-request-id`, the second request with the same id would find the first one's
+    // reservation and pass on it, and both would be admitted for one token.
+    const PER: Duration = Duration::from_secs(5);
+    let weir = start(
+        &up,
+        r#"{ rate = 1, per = "5s", burst = 1, mode = "queue", max_wait = "9s", max_queue = 1 }"#,
+    )
+    .await;
+    let c = client();
+    let before_first = Instant::now();
+    assert_eq!(
+        c.get(weir.url("/api/0")).send().await.unwrap().status(),
+        200
+    );
+    // Both arrive while the next token is still seconds away (a margin of seconds for a
+    // busy machine), in whichever order: one takes the queue's one place, the other
+    // finds it full.
+    let calls: Vec<_> = ["/api/a", "/api/b"]
+        .into_iter()
+        .map(|path| {
+            let (c, url) = (c.clone(), weir.url(path));
+            tokio::spawn(async move {
+                let resp = c
+                    .get(url)
+                    .header("x-request-id", "same-id")
+                    .send()
+                    .await
+                    .expect("weir answers");
+                let at = Instant::now();
+                let status = resp.status().as_u16();
+                let body = resp.text().await.expect("a body");
+                (status, at, body)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    let mut statuses: Vec<u16> = results.iter().map(|(s, _, _)| *s).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 429], "one token, one admitted: {results:?}");
+    let (_, _, rejected) = results.iter().find(|(s, _, _)| *s == 429).unwrap();
+    let rejected: serde_json::Value = serde_json::from_str(rejected).unwrap();
+    // The 429 names the request by the id the client knows it by.
+    assert_eq!(rejected["request_id"], "same-id", "{rejected}");
+    let (_, admitted_at, _) = results.iter().find(|(s, _, _)| *s == 200).unwrap();
+    // It waited for its own token, due PER after the first request took the burst's
+    // (after `before_first`); 50 ms for clock granularity.
+    let waited = *admitted_at - before_first;
+    assert!(
+        waited >= PER - Duration::from_millis(50),
+        "admitted {waited:?} after the first request"
+    );
+    assert_eq!(up.count(), 2, "the upstream saw one request per token");
+}

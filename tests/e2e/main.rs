@@ -11,6 +11,7 @@
 
 mod all_four;
 mod auth;
+mod bounds;
 mod breaker;
 mod cache;
 mod cleanup;

@@ -70,7 +70,7 @@ class Filter(exports.Filter):
         if not redact.is_json_type(CONFIG, content_type):
             log.log(
                 log.Level.DEBUG,
-                f"request {info.id}: content-type {content_type!r} is not JSON; body passed on unchanged",
+                f"request {request_id(info, req)}: content-type {content_type!r} is not JSON; body passed on unchanged",
             )
             count("skipped")
             return ResponseAction_Continue(None)
@@ -80,7 +80,7 @@ class Filter(exports.Filter):
                 raise redact.BodyError(f"body is {encoding}-encoded")
             body, masked = redact.redact_body(CONFIG, resp.body)
         except redact.BodyError as e:
-            return self.invalid(info, resp, str(e))
+            return self.invalid(info, req, resp, str(e))
         if body is None:
             count("unchanged")
             return ResponseAction_Continue(None)
@@ -90,20 +90,21 @@ class Filter(exports.Filter):
         # body in. weir recomputes Content-Length.
         return ResponseAction_Respond(Response(status=resp.status, headers=resp.headers, body=body))
 
-    def invalid(self, info, resp, why):
+    def invalid(self, info, req, resp, why):
         """A JSON-typed body that cannot be redacted: pass it on or block it."""
+        rid = request_id(info, req)
         if CONFIG.on_invalid == "pass":
-            log.log(log.Level.WARN, f"request {info.id}: {why}; passed on unredacted")
+            log.log(log.Level.WARN, f"request {rid}: {why}; passed on unredacted")
             count("invalid")
             return ResponseAction_Continue(None)
-        log.log(log.Level.WARN, f"request {info.id}: {why}; blocked (on_invalid = \"block\")")
+        log.log(log.Level.WARN, f"request {rid}: {why}; blocked (on_invalid = \"block\")")
         count("blocked")
         body = json.dumps(
             {
                 "error": "redaction_failed",
                 "message": f"the upstream's response could not be redacted: {why}",
                 "route": info.route,
-                "request_id": info.id,
+                "request_id": rid,
             }
         )
         return ResponseAction_Respond(
@@ -121,6 +122,12 @@ def header(fields, name):
         if n == name:
             return v.decode("latin-1")
     return None
+
+
+def request_id(info, req):
+    """The request's `x-request-id`, the id weir logs and returns; `info.id` is weir's
+    internal unique id, for keying state, and only a fallback here."""
+    return header(req.headers, "x-request-id") or info.id
 
 
 def count(result):

@@ -243,7 +243,7 @@ impl Auth {
                     edit = edit.set_header("authorization", format!("Bearer {token}"));
                 }
                 Token::Busy => return RequestAction::Wait(POLL_MS),
-                Token::Failed(why) => return RequestAction::Respond(unavailable(info, &why)),
+                Token::Failed(why) => return RequestAction::Respond(unavailable(info, req, &why)),
             }
         }
         RequestAction::proceed_with(Some(edit), memo)
@@ -276,7 +276,7 @@ impl Auth {
         let token = match o.token(env, &owner(info), budget(info), false, Some(refused)) {
             Token::Ready(t) => t,
             Token::Busy => return ResponseAction::proceed(),
-            Token::Failed(why) => return ResponseAction::Respond(unavailable(info, &why)),
+            Token::Failed(why) => return ResponseAction::Respond(unavailable(info, req, &why)),
         };
         let mut out = OutboundRequest::new(via, &req.method, &req.path_with_query)
             .timeout(budget(info).min(MAX_OUTBOUND));
@@ -302,6 +302,7 @@ impl Auth {
                 502,
                 "upstream_failed",
                 info,
+                req,
                 &format!(
                     "re-sending the request after a 401 failed: {}",
                     oauth2::upstream_error(e)
@@ -311,13 +312,15 @@ impl Auth {
                 502,
                 "upstream_failed",
                 info,
+                req,
                 "the answer to the re-sent request was larger than weir's body limit",
             )),
         }
     }
 }
 
-/// Marks the fetch lock with the request that holds it.
+/// Marks the fetch lock with the request that holds it: weir's own request id, unique
+/// per request (a client's `x-request-id` may repeat), and the try.
 fn owner(info: &RequestInfo) -> String {
     format!("{}:{}", info.id, info.attempt)
 }
@@ -328,19 +331,19 @@ fn budget(info: &RequestInfo) -> Duration {
 }
 
 /// The 503 for a request that cannot get a token.
-fn unavailable(info: &RequestInfo, why: &str) -> Response {
-    failure(503, "token_unavailable", info, why)
+fn unavailable(info: &RequestInfo, req: &Request, why: &str) -> Response {
+    failure(503, "token_unavailable", info, req, why)
 }
 
 /// weir's JSON error shape, with the message naming this filter.
-fn failure(status: u16, error: &str, info: &RequestInfo, message: &str) -> Response {
+fn failure(status: u16, error: &str, info: &RequestInfo, req: &Request, message: &str) -> Response {
     Response::json(
         status,
         &json!({
             "error": error,
             "message": format!("auth: {message}"),
             "route": info.route,
-            "request_id": info.id,
+            "request_id": req.request_id().unwrap_or(&info.id),
         }),
     )
 }

@@ -45,6 +45,19 @@ impl KeySource {
         }
     }
 
+    /// The `key` label of the breaker's series for `key`, and whether it names this one
+    /// breaker. The default key is the route's upstream origin, from the config, so it
+    /// is its own label. A header or regex key is chosen by clients, and a label per
+    /// key would grow weir's metrics with every new one: its series share one label
+    /// naming the source (`header:<name>` or `regex`), and only counters use it.
+    pub fn label<'a>(&'a self, key: &'a str) -> (std::borrow::Cow<'a, str>, bool) {
+        match self {
+            KeySource::Origin => (key.into(), true),
+            KeySource::Header(name) => (format!("header:{name}").into(), false),
+            KeySource::Regex(_) => ("regex".into(), false),
+        }
+    }
+
     /// The breaker key for `req`.
     pub fn key_for(&self, req: &Request) -> String {
         let key = match self {
@@ -141,6 +154,19 @@ mod tests {
         let k = source(None, Some(r"/items(/[0-9]+)?")).unwrap();
         assert_eq!(k.key_for(&req("/items", &[])), "/items");
         assert_eq!(k.key_for(&req("/items/42", &[])), "/42");
+    }
+
+    #[test]
+    fn only_the_origin_key_is_its_own_label() {
+        let origin = KeySource::from_config(None).unwrap();
+        assert_eq!(
+            origin.label("https://api.example.com"),
+            ("https://api.example.com".into(), true)
+        );
+        let header = source(Some("X-Tenant"), None).unwrap();
+        assert_eq!(header.label("acme"), ("header:x-tenant".into(), false));
+        let regex = source(None, Some("/v1/([a-z]+)/")).unwrap();
+        assert_eq!(regex.label("orders"), ("regex".into(), false));
     }
 
     #[test]

@@ -129,7 +129,12 @@
 //! - `breaker_transitions_total{key,to}` (counter): transitions this process made;
 //! - `breaker_rejected_total{key}` (counter): calls answered with the 503.
 //!
-//! Every key is a label value: with a header or regex key, keep the set of keys small.
+//! With the default key, `key` is the upstream origin, and weir's `/status` lists each
+//! breaker's state under `breakers`. A header or regex key is chosen by clients, and a
+//! series per key would let them grow weir's metrics without bound, so those breakers
+//! have no gauges (and no `/status` entry), and their counters all carry one `key`
+//! label naming the source: `header:<name>` (lowercase) or `regex`. Their transitions
+//! are also logged, with the key.
 //!
 //! # Example
 //!
@@ -212,7 +217,7 @@ impl Filter for Breaker {
         match self.engine.admit(&SharedState, &key, now, expires) {
             Ok(Admitted::Pass { ticket, transition }) => {
                 if let Some(t) = transition {
-                    report_transition(&key, t);
+                    report_transition(&self.key, &key, t);
                 }
                 let memo = Memo {
                     ticket,
@@ -225,8 +230,11 @@ impl Filter for Breaker {
                 phase,
                 retry_after_s,
             }) => {
-                metrics::gauge_set("breaker_state", &[("key", &key)], phase.gauge());
-                metrics::counter_add("breaker_rejected_total", &[("key", &key)], 1);
+                let (label, own) = self.key.label(&key);
+                if own {
+                    metrics::gauge_set("breaker_state", &[("key", &label)], phase.gauge());
+                }
+                metrics::counter_add("breaker_rejected_total", &[("key", &label)], 1);
                 RequestAction::Respond(rejection(&key, phase, retry_after_s))
             }
             Err(e) => {
@@ -259,15 +267,18 @@ impl Filter for Breaker {
             .complete(&SharedState, &memo.key, memo.ticket, call, now)
         {
             Ok(done) => {
-                metrics::gauge_set(
-                    "breaker_failure_rate",
-                    &[("key", &memo.key)],
-                    done.failure_rate,
-                );
+                let (label, own) = self.key.label(&memo.key);
+                if own {
+                    metrics::gauge_set(
+                        "breaker_failure_rate",
+                        &[("key", &label)],
+                        done.failure_rate,
+                    );
+                }
                 if let Some(t) = done.transition {
-                    report_transition(&memo.key, t);
-                } else {
-                    metrics::gauge_set("breaker_state", &[("key", &memo.key)], done.phase.gauge());
+                    report_transition(&self.key, &memo.key, t);
+                } else if own {
+                    metrics::gauge_set("breaker_state", &[("key", &label)], done.phase.gauge());
                 }
             }
             Err(e) => self.warn(now, &memo.key, &e),
@@ -323,11 +334,14 @@ pub fn rejection(key: &str, phase: Phase, retry_after_s: u64) -> Response {
     Response::json(503, &body).with_header("retry-after", retry_after_s.to_string())
 }
 
-fn report_transition(key: &str, t: Transition) {
-    metrics::gauge_set("breaker_state", &[("key", key)], t.to.gauge());
+fn report_transition(source: &KeySource, key: &str, t: Transition) {
+    let (label, own) = source.label(key);
+    if own {
+        metrics::gauge_set("breaker_state", &[("key", &label)], t.to.gauge());
+    }
     metrics::counter_add(
         "breaker_transitions_total",
-        &[("key", key), ("to", t.to.name())],
+        &[("key", &label), ("to", t.to.name())],
         1,
     );
     let why = match t.from {

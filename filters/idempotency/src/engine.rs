@@ -145,12 +145,13 @@ impl Idempotency {
                 "invalid_idempotency_key",
                 "send one Idempotency-Key header, not several",
                 info,
+                req,
             );
             return (RequestAction::Respond(r), Some(Label::Invalid));
         }
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             let message = format!("the Idempotency-Key must be 1 to {MAX_KEY_LEN} characters long");
-            let r = error(400, "invalid_idempotency_key", &message, info);
+            let r = error(400, "invalid_idempotency_key", &message, info, req);
             return (RequestAction::Respond(r), Some(Label::Invalid));
         }
         let identity = Identity {
@@ -168,7 +169,7 @@ impl Idempotency {
             fingerprint: record::fingerprint(&req.method, &req.path_with_query, body),
             response: None,
         };
-        self.claim(host, info, marker)
+        self.claim(host, info, req, marker)
     }
 
     /// Claims the key for this request with an in-flight marker, or answers 409, 422 or
@@ -177,6 +178,7 @@ impl Idempotency {
         &self,
         host: &dyn Host,
         info: &RequestInfo,
+        req: &Request,
         marker: Record,
     ) -> (RequestAction, Option<Label>) {
         let state_key = record::record_key(&marker.identity);
@@ -203,6 +205,7 @@ impl Idempotency {
                         "idempotency_key_reused",
                         "this Idempotency-Key was already used with a different request",
                         info,
+                        req,
                     );
                     return (RequestAction::Respond(r), Some(Label::Mismatch));
                 }
@@ -212,6 +215,7 @@ impl Idempotency {
                         "idempotency_key_in_use",
                         "a request with this Idempotency-Key is still in progress",
                         info,
+                        req,
                     );
                     return (RequestAction::Respond(r), Some(Label::InFlight));
                 }
@@ -242,6 +246,7 @@ impl Idempotency {
             "idempotency_key_in_use",
             "other requests with this Idempotency-Key keep changing it",
             info,
+            req,
         );
         (RequestAction::Respond(r), Some(Label::InFlight))
     }
@@ -310,8 +315,8 @@ impl Idempotency {
     }
 }
 
-/// Who holds a key: the request id and the client's address, so that a client that
-/// reuses an `x-request-id` on another connection is not mistaken for a retry.
+/// Who holds a key: weir's own request id (unique per request, whatever `x-request-id`
+/// the client sent) and the client's address.
 fn owner(info: &RequestInfo) -> String {
     format!("{} {}", info.id, info.client_addr)
 }
@@ -382,14 +387,14 @@ fn replay(stored: Stored) -> Response {
 }
 
 /// An error in the shape of weir's own error responses.
-fn error(status: u16, code: &str, message: &str, info: &RequestInfo) -> Response {
+fn error(status: u16, code: &str, message: &str, info: &RequestInfo, req: &Request) -> Response {
     Response::json(
         status,
         &json!({
             "error": code,
             "message": message,
             "route": info.route,
-            "request_id": info.id,
+            "request_id": req.request_id().unwrap_or(&info.id),
         }),
     )
 }
@@ -870,7 +875,13 @@ mod tests {
 
     #[test]
     fn errors_are_json_in_weirs_shape() {
-        let r = error(409, "idempotency_key_in_use", "busy", &info("r9", 1));
+        let r = error(
+            409,
+            "idempotency_key_in_use",
+            "busy",
+            &info("r9", 1),
+            &post(None, ""),
+        );
         assert_eq!(r.header_str("content-type"), Some("application/json"));
         let v: weir_filter::serde_json::Value =
             weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();

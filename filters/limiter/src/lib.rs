@@ -100,15 +100,20 @@
 //!   bucket is full and not paused, when an absent key means the same.
 //! - `q:<id>:<request id>:<attempt>`: queue mode's reservation marker, the due time in
 //!   nanoseconds; deleted when the request goes on, and expiring with the route deadline.
+//!   The request id is weir's own (`request-info.id`), unique per request, never the
+//!   client's `x-request-id`: a request that reuses another's `x-request-id` cannot find,
+//!   and ride on, that request's reservation.
 //!
 //! Buckets use the wall clock, so processes that share a Redis state store should keep
 //! their clocks in sync (NTP). If the state store fails, the limiter fails open: the
 //! request passes without headers, and the counter `weir_filter_limiter_state_errors_total`
 //! goes up. Rejections count in `weir_filter_limiter_rejected_total{reason}`, with reason
 //! `empty`, `paused`, `queue_full` or `max_wait`. The gauge
-//! `weir_filter_limiter_tokens{key}` holds the whole tokens a bucket had left after its
-//! last admitted request (weir's `/status` lists it under `limiters`); every bucket id is
-//! a label value, so keep the set of header keys small.
+//! `weir_filter_limiter_tokens{key}` holds the whole tokens the bucket had left after its
+//! last admitted request (weir's `/status` lists it under `limiters`), for
+//! `key = "route"` only: with a `"client"` or header key, clients choose the buckets, and
+//! a series per bucket would let them grow weir's metrics without bound, so those
+//! buckets have no gauge.
 
 // The SDK keeps all the unsafe ABI glue in its own crate; a filter needs none.
 #![forbid(unsafe_code)]
@@ -184,7 +189,11 @@ impl Filter for Limiter {
         memo: Option<Vec<u8>>,
         outcome: &Outcome,
     ) -> ResponseAction {
-        if let Some(m) = memo.as_deref().and_then(Memo::decode) {
+        // Only the route's one bucket: a client or header key is chosen by clients, and
+        // a label per bucket would grow weir's metrics with every new one.
+        if self.settings.key == Key::Route
+            && let Some(m) = memo.as_deref().and_then(Memo::decode)
+        {
             weir_filter::metrics::gauge_set(
                 "limiter_tokens",
                 &[("key", &m.id)],
@@ -214,7 +223,7 @@ impl Limiter {
         req: &Request,
     ) -> RequestAction {
         let id = bucket_id(&self.settings.key, info, req);
-        match self.admit(env, now, info, &id) {
+        match self.admit(env, now, info, req, &id) {
             Ok(action) => action,
             Err(e) => {
                 env.state_failed(&e);
@@ -258,6 +267,7 @@ impl Limiter {
         env: &impl Env,
         now: u64,
         info: &RequestInfo,
+        req: &Request,
         id: &str,
     ) -> Result<RequestAction, String> {
         let policy = &self.settings.policy;
@@ -267,11 +277,13 @@ impl Limiter {
             max_wait: q.max_wait.min(info.remaining_ms.saturating_mul(1_000_000)),
             ..q
         });
+        // `info.id` is weir's own, unique per request: a client that reuses an
+        // `x-request-id` cannot take over another request's reservation.
         let reservation_key = format!("q:{id}:{}:{}", info.id, info.attempt);
         if queue.is_some()
             && let Some(due) = env.get(&reservation_key)?.as_deref().and_then(parse_u64)
         {
-            return self.wake(env, now, info, id, &bucket_key, &reservation_key, due);
+            return self.wake(env, now, info, req, id, &bucket_key, &reservation_key, due);
         }
         for _ in 0..MAX_CAS_TRIES {
             let stored = env.get(&bucket_key)?;
@@ -280,7 +292,7 @@ impl Limiter {
                 Decision::Reject {
                     reason,
                     retry_after,
-                } => return Ok(self.reject(env, info, reason, retry_after)),
+                } => return Ok(self.reject(env, info, req, reason, retry_after)),
                 Decision::Admit { bucket, status } => (bucket, Ok(status)),
                 Decision::Reserve { bucket, due } => (bucket, Err(due)),
             };
@@ -313,6 +325,7 @@ impl Limiter {
         env: &impl Env,
         now: u64,
         info: &RequestInfo,
+        req: &Request,
         id: &str,
         bucket_key: &str,
         reservation_key: &str,
@@ -329,7 +342,7 @@ impl Limiter {
             .unwrap_or_default();
         if current.paused_until > now {
             let retry_after = bucket::secs_ceil(current.paused_until - now).max(1);
-            return Ok(self.reject(env, info, Reason::Paused, retry_after));
+            return Ok(self.reject(env, info, req, Reason::Paused, retry_after));
         }
         let status = bucket::status(&self.settings.policy, current.tat, now);
         Ok(self.admitted(id, status))
@@ -349,6 +362,7 @@ impl Limiter {
         &self,
         env: &impl Env,
         info: &RequestInfo,
+        req: &Request,
         reason: Reason,
         retry_after: u64,
     ) -> RequestAction {
@@ -374,7 +388,7 @@ impl Limiter {
             "error": "rate_limited",
             "message": message,
             "route": info.route,
-            "request_id": info.id,
+            "request_id": req.request_id().unwrap_or(&info.id),
         });
         RequestAction::Respond(
             Response::json(429, &body)
@@ -730,6 +744,27 @@ mod tests {
             l.request(&env, T0 + 400 * MS, &retry, &req),
             RequestAction::Wait(200)
         );
+    }
+
+    #[test]
+    fn reservations_are_keyed_by_the_hosts_id_not_the_clients_x_request_id() {
+        let l = limiter(r#"{"rate": 5, "burst": 1, "mode": "queue", "max_queue": 1}"#);
+        let env = Fake::default();
+        let req = request(&[("x-request-id", "same")]);
+        memo(&l.request(&env, T0, &info("h1"), &req));
+        assert_eq!(
+            l.request(&env, T0, &info("h2"), &req),
+            RequestAction::Wait(200)
+        );
+        assert!(env.map.borrow().contains_key("q:api:route:h2:1"));
+        // Another request with the same x-request-id finds no reservation of its own,
+        // and the queue full.
+        let r = l.request(&env, T0 + 10 * MS, &info("h3"), &req);
+        let body: weir_filter::serde_json::Value =
+            weir_filter::serde_json::from_slice(rejection(&r).body.as_deref().unwrap()).unwrap();
+        assert_eq!(*env.rejected.borrow(), [Reason::QueueFull]);
+        // The 429 names the request by the id the client knows.
+        assert_eq!(body["request_id"], "same");
     }
 
     #[test]

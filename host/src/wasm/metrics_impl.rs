@@ -4,22 +4,64 @@
 //! names plus `route` and `filter`. A series keeps the label names of its first use: a
 //! later call with other label names, or a name that is not a valid metric name, is
 //! dropped and logged once.
+//!
+//! # Bounds
+//!
+//! A filter may label its series with values it read from a request, so the host bounds
+//! what guests can make it keep, whatever their label values:
+//!
+//! - at most [`MAX_GUEST_METRICS`] metric names across all filters;
+//! - at most [`MAX_SERIES_PER_METRIC`] label sets (series) per metric name per filter,
+//!   the `route` label included;
+//! - label values of at most [`MAX_LABEL_VALUE_BYTES`] bytes.
+//!
+//! A call past a bound is dropped, counted in
+//! `weir_filter_metric_series_dropped_total{filter,metric}` (`metric` is the full series
+//! name, or `*` for a name past the name limit), and logged at warn level once per
+//! metric name and filter (once in all for the name limit).
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use prometheus::{CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, Opts, Registry};
+use prometheus::{
+    CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
+};
 
 use super::bindings::weir::filter::metrics::Host;
 use super::{CallError, GuestHost};
 
-/// Most distinct guest series names across all filters; more are dropped.
-const MAX_GUEST_SERIES: usize = 1000;
+/// Most distinct guest metric names across all filters; more are dropped.
+pub const MAX_GUEST_METRICS: usize = 1000;
+
+/// Most label sets one filter may create under one metric name; more are dropped.
+pub const MAX_SERIES_PER_METRIC: usize = 1000;
+
+/// The longest label value a guest series may have, in bytes; a longer one drops the call.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 
 enum GuestSeries {
     Counter(CounterVec, Vec<String>),
     Gauge(GaugeVec, Vec<String>),
     Histogram(HistogramVec, Vec<String>),
+}
+
+/// One guest metric name: its series, and the label sets each filter made under it.
+struct GuestMetric {
+    series: GuestSeries,
+    /// By filter name (from the config, so bounded).
+    by_filter: HashMap<String, LabelSets>,
+}
+
+/// The label sets one filter made under one metric name.
+#[derive(Default)]
+struct LabelSets {
+    /// 128-bit keyed hashes of the label values (see [`FilterMetrics::label_key`]).
+    seen: HashSet<u128>,
+    /// The drop warning was logged.
+    warned: bool,
 }
 
 /// The per-filter metrics: call durations and failures, and the guests' own series.
@@ -28,7 +70,13 @@ pub struct FilterMetrics {
     call_seconds: HistogramVec,
     failures: CounterVec,
     state_errors: CounterVec,
-    guest: Mutex<HashMap<String, Option<GuestSeries>>>,
+    dropped: IntCounterVec,
+    guest: Mutex<HashMap<String, Option<GuestMetric>>>,
+    /// Two independently keyed hashers for label-set keys: a client that picks label
+    /// values cannot aim for a collision it cannot compute.
+    hashers: [RandomState; 2],
+    /// The warning about the name limit was logged.
+    names_full_warned: AtomicBool,
 }
 
 impl FilterMetrics {
@@ -60,13 +108,24 @@ impl FilterMetrics {
         )?;
         registry.register(Box::new(call_seconds.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "weir_filter_metric_series_dropped_total",
+                "Filter metric calls dropped because they would pass a bound: series per metric name per filter, label value length, or metric names (metric=\"*\")",
+            ),
+            &["filter", "metric"],
+        )?;
         registry.register(Box::new(state_errors.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
         Ok(FilterMetrics {
             registry: registry.clone(),
             call_seconds,
             failures,
             state_errors,
+            dropped,
             guest: Mutex::new(HashMap::new()),
+            hashers: [RandomState::new(), RandomState::new()],
+            names_full_warned: AtomicBool::new(false),
         })
     }
 
@@ -99,17 +158,17 @@ impl FilterMetrics {
         self.state_errors.with_label_values(&[filter, kind]).inc();
     }
 
-    /// Applies `op` to the guest series `name`, creating it on first use. Allocates only
-    /// when it creates one: this runs on every guest metrics call.
+    /// Applies `op` to the guest series `name` of `filter` on `route`, creating it on
+    /// first use, unless that passes a bound (see the module docs). Allocates only when
+    /// it creates something: this runs on every guest metrics call.
     fn with_series(
         &self,
         kind: &'static str,
         name: &str,
         labels: &[(String, String)],
-        host: &GuestHost,
+        (route, filter): (&str, &str),
         op: impl FnOnce(&GuestSeries, &[&str]),
     ) {
-        let host_labels = [host.meta.route.as_str(), host.meta.filter.as_str()];
         let names = || {
             labels
                 .iter()
@@ -119,21 +178,32 @@ impl FilterMetrics {
         // Keyed by the guest's name; the series itself is `weir_filter_<name>`.
         let mut map = self.guest.lock().unwrap_or_else(|p| p.into_inner());
         if !map.contains_key(name) {
-            if map.len() >= MAX_GUEST_SERIES {
+            if map.len() >= MAX_GUEST_METRICS {
+                drop(map);
+                self.dropped.with_label_values(&[filter, "*"]).inc();
+                if !self.names_full_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%filter, metric = %format!("weir_filter_{name}"), limit = MAX_GUEST_METRICS, "too many filter metric names; this and later new names are dropped");
+                }
                 return;
             }
             let full = format!("weir_filter_{name}");
             let owned: Vec<String> = names().map(str::to_owned).collect();
             let created = self.create(kind, &full, &owned);
             if created.is_none() {
-                tracing::warn!(filter = %host.meta.filter, metric = %full, "invalid guest metric; dropped");
+                tracing::warn!(%filter, metric = %full, "invalid guest metric; dropped");
             }
-            map.insert(name.to_owned(), created);
+            map.insert(
+                name.to_owned(),
+                created.map(|series| GuestMetric {
+                    series,
+                    by_filter: HashMap::new(),
+                }),
+            );
         }
-        let Some(Some(series)) = map.get(name) else {
+        let Some(Some(metric)) = map.get_mut(name) else {
             return;
         };
-        let (series_kind, series_names) = match series {
+        let (series_kind, series_names) = match &metric.series {
             GuestSeries::Counter(_, n) => ("counter", n),
             GuestSeries::Gauge(_, n) => ("gauge", n),
             GuestSeries::Histogram(_, n) => ("histogram", n),
@@ -141,10 +211,47 @@ impl FilterMetrics {
         if series_kind != kind || !names().eq(series_names.iter().map(String::as_str)) {
             return;
         }
-        let mut values: Vec<&str> = Vec::with_capacity(labels.len() + host_labels.len());
+        let mut values: Vec<&str> = Vec::with_capacity(labels.len() + 2);
         values.extend(labels.iter().map(|(_, v)| v.as_str()));
-        values.extend(host_labels);
-        op(series, &values);
+        values.extend([route, filter]);
+        if !metric.by_filter.contains_key(filter) {
+            metric
+                .by_filter
+                .insert(filter.to_owned(), LabelSets::default());
+        }
+        let sets = metric
+            .by_filter
+            .get_mut(filter)
+            .expect("inserted above when missing");
+        let key = self.label_key(&values);
+        if !sets.seen.contains(&key) {
+            let too_long = values.iter().any(|v| v.len() > MAX_LABEL_VALUE_BYTES);
+            if too_long || sets.seen.len() >= MAX_SERIES_PER_METRIC {
+                let warn = !std::mem::replace(&mut sets.warned, true);
+                drop(map);
+                let full = format!("weir_filter_{name}");
+                self.dropped.with_label_values(&[filter, &full]).inc();
+                if warn {
+                    tracing::warn!(
+                        %filter,
+                        metric = %full,
+                        max_series = MAX_SERIES_PER_METRIC,
+                        max_label_value_bytes = MAX_LABEL_VALUE_BYTES,
+                        "filter metric past its bounds; this and later such calls are dropped (counted in weir_filter_metric_series_dropped_total)"
+                    );
+                }
+                return;
+            }
+            sets.seen.insert(key);
+        }
+        op(&metric.series, &values);
+    }
+
+    /// A key for one label set: 128 bits from two independently keyed hashes, so
+    /// keeping the key costs 16 bytes and a lookup allocates nothing.
+    fn label_key(&self, values: &[&str]) -> u128 {
+        let [a, b] = &self.hashers;
+        (u128::from(a.hash_one(values)) << 64) | u128::from(b.hash_one(values))
     }
 
     fn create(&self, kind: &str, name: &str, labels: &[String]) -> Option<GuestSeries> {
@@ -171,29 +278,104 @@ impl FilterMetrics {
 
 impl Host for GuestHost {
     fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, value: u64) {
-        let metrics = self.metrics.clone();
-        metrics.with_series("counter", &name, &labels, self, |s, v| {
-            if let GuestSeries::Counter(c, _) = s {
-                c.with_label_values(v).inc_by(value as f64);
-            }
-        });
+        let at = (self.meta.route.as_str(), self.meta.filter.as_str());
+        self.metrics
+            .with_series("counter", &name, &labels, at, |s, v| {
+                if let GuestSeries::Counter(c, _) = s {
+                    c.with_label_values(v).inc_by(value as f64);
+                }
+            });
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
-        let metrics = self.metrics.clone();
-        metrics.with_series("gauge", &name, &labels, self, |s, v| {
+        let at = (self.meta.route.as_str(), self.meta.filter.as_str());
+        self.metrics
+            .with_series("gauge", &name, &labels, at, |s, v| {
+                if let GuestSeries::Gauge(g, _) = s {
+                    g.with_label_values(v).set(value);
+                }
+            });
+    }
+
+    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        let at = (self.meta.route.as_str(), self.meta.filter.as_str());
+        self.metrics
+            .with_series("histogram", &name, &labels, at, |s, v| {
+                if let GuestSeries::Histogram(h, _) = s {
+                    h.with_label_values(v).observe(value);
+                }
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> (Registry, FilterMetrics) {
+        let registry = Registry::new();
+        let m = FilterMetrics::new(&registry).unwrap();
+        (registry, m)
+    }
+
+    fn set_gauge(m: &FilterMetrics, filter: &str, name: &str, key: &str) {
+        let labels = [("key".to_owned(), key.to_owned())];
+        m.with_series("gauge", name, &labels, ("r", filter), |s, v| {
             if let GuestSeries::Gauge(g, _) = s {
-                g.with_label_values(v).set(value);
+                g.with_label_values(v).set(1.0);
             }
         });
     }
 
-    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
-        let metrics = self.metrics.clone();
-        metrics.with_series("histogram", &name, &labels, self, |s, v| {
-            if let GuestSeries::Histogram(h, _) = s {
-                h.with_label_values(v).observe(value);
-            }
-        });
+    /// The number of series of `name`.
+    fn count(registry: &Registry, name: &str) -> usize {
+        registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == name)
+            .map_or(0, |f| f.get_metric().len())
+    }
+
+    /// The dropped counter of (`filter`, `metric`).
+    fn dropped(m: &FilterMetrics, filter: &str, metric: &str) -> u64 {
+        m.dropped.with_label_values(&[filter, metric]).get()
+    }
+
+    #[test]
+    fn series_per_metric_and_filter_are_capped_and_the_excess_counted() {
+        let (registry, m) = metrics();
+        for i in 0..MAX_SERIES_PER_METRIC + 500 {
+            set_gauge(&m, "limiter", "tokens", &format!("client-{i}"));
+        }
+        assert_eq!(
+            count(&registry, "weir_filter_tokens"),
+            MAX_SERIES_PER_METRIC
+        );
+        assert_eq!(dropped(&m, "limiter", "weir_filter_tokens"), 500);
+        // A label set made before the cap was reached still updates.
+        set_gauge(&m, "limiter", "tokens", "client-0");
+        assert_eq!(dropped(&m, "limiter", "weir_filter_tokens"), 500);
+        // Another filter has a cap of its own under the same name.
+        set_gauge(&m, "other", "tokens", "client-0");
+        assert_eq!(
+            count(&registry, "weir_filter_tokens"),
+            MAX_SERIES_PER_METRIC + 1
+        );
+        assert_eq!(dropped(&m, "other", "weir_filter_tokens"), 0);
+    }
+
+    #[test]
+    fn long_label_values_and_names_past_the_limit_are_dropped() {
+        let (registry, m) = metrics();
+        set_gauge(&m, "f", "g", &"x".repeat(MAX_LABEL_VALUE_BYTES + 1));
+        assert_eq!(count(&registry, "weir_filter_g"), 0);
+        assert_eq!(dropped(&m, "f", "weir_filter_g"), 1);
+        set_gauge(&m, "f", "g", &"x".repeat(MAX_LABEL_VALUE_BYTES));
+        assert_eq!(count(&registry, "weir_filter_g"), 1);
+
+        for i in 1..MAX_GUEST_METRICS + 10 {
+            set_gauge(&m, "f", &format!("g{i}"), "k");
+        }
+        assert_eq!(dropped(&m, "f", "*"), 10);
     }
 }

@@ -29,8 +29,9 @@
 //!   `x-order` (comma-separated: `a,b,c`), applies `set_path`, `append_body` and
 //!   `x-body-len-<tag>`, and returns the memo `<tag>:<attempt>`. A state error traps.
 //! - `on_response` (unless it retries): appends `<tag>` to response header
-//!   `x-order-back`, sets `x-memo-<tag>` to the memo it got (`none` if none) and
-//!   `x-attempt-<tag>` to the attempt it sees. An outcome without a response passes
+//!   `x-order-back`, sets `x-memo-<tag>` to the memo it got (`none` if none),
+//!   `x-attempt-<tag>` to the attempt it sees, `x-info-id-<tag>` to `request-info.id`,
+//!   and `x-seen-request-id-<tag>` to the request's `x-request-id` (`none` if absent). An outcome without a response passes
 //!   untouched.
 //!
 //! `wait_ms` counts calls in `state` under `wait/<request id>/<attempt>` (weir prefixes
@@ -200,7 +201,7 @@ impl Filter for Scripted {
     fn on_response(
         &mut self,
         info: &RequestInfo,
-        _req: &Request,
+        req: &Request,
         memo: Option<Vec<u8>>,
         outcome: &Outcome,
     ) -> ResponseAction {
@@ -222,7 +223,12 @@ impl Filter for Scripted {
                     append(resp.header_str("x-order-back"), &c.tag),
                 )
                 .set_header(format!("x-memo-{}", c.tag), memo)
-                .set_header(format!("x-attempt-{}", c.tag), info.attempt.to_string()),
+                .set_header(format!("x-attempt-{}", c.tag), info.attempt.to_string())
+                .set_header(format!("x-info-id-{}", c.tag), info.id.as_str())
+                .set_header(
+                    format!("x-seen-request-id-{}", c.tag),
+                    req.request_id().unwrap_or("none"),
+                ),
         )
     }
 }
