@@ -3,10 +3,10 @@
 //!
 //! A call checks an instance out for that one call only, never across the upstream wait,
 //! which is why per-request data travels in the memo and shared data lives in `state`.
-//! Every call runs under a time limit on the guest's own CPU time (see [`guest_time`]),
-//! checked every millisecond by epoch interruption, and a memory cap. A guest that traps, overruns or runs out of memory loses its
-//! instance; the host logs it once, counts it, and the filter's `on_error` decides what
-//! the request gets.
+//! Every call runs under a limit on the guest's own CPU time (see `guest_time.rs`),
+//! checked every millisecond by epoch interruption, and a memory cap. A guest that
+//! traps, overruns or runs out of memory loses its instance; the host logs it once,
+//! counts it, and the filter's `on_error` decides what the request gets.
 
 mod bindings;
 pub mod builtin;
@@ -305,8 +305,8 @@ impl Runtime {
 
     /// Creates the pool for one (route, filter), with `min_instances` initialised.
     /// `max_body` is the most body bytes weir buffers (`[listen] max_body_bytes`): a
-    /// filter that reads bodies gets room for them on top of its `max_memory`
-    /// ([`memory_cap`]).
+    /// filter that reads bodies gets room for them on top of its `max_memory` (see
+    /// `memory_cap`).
     #[allow(clippy::too_many_arguments)]
     pub async fn pool(
         self: &Arc<Self>,
@@ -400,7 +400,7 @@ impl Runtime {
 /// response's, or responses to its `outbound` calls), twice `max_body`: room for a body
 /// as large as weir buffers and one copy of it, so that raising `max_body_bytes` never
 /// starves a body-reading filter of memory. At most [`MAX_FILTER_MEMORY`].
-pub fn memory_cap(own: u64, info: &FilterInfo, outbound: bool, max_body: u64) -> u64 {
+fn memory_cap(own: u64, info: &FilterInfo, outbound: bool, max_body: u64) -> u64 {
     let reads_bodies = info.wants_request_body || info.wants_response_body || outbound;
     let room = if reads_bodies {
         max_body.saturating_mul(2)
@@ -483,7 +483,7 @@ impl Drop for Ticking<'_> {
 struct FilterMeta {
     filter: String,
     route: String,
-    /// The memory cap: `max_memory`, plus room for bodies ([`memory_cap`]).
+    /// The memory cap: `max_memory`, plus room for bodies (`memory_cap`).
     max_memory: u64,
     max_call_time: Duration,
 }
@@ -1233,6 +1233,36 @@ mod tests {
         let result = pool.on_request(&info(), &request()).await;
         assert!(matches!(result, Err(CallError::Timeout(_))), "{result:?}");
         assert_eq!(ticker.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn body_readers_get_room_for_two_bodies_within_the_pool_slot() {
+        let info = |request, response| FilterInfo {
+            name: "f".into(),
+            version: "1".into(),
+            wants_request_body: request,
+            wants_response_body: response,
+            may_retry: false,
+        };
+        let (own, mib) = (64 << 20, 1 << 20);
+        assert_eq!(memory_cap(own, &info(false, false), false, 10 * mib), own);
+        assert_eq!(
+            memory_cap(own, &info(true, false), false, 64 * mib),
+            192 * mib
+        );
+        assert_eq!(
+            memory_cap(own, &info(false, true), false, 10 * mib),
+            84 * mib
+        );
+        // Responses to outbound calls are bodies too.
+        assert_eq!(
+            memory_cap(own, &info(false, false), true, 10 * mib),
+            84 * mib
+        );
+        assert_eq!(
+            memory_cap(own, &info(true, true), false, 1 << 30),
+            MAX_FILTER_MEMORY
+        );
     }
 
     /// A POST with an `Idempotency-Key` and `body`: the idempotency filter fingerprints
