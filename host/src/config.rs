@@ -604,7 +604,7 @@ impl<'de> Deserialize<'de> for FilterUse {
     }
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use super::{ByteSize, HumanDuration, ListenAddr};
     use std::time::Duration;
 

@@ -357,6 +357,7 @@ impl Router {
                         cfg.to_string(),
                         &settings,
                         outbound,
+                        raw.listen.max_body_bytes.0,
                     )
                     .await
                 {

@@ -22,6 +22,7 @@ mod example_js;
 mod example_python;
 mod filters;
 mod idempotency;
+mod large_bodies;
 mod limiter;
 mod operate;
 mod outbound;

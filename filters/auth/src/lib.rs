@@ -208,7 +208,7 @@ impl Filter for Auth {
         memo: Option<Vec<u8>>,
         outcome: &Outcome,
     ) -> ResponseAction {
-        self.response(&Host, info, req, memo.as_deref(), outcome)
+        self.response(&Host, info, req, memo, outcome)
     }
 }
 
@@ -235,11 +235,13 @@ impl Auth {
         if let Some(o) = &self.settings.oauth2 {
             match o.token(env, &owner(info), budget(info), true, None) {
                 Token::Ready(token) => {
+                    // One copy of the body, in the memo: a body as large as the route
+                    // allows must fit in the filter's memory twice, not three times.
                     let body = match o.reissue_upstream() {
-                        Some(_) => req.body.clone().unwrap_or_default(),
-                        None => Vec::new(),
+                        Some(_) => req.body.as_deref().unwrap_or_default(),
+                        None => &[],
                     };
-                    memo = Some(Memo::encode(oauth2::fingerprint(token.as_bytes()), &body));
+                    memo = Some(Memo::encode(oauth2::fingerprint(token.as_bytes()), body));
                     edit = edit.set_header("authorization", format!("Bearer {token}"));
                 }
                 Token::Busy => return RequestAction::Wait(POLL_MS),
@@ -256,7 +258,7 @@ impl Auth {
         env: &impl Env,
         info: &RequestInfo,
         req: &Request,
-        memo: Option<&[u8]>,
+        memo: Option<Vec<u8>>,
         outcome: &Outcome,
     ) -> ResponseAction {
         let (Some(o), Some(401), Some((refused, body))) = (
@@ -387,13 +389,16 @@ impl Memo {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<(u64, Vec<u8>)> {
+    /// The fingerprint and the body, which keeps the memo's memory: no copy of a large
+    /// body is made to re-send it.
+    fn decode(mut bytes: Vec<u8>) -> Option<(u64, Vec<u8>)> {
         let (&tag, rest) = bytes.split_first()?;
         if tag != Memo::TAG || rest.len() < 8 {
             return None;
         }
-        let (fp, body) = rest.split_at(8);
-        Some((u64::from_be_bytes(fp.try_into().ok()?), body.to_vec()))
+        let fp = u64::from_be_bytes(rest[..8].try_into().ok()?);
+        bytes.drain(..9);
+        Some((fp, bytes))
     }
 }
 
@@ -798,7 +803,7 @@ mod tests {
         let mut sent_req = req.clone();
         sent_req.headers[0].1 = b"Bearer tok-1".to_vec();
         sent_req.body = None;
-        let r = f.response(&env, &info("a"), &sent_req, memo.as_deref(), &status(401));
+        let r = f.response(&env, &info("a"), &sent_req, memo, &status(401));
         let ResponseAction::Respond(resp) = r else {
             panic!("expected the re-sent answer, got {r:?}");
         };
@@ -843,13 +848,7 @@ mod tests {
         // Meanwhile another request found tok-1 refused and fetched a newer token.
         let key = f.settings().oauth2.as_ref().unwrap().token_key().to_owned();
         env.set(&key, b"newer", Duration::from_secs(50)).unwrap();
-        let r = f.response(
-            &env,
-            &info("a"),
-            &request("/x"),
-            memo.as_deref(),
-            &status(401),
-        );
+        let r = f.response(&env, &info("a"), &request("/x"), memo, &status(401));
         assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 200));
         assert_eq!(env.token_calls(), 1, "no fetch: the newer token is used");
         assert_eq!(env.live(&key).as_deref(), Some(&b"newer"[..]));
@@ -872,13 +871,7 @@ mod tests {
             Some(9),
             "no body kept without reissue"
         );
-        let r = f.response(
-            &env,
-            &info("a"),
-            &request("/x"),
-            memo.as_deref(),
-            &status(401),
-        );
+        let r = f.response(&env, &info("a"), &request("/x"), memo, &status(401));
         assert_eq!(r, ResponseAction::proceed());
         assert_eq!(env.token_calls(), 1);
         // Other statuses leave the token alone.
@@ -888,13 +881,7 @@ mod tests {
             Some("Bearer tok-2")
         );
         let memo = edit(&action).1.cloned();
-        let r = f.response(
-            &env,
-            &info("b"),
-            &request("/x"),
-            memo.as_deref(),
-            &status(403),
-        );
+        let r = f.response(&env, &info("b"), &request("/x"), memo, &status(403));
         assert_eq!(r, ResponseAction::proceed());
         f.request(&env, &info("c"), &request("/x"));
         assert_eq!(env.token_calls(), 2);
@@ -909,13 +896,7 @@ mod tests {
         ));
         let action = f.request(&env, &info("a"), &request("/x"));
         let memo = edit(&action).1.cloned();
-        let r = f.response(
-            &env,
-            &info("a"),
-            &request("/x"),
-            memo.as_deref(),
-            &status(401),
-        );
+        let r = f.response(&env, &info("a"), &request("/x"), memo, &status(401));
         assert_eq!(r, ResponseAction::proceed());
         assert!(
             env.warnings
@@ -927,13 +908,7 @@ mod tests {
         env.upstream = Err(OutboundError::Upstream(weir_filter::UpstreamError::Reset));
         let action = f.request(&env, &info("b"), &request("/x"));
         let memo = edit(&action).1.cloned();
-        let r = f.response(
-            &env,
-            &info("b"),
-            &request("/x"),
-            memo.as_deref(),
-            &status(401),
-        );
+        let r = f.response(&env, &info("b"), &request("/x"), memo, &status(401));
         assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 502));
     }
 
@@ -943,13 +918,7 @@ mod tests {
         let env = Fake::new(&[(200, TOKEN), (500, "s3cr:t")]);
         let action = f.request(&env, &info("a"), &request("/x"));
         let memo = edit(&action).1.cloned();
-        let r = f.response(
-            &env,
-            &info("a"),
-            &request("/x"),
-            memo.as_deref(),
-            &status(401),
-        );
+        let r = f.response(&env, &info("a"), &request("/x"), memo, &status(401));
         assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 503));
         for w in env.warnings.borrow().iter() {
             assert!(!w.contains("s3cr") && !w.contains("tok-"), "{w}");
@@ -959,16 +928,16 @@ mod tests {
     #[test]
     fn memo_round_trip() {
         assert_eq!(
-            Memo::decode(&Memo::encode(7, b"body")),
+            Memo::decode(Memo::encode(7, b"body")),
             Some((7, b"body".to_vec()))
         );
         assert_eq!(
-            Memo::decode(&Memo::encode(u64::MAX, b"")),
+            Memo::decode(Memo::encode(u64::MAX, b"")),
             Some((u64::MAX, Vec::new()))
         );
-        assert_eq!(Memo::decode(b"a1234567"), None);
-        assert_eq!(Memo::decode(b"x12345678"), None);
-        assert_eq!(Memo::decode(b""), None);
+        assert_eq!(Memo::decode(b"a1234567".to_vec()), None);
+        assert_eq!(Memo::decode(b"x12345678".to_vec()), None);
+        assert_eq!(Memo::decode(b"".to_vec()), None);
     }
 
     #[test]

@@ -359,8 +359,19 @@ impl Cache {
                     Vary::Star => Vec::new(),
                 };
                 let key = entry::entry_key(&primary, &values);
+                let body = resp.body.as_deref().unwrap_or_default();
+                // The entry holds at least the body: one over the limit is refused before
+                // it is copied (twice: into the entry, then encoded).
+                if body.len() as u64 > self.settings.max_entry_bytes {
+                    host.warn(&format!(
+                        "not stored: its {} body bytes are more than max_entry_bytes ({})",
+                        body.len(),
+                        self.settings.max_entry_bytes
+                    ));
+                    return miss(outcome);
+                }
                 let replaced = old_charge.filter(|_| old_key == Some(key.as_str()));
-                let body = resp.body.clone().unwrap_or_default();
+                let body = body.to_vec();
                 let e = self.new_entry(
                     primary,
                     values,

@@ -274,8 +274,9 @@ impl Idempotency {
                 Saved::Released
             }
             Outcome::Response(r) => {
-                let body = r.body.clone().unwrap_or_default();
-                let size = body.len() as u64
+                // Measured before anything is copied: a response too large to store
+                // (tens of MiB, on a route that allows it) costs no memory.
+                let size = r.body.as_ref().map_or(0, |b| b.len() as u64)
                     + r.headers
                         .iter()
                         .map(|(n, v)| (n.len() + v.len()) as u64)
@@ -288,7 +289,7 @@ impl Idempotency {
                         response: Some(Stored {
                             status: r.status,
                             headers: r.headers.clone(),
-                            body,
+                            body: r.body.clone().unwrap_or_default(),
                         }),
                         ..claimed
                     };

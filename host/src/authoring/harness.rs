@@ -134,6 +134,7 @@ impl Harness {
                 config.to_string(),
                 &settings,
                 None,
+                crate::config::defaults::max_body_bytes().0,
             )
             .await
     }

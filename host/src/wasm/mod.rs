@@ -3,11 +3,12 @@
 //!
 //! A call checks an instance out for that one call only, never across the upstream wait,
 //! which is why per-request data travels in the memo and shared data lives in `state`.
-//! Every call runs under a time limit (epoch interruption, checked every millisecond)
-//! and a memory cap. A guest that traps, overruns or runs out of memory loses its
-//! instance; the host logs it once, counts it, and the filter's `on_error` decides what
-//! the request gets.
+//! Every call runs under a limit on the guest's own CPU time (see `guest_time.rs`),
+//! checked every millisecond by epoch interruption, and a memory cap. A guest that
+//! traps, overruns or runs out of memory loses its instance; the host logs it once,
+//! counts it, and the filter's `on_error` decides what the request gets.
 
+mod guest_time;
 mod log_impl;
 mod metrics_impl;
 mod outbound_impl;
@@ -19,10 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use guest_time::GuestTime;
+
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Cache, CacheConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    Cache, CacheConfig, CallHook, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
     ResourceLimiter, Store, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -224,6 +227,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
         HttpFilter::add_to_linker::<_, HasSelf<GuestHost>>(&mut linker, |s: &mut GuestState| {
+            // Every call of a weir import (state, log, metrics, outbound) starts here: the
+            // host's work until it returns to the guest is not the guest's time.
+            s.host.time.import_called();
             &mut s.host
         })
         .map_err(err)?;
@@ -297,6 +303,10 @@ impl Runtime {
     }
 
     /// Creates the pool for one (route, filter), with `min_instances` initialised.
+    /// `max_body` is the most body bytes weir buffers (`[listen] max_body_bytes`): a
+    /// filter that reads bodies gets room for them on top of its `max_memory` (see
+    /// `memory_cap`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn pool(
         self: &Arc<Self>,
         loaded: Arc<Loaded>,
@@ -305,8 +315,9 @@ impl Runtime {
         config_json: String,
         settings: &FilterConfig,
         outbound: Option<Arc<Outbound>>,
+        max_body: u64,
     ) -> Result<Arc<FilterPool>, LoadError> {
-        let maker = Arc::new(Maker {
+        let mut maker = Maker {
             runtime: self.clone(),
             loaded,
             outbound,
@@ -319,13 +330,31 @@ impl Runtime {
             config_json,
             #[cfg(test)]
             made_in: Mutex::new(Vec::new()),
-        });
+        };
         let init_err = |detail: String| LoadError::Init {
             filter: filter.to_owned(),
             route: route.to_owned(),
             detail,
         };
-        let (first, info) = maker.instantiate().await.map_err(init_err)?;
+        let (mut first, info) = maker.instantiate().await.map_err(init_err)?;
+        // Only `init` says whether the filter reads bodies; the first instance, which
+        // has not had one yet, gets the room from now on like every later one.
+        let cap = memory_cap(
+            settings.max_memory.0,
+            &info,
+            maker.outbound.is_some(),
+            max_body,
+        );
+        if cap != maker.meta.max_memory {
+            maker.meta = Arc::new(FilterMeta {
+                max_memory: cap,
+                ..(*maker.meta).clone()
+            });
+            let data = first.store.data_mut();
+            data.limiter.max = cap;
+            data.host.meta = maker.meta.clone();
+        }
+        let maker = Arc::new(maker);
         let mut idle = vec![first];
         for _ in 1..settings.min_instances.max(1) {
             idle.push(maker.instantiate().await.map_err(init_err)?.0);
@@ -363,6 +392,21 @@ impl Runtime {
             ],
         }))
     }
+}
+
+/// The memory cap of each linear memory of a filter's instances: `own` (`max_memory`,
+/// the guest's own use) plus, for a filter that reads bodies (the request's or the
+/// response's, or responses to its `outbound` calls), twice `max_body`: room for a body
+/// as large as weir buffers and one copy of it, so that raising `max_body_bytes` never
+/// starves a body-reading filter of memory. At most [`MAX_FILTER_MEMORY`].
+fn memory_cap(own: u64, info: &FilterInfo, outbound: bool, max_body: u64) -> u64 {
+    let reads_bodies = info.wants_request_body || info.wants_response_body || outbound;
+    let room = if reads_bodies {
+        max_body.saturating_mul(2)
+    } else {
+        0
+    };
+    own.saturating_add(room).min(MAX_FILTER_MEMORY)
 }
 
 /// A compiled, linked component, ready to instantiate.
@@ -434,10 +478,11 @@ impl Drop for Ticking<'_> {
 // === impl FilterPool ===
 
 /// The facts about a (route, filter) pair that its instances need.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FilterMeta {
     filter: String,
     route: String,
+    /// The memory cap: `max_memory`, plus room for bodies (`memory_cap`).
     max_memory: u64,
     max_call_time: Duration,
 }
@@ -661,13 +706,13 @@ impl FilterPool {
     ) -> Result<RequestAction, Unanswered> {
         let mut inst = self.checkout(Phase::Request, until).await?;
         let _ticking = self.maker.runtime.ticker.enter();
-        let started = self.begin(&mut inst);
+        let (started, time) = self.begin(&mut inst);
         inst.store.data_mut().host.request_deadline(info);
-        let result = inst
+        let call = inst
             .guest
             .weir_filter_filter()
-            .call_on_request(&mut inst.store, info, req)
-            .await;
+            .call_on_request(&mut inst.store, info, req);
+        let result = time.time(call).await;
         Ok(self.finish(Phase::Request, inst, started, result)?)
     }
 
@@ -683,13 +728,16 @@ impl FilterPool {
     ) -> Result<ResponseAction, Unanswered> {
         let mut inst = self.checkout(Phase::Response, until).await?;
         let _ticking = self.maker.runtime.ticker.enter();
-        let started = self.begin(&mut inst);
+        let (started, time) = self.begin(&mut inst);
         inst.store.data_mut().host.request_deadline(info);
-        let result = inst
-            .guest
-            .weir_filter_filter()
-            .call_on_response(&mut inst.store, info, req, memo, outcome)
-            .await;
+        let call = inst.guest.weir_filter_filter().call_on_response(
+            &mut inst.store,
+            info,
+            req,
+            memo,
+            outcome,
+        );
+        let result = time.time(call).await;
         Ok(self.finish(Phase::Response, inst, started, result)?)
     }
 
@@ -782,14 +830,13 @@ impl FilterPool {
         );
     }
 
-    fn begin(&self, inst: &mut Instance) -> Instant {
-        let now = Instant::now();
-        inst.store
-            .data_mut()
-            .host
-            .begin_call(now, self.maker.meta.max_call_time);
+    /// Starts a call's clock: when it started (for the duration metric), and the clock
+    /// that times the guest's part of it.
+    fn begin(&self, inst: &mut Instance) -> (Instant, Arc<GuestTime>) {
+        let time = inst.store.data().host.time.clone();
+        time.begin(self.maker.meta.max_call_time);
         inst.store.set_epoch_deadline(1);
-        now
+        (Instant::now(), time)
     }
 
     /// Returns a healthy instance to the pool; a failed one is dropped, and a build
@@ -862,33 +909,47 @@ impl Maker {
         let data = GuestState::new(meta.clone(), &self.runtime, self.outbound.clone());
         let mut store = Store::new(&self.runtime.engine, data);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_callback(|mut ctx| {
-            let call = &mut ctx.data_mut().host.call;
-            // Time the guest spent waiting on the host (an outbound call) is not its own.
-            if call.started.elapsed().saturating_sub(call.waited) > call.limit {
-                call.timed_out = true;
-                Err(wasmtime::format_err!("filter call time exceeded"))
-            } else {
+        store.epoch_deadline_callback(|ctx| {
+            if ctx.data().host.time.tick() {
                 // Let other tasks run on this thread while a long call goes on.
                 Ok(UpdateDeadline::Yield(1))
+            } else {
+                Err(wasmtime::format_err!("filter call time exceeded"))
             }
+        });
+        // Tells the call clock when guest code starts and stops running. `CallingHost`
+        // is not used: runtime calls (memory.grow, bulk memory) come through it too, and
+        // they are the guest's work; weir's imports are told apart by the linker.
+        store.call_hook(|ctx, hook| {
+            let time = &ctx.data().host.time;
+            match hook {
+                CallHook::CallingWasm => time.entered_guest(),
+                CallHook::ReturningFromWasm => time.left_guest(),
+                CallHook::ReturningFromHost => time.host_returned(),
+                CallHook::CallingHost => {}
+            }
+            Ok(())
         });
         // Instantiation and `init` may do real work (a Python or JavaScript runtime
         // starting), so they get a wider budget than a request-path call.
         let budget = (meta.max_call_time * 10).max(Duration::from_secs(5));
-        store.data_mut().host.begin_call(Instant::now(), budget);
+        let time = store.data().host.time.clone();
+        time.begin(budget);
         store.set_epoch_deadline(1);
         let describe = |store: &Store<GuestState>, e: wasmtime::Error| {
             store.data().classify(&e, meta).to_string()
         };
-        let guest = match self.loaded.pre.instantiate_async(&mut store).await {
+        let guest = match time
+            .time(self.loaded.pre.instantiate_async(&mut store))
+            .await
+        {
             Ok(g) => g,
             Err(e) => return Err(describe(&store, e)),
         };
-        let result = guest
+        let call = guest
             .weir_filter_filter()
-            .call_init(&mut store, &self.config_json)
-            .await;
+            .call_init(&mut store, &self.config_json);
+        let result = time.time(call).await;
         match result {
             Ok(Ok(info)) => Ok((Instance { store, guest }, info)),
             Ok(Err(msg)) => {
@@ -904,15 +965,6 @@ impl Maker {
 }
 
 // === impl GuestState ===
-
-/// The per-call clock that the epoch callback checks.
-struct CallClock {
-    started: Instant,
-    limit: Duration,
-    timed_out: bool,
-    /// Time spent in host calls that wait (outbound HTTP), excluded from the limit.
-    waited: Duration,
-}
 
 /// A memory cap per linear memory; remembers that it refused so the trap that follows can
 /// be reported as what it is.
@@ -952,7 +1004,8 @@ pub struct GuestHost {
     state: Arc<dyn StateBackend>,
     metrics: Arc<FilterMetrics>,
     outbound: Option<Arc<Outbound>>,
-    call: CallClock,
+    /// The clock of the call in progress, which the epoch callback checks.
+    time: Arc<GuestTime>,
     /// When the request the current call works on runs out of time (its
     /// `remaining-ms` from the call's start); `None` in `init`. Bounds outbound calls.
     deadline: Option<tokio::time::Instant>,
@@ -963,15 +1016,6 @@ impl GuestHost {
     fn request_deadline(&mut self, info: &RequestInfo) {
         self.deadline =
             Some(tokio::time::Instant::now() + Duration::from_millis(info.remaining_ms));
-    }
-
-    fn begin_call(&mut self, started: Instant, limit: Duration) {
-        self.call = CallClock {
-            started,
-            limit,
-            timed_out: false,
-            waited: Duration::ZERO,
-        };
     }
 }
 
@@ -1010,12 +1054,7 @@ impl GuestState {
                 refused: false,
             },
             host: GuestHost {
-                call: CallClock {
-                    started: Instant::now(),
-                    limit: meta.max_call_time,
-                    timed_out: false,
-                    waited: Duration::ZERO,
-                },
+                time: Arc::new(GuestTime::new()),
                 meta,
                 state: runtime.state.clone(),
                 metrics: runtime.metrics.clone(),
@@ -1027,8 +1066,8 @@ impl GuestState {
 
     /// Turns a failed call into what happened, using what the limiter and the clock saw.
     fn classify(&self, e: &wasmtime::Error, meta: &FilterMeta) -> CallError {
-        if self.host.call.timed_out {
-            CallError::Timeout(self.host.call.limit)
+        if self.host.time.timed_out() {
+            CallError::Timeout(self.host.time.limit())
         } else if self.limiter.refused {
             CallError::Memory(meta.max_memory)
         } else {
@@ -1073,16 +1112,34 @@ mod tests {
         config: serde_json::Value,
         settings: FilterConfig,
     ) -> Arc<FilterPool> {
+        pool_on(
+            registry,
+            MemoryBackend::new(1 << 20),
+            wasm,
+            config,
+            settings,
+        )
+        .await
+    }
+
+    /// A pool whose host metrics go to `registry` and state to `state`.
+    async fn pool_on(
+        registry: &prometheus::Registry,
+        state: Arc<dyn StateBackend>,
+        wasm: &[u8],
+        config: serde_json::Value,
+        settings: FilterConfig,
+    ) -> Arc<FilterPool> {
         let metrics = FilterMetrics::new(registry).unwrap();
         let runtime = Runtime::new(
             Runtime::default_cache_dir().as_deref(),
-            MemoryBackend::new(1 << 20),
+            state,
             Arc::new(metrics),
         )
         .unwrap();
         let loaded = runtime.load("the test filter", wasm).unwrap();
         runtime
-            .pool(loaded, "f", "r", config.to_string(), &settings, None)
+            .pool(loaded, "f", "r", config.to_string(), &settings, None, 0)
             .await
             .unwrap()
     }
@@ -1189,6 +1246,200 @@ mod tests {
         let result = pool.on_request(&info(), &request()).await;
         assert!(matches!(result, Err(CallError::Timeout(_))), "{result:?}");
         assert_eq!(ticker.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn body_readers_get_room_for_two_bodies_within_the_pool_slot() {
+        let info = |request, response| FilterInfo {
+            name: "f".into(),
+            version: "1".into(),
+            wants_request_body: request,
+            wants_response_body: response,
+            may_retry: false,
+        };
+        let (own, mib) = (64 << 20, 1 << 20);
+        assert_eq!(memory_cap(own, &info(false, false), false, 10 * mib), own);
+        assert_eq!(
+            memory_cap(own, &info(true, false), false, 64 * mib),
+            192 * mib
+        );
+        assert_eq!(
+            memory_cap(own, &info(false, true), false, 10 * mib),
+            84 * mib
+        );
+        // Responses to outbound calls are bodies too.
+        assert_eq!(
+            memory_cap(own, &info(false, false), true, 10 * mib),
+            84 * mib
+        );
+        assert_eq!(
+            memory_cap(own, &info(true, true), false, 1 << 30),
+            MAX_FILTER_MEMORY
+        );
+    }
+
+    /// A POST with an `Idempotency-Key` and `body`: the idempotency filter fingerprints
+    /// the body and claims the key in state.
+    fn keyed_post(body: Vec<u8>) -> Request {
+        Request {
+            method: "POST".into(),
+            headers: vec![("idempotency-key".into(), b"k-1".to_vec())],
+            body: Some(body),
+            ..request()
+        }
+    }
+
+    #[tokio::test]
+    async fn copying_a_large_body_into_the_guest_does_not_count_against_it() {
+        // Lowering 32 MiB into the guest takes the host milliseconds; the filter itself
+        // does not look at the body and returns in microseconds.
+        let settings = FilterConfig {
+            min_instances: 1,
+            max_call_time: HumanDuration(Duration::from_millis(1)),
+            ..FilterConfig::default()
+        };
+        let pool = pool_of(
+            crate::builtin::lookup("headers").unwrap().wasm,
+            serde_json::json!({}),
+            settings,
+        )
+        .await;
+        let req = Request {
+            body: Some(vec![7; 32 << 20]),
+            ..request()
+        };
+        for _ in 0..2 {
+            let result = pool.on_request(&info(), &req).await;
+            assert!(
+                matches!(result, Ok(RequestAction::Continue(_))),
+                "{result:?}"
+            );
+        }
+    }
+
+    /// A state store that burns `cost` of the calling thread's CPU in every operation,
+    /// as a slow backend or a slow host would.
+    struct Slow {
+        inner: Arc<MemoryBackend>,
+        cost: Duration,
+    }
+
+    impl Slow {
+        fn burn(&self) {
+            let start = Instant::now();
+            while start.elapsed() < self.cost {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    impl StateBackend for Slow {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::state::BoxFuture<'a, Result<Option<Vec<u8>>, crate::state::StateError>>
+        {
+            self.burn();
+            self.inner.get(key)
+        }
+
+        fn set<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+            ttl: Option<Duration>,
+        ) -> crate::state::BoxFuture<'a, Result<(), crate::state::StateError>> {
+            self.burn();
+            self.inner.set(key, value, ttl)
+        }
+
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::state::BoxFuture<'a, Result<(), crate::state::StateError>> {
+            self.burn();
+            self.inner.delete(key)
+        }
+
+        fn incr<'a>(
+            &'a self,
+            key: &'a str,
+            delta: i64,
+            ttl: Option<Duration>,
+        ) -> crate::state::BoxFuture<'a, Result<i64, crate::state::StateError>> {
+            self.burn();
+            self.inner.incr(key, delta, ttl)
+        }
+
+        fn compare_and_swap<'a>(
+            &'a self,
+            key: &'a str,
+            expected: Option<&'a [u8]>,
+            new: Vec<u8>,
+            ttl: Option<Duration>,
+        ) -> crate::state::BoxFuture<'a, Result<bool, crate::state::StateError>> {
+            self.burn();
+            self.inner.compare_and_swap(key, expected, new, ttl)
+        }
+    }
+
+    #[tokio::test]
+    async fn time_in_weirs_imports_does_not_count_against_the_guest() {
+        let settings = FilterConfig {
+            min_instances: 1,
+            max_call_time: HumanDuration(Duration::from_millis(100)),
+            ..FilterConfig::default()
+        };
+        let state = Arc::new(Slow {
+            inner: MemoryBackend::new(1 << 20),
+            cost: Duration::from_millis(150),
+        });
+        let pool = pool_on(
+            &prometheus::Registry::new(),
+            state,
+            crate::builtin::lookup("idempotency").unwrap().wasm,
+            serde_json::json!({}),
+            settings,
+        )
+        .await;
+        // Claiming the key takes a state call of 150 ms, more than the call's limit.
+        let result = pool.on_request(&info(), &keyed_post(b"{}".to_vec())).await;
+        assert!(
+            matches!(&result, Ok(RequestAction::Continue((_, Some(_))))),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_tasks_on_the_thread_do_not_count_against_the_guest() {
+        let settings = FilterConfig {
+            min_instances: 1,
+            max_call_time: HumanDuration(Duration::from_millis(100)),
+            ..FilterConfig::default()
+        };
+        let pool = pool_of(
+            crate::builtin::lookup("idempotency").unwrap().wasm,
+            serde_json::json!({}),
+            settings,
+        )
+        .await;
+        // Fingerprinting 32 MiB keeps the guest busy for several ticks, well within its
+        // limit. At its first yield this task holds the (only) thread for longer than
+        // the limit, as a busy worker or a busy machine would.
+        let busy = tokio::spawn(async { std::thread::sleep(Duration::from_millis(300)) });
+        let started = Instant::now();
+        let result = pool
+            .on_request(&info(), &keyed_post(vec![7; 32 << 20]))
+            .await;
+        assert!(
+            busy.is_finished(),
+            "the other task did not run during the call"
+        );
+        assert!(started.elapsed() > Duration::from_millis(300));
+        assert!(
+            matches!(&result, Ok(RequestAction::Continue((_, Some(_))))),
+            "{result:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

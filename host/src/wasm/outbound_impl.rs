@@ -2,7 +2,7 @@
 //! `[filters.NAME] outbound = [...]` setting names, through the shared upstream pool.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
@@ -115,10 +115,6 @@ impl Host for GuestHost {
                 self.meta.filter, self.meta.filter
             )));
         };
-        let started = Instant::now();
-        let result = outbound.send(req, self.deadline).await;
-        // The guest was blocked on the network, not computing: that time is not its own.
-        self.call.waited += started.elapsed();
-        result
+        outbound.send(req, self.deadline).await
     }
 }
