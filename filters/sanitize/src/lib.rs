@@ -92,7 +92,9 @@
 //!
 //! A header's size is the length of its name plus the length of its value, in bytes.
 //! The limits apply to the request as the filter receives it, before stripping, so a
-//! client cannot hide a thousand cookies behind the strip list. The check stops at the
+//! client cannot hide a thousand cookies behind the strip list. They do not count the
+//! headers weir sets itself (`x-request-id`, `traceparent`): weir bounds those, and a
+//! client that sent 100 headers must not be refused for one weir added. The check stops at the
 //! first header that breaks a limit, and the client gets:
 //!
 //! ```text
@@ -377,7 +379,10 @@ impl Limits {
     /// it; `None` if they are within every limit.
     fn check(&self, headers: &[(String, Vec<u8>)]) -> Option<String> {
         let mut total = 0u64;
-        for (i, (name, value)) in headers.iter().enumerate() {
+        let counted = headers
+            .iter()
+            .filter(|(name, _)| !HOST_SET_REQUEST.contains(&name.as_str()));
+        for (i, (name, value)) in counted.enumerate() {
             let value_len = value.len() as u64;
             if value_len > self.max_value_bytes {
                 return Some(format!(
@@ -813,6 +818,25 @@ mod tests {
         assert_eq!(
             rejection(&mut f, two_cookies),
             r#"header "cookie" is header number 2; limits.max_headers is 1"#
+        );
+    }
+
+    #[test]
+    fn the_headers_weir_sets_are_not_counted() {
+        let mut f = build(r#"{"limits": {"max_headers": 1, "max_header_bytes": 10}}"#).unwrap();
+        let req = request(&[
+            ("x-request-id", "0123456789abcdef"),
+            ("traceparent", "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"),
+            ("accept", "*/*"),
+        ]);
+        assert!(matches!(
+            f.on_request(&info(), &req),
+            RequestAction::Continue(_)
+        ));
+        let two = fields(&[("x-request-id", "r"), ("accept", "*/*"), ("x-a", "1")]);
+        assert_eq!(
+            rejection(&mut f, two),
+            r#"header "x-a" is header number 2; limits.max_headers is 1"#
         );
     }
 

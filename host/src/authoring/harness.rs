@@ -244,6 +244,8 @@ impl Harness {
             .map_err(|e| CallError::Trap(format!("invalid request id {id:?}: {e}")))?;
         let mut headers = crate::headers::from_fields(&req.headers);
         crate::headers::prepare_upstream(&mut headers);
+        // As the listener does: filters read the id weir logs from the request.
+        headers.insert(crate::headers::X_REQUEST_ID, id_header.clone());
         let body = req
             .body
             .take()
