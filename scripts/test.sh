@@ -13,4 +13,5 @@ export PATH
 
 scripts/setup-rust.sh
 scripts/setup-toolchains.sh
+scripts/setup-redis.sh
 cargo test --workspace "$@"

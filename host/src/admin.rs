@@ -33,6 +33,8 @@ pub struct Admin {
     pub proxy: Arc<Proxy>,
     /// The running config and reload history.
     pub reload: Arc<ReloadStatus>,
+    /// The state backend, whose health `/status` shows.
+    pub state: Arc<dyn crate::state::StateBackend>,
     /// The bearer token every request must carry, if set.
     pub token: Option<String>,
 }
@@ -182,7 +184,23 @@ impl Admin {
                 _ => serde_json::Value::Null,
             }, "state", &[("weir_filter_breaker_failure_rate", "failure_rate")]),
             "limiters": self.guest_gauges("weir_filter_limiter_tokens", serde_json::Value::from, "tokens", &[]),
+            "state": self.state_health(),
             "config": self.reload.snapshot(),
+        })
+    }
+
+    /// `/status`'s `state`: the backend, whether it answers, and its last failure.
+    fn state_health(&self) -> serde_json::Value {
+        let h = self.state.health();
+        let (last_error, at) = match h.last_error {
+            Some((why, when)) => (Some(why), Some(crate::clock::rfc3339(when))),
+            None => (None, None),
+        };
+        serde_json::json!({
+            "backend": h.backend,
+            "healthy": h.up,
+            "last_error": last_error,
+            "last_error_at": at,
         })
     }
 

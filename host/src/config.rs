@@ -348,15 +348,19 @@ impl Secret {
 }
 
 /// `[state]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// `memory` (the only backend so far).
+    /// `memory` (the default) or `redis`.
     #[serde(default)]
     pub backend: StateBackendKind,
-    /// The most memory the store may hold (keys and values); a full store evicts by LRU.
+    /// The most memory the memory backend may hold (keys and values); a full store
+    /// evicts by LRU.
     #[serde(default = "defaults::state_max_bytes")]
     pub max_bytes: ByteSize,
+    /// `[state.redis]`: the server or cluster, with `backend = "redis"`.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for StateConfig {
@@ -364,6 +368,7 @@ impl Default for StateConfig {
         StateConfig {
             backend: StateBackendKind::Memory,
             max_bytes: defaults::state_max_bytes(),
+            redis: None,
         }
     }
 }
@@ -375,6 +380,36 @@ pub enum StateBackendKind {
     /// An in-process map with TTLs.
     #[default]
     Memory,
+    /// A Redis server or Redis Cluster, shared by several weir processes.
+    Redis,
+}
+
+/// `[state.redis]`: where the Redis state backend connects.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// One server: `redis://host:6379/0`, or `rediss://` for TLS (verified).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A Redis Cluster: some of its nodes, as `redis://` or `rediss://` URLs.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    /// The ACL user, if not `default`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password, best from `{ env = "…" }` or `{ file = "…" }`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Put before every key, so deployments sharing a server do not share state.
+    #[serde(default = "defaults::redis_prefix")]
+    pub prefix: String,
+    /// The longest one operation may take, connecting included; then it fails as
+    /// unavailable.
+    #[serde(default = "defaults::redis_timeout")]
+    pub timeout: HumanDuration,
+    /// With `rediss://`: trust only this PEM CA bundle instead of the public web roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// `[log]`.
@@ -623,6 +658,12 @@ pub(crate) mod defaults {
     pub fn drain_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
     }
+    pub fn redis_prefix() -> String {
+        "weir:".to_owned()
+    }
+    pub fn redis_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_millis(250))
+    }
     pub fn state_max_bytes() -> ByteSize {
         ByteSize(64 << 20)
     }
@@ -776,6 +817,93 @@ impl Config {
     }
 }
 
+/// Checks `[state]`: a Redis backend needs exactly one of `url` and `cluster`, with
+/// `redis://` or `rediss://` URLs that hold no password.
+fn validate_state(
+    state: &mut StateConfig,
+    abs: &dyn Fn(&mut PathBuf),
+    err: &mut dyn FnMut(&[&str], String),
+) {
+    let Some(redis) = &mut state.redis else {
+        if state.backend == StateBackendKind::Redis {
+            err(
+                &["state", "backend"],
+                "state.backend = \"redis\" needs a [state.redis] table with `url` or `cluster`"
+                    .to_owned(),
+            );
+        }
+        return;
+    };
+    if state.backend != StateBackendKind::Redis {
+        err(
+            &["state", "redis"],
+            "[state.redis] is set but state.backend is not \"redis\"".to_owned(),
+        );
+    }
+    let urls: Vec<(&str, &String)> = match (&redis.url, &redis.cluster) {
+        (Some(url), None) => vec![("url", url)],
+        (None, Some(nodes)) if !nodes.is_empty() => nodes.iter().map(|n| ("cluster", n)).collect(),
+        (None, Some(_)) => {
+            err(&["state", "redis", "cluster"], "state.redis.cluster lists no nodes".to_owned());
+            Vec::new()
+        }
+        (None, None) => {
+            err(
+                &["state", "redis"],
+                "[state.redis] needs `url` (one server) or `cluster` (its nodes)".to_owned(),
+            );
+            Vec::new()
+        }
+        (Some(_), Some(_)) => {
+            err(
+                &["state", "redis", "cluster"],
+                "state.redis: set `url` (one server) or `cluster` (its nodes), not both".to_owned(),
+            );
+            Vec::new()
+        }
+    };
+    for (key, url) in urls {
+        if let Err(e) = check_redis_url(url) {
+            err(&["state", "redis", key], format!("state.redis.{key}: {url:?}: {e}"));
+        }
+    }
+    if redis.timeout.0.is_zero() {
+        err(
+            &["state", "redis", "timeout"],
+            "state.redis.timeout must be more than zero".to_owned(),
+        );
+    }
+    if let Some(Secret::File { file }) = &mut redis.password {
+        abs(file);
+    }
+    if let Some(Err(e)) = redis.password.as_ref().map(Secret::resolve) {
+        err(&["state", "redis", "password"], format!("state.redis.password: {e}"));
+    }
+    if let Some(ca) = &mut redis.ca {
+        abs(ca);
+    }
+}
+
+/// Why `url` is not a Redis URL weir takes.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let parsed = http::Uri::try_from(url).map_err(|e| e.to_string())?;
+    match parsed.scheme_str() {
+        Some("redis" | "rediss") => {}
+        _ => return Err("the scheme must be redis:// or rediss://".to_owned()),
+    }
+    let authority = parsed.authority().map(|a| a.as_str()).unwrap_or("");
+    if authority.contains('@') {
+        return Err(
+            "put the user and password in `username` and `password = { env = \"…\" }`, not in the URL"
+                .to_owned(),
+        );
+    }
+    if parsed.host().is_none_or(str::is_empty) {
+        return Err("no host".to_owned());
+    }
+    Ok(())
+}
+
 /// Cross-checks the parsed file. `err` receives each problem with its byte span: the
 /// setting at fault when it can be found in `text`, else the table it belongs to.
 fn validate(
@@ -820,6 +948,9 @@ fn validate(
     {
         err(place(&["log", "level"], 0..0), format!("log.level: {e}"));
     }
+    validate_state(&mut raw.state, &abs, &mut |path: &[&str], msg| {
+        err(place(path, 0..0), msg)
+    });
     if let Some(admin) = &mut raw.admin {
         let here = place(&["admin", "token"], 0..0);
         if let Some(Secret::File { file }) = &mut admin.token {

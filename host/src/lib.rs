@@ -60,7 +60,7 @@ use crate::config::{Config, ConfigError, StateBackendKind};
 use crate::listener::Proxy;
 use crate::reload::{ReloadStatus, Reloader};
 use crate::router::Router;
-use crate::state::{MemoryBackend, StateBackend};
+use crate::state::{MemoryBackend, RedisBackend, StateBackend};
 use crate::telemetry::Telemetry;
 use crate::wasm::{FilterMetrics, Runtime};
 
@@ -97,6 +97,35 @@ pub struct Server {
     admin: Option<TcpListener>,
     reload: Arc<ReloadStatus>,
     reloader: Reloader,
+    /// The state backend, for `/status`.
+    state: Arc<dyn StateBackend>,
+}
+
+/// The `[state]` backend. A Redis backend connects lazily, so weir starts while Redis is
+/// down; `weir check` asks for the server at once.
+async fn state_backend(
+    config: &Config,
+    telemetry: &Telemetry,
+) -> Result<Arc<dyn StateBackend>, StartError> {
+    let state = &config.raw.state;
+    Ok(match (state.backend, &state.redis) {
+        (StateBackendKind::Redis, Some(redis)) => {
+            let up = prometheus::IntGauge::new(
+                "weir_state_up",
+                "1 while the shared state backend (Redis) answers, 0 while it does not",
+            )
+            .and_then(|g| telemetry.registry.register(Box::new(g.clone())).map(|()| g))
+            .map_err(|e| StartError::Internal(e.to_string()))?;
+            let span = config.key_span(&["state", "redis"]);
+            RedisBackend::new(redis, up)
+                .map_err(|e| StartError::Config(vec![config.error_at(span, e)]))?
+        }
+        _ => {
+            let m = MemoryBackend::new(state.max_bytes.0);
+            m.spawn_sweeper(STATE_SWEEP_EVERY);
+            m
+        }
+    })
 }
 
 /// Everything `check` and `start` share: the runtime and a built route table.
@@ -104,13 +133,7 @@ async fn prepare(
     config: &Config,
 ) -> Result<(Arc<Runtime>, Router, Arc<Telemetry>, Option<TlsAcceptor>), StartError> {
     let telemetry = Telemetry::new().map_err(|e| StartError::Internal(e.to_string()))?;
-    let state: Arc<dyn StateBackend> = match config.raw.state.backend {
-        StateBackendKind::Memory => {
-            let m = MemoryBackend::new(config.raw.state.max_bytes.0);
-            m.spawn_sweeper(STATE_SWEEP_EVERY);
-            m
-        }
-    };
+    let state = state_backend(config, &telemetry).await?;
     let cache_dir = config
         .raw
         .runtime
@@ -150,7 +173,11 @@ async fn prepare(
 
 /// Validates `config` fully: loads every filter and calls each `init`.
 pub async fn check(config: &Config) -> Result<(), StartError> {
-    prepare(config).await.map(drop)
+    let (runtime, ..) = prepare(config).await?;
+    runtime.state().ping().await.map_err(|e| {
+        let span = config.key_span(&["state", "redis"]);
+        StartError::Config(vec![config.error_at(span, format!("[state.redis]: {e}"))])
+    })
 }
 
 impl Server {
@@ -178,6 +205,7 @@ impl Server {
         let reload = Arc::new(reload);
         // Before weir announces it is ready: SIGHUP kills a process without a handler,
         // and a file written right after the announcement must be seen.
+        let state = runtime.state().clone();
         let reloader = Reloader::new(
             &config,
             proxy.clone(),
@@ -194,6 +222,7 @@ impl Server {
             admin,
             reload,
             reloader,
+            state,
         })
     }
 
@@ -227,6 +256,7 @@ impl Server {
                 });
             let state = Arc::new(admin::Admin {
                 telemetry: self.telemetry.clone(),
+                state: self.state.clone(),
                 proxy: self.proxy.clone(),
                 reload: self.reload.clone(),
                 token,

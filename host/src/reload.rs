@@ -634,6 +634,10 @@ impl Fixed {
                 format!("{key} changed from {old} to {new}: restart weir to apply")
             })
             .collect();
+        if self.state.redis != new.state.redis {
+            // Never the values: the table may hold a password.
+            out.push("[state.redis] changed: restart weir to apply".to_owned());
+        }
         let token = |a: &Option<Admin>| a.as_ref().and_then(|a| a.token.clone());
         if token(&self.admin) != token(&new.admin) {
             // Never the value: it is a secret.

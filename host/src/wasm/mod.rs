@@ -151,6 +151,13 @@ pub struct Runtime {
     clock: Option<VirtualClock>,
 }
 
+impl Runtime {
+    /// The state backend every filter shares.
+    pub fn state(&self) -> &Arc<dyn StateBackend> {
+        &self.state
+    }
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker.stop.store(true, Ordering::SeqCst);

@@ -5,6 +5,7 @@
 //! - [`tls`]: test CAs and certificates (rcgen), rustls server configs, TLS clients.
 //! - [`client`]: plain reqwest clients for calling weir.
 //! - [`raw`]: raw HTTP/1.x bytes over a TCP stream, for requests no client would send.
+//! - [`redis`]: real `redis-server` processes and a local Redis Cluster.
 //! - [`body`]: deterministic generated bodies and a streaming checksum, for big-body tests.
 
 // Each test uses a different subset of these helpers, so any one build of the test
@@ -14,6 +15,7 @@
 pub mod body;
 pub mod client;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 pub mod weir;
