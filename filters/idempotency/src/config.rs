@@ -25,6 +25,8 @@ pub struct Config {
     pub expiry: Option<Value>,
     /// The largest response (headers and body) that is stored.
     pub max_response_bytes: Option<Value>,
+    /// What a request gets when the state store fails: `"reject"` or `"allow"`.
+    pub on_state_error: Option<Value>,
 }
 
 /// Where a request's tenant comes from.
@@ -50,6 +52,9 @@ pub struct Settings {
     pub expiry: Duration,
     /// `max_response_bytes`.
     pub max_response_bytes: u64,
+    /// `on_state_error = "allow"`: send requests unchecked while the store fails
+    /// (the default, `"reject"`, answers 503).
+    pub on_state_error_allow: bool,
 }
 
 impl Default for Settings {
@@ -60,6 +65,7 @@ impl Default for Settings {
             tenant: Tenant::None,
             expiry: Duration::from_secs(24 * 3600),
             max_response_bytes: 1 << 20,
+            on_state_error_allow: false,
         }
     }
 }
@@ -109,12 +115,23 @@ impl Config {
         if max_response_bytes == 0 {
             return Err("max_response_bytes: must be more than 0".into());
         }
+        let on_state_error_allow = match self.on_state_error {
+            None => d.on_state_error_allow,
+            Some(Value::String(s)) if s == "reject" => false,
+            Some(Value::String(s)) if s == "allow" => true,
+            Some(other) => {
+                return Err(format!(
+                    "on_state_error: expected \"reject\" or \"allow\", got {other}"
+                ));
+            }
+        };
         Ok(Settings {
             methods,
             generate_key,
             tenant,
             expiry,
             max_response_bytes,
+            on_state_error_allow,
         })
     }
 }

@@ -59,8 +59,12 @@ pub enum Label {
     Mismatch,
     /// 400: the key is empty, too long, or sent more than once.
     Invalid,
-    /// The state store failed; the request went upstream unchecked.
+    /// The state store failed; the request went upstream unchecked
+    /// (`on_state_error = "allow"`).
     Unchecked,
+    /// 503: the state store failed, and the request was not sent
+    /// (`on_state_error = "reject"`, the default).
+    Unavailable,
 }
 
 impl Label {
@@ -74,6 +78,7 @@ impl Label {
             Label::Mismatch => "mismatch",
             Label::Invalid => "invalid",
             Label::Unchecked => "unchecked",
+            Label::Unavailable => "unavailable",
         }
     }
 }
@@ -187,7 +192,7 @@ impl Idempotency {
         for _ in 0..CLAIM_TRIES {
             let current = match host.get(&state_key) {
                 Ok(c) => c,
-                Err(e) => return unchecked(host, &e),
+                Err(e) => return self.store_failed(host, &e, info, req),
             };
             match current.as_deref().and_then(Record::decode) {
                 None => {}
@@ -238,7 +243,7 @@ impl Idempotency {
                 }
                 // Another request changed the record meanwhile: look again.
                 Ok(false) => {}
-                Err(e) => return unchecked(host, &e),
+                Err(e) => return self.store_failed(host, &e, info, req),
             }
         }
         let r = error(
@@ -368,11 +373,41 @@ fn release(host: &dyn Host, state_key: &str, marker: &[u8]) {
     }
 }
 
-fn unchecked(host: &dyn Host, e: &StateError) -> (RequestAction, Option<Label>) {
-    host.warn(&format!(
-        "state store: {e:?}; the request goes upstream unchecked"
-    ));
-    (RequestAction::proceed(), Some(Label::Unchecked))
+impl Idempotency {
+    /// The state store failed before the key was claimed: without a record the filter
+    /// cannot tell a repeat from a first request, so by default the request is refused
+    /// (503) rather than risk sending it twice; `on_state_error = "allow"` sends it
+    /// unchecked.
+    fn store_failed(
+        &self,
+        host: &dyn Host,
+        e: &StateError,
+        info: &RequestInfo,
+        req: &Request,
+    ) -> (RequestAction, Option<Label>) {
+        let why = match e {
+            StateError::Unavailable(why) => why.as_str(),
+            StateError::TooLarge => "the key is too large for it",
+        };
+        if self.settings.on_state_error_allow {
+            host.warn(&format!(
+                "state store: {why}; the request goes upstream unchecked"
+            ));
+            return (RequestAction::proceed(), Some(Label::Unchecked));
+        }
+        host.warn(&format!("state store: {why}; the request is refused with 503"));
+        let mut r = error(
+            503,
+            "state_unavailable",
+            &format!(
+                "idempotency: the state store is unavailable ({why}); the request was not sent, so that it cannot be sent twice"
+            ),
+            info,
+            req,
+        );
+        r.headers.push(("retry-after".to_owned(), b"1".to_vec()));
+        (RequestAction::Respond(r), Some(Label::Unavailable))
+    }
 }
 
 /// The stored response, byte for byte, marked as a replay.
@@ -845,8 +880,27 @@ mod tests {
     }
 
     #[test]
-    fn a_store_outage_lets_requests_through_unchecked() {
+    fn a_store_outage_refuses_the_request_with_503_by_default() {
         let (f, host) = (filter("{}"), Mem::default());
+        host.down.set(true);
+        let (action, label) = f.on_request(&host, &info("a", 1), &post(Some("k"), "x"));
+        assert_eq!(label, Some(Label::Unavailable));
+        let RequestAction::Respond(r) = action else {
+            panic!("expected a 503, got {action:?}")
+        };
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header_str("retry-after"), Some("1"));
+        let body: weir_filter::serde_json::Value =
+            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"], "state_unavailable");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with("idempotency: the state store is unavailable ("), "{message}");
+        assert_eq!(host.warnings.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_store_outage_lets_requests_through_unchecked_when_allowed() {
+        let (f, host) = (filter(r#"{"on_state_error": "allow"}"#), Mem::default());
         host.down.set(true);
         let (action, label) = f.on_request(&host, &info("a", 1), &post(Some("k"), "x"));
         assert_eq!(
@@ -854,6 +908,11 @@ mod tests {
             (RequestAction::proceed(), Some(Label::Unchecked))
         );
         assert_eq!(host.warnings.borrow().len(), 1);
+        assert!(
+            Config::validate(weir_filter::serde_json::from_str(r#"{"on_state_error": "maybe"}"#).unwrap())
+                .unwrap_err()
+                .starts_with("on_state_error: expected \"reject\" or \"allow\"")
+        );
     }
 
     #[test]

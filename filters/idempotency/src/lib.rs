@@ -36,6 +36,7 @@
 //! | `tenant` | `{ header = "NAME" }` | none | where the tenant comes from: the value of request header `NAME`. Requests without the header form one tenant of their own. Without `tenant`, all clients of a route share its keys |
 //! | `expiry` | duration | `"24h"` | how long a stored response is replayed; more than 0 |
 //! | `max_response_bytes` | size | `"1MiB"` | the largest response stored (body plus header names and values); more than 0 |
+//! | `on_state_error` | `"reject"` or `"allow"` | `"reject"` | when the state store fails: answer 503, or send the request unchecked (below) |
 //!
 //! Keys are isolated by route and tenant: the same key on two routes, or from two
 //! tenants, is two keys. The draft and Stripe also allow the client certificate's
@@ -119,14 +120,29 @@
 //!
 //! # When the store fails
 //!
-//! The filter fails open: if the state store cannot be read or written, the request goes
-//! upstream unchecked (the key still goes with it), with a warning in weir's log. A
-//! generated key that cannot be kept in state is derived from the route, request id and
-//! client address instead (a UUIDv8), so that retries still send the same key.
+//! Without its record the filter cannot tell a repeat from a first request, so by
+//! default (`on_state_error = "reject"`) it **fails closed**: when the state store cannot
+//! be read or the key cannot be claimed (Redis down or slower than its `timeout`), the
+//! request is not sent, and the client gets
+//!
+//! ```text
+//! HTTP/1.1 503 Service Unavailable
+//! retry-after: 1
+//! content-type: application/json
+//!
+//! {"error":"state_unavailable","message":"idempotency: the state store is unavailable (…); the request was not sent, so that it cannot be sent twice","route":…,"request_id":…}
+//! ```
+//!
+//! With `on_state_error = "allow"` the request goes upstream unchecked instead (the key
+//! still goes with it), with a warning in weir's log: for upstreams that deduplicate by
+//! the key themselves. A response that cannot be stored afterwards is passed on, and a
+//! repeat goes upstream again. A generated key that cannot be kept in state is derived
+//! from the route, request id and client address instead (a UUIDv8), so that retries
+//! still send the same key.
 //!
 //! # Metrics
 //!
-//! `weir_filter_idempotency_requests_total{result="generated|new|replayed|in_flight|mismatch|invalid|unchecked"}`
+//! `weir_filter_idempotency_requests_total{result="generated|new|replayed|in_flight|mismatch|invalid|unchecked|unavailable"}`
 //! and `weir_filter_idempotency_responses_total{result="stored|too_large|released|failed"}`.
 
 // The SDK keeps all the unsafe ABI glue in its own crate; a filter needs none.
