@@ -21,6 +21,7 @@ mod example_c;
 mod example_js;
 mod example_python;
 mod filters;
+mod fleet;
 mod idempotency;
 mod large_bodies;
 mod limiter;
