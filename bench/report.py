@@ -31,6 +31,7 @@ ROWS = [
     ("weir-breaker", "weir, breaker"),
     ("weir-cache-miss", "weir, cache (miss)"),
     ("weir-full", "weir, full chain (miss)"),
+    ("weir-full-redis", "weir, full chain (miss), state in Redis"),
     ("weir-cache-hit", "weir, cache (hit)"),
 ]
 REFERENCES = [("nginx", "nginx"), ("haproxy", "HAProxy"), ("pingora", "pingora"), ("weir-empty", "weir empty")]
@@ -147,6 +148,15 @@ def main():
     w("")
     if direct_open_p99 is not None:
         w(f"Direct p99 at {a.rate} req/s (open loop), the base of *added p99*: {latency(direct_open_p99)}.")
+        w("")
+    if ("closed", "weir-full-redis") in runs:
+        trips = med("redis", "weir-full-redis", 0)
+        full, redis = med("closed", "weir-full", 0), med("closed", "weir-full-redis", 0)
+        w(f"State in Redis: {'–' if trips is None else f'{trips:.2f}'} Redis commands (round trips) "
+          f"per request through the full chain (the memory backend makes none); "
+          f"req/s {ratio(redis, full)}× the memory backend's, CPU-µs/req "
+          f"{ratio(med('closed', 'weir-full-redis', 3), med('closed', 'weir-full', 3))}× "
+          "(weir's own CPU; Redis runs on the load CPU).")
         w("")
     if errors_seen:
         w("**Errors (non-2xx or socket errors, all repeats):** " + "; ".join(errors_seen))

@@ -16,7 +16,7 @@ ROOT="$(dirname "$BENCH")"
 RUN="$BENCH/.run"        # logs, pid files, raw results of the last run
 TOOLS="$BENCH/.tools"    # oha, installed with cargo
 
-ALL_ROWS="direct nginx haproxy pingora weir-empty weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-cache-hit"
+ALL_ROWS="direct nginx haproxy pingora weir-empty weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
 STARTS=11                # `weir run` starts timed for target (f), after one that fills the cache
 QUICKSTART_PORT=18085    # the quickstart's listener and admin API, moved off 8080 and 9901
 QUICKSTART_ADMIN_PORT=18086
@@ -82,6 +82,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v cc >/dev/null || missing+=(build-essential)
 apt_install "${missing[@]}"
+# The weir-full-redis row's Redis (Debian's redis-server, never started as a service).
+"$BENCH/../scripts/setup-redis.sh"
 # Debian's packages start their services on install where they can; the benchmark
 # starts its own, and a system nginx or HAProxy on this machine would steal cycles.
 for svc in nginx haproxy; do
@@ -107,7 +109,9 @@ RESULTS="$RUN/results.tsv"
 UPSTREAM_PORT=18080
 declare -A PORT=(
     [direct]=$UPSTREAM_PORT [nginx]=18081 [haproxy]=18082 [pingora]=18083
+    [weir-full-redis]=18087
 )
+REDIS_PORT=18090         # the weir-full-redis row's state
 port_of() { echo "${PORT[$1]:-18084}"; }
 
 # Waits until the row's port answers a request with 200.
@@ -222,6 +226,12 @@ f = {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
 print(round(float(m.group(1)) * f, 1))' "$1"
 }
 
+# Commands the bench Redis has run, PINGs excepted.
+redis_commands() {
+    redis-cli -p "$REDIS_PORT" INFO commandstats |
+        awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_ping" && $1 != "cmdstat_info" { n += $3 } END { print n + 0 }'
+}
+
 # One closed-loop measurement of row $1 (peer already warm): appends to $RESULTS.
 closed_loop() {
     local row="$1" repeat="$2" port out t0 t1
@@ -229,7 +239,10 @@ closed_loop() {
     local url="http://127.0.0.1:$port/bench"
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
     [ -n "$PEER_PID" ] && t0="$(cpu_ticks "$PEER_PID")"
+    local c0 c1
+    [ "$row" = weir-full-redis ] && c0="$(redis_commands)"
     out="$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")"
+    [ "$row" = weir-full-redis ] && c1="$(redis_commands)"
     [ -n "$PEER_PID" ] && t1="$(cpu_ticks "$PEER_PID")"
     echo "$out" >"$RUN/wrk-$row-$repeat.txt"
     local rps requests p50 p99 errors cpu="" rss=""
@@ -244,6 +257,11 @@ closed_loop() {
     fi
     printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$row" "$repeat" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errors" >>"$RESULTS"
+    if [ "$row" = weir-full-redis ]; then
+        # Redis commands (state round trips) per request, weir's health PINGs left out.
+        printf 'redis\t%s\t%s\t%s\t\t\t\t\t0\n' "$row" "$repeat" \
+            "$(python3 -c "print(round(($c1 - $c0) / $requests, 2))")" >>"$RESULTS"
+    fi
     say "  $row #$repeat: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu:-–} CPU-us/req, errors $errors"
 }
 
@@ -280,6 +298,19 @@ taskset -c "$LOAD_CPU" "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT" >"$RUN/upstream.lo
 UPSTREAM_PID=$!
 STARTED+=("$UPSTREAM_PID")
 wait_ready "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
+case " $ROWS " in
+    *" weir-full-redis "*)
+        say "starting redis-server on CPU $LOAD_CPU, port $REDIS_PORT"
+        taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+            --appendonly no --dir "$RUN" >"$RUN/redis.log" 2>&1 &
+        STARTED+=("$!")
+        for _ in $(seq 1 100); do
+            [ "$(redis-cli -p "$REDIS_PORT" PING 2>/dev/null)" = PONG ] && break
+            sleep 0.1
+        done
+        [ "$(redis-cli -p "$REDIS_PORT" PING 2>/dev/null)" = PONG ] || die "redis-server did not start; see $RUN/redis.log"
+        ;;
+esac
 
 # Repeats are interleaved (row 1..N, then again), so a slow drift on the machine
 # spreads over every row instead of landing on one.
