@@ -47,6 +47,10 @@ use crate::config::RedisConfig;
 
 /// Values above this are refused as too large (Redis itself takes up to 512 MiB).
 const MAX_VALUE_BYTES: usize = 256 << 20;
+/// The most records a `Window::Count` holds, and slots a `Window::Time` sums (as in
+/// the memory backend).
+const MAX_COUNT: u32 = 10_000;
+const MAX_SLOTS: u32 = 3600;
 /// How often the backend checks the server by itself.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
@@ -401,13 +405,15 @@ impl StateBackend for RedisBackend {
         now_ns: u64,
     ) -> BoxFuture<'a, Result<TakeResult, StateError>> {
         Box::pin(async move {
+            // As the memory backend reads them: zero counts as one.
+            let interval = policy.interval_ns.max(1);
             let mut inv = self.scripts.bucket_take.prepare_invoke();
             inv.key(self.key(key))
                 .arg(now_ns.to_string())
-                .arg(policy.interval_ns.to_string())
-                .arg(policy.burst.saturating_mul(policy.interval_ns).to_string())
+                .arg(interval.to_string())
+                .arg(policy.burst.max(1).saturating_mul(interval).to_string())
                 .arg(policy.max_wait_ns.to_string())
-                .arg(policy.max_queue.saturating_mul(policy.interval_ns).to_string());
+                .arg(policy.max_queue.saturating_mul(interval).to_string());
             let (outcome, tat, paused, wait): (String, String, String, String) =
                 self.run(self.conn.invoke(inv)).await?;
             Ok(TakeResult {
@@ -445,24 +451,32 @@ impl StateBackend for RedisBackend {
     ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
         Box::pin(async move {
             let record = record
-                .map(|r| r.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+                .map(|r| {
+                    let lanes: Vec<String> = r.iter().map(i64::to_string).collect();
+                    format!("={}", lanes.join(","))
+                })
                 .unwrap_or_default();
             let mut inv = self.scripts.window.prepare_invoke();
             inv.key(self.key(key));
             match window {
                 Window::Time { slot_ms, slots } => {
-                    let slot_ns = u64::from(slot_ms.max(1)) * 1_000_000;
+                    let (slot_ms, slots) = (slot_ms.max(1), slots.clamp(1, MAX_SLOTS));
+                    let slot_ns = u64::from(slot_ms) * 1_000_000;
                     let span = Duration::from_millis(u64::from(slot_ms) * u64::from(slots));
                     let keep = ttl.map_or(span, |t| t.max(span));
                     inv.arg("time")
                         .arg(at_ns / slot_ns)
                         .arg(now_ns / slot_ns)
                         .arg(slots)
+                        .arg(slot_ms)
                         .arg(ttl_arg(Some(keep)))
                         .arg(record);
                 }
                 Window::Count(n) => {
-                    inv.arg("count").arg(n.max(1)).arg(ttl_arg(ttl)).arg(record);
+                    inv.arg("count")
+                        .arg(n.clamp(1, MAX_COUNT))
+                        .arg(ttl_arg(ttl))
+                        .arg(record);
                 }
             }
             self.run(self.conn.invoke(inv)).await
