@@ -864,7 +864,9 @@ fn validate_state(
     };
     for (key, url) in urls {
         if let Err(e) = check_redis_url(url) {
-            err(&["state", "redis", key], format!("state.redis.{key}: {url:?}: {e}"));
+            // A URL with credentials is not repeated: it may hold a password.
+            let shown = if url.contains('@') { String::new() } else { format!("{url:?}: ") };
+            err(&["state", "redis", key], format!("state.redis.{key}: {shown}{e}"));
         }
     }
     if redis.timeout.0.is_zero() {

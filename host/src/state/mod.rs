@@ -8,6 +8,7 @@
 //! other's keys.
 
 mod memory;
+pub(crate) mod prims;
 mod redis;
 
 use std::future::Future;

@@ -220,18 +220,21 @@ impl RedisBackend {
         &self,
         op: impl std::future::Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StateError> {
+        let timed_out = || {
+            let why = format!(
+                "redis at {}: no answer within {} ms",
+                self.target,
+                self.timeout.as_millis()
+            );
+            self.note(Some(&why));
+            Err(StateError::Unavailable(why))
+        };
         let result = match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(v)) => Ok(v),
+            // The client's own response timeout is the same `timeout`.
+            Ok(Err(e)) if e.is_timeout() => return timed_out(),
             Ok(Err(e)) => Err(e),
-            Err(_) => {
-                let why = format!(
-                    "redis at {}: no answer within {} ms",
-                    self.target,
-                    self.timeout.as_millis()
-                );
-                self.note(Some(&why));
-                return Err(StateError::Unavailable(why));
-            }
+            Err(_) => return timed_out(),
         };
         match result {
             Ok(v) => {
