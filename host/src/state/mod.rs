@@ -32,6 +32,66 @@ pub enum StateError {
     NotAnInteger,
 }
 
+/// A GCRA token bucket's numbers, for [`StateBackend::bucket_take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketPolicy {
+    /// Nanoseconds per token (at least 1).
+    pub interval_ns: u64,
+    /// The capacity, in tokens (at least 1).
+    pub burst: u64,
+    /// 0: a request that finds no token is refused (`Empty`). Otherwise it reserves the
+    /// next token if that comes within this many nanoseconds (`Reserved`).
+    pub max_wait_ns: u64,
+    /// With `max_wait_ns > 0`: the most requests that may wait, this one included.
+    pub max_queue: u64,
+}
+
+/// What [`StateBackend::bucket_take`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOutcome {
+    /// A token was taken.
+    Admitted,
+    /// The next token is reserved; it is due `wait_ns` from now.
+    Reserved,
+    /// No token, and no queue (`max_wait_ns` is 0).
+    Empty,
+    /// The bucket is paused (by [`StateBackend::bucket_pause`]) for `wait_ns` more.
+    Paused,
+    /// `max_queue` requests are already waiting.
+    QueueFull,
+    /// The token would come later than `max_wait_ns`.
+    TooLong,
+}
+
+/// The result of [`StateBackend::bucket_take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakeResult {
+    /// The decision.
+    pub outcome: TakeOutcome,
+    /// The bucket's theoretical arrival time after the call (0 for a bucket never used).
+    pub tat_ns: u64,
+    /// The end of the bucket's pause after the call (0: none).
+    pub paused_until_ns: u64,
+    /// `Reserved`: until the token is due; a refusal: until a request could pass; 0 when
+    /// admitted.
+    pub wait_ns: u64,
+}
+
+/// The records a [`StateBackend::window_add`] window sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The last `n` records (1 to 10 000).
+    Count(u32),
+    /// The records in the last `slots` slots of `slot_ms` milliseconds each, the slot
+    /// `now` falls in included (slots 1 to 3600, slot_ms at least 1).
+    Time {
+        /// The width of one slot.
+        slot_ms: u32,
+        /// How many slots are summed.
+        slots: u32,
+    },
+}
+
 /// A store of byte values with TTLs and two atomic operations.
 ///
 /// Keys arrive already namespaced (`"<filter>/<key>"`). A TTL of `None` means the entry
@@ -65,4 +125,36 @@ pub trait StateBackend: Send + Sync + 'static {
         new: Vec<u8>,
         ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<bool, StateError>>;
+    /// Atomically takes one token from the GCRA bucket under `key` at `now_ns`
+    /// (nanoseconds since the Unix epoch). An absent key is a full, unpaused bucket; the
+    /// key expires when the bucket is full and unpaused again.
+    fn bucket_take<'a>(
+        &'a self,
+        key: &'a str,
+        policy: BucketPolicy,
+        now_ns: u64,
+    ) -> BoxFuture<'a, Result<TakeResult, StateError>>;
+    /// Atomically pauses the bucket under `key` until `until_ns`; a longer pause already
+    /// set is kept.
+    fn bucket_pause<'a>(
+        &'a self,
+        key: &'a str,
+        until_ns: u64,
+        now_ns: u64,
+    ) -> BoxFuture<'a, Result<(), StateError>>;
+    /// Atomically adds `record` (one integer per lane) to the window under `key`, then
+    /// returns the window's sums per lane, as many lanes as the longest record held.
+    /// `None` only reads. A `Time` window adds the record to the slot `at_ns` falls in
+    /// (which may be an earlier slot than `now_ns`'s) and sums the slots up to `now_ns`'s;
+    /// a `Count` window ignores `at_ns`. The key expires `ttl` after its last write, and
+    /// a `Time` window is kept at least as long as it spans.
+    fn window_add<'a>(
+        &'a self,
+        key: &'a str,
+        window: Window,
+        at_ns: u64,
+        now_ns: u64,
+        record: Option<&'a [i64]>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;
 }
