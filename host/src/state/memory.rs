@@ -21,7 +21,8 @@
 //! Keys are spread by hash over up to 16 shards, each behind its own `std::sync::Mutex`,
 //! so tasks touching different keys rarely wait for each other. Every operation runs
 //! synchronously under one shard's lock, which is never held across an `.await`; that is
-//! also what makes `incr` and `compare_and_swap` atomic. The budget is split evenly
+//! also what makes `incr`, `compare_and_swap` and the primitives (`bucket_take`,
+//! `bucket_pause`, `window_add`) atomic. The budget is split evenly
 //! between the shards, and a shard is given at least 4 MiB (a budget under 8 MiB gets a
 //! single shard), so the largest entry is `max_bytes / shards`: at least 4 MiB, or the
 //! whole budget when it is smaller than that.
@@ -35,6 +36,14 @@
 //! second `BTreeMap`, beside the `HashMap` of entries, so every operation and every
 //! eviction is O(log n). The LRU order is per shard: with several shards, the entry
 //! evicted is the oldest of its shard, not necessarily of the whole backend.
+//!
+//! # Primitives
+//!
+//! Buckets and windows are ordinary entries, holding the text forms that
+//! [`super::prims`] describes (a bucket: `"<tat> <paused_until>"`), charged and evicted
+//! like any other value and readable with `get`. Each call reads the entry, decides, and
+//! writes the new text back under the lock; a window costs time in proportion to the
+//! records (`Count`) or slots (`Time`) it holds.
 //!
 //! # Expiry
 //!
@@ -54,7 +63,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{BoxFuture, StateBackend, StateError};
+use super::prims::{self, Write};
+use super::{BoxFuture, BucketPolicy, StateBackend, StateError, TakeResult, Window};
 use crate::clock::VirtualClock;
 
 /// The most shards a backend is split into.
@@ -233,6 +243,48 @@ impl MemoryBackend {
         shard.store(key, new, deadline(now, ttl), now)?;
         Ok(true)
     }
+
+    fn bucket_take_now(
+        &self,
+        key: &str,
+        policy: BucketPolicy,
+        now_ns: u64,
+    ) -> Result<TakeResult, StateError> {
+        check_key(key)?;
+        let now = self.now();
+        let mut shard = self.shard(key);
+        let stored = shard.live(key, now).map(|e| e.value.as_slice());
+        let (result, write) = prims::bucket_take(&policy, stored, now_ns);
+        shard.write(key, write, now)?;
+        Ok(result)
+    }
+
+    fn bucket_pause_now(&self, key: &str, until_ns: u64, now_ns: u64) -> Result<(), StateError> {
+        check_key(key)?;
+        let now = self.now();
+        let mut shard = self.shard(key);
+        let stored = shard.live(key, now).map(|e| e.value.as_slice());
+        let write = prims::bucket_pause(stored, until_ns, now_ns);
+        shard.write(key, write, now)
+    }
+
+    fn window_add_now(
+        &self,
+        key: &str,
+        window: Window,
+        at_ns: u64,
+        now_ns: u64,
+        record: Option<&[i64]>,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<i64>, StateError> {
+        check_key(key)?;
+        let now = self.now();
+        let mut shard = self.shard(key);
+        let stored = shard.live(key, now).map(|e| e.value.as_slice());
+        let (sums, write) = prims::window_add(stored, window, at_ns, now_ns, record, ttl);
+        shard.write(key, write, now)?;
+        Ok(sums)
+    }
 }
 
 impl StateBackend for MemoryBackend {
@@ -271,6 +323,42 @@ impl StateBackend for MemoryBackend {
     ) -> BoxFuture<'a, Result<bool, StateError>> {
         Box::pin(std::future::ready(
             self.compare_and_swap_now(key, expected, new, ttl),
+        ))
+    }
+
+    fn bucket_take<'a>(
+        &'a self,
+        key: &'a str,
+        policy: BucketPolicy,
+        now_ns: u64,
+    ) -> BoxFuture<'a, Result<TakeResult, StateError>> {
+        Box::pin(std::future::ready(
+            self.bucket_take_now(key, policy, now_ns),
+        ))
+    }
+
+    fn bucket_pause<'a>(
+        &'a self,
+        key: &'a str,
+        until_ns: u64,
+        now_ns: u64,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(std::future::ready(
+            self.bucket_pause_now(key, until_ns, now_ns),
+        ))
+    }
+
+    fn window_add<'a>(
+        &'a self,
+        key: &'a str,
+        window: Window,
+        at_ns: u64,
+        now_ns: u64,
+        record: Option<&'a [i64]>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
+        Box::pin(std::future::ready(
+            self.window_add_now(key, window, at_ns, now_ns, record, ttl),
         ))
     }
 }
@@ -436,6 +524,18 @@ impl Shard {
         };
         self.map.insert(key, entry);
         Ok(())
+    }
+
+    /// Carries out what a primitive decided for `key`.
+    fn write(&mut self, key: &str, write: Write, now: Instant) -> Result<(), StateError> {
+        match write {
+            Write::Keep => Ok(()),
+            Write::Delete => {
+                self.remove(key);
+                Ok(())
+            }
+            Write::Store { value, ttl } => self.store(key, value, deadline(now, ttl), now),
+        }
     }
 
     fn remove(&mut self, key: &str) -> Option<(Arc<str>, Entry)> {
@@ -824,6 +924,179 @@ mod tests {
         for _ in 0..5 {
             tokio::task::yield_now().await;
         }
+    }
+
+    const S: u64 = 1_000_000_000;
+    /// Some wall-clock time, as filters pass it.
+    const T0: u64 = 1_800_000_000 * S;
+
+    fn per_second(rate: u64, burst: u64) -> BucketPolicy {
+        BucketPolicy {
+            interval_ns: S / rate,
+            burst,
+            max_wait_ns: 0,
+            max_queue: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_take_stores_the_bucket_until_it_is_full_again() {
+        use crate::state::TakeOutcome;
+        let backend = MemoryBackend::new(1 << 20);
+        let p = per_second(10, 2);
+        let take = |now| backend.bucket_take("f/b", p, now);
+        assert_eq!(take(T0).await.unwrap().outcome, TakeOutcome::Admitted);
+        assert_eq!(take(T0).await.unwrap().outcome, TakeOutcome::Admitted);
+        let tat = T0 + 200_000_000;
+        let stored = format!("{tat} 0");
+        assert_eq!(
+            get(&backend, "f/b").await,
+            Some(stored.clone().into_bytes())
+        );
+        assert_eq!(backend.used_bytes(), 3 + stored.len() as u64 + OVERHEAD);
+        let refused = take(T0).await.unwrap();
+        assert_eq!(
+            (refused.outcome, refused.tat_ns, refused.wait_ns),
+            (TakeOutcome::Empty, tat, 100_000_000)
+        );
+
+        // The key lives 200 ms: as long as the bucket takes to fill up again.
+        tokio::time::advance(Duration::from_millis(199)).await;
+        assert!(get(&backend, "f/b").await.is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(get(&backend, "f/b").await, None);
+        backend.assert_consistent();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_pause_keeps_the_longer_pause_and_the_key_with_it() {
+        use crate::state::TakeOutcome;
+        let backend = MemoryBackend::new(1 << 20);
+        let p = per_second(10, 10);
+        backend.bucket_take("f/b", p, T0).await.unwrap();
+        backend.bucket_pause("f/b", T0 + 5 * S, T0).await.unwrap();
+        backend.bucket_pause("f/b", T0 + S, T0).await.unwrap();
+        let stored = format!("{} {}", T0 + S / 10, T0 + 5 * S);
+        assert_eq!(get(&backend, "f/b").await, Some(stored.into_bytes()));
+        let r = backend.bucket_take("f/b", p, T0 + S).await.unwrap();
+        assert_eq!((r.outcome, r.wait_ns), (TakeOutcome::Paused, 4 * S));
+
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        assert!(get(&backend, "f/b").await.is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(get(&backend, "f/b").await, None);
+
+        // A pause already over on a full bucket leaves nothing behind.
+        backend.bucket_pause("f/b", T0, T0).await.unwrap();
+        assert!(backend.is_empty());
+        backend.assert_consistent();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_add_stores_the_records_and_charges_them() {
+        let backend = MemoryBackend::new(1 << 20);
+        let w = Window::Count(2);
+        let ttl = Some(Duration::from_secs(10));
+        let add = |record: Option<&'static [i64]>| backend.window_add("f/w", w, 0, 0, record, ttl);
+        assert_eq!(add(None).await, Ok(vec![]));
+        assert!(backend.is_empty(), "a read creates nothing");
+        assert_eq!(add(Some(&[1, 0, 0])).await, Ok(vec![1, 0, 0]));
+        assert_eq!(add(Some(&[1, 1, 0])).await, Ok(vec![2, 1, 0]));
+        assert_eq!(add(Some(&[1, 1, 1])).await, Ok(vec![2, 2, 1]));
+        assert_eq!(
+            get(&backend, "f/w").await.as_deref(),
+            Some(&b"n 1,1,0 1,1,1"[..])
+        );
+        assert_eq!(backend.used_bytes(), 3 + 13 + OVERHEAD);
+
+        // Each write restarts the TTL; a read does not.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(add(Some(&[0, 0, 0])).await, Ok(vec![1, 1, 1]));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(add(None).await, Ok(vec![1, 1, 1]));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(add(None).await, Ok(vec![]));
+
+        // A time window: slots of 1 s, kept at least the 60 s it spans.
+        let t = Window::Time {
+            slot_ms: 1_000,
+            slots: 60,
+        };
+        let sums = backend.window_add("f/t", t, T0, T0, Some(&[2]), ttl).await;
+        assert_eq!(sums, Ok(vec![2]));
+        let stored = format!("t 1000 {}:2", T0 / S);
+        assert_eq!(get(&backend, "f/t").await, Some(stored.into_bytes()));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(get(&backend, "f/t").await.is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(get(&backend, "f/t").await, None);
+        backend.assert_consistent();
+    }
+
+    #[tokio::test]
+    async fn primitives_refuse_what_is_too_large() {
+        let backend = MemoryBackend::new(1_000);
+        let long_key = "k".repeat(MemoryBackend::MAX_KEY_BYTES + 1);
+        let p = per_second(1, 1);
+        assert_eq!(
+            backend.bucket_take(&long_key, p, T0).await,
+            Err(StateError::TooLarge)
+        );
+        assert_eq!(
+            backend.bucket_pause(&long_key, T0, T0).await,
+            Err(StateError::TooLarge)
+        );
+        let window = backend.window_add(&long_key, Window::Count(1), 0, 0, None, None);
+        assert_eq!(window.await, Err(StateError::TooLarge));
+
+        // A window that outgrows the budget is refused and keeps what it held.
+        let w = Window::Count(1_000);
+        backend
+            .window_add("f/w", w, 0, 0, Some(&[1]), None)
+            .await
+            .unwrap();
+        let wide = vec![i64::MAX; 100];
+        let grown = backend.window_add("f/w", w, 0, 0, Some(&wide), None).await;
+        assert_eq!(grown, Err(StateError::TooLarge));
+        assert_eq!(get(&backend, "f/w").await.as_deref(), Some(&b"n 1"[..]));
+        backend.assert_consistent();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_takes_admit_exactly_the_burst() {
+        use crate::state::TakeOutcome;
+        let backend: Arc<dyn StateBackend> = MemoryBackend::new(1 << 30);
+        // A token an hour: only the burst of 100 is admitted, whoever asks.
+        let p = BucketPolicy {
+            interval_ns: 3_600 * S,
+            burst: 100,
+            max_wait_ns: 0,
+            max_queue: 0,
+        };
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let mut admitted = 0;
+                    for _ in 0..200 {
+                        let r = backend.bucket_take("f/hot", p, T0).await.unwrap();
+                        admitted += u32::from(r.outcome == TakeOutcome::Admitted);
+                        backend
+                            .window_add("f/win", Window::Count(10_000), 0, 0, Some(&[1, 2]), None)
+                            .await
+                            .unwrap();
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += task.await.unwrap();
+        }
+        assert_eq!(admitted, 100);
+        let sums = backend.window_add("f/win", Window::Count(10_000), 0, 0, None, None);
+        assert_eq!(sums.await, Ok(vec![1_600, 3_200]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,6 +8,7 @@
 //! other's keys.
 
 mod memory;
+pub(crate) mod prims;
 
 use std::future::Future;
 use std::pin::Pin;

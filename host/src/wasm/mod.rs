@@ -1381,6 +1381,41 @@ mod tests {
             self.burn();
             self.inner.compare_and_swap(key, expected, new, ttl)
         }
+
+        fn bucket_take<'a>(
+            &'a self,
+            key: &'a str,
+            policy: crate::state::BucketPolicy,
+            now_ns: u64,
+        ) -> crate::state::BoxFuture<'a, Result<crate::state::TakeResult, crate::state::StateError>>
+        {
+            self.burn();
+            self.inner.bucket_take(key, policy, now_ns)
+        }
+
+        fn bucket_pause<'a>(
+            &'a self,
+            key: &'a str,
+            until_ns: u64,
+            now_ns: u64,
+        ) -> crate::state::BoxFuture<'a, Result<(), crate::state::StateError>> {
+            self.burn();
+            self.inner.bucket_pause(key, until_ns, now_ns)
+        }
+
+        fn window_add<'a>(
+            &'a self,
+            key: &'a str,
+            window: crate::state::Window,
+            at_ns: u64,
+            now_ns: u64,
+            record: Option<&'a [i64]>,
+            ttl: Option<Duration>,
+        ) -> crate::state::BoxFuture<'a, Result<Vec<i64>, crate::state::StateError>> {
+            self.burn();
+            self.inner
+                .window_add(key, window, at_ns, now_ns, record, ttl)
+        }
     }
 
     #[tokio::test]
