@@ -826,7 +826,10 @@ mod tests {
         let mut f = build(r#"{"limits": {"max_headers": 1, "max_header_bytes": 10}}"#).unwrap();
         let req = request(&[
             ("x-request-id", "0123456789abcdef"),
-            ("traceparent", "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"),
+            (
+                "traceparent",
+                "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01",
+            ),
             ("accept", "*/*"),
         ]);
         assert!(matches!(

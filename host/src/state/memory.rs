@@ -949,7 +949,10 @@ mod tests {
         assert_eq!(take(T0).await.unwrap().outcome, TakeOutcome::Admitted);
         let tat = T0 + 200_000_000;
         let stored = format!("{tat} 0");
-        assert_eq!(get(&backend, "f/b").await, Some(stored.clone().into_bytes()));
+        assert_eq!(
+            get(&backend, "f/b").await,
+            Some(stored.clone().into_bytes())
+        );
         assert_eq!(backend.used_bytes(), 3 + stored.len() as u64 + OVERHEAD);
         let refused = take(T0).await.unwrap();
         assert_eq!(
@@ -1000,7 +1003,10 @@ mod tests {
         assert_eq!(add(Some(&[1, 0, 0])).await, Ok(vec![1, 0, 0]));
         assert_eq!(add(Some(&[1, 1, 0])).await, Ok(vec![2, 1, 0]));
         assert_eq!(add(Some(&[1, 1, 1])).await, Ok(vec![2, 2, 1]));
-        assert_eq!(get(&backend, "f/w").await.as_deref(), Some(&b"n 1,1,0 1,1,1"[..]));
+        assert_eq!(
+            get(&backend, "f/w").await.as_deref(),
+            Some(&b"n 1,1,0 1,1,1"[..])
+        );
         assert_eq!(backend.used_bytes(), 3 + 13 + OVERHEAD);
 
         // Each write restarts the TTL; a read does not.
@@ -1045,7 +1051,10 @@ mod tests {
 
         // A window that outgrows the budget is refused and keeps what it held.
         let w = Window::Count(1_000);
-        backend.window_add("f/w", w, 0, 0, Some(&[1]), None).await.unwrap();
+        backend
+            .window_add("f/w", w, 0, 0, Some(&[1]), None)
+            .await
+            .unwrap();
         let wide = vec![i64::MAX; 100];
         let grown = backend.window_add("f/w", w, 0, 0, Some(&wide), None).await;
         assert_eq!(grown, Err(StateError::TooLarge));

@@ -198,7 +198,10 @@ impl Held {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut parts = text.split(' ');
         match parts.next()? {
-            "n" => parts.map(parse_record).collect::<Option<_>>().map(Held::Count),
+            "n" => parts
+                .map(parse_record)
+                .collect::<Option<_>>()
+                .map(Held::Count),
             "t" => {
                 let slot_ms = parts.next()?.parse().ok()?;
                 let slots = parts
@@ -368,7 +371,9 @@ mod tests {
     }
 
     fn stored(value: &Option<Vec<u8>>) -> Option<Bucket> {
-        value.as_deref().map(|v| Bucket::decode(v).expect("a bucket"))
+        value
+            .as_deref()
+            .map(|v| Bucket::decode(v).expect("a bucket"))
     }
 
     #[test]
@@ -410,7 +415,10 @@ mod tests {
         // The next token is 50 ms away: not at 49.999 ms, exactly at 50 ms.
         let r = take(&p, &mut v, T0 + 50 * MS - 1);
         assert_eq!((r.outcome, r.wait_ns), (TakeOutcome::Empty, 1));
-        assert_eq!(take(&p, &mut v, T0 + 50 * MS).outcome, TakeOutcome::Admitted);
+        assert_eq!(
+            take(&p, &mut v, T0 + 50 * MS).outcome,
+            TakeOutcome::Admitted
+        );
         assert_eq!(take(&p, &mut v, T0 + 50 * MS).outcome, TakeOutcome::Empty);
     }
 
@@ -429,7 +437,10 @@ mod tests {
         // A refusal reports the stored bucket as it is.
         let stored = format!("{} 0", T0 + S);
         let (r, write) = bucket_take(&policy(1, 1), Some(stored.as_bytes()), T0);
-        assert_eq!((r.outcome, r.tat_ns, r.wait_ns), (TakeOutcome::Empty, T0 + S, S));
+        assert_eq!(
+            (r.outcome, r.tat_ns, r.wait_ns),
+            (TakeOutcome::Empty, T0 + S, S)
+        );
         assert_eq!(write, Write::Keep);
     }
 
@@ -520,8 +531,8 @@ mod tests {
         let p = policy(10, 10);
         let mut v = None;
         assert_eq!(take(&p, &mut v, T0).outcome, TakeOutcome::Admitted);
-        let w = bucket_pause(v.as_deref(), T0 + 2 * S, T0);
-        apply(&mut v, w);
+        let paused = bucket_pause(v.as_deref(), T0 + 2 * S, T0);
+        apply(&mut v, paused);
         assert_eq!(
             stored(&v),
             Some(Bucket {
@@ -571,7 +582,9 @@ mod tests {
         let p = policy(1, 1);
         let (r, write) = bucket_take(&p, Some(b"n 1,2"), T0);
         assert_eq!(r.outcome, TakeOutcome::Admitted);
-        assert!(matches!(write, Write::Store { value, .. } if value == format!("{} 0", T0 + S).into_bytes()));
+        assert!(
+            matches!(write, Write::Store { value, .. } if value == format!("{} 0", T0 + S).into_bytes())
+        );
     }
 
     #[test]
@@ -614,7 +627,10 @@ mod tests {
         assert_eq!((r.outcome, r.tat_ns), (TakeOutcome::Admitted, u64::MAX));
         for _ in 0..3 {
             let r = take(&p, &mut v, end);
-            assert!(matches!(r.outcome, TakeOutcome::Admitted | TakeOutcome::Empty));
+            assert!(matches!(
+                r.outcome,
+                TakeOutcome::Admitted | TakeOutcome::Empty
+            ));
             assert!(r.wait_ns <= u64::MAX - end);
         }
 
@@ -628,10 +644,13 @@ mod tests {
         let mut v = None;
         assert_eq!(take(&queued, &mut v, t).outcome, TakeOutcome::Admitted);
         let r = take(&queued, &mut v, t);
-        assert_eq!((r.outcome, r.wait_ns, r.tat_ns), (TakeOutcome::Reserved, S, t + 2 * S));
+        assert_eq!(
+            (r.outcome, r.wait_ns, r.tat_ns),
+            (TakeOutcome::Reserved, S, t + 2 * S)
+        );
         // A pause until the end of time, and a take under it.
-        let w = bucket_pause(v.as_deref(), u64::MAX, t);
-        apply(&mut v, w);
+        let paused = bucket_pause(v.as_deref(), u64::MAX, t);
+        apply(&mut v, paused);
         let r = take(&queued, &mut v, t);
         assert_eq!((r.outcome, r.wait_ns), (TakeOutcome::Paused, u64::MAX - t));
         assert!(matches!(
@@ -674,7 +693,10 @@ mod tests {
         // A smaller window reads (and then keeps) the newest records only.
         assert_eq!(add(&mut v, Window::Count(2), 0, 0, None), [2, 1, 1]);
         assert_eq!(text(&v), "n 1,1,0 1,1,1 1,0,0");
-        assert_eq!(add(&mut v, Window::Count(2), 0, 0, Some(&[0, 0, 0])), [1, 0, 0]);
+        assert_eq!(
+            add(&mut v, Window::Count(2), 0, 0, Some(&[0, 0, 0])),
+            [1, 0, 0]
+        );
         assert_eq!(text(&v), "n 1,0,0 0,0,0");
     }
 
@@ -702,13 +724,16 @@ mod tests {
         let slot0 = base / S;
         let mut v = None;
         assert_eq!(add(&mut v, w, base, base, Some(&[1, 0])), [1, 0]);
-        assert_eq!(add(&mut v, w, base + 999 * MS, base + 999 * MS, Some(&[1, 1])), [2, 1]);
-        assert_eq!(text(&v), format!("t 1000 {slot0}:2,1"));
-        assert_eq!(add(&mut v, w, base + 3 * S, base + 3 * S, Some(&[1, 0])), [3, 1]);
         assert_eq!(
-            text(&v),
-            format!("t 1000 {slot0}:2,1 {}:1,0", slot0 + 3)
+            add(&mut v, w, base + 999 * MS, base + 999 * MS, Some(&[1, 1])),
+            [2, 1]
         );
+        assert_eq!(text(&v), format!("t 1000 {slot0}:2,1"));
+        assert_eq!(
+            add(&mut v, w, base + 3 * S, base + 3 * S, Some(&[1, 0])),
+            [3, 1]
+        );
+        assert_eq!(text(&v), format!("t 1000 {slot0}:2,1 {}:1,0", slot0 + 3));
         // The first slot is summed up to 9.999… s after it began, not at 10 s.
         assert_eq!(add(&mut v, w, 0, base + 10 * S - 1, None), [3, 1]);
         assert_eq!(add(&mut v, w, 0, base + 10 * S, None), [1, 0]);
@@ -724,7 +749,12 @@ mod tests {
         assert_eq!(add(&mut v, w, now + 60 * S, now, Some(&[0, 1])), [1, 8]);
         assert_eq!(
             text(&v),
-            format!("t 1000 {}:1,0 {}:0,7 {}:0,1", slot0 + 3, slot0 + 5, slot0 + 10)
+            format!(
+                "t 1000 {}:1,0 {}:0,7 {}:0,1",
+                slot0 + 3,
+                slot0 + 5,
+                slot0 + 10
+            )
         );
         // Long after, a write of a late record leaves an empty window: the key goes.
         let late = now + 3600 * S;
@@ -742,11 +772,26 @@ mod tests {
             Write::Store { ttl, .. } => ttl,
             other => panic!("{other:?}"),
         };
-        assert_eq!(ttl(Some(Duration::from_secs(1))), Some(Duration::from_secs(10)));
-        assert_eq!(ttl(Some(Duration::from_secs(60))), Some(Duration::from_secs(60)));
+        assert_eq!(
+            ttl(Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            ttl(Some(Duration::from_secs(60))),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(ttl(None), None);
-        let counted = window_add(None, Window::Count(5), 0, 0, Some(&[1]), Some(Duration::from_secs(1)));
-        assert!(matches!(counted.1, Write::Store { ttl: Some(t), .. } if t == Duration::from_secs(1)));
+        let counted = window_add(
+            None,
+            Window::Count(5),
+            0,
+            0,
+            Some(&[1]),
+            Some(Duration::from_secs(1)),
+        );
+        assert!(
+            matches!(counted.1, Write::Store { ttl: Some(t), .. } if t == Duration::from_secs(1))
+        );
     }
 
     #[test]
@@ -763,10 +808,21 @@ mod tests {
             slots: 50,
         };
         assert_eq!(add(&mut v.clone(), other, T0, T0, None), Vec::<i64>::new());
-        assert_eq!(add(&mut v.clone(), Window::Count(5), 0, 0, None), Vec::<i64>::new());
+        assert_eq!(
+            add(&mut v.clone(), Window::Count(5), 0, 0, None),
+            Vec::<i64>::new()
+        );
         assert_eq!(add(&mut v, Window::Count(5), 0, 0, Some(&[1])), [1]);
         assert_eq!(text(&v), "n 1");
-        for bad in [&b"x"[..], b"n 1,a", b"t", b"t x 1:1", b"t 10 1", b"123 0", b"\xff"] {
+        for bad in [
+            &b"x"[..],
+            b"n 1,a",
+            b"t",
+            b"t x 1:1",
+            b"t 10 1",
+            b"123 0",
+            b"\xff",
+        ] {
             assert_eq!(Held::decode(bad), None, "{bad:?}");
             let mut v = Some(bad.to_vec());
             assert_eq!(add(&mut v, Window::Count(2), 0, 0, Some(&[2])), [2]);
@@ -783,7 +839,10 @@ mod tests {
         for _ in 0..MAX_COUNT + 5 {
             add(&mut v, Window::Count(u32::MAX), 0, 0, Some(&[1]));
         }
-        assert_eq!(add(&mut v, Window::Count(u32::MAX), 0, 0, None), [i64::from(MAX_COUNT)]);
+        assert_eq!(
+            add(&mut v, Window::Count(u32::MAX), 0, 0, None),
+            [i64::from(MAX_COUNT)]
+        );
         // A slot width of 0 counts as 1 ms; more slots than the maximum sum the maximum.
         let w = Window::Time {
             slot_ms: 0,
@@ -791,8 +850,14 @@ mod tests {
         };
         let mut v = None;
         add(&mut v, w, 0, 0, Some(&[1]));
-        assert_eq!(add(&mut v, w, 0, (u64::from(MAX_SLOTS) - 1) * MS, None), [1]);
-        assert_eq!(add(&mut v, w, 0, u64::from(MAX_SLOTS) * MS, None), Vec::<i64>::new());
+        assert_eq!(
+            add(&mut v, w, 0, (u64::from(MAX_SLOTS) - 1) * MS, None),
+            [1]
+        );
+        assert_eq!(
+            add(&mut v, w, 0, u64::from(MAX_SLOTS) * MS, None),
+            Vec::<i64>::new()
+        );
     }
 
     #[test]

@@ -43,14 +43,11 @@ use super::{
     BoxFuture, BucketPolicy, StateBackend, StateError, StateHealth, TakeOutcome, TakeResult,
     Window,
 };
+use super::prims::{MAX_COUNT, MAX_SLOTS};
 use crate::config::RedisConfig;
 
 /// Values above this are refused as too large (Redis itself takes up to 512 MiB).
 const MAX_VALUE_BYTES: usize = 256 << 20;
-/// The most records a `Window::Count` holds, and slots a `Window::Time` sums (as in
-/// the memory backend).
-const MAX_COUNT: u32 = 10_000;
-const MAX_SLOTS: u32 = 3600;
 /// How often the backend checks the server by itself.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
