@@ -844,7 +844,10 @@ fn validate_state(
         (Some(url), None) => vec![("url", url)],
         (None, Some(nodes)) if !nodes.is_empty() => nodes.iter().map(|n| ("cluster", n)).collect(),
         (None, Some(_)) => {
-            err(&["state", "redis", "cluster"], "state.redis.cluster lists no nodes".to_owned());
+            err(
+                &["state", "redis", "cluster"],
+                "state.redis.cluster lists no nodes".to_owned(),
+            );
             Vec::new()
         }
         (None, None) => {
@@ -865,8 +868,15 @@ fn validate_state(
     for (key, url) in urls {
         if let Err(e) = check_redis_url(url) {
             // A URL with credentials is not repeated: it may hold a password.
-            let shown = if url.contains('@') { String::new() } else { format!("{url:?}: ") };
-            err(&["state", "redis", key], format!("state.redis.{key}: {shown}{e}"));
+            let shown = if url.contains('@') {
+                String::new()
+            } else {
+                format!("{url:?}: ")
+            };
+            err(
+                &["state", "redis", key],
+                format!("state.redis.{key}: {shown}{e}"),
+            );
         }
     }
     if redis.timeout.0.is_zero() {
@@ -879,7 +889,10 @@ fn validate_state(
         abs(file);
     }
     if let Some(Err(e)) = redis.password.as_ref().map(Secret::resolve) {
-        err(&["state", "redis", "password"], format!("state.redis.password: {e}"));
+        err(
+            &["state", "redis", "password"],
+            format!("state.redis.password: {e}"),
+        );
     }
     if let Some(ca) = &mut redis.ca {
         abs(ca);

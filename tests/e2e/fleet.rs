@@ -64,7 +64,11 @@ async fn three(config: &str) -> Vec<Weir> {
 }
 
 async fn get(weir: &Weir, path: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let r = client().get(weir.url(path)).send().await.expect("weir answers");
+    let r = client()
+        .get(weir.url(path))
+        .send()
+        .await
+        .expect("weir answers");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.bytes().await.expect("body").to_vec())
@@ -127,10 +131,20 @@ async fn a_limiter_admits_its_rate_across_three_processes() {
     let mut tasks = Vec::new();
     for i in 0..6000usize {
         tick.tick().await;
-        let (weirs, a, r, f) = (weirs.clone(), admitted.clone(), rejected.clone(), failed.clone());
+        let (weirs, a, r, f) = (
+            weirs.clone(),
+            admitted.clone(),
+            rejected.clone(),
+            failed.clone(),
+        );
         let http = http.clone();
         tasks.push(tokio::spawn(async move {
-            match http.get(weirs[i % 3].url("/")).send().await.map(|r| r.status().as_u16()) {
+            match http
+                .get(weirs[i % 3].url("/"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+            {
                 Ok(200) => a.fetch_add(1, Ordering::SeqCst),
                 Ok(429) => r.fetch_add(1, Ordering::SeqCst),
                 _ => f.fetch_add(1, Ordering::SeqCst),
@@ -142,8 +156,16 @@ async fn a_limiter_admits_its_rate_across_three_processes() {
         t.await.unwrap();
     }
     let admitted = admitted.load(Ordering::SeqCst) as f64;
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "every request got 200 or 429");
-    assert_eq!(api.count() as f64, admitted, "the upstream saw exactly the admitted");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "every request got 200 or 429"
+    );
+    assert_eq!(
+        api.count() as f64,
+        admitted,
+        "the upstream saw exactly the admitted"
+    );
     // The limiter's own clock ran from the first request to the last.
     let want = 50.0 * sent_for.as_secs_f64() + 10.0;
     assert!(
@@ -185,7 +207,11 @@ async fn an_idempotency_key_is_replayed_by_another_process_and_busy_on_a_third()
         Reply::new(201)
             .header("x-charge", format!("ch_{i}"))
             .body(format!("charged {}", req.body_str()))
-            .delay(if i == 0 { Duration::from_secs(3) } else { Duration::ZERO })
+            .delay(if i == 0 {
+                Duration::from_secs(3)
+            } else {
+                Duration::ZERO
+            })
     })
     .await;
     let cfg = config(
@@ -223,7 +249,12 @@ async fn a_response_cached_by_one_process_is_a_hit_on_another() {
             .body(format!("answer {i}"))
     })
     .await;
-    let cfg = config(&state_single(&redis.url(), "1s"), &api.url(), r#""cache""#, "");
+    let cfg = config(
+        &state_single(&redis.url(), "1s"),
+        &api.url(),
+        r#""cache""#,
+        "",
+    );
     let weirs = three(&cfg).await;
     assert_eq!(get(&weirs[0], "/item").await.2, b"answer 0");
     for w in &weirs[1..] {
@@ -326,18 +357,34 @@ filters = ["idempotency"]
     let s = status(&weir).await;
     assert_eq!(s["state"]["backend"], "redis");
     assert_eq!(s["state"]["healthy"], false);
-    assert!(s["state"]["last_error"].as_str().unwrap().contains(&redis.url()), "{s}");
+    assert!(
+        s["state"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&redis.url()),
+        "{s}"
+    );
     let m = metrics(&weir).await;
     assert!(m.contains("weir_state_up 0"), "{m}");
-    assert!(m.contains("weir_state_errors_total{filter=\"idempotency\",kind=\"unavailable\"}"), "{m}");
+    assert!(
+        m.contains("weir_state_errors_total{filter=\"idempotency\",kind=\"unavailable\"}"),
+        "{m}"
+    );
 
     redis.restart();
     let back = Instant::now();
     loop {
-        if post(&weir, &format!("k3-{}", back.elapsed().as_millis()), "x").await.0 == 200 {
+        if post(&weir, &format!("k3-{}", back.elapsed().as_millis()), "x")
+            .await
+            .0
+            == 200
+        {
             break;
         }
-        assert!(back.elapsed() < Duration::from_secs(5) + SLACK, "no recovery");
+        assert!(
+            back.elapsed() < Duration::from_secs(5) + SLACK,
+            "no recovery"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status(&weir).await["state"]["healthy"], true);
@@ -348,7 +395,12 @@ filters = ["idempotency"]
 async fn a_slow_redis_is_cut_at_the_timeout() {
     let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
     let api = Upstream::start(|_, _| Reply::ok()).await;
-    let cfg = config(&state_single(&redis.url(), "300ms"), &api.url(), r#""idempotency""#, "");
+    let cfg = config(
+        &state_single(&redis.url(), "300ms"),
+        &api.url(),
+        r#""idempotency""#,
+        "",
+    );
     let weir = Weir::start(&cfg).await;
     assert_eq!(post(&weir, "k1", "x").await.0, 200);
     let port = redis.port;
@@ -359,7 +411,10 @@ async fn a_slow_redis_is_cut_at_the_timeout() {
     let took = started.elapsed();
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("no answer within 300 ms"));
-    assert!(took < Duration::from_secs(8), "waited {took:?} for a sleeping Redis");
+    assert!(
+        took < Duration::from_secs(8),
+        "waited {took:?} for a sleeping Redis"
+    );
     assert_eq!(sleeper.join().unwrap(), "+OK");
     assert_eq!(api.count(), 1);
 }
@@ -367,7 +422,12 @@ async fn a_slow_redis_is_cut_at_the_timeout() {
 #[tokio::test]
 async fn weir_check_connects_to_redis() {
     let redis = RedisServer::start();
-    let ok = config(&state_single(&redis.url(), "1s"), "http://127.0.0.1:1", "", "");
+    let ok = config(
+        &state_single(&redis.url(), "1s"),
+        "http://127.0.0.1:1",
+        "",
+        "",
+    );
     let (code, out, err) = crate::support::weir::check(&ok, &[]);
     assert_eq!(code, 0, "{out}{err}");
     let port = crate::support::upstream::closed_port();
@@ -379,7 +439,10 @@ async fn weir_check_connects_to_redis() {
     );
     let (code, _, err) = crate::support::weir::check(&down, &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("[state.redis]") && err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains("[state.redis]") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -400,10 +463,16 @@ async fn a_redis_cluster_shares_state_between_processes() {
     let a = Weir::start(&cfg).await;
     let b = Weir::start(&cfg).await;
     for i in 0..20 {
-        assert_eq!(get(&a, &format!("/item/{i}")).await.2, format!("answer {i}").as_bytes());
+        assert_eq!(
+            get(&a, &format!("/item/{i}")).await.2,
+            format!("answer {i}").as_bytes()
+        );
     }
     for i in 0..20 {
-        assert_eq!(get(&b, &format!("/item/{i}")).await.2, format!("answer {i}").as_bytes());
+        assert_eq!(
+            get(&b, &format!("/item/{i}")).await.2,
+            format!("answer {i}").as_bytes()
+        );
     }
     assert_eq!(api.count(), 20);
 }
@@ -413,7 +482,12 @@ async fn a_changed_redis_table_needs_a_restart() {
     let redis = RedisServer::start();
     let other = RedisServer::start();
     let api = Upstream::start(|_, _| Reply::ok()).await;
-    let cfg = config(&state_single(&redis.url(), "1s"), &api.url(), r#""cache""#, "");
+    let cfg = config(
+        &state_single(&redis.url(), "1s"),
+        &api.url(),
+        r#""cache""#,
+        "",
+    );
     let weir = WeirBuilder::new(cfg.clone()).start().await;
     let mark = weir.log_mark();
     weir.write_file("weir.toml", cfg.replace(&redis.url(), &other.url()));

@@ -395,7 +395,9 @@ impl Idempotency {
             ));
             return (RequestAction::proceed(), Some(Label::Unchecked));
         }
-        host.warn(&format!("state store: {why}; the request is refused with 503"));
+        host.warn(&format!(
+            "state store: {why}; the request is refused with 503"
+        ));
         let mut r = error(
             503,
             "state_unavailable",
@@ -894,7 +896,10 @@ mod tests {
             weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
         assert_eq!(body["error"], "state_unavailable");
         let message = body["message"].as_str().unwrap();
-        assert!(message.starts_with("idempotency: the state store is unavailable ("), "{message}");
+        assert!(
+            message.starts_with("idempotency: the state store is unavailable ("),
+            "{message}"
+        );
         assert_eq!(host.warnings.borrow().len(), 1);
     }
 
@@ -909,9 +914,11 @@ mod tests {
         );
         assert_eq!(host.warnings.borrow().len(), 1);
         assert!(
-            Config::validate(weir_filter::serde_json::from_str(r#"{"on_state_error": "maybe"}"#).unwrap())
-                .unwrap_err()
-                .starts_with("on_state_error: expected \"reject\" or \"allow\"")
+            Config::validate(
+                weir_filter::serde_json::from_str(r#"{"on_state_error": "maybe"}"#).unwrap()
+            )
+            .unwrap_err()
+            .starts_with("on_state_error: expected \"reject\" or \"allow\"")
         );
     }
 

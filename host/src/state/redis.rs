@@ -39,11 +39,10 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use super::{
-    BoxFuture, BucketPolicy, StateBackend, StateError, StateHealth, TakeOutcome, TakeResult,
-    Window,
-};
 use super::prims::{MAX_COUNT, MAX_SLOTS};
+use super::{
+    BoxFuture, BucketPolicy, StateBackend, StateError, StateHealth, TakeOutcome, TakeResult, Window,
+};
 use crate::config::RedisConfig;
 
 /// Values above this are refused as too large (Redis itself takes up to 512 MiB).
@@ -93,7 +92,10 @@ impl Conn {
         }
     }
 
-    async fn invoke<T: FromRedisValue>(&self, script: ScriptInvocation<'_>) -> Result<T, RedisError> {
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        script: ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
         match self.clone() {
             Conn::Single(mut c) => script.invoke_async(&mut c).await,
             Conn::Cluster(mut c) => script.invoke_async(&mut c).await,
@@ -130,16 +132,16 @@ impl RedisBackend {
             Some(p) => Some(p.resolve()?),
             None => None,
         };
-        let certs = match &config.ca {
-            Some(path) => Some(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(
-                    std::fs::read(path)
-                        .map_err(|e| format!("state.redis.ca: cannot read {}: {e}", path.display()))?,
-                ),
-            }),
-            None => None,
-        };
+        let certs =
+            match &config.ca {
+                Some(path) => Some(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(path).map_err(|e| {
+                        format!("state.redis.ca: cannot read {}: {e}", path.display())
+                    })?),
+                }),
+                None => None,
+            };
         let timeout = config.timeout.0;
         let (conn, target) = match (&config.url, &config.cluster) {
             (Some(url), _) => {
@@ -239,8 +241,9 @@ impl RedisBackend {
                 Ok(v)
             }
             // The server answered: it is up, whatever it said.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
-                || e.code().is_some() =>
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    || e.code().is_some() =>
             {
                 self.note(None);
                 Err(server_error(e))
@@ -353,7 +356,9 @@ impl StateBackend for RedisBackend {
                     cmd.arg("PX").arg(ms);
                 }
             }
-            self.run(self.conn.query::<redis::Value>(&cmd)).await.map(drop)
+            self.run(self.conn.query::<redis::Value>(&cmd))
+                .await
+                .map(drop)
         })
     }
 
@@ -564,7 +569,12 @@ mod tests {
         note!(b.compare_and_swap("f/c", None, b"x".to_vec(), None));
         note!(b.compare_and_swap("f/c", None, b"y".to_vec(), None));
         note!(b.compare_and_swap("f/c", Some(b"z"), b"y".to_vec(), None));
-        note!(b.compare_and_swap("f/c", Some(b"x"), b"y".to_vec(), Some(Duration::from_secs(9))));
+        note!(b.compare_and_swap(
+            "f/c",
+            Some(b"x"),
+            b"y".to_vec(),
+            Some(Duration::from_secs(9))
+        ));
         note!(b.get("f/c"));
         note!(b.delete("f/c"));
         note!(b.delete("f/c"));
@@ -589,7 +599,10 @@ mod tests {
         note!(b.bucket_pause("f/b", T0 + 3 * S, T0 + 2 * S));
         note!(b.bucket_take("f/b", reject, T0 + 4 * S));
         note!(b.bucket_take("f/b", reject, T0 + 5 * S));
-        out.push(format!("{:?}", b.get("f/b").await.map(|v| v.map(String::from_utf8))));
+        out.push(format!(
+            "{:?}",
+            b.get("f/b").await.map(|v| v.map(String::from_utf8))
+        ));
         // Near the end of u64: the arithmetic must not wrap.
         let slow = BucketPolicy {
             interval_ns: 86_400 * S,
@@ -601,11 +614,21 @@ mod tests {
         // Windows: the last 3 records, and 4 slots of 1 s.
         note!(b.window_add("f/w", Window::Count(3), 0, 0, None, None));
         for rec in [&[1, 0, 1][..], &[1, 1], &[1, 1, 0, 4], &[1, 0], &[1, -1]] {
-            note!(b.window_add("f/w", Window::Count(3), 0, 0, Some(rec), Some(Duration::from_secs(60))));
+            note!(b.window_add(
+                "f/w",
+                Window::Count(3),
+                0,
+                0,
+                Some(rec),
+                Some(Duration::from_secs(60))
+            ));
         }
         note!(b.window_add("f/w", Window::Count(2), 0, 0, None, None));
         note!(b.window_add("f/w", Window::Count(2), 0, 0, Some(&[1, 5]), None));
-        let time = Window::Time { slot_ms: 1000, slots: 4 };
+        let time = Window::Time {
+            slot_ms: 1000,
+            slots: 4,
+        };
         for (at, now, rec) in [
             (T0, T0, Some(&[1, 1][..])),
             (T0 + S, T0 + S, Some(&[1, 0])),
@@ -648,12 +671,26 @@ mod tests {
         b.set("f/x", b"v".to_vec(), Some(Duration::from_millis(30)))
             .await
             .unwrap();
-        b.incr("f/n", 1, Some(Duration::from_millis(30))).await.unwrap();
-        assert!(b.compare_and_swap("f/c", None, b"v".to_vec(), Some(Duration::ZERO)).await.unwrap());
-        assert_eq!(b.get("f/c").await.unwrap(), None, "a zero TTL expires at once");
+        b.incr("f/n", 1, Some(Duration::from_millis(30)))
+            .await
+            .unwrap();
+        assert!(
+            b.compare_and_swap("f/c", None, b"v".to_vec(), Some(Duration::ZERO))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            b.get("f/c").await.unwrap(),
+            None,
+            "a zero TTL expires at once"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(b.get("f/x").await.unwrap(), None);
-        assert_eq!(b.incr("f/n", 1, None).await.unwrap(), 1, "created afresh at 0");
+        assert_eq!(
+            b.incr("f/n", 1, None).await.unwrap(),
+            1,
+            "created afresh at 0"
+        );
     }
 
     #[tokio::test]
@@ -683,7 +720,11 @@ mod tests {
             assert!(Instant::now() < deadline, "no recovery");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(b.get("f/k").await.unwrap(), None, "a restarted server is empty");
+        assert_eq!(
+            b.get("f/k").await.unwrap(),
+            None,
+            "a restarted server is empty"
+        );
         assert!(b.health().up);
     }
 
@@ -702,7 +743,10 @@ mod tests {
         let started = Instant::now();
         let e = b.get("f/k").await.unwrap_err();
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(4), "waited {took:?} for a sleeping server");
+        assert!(
+            took < Duration::from_secs(4),
+            "waited {took:?} for a sleeping server"
+        );
         assert!(e.to_string().contains("no answer within 500 ms"), "{e}");
         sleeper.join().unwrap();
     }
