@@ -497,3 +497,58 @@ async fn a_changed_redis_table_needs_a_restart() {
     assert_eq!(get(&weir, "/").await.0, 200);
     assert_eq!(status(&weir).await["state"]["healthy"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_request_fails_from_contention_on_one_key() {
+    // Three processes, 64 connections each, every request on one limiter bucket, one
+    // breaker and one retry budget: the hottest keys there are.
+    let redis = RedisServer::start();
+    let api = Upstream::start(|_, _| Reply::ok()).await;
+    let cfg = config(
+        &state_single(&redis.url(), "2s"),
+        &api.url(),
+        r#""retry", { use = "limiter", config = { rate = 1000000, burst = 1000000 } }, { use = "breaker", config = { minimum_calls = 10 } }"#,
+        "",
+    );
+    let weirs = Arc::new(three(&cfg).await);
+    let mut tasks = Vec::new();
+    for c in 0..192usize {
+        let weirs = weirs.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = client();
+            let mut bad = Vec::new();
+            for _ in 0..15 {
+                let r = http
+                    .get(weirs[c % 3].url("/"))
+                    .send()
+                    .await
+                    .expect("weir answers");
+                // A limiter that failed open (state error) sends no RateLimit headers.
+                if r.status() != 200 || !r.headers().contains_key("ratelimit") {
+                    bad.push(format!("{} {:?}", r.status(), r.headers()));
+                }
+            }
+            bad
+        }));
+    }
+    let mut bad = Vec::new();
+    for t in tasks {
+        bad.extend(t.await.unwrap());
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of 2880 failed, e.g. {}",
+        bad.len(),
+        bad[0]
+    );
+    assert_eq!(api.count(), 2880);
+    for w in weirs.iter() {
+        let m = metrics(w).await;
+        assert!(!m.contains("weir_state_errors_total{"), "{m}");
+        assert!(
+            !m.contains("state_errors_total{"),
+            "a filter saw a state error: {m}"
+        );
+        assert!(!w.logs().contains("state"), "{}", w.logs());
+    }
+}
