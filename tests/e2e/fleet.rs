@@ -552,3 +552,42 @@ async fn no_request_fails_from_contention_on_one_key() {
         assert!(!w.logs().contains("state"), "{}", w.logs());
     }
 }
+
+#[tokio::test]
+async fn rediss_is_verified_against_the_configured_ca() {
+    let ca = crate::support::tls::Ca::new("weir test redis CA");
+    let cert = ca.server_cert(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("redis.pem"), dir.path().join("redis.key"));
+    std::fs::write(&cert_path, &cert.cert_pem).unwrap();
+    std::fs::write(&key_path, &cert.key_pem).unwrap();
+    let redis = RedisServer::start_tls(&cert_path, &key_path);
+    let api = Upstream::start(|_, i| {
+        Reply::ok()
+            .header("cache-control", "max-age=60")
+            .body(format!("answer {i}"))
+    })
+    .await;
+    let url = format!("rediss://localhost:{}", redis.port);
+    let trusted = format!("{}ca = \"certs/ca.pem\"\n", state_single(&url, "2s"));
+    let cfg = config(&trusted, &api.url(), r#""cache""#, "");
+    let (code, out, err) =
+        crate::support::weir::check(&cfg, &[("certs/ca.pem", ca.cert_pem.as_bytes())]);
+    assert_eq!(code, 0, "{out}{err}");
+    let a = WeirBuilder::new(cfg.clone())
+        .file("certs/ca.pem", &ca.cert_pem)
+        .start()
+        .await;
+    let b = WeirBuilder::new(cfg)
+        .file("certs/ca.pem", &ca.cert_pem)
+        .start()
+        .await;
+    assert_eq!(get(&a, "/x").await.2, b"answer 0");
+    assert_eq!(get(&b, "/x").await.2, b"answer 0", "shared over TLS");
+    // Without the CA, the public roots do not vouch for the server: no connection.
+    let untrusted = config(&state_single(&url, "2s"), &api.url(), r#""cache""#, "");
+    let (code, _, err) = crate::support::weir::check(&untrusted, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("[state.redis]"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

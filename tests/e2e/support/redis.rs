@@ -49,6 +49,46 @@ impl RedisServer {
         panic!("redis-server did not start; is it installed (scripts/setup-redis.sh)?");
     }
 
+    /// A server speaking only TLS on its port, with this certificate and key (PEM
+    /// files), answering connections before this returns. [`Self::cmd`] does not work on
+    /// it.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let port = free_port(false);
+        let extra: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let dir = temp_dir(port);
+        let child = spawn(port, &dir, &extra);
+        let mut server = RedisServer {
+            port,
+            child,
+            dir,
+            extra,
+        };
+        let deadline = Instant::now() + START_WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                !matches!(server.child.try_wait(), Ok(Some(_))),
+                "redis-server with TLS exited at start"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "redis-server with TLS did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
