@@ -316,6 +316,13 @@ upstream = "api"
 match = { path_prefix = "/pay" }
 timeout = "10s"
 filters = ["idempotency"]
+
+[[routes]]
+name = "cached"
+upstream = "api"
+match = { path_prefix = "/cached" }
+timeout = "10s"
+filters = [{ use = "cache", config = { default_ttl = "1h" } }]
 "#,
     );
     let weir = Weir::start(&cfg).await;
@@ -354,6 +361,12 @@ filters = ["idempotency"]
     assert_eq!(headers["retry-after"], "1");
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"], "state_unavailable");
+    // The cache bypasses: every request reaches the upstream.
+    let before = api.count();
+    for _ in 0..3 {
+        assert_eq!(get(&weir, "/cached").await.0, 200);
+    }
+    assert_eq!(api.count(), before + 3);
     let s = status(&weir).await;
     assert_eq!(s["state"]["backend"], "redis");
     assert_eq!(s["state"]["healthy"], false);
