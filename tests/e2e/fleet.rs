@@ -87,26 +87,18 @@ async fn post(weir: &Weir, key: &str, body: &str) -> (u16, reqwest::header::Head
     (status, headers, r.bytes().await.expect("body").to_vec())
 }
 
+/// The admin endpoint `path`'s body.
+async fn admin(weir: &Weir, path: &str) -> String {
+    let r = client().get(weir.admin_url(path)).send().await;
+    r.expect("admin answers").text().await.expect("text")
+}
+
 async fn status(weir: &Weir) -> Value {
-    client()
-        .get(weir.admin_url("/status"))
-        .send()
-        .await
-        .expect("admin answers")
-        .json()
-        .await
-        .expect("json")
+    serde_json::from_str(&admin(weir, "/status").await).expect("json")
 }
 
 async fn metrics(weir: &Weir) -> String {
-    client()
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("admin answers")
-        .text()
-        .await
-        .expect("text")
+    admin(weir, "/metrics").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -33,15 +33,7 @@ impl RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A port found free may be taken before the server binds it: try a few.
         for _ in 0..5 {
-            let port = free_port(false);
-            let dir = temp_dir(port);
-            let child = spawn(port, &dir, &extra);
-            let mut server = RedisServer {
-                port,
-                child,
-                dir,
-                extra: extra.clone(),
-            };
+            let mut server = RedisServer::launch(free_port(false), extra.clone());
             if server.wait_ready() {
                 return server;
             }
@@ -66,14 +58,7 @@ impl RedisServer {
             "--tls-auth-clients".into(),
             "no".into(),
         ];
-        let dir = temp_dir(port);
-        let child = spawn(port, &dir, &extra);
-        let mut server = RedisServer {
-            port,
-            child,
-            dir,
-            extra,
-        };
+        let mut server = RedisServer::launch(port, extra);
         let deadline = Instant::now() + START_WAIT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -87,6 +72,18 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         server
+    }
+
+    /// Spawns `redis-server` on `port` with `extra` arguments, in a directory of its own.
+    fn launch(port: u16, extra: Vec<String>) -> RedisServer {
+        let dir = temp_dir(port);
+        let child = spawn(port, &dir, &extra);
+        RedisServer {
+            port,
+            child,
+            dir,
+            extra,
+        }
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -159,19 +156,8 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 // The cluster bus listens on port + 10000: both must be free.
-                let port = free_port(true);
-                let dir = temp_dir(port);
-                let extra: Vec<String> = ["--cluster-enabled", "yes"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                let child = spawn(port, &dir, &extra);
-                let mut s = RedisServer {
-                    port,
-                    child,
-                    dir,
-                    extra,
-                };
+                let extra = vec!["--cluster-enabled".to_owned(), "yes".to_owned()];
+                let mut s = RedisServer::launch(free_port(true), extra);
                 assert!(s.wait_ready(), "a cluster node did not start");
                 s
             })
