@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use super::GuestHost;
-use super::bindings::weir::filter::state::{Host, StateError};
-use crate::state::StateError as BackendError;
+use super::bindings::weir::filter::state::{
+    BucketPolicy, Host, StateError, TakeOutcome, TakeResult, TimeWindow, Window,
+};
+use crate::state::{self as backend, StateError as BackendError};
 
 /// Keys and values beyond this are refused before they reach a backend.
 const MAX_KEY_BYTES: usize = 1024;
@@ -95,5 +97,75 @@ impl Host for GuestHost {
             .compare_and_swap(&key, expected.as_deref(), new, ttl(ttl_ms))
             .await
             .map_err(|e| self.state_failed(e))
+    }
+
+    async fn bucket_take(
+        &mut self,
+        key: String,
+        policy: BucketPolicy,
+        now_ns: u64,
+    ) -> Result<TakeResult, StateError> {
+        let key = self.key(&key)?;
+        let policy = backend::BucketPolicy {
+            interval_ns: policy.interval_ns,
+            burst: policy.burst,
+            max_wait_ns: policy.max_wait_ns,
+            max_queue: policy.max_queue,
+        };
+        let r = self
+            .state
+            .bucket_take(&key, policy, now_ns)
+            .await
+            .map_err(|e| self.state_failed(e))?;
+        Ok(TakeResult {
+            outcome: outcome(r.outcome),
+            tat_ns: r.tat_ns,
+            paused_until_ns: r.paused_until_ns,
+            wait_ns: r.wait_ns,
+        })
+    }
+
+    async fn bucket_pause(
+        &mut self,
+        key: String,
+        until_ns: u64,
+        now_ns: u64,
+    ) -> Result<(), StateError> {
+        let key = self.key(&key)?;
+        self.state
+            .bucket_pause(&key, until_ns, now_ns)
+            .await
+            .map_err(|e| self.state_failed(e))
+    }
+
+    async fn window_add(
+        &mut self,
+        key: String,
+        window: Window,
+        at_ns: u64,
+        now_ns: u64,
+        lanes: Option<Vec<i64>>,
+        ttl_ms: Option<u64>,
+    ) -> Result<Vec<i64>, StateError> {
+        let key = self.key(&key)?;
+        let window = match window {
+            Window::Count(n) => backend::Window::Count(n),
+            Window::Time(TimeWindow { slot_ms, slots }) => backend::Window::Time { slot_ms, slots },
+        };
+        self.state
+            .window_add(&key, window, at_ns, now_ns, lanes.as_deref(), ttl(ttl_ms))
+            .await
+            .map_err(|e| self.state_failed(e))
+    }
+}
+
+fn outcome(o: backend::TakeOutcome) -> TakeOutcome {
+    match o {
+        backend::TakeOutcome::Admitted => TakeOutcome::Admitted,
+        backend::TakeOutcome::Reserved => TakeOutcome::Reserved,
+        backend::TakeOutcome::Empty => TakeOutcome::Empty,
+        backend::TakeOutcome::Paused => TakeOutcome::Paused,
+        backend::TakeOutcome::QueueFull => TakeOutcome::QueueFull,
+        backend::TakeOutcome::TooLong => TakeOutcome::TooLong,
     }
 }

@@ -12,7 +12,7 @@
 // Both are required. Anything else is refused at `init` with an error that says what is
 // wrong, so `weir check` and weir's start-up fail and name it.
 
-import { log } from 'weir:filter/log@0.1.1';
+import { log } from 'weir:filter/log@0.1.2';
 
 const NAME = '{{name}}';
 const VERSION = '0.1.0';
