@@ -596,3 +596,37 @@ async fn rediss_is_verified_against_the_configured_ca() {
     assert!(err.contains("[state.redis]"), "{err}");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
+
+#[tokio::test]
+async fn a_slow_redis_never_holds_a_request_past_its_route_deadline() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let api = Upstream::start(|_, _| Reply::ok()).await;
+    // Redis may take 5 s an operation, the route only 1 s.
+    let cfg = config(
+        &state_single(&redis.url(), "5s"),
+        &api.url(),
+        r#""idempotency""#,
+        "",
+    )
+    .replace(r#"timeout = "10s""#, r#"timeout = "1s""#);
+    let weir = Weir::start(&cfg).await;
+    assert_eq!(post(&weir, "k1", "x").await.0, 200);
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || RedisServer::cmd_on(port, &["DEBUG", "SLEEP", "8"]));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let (code, _, body) = post(&weir, "k2", "x").await;
+    let took = started.elapsed();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("deadline passed while waiting for the state store"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(1) + SLACK, "held {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "held {took:?}: the 5 s operation timeout decided"
+    );
+    assert_eq!(sleeper.join().unwrap(), "+OK");
+}

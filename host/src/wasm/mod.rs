@@ -1016,13 +1016,29 @@ pub struct GuestHost {
     /// When the request the current call works on runs out of time (its
     /// `remaining-ms` from the call's start); `None` in `init`. Bounds outbound calls.
     deadline: Option<tokio::time::Instant>,
+    /// Until when the current call's state operations may wait: the deadline, or, for a
+    /// call that starts with no time left (the `on-response` of a request that timed
+    /// out, which a breaker must still record), [`STATE_GRACE`] from its start.
+    state_deadline: Option<tokio::time::Instant>,
 }
+
+/// How long the state operations of a call that starts past its request's deadline may
+/// take in all.
+pub const STATE_GRACE: Duration = Duration::from_millis(100);
 
 impl GuestHost {
     /// Notes the deadline of the request that the call about to start works on.
     fn request_deadline(&mut self, info: &RequestInfo) {
-        self.deadline =
-            Some(tokio::time::Instant::now() + Duration::from_millis(info.remaining_ms));
+        let now = tokio::time::Instant::now();
+        let remaining = Duration::from_millis(info.remaining_ms);
+        self.deadline = Some(now + remaining);
+        self.state_deadline = Some(
+            now + if remaining.is_zero() {
+                STATE_GRACE
+            } else {
+                remaining
+            },
+        );
     }
 }
 
@@ -1067,6 +1083,7 @@ impl GuestState {
                 metrics: runtime.metrics.clone(),
                 outbound,
                 deadline: None,
+                state_deadline: None,
             },
         }
     }

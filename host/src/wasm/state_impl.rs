@@ -1,5 +1,6 @@
 //! Host side of `weir:filter/state`: namespaces keys by filter and forwards to the backend.
 
+use std::future::Future;
 use std::time::Duration;
 
 use super::GuestHost;
@@ -21,6 +22,25 @@ impl GuestHost {
 }
 
 impl GuestHost {
+    /// Runs one backend operation, cut at the call's state deadline (so a slow backend
+    /// never holds the request past its deadline), and counts its failure.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, StateError> {
+        let result = match self.state_deadline {
+            Some(until) => tokio::time::timeout_at(until, op)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(BackendError::Unavailable(
+                        "the request's deadline passed while waiting for the state store".into(),
+                    ))
+                }),
+            None => op.await,
+        };
+        result.map_err(|e| self.state_failed(e))
+    }
+
     /// Counts a backend failure and turns it into the error the guest sees.
     fn state_failed(&self, e: BackendError) -> StateError {
         let kind = match &e {
@@ -48,7 +68,7 @@ fn ttl(ms: Option<u64>) -> Option<Duration> {
 impl Host for GuestHost {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, StateError> {
         let key = self.key(&key)?;
-        self.state.get(&key).await.map_err(|e| self.state_failed(e))
+        self.bounded(self.state.get(&key)).await
     }
 
     async fn set(
@@ -58,18 +78,12 @@ impl Host for GuestHost {
         ttl_ms: Option<u64>,
     ) -> Result<(), StateError> {
         let key = self.key(&key)?;
-        self.state
-            .set(&key, value, ttl(ttl_ms))
-            .await
-            .map_err(|e| self.state_failed(e))
+        self.bounded(self.state.set(&key, value, ttl(ttl_ms))).await
     }
 
     async fn delete(&mut self, key: String) -> Result<(), StateError> {
         let key = self.key(&key)?;
-        self.state
-            .delete(&key)
-            .await
-            .map_err(|e| self.state_failed(e))
+        self.bounded(self.state.delete(&key)).await
     }
 
     async fn incr(
@@ -79,10 +93,8 @@ impl Host for GuestHost {
         ttl_ms: Option<u64>,
     ) -> Result<i64, StateError> {
         let key = self.key(&key)?;
-        self.state
-            .incr(&key, delta, ttl(ttl_ms))
+        self.bounded(self.state.incr(&key, delta, ttl(ttl_ms)))
             .await
-            .map_err(|e| self.state_failed(e))
     }
 
     async fn compare_and_swap(
@@ -93,10 +105,11 @@ impl Host for GuestHost {
         ttl_ms: Option<u64>,
     ) -> Result<bool, StateError> {
         let key = self.key(&key)?;
-        self.state
-            .compare_and_swap(&key, expected.as_deref(), new, ttl(ttl_ms))
-            .await
-            .map_err(|e| self.state_failed(e))
+        self.bounded(
+            self.state
+                .compare_and_swap(&key, expected.as_deref(), new, ttl(ttl_ms)),
+        )
+        .await
     }
 
     async fn bucket_take(
@@ -113,10 +126,8 @@ impl Host for GuestHost {
             max_queue: policy.max_queue,
         };
         let r = self
-            .state
-            .bucket_take(&key, policy, now_ns)
-            .await
-            .map_err(|e| self.state_failed(e))?;
+            .bounded(self.state.bucket_take(&key, policy, now_ns))
+            .await?;
         Ok(TakeResult {
             outcome: outcome(r.outcome),
             tat_ns: r.tat_ns,
@@ -132,10 +143,8 @@ impl Host for GuestHost {
         now_ns: u64,
     ) -> Result<(), StateError> {
         let key = self.key(&key)?;
-        self.state
-            .bucket_pause(&key, until_ns, now_ns)
+        self.bounded(self.state.bucket_pause(&key, until_ns, now_ns))
             .await
-            .map_err(|e| self.state_failed(e))
     }
 
     async fn window_add(
@@ -152,10 +161,15 @@ impl Host for GuestHost {
             Window::Count(n) => backend::Window::Count(n),
             Window::Time(TimeWindow { slot_ms, slots }) => backend::Window::Time { slot_ms, slots },
         };
-        self.state
-            .window_add(&key, window, at_ns, now_ns, lanes.as_deref(), ttl(ttl_ms))
-            .await
-            .map_err(|e| self.state_failed(e))
+        self.bounded(self.state.window_add(
+            &key,
+            window,
+            at_ns,
+            now_ns,
+            lanes.as_deref(),
+            ttl(ttl_ms),
+        ))
+        .await
     }
 }
 
