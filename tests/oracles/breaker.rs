@@ -75,15 +75,30 @@ async fn rejected(h: &Harness, req: &Request) -> (u64, Value) {
     (retry_after, body)
 }
 
-/// The stored record of breaker `key` (the harness namespaces state keys `filter/`).
+/// The stored record of breaker `key` (the harness namespaces state keys `filter/`). It
+/// is written on transitions only: an absent one is a closed breaker of generation 0.
 async fn record(h: &Harness, key: &str) -> Value {
     let raw = h
         .state()
         .get(&format!("filter/circuit/{key}"))
         .await
+        .expect("state");
+    match raw {
+        Some(raw) => serde_json::from_slice(&raw).expect("the record is JSON"),
+        None => json!({ "state": "closed", "gen": 0, "since": 0 }),
+    }
+}
+
+/// The stored window of breaker `key` in generation `generation`, as the memory backend
+/// keeps it (`"n <calls>,<failed>,<slow> …"` or `"t 1000 <second>:<sums> …"`).
+async fn window(h: &Harness, generation: u64, key: &str) -> String {
+    let raw = h
+        .state()
+        .get(&format!("filter/window/{generation}/{key}"))
+        .await
         .expect("state")
-        .expect("a record");
-    serde_json::from_slice(&raw).expect("the record is JSON")
+        .expect("a window");
+    String::from_utf8(raw).expect("the window is text")
 }
 
 async fn state_of(h: &Harness, key: &str) -> String {
@@ -241,9 +256,19 @@ async fn with_fewer_than_minimum_calls_it_never_opens() {
     for _ in 0..9 {
         call(&h, &req, status(503)).await;
     }
-    // 9 of 9 failed, but 9 < 10 recorded.
-    assert_eq!(state_of(&h, ORIGIN).await, "closed");
-    assert_eq!(record(&h, ORIGIN).await["calls"], "fffffffff");
+    // 9 of 9 failed, but 9 < 10 recorded. Nothing moved the breaker, so it has no
+    // record: only its window, in generation 0.
+    assert!(
+        h.state()
+            .get(&format!("filter/circuit/{ORIGIN}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        window(&h, 0, ORIGIN).await,
+        format!("n{}", " 1,1,0".repeat(9))
+    );
     call(&h, &req, status(503)).await;
     assert_eq!(state_of(&h, ORIGIN).await, "open");
 }
@@ -267,11 +292,13 @@ async fn the_time_window_drops_old_buckets() {
     for _ in 0..3 {
         call(&h, &old, status(200)).await;
     }
-    assert_eq!(state_of(&h, "old").await, "closed");
-    assert_eq!(
-        record(&h, "old").await["buckets"].as_array().map(Vec::len),
-        Some(1)
+    // One second of the window holds calls: 4 calls, 1 failed, none slow.
+    let held = window(&h, 0, "old").await;
+    assert!(
+        held.starts_with("t 1000 ") && held.ends_with(":4,1,0"),
+        "{held}"
     );
+    assert_eq!(held.matches(':').count(), 1, "{held}");
 
     // Within the window they do count: F F F, then F 4 s later, is 4 of 4.
     for _ in 0..3 {

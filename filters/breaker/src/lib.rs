@@ -32,7 +32,7 @@
 //! | `permitted_calls_in_half_open` | integer, 1 to 1000 | `10` | probes let through in half-open |
 //! | `failure_statuses` | list of statuses | every 5xx | response statuses that count as failures |
 //! | `key` | `{ header = "…" }` or `{ regex = "…" }` | the upstream origin | what names the breaker (below) |
-//! | `idle_ttl` | duration ≥ 1s | `"1h"` | a breaker no call has updated for this long is forgotten (back to closed, empty window) |
+//! | `idle_ttl` | duration ≥ 1s | `"1h"` | a window no call has updated for this long is forgotten; so is the breaker, that long after its last transition (back to closed, empty window) |
 //!
 //! Durations are a number and a unit: `ms`, `s`, `m`, `h` or `d` (`"250ms"`, `"1.5s"`, `"2m"`).
 //!
@@ -87,36 +87,51 @@
 //!
 //! ## State
 //!
-//! One record per breaker under the state key `circuit/<key>` (weir adds the filter
-//! entry's name as a namespace: `breaker/circuit/<key>`), updated only with compare-and-swap loops, so concurrent instances and
-//! processes never lose an update. The record is JSON:
+//! weir adds the filter entry's name as a namespace (`breaker/…`). Per breaker key:
 //!
-//! ```json
-//! {"state":"closed","gen":4,"since":1700000000000,"calls":"oofoso"}
-//! {"state":"closed","gen":0,"since":0,"buckets":[[1700000000,12,3,0],[1700000001,9,0,1]]}
-//! {"state":"open","gen":5,"since":1700000000000}
-//! {"state":"half_open","gen":6,"since":1700000060000,"calls":"of","probes":[[2,1700000090000]],"next_probe":3}
-//! ```
+//! - `circuit/<key>`: the machine, JSON, written only on a transition, with
+//!   compare-and-swap:
 //!
-//! - `state`: `closed`, `open` or `half_open`; `since`: when it began (Unix ms).
-//! - `gen`: bumped on every transition; the memo carries it, so late outcomes from an
-//!   earlier state are ignored.
-//! - `calls`: closed with a count window, the last calls, oldest first; half-open, the
-//!   completed probes. One letter per call: `o` ok, `f` failed, `s` slow, `F` failed and
-//!   slow.
-//! - `buckets`: closed with a time window, `[unix second, calls, failed, slow]` for each
-//!   non-empty second still in the window.
-//! - `probes`: half-open probes in flight, `[id, frees its permit at (Unix ms)]`;
-//!   `next_probe`: the next id.
-//! - An absent key is a closed breaker with an empty window. Every write sets the TTL to
-//!   `idle_ttl` (or the time window, if longer) plus `wait_in_open`.
-//! - Open → half-open happens on the first call after `wait_in_open`, as resilience4j
-//!   does without `automaticTransitionFromOpenToHalfOpenEnabled`; until then the record
-//!   still says `open`.
+//!   ```json
+//!   {"state":"closed","gen":4,"since":1700000000000}
+//!   {"state":"open","gen":5,"since":1700000000000}
+//!   {"state":"half_open","gen":6,"since":1700000060000,"until":1700000090000}
+//!   ```
 //!
-//! When the state backend fails (or 32 compare-and-swaps in a row lose), the breaker
-//! **fails open**: the call goes through unrecorded, and a warning is logged at most
-//! every 10 s per instance.
+//!   `state`: `closed`, `open` or `half_open`; `since`: when it began (Unix ms); `gen`:
+//!   bumped on every transition; `until` (half-open): the route deadline of the call that
+//!   began the round. An absent key is a closed breaker of generation 0.
+//! - `window/<gen>/<key>`: the outcomes of generation `<gen>`, kept by the store's atomic
+//!   windowed counter (`state::window_add`), one record `[calls, failed, slow]` per call
+//!   (`[1, 0, 0]` for a fast success). Closed: the last `window_size` calls, or the
+//!   one-second slots of the last `window_size` seconds; half-open: the completed
+//!   probes. Recording a call and reading the rates is that one call.
+//! - `permits/<gen>/<key>`: half-open only, a counter (`state::incr`) of the probes let
+//!   through; a call whose number is above `permitted_calls_in_half_open` is refused.
+//!
+//! The generation in the window's key is what starts a fresh window on a transition, and
+//! what keeps a call admitted before a transition (completing after it) out of the new
+//! window: its outcome lands in the old generation's window, which nothing reads.
+//!
+//! Nothing is updated with a compare-and-swap loop, so any number of instances and
+//! processes can share a breaker without retrying against each other: a transition's
+//! compare-and-swap that loses means another instance made that transition, and the call
+//! goes on with what it stored.
+//!
+//! A lost half-open probe (its client went away) keeps its permit, and the round cannot
+//! decide without it. So when every permit is taken and the round is past its `until`
+//! with outcomes missing, the next call starts a new half-open round (a new generation,
+//! fresh permits; the missing probes no longer count).
+//!
+//! TTLs: windows and permits live `idle_ttl` (or the time window, if longer) plus
+//! `wait_in_open` after their last write, the machine as long after its last transition.
+//! A breaker that expires is closed with an empty window again. Open → half-open happens
+//! on the first call after `wait_in_open`, as resilience4j does without
+//! `automaticTransitionFromOpenToHalfOpenEnabled`; until then the record still says
+//! `open`.
+//!
+//! When the state backend fails, the breaker **fails open**: the call goes through
+//! unrecorded, and a warning is logged at most every 10 s per instance.
 //!
 //! ## Metrics
 //!
@@ -392,6 +407,25 @@ impl Store for SharedState {
             Some(Duration::from_millis(ttl_ms)),
         )
         .map_err(|e| format!("{e:?}"))
+    }
+
+    fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, String> {
+        weir_filter::state::incr(key, delta, Some(Duration::from_millis(ttl_ms)))
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    fn window_add(
+        &self,
+        key: &str,
+        window: weir_filter::state::Window,
+        now_ms: u64,
+        lanes: Option<&[i64]>,
+        ttl_ms: u64,
+    ) -> Result<Vec<i64>, String> {
+        let now_ns = now_ms.saturating_mul(1_000_000);
+        let ttl = Some(Duration::from_millis(ttl_ms));
+        weir_filter::state::window_add(key, window, now_ns, now_ns, lanes, ttl)
+            .map_err(|e| format!("{e:?}"))
     }
 }
 

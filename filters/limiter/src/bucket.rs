@@ -4,8 +4,9 @@
 //! one instant, the *theoretical arrival time* (`tat`), the moment the bucket will be
 //! full again. A bucket with `tat <= now` is full; each token taken pushes `tat` one
 //! `interval` later; a request fits when the new `tat` is at most `burst` intervals
-//! ahead of now. One number, updated with one compare-and-swap, with no refill job and
-//! nothing to drift. Queue mode reserves a token by letting `tat` run further ahead: the
+//! ahead of now. One number, with no refill job and nothing to drift. The host's
+//! `state::bucket_take` runs [`take`]'s arithmetic atomically in the store; the filter
+//! keeps it here to report the bucket ([`status`]) and for its tests. Queue mode reserves a token by letting `tat` run further ahead: the
 //! token becomes due when the new `tat` is `burst` intervals ahead, and how far beyond
 //! that `tat` lies says how many reservations are waiting.
 //!

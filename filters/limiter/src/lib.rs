@@ -93,11 +93,15 @@
 //! `<route>:client:<ip>` or `<route>:header:<name>:<hash>` (`-` for the shared bucket of
 //! requests without the header).
 //!
-//! - `b:<id>`: the bucket, `"<tat> <paused_until>"` in nanoseconds since the Unix epoch
-//!   (the GCRA form of a token bucket: the instant the bucket is full again, and the end
-//!   of an upstream-requested pause, 0 if none). Updated with compare-and-swap loops, so
-//!   concurrent instances and processes never lose a token. Its TTL runs out when the
-//!   bucket is full and not paused, when an absent key means the same.
+//! - `b:<id>`: the bucket, kept by the state store's atomic GCRA primitive: one
+//!   `state::bucket_take` per request (a queued request that wakes only reads it, with
+//!   `get`), `state::bucket_pause` for an upstream 429. The store holds
+//!   `"<tat> <paused_until>"` in nanoseconds since the Unix epoch (the GCRA form of a
+//!   token bucket: the instant the bucket is full again, and the end of an
+//!   upstream-requested pause, 0 if none). Each call is a single atomic step, so
+//!   concurrent instances and processes never lose a token, and never retry against each
+//!   other however hot the key. Its TTL runs out when the bucket is full and not paused,
+//!   when an absent key means the same.
 //! - `q:<id>:<request id>:<attempt>`: queue mode's reservation marker, the due time in
 //!   nanoseconds; deleted when the request goes on, and expiring with the route deadline.
 //!   The request id is weir's own (`request-info.id`), unique per request, never the
@@ -129,12 +133,9 @@ use weir_filter::{
     Filter, Outcome, Request, RequestAction, RequestInfo, Response, ResponseAction, ResponseEdit,
 };
 
-pub use bucket::{Bucket, Decision, NS_PER_SEC, Policy, Queue, Reason, Status};
+pub use bucket::{Bucket, Decision, NS_PER_SEC, Policy, Queue, Reason, Status, take};
 pub use config::{Config, Key, Mode, Settings};
-
-/// How often a compare-and-swap may lose to a concurrent update before the limiter gives
-/// up on this request (and fails open). Each loss means another request made progress.
-const MAX_CAS_TRIES: u32 = 64;
+use weir_filter::state::{BucketPolicy, TakeOutcome, TakeResult};
 
 /// How long a reservation marker outlives the route deadline, in nanoseconds.
 const RESERVATION_SLACK_NS: u64 = NS_PER_SEC;
@@ -154,14 +155,10 @@ pub trait Env {
     fn set(&self, key: &str, value: &[u8], ttl_ns: u64) -> Result<(), String>;
     /// Removes `key`.
     fn delete(&self, key: &str) -> Result<(), String>;
-    /// Stores `new` under `key` for `ttl_ns` if the value is still `expected`.
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl_ns: u64,
-    ) -> Result<bool, String>;
+    /// Atomically takes a token from the bucket under `key` (`state::bucket_take`).
+    fn bucket_take(&self, key: &str, policy: BucketPolicy, now: u64) -> Result<TakeResult, String>;
+    /// Atomically pauses the bucket under `key` until `until` (`state::bucket_pause`).
+    fn bucket_pause(&self, key: &str, until: u64, now: u64) -> Result<(), String>;
     /// Counts a rejection.
     fn rejected(&self, reason: Reason);
     /// Counts a state store failure (the request then passes).
@@ -285,37 +282,43 @@ impl Limiter {
         {
             return self.wake(env, now, info, req, id, &bucket_key, &reservation_key, due);
         }
-        for _ in 0..MAX_CAS_TRIES {
-            let stored = env.get(&bucket_key)?;
-            let current = stored.as_deref().and_then(Bucket::decode);
-            let (bucket, granted) = match bucket::take(policy, current, now, queue) {
-                Decision::Reject {
-                    reason,
-                    retry_after,
-                } => return Ok(self.reject(env, info, req, reason, retry_after)),
-                Decision::Admit { bucket, status } => (bucket, Ok(status)),
-                Decision::Reserve { bucket, due } => (bucket, Err(due)),
-            };
-            let new = bucket.encode();
-            if !env.compare_and_swap(&bucket_key, stored.as_deref(), &new, bucket.ttl(now))? {
-                continue;
+        // One atomic call decides: however many instances and processes take from this
+        // bucket at once, none of them retries.
+        let taken = env.bucket_take(&bucket_key, bucket_policy(policy, queue), now)?;
+        let reject = |reason| {
+            let retry_after = bucket::secs_ceil(taken.wait_ns).max(1);
+            Ok(self.reject(env, info, req, reason, retry_after))
+        };
+        match taken.outcome {
+            TakeOutcome::Admitted => {
+                let status = bucket::status(policy, taken.tat_ns, now);
+                Ok(self.admitted(id, status))
             }
-            return match granted {
-                Ok(status) => Ok(self.admitted(id, status)),
-                Err(due) => {
-                    // The marker only has to outlive the request, which the route deadline
-                    // bounds.
-                    let ttl = info
-                        .remaining_ms
-                        .saturating_mul(1_000_000)
-                        .max(due - now)
-                        .saturating_add(RESERVATION_SLACK_NS);
-                    env.set(&reservation_key, due.to_string().as_bytes(), ttl)?;
-                    Ok(RequestAction::Wait(bucket::millis_ceil(due - now)))
+            TakeOutcome::Reserved => {
+                let due = now.saturating_add(taken.wait_ns);
+                // The marker only has to outlive the request, which the route deadline
+                // bounds.
+                let ttl = info
+                    .remaining_ms
+                    .saturating_mul(1_000_000)
+                    .max(taken.wait_ns)
+                    .saturating_add(RESERVATION_SLACK_NS);
+                env.set(&reservation_key, due.to_string().as_bytes(), ttl)?;
+                Ok(RequestAction::Wait(bucket::millis_ceil(taken.wait_ns)))
+            }
+            TakeOutcome::Paused => reject(Reason::Paused),
+            TakeOutcome::QueueFull => reject(Reason::QueueFull),
+            TakeOutcome::TooLong => reject(Reason::TooLong),
+            // Queue mode with no time left to wait asks with `max_wait_ns` 0, which the
+            // store answers as reject mode: tell the two queue refusals apart here.
+            TakeOutcome::Empty => match queue {
+                Some(q) if taken.wait_ns.div_ceil(policy.interval) > q.max_queue => {
+                    reject(Reason::QueueFull)
                 }
-            };
+                Some(_) => reject(Reason::TooLong),
+                None => reject(Reason::Empty),
+            },
         }
-        Err("the bucket changed under every try (contention)".into())
     }
 
     /// A queued request is back: wait on if its token is not due yet, else let it go.
@@ -410,20 +413,18 @@ impl Limiter {
 
 /// Pauses bucket `id` until `until`, keeping its tokens.
 fn pause(env: &impl Env, id: &str, until: u64, now: u64) -> Result<(), String> {
-    let key = format!("b:{id}");
-    for _ in 0..MAX_CAS_TRIES {
-        let stored = env.get(&key)?;
-        let current = stored.as_deref().and_then(Bucket::decode);
-        let paused = current.unwrap_or_default().paused(until);
-        if current == Some(paused) {
-            return Ok(());
-        }
-        let new = paused.encode();
-        if env.compare_and_swap(&key, stored.as_deref(), &new, paused.ttl(now))? {
-            return Ok(());
-        }
+    env.bucket_pause(&format!("b:{id}"), until, now)
+}
+
+/// The numbers `state::bucket_take` works with: `queue`'s bounds, or none (`max_wait_ns`
+/// 0) in reject mode.
+fn bucket_policy(policy: &Policy, queue: Option<Queue>) -> BucketPolicy {
+    BucketPolicy {
+        interval_ns: policy.interval,
+        burst: policy.burst,
+        max_wait_ns: queue.map_or(0, |q| q.max_wait),
+        max_queue: queue.map_or(0, |q| q.max_queue),
     }
-    Err("the bucket changed under every try (contention)".into())
 }
 
 /// The bucket a request belongs to (see "State" in the crate docs).
@@ -509,15 +510,12 @@ impl Env for Host {
         weir_filter::state::delete(key).map_err(|e| format!("{e:?}"))
     }
 
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl_ns: u64,
-    ) -> Result<bool, String> {
-        weir_filter::state::compare_and_swap(key, expected, new, Host::ttl(ttl_ns))
-            .map_err(|e| format!("{e:?}"))
+    fn bucket_take(&self, key: &str, policy: BucketPolicy, now: u64) -> Result<TakeResult, String> {
+        weir_filter::state::bucket_take(key, policy, now).map_err(|e| format!("{e:?}"))
+    }
+
+    fn bucket_pause(&self, key: &str, until: u64, now: u64) -> Result<(), String> {
+        weir_filter::state::bucket_pause(key, until, now).map_err(|e| format!("{e:?}"))
     }
 
     fn rejected(&self, reason: Reason) {
@@ -562,7 +560,8 @@ mod tests {
     const T0: u64 = 1_700_000_000 * S;
 
     /// A state store in a map (TTLs recorded, not enforced) that counts what the filter
-    /// reports.
+    /// reports. Its buckets run [`bucket::take`], the arithmetic the host's `bucket-take`
+    /// does.
     #[derive(Default)]
     struct Fake {
         map: RefCell<HashMap<String, (Vec<u8>, u64)>>,
@@ -588,19 +587,54 @@ mod tests {
             self.map.borrow_mut().remove(key);
             Ok(())
         }
-        fn compare_and_swap(
-            &self,
-            key: &str,
-            expected: Option<&[u8]>,
-            new: &[u8],
-            ttl_ns: u64,
-        ) -> Result<bool, String> {
-            let mut map = self.map.borrow_mut();
-            if map.get(key).map(|(v, _)| v.as_slice()) != expected {
-                return Ok(false);
-            }
-            map.insert(key.into(), (new.to_vec(), ttl_ns));
-            Ok(true)
+        fn bucket_take(&self, key: &str, p: BucketPolicy, now: u64) -> Result<TakeResult, String> {
+            let current = self.get(key)?.as_deref().and_then(Bucket::decode);
+            let b = current.unwrap_or_default();
+            let policy = Policy {
+                interval: p.interval_ns,
+                burst: p.burst,
+                quota: 0,
+                window_secs: 0,
+            };
+            let queue = (p.max_wait_ns > 0).then_some(Queue {
+                max_wait: p.max_wait_ns,
+                max_queue: p.max_queue,
+            });
+            let result = |outcome, tat_ns, wait_ns| TakeResult {
+                outcome,
+                tat_ns,
+                paused_until_ns: b.paused_until,
+                wait_ns,
+            };
+            Ok(match bucket::take(&policy, current, now, queue) {
+                Decision::Admit { bucket, .. } => {
+                    self.set(key, &bucket.encode(), bucket.ttl(now))?;
+                    result(TakeOutcome::Admitted, bucket.tat, 0)
+                }
+                Decision::Reserve { bucket, due } => {
+                    self.set(key, &bucket.encode(), bucket.ttl(now))?;
+                    result(TakeOutcome::Reserved, bucket.tat, due - now)
+                }
+                Decision::Reject { reason, .. } => {
+                    let outcome = match reason {
+                        Reason::Empty => TakeOutcome::Empty,
+                        Reason::Paused => TakeOutcome::Paused,
+                        Reason::QueueFull => TakeOutcome::QueueFull,
+                        Reason::TooLong => TakeOutcome::TooLong,
+                    };
+                    let wait = match reason {
+                        Reason::Paused => b.paused_until - now,
+                        _ => b.tat.max(now) + p.interval_ns - now - p.burst * p.interval_ns,
+                    };
+                    result(outcome, b.tat, wait)
+                }
+            })
+        }
+
+        fn bucket_pause(&self, key: &str, until: u64, now: u64) -> Result<(), String> {
+            let current = self.get(key)?.as_deref().and_then(Bucket::decode);
+            let paused = current.unwrap_or_default().paused(until);
+            self.set(key, &paused.encode(), paused.ttl(now))
         }
         fn rejected(&self, reason: Reason) {
             self.rejected.borrow_mut().push(reason);

@@ -74,14 +74,17 @@
 //! are told apart by origin, and the counts are shared by every route, instance and (with
 //! the Redis backend) weir process:
 //!
-//! - `budget:active:<origin>:<bucket>`: requests to `<origin>` that started in `<bucket>`
-//!   and have not ended;
-//! - `budget:retrying:<origin>:<bucket>`: their retries in flight.
+//! - `budget:active:<origin>`: requests to `<origin>` that have not ended;
+//! - `budget:retrying:<origin>`: their retries in flight.
 //!
-//! A bucket is 10 s of wall-clock time (Unix time / 10 s). A count is the sum of the last
-//! 4 buckets, and each key expires 50 s after it was made, so an update that never comes
-//! (the client went away, the deadline struck mid-retry) is forgotten within 40 s and can
-//! never wedge the budget. A request older than 30 s stops counting as active, which only
+//! Each is a time window (`state::window_add`) of 4 slots of 10 s of wall-clock time
+//! (Unix time / 10 s), one lane: a request adds 1 to the slot it started in and -1 to
+//! the same slot when it ends, and the count is the window's sum. Every update is one
+//! atomic call that also returns the sum, so requests never retry against each other on
+//! these hot keys (a retry costs two calls, three if over budget). An update that never
+//! comes (the client went away, the deadline struck mid-retry) is forgotten within 40 s
+//! when its slot leaves the window, and can never wedge the budget; each key expires 50 s
+//! after its last update. A request older than 30 s stops counting as active, which only
 //! makes the budget stricter. If the state backend is unavailable the budget fails open:
 //! retries follow the rest of the policy.
 //!
@@ -211,7 +214,7 @@ impl Retry {
         now: SystemTime,
     ) -> RequestAction {
         let start = budget::bucket(now);
-        let counted = budget::enter(store, Count::Active, &req.upstream, start).is_ok();
+        let counted = budget::enter(store, Count::Active, &req.upstream, start, start).is_ok();
         let memo = Memo {
             first_attempt: info.attempt,
             start,
@@ -236,6 +239,7 @@ impl Retry {
         at: Moment,
     ) -> (ResponseAction, Decision) {
         let Moment { now, random } = at;
+        let bucket = budget::bucket(now);
         let Some(memo) = memo.and_then(Memo::decode) else {
             // on_request did not run for this request (it failed open): there is no count
             // to keep, so there is no budget to retry within.
@@ -244,7 +248,7 @@ impl Retry {
         let retries_done = info.attempt.saturating_sub(memo.first_attempt);
         if retries_done > 0 {
             // The try this filter asked for is over: its retry slot is free again.
-            let _ = budget::leave(store, Count::Retrying, &req.upstream, memo.start);
+            let _ = budget::leave(store, Count::Retrying, &req.upstream, memo.start, bucket);
         }
         let t = Try {
             method: &req.method,
@@ -260,7 +264,7 @@ impl Retry {
                     store,
                     &req.upstream,
                     memo.start,
-                    budget::bucket(now),
+                    bucket,
                     p.budget_percent,
                     p.min_retry_concurrency,
                 ) {
@@ -279,7 +283,7 @@ impl Retry {
             }
             Decision::Final(_) | Decision::OverBudget => {
                 if memo.counted {
-                    let _ = budget::leave(store, Count::Active, &req.upstream, memo.start);
+                    let _ = budget::leave(store, Count::Active, &req.upstream, memo.start, bucket);
                 }
                 (attempts(info), decision)
             }
@@ -366,13 +370,27 @@ fn random() -> u64 {
 struct StateStore;
 
 impl Store for StateStore {
-    fn incr(&mut self, key: &str, delta: i64, ttl: Duration) -> Result<i64, String> {
-        weir_filter::state::incr(key, delta, Some(ttl)).map_err(|e| unavailable(&e))
-    }
-
-    fn get(&mut self, key: &str) -> Result<Option<i64>, String> {
-        let value = weir_filter::state::get(key).map_err(|e| unavailable(&e))?;
-        Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok()))
+    fn add(&mut self, key: &str, at: u64, now: u64, delta: Option<i64>) -> Result<i64, String> {
+        use weir_filter::state::{self, TimeWindow, Window};
+        let window = Window::Time(TimeWindow {
+            slot_ms: budget::BUCKET.as_millis() as u32,
+            slots: budget::WINDOW as u32,
+        });
+        // The start of each bucket: the host finds the same slots again from it.
+        let bucket_ns = budget::BUCKET.as_nanos() as u64;
+        let lanes = delta.map(|d| [d]);
+        let at_ns = at.saturating_mul(bucket_ns);
+        let now_ns = now.saturating_mul(bucket_ns);
+        let sums = state::window_add(
+            key,
+            window,
+            at_ns,
+            now_ns,
+            lanes.as_ref().map(|l| &l[..]),
+            Some(budget::TTL),
+        )
+        .map_err(|e| unavailable(&e))?;
+        Ok(sums.first().copied().unwrap_or(0))
     }
 }
 
