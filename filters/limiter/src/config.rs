@@ -34,6 +34,20 @@ pub struct Config {
     /// Queue mode: the most requests waiting per key. Default 100.
     #[serde(default)]
     pub max_queue: Option<u64>,
+    /// What a request gets when the state store fails: pass (`"allow"`) or 503.
+    #[serde(default)]
+    pub on_state_error: OnStateError,
+}
+
+/// What the filter does when the state store fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStateError {
+    /// Fail open: the request passes, without `RateLimit` headers.
+    #[default]
+    Allow,
+    /// Fail closed: 503 `state_unavailable`.
+    Reject,
 }
 
 /// What the filter does with a request that finds the bucket empty.
@@ -68,6 +82,8 @@ pub struct Settings {
     pub key: Key,
     /// Queue mode's bounds; `None` in reject mode.
     pub queue: Option<Queue>,
+    /// `on_state_error`.
+    pub on_state_error: OnStateError,
 }
 
 /// The default `per`, and the default `max_wait`.
@@ -164,6 +180,7 @@ impl Config {
             },
             key,
             queue,
+            on_state_error: self.on_state_error,
         })
     }
 }
@@ -223,6 +240,7 @@ mod tests {
                 },
                 key: Key::Route,
                 queue: None,
+                on_state_error: OnStateError::Allow,
             }
         );
         let s = settings(r#"{"rate": 5, "mode": "queue"}"#).unwrap();
@@ -317,6 +335,10 @@ mod tests {
                 "key: invalid header name",
             ),
             (r#"{"rate": 1, "mode": "drop"}"#, "unknown variant `drop`"),
+            (
+                r#"{"rate": 1, "on_state_error": "maybe"}"#,
+                "unknown variant `maybe`, expected `allow` or `reject`",
+            ),
             (
                 r#"{"rate": 1, "max_wait": "1s"}"#,
                 "max_wait applies only to mode",

@@ -22,6 +22,7 @@
 //! | `mode` | `"reject"` or `"queue"` | `"reject"` | what happens without a token |
 //! | `max_wait` | duration | `"1s"` | queue mode only: the longest a request waits for its token |
 //! | `max_queue` | integer ≥ 1 | `100` | queue mode only: the most requests waiting per key |
+//! | `on_state_error` | `"allow"` or `"reject"` | `"allow"` | when the state store fails: let the request pass, or answer 503 (see "State") |
 //!
 //! Durations are a number and a unit: `"250ms"`, `"1.5s"`, `"1m"`, `"1h"`, `"1d"`. The
 //! rate may be at most one token per microsecond. `max_wait` and `max_queue` are errors
@@ -109,8 +110,10 @@
 //!   and ride on, that request's reservation.
 //!
 //! Buckets use the wall clock, so processes that share a Redis state store should keep
-//! their clocks in sync (NTP). If the state store fails, the limiter fails open: the
-//! request passes without headers, and the counter `weir_filter_limiter_state_errors_total`
+//! their clocks in sync (NTP). If the state store fails (Redis down, or slower than its
+//! `timeout`), the limiter fails open by default: the request passes without headers.
+//! With `on_state_error = "reject"` it gets 503 `{"error": "state_unavailable", …}`
+//! with `Retry-After: 1` instead. Either way the counter `weir_filter_limiter_state_errors_total`
 //! goes up. Rejections count in `weir_filter_limiter_rejected_total{reason}`, with reason
 //! `empty`, `paused`, `queue_full` or `max_wait`. The gauge
 //! `weir_filter_limiter_tokens{key}` holds the whole tokens the bucket had left after its
@@ -134,7 +137,7 @@ use weir_filter::{
 };
 
 pub use bucket::{Bucket, Decision, NS_PER_SEC, Policy, Queue, Reason, Status, take};
-pub use config::{Config, Key, Mode, Settings};
+pub use config::{Config, Key, Mode, OnStateError, Settings};
 use weir_filter::state::{BucketPolicy, TakeOutcome, TakeResult};
 
 /// How long a reservation marker outlives the route deadline, in nanoseconds.
@@ -161,7 +164,7 @@ pub trait Env {
     fn bucket_pause(&self, key: &str, until: u64, now: u64) -> Result<(), String>;
     /// Counts a rejection.
     fn rejected(&self, reason: Reason);
-    /// Counts a state store failure (the request then passes).
+    /// Counts a state store failure.
     fn state_failed(&self, detail: &str);
 }
 
@@ -224,7 +227,22 @@ impl Limiter {
             Ok(action) => action,
             Err(e) => {
                 env.state_failed(&e);
-                RequestAction::proceed()
+                match self.settings.on_state_error {
+                    OnStateError::Allow => RequestAction::proceed(),
+                    OnStateError::Reject => {
+                        let body = json!({
+                            "error": "state_unavailable",
+                            "message": format!(
+                                "limiter: the state store is unavailable ({e}); the request was not sent"
+                            ),
+                            "route": info.route,
+                            "request_id": req.request_id().unwrap_or(&info.id),
+                        });
+                        RequestAction::Respond(
+                            Response::json(503, &body).with_header("retry-after", "1"),
+                        )
+                    }
+                }
             }
         }
     }
@@ -903,6 +921,27 @@ mod tests {
             l.response(&env, T0, None, &ok(200, &[])),
             ResponseAction::proceed()
         );
+    }
+
+    #[test]
+    fn on_state_error_reject_answers_503_when_the_store_fails() {
+        let l = limiter(r#"{"rate": 1, "on_state_error": "reject"}"#);
+        let env = Fake {
+            failing: true,
+            ..Fake::default()
+        };
+        let action = l.request(&env, T0, &info("a"), &request(&[]));
+        let r = rejection(&action);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header_str("retry-after"), Some("1"));
+        let body: weir_filter::serde_json::Value =
+            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"], "state_unavailable");
+        assert_eq!(
+            body["message"],
+            "limiter: the state store is unavailable (down); the request was not sent"
+        );
+        assert_eq!(*env.failures.borrow(), 1);
     }
 
     #[test]
