@@ -315,6 +315,27 @@ upstream = "api"
 match = { path_prefix = "/cached" }
 timeout = "10s"
 filters = [{ use = "cache", config = { default_ttl = "1h" } }]
+
+[[routes]]
+name = "strict-limiter"
+upstream = "api"
+match = { path_prefix = "/strict-limiter" }
+timeout = "10s"
+filters = [{ use = "limiter", config = { rate = 1000, on_state_error = "reject" } }]
+
+[[routes]]
+name = "strict-breaker"
+upstream = "api"
+match = { path_prefix = "/strict-breaker" }
+timeout = "10s"
+filters = [{ use = "breaker", config = { on_state_error = "reject" } }]
+
+[[routes]]
+name = "breaker"
+upstream = "api"
+match = { path_prefix = "/breaker" }
+timeout = "10s"
+filters = ["breaker"]
 "#,
     );
     let weir = Weir::start(&cfg).await;
@@ -353,12 +374,22 @@ filters = [{ use = "cache", config = { default_ttl = "1h" } }]
     assert_eq!(headers["retry-after"], "1");
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"], "state_unavailable");
-    // The cache bypasses: every request reaches the upstream.
+    // The cache bypasses: every request reaches the upstream; a default breaker lets
+    // calls through; with on_state_error = "reject", limiter and breaker answer 503.
     let before = api.count();
     for _ in 0..3 {
         assert_eq!(get(&weir, "/cached").await.0, 200);
     }
-    assert_eq!(api.count(), before + 3);
+    assert_eq!(get(&weir, "/breaker").await.0, 200);
+    assert_eq!(api.count(), before + 4);
+    for path in ["/strict-limiter", "/strict-breaker"] {
+        let (code, headers, body) = get(&weir, path).await;
+        assert_eq!(code, 503, "{path}");
+        assert_eq!(headers["retry-after"], "1");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "state_unavailable", "{path}");
+    }
+    assert_eq!(api.count(), before + 4, "the strict routes sent nothing");
     let s = status(&weir).await;
     assert_eq!(s["state"]["backend"], "redis");
     assert_eq!(s["state"]["healthy"], false);

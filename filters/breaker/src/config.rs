@@ -38,6 +38,8 @@ pub struct Config {
     pub key: Option<KeyConfig>,
     /// A breaker's record is dropped from `state` this long after its last update.
     pub idle_ttl: String,
+    /// When the state store fails: `"allow"` the call through, or `"reject"` it (503).
+    pub on_state_error: String,
 }
 
 /// `key = { header = "x-tenant" }` or `key = { regex = "…" }`.
@@ -65,6 +67,7 @@ impl Default for Config {
             failure_statuses: None,
             key: None,
             idle_ttl: "1h".to_owned(),
+            on_state_error: "allow".to_owned(),
         }
     }
 }
@@ -118,6 +121,9 @@ pub struct Settings {
     pub failure_statuses: FailureStatuses,
     /// Milliseconds a record lives after its last update (see [`Settings::record_ttl_ms`]).
     pub idle_ttl_ms: u64,
+    /// `on_state_error = "reject"`: a call the store cannot check gets 503 instead of
+    /// going through.
+    pub reject_on_state_error: bool,
 }
 
 impl Settings {
@@ -189,6 +195,15 @@ impl Config {
             }
         };
         let key = KeySource::from_config(self.key)?;
+        let reject_on_state_error = match self.on_state_error.as_str() {
+            "allow" => false,
+            "reject" => true,
+            other => {
+                return Err(format!(
+                    "on_state_error: expected \"allow\" or \"reject\", got {other:?}"
+                ));
+            }
+        };
         Ok((
             Settings {
                 window,
@@ -200,6 +215,7 @@ impl Config {
                 permitted_in_half_open: self.permitted_calls_in_half_open,
                 failure_statuses,
                 idle_ttl_ms,
+                reject_on_state_error,
             },
             key,
         ))
@@ -261,6 +277,7 @@ mod tests {
                 permitted_in_half_open: 10,
                 failure_statuses: FailureStatuses::Any5xx,
                 idle_ttl_ms: 3_600_000,
+                reject_on_state_error: false,
             }
         );
         assert_eq!(s.record_ttl_ms(), 3_660_000);

@@ -32,6 +32,7 @@
 //! | `permitted_calls_in_half_open` | integer, 1 to 1000 | `10` | probes let through in half-open |
 //! | `failure_statuses` | list of statuses | every 5xx | response statuses that count as failures |
 //! | `key` | `{ header = "…" }` or `{ regex = "…" }` | the upstream origin | what names the breaker (below) |
+//! | `on_state_error` | `"allow"` or `"reject"` | `"allow"` | when the state store fails: let the call through unrecorded, or answer 503 (below) |
 //! | `idle_ttl` | duration ≥ 1s | `"1h"` | a window no call has updated for this long is forgotten; so is the breaker, that long after its last transition (back to closed, empty window) |
 //!
 //! Durations are a number and a unit: `ms`, `s`, `m`, `h` or `d` (`"250ms"`, `"1.5s"`, `"2m"`).
@@ -130,8 +131,11 @@
 //! `automaticTransitionFromOpenToHalfOpenEnabled`; until then the record still says
 //! `open`.
 //!
-//! When the state backend fails, the breaker **fails open**: the call goes through
-//! unrecorded, and a warning is logged at most every 10 s per instance.
+//! When the state backend fails (Redis down, or slower than its `timeout`), the breaker
+//! **fails open** by default: the call goes through unrecorded, and a warning is logged
+//! at most every 10 s per instance. With `on_state_error = "reject"` the call gets 503
+//! `{"error": "state_unavailable", "key", "message"}` with `Retry-After: 1` instead, for
+//! upstreams that must never see a burst the breaker could not check.
 //!
 //! ## Metrics
 //!
@@ -254,7 +258,11 @@ impl Filter for Breaker {
             }
             Err(e) => {
                 self.warn(now, &key, &e);
-                RequestAction::proceed()
+                if self.engine.settings().reject_on_state_error {
+                    RequestAction::Respond(state_unavailable(&key, &e))
+                } else {
+                    RequestAction::proceed()
+                }
             }
         }
     }
@@ -347,6 +355,16 @@ pub fn rejection(key: &str, phase: Phase, retry_after_s: u64) -> Response {
         ),
     });
     Response::json(503, &body).with_header("retry-after", retry_after_s.to_string())
+}
+
+/// The 503 for a call the state store could not check, with `on_state_error = "reject"`.
+pub fn state_unavailable(key: &str, e: &StoreFailure) -> Response {
+    let body = json!({
+        "error": "state_unavailable",
+        "key": key,
+        "message": format!("breaker: the state store is unavailable ({e}); the call was not sent"),
+    });
+    Response::json(503, &body).with_header("retry-after", "1")
 }
 
 fn report_transition(source: &KeySource, key: &str, t: Transition) {
@@ -553,6 +571,29 @@ mod tests {
         assert_eq!(body["retry_after"], 42);
         let r = rejection("k", Phase::HalfOpen, 1);
         assert_eq!(r.header_str("retry-after"), Some("1"));
+    }
+
+    #[test]
+    fn state_unavailable_is_json_naming_the_key_and_the_failure() {
+        let e =
+            StoreFailure::Unavailable("redis at redis://r:6379: no answer within 250 ms".into());
+        let r = state_unavailable("https://api.example.com", &e);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header_str("retry-after"), Some("1"));
+        let body: weir_filter::serde_json::Value =
+            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"], "state_unavailable");
+        assert_eq!(body["key"], "https://api.example.com");
+        assert_eq!(
+            body["message"],
+            "breaker: the state store is unavailable (state unavailable: redis at redis://r:6379: no answer within 250 ms); the call was not sent"
+        );
+        let err =
+            weir_filter::build_filter::<Breaker>(r#"{"on_state_error": "deny"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            "breaker: on_state_error: expected \"allow\" or \"reject\", got \"deny\""
+        );
     }
 
     #[test]
