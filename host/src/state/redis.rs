@@ -514,6 +514,8 @@ impl StateBackend for RedisBackend {
 
 #[cfg(test)]
 #[path = "../../../tests/e2e/support/redis.rs"]
+// The e2e tests use all of it; these unit tests a part.
+#[allow(dead_code)]
 mod test_server;
 
 #[cfg(test)]
