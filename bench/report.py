@@ -152,7 +152,7 @@ def main():
     if ("closed", "weir-full-redis") in runs:
         trips = med("redis", "weir-full-redis", 0)
         full, redis = med("closed", "weir-full", 0), med("closed", "weir-full-redis", 0)
-        w(f"State in Redis: {'–' if trips is None else f'{trips:.2f}'} Redis commands (round trips) "
+        w(f"State in Redis: {'–' if trips is None else f'{trips:.2f}'} state operations (Redis round trips) "
           f"per request through the full chain (the memory backend makes none); "
           f"req/s {ratio(redis, full)}× the memory backend's, CPU-µs/req "
           f"{ratio(med('closed', 'weir-full-redis', 3), med('closed', 'weir-full', 3))}× "

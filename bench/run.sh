@@ -226,10 +226,11 @@ f = {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
 print(round(float(m.group(1)) * f, 1))' "$1"
 }
 
-# Commands the bench Redis has run, PINGs excepted.
-redis_commands() {
-    redis-cli -p "$REDIS_PORT" INFO commandstats |
-        awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_ping" && $1 != "cmdstat_info" { n += $3 } END { print n + 0 }'
+# The state operations (Redis round trips) weir-full-redis has made so far, from its
+# weir_state_operations_total.
+state_round_trips() {
+    curl -s "http://127.0.0.1:18088/metrics" |
+        awk '/^weir_state_operations_total/ { n += $NF } END { printf "%d\n", n }'
 }
 
 # One closed-loop measurement of row $1 (peer already warm): appends to $RESULTS.
@@ -240,9 +241,9 @@ closed_loop() {
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
     [ -n "$PEER_PID" ] && t0="$(cpu_ticks "$PEER_PID")"
     local c0 c1
-    [ "$row" = weir-full-redis ] && c0="$(redis_commands)"
+    [ "$row" = weir-full-redis ] && c0="$(state_round_trips)"
     out="$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")"
-    [ "$row" = weir-full-redis ] && c1="$(redis_commands)"
+    [ "$row" = weir-full-redis ] && c1="$(state_round_trips)"
     [ -n "$PEER_PID" ] && t1="$(cpu_ticks "$PEER_PID")"
     echo "$out" >"$RUN/wrk-$row-$repeat.txt"
     local rps requests p50 p99 errors cpu="" rss=""
@@ -258,7 +259,7 @@ closed_loop() {
     printf 'closed\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$row" "$repeat" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errors" >>"$RESULTS"
     if [ "$row" = weir-full-redis ]; then
-        # Redis commands (state round trips) per request, weir's health PINGs left out.
+        # State round trips per request.
         printf 'redis\t%s\t%s\t%s\t\t\t\t\t0\n' "$row" "$repeat" \
             "$(python3 -c "print(round(($c1 - $c0) / $requests, 2))")" >>"$RESULTS"
     fi

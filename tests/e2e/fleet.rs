@@ -661,3 +661,52 @@ async fn a_slow_redis_never_holds_a_request_past_its_route_deadline() {
     );
     assert_eq!(sleeper.join().unwrap(), "+OK");
 }
+
+#[tokio::test]
+async fn the_full_chain_costs_a_fixed_number_of_redis_round_trips() {
+    let redis = RedisServer::start();
+    let api = Upstream::start(|_, _| Reply::ok()).await;
+    let cfg = config(
+        &state_single(&redis.url(), "1s"),
+        &api.url(),
+        r#""retry", { use = "limiter", config = { rate = 1000000 } }, "breaker", "cache""#,
+        "",
+    );
+    let weir = Weir::start(&cfg).await;
+    // Warm: the first request may load the scripts.
+    assert_eq!(get(&weir, "/w").await.0, 200);
+    let before = state_ops(&weir).await;
+    for i in 0..50 {
+        assert_eq!(get(&weir, &format!("/{i}")).await.0, 200);
+    }
+    let after = state_ops(&weir).await;
+    let mut per_request = Vec::new();
+    for (series, n) in &after {
+        let n = n - before.get(series).copied().unwrap_or(0.0);
+        per_request.push(format!("{series} {}", n / 50.0));
+    }
+    per_request.sort();
+    let total: f64 = after.values().sum::<f64>() - before.values().sum::<f64>();
+    println!(
+        "state round trips per request: {}\n{}",
+        total / 50.0,
+        per_request.join("\n")
+    );
+    // retry: its budget's active count at the start and at the end; limiter: one take;
+    // breaker: the machine read and the outcome's window; cache: one lookup (a miss
+    // that stores nothing).
+    assert_eq!(total / 50.0, 6.0, "{per_request:?}");
+}
+
+/// `weir_state_operations_total` by its labels.
+async fn state_ops(weir: &Weir) -> std::collections::HashMap<String, f64> {
+    metrics(weir)
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("weir_state_operations_total"))
+        .filter_map(|l| {
+            let (labels, n) = l.rsplit_once(' ')?;
+            Some((labels.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}

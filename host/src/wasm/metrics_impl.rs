@@ -70,6 +70,7 @@ pub struct FilterMetrics {
     call_seconds: HistogramVec,
     failures: CounterVec,
     state_errors: CounterVec,
+    state_ops: IntCounterVec,
     dropped: IntCounterVec,
     guest: Mutex<HashMap<String, Option<GuestMetric>>>,
     /// Two independently keyed hashers for label-set keys: a client that picks label
@@ -106,8 +107,16 @@ impl FilterMetrics {
             ),
             &["filter", "kind"],
         )?;
+        let state_ops = IntCounterVec::new(
+            Opts::new(
+                "weir_state_operations_total",
+                "State operations filters made, by filter and operation; with the redis backend each is one round trip",
+            ),
+            &["filter", "op"],
+        )?;
         registry.register(Box::new(call_seconds.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(state_ops.clone()))?;
         let dropped = IntCounterVec::new(
             Opts::new(
                 "weir_filter_metric_series_dropped_total",
@@ -122,6 +131,7 @@ impl FilterMetrics {
             call_seconds,
             failures,
             state_errors,
+            state_ops,
             dropped,
             guest: Mutex::new(HashMap::new()),
             hashers: [RandomState::new(), RandomState::new()],
@@ -151,6 +161,11 @@ impl FilterMetrics {
         self.failures
             .with_label_values(&[route, filter, phase, kind])
             .inc();
+    }
+
+    /// Counts a state operation (`get`, `bucket_take`, …) of `filter`.
+    pub fn count_state_op(&self, filter: &str, op: &str) {
+        self.state_ops.with_label_values(&[filter, op]).inc();
     }
 
     /// Counts a failed state operation.

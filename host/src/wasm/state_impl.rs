@@ -23,11 +23,13 @@ impl GuestHost {
 
 impl GuestHost {
     /// Runs one backend operation, cut at the call's state deadline (so a slow backend
-    /// never holds the request past its deadline), and counts its failure.
+    /// never holds the request past its deadline), and counts it and its failure.
     async fn bounded<T>(
         &self,
+        name: &'static str,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, StateError> {
+        self.metrics.count_state_op(&self.meta.filter, name);
         let result = match self.state_deadline {
             Some(until) => tokio::time::timeout_at(until, op)
                 .await
@@ -68,7 +70,7 @@ fn ttl(ms: Option<u64>) -> Option<Duration> {
 impl Host for GuestHost {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, StateError> {
         let key = self.key(&key)?;
-        self.bounded(self.state.get(&key)).await
+        self.bounded("get", self.state.get(&key)).await
     }
 
     async fn set(
@@ -78,12 +80,13 @@ impl Host for GuestHost {
         ttl_ms: Option<u64>,
     ) -> Result<(), StateError> {
         let key = self.key(&key)?;
-        self.bounded(self.state.set(&key, value, ttl(ttl_ms))).await
+        self.bounded("set", self.state.set(&key, value, ttl(ttl_ms)))
+            .await
     }
 
     async fn delete(&mut self, key: String) -> Result<(), StateError> {
         let key = self.key(&key)?;
-        self.bounded(self.state.delete(&key)).await
+        self.bounded("delete", self.state.delete(&key)).await
     }
 
     async fn incr(
@@ -93,7 +96,7 @@ impl Host for GuestHost {
         ttl_ms: Option<u64>,
     ) -> Result<i64, StateError> {
         let key = self.key(&key)?;
-        self.bounded(self.state.incr(&key, delta, ttl(ttl_ms)))
+        self.bounded("incr", self.state.incr(&key, delta, ttl(ttl_ms)))
             .await
     }
 
@@ -105,11 +108,10 @@ impl Host for GuestHost {
         ttl_ms: Option<u64>,
     ) -> Result<bool, StateError> {
         let key = self.key(&key)?;
-        self.bounded(
-            self.state
-                .compare_and_swap(&key, expected.as_deref(), new, ttl(ttl_ms)),
-        )
-        .await
+        let op = self
+            .state
+            .compare_and_swap(&key, expected.as_deref(), new, ttl(ttl_ms));
+        self.bounded("compare_and_swap", op).await
     }
 
     async fn bucket_take(
@@ -126,7 +128,7 @@ impl Host for GuestHost {
             max_queue: policy.max_queue,
         };
         let r = self
-            .bounded(self.state.bucket_take(&key, policy, now_ns))
+            .bounded("bucket_take", self.state.bucket_take(&key, policy, now_ns))
             .await?;
         Ok(TakeResult {
             outcome: outcome(r.outcome),
@@ -143,8 +145,11 @@ impl Host for GuestHost {
         now_ns: u64,
     ) -> Result<(), StateError> {
         let key = self.key(&key)?;
-        self.bounded(self.state.bucket_pause(&key, until_ns, now_ns))
-            .await
+        self.bounded(
+            "bucket_pause",
+            self.state.bucket_pause(&key, until_ns, now_ns),
+        )
+        .await
     }
 
     async fn window_add(
@@ -161,14 +166,11 @@ impl Host for GuestHost {
             Window::Count(n) => backend::Window::Count(n),
             Window::Time(TimeWindow { slot_ms, slots }) => backend::Window::Time { slot_ms, slots },
         };
-        self.bounded(self.state.window_add(
-            &key,
-            window,
-            at_ns,
-            now_ns,
-            lanes.as_deref(),
-            ttl(ttl_ms),
-        ))
+        self.bounded(
+            "window_add",
+            self.state
+                .window_add(&key, window, at_ns, now_ns, lanes.as_deref(), ttl(ttl_ms)),
+        )
         .await
     }
 }
