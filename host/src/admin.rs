@@ -63,6 +63,14 @@ fn error(status: StatusCode, code: &str, message: String) -> Response<ProxyBody>
     )
 }
 
+fn no_jobs() -> Response<ProxyBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "async jobs are not configured ([jobs])".to_owned(),
+    )
+}
+
 impl Admin {
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = &self.token else {
@@ -145,8 +153,12 @@ impl Admin {
                     ),
                 }
             }
+            (Method::GET, ["jobs", "dead"]) => self.dead_jobs().await,
+            (Method::POST, ["jobs", id, "redeliver"]) => self.redeliver(id).await,
             (_, ["metrics" | "status" | "requests"])
             | (_, ["requests", _])
+            | (_, ["jobs", "dead"])
+            | (_, ["jobs", _, "redeliver"])
             | (_, ["requests", _, "replay"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -156,6 +168,49 @@ impl Admin {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no admin endpoint {path}; try /metrics, /status or /requests"),
+            ),
+        }
+    }
+
+    /// `/jobs/dead`: jobs whose webhook could not be delivered, oldest first.
+    async fn dead_jobs(&self) -> Response<ProxyBody> {
+        let Some(jobs) = self.proxy.jobs() else {
+            return no_jobs();
+        };
+        match jobs.dead().await {
+            Ok(dead) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "jobs": dead.iter().map(crate::jobs::Job::to_json).collect::<Vec<_>>()
+                }),
+            ),
+            Err(e) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "journal_unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+
+    /// `/jobs/<id>/redeliver`: a dead job's webhook, from the start of the schedule.
+    async fn redeliver(&self, id: &str) -> Response<ProxyBody> {
+        let Some(jobs) = self.proxy.jobs() else {
+            return no_jobs();
+        };
+        match jobs.redeliver(id).await {
+            Ok(true) => json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"id": id, "webhook": "pending"}),
+            ),
+            Ok(false) => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no dead job with id {id:?}"),
+            ),
+            Err(e) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "journal_unavailable",
+                e.to_string(),
             ),
         }
     }

@@ -236,6 +236,69 @@ pub struct RawConfig {
     /// Routes, tried in order.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// Async requests: the journal and its bounds (see [`crate::jobs`]).
+    #[serde(default)]
+    pub jobs: Option<JobsConfig>,
+}
+
+/// `[jobs]`: where accepted async requests are kept, and how many.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// The journal file (redb), relative to the config file. Created when missing; kept
+    /// across restarts and reloads.
+    pub journal: PathBuf,
+    /// The most jobs queued or running at once; more get 503 `queue_full`.
+    #[serde(default = "defaults::jobs_max_pending")]
+    pub max_pending: u64,
+    /// The most request bytes (headers and bodies) of queued or running jobs.
+    #[serde(default = "defaults::jobs_max_pending_bytes")]
+    pub max_pending_bytes: ByteSize,
+    /// How long a finished job stays readable at its URL before it is purged.
+    #[serde(default = "defaults::jobs_retention")]
+    pub retention: HumanDuration,
+    /// How many jobs run at once.
+    #[serde(default = "defaults::jobs_workers")]
+    pub workers: usize,
+    /// Callbacks: where they may go and how they are signed; none are allowed without it.
+    #[serde(default)]
+    pub webhooks: Option<WebhooksConfig>,
+}
+
+/// `[jobs.webhooks]`: signed deliveries of a job's result to a client's callback URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// The origins a callback URL may point at; any other is refused with 400.
+    pub origins: Vec<Origin>,
+    /// The signing secret, `whsec_` and base64 (Standard Webhooks).
+    pub secret: Secret,
+    /// The waits between delivery attempts; after the last one fails, the job is dead.
+    #[serde(default = "defaults::webhook_schedule")]
+    pub schedule: Vec<HumanDuration>,
+    /// How long one delivery attempt may take.
+    #[serde(default = "defaults::webhook_timeout")]
+    pub timeout: HumanDuration,
+}
+
+/// `[[routes]] async = { mode = "prefer" | "always" }`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncConfig {
+    /// When a request becomes a job.
+    #[serde(default)]
+    pub mode: AsyncMode,
+}
+
+/// When a request to an async route becomes a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AsyncMode {
+    /// Only with `Prefer: respond-async` (RFC 7240); others are served synchronously.
+    #[default]
+    Prefer,
+    /// Every request.
+    Always,
 }
 
 /// `[listen]`.
@@ -549,6 +612,9 @@ pub struct RouteConfig {
     /// Content codings on this route; none when absent (bodies pass as they are).
     #[serde(default)]
     pub compression: Option<Compression>,
+    /// Async requests on this route (needs `[jobs]`); synchronous only when absent.
+    #[serde(default, rename = "async")]
+    pub async_jobs: Option<AsyncConfig>,
 }
 
 /// `[[routes]] compression = { request = "gzip" | "zstd" | "br", response = true }`:
@@ -696,6 +762,26 @@ pub(crate) mod defaults {
     }
     pub fn route_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
+    }
+    pub fn jobs_max_pending() -> u64 {
+        10_000
+    }
+    pub fn jobs_max_pending_bytes() -> ByteSize {
+        ByteSize(256 << 20)
+    }
+    pub fn jobs_retention() -> HumanDuration {
+        HumanDuration(Duration::from_secs(24 * 3600))
+    }
+    pub fn jobs_workers() -> usize {
+        16
+    }
+    pub fn webhook_schedule() -> Vec<HumanDuration> {
+        [5, 30, 120, 600, 1800, 7200]
+            .map(|s| HumanDuration(Duration::from_secs(s)))
+            .to_vec()
+    }
+    pub fn webhook_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
     }
 }
 
@@ -983,6 +1069,47 @@ fn validate(
             }
         }
     }
+    if let Some(jobs) = &mut raw.jobs {
+        abs(&mut jobs.journal);
+        if jobs.max_pending == 0 || jobs.max_pending_bytes.0 == 0 {
+            err(
+                place(&["jobs", "max_pending"], 0..0),
+                "jobs.max_pending and jobs.max_pending_bytes must be more than zero".to_owned(),
+            );
+        }
+        if jobs.workers == 0 {
+            err(
+                place(&["jobs", "workers"], 0..0),
+                "jobs.workers must be at least 1".to_owned(),
+            );
+        }
+        if let Some(hooks) = &mut jobs.webhooks {
+            if let Secret::File { file } = &mut hooks.secret {
+                abs(file);
+            }
+            let here = place(&["jobs", "webhooks", "secret"], 0..0);
+            match hooks.secret.resolve() {
+                Err(e) => err(here, format!("jobs.webhooks.secret: {e}")),
+                Ok(s) => {
+                    if let Err(e) = crate::jobs::webhook::SigningKey::parse(&s) {
+                        err(here, format!("jobs.webhooks.secret: {e}"));
+                    }
+                }
+            }
+            if hooks.schedule.is_empty() {
+                err(
+                    place(&["jobs", "webhooks", "schedule"], 0..0),
+                    "jobs.webhooks.schedule needs at least one wait".to_owned(),
+                );
+            }
+            if hooks.timeout.0.is_zero() {
+                err(
+                    place(&["jobs", "webhooks", "timeout"], 0..0),
+                    "jobs.webhooks.timeout must be more than zero".to_owned(),
+                );
+            }
+        }
+    }
     let mut origins: BTreeMap<String, &str> = BTreeMap::new();
     for (name, up) in raw.upstreams.iter_mut() {
         let span = up.span();
@@ -1172,6 +1299,27 @@ fn validate(
                     ),
                 );
             }
+        }
+        if let Some(p) = &r.matcher.path_prefix
+            && crate::jobs::claims_reserved(p)
+        {
+            err(
+                at(&["match", "path_prefix"]),
+                format!(
+                    "route `{}`: `match.path_prefix` {p:?} claims weir's reserved prefix `{}` (job URLs)",
+                    r.name,
+                    crate::jobs::PREFIX
+                ),
+            );
+        }
+        if r.async_jobs.is_some() && raw.jobs.is_none() {
+            err(
+                at(&["async"]),
+                format!(
+                    "route `{}`: `async` needs a `[jobs]` table (the journal that keeps accepted requests)",
+                    r.name
+                ),
+            );
         }
         if r.timeout.0.is_zero() {
             err(

@@ -37,6 +37,7 @@ pub mod compress;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod jobs;
 pub mod listener;
 pub mod path;
 pub mod recent;
@@ -57,6 +58,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError, StateBackendKind};
+use crate::jobs::Jobs;
 use crate::listener::Proxy;
 use crate::reload::{ReloadStatus, Reloader};
 use crate::router::Router;
@@ -194,12 +196,23 @@ impl Server {
             Some(a) => Some(bind(a.addr.0).await?),
             None => None,
         };
+        let jobs = match &config.raw.jobs {
+            None => None,
+            Some(j) => Some(Jobs::open(j, &telemetry).map_err(|e| {
+                let span = config.key_span(&["jobs", "journal"]);
+                StartError::Config(vec![config.error_at(span, e)])
+            })?),
+        };
         let proxy = Proxy::new(
             router,
             &config.raw.listen,
             config.raw.admin.as_ref(),
             telemetry.clone(),
+            jobs.clone(),
         );
+        if let Some(jobs) = &jobs {
+            jobs.start(proxy.clone());
+        }
         let reload = ReloadStatus::new(reload::loaded(&config), &telemetry.registry)
             .map_err(|e| StartError::Internal(e.to_string()))?;
         let reload = Arc::new(reload);
@@ -263,6 +276,16 @@ impl Server {
             });
             tokio::spawn(admin::serve(l, state))
         });
+        let jobs = self.proxy.jobs().cloned();
+        let stop_jobs = jobs.clone();
+        // New async requests stop at once: a 202 after the signal could be for a job
+        // that this process will not run.
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(j) = &stop_jobs {
+                j.stop_accepting();
+            }
+        };
         listener::serve(
             self.listener,
             self.tls,
@@ -271,6 +294,9 @@ impl Server {
             shutdown,
         )
         .await;
+        if let Some(jobs) = jobs {
+            jobs.shutdown(self.config.raw.listen.drain_timeout.0).await;
+        }
         reloader.abort();
         if let Some(a) = admin {
             a.abort();

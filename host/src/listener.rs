@@ -4,7 +4,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
@@ -21,9 +23,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::accept;
 use crate::body::{self, ProxyBody};
 use crate::chain::{self, Exchange};
-use crate::config::{Admin as AdminConfig, Listen};
+use crate::config::{Admin as AdminConfig, AsyncMode, Listen};
 use crate::error::{Origin as ErrorOrigin, ProxyError, json_response};
 use crate::headers;
+use crate::jobs::{self, Jobs};
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::{Router, check_host};
 use crate::telemetry::Telemetry;
@@ -39,13 +42,18 @@ pub struct Proxy {
     body_read_timeout: Duration,
     telemetry: Arc<Telemetry>,
     recent: Recent,
+    /// The async-job system, with `[jobs]`.
+    jobs: Option<Arc<Jobs>>,
 }
 
-/// Where a request comes from: a client connection, or a replay from the admin API.
+/// Where a request comes from: a client connection, a replay from the admin API, or a
+/// job's run.
 struct Origin<'a> {
     client: SocketAddr,
     /// The id of the request being replayed.
     replay_of: Option<&'a str>,
+    /// The id of the job being run.
+    job: Option<&'a str>,
 }
 
 impl Proxy {
@@ -56,6 +64,7 @@ impl Proxy {
         listen: &Listen,
         admin: Option<&AdminConfig>,
         telemetry: Arc<Telemetry>,
+        jobs: Option<Arc<Jobs>>,
     ) -> Arc<Proxy> {
         let recent = match admin {
             Some(a) => Recent::new(a.recent_requests, a.recent_body_bytes.0, &a.redact_headers),
@@ -67,7 +76,13 @@ impl Proxy {
             body_read_timeout: listen.body_read_timeout.0,
             telemetry,
             recent,
+            jobs,
         })
+    }
+
+    /// The async-job system, with `[jobs]`.
+    pub fn jobs(&self) -> Option<&Arc<Jobs>> {
+        self.jobs.as_ref()
     }
 
     /// Makes `router` the table for new requests. Requests already running keep the
@@ -96,6 +111,7 @@ impl Proxy {
         let origin = Origin {
             client,
             replay_of: None,
+            job: None,
         };
         // A request without a body (most GETs) needs neither the drain nor the limit.
         let body = if body.is_end_stream() {
@@ -103,7 +119,259 @@ impl Proxy {
         } else {
             body::boxed(body::Drain::new(body))
         };
+        if let Some(jobs) = &self.jobs {
+            if let Some(rest) = parts.uri.path().strip_prefix(jobs::PREFIX) {
+                let id_text = id.to_str().unwrap_or_default();
+                let mut resp = jobs.serve_get(&parts.method, rest, id_text).await;
+                resp.headers_mut().insert(headers::X_REQUEST_ID, id.clone());
+                return resp;
+            }
+            if let Some(route) = self.async_route(&parts) {
+                return self.accept_job(jobs, id, parts, body, route).await;
+            }
+        }
         self.serve(origin, id, parts, body).await
+    }
+
+    /// The route's name, its timeout and the client's `wait`, when this request is to
+    /// become a job: its route is async and, unless always, the client asked.
+    fn async_route(
+        &self,
+        parts: &http::request::Parts,
+    ) -> Option<(String, Duration, Option<Duration>)> {
+        let router = self.router();
+        if !router.any_async() || check_host(parts).is_err() {
+            return None;
+        }
+        let prefer = jobs::Prefer::from_headers(&parts.headers);
+        let mut probe = Request::new(());
+        *probe.method_mut() = parts.method.clone();
+        *probe.uri_mut() = parts.uri.clone();
+        *probe.headers_mut() = parts.headers.clone();
+        let (mut probe, ()) = probe.into_parts();
+        let route = router.route(&mut probe).ok()?;
+        match route.async_mode? {
+            AsyncMode::Always => {}
+            AsyncMode::Prefer if prefer.respond_async => {}
+            AsyncMode::Prefer => return None,
+        }
+        Some((route.name.clone(), route.timeout, prefer.wait))
+    }
+
+    /// Reads the request, stores it as a job, and answers 202 (or, with `wait`, the
+    /// result when it comes in time).
+    async fn accept_job(
+        &self,
+        jobs: &Arc<Jobs>,
+        id: HeaderValue,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        (route, timeout, wait): (String, Duration, Option<Duration>),
+    ) -> Response<ProxyBody> {
+        let id_text = id.to_str().unwrap_or_default().to_owned();
+        let mut resp = match self
+            .store_job(jobs, parts, body, &route, timeout, wait)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(resp) => resp,
+        };
+        let status = resp.status();
+        resp.headers_mut().insert(headers::X_REQUEST_ID, id);
+        tracing::info!(request_id = %id_text, route = %route, status = status.as_u16(), "async request");
+        resp
+    }
+
+    async fn store_job(
+        &self,
+        jobs: &Arc<Jobs>,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        route: &str,
+        timeout: Duration,
+        wait: Option<Duration>,
+    ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+        let request_id = request_id(&parts.headers);
+        let request_id = request_id.to_str().unwrap_or_default();
+        let client_error = |e: ProxyError| e.to_response(Some(route), request_id);
+        let callback = match parts.headers.get(jobs::CALLBACK_HEADER) {
+            None => None,
+            Some(v) => {
+                let url = v.to_str().map_err(|_| {
+                    client_error(ProxyError::BadRequest(format!(
+                        "{} is not visible ASCII",
+                        jobs::CALLBACK_HEADER
+                    )))
+                })?;
+                let hooks = jobs.webhooks().ok_or_else(|| {
+                    client_error(ProxyError::BadRequest(
+                        "callbacks are not enabled: [jobs.webhooks] is not configured".to_owned(),
+                    ))
+                })?;
+                hooks
+                    .check_url(url)
+                    .map_err(|e| client_error(ProxyError::BadRequest(e)))?;
+                Some(url.to_owned())
+            }
+        };
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(client_error(ProxyError::BodyTooLarge {
+                limit: self.max_body,
+            }));
+        }
+        let fault = body::BodyFault::new();
+        let body = body::boxed(body::ClientBody::new(
+            body,
+            self.max_body,
+            self.body_read_timeout,
+            fault,
+        ));
+        let bytes = match body::collect_limited(body, self.max_body).await {
+            Ok(b) => b,
+            Err(e) if body::is_too_large(e.as_ref()) => {
+                return Err(client_error(ProxyError::BodyTooLarge {
+                    limit: self.max_body,
+                }));
+            }
+            Err(e) => {
+                return Err(client_error(ProxyError::BadRequestBody {
+                    detail: e.to_string(),
+                }));
+            }
+        };
+        let job_id = format!("{:032x}", rand::random::<u128>());
+        let mut hdrs = parts.headers;
+        hdrs.remove("prefer");
+        hdrs.remove(jobs::CALLBACK_HEADER);
+        hdrs.remove(headers::X_REQUEST_ID);
+        let key = match hdrs.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+            Some(k) if !k.is_empty() => k.to_owned(),
+            _ => {
+                let k = format!("weir-{job_id}");
+                hdrs.insert(
+                    "idempotency-key",
+                    HeaderValue::from_str(&k).expect("hex digits"),
+                );
+                k
+            }
+        };
+        let job = jobs::Job {
+            id: job_id.clone(),
+            route: route.to_owned(),
+            state: jobs::JobState::Queued,
+            method: parts.method.to_string(),
+            target: parts.uri.to_string(),
+            headers: jobs::to_pairs(&hdrs),
+            body: jobs::Blob(bytes.to_vec()),
+            idempotency_key: key,
+            attempts: 0,
+            accepted_at_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            started_at_ms: None,
+            finished_at_ms: None,
+            result: None,
+            error: None,
+            webhook: callback.map(|url| jobs::Delivery {
+                id: format!("msg_{job_id}"),
+                url,
+                state: jobs::DeliveryState::Pending,
+                attempts: 0,
+                next_at_ms: 0,
+                last_error: None,
+            }),
+        };
+        let (tx, rx) = match wait {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        jobs.accept(job, tx)
+            .await
+            .map_err(|e| e.to_response(request_id))?;
+        if let (Some(wait), Some(rx)) = (wait, rx)
+            && let Some(resp) = jobs.wait_result(&job_id, rx, wait.min(timeout)).await
+        {
+            return Ok(resp);
+        }
+        let location = format!("{}{job_id}", jobs::PREFIX);
+        let mut resp = json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({"id": job_id, "state": "queued", "location": location}),
+        );
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::LOCATION,
+            HeaderValue::from_str(&location).expect("hex digits"),
+        );
+        h.insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async"),
+        );
+        Ok(resp)
+    }
+
+    /// Runs a stored job through its route's chain, as a request with the job's id, and
+    /// returns the answer. The error says why it could not run.
+    pub(crate) async fn run_job(&self, job: &jobs::Job) -> Result<jobs::JobResult, String> {
+        let parts = || -> Result<http::request::Parts, String> {
+            let mut req = Request::new(());
+            *req.method_mut() = http::Method::from_bytes(job.method.as_bytes())
+                .map_err(|e| format!("stored method: {e}"))?;
+            *req.uri_mut() = job
+                .target
+                .parse()
+                .map_err(|e| format!("stored target: {e}"))?;
+            for (name, value) in &job.headers {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_bytes(&value.0),
+                ) {
+                    req.headers_mut().append(n, v);
+                }
+            }
+            Ok(req.into_parts().0)
+        };
+        let mut probe = parts()?;
+        match self.router().route(&mut probe) {
+            Ok(r) if r.name == job.route => {}
+            _ => {
+                return Err(format!(
+                    "route `{}` is gone: a config reload removed it, or it no longer matches this request",
+                    job.route
+                ));
+            }
+        }
+        let origin = Origin {
+            client: SocketAddr::from(([127, 0, 0, 1], 0)),
+            replay_of: None,
+            job: Some(&job.id),
+        };
+        let id = HeaderValue::from_str(&job.id).map_err(|e| e.to_string())?;
+        let resp = self
+            .serve(
+                origin,
+                id,
+                parts()?,
+                body::full(Bytes::from(job.body.0.clone())),
+            )
+            .await;
+        let (resp_parts, resp_body) = resp.into_parts();
+        let body = body::collect_limited(resp_body, self.max_body)
+            .await
+            .map_err(|e| format!("cannot read the answer: {e}"))?;
+        Ok(jobs::JobResult {
+            status: resp_parts.status.as_u16(),
+            headers: jobs::to_pairs(&resp_parts.headers),
+            body: jobs::Blob(body.to_vec()),
+        })
     }
 
     async fn serve(
@@ -117,9 +385,9 @@ impl Proxy {
         let router = self.router();
         // The Host rules are for requests read off a connection; a replay is rebuilt from
         // a record of one that already passed them.
-        let routed = match origin.replay_of {
-            None => check_host(&parts),
-            Some(_) => Ok(()),
+        let routed = match (origin.replay_of, origin.job) {
+            (None, None) => check_host(&parts),
+            _ => Ok(()),
         }
         .and_then(|()| router.route(&mut parts));
         let route = routed.as_ref().ok().copied();
@@ -237,6 +505,7 @@ impl Proxy {
             duration_ms = took.as_secs_f64() * 1000.0,
             error = error.unwrap_or("-"),
             replay_of = origin.replay_of.unwrap_or("-"),
+            job = origin.job.unwrap_or("-"),
             "request"
         );
         let Some(request_capture) = request_capture else {
@@ -318,6 +587,7 @@ impl Proxy {
         let origin = Origin {
             client: SocketAddr::from(([127, 0, 0, 1], 0)),
             replay_of: Some(id),
+            job: None,
         };
         let resp = self
             .serve(origin, new_id.clone(), parts, body::full(body))

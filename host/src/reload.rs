@@ -501,6 +501,8 @@ struct Fixed {
     state: StateConfig,
     runtime: RuntimeConfig,
     log: crate::config::LogConfig,
+    /// `[jobs]`, as Debug text (secrets print as where they come from, never values).
+    jobs: String,
     tls_files: u64,
 }
 
@@ -513,6 +515,7 @@ impl Fixed {
             state: raw.state.clone(),
             runtime: raw.runtime.clone(),
             log: raw.log.clone(),
+            jobs: format!("{:?}", raw.jobs),
             tls_files: tls_files(raw),
         }
     }
@@ -634,6 +637,10 @@ impl Fixed {
                 format!("{key} changed from {old} to {new}: restart weir to apply")
             })
             .collect();
+        if self.jobs != format!("{:?}", new.jobs) {
+            // The journal and its workers are bound at start; routes' `async` reloads.
+            out.push("[jobs] changed: restart weir to apply".to_owned());
+        }
         if self.state.redis != new.state.redis {
             // Never the values: the table may hold a password.
             out.push("[state.redis] changed: restart weir to apply".to_owned());

@@ -34,6 +34,8 @@ pub struct Route {
     pub chain: Chain,
     /// The route's series and `/status` statistics.
     pub metrics: RouteMetrics,
+    /// When requests become jobs ([`crate::jobs`]); never when `None`.
+    pub async_mode: Option<crate::config::AsyncMode>,
 }
 
 struct Matcher {
@@ -164,6 +166,8 @@ impl Route {
 /// The routes of one config, in order, and the upstream client they share.
 pub struct Router {
     routes: Vec<Route>,
+    /// Some route takes async requests: only then does a request's `Prefer` get read.
+    any_async: bool,
     /// The shared upstream client.
     pub upstreams: Arc<UpstreamPool>,
 }
@@ -247,6 +251,11 @@ impl Router {
                 path: normal.path,
             }),
         }
+    }
+
+    /// Whether some route takes async requests.
+    pub fn any_async(&self) -> bool {
+        self.any_async
     }
 
     /// Every route, in order.
@@ -382,10 +391,15 @@ impl Router {
                 timeout: r.timeout.0,
                 chain: Chain::new(pools).with_compression(r.compression),
                 metrics: telemetry.route(&r.name),
+                async_mode: r.async_jobs.map(|a| a.mode),
             });
         }
         match upstreams {
-            Some(upstreams) if errors.is_empty() => Ok(Router { routes, upstreams }),
+            Some(upstreams) if errors.is_empty() => Ok(Router {
+                any_async: routes.iter().any(|r| r.async_mode.is_some()),
+                routes,
+                upstreams,
+            }),
             _ => Err(errors),
         }
     }

@@ -23,6 +23,7 @@ mod example_python;
 mod filters;
 mod fleet;
 mod idempotency;
+mod jobs;
 mod large_bodies;
 mod limiter;
 mod operate;

@@ -1,0 +1,982 @@
+//! Async requests: `202 Accepted` now, the upstream's answer later, by polling the job's
+//! URL or by a signed webhook.
+//!
+//! How a request becomes a job and runs:
+//!
+//! 1. A route with `async = { mode = "prefer" }` takes a request as a job when it carries
+//!    `Prefer: respond-async` (RFC 7240); with `mode = "always"`, every request. Other
+//!    routes ignore the preference and answer synchronously, as RFC 7240 says.
+//! 2. weir reads the whole request, gives it an `Idempotency-Key` (the client's, or a new
+//!    one), writes it to the [`journal`] with an fsync'd commit, and only then answers
+//!    `202` with `Location: /_weir/jobs/<id>`, `Preference-Applied: respond-async` and
+//!    `{"id": …}`. With `wait=N` it first waits up to N seconds (at most the route's
+//!    timeout) and answers the result itself when it comes in time.
+//! 3. A worker runs the stored request through the route's whole chain, as the proxy
+//!    does for a synchronous call, and writes the outcome to the journal.
+//!    `succeeded` means the call got an answer below 500; `failed`, a 5xx (weir's own
+//!    502/503/504 included) or a route that a reload removed.
+//! 4. At start, jobs the journal holds as `queued` or `running` (a crash or a stop
+//!    caught them) run again, with the same idempotency key, so that an upstream that
+//!    honours keys acts once.
+//! 5. A job with a callback URL is then delivered ([`webhook`]); when the schedule runs
+//!    out, the job is `dead`. The admin API lists dead jobs and re-delivers them.
+//! 6. Finished jobs stay readable for `retention`, then are purged.
+//!
+//! Job URLs live under [`PREFIX`] on the proxy listener, which no route may claim. An
+//! id is 128 random bits, so the URL is the capability to read the job.
+
+pub mod journal;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::body::ProxyBody;
+use crate::config::JobsConfig;
+use crate::error::json_response;
+use crate::listener::Proxy;
+use crate::telemetry::Telemetry;
+use journal::{Journal, JournalError};
+use webhook::{Attempt, Webhooks};
+
+/// Where job URLs live on the proxy listener.
+pub const PREFIX: &str = "/_weir/jobs/";
+
+/// The request header that names a callback URL.
+pub const CALLBACK_HEADER: &str = "weir-callback-url";
+
+/// What `Retry-After` a full queue or a failing journal answers with, in seconds.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// Whether a route's `path_prefix` reaches into weir's reserved paths.
+pub fn claims_reserved(path_prefix: &str) -> bool {
+    path_prefix.starts_with("/_weir")
+}
+
+/// What a client's `Prefer` headers ask for (RFC 7240).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Prefer {
+    /// `respond-async`.
+    pub respond_async: bool,
+    /// `wait=N`, in seconds.
+    pub wait: Option<Duration>,
+}
+
+impl Prefer {
+    /// Reads every `Prefer` header; unknown preferences are ignored, as the RFC says.
+    pub fn from_headers(headers: &HeaderMap) -> Prefer {
+        let mut out = Prefer::default();
+        for value in headers.get_all(http::header::HeaderName::from_static("prefer")) {
+            let Ok(text) = value.to_str() else { continue };
+            for pref in text.split(',') {
+                // Parameters after `;` do not change these two preferences.
+                let token = pref.split(';').next().unwrap_or_default().trim();
+                let (name, value) = match token.split_once('=') {
+                    Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                    None => (token, None),
+                };
+                if name.eq_ignore_ascii_case("respond-async") {
+                    out.respond_async = true;
+                } else if name.eq_ignore_ascii_case("wait")
+                    && let Some(secs) = value.and_then(|v| v.parse::<u64>().ok())
+                {
+                    out.wait = Some(Duration::from_secs(secs));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Stored, waiting for a worker.
+    Queued,
+    /// A worker is running it (or was, when weir stopped: it runs again at start).
+    Running,
+    /// The call got an answer below 500.
+    Succeeded,
+    /// The call got a 5xx, or could not be made.
+    Failed,
+    /// Its webhook could not be delivered within the schedule.
+    Dead,
+}
+
+impl JobState {
+    /// Whether the job will not run again by itself.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Dead
+        )
+    }
+}
+
+/// Bytes kept as base64 in the journal's JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&BASE64.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Blob, D::Error> {
+        let s = String::deserialize(d)?;
+        BASE64.decode(s).map(Blob).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The upstream's answer, as the journal keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The status.
+    pub status: u16,
+    /// The headers, in order.
+    pub headers: Vec<(String, Blob)>,
+    /// The body.
+    pub body: Blob,
+}
+
+/// Where a job's webhook is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not delivered yet; the next attempt is due at `next_at_ms`.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The receiver answered 410: no more attempts.
+    Gone,
+    /// The schedule ran out.
+    Dead,
+}
+
+/// A job's webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `webhook-id`: the same on every attempt.
+    pub id: String,
+    /// Where it goes.
+    pub url: String,
+    /// Where it is.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix ms).
+    pub next_at_ms: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// One job, as the journal keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// 32 hex digits: 128 random bits.
+    pub id: String,
+    /// The route that accepted it.
+    pub route: String,
+    /// Where it is.
+    pub state: JobState,
+    /// The request's method.
+    pub method: String,
+    /// The request's path and query, as the client sent it.
+    pub target: String,
+    /// The request's headers, `Idempotency-Key` included.
+    pub headers: Vec<(String, Blob)>,
+    /// The request's body.
+    pub body: Blob,
+    /// The key the upstream sees on every run.
+    pub idempotency_key: String,
+    /// Runs started, re-runs after a crash included.
+    pub attempts: u32,
+    /// When it was accepted, started last and finished (Unix ms).
+    pub accepted_at_ms: u64,
+    /// When the last run started.
+    pub started_at_ms: Option<u64>,
+    /// When the last run finished.
+    pub finished_at_ms: Option<u64>,
+    /// The upstream's answer (or weir's error response).
+    pub result: Option<JobResult>,
+    /// Why it failed without an answer worth keeping (a removed route).
+    pub error: Option<String>,
+    /// The webhook, when the client named a callback.
+    pub webhook: Option<Delivery>,
+}
+
+impl Job {
+    /// What the request takes in the queue's byte bound.
+    fn size(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.0.len()).sum();
+        (self.target.len() + headers + self.body.0.len()) as u64
+    }
+
+    /// The job as `GET` on its URL shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let at = |ms: Option<u64>| {
+            ms.map(|ms| crate::clock::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
+        };
+        let result = self.result.as_ref().map(|r| {
+            let mut headers = serde_json::Map::new();
+            for (name, value) in &r.headers {
+                let v = String::from_utf8_lossy(&value.0).into_owned();
+                match headers.get_mut(name) {
+                    Some(serde_json::Value::String(s)) => {
+                        s.push_str(", ");
+                        s.push_str(&v);
+                    }
+                    _ => {
+                        headers.insert(name.clone(), v.into());
+                    }
+                }
+            }
+            let mut out = serde_json::json!({"status": r.status, "headers": headers});
+            match std::str::from_utf8(&r.body.0) {
+                Ok(text) => out["body"] = text.into(),
+                Err(_) => out["body_base64"] = BASE64.encode(&r.body.0).into(),
+            }
+            out
+        });
+        serde_json::json!({
+            "id": self.id,
+            "route": self.route,
+            "state": self.state,
+            "attempts": self.attempts,
+            "idempotency_key": self.idempotency_key,
+            "accepted_at": at(Some(self.accepted_at_ms)),
+            "started_at": at(self.started_at_ms),
+            "finished_at": at(self.finished_at_ms),
+            "result": result,
+            "error": self.error,
+            "webhook": self.webhook.as_ref().map(|w| serde_json::json!({
+                "id": w.id,
+                "url": w.url,
+                "state": w.state,
+                "attempts": w.attempts,
+                "next_at": (w.state == DeliveryState::Pending).then(|| at(Some(w.next_at_ms))),
+                "last_error": w.last_error,
+            })),
+        })
+    }
+
+    /// The stored result as the response a synchronous call would have got.
+    fn to_response(&self) -> Option<Response<ProxyBody>> {
+        let r = self.result.as_ref()?;
+        let mut resp = Response::new(crate::body::full(Bytes::from(r.body.0.clone())));
+        *resp.status_mut() = StatusCode::from_u16(r.status).ok()?;
+        for (name, value) in &r.headers {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(&value.0),
+            ) {
+                resp.headers_mut().append(n, v);
+            }
+        }
+        Some(resp)
+    }
+}
+
+/// Unix time in ms.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Headers as the journal keeps them.
+pub fn to_pairs(headers: &HeaderMap) -> Vec<(String, Blob)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), Blob(v.as_bytes().to_vec())))
+        .collect()
+}
+
+/// Jobs queued or running: what the bounds count.
+#[derive(Default)]
+struct Pending {
+    count: u64,
+    bytes: u64,
+}
+
+/// The job series.
+struct JobMetrics {
+    events: prometheus::IntCounterVec,
+    pending: prometheus::IntGauge,
+    deliveries: prometheus::IntCounterVec,
+}
+
+impl JobMetrics {
+    fn new(registry: &prometheus::Registry) -> prometheus::Result<JobMetrics> {
+        let events = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "weir_jobs_total",
+                "Async jobs by event: accepted, succeeded, failed, dead",
+            ),
+            &["event"],
+        )?;
+        let pending = prometheus::IntGauge::new(
+            "weir_jobs_pending",
+            "Async jobs queued or running (the queue depth)",
+        )?;
+        let deliveries = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "weir_webhook_deliveries_total",
+                "Webhook delivery attempts by result: delivered, retry, gone, dead",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(deliveries.clone()))?;
+        Ok(JobMetrics {
+            events,
+            pending,
+            deliveries,
+        })
+    }
+}
+
+/// Why a job could not be accepted; each is one JSON error response.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The bounds are reached.
+    #[error("the job queue is full ({0}); retry later")]
+    QueueFull(&'static str),
+    /// The journal did not take the job: nothing was accepted.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// weir is stopping.
+    #[error("weir is shutting down and accepts no new async requests")]
+    ShuttingDown,
+}
+
+impl AcceptError {
+    /// The 503 with `Retry-After`.
+    pub fn to_response(&self, request_id: &str) -> Response<ProxyBody> {
+        let code = match self {
+            AcceptError::QueueFull(_) => "queue_full",
+            AcceptError::Journal(_) => "journal_unavailable",
+            AcceptError::ShuttingDown => "shutting_down",
+        };
+        let mut resp = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": code, "message": self.to_string(), "request_id": request_id}),
+        );
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(RETRY_AFTER_SECS),
+        );
+        resp
+    }
+}
+
+/// The job system: journal, queue, workers and deliveries.
+pub struct Jobs {
+    journal: Arc<Journal>,
+    config: JobsConfig,
+    pending: Mutex<Pending>,
+    queue: mpsc::UnboundedSender<String>,
+    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Requests waiting (`wait=N`) for a job to finish.
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    accepting: AtomicBool,
+    stop: watch::Sender<bool>,
+    workers: Arc<Semaphore>,
+    webhooks: Option<Webhooks>,
+    metrics: JobMetrics,
+    /// Deliveries due at start, handed to [`Jobs::start`].
+    due: Mutex<Vec<String>>,
+}
+
+impl Jobs {
+    /// Opens the journal and counts what it holds; jobs left queued or running are
+    /// queued again. Nothing runs until [`Jobs::start`].
+    pub fn open(config: &JobsConfig, telemetry: &Telemetry) -> Result<Arc<Jobs>, String> {
+        let journal = Journal::open(&config.journal).map_err(|e| e.to_string())?;
+        let webhooks = config
+            .webhooks
+            .as_ref()
+            .map(|w| Webhooks::new(w, telemetry.upstreams.clone()))
+            .transpose()
+            .map_err(|e| format!("[jobs.webhooks]: {e}"))?;
+        let metrics = JobMetrics::new(&telemetry.registry).map_err(|e| e.to_string())?;
+        let (queue, rx) = mpsc::unbounded_channel();
+        let mut pending = Pending::default();
+        let mut due = Vec::new();
+        let mut jobs = journal.all().map_err(|e| e.to_string())?;
+        jobs.sort_by_key(|j| j.accepted_at_ms);
+        for job in jobs {
+            if !job.state.is_final() {
+                pending.count += 1;
+                pending.bytes += job.size();
+                let _ = queue.send(job.id.clone());
+            } else if job
+                .webhook
+                .as_ref()
+                .is_some_and(|w| w.state == DeliveryState::Pending)
+            {
+                due.push(job.id.clone());
+            }
+        }
+        if pending.count > 0 {
+            tracing::info!(
+                jobs = pending.count,
+                "re-running jobs left queued or running"
+            );
+        }
+        metrics.pending.set(pending.count as i64);
+        Ok(Arc::new(Jobs {
+            journal: Arc::new(journal),
+            config: config.clone(),
+            pending: Mutex::new(pending),
+            queue,
+            queue_rx: Mutex::new(Some(rx)),
+            waiters: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            stop: watch::channel(false).0,
+            workers: Arc::new(Semaphore::new(config.workers)),
+            webhooks,
+            metrics,
+            due: Mutex::new(due),
+        }))
+    }
+
+    /// Whether callbacks are configured.
+    pub fn webhooks(&self) -> Option<&Webhooks> {
+        self.webhooks.as_ref()
+    }
+
+    /// Starts the workers, the deliveries left from before, and the purge.
+    pub fn start(self: &Arc<Self>, proxy: Arc<Proxy>) {
+        let rx = self
+            .queue_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            tokio::spawn(self.clone().dispatch(proxy, rx));
+        }
+        let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in due {
+            tokio::spawn(self.clone().deliver(id));
+        }
+        tokio::spawn(self.clone().purge());
+    }
+
+    /// Stops accepting async requests (they get 503 `shutting_down`), stops starting
+    /// jobs, and waits up to `drain` for running ones. A job still running after that
+    /// stays `running` in the journal and runs again at the next start.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        let all = u32::try_from(self.config.workers).unwrap_or(u32::MAX);
+        if tokio::time::timeout(drain, self.workers.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "drain timeout passed with jobs running; they run again at the next start"
+            );
+        }
+    }
+
+    /// Stops accepting new async requests at once (the first step of a shutdown).
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Stores `job` durably and queues it. `waiter` is told when it finishes.
+    pub async fn accept(
+        &self,
+        job: Job,
+        waiter: Option<oneshot::Sender<()>>,
+    ) -> Result<(), AcceptError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(AcceptError::ShuttingDown);
+        }
+        let size = job.size();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if p.count >= self.config.max_pending {
+                return Err(AcceptError::QueueFull("max_pending jobs are waiting"));
+            }
+            if p.bytes + size > self.config.max_pending_bytes.0 {
+                return Err(AcceptError::QueueFull("max_pending_bytes are waiting"));
+            }
+            p.count += 1;
+            p.bytes += size;
+        }
+        let journal = self.journal.clone();
+        let stored = job.clone();
+        let written = tokio::task::spawn_blocking(move || journal.put(&stored))
+            .await
+            .unwrap_or_else(|e| Err(JournalError::from_task(e)));
+        if let Err(e) = written {
+            self.release(size);
+            tracing::error!(error = %e, "cannot store an async request; answered 503");
+            return Err(e.into());
+        }
+        if let Some(w) = waiter {
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(job.id.clone())
+                .or_default()
+                .push(w);
+        }
+        self.metrics.events.with_label_values(&["accepted"]).inc();
+        self.metrics.pending.inc();
+        let _ = self.queue.send(job.id);
+        Ok(())
+    }
+
+    fn release(&self, size: u64) {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.count = p.count.saturating_sub(1);
+        p.bytes = p.bytes.saturating_sub(size);
+    }
+
+    /// The job with this id, from the journal.
+    pub async fn get(&self, id: &str) -> Result<Option<Job>, JournalError> {
+        let journal = self.journal.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || journal.get(&id))
+            .await
+            .unwrap_or_else(|e| Err(JournalError::from_task(e)))
+    }
+
+    async fn put(&self, job: &Job) -> Result<(), JournalError> {
+        let journal = self.journal.clone();
+        let job = job.clone();
+        tokio::task::spawn_blocking(move || journal.put(&job))
+            .await
+            .unwrap_or_else(|e| Err(JournalError::from_task(e)))
+    }
+
+    /// Every job, from the journal.
+    pub async fn all(&self) -> Result<Vec<Job>, JournalError> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.all())
+            .await
+            .unwrap_or_else(|e| Err(JournalError::from_task(e)))
+    }
+
+    /// Answers `GET /_weir/jobs/<id>`.
+    pub async fn serve_get(
+        &self,
+        method: &http::Method,
+        rest: &str,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        let fail = |status: StatusCode, code: &str, message: String| {
+            json_response(
+                status,
+                &serde_json::json!({"error": code, "message": message, "request_id": request_id}),
+            )
+        };
+        if method != http::Method::GET && method != http::Method::HEAD {
+            let mut r = fail(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "job URLs answer GET only".to_owned(),
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        let not_found = || {
+            fail(
+                StatusCode::NOT_FOUND,
+                "job_not_found",
+                "no such job (never accepted, or purged after its retention)".to_owned(),
+            )
+        };
+        if rest.len() != 32 || !rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return not_found();
+        }
+        match self.get(rest).await {
+            Ok(Some(job)) => json_response(StatusCode::OK, &job.to_json()),
+            Ok(None) => not_found(),
+            Err(e) => fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "journal_unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+
+    /// Takes queued ids and runs each with a worker permit, until the shutdown.
+    async fn dispatch(self: Arc<Self>, proxy: Arc<Proxy>, mut rx: mpsc::UnboundedReceiver<String>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let permit = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                p = self.workers.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let id = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                id = rx.recv() => match id {
+                    Some(id) => id,
+                    None => return,
+                },
+            };
+            let jobs = self.clone();
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                jobs.run(&proxy, &id).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Runs one job and records its outcome.
+    async fn run(self: &Arc<Self>, proxy: &Proxy, id: &str) {
+        let mut job = match self.get(id).await {
+            Ok(Some(job)) if !job.state.is_final() => job,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(job = id, error = %e, "cannot read a queued job; it runs at the next start");
+                return;
+            }
+        };
+        let size = job.size();
+        job.state = JobState::Running;
+        job.attempts += 1;
+        job.started_at_ms = Some(now_ms());
+        if let Err(e) = self.put(&job).await {
+            tracing::warn!(job = id, error = %e, "cannot record that a job started");
+        }
+        match proxy.run_job(&job).await {
+            Ok(result) => {
+                job.state = if result.status < 500 {
+                    JobState::Succeeded
+                } else {
+                    JobState::Failed
+                };
+                job.result = Some(result);
+            }
+            Err(why) => {
+                job.state = JobState::Failed;
+                job.error = Some(why);
+            }
+        }
+        let now = now_ms();
+        job.finished_at_ms = Some(now);
+        if let Some(w) = &mut job.webhook {
+            w.state = DeliveryState::Pending;
+            w.next_at_ms = now;
+        }
+        if let Err(e) = self.put(&job).await {
+            // Left `running`: it runs again at the next start, with the same key.
+            tracing::error!(job = id, error = %e, "cannot record a job's outcome");
+            return;
+        }
+        self.release(size);
+        self.metrics.pending.dec();
+        let event = if job.state == JobState::Succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        self.metrics.events.with_label_values(&[event]).inc();
+        tracing::info!(job = id, route = %job.route, state = event, attempts = job.attempts, "job finished");
+        let waiters = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(());
+        }
+        if job.webhook.is_some() {
+            tokio::spawn(self.clone().deliver(id.to_owned()));
+        }
+    }
+
+    /// Delivers job `id`'s webhook until it is delivered, gone or dead.
+    async fn deliver(self: Arc<Self>, id: String) {
+        let Some(hooks) = &self.webhooks else { return };
+        loop {
+            let mut job = match self.get(&id).await {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "cannot read a job to deliver; it is retried at the next start");
+                    return;
+                }
+            };
+            let Some(w) = job.webhook.clone() else { return };
+            if w.state != DeliveryState::Pending {
+                return;
+            }
+            let wait = Duration::from_millis(w.next_at_ms.saturating_sub(now_ms()));
+            tokio::time::sleep(wait).await;
+            let body = serde_json::json!({
+                "type": "job.finished",
+                "timestamp": crate::clock::rfc3339(SystemTime::now()),
+                "data": job.to_json(),
+            });
+            let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+            let attempt = hooks.deliver(&w.url, &w.id, body).await;
+            let mut w = w;
+            w.attempts += 1;
+            let result = match attempt {
+                Attempt::Delivered => {
+                    w.state = DeliveryState::Delivered;
+                    w.last_error = None;
+                    "delivered"
+                }
+                Attempt::Gone => {
+                    w.state = DeliveryState::Gone;
+                    w.last_error = Some("the receiver answered 410 Gone".to_owned());
+                    "gone"
+                }
+                Attempt::Failed {
+                    reason,
+                    retry_after,
+                } => {
+                    w.last_error = Some(reason);
+                    let failures = w.attempts as usize;
+                    match webhook::next_wait(&hooks.schedule, failures, retry_after, rand::random())
+                    {
+                        Some(wait) => {
+                            w.next_at_ms =
+                                now_ms() + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                            "retry"
+                        }
+                        None => {
+                            w.state = DeliveryState::Dead;
+                            job.state = JobState::Dead;
+                            self.metrics.events.with_label_values(&["dead"]).inc();
+                            "dead"
+                        }
+                    }
+                }
+            };
+            self.metrics.deliveries.with_label_values(&[result]).inc();
+            tracing::info!(job = %id, webhook_id = %w.id, attempt = w.attempts, result, "webhook delivery");
+            job.webhook = Some(w);
+            if let Err(e) = self.put(&job).await {
+                tracing::error!(job = %id, error = %e, "cannot record a delivery; it is retried at the next start");
+                return;
+            }
+        }
+    }
+
+    /// Dead jobs, for the admin API.
+    pub async fn dead(&self) -> Result<Vec<Job>, JournalError> {
+        let mut dead: Vec<Job> = self
+            .all()
+            .await?
+            .into_iter()
+            .filter(|j| j.state == JobState::Dead)
+            .collect();
+        dead.sort_by_key(|j| j.finished_at_ms);
+        Ok(dead)
+    }
+
+    /// Re-delivers a dead job's webhook from the start of the schedule. `Ok(false)`
+    /// when there is no such dead job.
+    pub async fn redeliver(self: &Arc<Self>, id: &str) -> Result<bool, JournalError> {
+        let Some(mut job) = self.get(id).await? else {
+            return Ok(false);
+        };
+        let Some(w) = job.webhook.as_mut().filter(|_| job.state == JobState::Dead) else {
+            return Ok(false);
+        };
+        w.state = DeliveryState::Pending;
+        w.attempts = 0;
+        w.next_at_ms = now_ms();
+        job.state = match job.result.as_ref() {
+            Some(r) if r.status < 500 => JobState::Succeeded,
+            _ => JobState::Failed,
+        };
+        self.put(&job).await?;
+        tokio::spawn(self.clone().deliver(id.to_owned()));
+        Ok(true)
+    }
+
+    /// Removes finished jobs older than the retention, every so often.
+    async fn purge(self: Arc<Self>) {
+        let retention = self.config.retention.0;
+        let every = retention.clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let cutoff =
+                now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+            let old: Vec<String> = match self.all().await {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|j| {
+                        j.state.is_final()
+                            && j.finished_at_ms.is_some_and(|t| t <= cutoff)
+                            && j.webhook
+                                .as_ref()
+                                .is_none_or(|w| w.state != DeliveryState::Pending)
+                    })
+                    .map(|j| j.id)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the journal to purge it");
+                    continue;
+                }
+            };
+            if old.is_empty() {
+                continue;
+            }
+            let journal = self.journal.clone();
+            let n = old.len();
+            match tokio::task::spawn_blocking(move || journal.remove(&old)).await {
+                Ok(Ok(())) => tracing::debug!(jobs = n, "purged finished jobs"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot purge the journal"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge the journal"),
+            }
+        }
+    }
+
+    /// Waits for `rx` up to `wait`, then answers the job's result, or `None`.
+    pub async fn wait_result(
+        &self,
+        id: &str,
+        rx: oneshot::Receiver<()>,
+        wait: Duration,
+    ) -> Option<Response<ProxyBody>> {
+        if tokio::time::timeout(wait, rx).await.ok()?.is_err() {
+            return None;
+        }
+        self.get(id).await.ok()??.to_response()
+    }
+}
+
+impl JournalError {
+    fn from_task(e: tokio::task::JoinError) -> JournalError {
+        JournalError::new(format!("journal task failed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefer(values: &[&str]) -> Prefer {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("prefer", HeaderValue::from_str(v).unwrap());
+        }
+        Prefer::from_headers(&h)
+    }
+
+    #[test]
+    fn prefer_reads_respond_async_and_wait() {
+        assert_eq!(prefer(&[]), Prefer::default());
+        assert_eq!(
+            prefer(&["respond-async, wait=10"]),
+            Prefer {
+                respond_async: true,
+                wait: Some(Duration::from_secs(10))
+            }
+        );
+        assert_eq!(
+            prefer(&["return=minimal", "Respond-Async; foo=bar", "wait = \"3\""]),
+            Prefer {
+                respond_async: true,
+                wait: Some(Duration::from_secs(3))
+            }
+        );
+        assert_eq!(prefer(&["wait=soon"]), Prefer::default());
+        assert_eq!(prefer(&["respond-asyncx"]), Prefer::default());
+    }
+
+    #[test]
+    fn reserved_prefixes() {
+        assert!(claims_reserved("/_weir/jobs/"));
+        assert!(claims_reserved("/_weir"));
+        assert!(!claims_reserved("/"));
+        assert!(!claims_reserved("/api/_weir"));
+    }
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.to_owned(),
+            route: "api".to_owned(),
+            state: JobState::Queued,
+            method: "POST".to_owned(),
+            target: "/x".to_owned(),
+            headers: vec![("idempotency-key".to_owned(), Blob(b"k".to_vec()))],
+            body: Blob(vec![0xff, 0, 1]),
+            idempotency_key: "k".to_owned(),
+            attempts: 0,
+            accepted_at_ms: 1,
+            started_at_ms: None,
+            finished_at_ms: None,
+            result: None,
+            error: None,
+            webhook: None,
+        }
+    }
+
+    #[test]
+    fn the_journal_keeps_jobs_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.redb");
+        {
+            let j = Journal::open(&path).unwrap();
+            j.put(&job("a")).unwrap();
+            j.put(&job("b")).unwrap();
+            let mut done = job("b");
+            done.state = JobState::Succeeded;
+            done.result = Some(JobResult {
+                status: 200,
+                headers: vec![],
+                body: Blob(b"ok".to_vec()),
+            });
+            j.put(&done).unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        let a = j.get("a").unwrap().unwrap();
+        assert_eq!(a.body.0, vec![0xff, 0, 1]);
+        assert_eq!(j.get("b").unwrap().unwrap().state, JobState::Succeeded);
+        assert_eq!(j.all().unwrap().len(), 2);
+        j.remove(&["a".to_owned()]).unwrap();
+        assert!(j.get("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn binary_result_bodies_show_as_base64() {
+        let mut j = job("c");
+        j.result = Some(JobResult {
+            status: 200,
+            headers: vec![
+                ("x-a".to_owned(), Blob(b"1".to_vec())),
+                ("x-a".to_owned(), Blob(b"2".to_vec())),
+            ],
+            body: Blob(vec![0xff, 0xfe]),
+        });
+        let v = j.to_json();
+        assert_eq!(v["result"]["body_base64"], "//4=");
+        assert!(v["result"].get("body").is_none());
+        assert_eq!(v["result"]["headers"]["x-a"], "1, 2");
+        j.result.as_mut().unwrap().body = Blob(b"hi".to_vec());
+        assert_eq!(j.to_json()["result"]["body"], "hi");
+    }
+}

@@ -1,0 +1,396 @@
+//! Async requests end to end: `Prefer: respond-async` gives a 202 for a job stored in the
+//! journal; the job runs through the route's chain with an idempotency key; a kill -9
+//! loses no accepted job; webhooks arrive signed and retried. Real time only where a job
+//! or a delivery must run: every wait polls with [`WAIT`] as its bound.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::support::WAIT;
+use crate::support::client::client;
+use crate::support::upstream::{Reply, Upstream};
+use crate::support::weir::{Weir, check};
+
+/// A config with one async route (`mode`) to `upstream`, the journal at `journal`, and
+/// `extra` appended to `[jobs]`.
+fn config(upstream: &str, journal: &Path, mode: &str, jobs_extra: &str) -> String {
+    format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+drain_timeout = "5s"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{upstream}"
+
+[jobs]
+journal = "{}"
+{jobs_extra}
+
+[[routes]]
+name = "api"
+upstream = "api"
+async = {{ mode = "{mode}" }}
+"#,
+        journal.display()
+    )
+}
+
+/// POSTs `body` with `Prefer: respond-async` (and `extra` headers).
+async fn post_async(weir: &Weir, body: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = client()
+        .post(weir.url("/work"))
+        .header("prefer", "respond-async")
+        .body(body.to_owned());
+    for (n, v) in extra {
+        req = req.header(*n, *v);
+    }
+    req.send().await.expect("send")
+}
+
+/// Polls the job at `location` until it is in a final state; returns its JSON.
+async fn until_final(weir: &Weir, location: &str) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job: serde_json::Value = client()
+            .get(weir.url(location))
+            .send()
+            .await
+            .expect("get job")
+            .json()
+            .await
+            .expect("job json");
+        let state = job["state"].as_str().unwrap_or_default().to_owned();
+        let webhook_pending = job["webhook"]["state"] == "pending";
+        if ["succeeded", "failed", "dead"].contains(&state.as_str()) && !webhook_pending {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn respond_async_answers_202_and_the_job_runs_through_the_route() {
+    let up = Upstream::start(|_, _| Reply::ok().body(&b"done"[..])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(&config(&up.url(), &dir.path().join("j.redb"), "prefer", "")).await;
+
+    // Without the preference the route answers as it always did.
+    let sync = client().post(weir.url("/work")).send().await.unwrap();
+    assert_eq!(sync.status(), 200);
+    assert_eq!(sync.text().await.unwrap(), "done");
+
+    let resp = post_async(&weir, "payload", &[]).await;
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["preference-applied"], "respond-async");
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    assert_eq!(location, format!("/_weir/jobs/{id}"));
+
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["result"]["status"], 200);
+    assert_eq!(job["result"]["body"], "done");
+    assert!(job["finished_at"].is_string());
+
+    let got = up.requests().into_iter().last().unwrap();
+    assert_eq!(got.body_str(), "payload");
+    assert_eq!(
+        got.header_str("idempotency-key"),
+        Some(format!("weir-{id}").as_str())
+    );
+    assert_eq!(got.header_str("x-request-id"), Some(id.as_str()));
+    assert!(!got.has_header("prefer"));
+
+    // A client's own key goes through; unknown ids are 404.
+    let resp = post_async(&weir, "", &[("idempotency-key", "mine-1")]).await;
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    until_final(&weir, &location).await;
+    assert_eq!(
+        up.requests().last().unwrap().header_str("idempotency-key"),
+        Some("mine-1")
+    );
+    let missing = client()
+        .get(weir.url("/_weir/jobs/00000000000000000000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn wait_answers_the_result_when_it_comes_in_time() {
+    let up = Upstream::start(|_, i| {
+        // The second call takes longer than the client will wait.
+        let r = Reply::new(201).body(format!("n{i}"));
+        if i == 1 {
+            r.delay(Duration::from_secs(5))
+        } else {
+            r
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(&config(&up.url(), &dir.path().join("j.redb"), "always", "")).await;
+    let fast = client()
+        .post(weir.url("/work"))
+        .header("prefer", "respond-async, wait=20")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fast.status(), 201);
+    assert_eq!(fast.text().await.unwrap(), "n0");
+    let slow = client()
+        .post(weir.url("/work"))
+        .header("prefer", "wait=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 202);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_queue_full() {
+    let up = Upstream::start(|_, _| Reply::hang()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(&config(
+        &up.url(),
+        &dir.path().join("j.redb"),
+        "prefer",
+        "max_pending = 2\nworkers = 1",
+    ))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(post_async(&weir, "x", &[]).await.status(), 202);
+    }
+    let full = post_async(&weir, "x", &[]).await;
+    assert_eq!(full.status(), 503);
+    assert_eq!(full.headers()["retry-after"], "1");
+    let body: serde_json::Value = full.json().await.unwrap();
+    assert_eq!(body["error"], "queue_full");
+}
+
+#[test]
+fn check_refuses_the_reserved_prefix_and_async_without_a_journal() {
+    let base = r#"[listen]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "http://127.0.0.1:1"
+"#;
+    let (code, _, err) = check(
+        &format!(
+            "{base}[jobs]\njournal = \"j.redb\"\n\n[[routes]]\nname = \"x\"\nupstream = \"api\"\nmatch = {{ path_prefix = \"/_weir/jobs/\" }}\n"
+        ),
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("reserved prefix `/_weir/jobs/`"), "{err}");
+    let (code, _, err) = check(
+        &format!("{base}[[routes]]\nname = \"x\"\nupstream = \"api\"\nasync = {{}}\n"),
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("`async` needs a `[jobs]` table"), "{err}");
+}
+
+/// kill -9 while jobs run, restart on the same journal: every accepted job finishes and
+/// the upstream saw every job's key (repeats only with the same key).
+#[tokio::test]
+async fn kill_9_loses_no_accepted_job() {
+    const JOBS: usize = 200;
+    let up = Upstream::start(|_, _| Reply::ok().delay(Duration::from_millis(20))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("j.redb");
+    let cfg = config(&up.url(), &journal, "always", "workers = 4");
+    let mut weir = Weir::start(&cfg).await;
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        let resp = client()
+            .post(weir.url("/work"))
+            .body(format!("job {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    // Some have run, most have not: 4 workers at 20 ms each.
+    up.wait_for(10).await;
+    weir.kill();
+    let seen_before = up.count();
+    assert!(seen_before < JOBS, "all jobs ran before the kill");
+
+    let weir = Weir::start(&cfg).await;
+    let mut keys = HashSet::new();
+    for id in &ids {
+        let job = until_final(&weir, &format!("/_weir/jobs/{id}")).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        keys.insert(job["idempotency_key"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(keys.len(), JOBS);
+    let seen: HashSet<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.header_str("idempotency-key").unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, keys, "the upstream saw exactly the jobs' keys");
+}
+
+/// SIGTERM: new async requests are refused, and what was accepted finishes, now or
+/// after the restart.
+#[tokio::test]
+async fn sigterm_stops_accepting_and_loses_nothing() {
+    let up = Upstream::start(|_, _| Reply::ok().delay(Duration::from_millis(50))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("j.redb");
+    let cfg = config(&up.url(), &journal, "always", "workers = 2");
+    let mut weir = Weir::start(&cfg).await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let resp = client().post(weir.url("/work")).send().await.unwrap();
+        let v: serde_json::Value = resp.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let addr = weir.url("/work");
+    weir.signal("TERM");
+    weir.wait_exit(WAIT).await;
+    assert!(
+        client().post(&addr).send().await.is_err(),
+        "accepted after SIGTERM"
+    );
+    let weir = Weir::start(&cfg).await;
+    for id in &ids {
+        let job = until_final(&weir, &format!("/_weir/jobs/{id}")).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Checks a delivery's Standard Webhooks signature.
+fn verify(r: &crate::support::upstream::Recorded) -> bool {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let signed = format!(
+        "{}.{}.{}",
+        r.header_str("webhook-id").unwrap(),
+        r.header_str("webhook-timestamp").unwrap(),
+        r.body_str()
+    );
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+        signed.as_bytes(),
+    );
+    r.header_str("webhook-signature")
+        == Some(&format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+        ))
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_with_one_id_and_dead_after_the_schedule() {
+    let up = Upstream::start(|_, _| Reply::ok().body(&b"result"[..])).await;
+    // The receiver fails twice (once asking to wait), then takes it; path /dead always fails.
+    let hooks = Upstream::start(|r, i| {
+        if r.path == "/dead" {
+            Reply::new(500)
+        } else if r.path == "/gone" {
+            Reply::new(410)
+        } else if i < 2 {
+            Reply::new(503).header("retry-after", "0")
+        } else {
+            Reply::new(204)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(&config(
+        &up.url(),
+        &dir.path().join("j.redb"),
+        "prefer",
+        &format!(
+            "[jobs.webhooks]\norigins = [\"{}\"]\nsecret = \"{SECRET}\"\nschedule = [\"50ms\", \"50ms\"]\n",
+            hooks.url()
+        ),
+    ))
+    .await;
+
+    // Not a listed origin: refused before anything is stored.
+    let bad = post_async(&weir, "", &[("weir-callback-url", "http://127.0.0.1:1/x")]).await;
+    assert_eq!(bad.status(), 400);
+
+    let cb = format!("{}/hook", hooks.url());
+    let resp = post_async(&weir, "", &[("weir-callback-url", &cb)]).await;
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["webhook"]["state"], "delivered", "{job}");
+    assert_eq!(job["webhook"]["attempts"], 3);
+    let got = hooks.requests();
+    assert_eq!(got.len(), 3);
+    let ids: HashSet<_> = got
+        .iter()
+        .map(|r| r.header_str("webhook-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "one webhook-id across retries");
+    assert!(got.iter().all(verify), "every delivery is signed");
+    let payload = got[2].json();
+    assert_eq!(payload["data"]["result"]["body"], "result");
+
+    // 410 stops at once.
+    let resp = post_async(
+        &weir,
+        "",
+        &[("weir-callback-url", &format!("{}/gone", hooks.url()))],
+    )
+    .await;
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["webhook"]["state"], "gone");
+    assert_eq!(job["webhook"]["attempts"], 1);
+
+    // A receiver that never takes it: dead after 1 + 2 attempts, listed, re-delivered.
+    let resp = post_async(
+        &weir,
+        "",
+        &[("weir-callback-url", &format!("{}/dead", hooks.url()))],
+    )
+    .await;
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["state"], "dead", "{job}");
+    assert_eq!(job["webhook"]["attempts"], 3);
+    let id = job["id"].as_str().unwrap();
+    let dead: serde_json::Value = client()
+        .get(weir.admin_url("/jobs/dead"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dead["jobs"][0]["id"], id);
+    let before = hooks.count();
+    let again = client()
+        .post(weir.admin_url(&format!("/jobs/{id}/redeliver")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["state"], "dead");
+    assert_eq!(hooks.count(), before + 3);
+}
