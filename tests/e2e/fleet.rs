@@ -54,6 +54,13 @@ filters = [{filters}]
     )
 }
 
+/// A route `name` for paths under `/<name>` to `api`, with `filters`.
+fn route(name: &str, filters: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nupstream = \"api\"\nmatch = {{ path_prefix = \"/{name}\" }}\ntimeout = \"10s\"\nfilters = [{filters}]\n\n"
+    )
+}
+
 /// Three weir processes with the same config.
 async fn three(config: &str) -> Vec<Weir> {
     let mut out = Vec::new();
@@ -302,41 +309,24 @@ async fn redis_going_away_costs_only_the_documented_behaviour_and_it_comes_back(
         &state_single(&redis.url(), "500ms"),
         &api.url(),
         r#"{ use = "limiter", config = { rate = 1000 } }"#,
-        r#"[[routes]]
-name = "pay"
-upstream = "api"
-match = { path_prefix = "/pay" }
-timeout = "10s"
-filters = ["idempotency"]
-
-[[routes]]
-name = "cached"
-upstream = "api"
-match = { path_prefix = "/cached" }
-timeout = "10s"
-filters = [{ use = "cache", config = { default_ttl = "1h" } }]
-
-[[routes]]
-name = "strict-limiter"
-upstream = "api"
-match = { path_prefix = "/strict-limiter" }
-timeout = "10s"
-filters = [{ use = "limiter", config = { rate = 1000, on_state_error = "reject" } }]
-
-[[routes]]
-name = "strict-breaker"
-upstream = "api"
-match = { path_prefix = "/strict-breaker" }
-timeout = "10s"
-filters = [{ use = "breaker", config = { on_state_error = "reject" } }]
-
-[[routes]]
-name = "breaker"
-upstream = "api"
-match = { path_prefix = "/breaker" }
-timeout = "10s"
-filters = ["breaker"]
-"#,
+        &[
+            ("pay", r#""idempotency""#),
+            (
+                "cached",
+                r#"{ use = "cache", config = { default_ttl = "1h" } }"#,
+            ),
+            (
+                "strict-limiter",
+                r#"{ use = "limiter", config = { rate = 1000, on_state_error = "reject" } }"#,
+            ),
+            (
+                "strict-breaker",
+                r#"{ use = "breaker", config = { on_state_error = "reject" } }"#,
+            ),
+            ("breaker", r#""breaker""#),
+        ]
+        .map(|(name, filters)| route(name, filters))
+        .concat(),
     );
     let weir = Weir::start(&cfg).await;
     assert_eq!(get(&weir, "/").await.0, 200);
