@@ -61,6 +61,16 @@ fn route(name: &str, filters: &str) -> String {
     )
 }
 
+/// Makes `redis` (started with `--enable-debug-command yes`) answer nothing for 8 s, from
+/// a thread; join it for the `DEBUG SLEEP` reply once the test is done.
+fn stall(redis: &RedisServer) -> std::thread::JoinHandle<String> {
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || RedisServer::cmd_on(port, &["DEBUG", "SLEEP", "8"]));
+    // Long enough for the command to reach the server before the test's request.
+    std::thread::sleep(Duration::from_millis(200));
+    sleeper
+}
+
 /// Three weir processes with the same config.
 async fn three(config: &str) -> Vec<Weir> {
     let mut out = Vec::new();
@@ -429,9 +439,7 @@ async fn a_slow_redis_is_cut_at_the_timeout() {
     );
     let weir = Weir::start(&cfg).await;
     assert_eq!(post(&weir, "k1", "x").await.0, 200);
-    let port = redis.port;
-    let sleeper = std::thread::spawn(move || RedisServer::cmd_on(port, &["DEBUG", "SLEEP", "8"]));
-    std::thread::sleep(Duration::from_millis(200));
+    let sleeper = stall(&redis);
     let started = Instant::now();
     let (code, _, body) = post(&weir, "k2", "x").await;
     let took = started.elapsed();
@@ -632,9 +640,7 @@ async fn a_slow_redis_never_holds_a_request_past_its_route_deadline() {
     .replace(r#"timeout = "10s""#, r#"timeout = "1s""#);
     let weir = Weir::start(&cfg).await;
     assert_eq!(post(&weir, "k1", "x").await.0, 200);
-    let port = redis.port;
-    let sleeper = std::thread::spawn(move || RedisServer::cmd_on(port, &["DEBUG", "SLEEP", "8"]));
-    std::thread::sleep(Duration::from_millis(200));
+    let sleeper = stall(&redis);
     let started = Instant::now();
     let (code, _, body) = post(&weir, "k2", "x").await;
     let took = started.elapsed();
