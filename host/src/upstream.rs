@@ -202,7 +202,7 @@ impl UpstreamPool {
         let client_body = req.extensions().get::<BodyFault>().cloned();
         let started = Instant::now();
         let result = self
-            .send_inner(upstream, req, deadline, timeout_ms)
+            .send_inner(upstream, req, started, deadline, timeout_ms)
             .await
             .map_err(|f| match &client_body {
                 Some(body) => f.blame(body, timeout_ms),
@@ -246,9 +246,20 @@ impl UpstreamPool {
         &self,
         upstream: &Upstream,
         req: Request<ProxyBody>,
+        now: Instant,
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        let timed_out = || UpstreamFailure {
+            kind: UpstreamError::Timeout,
+            error: ProxyError::Timeout { timeout_ms },
+        };
+        // The timer wheel fires up to a millisecond past `deadline`, and `timeout_at`
+        // polls the call first, so a fast upstream could still answer a request sent
+        // after its deadline. Such a request is not sent.
+        if now >= deadline {
+            return Err(timed_out());
+        }
         let acquired =
             tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await;
         let Ok(Ok(permit)) = acquired else {
@@ -265,10 +276,7 @@ impl UpstreamPool {
             gauge: upstream.in_flight.clone(),
         };
         match tokio::time::timeout_at(deadline, self.client.request(req)).await {
-            Err(_) => Err(UpstreamFailure {
-                kind: UpstreamError::Timeout,
-                error: ProxyError::Timeout { timeout_ms },
-            }),
+            Err(_) => Err(timed_out()),
             Ok(Err(e)) => Err(classify(&e, &upstream.origin)),
             Ok(Ok(resp)) => Ok(resp.map(|b| body::boxed(body::Holding::new(b, slot)))),
         }
@@ -561,5 +569,33 @@ mod tests {
         );
         assert_eq!(host("http://[::1]:8080").as_deref(), Some("[::1]:8080"));
         assert_eq!(host("https://api.example.com"), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_not_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url =
+            crate::config::Origin::try_from(format!("http://{}", listener.local_addr().unwrap()))
+                .unwrap();
+        let config = UpstreamConfig {
+            url,
+            connect_timeout: crate::config::defaults::connect_timeout(),
+            max_connections: crate::config::defaults::max_connections(),
+            tls: None,
+        };
+        let telemetry = crate::telemetry::Telemetry::new().unwrap();
+        let pool =
+            UpstreamPool::new(&[("u".to_owned(), config)], telemetry.upstreams.clone()).unwrap();
+        let upstream = pool.get("u").unwrap();
+        let mut req = Request::new(crate::body::empty());
+        *req.uri_mut() = upstream.uri("/").unwrap();
+        let failed = pool
+            .send(upstream, req, Instant::now(), 500)
+            .await
+            .expect_err("sent after its deadline");
+        assert_eq!(failed.kind, UpstreamError::Timeout);
+        // Nothing connected: the deadline was checked before any connection was made.
+        let accepted = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+        assert!(accepted.is_err(), "the upstream was reached");
     }
 }
