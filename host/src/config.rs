@@ -245,9 +245,20 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
-    /// The journal file (redb), relative to the config file. Created when missing; kept
-    /// across restarts and reloads.
-    pub journal: PathBuf,
+    /// Where jobs are kept: `journal` (the embedded redb file, one process) or `redis`
+    /// (Redis Streams on the `[state.redis]` server, shared by a fleet). The default
+    /// follows `[state] backend`.
+    #[serde(default)]
+    pub store: Option<JobStoreKind>,
+    /// The journal file (redb), relative to the config file, with `store = "journal"`.
+    /// Created when missing; kept across restarts and reloads.
+    #[serde(default)]
+    pub journal: Option<PathBuf>,
+    /// With `store = "redis"`: how long a job (or a webhook) claimed by a process that
+    /// stopped answering waits before another process takes it over. A live process
+    /// renews its claims every third of this.
+    #[serde(default = "defaults::jobs_visibility_timeout")]
+    pub visibility_timeout: HumanDuration,
     /// The most jobs queued or running at once; more get 503 `queue_full`.
     #[serde(default = "defaults::jobs_max_pending")]
     pub max_pending: u64,
@@ -263,6 +274,26 @@ pub struct JobsConfig {
     /// Callbacks: where they may go and how they are signed; none are allowed without it.
     #[serde(default)]
     pub webhooks: Option<WebhooksConfig>,
+}
+
+/// `[jobs] store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStoreKind {
+    /// The embedded redb journal.
+    Journal,
+    /// Redis Streams, through `[state.redis]`.
+    Redis,
+}
+
+impl JobsConfig {
+    /// Where jobs are kept, the default applied.
+    pub fn store_kind(&self, state: &StateConfig) -> JobStoreKind {
+        self.store.unwrap_or(match state.backend {
+            StateBackendKind::Redis => JobStoreKind::Redis,
+            StateBackendKind::Memory => JobStoreKind::Journal,
+        })
+    }
 }
 
 /// `[jobs.webhooks]`: signed deliveries of a job's result to a client's callback URL.
@@ -772,6 +803,9 @@ pub(crate) mod defaults {
     pub fn jobs_retention() -> HumanDuration {
         HumanDuration(Duration::from_secs(24 * 3600))
     }
+    pub fn jobs_visibility_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
     pub fn jobs_workers() -> usize {
         16
     }
@@ -1070,7 +1104,35 @@ fn validate(
         }
     }
     if let Some(jobs) = &mut raw.jobs {
-        abs(&mut jobs.journal);
+        if let Some(j) = &mut jobs.journal {
+            abs(j);
+        }
+        match (jobs.store_kind(&raw.state), &jobs.journal) {
+            (JobStoreKind::Journal, None) => err(
+                place(&["jobs"], 0..0),
+                "[jobs] needs `journal` (the file that keeps accepted requests), or `store = \"redis\"` with [state] backend = \"redis\"".to_owned(),
+            ),
+            (JobStoreKind::Redis, Some(_)) => err(
+                place(&["jobs", "journal"], 0..0),
+                "jobs.journal is unused: jobs are kept in Redis (store = \"redis\"); remove it, or set store = \"journal\"".to_owned(),
+            ),
+            _ => {}
+        }
+        if jobs.store_kind(&raw.state) == JobStoreKind::Redis
+            && raw.state.backend != StateBackendKind::Redis
+        {
+            err(
+                place(&["jobs", "store"], 0..0),
+                "jobs.store = \"redis\" needs [state] backend = \"redis\" with [state.redis]"
+                    .to_owned(),
+            );
+        }
+        if jobs.visibility_timeout.0 < Duration::from_secs(1) {
+            err(
+                place(&["jobs", "visibility_timeout"], 0..0),
+                "jobs.visibility_timeout must be at least 1s".to_owned(),
+            );
+        }
         if jobs.max_pending == 0 || jobs.max_pending_bytes.0 == 0 {
             err(
                 place(&["jobs", "max_pending"], 0..0),

@@ -198,10 +198,16 @@ impl Server {
         };
         let jobs = match &config.raw.jobs {
             None => None,
-            Some(j) => Some(Jobs::open(j, &telemetry).map_err(|e| {
-                let span = config.key_span(&["jobs", "journal"]);
-                StartError::Config(vec![config.error_at(span, e)])
-            })?),
+            Some(j) => {
+                let redis = match j.store_kind(&config.raw.state) {
+                    crate::config::JobStoreKind::Redis => config.raw.state.redis.as_ref(),
+                    crate::config::JobStoreKind::Journal => None,
+                };
+                Some(Jobs::open(j, redis, &telemetry).map_err(|e| {
+                    let span = config.key_span(&["jobs", "journal"]);
+                    StartError::Config(vec![config.error_at(span, e)])
+                })?)
+            }
         };
         let proxy = Proxy::new(
             router,

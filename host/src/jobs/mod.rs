@@ -25,7 +25,9 @@
 //! Job URLs live under [`PREFIX`] on the proxy listener, which no route may claim. An
 //! id is 128 random bits, so the URL is the capability to read the job.
 
+pub mod fleet;
 pub mod journal;
+pub mod store;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -38,14 +40,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::body::ProxyBody;
 use crate::config::JobsConfig;
 use crate::error::json_response;
 use crate::listener::Proxy;
+use crate::state::BoxFuture;
 use crate::telemetry::Telemetry;
 use journal::{Journal, JournalError};
+use store::{Bounds, Claim, Embedded, Store};
 use webhook::{Attempt, Webhooks};
 
 /// Where job URLs live on the proxy listener.
@@ -304,17 +308,11 @@ pub fn to_pairs(headers: &HeaderMap) -> Vec<(String, Blob)> {
         .collect()
 }
 
-/// Jobs queued or running: what the bounds count.
-#[derive(Default)]
-struct Pending {
-    count: u64,
-    bytes: u64,
-}
-
 /// The job series.
 struct JobMetrics {
     events: prometheus::IntCounterVec,
     pending: prometheus::IntGauge,
+    oldest: prometheus::Gauge,
     deliveries: prometheus::IntCounterVec,
 }
 
@@ -329,7 +327,11 @@ impl JobMetrics {
         )?;
         let pending = prometheus::IntGauge::new(
             "weir_jobs_pending",
-            "Async jobs queued or running (the queue depth)",
+            "Async jobs queued or running (the queue depth; the fleet's with Redis)",
+        )?;
+        let oldest = prometheus::Gauge::new(
+            "weir_jobs_oldest_pending_seconds",
+            "How long the oldest job queued or running has waited since it was accepted",
         )?;
         let deliveries = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
@@ -340,12 +342,18 @@ impl JobMetrics {
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(oldest.clone()))?;
         registry.register(Box::new(deliveries.clone()))?;
         Ok(JobMetrics {
             events,
             pending,
+            oldest,
             deliveries,
         })
+    }
+
+    fn event(&self, event: &str) {
+        self.events.with_label_values(&[event]).inc();
     }
 }
 
@@ -383,29 +391,49 @@ impl AcceptError {
     }
 }
 
-/// The job system: journal, queue, workers and deliveries.
+/// How often the queue gauges are refreshed and finished jobs purged.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// The job system: store, workers and deliveries.
 pub struct Jobs {
-    journal: Arc<Journal>,
+    store: Arc<dyn Store>,
     config: JobsConfig,
-    pending: Mutex<Pending>,
-    queue: mpsc::UnboundedSender<String>,
-    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
-    /// Requests waiting (`wait=N`) for a job to finish.
+    /// Requests waiting (`wait=N`) for a job this process runs to finish.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     accepting: AtomicBool,
     stop: watch::Sender<bool>,
     workers: Arc<Semaphore>,
     webhooks: Option<Webhooks>,
     metrics: JobMetrics,
-    /// Deliveries due at start, handed to [`Jobs::start`].
-    due: Mutex<Vec<String>>,
 }
 
 impl Jobs {
-    /// Opens the journal and counts what it holds; jobs left queued or running are
-    /// queued again. Nothing runs until [`Jobs::start`].
-    pub fn open(config: &JobsConfig, telemetry: &Telemetry) -> Result<Arc<Jobs>, String> {
-        let journal = Journal::open(&config.journal).map_err(|e| e.to_string())?;
+    /// Opens the store: the embedded journal, or the fleet's Redis streams when
+    /// `redis` is given. Nothing runs until [`Jobs::start`].
+    pub fn open(
+        config: &JobsConfig,
+        redis: Option<&crate::config::RedisConfig>,
+        telemetry: &Telemetry,
+    ) -> Result<Arc<Jobs>, String> {
+        let store: Arc<dyn Store> = match redis {
+            Some(r) => Arc::new(fleet::Fleet::new(r, config)?),
+            None => {
+                let path = config.journal.as_ref().ok_or(
+                    "`journal` is required unless [state] backend = \"redis\" keeps the jobs",
+                )?;
+                let journal = Journal::open(path).map_err(|e| e.to_string())?;
+                Arc::new(Embedded::open(journal).map_err(|e| e.to_string())?)
+            }
+        };
+        Jobs::with_store(store, config, telemetry)
+    }
+
+    /// The job system over `store`.
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        config: &JobsConfig,
+        telemetry: &Telemetry,
+    ) -> Result<Arc<Jobs>, String> {
         let webhooks = config
             .webhooks
             .as_ref()
@@ -413,44 +441,15 @@ impl Jobs {
             .transpose()
             .map_err(|e| format!("[jobs.webhooks]: {e}"))?;
         let metrics = JobMetrics::new(&telemetry.registry).map_err(|e| e.to_string())?;
-        let (queue, rx) = mpsc::unbounded_channel();
-        let mut pending = Pending::default();
-        let mut due = Vec::new();
-        let mut jobs = journal.all().map_err(|e| e.to_string())?;
-        jobs.sort_by_key(|j| j.accepted_at_ms);
-        for job in jobs {
-            if !job.state.is_final() {
-                pending.count += 1;
-                pending.bytes += job.size();
-                let _ = queue.send(job.id.clone());
-            } else if job
-                .webhook
-                .as_ref()
-                .is_some_and(|w| w.state == DeliveryState::Pending)
-            {
-                due.push(job.id.clone());
-            }
-        }
-        if pending.count > 0 {
-            tracing::info!(
-                jobs = pending.count,
-                "re-running jobs left queued or running"
-            );
-        }
-        metrics.pending.set(pending.count as i64);
         Ok(Arc::new(Jobs {
-            journal: Arc::new(journal),
+            store,
             config: config.clone(),
-            pending: Mutex::new(pending),
-            queue,
-            queue_rx: Mutex::new(Some(rx)),
             waiters: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             stop: watch::channel(false).0,
             workers: Arc::new(Semaphore::new(config.workers)),
             webhooks,
             metrics,
-            due: Mutex::new(due),
         }))
     }
 
@@ -459,26 +458,17 @@ impl Jobs {
         self.webhooks.as_ref()
     }
 
-    /// Starts the workers, the deliveries left from before, and the purge.
+    /// Starts the workers, the deliverers and the housekeeping.
     pub fn start(self: &Arc<Self>, proxy: Arc<Proxy>) {
-        let rx = self
-            .queue_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(rx) = rx {
-            tokio::spawn(self.clone().dispatch(proxy, rx));
-        }
-        let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(|p| p.into_inner()));
-        for id in due {
-            tokio::spawn(self.clone().deliver(id));
-        }
-        tokio::spawn(self.clone().purge());
+        tokio::spawn(self.clone().dispatch(proxy));
+        tokio::spawn(self.clone().deliveries());
+        tokio::spawn(self.clone().housekeeping());
     }
 
     /// Stops accepting async requests (they get 503 `shutting_down`), stops starting
     /// jobs, and waits up to `drain` for running ones. A job still running after that
-    /// stays `running` in the journal and runs again at the next start.
+    /// stays `running` and runs again: at the next start, or, in a fleet, on another
+    /// process after the visibility timeout.
     pub async fn shutdown(&self, drain: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
@@ -507,28 +497,6 @@ impl Jobs {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(AcceptError::ShuttingDown);
         }
-        let size = job.size();
-        {
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if p.count >= self.config.max_pending {
-                return Err(AcceptError::QueueFull("max_pending jobs are waiting"));
-            }
-            if p.bytes + size > self.config.max_pending_bytes.0 {
-                return Err(AcceptError::QueueFull("max_pending_bytes are waiting"));
-            }
-            p.count += 1;
-            p.bytes += size;
-        }
-        let journal = self.journal.clone();
-        let stored = job.clone();
-        let written = tokio::task::spawn_blocking(move || journal.put(&stored))
-            .await
-            .unwrap_or_else(|e| Err(JournalError::from_task(e)));
-        if let Err(e) = written {
-            self.release(size);
-            tracing::error!(error = %e, "cannot store an async request; answered 503");
-            return Err(e.into());
-        }
         if let Some(w) = waiter {
             self.waiters
                 .lock()
@@ -537,41 +505,28 @@ impl Jobs {
                 .or_default()
                 .push(w);
         }
-        self.metrics.events.with_label_values(&["accepted"]).inc();
+        let bounds = Bounds {
+            jobs: self.config.max_pending,
+            bytes: self.config.max_pending_bytes.0,
+        };
+        if let Err(e) = self.store.accept(&job, bounds).await {
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&job.id);
+            if let AcceptError::Journal(why) = &e {
+                tracing::error!(error = %why, "cannot store an async request; answered 503");
+            }
+            return Err(e);
+        }
+        self.metrics.event("accepted");
         self.metrics.pending.inc();
-        let _ = self.queue.send(job.id);
         Ok(())
     }
 
-    fn release(&self, size: u64) {
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        p.count = p.count.saturating_sub(1);
-        p.bytes = p.bytes.saturating_sub(size);
-    }
-
-    /// The job with this id, from the journal.
+    /// The job with this id.
     pub async fn get(&self, id: &str) -> Result<Option<Job>, JournalError> {
-        let journal = self.journal.clone();
-        let id = id.to_owned();
-        tokio::task::spawn_blocking(move || journal.get(&id))
-            .await
-            .unwrap_or_else(|e| Err(JournalError::from_task(e)))
-    }
-
-    async fn put(&self, job: &Job) -> Result<(), JournalError> {
-        let journal = self.journal.clone();
-        let job = job.clone();
-        tokio::task::spawn_blocking(move || journal.put(&job))
-            .await
-            .unwrap_or_else(|e| Err(JournalError::from_task(e)))
-    }
-
-    /// Every job, from the journal.
-    pub async fn all(&self) -> Result<Vec<Job>, JournalError> {
-        let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || journal.all())
-            .await
-            .unwrap_or_else(|e| Err(JournalError::from_task(e)))
+        self.store.get(id).await
     }
 
     /// Answers `GET /_weir/jobs/<id>`.
@@ -618,8 +573,34 @@ impl Jobs {
         }
     }
 
-    /// Takes queued ids and runs each with a worker permit, until the shutdown.
-    async fn dispatch(self: Arc<Self>, proxy: Arc<Proxy>, mut rx: mpsc::UnboundedReceiver<String>) {
+    /// Waits for the store's next claim, or the stop; a failing store is retried after
+    /// a pause.
+    async fn next<'a>(
+        &'a self,
+        stop: &mut watch::Receiver<bool>,
+        lane: impl Fn() -> BoxFuture<'a, Result<Claim, JournalError>>,
+    ) -> Option<Claim> {
+        loop {
+            let next = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return None,
+                next = lane() => next,
+            };
+            match next {
+                Ok(claim) => return Some(claim),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take a job from the store; trying again");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return None,
+                        () = tokio::time::sleep(STORE_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes jobs from the run lane and runs each with a worker permit, until the
+    /// shutdown.
+    async fn dispatch(self: Arc<Self>, proxy: Arc<Proxy>) {
         let mut stop = self.stop.subscribe();
         loop {
             let permit = tokio::select! {
@@ -629,37 +610,69 @@ impl Jobs {
                     Err(_) => return,
                 },
             };
-            let id = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                id = rx.recv() => match id {
-                    Some(id) => id,
-                    None => return,
-                },
+            let Some(claim) = self.next(&mut stop, || self.store.next_run()).await else {
+                return;
             };
             let jobs = self.clone();
             let proxy = proxy.clone();
             tokio::spawn(async move {
-                jobs.run(&proxy, &id).await;
+                jobs.holding(&claim, jobs.run(&proxy, &claim)).await;
                 drop(permit);
             });
         }
     }
 
+    /// Takes jobs from the delivery lane and delivers each, until the shutdown.
+    async fn deliveries(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        while let Some(claim) = self.next(&mut stop, || self.store.next_delivery()).await {
+            let jobs = self.clone();
+            tokio::spawn(async move { jobs.holding(&claim, jobs.deliver(&claim)).await });
+        }
+    }
+
+    /// Runs `work` while keeping `claim` from returning to its lane.
+    async fn holding(&self, claim: &Claim, work: impl std::future::Future<Output = ()>) {
+        let keep = async {
+            loop {
+                tokio::time::sleep(self.config.visibility_timeout.0 / 3).await;
+                match self.store.touch(claim) {
+                    Some(touch) => touch.await,
+                    None => return std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            () = keep => {}
+        }
+    }
+
     /// Runs one job and records its outcome.
-    async fn run(self: &Arc<Self>, proxy: &Proxy, id: &str) {
-        let mut job = match self.get(id).await {
-            Ok(Some(job)) if !job.state.is_final() => job,
-            Ok(_) => return,
+    async fn run(self: &Arc<Self>, proxy: &Proxy, claim: &Claim) {
+        let id = claim.id.as_str();
+        let mut job = match self.store.get(id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                tracing::error!(job = id, "a queued job is missing from the store");
+                return;
+            }
             Err(e) => {
-                tracing::error!(job = id, error = %e, "cannot read a queued job; it runs at the next start");
+                tracing::error!(job = id, error = %e, "cannot read a queued job; it runs again later");
                 return;
             }
         };
-        let size = job.size();
+        if job.state.is_final() {
+            // Run by another claim already (a fleet process that seemed dead was not).
+            if let Err(e) = self.store.finish(&job, claim, false).await {
+                tracing::warn!(job = id, error = %e, "cannot give back a finished job's claim");
+            }
+            return;
+        }
         job.state = JobState::Running;
         job.attempts += 1;
         job.started_at_ms = Some(now_ms());
-        if let Err(e) = self.put(&job).await {
+        if let Err(e) = self.store.put(&job).await {
             tracing::warn!(job = id, error = %e, "cannot record that a job started");
         }
         match proxy.run_job(&job).await {
@@ -682,19 +695,18 @@ impl Jobs {
             w.state = DeliveryState::Pending;
             w.next_at_ms = now;
         }
-        if let Err(e) = self.put(&job).await {
-            // Left `running`: it runs again at the next start, with the same key.
+        if let Err(e) = self.store.finish(&job, claim, true).await {
+            // Left `running`: it runs again later, with the same key.
             tracing::error!(job = id, error = %e, "cannot record a job's outcome");
             return;
         }
-        self.release(size);
         self.metrics.pending.dec();
         let event = if job.state == JobState::Succeeded {
             "succeeded"
         } else {
             "failed"
         };
-        self.metrics.events.with_label_values(&[event]).inc();
+        self.metrics.event(event);
         tracing::info!(job = id, route = %job.route, state = event, attempts = job.attempts, "job finished");
         let waiters = self
             .waiters
@@ -704,27 +716,38 @@ impl Jobs {
         for w in waiters.into_iter().flatten() {
             let _ = w.send(());
         }
-        if job.webhook.is_some() {
-            tokio::spawn(self.clone().deliver(id.to_owned()));
-        }
     }
 
-    /// Delivers job `id`'s webhook until it is delivered, gone or dead.
-    async fn deliver(self: Arc<Self>, id: String) {
-        let Some(hooks) = &self.webhooks else { return };
+    /// Delivers a job's webhook until it is delivered, gone or dead.
+    async fn deliver(&self, claim: &Claim) {
+        let id = claim.id.as_str();
+        let Some(hooks) = &self.webhooks else {
+            tracing::error!(
+                job = id,
+                "a webhook is owed but [jobs.webhooks] is not configured"
+            );
+            return;
+        };
         loop {
-            let mut job = match self.get(&id).await {
+            let mut job = match self.store.get(id).await {
                 Ok(Some(job)) => job,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::error!(job = %id, error = %e, "cannot read a job to deliver; it is retried at the next start");
+                    tracing::error!(job = %id, error = %e, "cannot read a job to deliver; it is retried later");
                     return;
                 }
             };
-            let Some(w) = job.webhook.clone() else { return };
-            if w.state != DeliveryState::Pending {
+            let Some(mut w) = job
+                .webhook
+                .clone()
+                .filter(|w| w.state == DeliveryState::Pending)
+            else {
+                // Settled already: give the claim back.
+                if let Err(e) = self.store.settle(&job, claim).await {
+                    tracing::warn!(job = %id, error = %e, "cannot give back a delivery's claim");
+                }
                 return;
-            }
+            };
             let wait = Duration::from_millis(w.next_at_ms.saturating_sub(now_ms()));
             tokio::time::sleep(wait).await;
             let body = serde_json::json!({
@@ -734,7 +757,6 @@ impl Jobs {
             });
             let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
             let attempt = hooks.deliver(&w.url, &w.id, body).await;
-            let mut w = w;
             w.attempts += 1;
             let result = match attempt {
                 Attempt::Delivered => {
@@ -763,7 +785,7 @@ impl Jobs {
                         None => {
                             w.state = DeliveryState::Dead;
                             job.state = JobState::Dead;
-                            self.metrics.events.with_label_values(&["dead"]).inc();
+                            self.metrics.event("dead");
                             "dead"
                         }
                     }
@@ -771,9 +793,18 @@ impl Jobs {
             };
             self.metrics.deliveries.with_label_values(&[result]).inc();
             tracing::info!(job = %id, webhook_id = %w.id, attempt = w.attempts, result, "webhook delivery");
+            let settled = w.state != DeliveryState::Pending;
             job.webhook = Some(w);
-            if let Err(e) = self.put(&job).await {
-                tracing::error!(job = %id, error = %e, "cannot record a delivery; it is retried at the next start");
+            let recorded = if settled {
+                self.store.settle(&job, claim).await
+            } else {
+                self.store.put(&job).await
+            };
+            if let Err(e) = recorded {
+                tracing::error!(job = %id, error = %e, "cannot record a delivery; it is retried later");
+                return;
+            }
+            if settled {
                 return;
             }
         }
@@ -781,19 +812,12 @@ impl Jobs {
 
     /// Dead jobs, for the admin API.
     pub async fn dead(&self) -> Result<Vec<Job>, JournalError> {
-        let mut dead: Vec<Job> = self
-            .all()
-            .await?
-            .into_iter()
-            .filter(|j| j.state == JobState::Dead)
-            .collect();
-        dead.sort_by_key(|j| j.finished_at_ms);
-        Ok(dead)
+        self.store.dead().await
     }
 
     /// Re-delivers a dead job's webhook from the start of the schedule. `Ok(false)`
     /// when there is no such dead job.
-    pub async fn redeliver(self: &Arc<Self>, id: &str) -> Result<bool, JournalError> {
+    pub async fn redeliver(&self, id: &str) -> Result<bool, JournalError> {
         let Some(mut job) = self.get(id).await? else {
             return Ok(false);
         };
@@ -807,72 +831,104 @@ impl Jobs {
             Some(r) if r.status < 500 => JobState::Succeeded,
             _ => JobState::Failed,
         };
-        self.put(&job).await?;
-        tokio::spawn(self.clone().deliver(id.to_owned()));
+        self.store.redeliver(&job).await?;
         Ok(true)
     }
 
-    /// Removes finished jobs older than the retention, every so often.
-    async fn purge(self: Arc<Self>) {
-        let retention = self.config.retention.0;
-        let every = retention.clamp(Duration::from_millis(100), Duration::from_secs(60));
+    /// The queue for `/status`: pending jobs by route, their bytes and the oldest's age.
+    pub async fn status(&self) -> serde_json::Value {
+        match self.store.stats().await {
+            Ok(s) => serde_json::json!({
+                "store": if self.store.shared() { "redis" } else { "journal" },
+                "pending": s.pending,
+                "pending_bytes": s.bytes,
+                "oldest_pending_seconds": s.oldest_accepted_ms.map(age_secs),
+                "routes": s.routes,
+                "accepting": self.accepting.load(Ordering::SeqCst),
+            }),
+            Err(e) => serde_json::json!({
+                "store": if self.store.shared() { "redis" } else { "journal" },
+                "error": e.to_string(),
+            }),
+        }
+    }
+
+    /// Refreshes the queue gauges and removes finished jobs older than the retention.
+    async fn housekeeping(self: Arc<Self>) {
+        let retention = u64::try_from(self.config.retention.0.as_millis()).unwrap_or(u64::MAX);
         let mut stop = self.stop.subscribe();
+        let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                () = tokio::time::sleep(every) => {}
+                _ = tick.tick() => {}
             }
-            let cutoff =
-                now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
-            let old: Vec<String> = match self.all().await {
-                Ok(all) => all
-                    .into_iter()
-                    .filter(|j| {
-                        j.state.is_final()
-                            && j.finished_at_ms.is_some_and(|t| t <= cutoff)
-                            && j.webhook
-                                .as_ref()
-                                .is_none_or(|w| w.state != DeliveryState::Pending)
-                    })
-                    .map(|j| j.id)
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the journal to purge it");
-                    continue;
+            match self.store.stats().await {
+                Ok(s) => {
+                    self.metrics
+                        .pending
+                        .set(i64::try_from(s.pending).unwrap_or(i64::MAX));
+                    self.metrics
+                        .oldest
+                        .set(s.oldest_accepted_ms.map_or(0.0, age_secs));
                 }
-            };
-            if old.is_empty() {
-                continue;
+                Err(e) => tracing::warn!(error = %e, "cannot read the job queue's depth"),
             }
-            let journal = self.journal.clone();
-            let n = old.len();
-            match tokio::task::spawn_blocking(move || journal.remove(&old)).await {
-                Ok(Ok(())) => tracing::debug!(jobs = n, "purged finished jobs"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot purge the journal"),
-                Err(e) => tracing::warn!(error = %e, "cannot purge the journal"),
+            match self.store.purge(now_ms().saturating_sub(retention)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(jobs = n, "purged finished jobs"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge finished jobs"),
             }
         }
     }
 
-    /// Waits for `rx` up to `wait`, then answers the job's result, or `None`.
+    /// Waits up to `wait` for the job to finish, then answers its result, or `None`.
+    /// In a fleet another process may run it, so the store is also read now and then.
     pub async fn wait_result(
         &self,
         id: &str,
         rx: oneshot::Receiver<()>,
         wait: Duration,
     ) -> Option<Response<ProxyBody>> {
-        if tokio::time::timeout(wait, rx).await.ok()?.is_err() {
+        let finished = async {
+            if !self.store.shared() {
+                return rx.await.is_ok();
+            }
+            let mut rx = std::pin::pin!(rx);
+            loop {
+                tokio::select! {
+                    r = &mut rx => return r.is_ok(),
+                    () = tokio::time::sleep(FLEET_WAIT_POLL) => {}
+                }
+                if self
+                    .get(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|j| j.state.is_final())
+                {
+                    return true;
+                }
+            }
+        };
+        if !tokio::time::timeout(wait, finished).await.ok()? {
             return None;
         }
         self.get(id).await.ok()??.to_response()
     }
 }
 
-impl JournalError {
-    fn from_task(e: tokio::task::JoinError) -> JournalError {
-        JournalError::new(format!("journal task failed: {e}"))
-    }
+/// Seconds since `ms` (Unix ms).
+fn age_secs(ms: u64) -> f64 {
+    now_ms().saturating_sub(ms) as f64 / 1000.0
 }
+
+/// How long a failing store is left before the workers ask again.
+const STORE_RETRY: Duration = Duration::from_millis(500);
+
+/// How often a `wait=N` request in a fleet reads the job.
+const FLEET_WAIT_POLL: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@
 
 mod memory;
 pub(crate) mod prims;
-mod redis;
+pub(crate) mod redis;
 
 use std::future::Future;
 use std::pin::Pin;

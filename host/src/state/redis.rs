@@ -79,20 +79,20 @@ impl Scripts {
 
 /// A connection to one server or to a cluster; cloning is cheap (a handle).
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 impl Conn {
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {
         match self.clone() {
             Conn::Single(mut c) => cmd.query_async(&mut c).await,
             Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
         }
     }
 
-    async fn invoke<T: FromRedisValue>(
+    pub(crate) async fn invoke<T: FromRedisValue>(
         &self,
         script: ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
@@ -126,77 +126,8 @@ impl RedisBackend {
     /// A backend for `config`; it connects on first use. Fails only on a config the
     /// client refuses (a bad URL or CA file). `up_gauge` follows its health.
     pub fn new(config: &RedisConfig, up_gauge: IntGauge) -> Result<Arc<RedisBackend>, String> {
-        // The client builds its TLS config from rustls' process default.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let password = match &config.password {
-            Some(p) => Some(p.resolve()?),
-            None => None,
-        };
-        let certs =
-            match &config.ca {
-                Some(path) => Some(redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(std::fs::read(path).map_err(|e| {
-                        format!("state.redis.ca: cannot read {}: {e}", path.display())
-                    })?),
-                }),
-                None => None,
-            };
+        let (conn, target) = connect(config)?;
         let timeout = config.timeout.0;
-        let (conn, target) = match (&config.url, &config.cluster) {
-            (Some(url), _) => {
-                let mut info: redis::ConnectionInfo =
-                    redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                        .map_err(|e| format!("state.redis.url: {e}"))?;
-                let mut settings = info.redis_settings().clone();
-                if let Some(user) = &config.username {
-                    settings = settings.set_username(user);
-                }
-                if let Some(password) = &password {
-                    settings = settings.set_password(password);
-                }
-                info = info.set_redis_settings(settings);
-                let client = match certs {
-                    Some(c) => redis::Client::build_with_tls(info, c),
-                    None => redis::Client::open(info),
-                }
-                .map_err(|e| format!("state.redis.url: {e}"))?;
-                let manager = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    // Retrying is weir's business: an operation fails at `timeout`.
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(1));
-                let conn = ConnectionManager::new_lazy_with_config(client, manager)
-                    .map_err(|e| format!("state.redis.url: {e}"))?;
-                (Conn::Single(conn), url.clone())
-            }
-            (None, Some(nodes)) => {
-                let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .retries(1);
-                if let Some(user) = &config.username {
-                    builder = builder.username(user);
-                }
-                if let Some(password) = &password {
-                    builder = builder.password(password);
-                }
-                if nodes.iter().any(|n| n.starts_with("rediss://")) {
-                    builder = builder.tls(redis::TlsMode::Secure);
-                }
-                if let Some(c) = certs {
-                    builder = builder.certs(c);
-                }
-                let client = builder
-                    .build()
-                    .map_err(|e| format!("state.redis.cluster: {e}"))?;
-                let conn = client
-                    .get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new());
-                (Conn::Cluster(conn), nodes.join(", "))
-            }
-            (None, None) => return Err("[state.redis] needs `url` or `cluster`".to_owned()),
-        };
         let backend = Arc::new(RedisBackend {
             conn,
             prefix: config.prefix.clone(),
@@ -275,6 +206,83 @@ impl RedisBackend {
             tracing::info!(target: "weir::state", "the redis state backend is back");
         }
     }
+}
+
+/// A lazy, self-reconnecting connection for `config`, and where it goes (for messages:
+/// no password). Fails only on a config the client refuses (a bad URL or CA file).
+pub(crate) fn connect(config: &RedisConfig) -> Result<(Conn, String), String> {
+    // The client builds its TLS config from rustls' process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let password = match &config.password {
+        Some(p) => Some(p.resolve()?),
+        None => None,
+    };
+    let certs = match &config.ca {
+        Some(path) => Some(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("state.redis.ca: cannot read {}: {e}", path.display()))?,
+            ),
+        }),
+        None => None,
+    };
+    let timeout = config.timeout.0;
+    let (conn, target) = match (&config.url, &config.cluster) {
+        (Some(url), _) => {
+            let mut info: redis::ConnectionInfo =
+                redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map_err(|e| format!("state.redis.url: {e}"))?;
+            let mut settings = info.redis_settings().clone();
+            if let Some(user) = &config.username {
+                settings = settings.set_username(user);
+            }
+            if let Some(password) = &password {
+                settings = settings.set_password(password);
+            }
+            info = info.set_redis_settings(settings);
+            let client = match certs {
+                Some(c) => redis::Client::build_with_tls(info, c),
+                None => redis::Client::open(info),
+            }
+            .map_err(|e| format!("state.redis.url: {e}"))?;
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                // Retrying is weir's business: an operation fails at `timeout`.
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            let conn = ConnectionManager::new_lazy_with_config(client, manager)
+                .map_err(|e| format!("state.redis.url: {e}"))?;
+            (Conn::Single(conn), url.clone())
+        }
+        (None, Some(nodes)) => {
+            let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1);
+            if let Some(user) = &config.username {
+                builder = builder.username(user);
+            }
+            if let Some(password) = &password {
+                builder = builder.password(password);
+            }
+            if nodes.iter().any(|n| n.starts_with("rediss://")) {
+                builder = builder.tls(redis::TlsMode::Secure);
+            }
+            if let Some(c) = certs {
+                builder = builder.certs(c);
+            }
+            let client = builder
+                .build()
+                .map_err(|e| format!("state.redis.cluster: {e}"))?;
+            let conn = client
+                .get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new());
+            (Conn::Cluster(conn), nodes.join(", "))
+        }
+        (None, None) => return Err("[state.redis] needs `url` or `cluster`".to_owned()),
+    };
+    Ok((conn, target))
 }
 
 /// Pings the server every second while the backend lives.
