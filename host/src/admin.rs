@@ -121,7 +121,13 @@ impl Admin {
                 );
                 resp
             }
-            (Method::GET, ["status"]) => json_response(StatusCode::OK, &self.status()),
+            (Method::GET, ["status"]) => {
+                let mut status = self.status();
+                if let Some(jobs) = self.proxy.jobs() {
+                    status["jobs"] = jobs.status().await;
+                }
+                json_response(StatusCode::OK, &status)
+            }
             (Method::GET, ["requests"]) => match self.proxy.recent().list(&query) {
                 Ok(list) => json_response(StatusCode::OK, &list),
                 Err(e) => error(StatusCode::BAD_REQUEST, "bad_query", e),
@@ -216,7 +222,7 @@ impl Admin {
     }
 
     /// `/status`: routes with their figures and filters, breakers, limiters, and the
-    /// loaded config.
+    /// loaded config (and, with `[jobs]`, the job queue: added by the caller).
     fn status(&self) -> serde_json::Value {
         let router = self.proxy.router();
         let routes: Vec<serde_json::Value> = router

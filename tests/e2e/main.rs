@@ -24,6 +24,7 @@ mod filters;
 mod fleet;
 mod idempotency;
 mod jobs;
+mod jobs_fleet;
 mod large_bodies;
 mod limiter;
 mod operate;

@@ -1,0 +1,231 @@
+//! Async jobs across a fleet: three `weir` processes keep their jobs in one real
+//! `redis-server` (Redis Streams), so a job accepted by one runs on any, a process
+//! killed with -9 loses nothing (its claims are taken over after the visibility
+//! timeout), and the queue's bounds and figures are the fleet's.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::support::WAIT;
+use crate::support::client::client;
+use crate::support::redis::RedisServer;
+use crate::support::upstream::{Reply, Upstream};
+use crate::support::weir::Weir;
+
+/// The visibility timeout the tests use: a killed process's jobs wait this long.
+const VISIBILITY: Duration = Duration::from_secs(2);
+
+/// Redis that fsyncs every write, as the README asks for a job store.
+fn redis() -> RedisServer {
+    RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+}
+
+/// Three processes' config: state and jobs in `redis`, one async route to `api`;
+/// `jobs_extra` goes in `[jobs]`, `hooks` (a receiver's origin) enables callbacks.
+fn config(redis: &str, api: &str, jobs_extra: &str, hooks: Option<&str>) -> String {
+    let webhooks = hooks.map_or(String::new(), |h| {
+        format!(
+            "[jobs.webhooks]\norigins = [\"{h}\"]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nschedule = [\"100ms\", \"100ms\", \"100ms\"]\n"
+        )
+    });
+    format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[state]
+backend = "redis"
+
+[state.redis]
+url = "{redis}"
+prefix = "e2e:"
+
+[upstreams.api]
+url = "{api}"
+
+[jobs]
+visibility_timeout = "{}ms"
+{jobs_extra}
+
+{webhooks}
+[[routes]]
+name = "api"
+upstream = "api"
+async = {{ mode = "always" }}
+"#,
+        VISIBILITY.as_millis()
+    )
+}
+
+async fn three(config: &str) -> Vec<Weir> {
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        out.push(Weir::start(config).await);
+    }
+    out
+}
+
+/// The job `id` as `weir` shows it.
+async fn job(weir: &Weir, id: &str) -> serde_json::Value {
+    client()
+        .get(weir.url(&format!("/_weir/jobs/{id}")))
+        .send()
+        .await
+        .expect("get job")
+        .json()
+        .await
+        .expect("job json")
+}
+
+/// Polls `id` on `weir` until it is final with no webhook owed.
+async fn until_final(weir: &Weir, id: &str, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let j = job(weir, id).await;
+        let state = j["state"].as_str().unwrap_or_default();
+        if ["succeeded", "failed", "dead"].contains(&state) && j["webhook"]["state"] != "pending" {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// 300 jobs accepted across three processes with callbacks; one process is killed -9
+/// while they run and deliver. Every job finishes on the other two, the upstream sees
+/// exactly the 300 jobs' keys, and every job's webhook arrives.
+#[tokio::test]
+async fn a_fleet_finishes_every_job_when_one_process_is_killed() {
+    const JOBS: usize = 300;
+    let redis = redis();
+    let up = Upstream::start(|_, _| Reply::ok().delay(Duration::from_millis(30))).await;
+    let hooks = Upstream::start(|_, _| Reply::new(204)).await;
+    let cfg = config(&redis.url(), &up.url(), "workers = 4", Some(&hooks.url()));
+    let mut fleet = three(&cfg).await;
+    let callback = format!("{}/hook", hooks.url());
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        let resp = client()
+            .post(fleet[i % 3].url("/work"))
+            .header("weir-callback-url", &callback)
+            .body(format!("job {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "job {i}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    // Jobs are running and webhooks are going out on all three.
+    hooks.wait_for(20).await;
+    fleet[0].kill();
+    assert!(up.count() < JOBS, "every job ran before the kill");
+
+    let mut keys = HashSet::new();
+    for id in &ids {
+        let j = until_final(&fleet[1], id, WAIT + VISIBILITY).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(j["webhook"]["state"], "delivered", "{j}");
+        keys.insert(j["idempotency_key"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(keys.len(), JOBS);
+    let seen: HashSet<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.header_str("idempotency-key").unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, keys, "the upstream saw exactly the jobs' keys");
+    let delivered: HashSet<String> = hooks
+        .requests()
+        .iter()
+        .map(|r| r.header_str("webhook-id").unwrap().to_owned())
+        .collect();
+    let expected: HashSet<String> = ids.iter().map(|id| format!("msg_{id}")).collect();
+    assert_eq!(
+        delivered, expected,
+        "every job's webhook arrived, under its id"
+    );
+    // The killed process held claims (its four workers were busy): the others took
+    // them over.
+    let took_over = fleet[1..]
+        .iter()
+        .any(|w| w.logs().contains("took over a claim its process left"));
+    assert!(took_over, "no claim was taken over");
+    // The two survivors see the fleet's queue empty.
+    let status: serde_json::Value = client()
+        .get(fleet[2].admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["jobs"]["store"], "redis", "{status}");
+    assert_eq!(status["jobs"]["pending"], 0, "{status}");
+}
+
+/// The bound is the fleet's: three jobs waiting on A fill a queue of three for B, and
+/// B's `/status` shows them by route; `wait=N` on B answers a job that A runs.
+#[tokio::test]
+async fn the_queue_bound_and_figures_are_the_fleets() {
+    let redis = redis();
+    let slow = Upstream::start(|r, _| {
+        if r.path == "/fast" {
+            Reply::ok().body(&b"fast"[..])
+        } else {
+            Reply::ok().delay(Duration::from_secs(3))
+        }
+    })
+    .await;
+    let cfg = config(
+        &redis.url(),
+        &slow.url(),
+        "workers = 1\nmax_pending = 3",
+        None,
+    );
+    let a = Weir::start(&cfg).await;
+    let b = Weir::start(&cfg).await;
+    for _ in 0..3 {
+        let r = client().post(a.url("/slow")).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let full = client().post(b.url("/slow")).send().await.unwrap();
+    assert_eq!(full.status(), 503);
+    assert!(full.headers().contains_key("retry-after"));
+    let body: serde_json::Value = full.json().await.unwrap();
+    assert_eq!(body["error"], "queue_full", "{body}");
+    let status: serde_json::Value = client()
+        .get(b.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["jobs"]["pending"], 3, "{status}");
+    assert_eq!(status["jobs"]["routes"]["api"], 3, "{status}");
+    assert!(
+        status["jobs"]["oldest_pending_seconds"].as_f64().is_some(),
+        "{status}"
+    );
+    drop(a);
+    drop(b);
+
+    // A fresh pair on an empty Redis: a job accepted by B with wait=N is answered by B
+    // whichever process runs it.
+    let redis = self::redis();
+    let cfg = config(&redis.url(), &slow.url(), "workers = 2", None);
+    let fleet = three(&cfg).await;
+    for w in &fleet {
+        let r = client()
+            .post(w.url("/fast"))
+            .header("prefer", "respond-async, wait=10")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "fast");
+    }
+}
