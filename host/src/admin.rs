@@ -161,10 +161,11 @@ impl Admin {
             }
             (Method::GET, ["jobs", "dead"]) => self.dead_jobs().await,
             (Method::POST, ["jobs", id, "redeliver"]) => self.redeliver(id).await,
+            (Method::POST, ["jobs", id, "rerun"]) => self.rerun(id).await,
             (_, ["metrics" | "status" | "requests"])
             | (_, ["requests", _])
             | (_, ["jobs", "dead"])
-            | (_, ["jobs", _, "redeliver"])
+            | (_, ["jobs", _, "redeliver" | "rerun"])
             | (_, ["requests", _, "replay"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -212,6 +213,37 @@ impl Admin {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no dead job with id {id:?}"),
+            ),
+            Err(e) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "journal_unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+
+    /// `/jobs/<id>/rerun`: a failed or dead job, run again from the start.
+    async fn rerun(&self, id: &str) -> Response<ProxyBody> {
+        let Some(jobs) = self.proxy.jobs() else {
+            return no_jobs();
+        };
+        match jobs.rerun(id).await {
+            Ok(Some(Ok(()))) => json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"id": id, "state": "queued"}),
+            ),
+            Ok(Some(Err(state))) => error(
+                StatusCode::CONFLICT,
+                "not_rerunnable",
+                format!(
+                    "job {id} is {}: only failed or dead jobs run again",
+                    serde_json::to_value(state).unwrap_or_default().as_str().unwrap_or("?")
+                ),
+            ),
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no job with id {id:?}"),
             ),
             Err(e) => error(
                 StatusCode::SERVICE_UNAVAILABLE,

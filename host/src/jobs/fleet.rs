@@ -54,6 +54,7 @@ struct Scripts {
     finish: Script,
     settle: Script,
     redeliver: Script,
+    requeue: Script,
 }
 
 /// The keys, with the deployment's prefix.
@@ -129,6 +130,7 @@ impl Fleet {
                 finish: Script::new(include_str!("lua/finish.lua")),
                 settle: Script::new(include_str!("lua/settle.lua")),
                 redeliver: Script::new(include_str!("lua/redeliver.lua")),
+                requeue: Script::new(include_str!("lua/requeue.lua")),
             },
             consumer,
             visibility: config.visibility_timeout.0,
@@ -506,6 +508,23 @@ impl Store for Fleet {
                 .arg(&job.id);
             let _: i64 = self.run(self.conn.invoke(call)).await?;
             self.finished.notify_one();
+            Ok(())
+        })
+    }
+
+    fn requeue<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            let mut call = self.scripts.requeue.prepare_invoke();
+            call.key(self.keys.job(&job.id))
+                .key(&self.keys.run)
+                .key(&self.keys.pending)
+                .key(&self.keys.dead)
+                .arg(to_json(job)?)
+                .arg(&job.id)
+                .arg(job.size())
+                .arg(&job.route);
+            let _: i64 = self.run(self.conn.invoke(call)).await?;
+            self.accepted.notify_one();
             Ok(())
         })
     }

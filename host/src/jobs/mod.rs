@@ -321,7 +321,7 @@ impl JobMetrics {
         let events = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "weir_jobs_total",
-                "Async jobs by event: accepted, succeeded, failed, dead",
+                "Async jobs by event: accepted, succeeded, failed, dead, rerun",
             ),
             &["event"],
         )?;
@@ -833,6 +833,34 @@ impl Jobs {
         };
         self.store.redeliver(&job).await?;
         Ok(true)
+    }
+
+    /// Runs a failed or dead job again, from the start: same request, same
+    /// idempotency key, its webhook (if any) owed afresh. `Ok(None)` when there is no
+    /// such job; `Ok(Some(state))` names the state that refused it (queued, running,
+    /// succeeded).
+    pub async fn rerun(&self, id: &str) -> Result<Option<Result<(), JobState>>, JournalError> {
+        let Some(mut job) = self.get(id).await? else {
+            return Ok(None);
+        };
+        if !matches!(job.state, JobState::Failed | JobState::Dead) {
+            return Ok(Some(Err(job.state)));
+        }
+        job.state = JobState::Queued;
+        job.result = None;
+        job.error = None;
+        job.started_at_ms = None;
+        job.finished_at_ms = None;
+        if let Some(w) = &mut job.webhook {
+            w.state = DeliveryState::Pending;
+            w.attempts = 0;
+            w.last_error = None;
+        }
+        self.store.requeue(&job).await?;
+        self.metrics.event("rerun");
+        self.metrics.pending.inc();
+        tracing::info!(job = id, route = %job.route, "job queued again by the admin API");
+        Ok(Some(Ok(())))
     }
 
     /// The queue for `/status`: pending jobs by route, their bytes and the oldest's age.

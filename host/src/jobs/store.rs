@@ -88,6 +88,9 @@ pub trait Store: Send + Sync + 'static {
     fn touch<'a>(&'a self, claim: &'a Claim) -> Option<BoxFuture<'a, ()>>;
     /// Puts a dead job back in the delivery lane, its delivery reset.
     fn redeliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>>;
+    /// Puts a finished job back in the run lane (an operator's re-run), outside the
+    /// bounds.
+    fn requeue<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>>;
     /// Dead jobs, oldest first.
     fn dead(&self) -> BoxFuture<'_, Result<Vec<Job>, JournalError>>;
     /// Removes finished jobs that finished at or before `cutoff_ms` and owe no webhook.
@@ -307,6 +310,15 @@ impl Store for Embedded {
         Box::pin(async move {
             self.write(job).await?;
             self.deliveries.push(job.id.clone());
+            Ok(())
+        })
+    }
+
+    fn requeue<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            self.write(job).await?;
+            self.pending().add(job);
+            self.runs.push(job.id.clone());
             Ok(())
         })
     }
