@@ -237,7 +237,10 @@ impl Admin {
                 "not_rerunnable",
                 format!(
                     "job {id} is {}: only failed or dead jobs run again",
-                    serde_json::to_value(state).unwrap_or_default().as_str().unwrap_or("?")
+                    serde_json::to_value(state)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or("?")
                 ),
             ),
             Ok(None) => error(

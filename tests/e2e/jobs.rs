@@ -179,6 +179,153 @@ async fn a_full_queue_answers_503_queue_full() {
     assert_eq!(body["error"], "queue_full");
 }
 
+#[tokio::test]
+async fn the_byte_bound_refuses_what_would_pass_it() {
+    let up = Upstream::start(|_, _| Reply::hang()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(&config(
+        &up.url(),
+        &dir.path().join("j.redb"),
+        "prefer",
+        "max_pending_bytes = \"4KiB\"\nworkers = 1",
+    ))
+    .await;
+    let kib = "x".repeat(1024);
+    assert_eq!(post_async(&weir, &kib, &[]).await.status(), 202);
+    // 1 KiB and its headers are waiting: 3.5 KiB more would pass 4 KiB.
+    let big = post_async(&weir, &"y".repeat(3584), &[]).await;
+    assert_eq!(big.status(), 503);
+    let body: serde_json::Value = big.json().await.unwrap();
+    assert_eq!(body["error"], "queue_full");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_pending_bytes"),
+        "{body}"
+    );
+    // A small one still fits.
+    assert_eq!(post_async(&weir, &kib, &[]).await.status(), 202);
+}
+
+#[tokio::test]
+async fn finished_jobs_are_purged_after_the_retention() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(&config(
+        &up.url(),
+        &dir.path().join("j.redb"),
+        "prefer",
+        "retention = \"1s\"",
+    ))
+    .await;
+    let resp = post_async(&weir, "x", &[]).await;
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["state"], "succeeded");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = client().get(weir.url(&location)).send().await.unwrap();
+        if r.status() == 404 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "job_not_found");
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(Instant::now() < deadline, "the job was never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A reload that removes the route fails the jobs still queued for it, saying why; the
+/// admin API runs a failed job again, and it succeeds once the route is back.
+#[tokio::test]
+async fn a_reload_that_removes_the_route_fails_its_queued_jobs_clearly() {
+    let up = Upstream::start(|r, _| {
+        if r.path == "/block" {
+            Reply::ok().delay(Duration::from_millis(1500))
+        } else {
+            Reply::ok().body(&b"ran"[..])
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("j.redb");
+    let cfg = config(&up.url(), &journal, "always", "workers = 1");
+    let weir = Weir::start(&cfg).await;
+    // The one worker is busy with /block while /work waits in the queue.
+    let block = client().post(weir.url("/block")).send().await.unwrap();
+    assert_eq!(block.status(), 202);
+    up.wait_for(1).await;
+    let queued = client().post(weir.url("/work")).send().await.unwrap();
+    let id = queued.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mark = weir.log_mark();
+    let renamed = cfg.replace("name = \"api\"", "name = \"other\"");
+    weir.write_file("weir.toml", &renamed);
+    weir.wait_for_log_after(mark, "config reloaded", WAIT).await;
+    let location = format!("/_weir/jobs/{id}");
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("route `api` is gone"),
+        "{job}"
+    );
+    assert!(
+        up.requests().iter().all(|r| r.path != "/work"),
+        "the job reached the upstream"
+    );
+
+    // Succeeded jobs do not run again; unknown ones are not found.
+    let block_id = block.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until_final(&weir, &format!("/_weir/jobs/{block_id}")).await;
+    let refused = client()
+        .post(weir.admin_url(&format!("/jobs/{block_id}/rerun")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let missing = client()
+        .post(weir.admin_url(&format!("/jobs/{}/rerun", "0".repeat(32))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The route is back: the failed job runs again, with its key.
+    let mark = weir.log_mark();
+    weir.write_file("weir.toml", &cfg);
+    weir.wait_for_log_after(mark, "config reloaded", WAIT).await;
+    let again = client()
+        .post(weir.admin_url(&format!("/jobs/{id}/rerun")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["body"], "ran");
+    assert_eq!(job["attempts"], 2);
+    let work: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/work")
+        .collect();
+    assert_eq!(work.len(), 1);
+    assert_eq!(
+        work[0].header_str("idempotency-key"),
+        job["idempotency_key"].as_str()
+    );
+}
+
 #[test]
 fn check_refuses_the_reserved_prefix_and_async_without_a_journal() {
     let base = r#"[listen]
@@ -203,20 +350,32 @@ url = "http://127.0.0.1:1"
     assert!(err.contains("`async` needs a `[jobs]` table"), "{err}");
 }
 
-/// kill -9 while jobs run, restart on the same journal: every accepted job finishes and
-/// the upstream saw every job's key (repeats only with the same key).
+/// kill -9 while jobs run and webhooks go out, restart on the same journal: every
+/// accepted job finishes, the upstream saw exactly the jobs' keys (repeats only with the
+/// same key), and every job's webhook arrives (repeats only with the same id).
 #[tokio::test]
 async fn kill_9_loses_no_accepted_job() {
-    const JOBS: usize = 200;
-    let up = Upstream::start(|_, _| Reply::ok().delay(Duration::from_millis(20))).await;
+    const JOBS: usize = 500;
+    let up = Upstream::start(|_, _| Reply::ok().delay(Duration::from_millis(10))).await;
+    let hooks = Upstream::start(|_, _| Reply::new(204)).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("j.redb");
-    let cfg = config(&up.url(), &journal, "always", "workers = 4");
+    let cfg = config(
+        &up.url(),
+        &journal,
+        "always",
+        &format!(
+            "workers = 4\n[jobs.webhooks]\norigins = [\"{}\"]\nsecret = \"{SECRET}\"\nschedule = [\"50ms\"]\n",
+            hooks.url()
+        ),
+    );
     let mut weir = Weir::start(&cfg).await;
+    let callback = format!("{}/hook", hooks.url());
     let mut ids = Vec::new();
     for i in 0..JOBS {
         let resp = client()
             .post(weir.url("/work"))
+            .header("weir-callback-url", &callback)
             .body(format!("job {i}"))
             .send()
             .await
@@ -225,8 +384,8 @@ async fn kill_9_loses_no_accepted_job() {
         let v: serde_json::Value = resp.json().await.unwrap();
         ids.push(v["id"].as_str().unwrap().to_owned());
     }
-    // Some have run, most have not: 4 workers at 20 ms each.
-    up.wait_for(10).await;
+    // Jobs have run and webhooks are going out; most jobs have not run.
+    hooks.wait_for(10).await;
     weir.kill();
     let seen_before = up.count();
     assert!(seen_before < JOBS, "all jobs ran before the kill");
@@ -236,6 +395,7 @@ async fn kill_9_loses_no_accepted_job() {
     for id in &ids {
         let job = until_final(&weir, &format!("/_weir/jobs/{id}")).await;
         assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["webhook"]["state"], "delivered", "{job}");
         keys.insert(job["idempotency_key"].as_str().unwrap().to_owned());
     }
     assert_eq!(keys.len(), JOBS);
@@ -245,6 +405,16 @@ async fn kill_9_loses_no_accepted_job() {
         .map(|r| r.header_str("idempotency-key").unwrap().to_owned())
         .collect();
     assert_eq!(seen, keys, "the upstream saw exactly the jobs' keys");
+    let delivered: HashSet<String> = hooks
+        .requests()
+        .iter()
+        .map(|r| r.header_str("webhook-id").unwrap().to_owned())
+        .collect();
+    let expected: HashSet<String> = ids.iter().map(|id| format!("msg_{id}")).collect();
+    assert_eq!(
+        delivered, expected,
+        "every job's webhook arrived, under its id"
+    );
 }
 
 /// SIGTERM: new async requests are refused, and what was accepted finishes, now or

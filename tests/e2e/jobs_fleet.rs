@@ -229,3 +229,42 @@ async fn the_queue_bound_and_figures_are_the_fleets() {
         assert_eq!(r.text().await.unwrap(), "fast");
     }
 }
+
+/// Without Redis nothing is accepted: 503 `journal_unavailable`, never a 202 for a job
+/// that was not stored. An emptied Redis coming back (its groups gone) takes jobs again.
+#[tokio::test]
+async fn without_redis_async_requests_get_503_and_never_a_202() {
+    let mut redis = redis();
+    let up = Upstream::start(|_, _| Reply::ok().body(&b"ok"[..])).await;
+    let cfg = config(&redis.url(), &up.url(), "", None);
+    let weir = Weir::start(&cfg).await;
+    let first = client().post(weir.url("/a")).send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    up.wait_for(1).await;
+
+    redis.kill();
+    let refused = client().post(weir.url("/b")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "journal_unavailable", "{body}");
+
+    redis.restart();
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
+        let r = client().post(weir.url("/c")).send().await.unwrap();
+        if r.status() == 202 {
+            break r.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+        assert_eq!(r.status(), 503);
+        assert!(Instant::now() < deadline, "Redis came back, weir did not");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let j = until_final(&weir, &id, WAIT).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let paths: Vec<String> = up.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(!paths.contains(&"/b".to_owned()), "{paths:?}");
+}
