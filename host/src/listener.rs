@@ -354,6 +354,8 @@ impl Proxy {
             replay_of: None,
             job: Some(&job.id),
         };
+        // The upstream sees the job's id as `x-request-id` on every run; `/requests`
+        // records each run with `job` set (`/requests?job=<id>` lists them).
         let id = HeaderValue::from_str(&job.id).map_err(|e| e.to_string())?;
         let resp = self
             .serve(
@@ -533,6 +535,7 @@ impl Proxy {
             duration: took,
             error: error.map(str::to_owned),
             trace_id: traceparent.trace_id(),
+            job: origin.job.map(str::to_owned),
         });
         Response::from_parts(resp_parts, body::boxed(resp_body))
     }

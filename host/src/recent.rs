@@ -190,6 +190,8 @@ pub struct Record {
     pub error: Option<String>,
     /// The W3C trace id.
     pub trace_id: String,
+    /// The async job this request ran, when it is a job's run.
+    pub job: Option<String>,
     redact: Arc<Vec<HeaderName>>,
 }
 
@@ -239,6 +241,7 @@ impl Record {
             "duration_ms": self.duration.as_secs_f64() * 1000.0,
             "attempts": self.trace.attempts,
             "error": self.error,
+            "job": self.job,
         })
     }
 
@@ -307,6 +310,8 @@ pub struct NewRecord {
     pub error: Option<String>,
     /// See [`Record::trace_id`].
     pub trace_id: String,
+    /// See [`Record::job`].
+    pub job: Option<String>,
 }
 
 /// The ring of recent requests.
@@ -369,6 +374,7 @@ impl Recent {
             duration: r.duration,
             error: r.error,
             trace_id: r.trace_id,
+            job: r.job,
             redact: self.redact.clone(),
         });
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
@@ -388,12 +394,14 @@ impl Recent {
     /// class (`5xx`).
     pub fn list(&self, query: &str) -> Result<serde_json::Value, String> {
         let mut route = None;
+        let mut job = None;
         let mut status: Option<(u16, bool)> = None;
         let mut limit = 100usize;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "route" => route = Some(v.to_owned()),
+                "job" => job = Some(v.to_owned()),
                 "status" => {
                     status = Some(if let Some(class) = v.strip_suffix("xx") {
                         let c: u16 = class.parse().map_err(|_| {
@@ -415,7 +423,7 @@ impl Recent {
                 }
                 other => {
                     return Err(format!(
-                        "unknown query parameter {other:?}: use route, status or limit"
+                        "unknown query parameter {other:?}: use route, job, status or limit"
                     ));
                 }
             }
@@ -428,6 +436,10 @@ impl Recent {
                 route
                     .as_deref()
                     .is_none_or(|want| r.route.as_deref() == Some(want))
+            })
+            .filter(|r| {
+                job.as_deref()
+                    .is_none_or(|want| r.job.as_deref() == Some(want))
             })
             .filter(|r| match status {
                 None => true,
@@ -467,6 +479,7 @@ mod tests {
             duration: Duration::from_millis(5),
             error: None,
             trace_id: "t".into(),
+            job: (route == "jobs").then(|| format!("job-{id}")),
         });
     }
 
@@ -507,6 +520,18 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+        // A job's runs are found by its id.
+        record(&recent, "r9", "jobs", 200);
+        let runs = recent.list("job=job-r9").unwrap();
+        assert_eq!(runs["requests"].as_array().unwrap().len(), 1);
+        assert_eq!(runs["requests"][0]["id"], "r9");
+        assert_eq!(runs["requests"][0]["job"], "job-r9");
+        assert!(
+            recent.list("job=job-r3").unwrap()["requests"]
+                .as_array()
+                .unwrap()
+                .is_empty()
         );
         assert!(recent.list("colour=red").is_err());
         assert!(recent.list("status=bad").is_err());

@@ -314,6 +314,20 @@ async fn a_reload_that_removes_the_route_fails_its_queued_jobs_clearly() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["body"], "ran");
     assert_eq!(job["attempts"], 2);
+    // `/requests` links the run to the job (the run refused by the missing route never
+    // reached the chain).
+    let runs: serde_json::Value = client()
+        .get(weir.admin_url(&format!("/requests?job={id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let runs = runs["requests"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["job"], id.as_str());
+    assert_eq!(runs[0]["status"], 200);
     let work: Vec<_> = up
         .requests()
         .into_iter()
