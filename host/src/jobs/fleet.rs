@@ -55,6 +55,7 @@ struct Scripts {
     settle: Script,
     redeliver: Script,
     requeue: Script,
+    progress: Script,
 }
 
 /// The keys, with the deployment's prefix.
@@ -131,6 +132,7 @@ impl Fleet {
                 settle: Script::new(include_str!("lua/settle.lua")),
                 redeliver: Script::new(include_str!("lua/redeliver.lua")),
                 requeue: Script::new(include_str!("lua/requeue.lua")),
+                progress: Script::new(include_str!("lua/progress.lua")),
             },
             consumer,
             visibility: config.visibility_timeout.0,
@@ -396,14 +398,19 @@ impl Store for Fleet {
         })
     }
 
-    fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {
+    fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, JournalError>> {
         Box::pin(async move {
-            let json = to_json(job)?;
-            self.run(
-                self.conn
-                    .query::<()>(redis::cmd("SET").arg(self.keys.job(&job.id)).arg(json)),
-            )
-            .await
+            let what = if job.state == JobState::Running {
+                "run"
+            } else {
+                "delivery"
+            };
+            let mut call = self.scripts.progress.prepare_invoke();
+            call.key(self.keys.job(&job.id))
+                .arg(to_json(job)?)
+                .arg(what);
+            let stored: i64 = self.run(self.conn.invoke(call)).await?;
+            Ok(stored == 1)
         })
     }
 
@@ -604,5 +611,138 @@ impl Store for Fleet {
 
     fn shared(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+    use crate::jobs::{Blob, JobResult};
+    use crate::state::redis::test_server::RedisServer;
+
+    fn fleet(url: String) -> Fleet {
+        let redis = RedisConfig {
+            url: Some(url),
+            cluster: None,
+            username: None,
+            password: None,
+            prefix: "t:".to_owned(),
+            timeout: HumanDuration(Duration::from_millis(500)),
+            ca: None,
+        };
+        let jobs: JobsConfig = toml::from_str("store = \"redis\"").unwrap();
+        Fleet::new(&redis, &jobs).unwrap()
+    }
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.to_owned(),
+            route: "api".to_owned(),
+            state: JobState::Queued,
+            method: "POST".to_owned(),
+            target: "/x".to_owned(),
+            headers: vec![],
+            body: Blob(b"body".to_vec()),
+            idempotency_key: "k".to_owned(),
+            attempts: 0,
+            accepted_at_ms: 1,
+            started_at_ms: None,
+            finished_at_ms: None,
+            result: None,
+            error: None,
+            webhook: None,
+        }
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        jobs: 10,
+        bytes: 1 << 20,
+    };
+
+    /// A process taken for dead that was not: the first run to end records the outcome
+    /// and releases the bound once; the late one changes nothing, and cannot mark the
+    /// finished job `running` again.
+    #[tokio::test]
+    async fn a_second_claim_on_a_finished_job_changes_nothing() {
+        let server = RedisServer::start();
+        let store = fleet(server.url());
+        store.accept(&job("a"), BOUNDS).await.unwrap();
+        let claim = store.next_run().await.unwrap();
+        assert_eq!(claim.id, "a");
+        let mut running = job("a");
+        running.state = JobState::Running;
+        assert!(store.put(&running).await.unwrap());
+        assert_eq!(store.stats().await.unwrap().pending, 1);
+
+        let mut done = running.clone();
+        done.state = JobState::Succeeded;
+        done.finished_at_ms = Some(2);
+        done.result = Some(JobResult {
+            status: 200,
+            headers: vec![],
+            body: Blob(b"first".to_vec()),
+        });
+        store.finish(&done, &claim, true).await.unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.pending, stats.bytes), (0, 0));
+        assert!(stats.routes.is_empty(), "{stats:?}");
+
+        // The late run: it cannot start over the outcome, nor replace it.
+        assert!(!store.put(&running).await.unwrap());
+        let mut late = done.clone();
+        late.result.as_mut().unwrap().body = Blob(b"second".to_vec());
+        store.finish(&late, &claim, true).await.unwrap();
+        let stored = store.get("a").await.unwrap().unwrap();
+        assert_eq!(stored.state, JobState::Succeeded);
+        assert_eq!(stored.result.unwrap().body.0, b"first");
+        assert_eq!(store.stats().await.unwrap().pending, 0, "released twice");
+    }
+
+    #[tokio::test]
+    async fn the_bounds_hold_and_an_empty_redis_takes_jobs_again() {
+        let mut server = RedisServer::start();
+        let store = fleet(server.url());
+        let small = Bounds {
+            jobs: 2,
+            bytes: 1 << 20,
+        };
+        store.accept(&job("a"), small).await.unwrap();
+        store.accept(&job("b"), small).await.unwrap();
+        let full = store.accept(&job("c"), small).await.unwrap_err();
+        assert!(matches!(full, AcceptError::QueueFull(_)), "{full}");
+        let bytes = Bounds {
+            jobs: 10,
+            bytes: 10,
+        };
+        assert!(matches!(
+            store.accept(&job("d"), bytes).await.unwrap_err(),
+            AcceptError::QueueFull("max_pending_bytes are waiting")
+        ));
+        // The oldest pending entry's time is the server's clock when it was added.
+        let oldest = store.stats().await.unwrap().oldest_accepted_ms.unwrap();
+        assert!(oldest > 1_600_000_000_000, "{oldest}");
+
+        // Restarted empty: the first exchanges fail while the connection is made
+        // again, the groups are gone (NOGROUP) and are made again on the next read.
+        server.restart();
+        let mut accepted = Err(AcceptError::ShuttingDown);
+        for _ in 0..40 {
+            accepted = store.accept(&job("e"), small).await;
+            if accepted.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        accepted.unwrap();
+        let mut claim = store.next_run().await;
+        for _ in 0..40 {
+            if claim.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            claim = store.next_run().await;
+        }
+        assert_eq!(claim.unwrap().id, "e");
     }
 }

@@ -672,8 +672,16 @@ impl Jobs {
         job.state = JobState::Running;
         job.attempts += 1;
         job.started_at_ms = Some(now_ms());
-        if let Err(e) = self.store.put(&job).await {
-            tracing::warn!(job = id, error = %e, "cannot record that a job started");
+        match self.store.put(&job).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another claim finished it meanwhile (a takeover of a live process).
+                if let Err(e) = self.store.finish(&job, claim, false).await {
+                    tracing::warn!(job = id, error = %e, "cannot give back a finished job's claim");
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(job = id, error = %e, "cannot record that a job started"),
         }
         match proxy.run_job(&job).await {
             Ok(result) => {
@@ -796,16 +804,18 @@ impl Jobs {
             let settled = w.state != DeliveryState::Pending;
             job.webhook = Some(w);
             let recorded = if settled {
-                self.store.settle(&job, claim).await
+                self.store.settle(&job, claim).await.map(|()| false)
             } else {
+                // `false`: another claim settled it meanwhile.
                 self.store.put(&job).await
             };
-            if let Err(e) = recorded {
-                tracing::error!(job = %id, error = %e, "cannot record a delivery; it is retried later");
-                return;
-            }
-            if settled {
-                return;
+            match recorded {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "cannot record a delivery; it is retried later");
+                    return;
+                }
             }
         }
     }
@@ -1043,6 +1053,138 @@ mod tests {
         assert_eq!(j.all().unwrap().len(), 2);
         j.remove(&["a".to_owned()]).unwrap();
         assert!(j.get("a").unwrap().is_none());
+    }
+
+    /// A store whose every write fails, as a full disk or a lost Redis does.
+    struct Broken;
+
+    fn broken<T>() -> Result<T, JournalError> {
+        Err(JournalError::new("disk full".to_owned()))
+    }
+
+    impl Store for Broken {
+        fn accept<'a>(&'a self, _: &'a Job, _: Bounds) -> BoxFuture<'a, Result<(), AcceptError>> {
+            Box::pin(async { Err(broken::<()>().unwrap_err().into()) })
+        }
+        fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Job>, JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn put<'a>(&'a self, _: &'a Job) -> BoxFuture<'a, Result<bool, JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn next_run(&self) -> BoxFuture<'_, Result<Claim, JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn finish<'a>(
+            &'a self,
+            _: &'a Job,
+            _: &'a Claim,
+            _: bool,
+        ) -> BoxFuture<'a, Result<(), JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn next_delivery(&self) -> BoxFuture<'_, Result<Claim, JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn settle<'a>(
+            &'a self,
+            _: &'a Job,
+            _: &'a Claim,
+        ) -> BoxFuture<'a, Result<(), JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn touch<'a>(&'a self, _: &'a Claim) -> Option<BoxFuture<'a, ()>> {
+            None
+        }
+        fn redeliver<'a>(&'a self, _: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn requeue<'a>(&'a self, _: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn dead(&self) -> BoxFuture<'_, Result<Vec<Job>, JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn purge(&self, _: u64) -> BoxFuture<'_, Result<usize, JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<store::QueueStats, JournalError>> {
+            Box::pin(async { broken() })
+        }
+        fn shared(&self) -> bool {
+            false
+        }
+    }
+
+    fn jobs_config() -> JobsConfig {
+        toml::from_str("journal = \"unused.redb\"").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_write_gives_503_journal_unavailable_and_keeps_nothing() {
+        let telemetry = Telemetry::new().unwrap();
+        let jobs = Jobs::with_store(Arc::new(Broken), &jobs_config(), &telemetry).unwrap();
+        let (tx, _rx) = oneshot::channel();
+        let err = jobs.accept(job("a"), Some(tx)).await.unwrap_err();
+        let resp = err.to_response("req-1");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "1");
+        assert!(matches!(err, AcceptError::Journal(_)), "{err}");
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert!(
+            jobs.waiters.lock().unwrap().is_empty(),
+            "the waiter was kept"
+        );
+        assert_eq!(
+            jobs.metrics.events.with_label_values(&["accepted"]).get(),
+            0
+        );
+        // `/status` says the store cannot be read rather than showing an empty queue.
+        assert_eq!(jobs.status().await["error"], "job journal: disk full");
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store_requeues_unfinished_jobs_and_owed_webhooks_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let mut running = job("run");
+        running.state = JobState::Running;
+        journal.put(&running).unwrap();
+        let mut owed = job("owed");
+        owed.state = JobState::Succeeded;
+        owed.finished_at_ms = Some(2);
+        owed.webhook = Some(Delivery {
+            id: "msg_owed".to_owned(),
+            url: "http://127.0.0.1:1/hook".to_owned(),
+            state: DeliveryState::Pending,
+            attempts: 1,
+            next_at_ms: 0,
+            last_error: None,
+        });
+        journal.put(&owed).unwrap();
+        let mut done = job("done");
+        done.state = JobState::Succeeded;
+        journal.put(&done).unwrap();
+        let store = Embedded::open(journal).unwrap();
+        assert_eq!(store.next_run().await.unwrap().id, "run");
+        let delivery = store.next_delivery().await.unwrap();
+        assert_eq!(delivery.id, "owed");
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.pending, 1);
+        assert_eq!(stats.routes["api"], 1);
+        assert_eq!(stats.oldest_accepted_ms, Some(1));
+        // The bound counts the requeued job.
+        let full = store
+            .accept(
+                &job("new"),
+                Bounds {
+                    jobs: 1,
+                    bytes: 1 << 20,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(full, AcceptError::QueueFull(_)), "{full}");
     }
 
     #[test]

@@ -60,8 +60,10 @@ pub trait Store: Send + Sync + 'static {
     -> BoxFuture<'a, Result<(), AcceptError>>;
     /// The job with this id.
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, JournalError>>;
-    /// Records a job's progress (a run started, a delivery attempt failed).
-    fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>>;
+    /// Records a job's progress: a run started (`job` is `running`) or a delivery
+    /// attempt failed. `Ok(false)` when another claim has moved the job on meanwhile (it
+    /// finished, or its webhook was settled): nothing was written, and the caller stops.
+    fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, JournalError>>;
     /// Waits for the next job to run.
     fn next_run(&self) -> BoxFuture<'_, Result<Claim, JournalError>>;
     /// Gives back a run claim: the job leaves the run lane. With `record`, `job` is its
@@ -262,8 +264,9 @@ impl Store for Embedded {
         Box::pin(self.blocking(move |j| j.get(&id)))
     }
 
-    fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {
-        Box::pin(self.write(job))
+    fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, JournalError>> {
+        // One process holds every claim: nothing else moves a job on.
+        Box::pin(async move { self.write(job).await.map(|()| true) })
     }
 
     fn next_run(&self) -> BoxFuture<'_, Result<Claim, JournalError>> {

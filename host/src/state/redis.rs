@@ -524,7 +524,7 @@ impl StateBackend for RedisBackend {
 #[path = "../../../tests/e2e/support/redis.rs"]
 // The e2e tests use all of it; these unit tests a part.
 #[allow(dead_code)]
-mod test_server;
+pub(crate) mod test_server;
 
 #[cfg(test)]
 mod tests {
