@@ -16,7 +16,7 @@ ROOT="$(dirname "$BENCH")"
 RUN="$BENCH/.run"        # logs, pid files, raw results of the last run
 TOOLS="$BENCH/.tools"    # oha, installed with cargo
 
-ALL_ROWS="direct nginx haproxy pingora weir-empty weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
+ALL_ROWS="direct nginx haproxy pingora weir-empty weir-async weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
 STARTS=11                # `weir run` starts timed for target (f), after one that fills the cache
 QUICKSTART_PORT=18085    # the quickstart's listener and admin API, moved off 8080 and 9901
 QUICKSTART_ADMIN_PORT=18086
@@ -114,19 +114,21 @@ declare -A PORT=(
 REDIS_PORT=18090         # the weir-full-redis row's state
 port_of() { echo "${PORT[$1]:-18084}"; }
 
-# Waits until the row's port answers a request with 200.
+# Waits until the row's port answers a request with 200 (202 for weir-async, whose
+# every answer is a job accepted).
 wait_ready() {
-    local port="$1" pid="$2" name="$3"
+    local port="$1" pid="$2" name="$3" want=200
+    [ "$name" = weir-async ] && want=202
     for _ in $(seq 1 300); do
         if ! kill -0 "$pid" 2>/dev/null; then
             die "$name exited at start; see $RUN/$name.log"
         fi
-        if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/bench" || true)" = 200 ]; then
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/bench" || true)" = "$want" ]; then
             return 0
         fi
         sleep 0.1
     done
-    die "$name did not answer on port $port within 30 s; see $RUN/$name.log"
+    die "$name did not answer $want on port $port within 30 s; see $RUN/$name.log"
 }
 
 # Starts the peer of row $1 pinned to the proxy's core; sets PEER_PID ("" for direct).
@@ -144,6 +146,13 @@ start_peer() {
             ;;
         pingora)
             taskset -c "$PROXY_CPU" "$PINGORA" "127.0.0.1:${PORT[pingora]}" "127.0.0.1:$UPSTREAM_PORT" >"$log" 2>&1 &
+            ;;
+        weir-async)
+            # As the other weir rows, with an empty journal at each start: the jobs of
+            # the previous measurement would be re-read and re-run at start otherwise.
+            rm -f "$RUN/weir-async.redb"
+            RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" \
+                "$WEIR" run "$BENCH/configs/$row.toml" >"$log" 2>&1 &
             ;;
         weir-*)
             # warn: no per-request log line. One tokio worker (the default would be one
