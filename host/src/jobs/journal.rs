@@ -1,9 +1,10 @@
 //! The embedded journal: one redb file holding every job, written with an fsync'd
 //! commit before weir answers 202 for it.
 //!
-//! Each job is one row, its [`Job`] as JSON under its id. The calls block (redb does
-//! file I/O on the calling thread), so the async side runs them on
-//! `spawn_blocking`.
+//! Each job is one row, its [`Job`] as JSON under its id. Reads block (redb does file
+//! I/O on the calling thread), so the async side runs them on `spawn_blocking`; writes
+//! from a task ([`Journal::put_async`]) go to the writer thread and are answered there,
+//! with no blocking thread in between.
 //!
 //! Writes are group-committed. [`Journal::put`] and [`Journal::remove`] queue their
 //! write for one writer thread, which takes every write queued so far into one write
@@ -71,7 +72,27 @@ struct QueueState {
 /// One caller's write and where its commit's result goes.
 struct Write {
     op: Op,
-    done: mpsc::SyncSender<Result<(), JournalError>>,
+    /// Whether its commit must be on disk before the caller hears back. A batch of
+    /// writes none of which needs it commits without an fsync; the next synced commit
+    /// carries it to disk.
+    durable: bool,
+    done: Done,
+}
+
+/// Where a write's result goes: a blocked thread, or an awaiting task.
+enum Done {
+    Thread(mpsc::SyncSender<Result<(), JournalError>>),
+    Task(tokio::sync::oneshot::Sender<Result<(), JournalError>>),
+}
+
+impl Done {
+    fn send(self, result: Result<(), JournalError>) {
+        // A caller that has gone (its task cancelled) needs no answer.
+        let _ = match self {
+            Done::Thread(tx) => tx.send(result).map_err(drop),
+            Done::Task(tx) => tx.send(result).map_err(drop),
+        };
+    }
 }
 
 enum Op {
@@ -121,11 +142,21 @@ impl Journal {
 
     /// Writes `job` and returns once the commit is on disk (fsync'd).
     pub fn put(&self, job: &Job) -> Result<(), JournalError> {
-        let value = serde_json::to_vec(job).map_err(|e| JournalError(e.to_string()))?;
-        self.write(Op::Put {
-            id: job.id.clone(),
-            value,
-        })
+        self.write(put(job)?)
+    }
+
+    /// Writes `job` from a task, without a blocking thread: the writer thread answers
+    /// the task directly. With `durable`, it returns once the commit is on disk; without
+    /// (progress that a crash may lose: the job's previous state still stands), once
+    /// it is committed, and the next durable commit takes it to disk.
+    pub async fn put_async(&self, job: &Job, durable: bool) -> Result<(), JournalError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.enqueue(Write {
+            op: put(job)?,
+            durable,
+            done: Done::Task(done),
+        })?;
+        result.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// The job with this id, if the journal has it.
@@ -170,19 +201,28 @@ impl Journal {
         self.queue.commits.load(Ordering::Relaxed)
     }
 
-    /// Queues `op` for the writer and waits for its commit.
+    /// Queues `op` for the writer and waits for its durable commit.
     fn write(&self, op: Op) -> Result<(), JournalError> {
         let (done, result) = mpsc::sync_channel(1);
+        self.enqueue(Write {
+            op,
+            durable: true,
+            done: Done::Thread(done),
+        })?;
+        // A writer that stops drops every queued sender, so this never waits forever.
+        result.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    fn enqueue(&self, write: Write) -> Result<(), JournalError> {
         {
             let mut state = self.queue.lock();
             if state.closed {
                 return Err(stopped());
             }
-            state.writes.push(Write { op, done });
+            state.writes.push(write);
         }
         self.queue.ready.notify_one();
-        // A writer that stops drops every queued sender, so this never waits forever.
-        result.recv().unwrap_or_else(|_| Err(stopped()))
+        Ok(())
     }
 
     /// Writes queued and not yet taken by the writer.
@@ -201,6 +241,14 @@ impl Drop for Journal {
             let _ = writer.join();
         }
     }
+}
+
+fn put(job: &Job) -> Result<Op, JournalError> {
+    let value = serde_json::to_vec(job).map_err(|e| JournalError(e.to_string()))?;
+    Ok(Op::Put {
+        id: job.id.clone(),
+        value,
+    })
 }
 
 fn stopped() -> JournalError {
@@ -241,8 +289,7 @@ fn write_loop(db: &Database, queue: &Queue) {
             tracing::warn!(error = %e, writes = batch.len(), "a journal commit failed");
         }
         for write in batch {
-            // A caller that has gone (its task cancelled) needs no answer.
-            let _ = write.done.send(result.clone());
+            write.done.send(result.clone());
         }
     }
 }
@@ -250,7 +297,12 @@ fn write_loop(db: &Database, queue: &Queue) {
 /// Applies `batch` in the order it was queued (the last put of a job wins) and commits.
 fn commit(mut txn: WriteTransaction, batch: &[Write]) -> Result<(), JournalError> {
     // Immediate: the commit returns only after the data and the new root are synced.
-    txn.set_durability(Durability::Immediate)
+    let durability = if batch.iter().any(|w| w.durable) {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability)
         .map_err(|e| JournalError(e.to_string()))?;
     {
         let mut table = txn.open_table(JOBS).map_err(fail)?;
@@ -436,5 +488,26 @@ mod tests {
             let e = r.unwrap_err();
             assert!(e.to_string().contains("refused to sync"), "{e}");
         }
+    }
+
+    /// Progress written from a task needs no fsync: with the disk refusing to sync, a
+    /// non-durable put still commits (and reads back), a durable one fails.
+    #[tokio::test]
+    async fn only_durable_writes_wait_for_the_disk() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let backend = FailingSync {
+            inner: InMemoryBackend::new(),
+            fail: fail.clone(),
+        };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        let journal = Journal::start(db).unwrap();
+        fail.store(true, Ordering::SeqCst);
+        let mut running = job("p");
+        running.state = JobState::Running;
+        journal.put_async(&running, false).await.unwrap();
+        let read = journal.get("p");
+        assert_eq!(read.unwrap().unwrap().state, JobState::Running);
+        let e = journal.put_async(&job("d"), true).await.unwrap_err();
+        assert!(e.to_string().contains("refused to sync"), "{e}");
     }
 }

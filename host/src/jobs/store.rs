@@ -219,9 +219,9 @@ impl Embedded {
             .unwrap_or_else(|e| Err(JournalError::new(format!("journal task failed: {e}"))))
     }
 
+    /// Writes `job`, synced to disk before it returns.
     async fn write(&self, job: &Job) -> Result<(), JournalError> {
-        let job = job.clone();
-        self.blocking(move |j| j.put(&job)).await
+        self.journal.put_async(job, true).await
     }
 }
 
@@ -265,8 +265,10 @@ impl Store for Embedded {
     }
 
     fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, JournalError>> {
-        // One process holds every claim: nothing else moves a job on.
-        Box::pin(async move { self.write(job).await.map(|()| true) })
+        // One process holds every claim: nothing else moves a job on. Progress needs no
+        // fsync of its own: a crash that loses it leaves the job queued (it runs again)
+        // or its webhook owed (it is sent again), which is what a crash does anyway.
+        Box::pin(async move { self.journal.put_async(job, false).await.map(|()| true) })
     }
 
     fn next_run(&self) -> BoxFuture<'_, Result<Claim, JournalError>> {
