@@ -405,28 +405,45 @@ async fn kill_9_loses_no_accepted_job() {
     assert!(seen_before < JOBS, "all jobs ran before the kill");
 
     let weir = Weir::start(&cfg).await;
-    let mut keys = HashSet::new();
+    let mut finals = Vec::new();
     for id in &ids {
-        let job = until_final(&weir, &format!("/_weir/jobs/{id}")).await;
+        finals.push(until_final(&weir, &format!("/_weir/jobs/{id}")).await);
+    }
+    assert_each_ran_once_and_was_delivered(&finals, &up, &hooks);
+}
+
+/// What a crash must not change: every job in `finals` (their final JSON, distinct
+/// jobs) succeeded and was delivered, the upstream saw exactly their idempotency keys
+/// (repeats only with the same key), and every job's webhook reached `hooks` under its
+/// own `webhook-id` (repeats only with the same id).
+pub(crate) fn assert_each_ran_once_and_was_delivered(
+    finals: &[serde_json::Value],
+    up: &Upstream,
+    hooks: &Upstream,
+) {
+    let mut keys = HashSet::new();
+    let mut webhook_ids = HashSet::new();
+    for job in finals {
         assert_eq!(job["state"], "succeeded", "{job}");
         assert_eq!(job["webhook"]["state"], "delivered", "{job}");
         keys.insert(job["idempotency_key"].as_str().unwrap().to_owned());
+        webhook_ids.insert(format!("msg_{}", job["id"].as_str().unwrap()));
     }
-    assert_eq!(keys.len(), JOBS);
-    let seen: HashSet<String> = up
-        .requests()
-        .iter()
-        .map(|r| r.header_str("idempotency-key").unwrap().to_owned())
-        .collect();
-    assert_eq!(seen, keys, "the upstream saw exactly the jobs' keys");
-    let delivered: HashSet<String> = hooks
-        .requests()
-        .iter()
-        .map(|r| r.header_str("webhook-id").unwrap().to_owned())
-        .collect();
-    let expected: HashSet<String> = ids.iter().map(|id| format!("msg_{id}")).collect();
+    assert_eq!(keys.len(), finals.len(), "a key per job");
+    let header_values = |u: &Upstream, name: &str| -> HashSet<String> {
+        u.requests()
+            .iter()
+            .map(|r| r.header_str(name).unwrap().to_owned())
+            .collect()
+    };
     assert_eq!(
-        delivered, expected,
+        header_values(up, "idempotency-key"),
+        keys,
+        "the upstream saw exactly the jobs' keys"
+    );
+    assert_eq!(
+        header_values(hooks, "webhook-id"),
+        webhook_ids,
         "every job's webhook arrived, under its id"
     );
 }

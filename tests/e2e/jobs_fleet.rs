@@ -3,9 +3,9 @@
 //! killed with -9 loses nothing (its claims are taken over after the visibility
 //! timeout), and the queue's bounds and figures are the fleet's.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use crate::jobs::assert_each_ran_once_and_was_delivered;
 use crate::support::WAIT;
 use crate::support::client::client;
 use crate::support::redis::RedisServer;
@@ -123,30 +123,11 @@ async fn a_fleet_finishes_every_job_when_one_process_is_killed() {
     fleet[0].kill();
     assert!(up.count() < JOBS, "every job ran before the kill");
 
-    let mut keys = HashSet::new();
+    let mut finals = Vec::new();
     for id in &ids {
-        let j = until_final(&fleet[1], id, WAIT + VISIBILITY).await;
-        assert_eq!(j["state"], "succeeded", "{j}");
-        assert_eq!(j["webhook"]["state"], "delivered", "{j}");
-        keys.insert(j["idempotency_key"].as_str().unwrap().to_owned());
+        finals.push(until_final(&fleet[1], id, WAIT + VISIBILITY).await);
     }
-    assert_eq!(keys.len(), JOBS);
-    let seen: HashSet<String> = up
-        .requests()
-        .iter()
-        .map(|r| r.header_str("idempotency-key").unwrap().to_owned())
-        .collect();
-    assert_eq!(seen, keys, "the upstream saw exactly the jobs' keys");
-    let delivered: HashSet<String> = hooks
-        .requests()
-        .iter()
-        .map(|r| r.header_str("webhook-id").unwrap().to_owned())
-        .collect();
-    let expected: HashSet<String> = ids.iter().map(|id| format!("msg_{id}")).collect();
-    assert_eq!(
-        delivered, expected,
-        "every job's webhook arrived, under its id"
-    );
+    assert_each_ran_once_and_was_delivered(&finals, &up, &hooks);
     // The killed process held claims (its four workers were busy): the others took
     // them over.
     let took_over = fleet[1..]

@@ -618,6 +618,7 @@ impl Store for Fleet {
 mod tests {
     use super::*;
     use crate::config::HumanDuration;
+    use crate::jobs::test_job as job;
     use crate::jobs::{Blob, JobResult};
     use crate::state::redis::test_server::RedisServer;
 
@@ -633,26 +634,6 @@ mod tests {
         };
         let jobs: JobsConfig = toml::from_str("store = \"redis\"").unwrap();
         Fleet::new(&redis, &jobs).unwrap()
-    }
-
-    fn job(id: &str) -> Job {
-        Job {
-            id: id.to_owned(),
-            route: "api".to_owned(),
-            state: JobState::Queued,
-            method: "POST".to_owned(),
-            target: "/x".to_owned(),
-            headers: vec![],
-            body: Blob(b"body".to_vec()),
-            idempotency_key: "k".to_owned(),
-            attempts: 0,
-            accepted_at_ms: 1,
-            started_at_ms: None,
-            finished_at_ms: None,
-            result: None,
-            error: None,
-            webhook: None,
-        }
     }
 
     const BOUNDS: Bounds = Bounds {

@@ -324,6 +324,7 @@ fn commit(mut txn: WriteTransaction, batch: &[Write]) -> Result<(), JournalError
 
 #[cfg(test)]
 mod tests {
+    use crate::jobs::test_job as job;
     use std::io;
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
@@ -333,26 +334,6 @@ mod tests {
 
     use super::*;
     use crate::jobs::{Blob, JobState};
-
-    fn job(id: &str) -> Job {
-        Job {
-            id: id.to_owned(),
-            route: "api".to_owned(),
-            state: JobState::Queued,
-            method: "POST".to_owned(),
-            target: "/x".to_owned(),
-            headers: vec![],
-            body: Blob(id.as_bytes().to_vec()),
-            idempotency_key: id.to_owned(),
-            attempts: 0,
-            accepted_at_ms: 1,
-            started_at_ms: None,
-            finished_at_ms: None,
-            result: None,
-            error: None,
-            webhook: None,
-        }
-    }
 
     /// Waits until `n` writes are queued behind a held write lock. The writer cannot
     /// take them while the test holds the lock, so this only waits for the putting

@@ -968,8 +968,32 @@ const STORE_RETRY: Duration = Duration::from_millis(500);
 /// How often a `wait=N` request in a fleet reads the job.
 const FLEET_WAIT_POLL: Duration = Duration::from_millis(50);
 
+/// A queued job for tests: route `api`, POST `/x`, its id as body and idempotency key,
+/// accepted at 1 ms.
+#[cfg(test)]
+pub(crate) fn test_job(id: &str) -> Job {
+    Job {
+        id: id.to_owned(),
+        route: "api".to_owned(),
+        state: JobState::Queued,
+        method: "POST".to_owned(),
+        target: "/x".to_owned(),
+        headers: vec![("idempotency-key".to_owned(), Blob(id.as_bytes().to_vec()))],
+        body: Blob(id.as_bytes().to_vec()),
+        idempotency_key: id.to_owned(),
+        attempts: 0,
+        accepted_at_ms: 1,
+        started_at_ms: None,
+        finished_at_ms: None,
+        result: None,
+        error: None,
+        webhook: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_job as job;
     use super::*;
 
     fn prefer(values: &[&str]) -> Prefer {
@@ -1009,33 +1033,15 @@ mod tests {
         assert!(!claims_reserved("/api/_weir"));
     }
 
-    fn job(id: &str) -> Job {
-        Job {
-            id: id.to_owned(),
-            route: "api".to_owned(),
-            state: JobState::Queued,
-            method: "POST".to_owned(),
-            target: "/x".to_owned(),
-            headers: vec![("idempotency-key".to_owned(), Blob(b"k".to_vec()))],
-            body: Blob(vec![0xff, 0, 1]),
-            idempotency_key: "k".to_owned(),
-            attempts: 0,
-            accepted_at_ms: 1,
-            started_at_ms: None,
-            finished_at_ms: None,
-            result: None,
-            error: None,
-            webhook: None,
-        }
-    }
-
     #[test]
     fn the_journal_keeps_jobs_across_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.redb");
         {
             let j = Journal::open(&path).unwrap();
-            j.put(&job("a")).unwrap();
+            let mut a = job("a");
+            a.body = Blob(vec![0xff, 0, 1]);
+            j.put(&a).unwrap();
             j.put(&job("b")).unwrap();
             let mut done = job("b");
             done.state = JobState::Succeeded;
