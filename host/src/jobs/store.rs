@@ -103,32 +103,26 @@ pub trait Store: Send + Sync + 'static {
     fn shared(&self) -> bool;
 }
 
-/// What the embedded store's run lane holds, for the bounds and `/status`.
+/// What the embedded store's run lane holds: the jobs themselves, as last written, so
+/// that a worker (and a client polling) reads a live job without the journal; and
+/// their bytes, for the bound.
 #[derive(Default)]
 struct Pending {
     bytes: u64,
-    /// Each pending job: its route, acceptance time and size.
-    jobs: HashMap<String, (String, u64, u64)>,
+    jobs: HashMap<String, Job>,
 }
 
 impl Pending {
     fn add(&mut self, job: &Job) {
-        let size = job.size();
-        if self
-            .jobs
-            .insert(
-                job.id.clone(),
-                (job.route.clone(), job.accepted_at_ms, size),
-            )
-            .is_none()
-        {
-            self.bytes += size;
+        if let Some(old) = self.jobs.insert(job.id.clone(), job.clone()) {
+            self.bytes = self.bytes.saturating_sub(old.size());
         }
+        self.bytes += job.size();
     }
 
     fn remove(&mut self, id: &str) {
-        if let Some((_, _, size)) = self.jobs.remove(id) {
-            self.bytes = self.bytes.saturating_sub(size);
+        if let Some(old) = self.jobs.remove(id) {
+            self.bytes = self.bytes.saturating_sub(old.size());
         }
     }
 }
@@ -260,6 +254,9 @@ impl Store for Embedded {
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, JournalError>> {
+        if let Some(job) = self.pending().jobs.get(id) {
+            return Box::pin(std::future::ready(Ok(Some(job.clone()))));
+        }
         let id = id.to_owned();
         Box::pin(self.blocking(move |j| j.get(&id)))
     }
@@ -268,7 +265,14 @@ impl Store for Embedded {
         // One process holds every claim: nothing else moves a job on. Progress needs no
         // fsync of its own: a crash that loses it leaves the job queued (it runs again)
         // or its webhook owed (it is sent again), which is what a crash does anyway.
-        Box::pin(async move { self.journal.put_async(job, false).await.map(|()| true) })
+        Box::pin(async move {
+            self.journal.put_async(job, false).await?;
+            let mut p = self.pending();
+            if p.jobs.contains_key(&job.id) {
+                p.add(job);
+            }
+            Ok(true)
+        })
     }
 
     fn next_run(&self) -> BoxFuture<'_, Result<Claim, JournalError>> {
@@ -367,13 +371,10 @@ impl Store for Embedded {
             bytes: p.bytes,
             ..QueueStats::default()
         };
-        for (route, accepted, _) in p.jobs.values() {
-            *stats.routes.entry(route.clone()).or_default() += 1;
-            stats.oldest_accepted_ms = Some(
-                stats
-                    .oldest_accepted_ms
-                    .map_or(*accepted, |o| o.min(*accepted)),
-            );
+        for job in p.jobs.values() {
+            *stats.routes.entry(job.route.clone()).or_default() += 1;
+            let at = job.accepted_at_ms;
+            stats.oldest_accepted_ms = Some(stats.oldest_accepted_ms.map_or(at, |o| o.min(at)));
         }
         Box::pin(std::future::ready(Ok(stats)))
     }
