@@ -21,13 +21,24 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 
 use super::Job;
 
 /// Every job, by id.
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// Finished jobs that owe no webhook, by `<finished ms, 16 hex digits>/<id>`: the purge
+/// reads the expired ones in order instead of every job.
+const FINISHED: TableDefinition<&str, ()> = TableDefinition::new("finished");
+
+/// `job`'s key in [`FINISHED`], once nothing more happens to it but the purge.
+fn finished_key(job: &Job) -> Option<String> {
+    let at = job.finished_at_ms?;
+    (job.state.is_final() && !super::store::owes_webhook(job))
+        .then(|| format!("{at:016x}/{}", job.id))
+}
 
 /// The journal could not be opened, read or written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,12 +92,12 @@ struct Write {
 
 /// Where a write's result goes: a blocked thread, or an awaiting task.
 enum Done {
-    Thread(mpsc::SyncSender<Result<(), JournalError>>),
-    Task(tokio::sync::oneshot::Sender<Result<(), JournalError>>),
+    Thread(mpsc::SyncSender<Result<usize, JournalError>>),
+    Task(tokio::sync::oneshot::Sender<Result<usize, JournalError>>),
 }
 
 impl Done {
-    fn send(self, result: Result<(), JournalError>) {
+    fn send(self, result: Result<usize, JournalError>) {
         // A caller that has gone (its task cancelled) needs no answer.
         let _ = match self {
             Done::Thread(tx) => tx.send(result).map_err(drop),
@@ -96,8 +107,14 @@ impl Done {
 }
 
 enum Op {
-    Put { id: String, value: Vec<u8> },
-    Remove(Vec<String>),
+    /// Stores a job's row, and its [`FINISHED`] entry when it has one.
+    Put {
+        id: String,
+        value: Vec<u8>,
+        finished: Option<String>,
+    },
+    /// Removes the jobs finished at or before this time (Unix ms) that owe no webhook.
+    Purge(u64),
 }
 
 impl Queue {
@@ -118,7 +135,22 @@ impl Journal {
     /// Creates the table when missing and starts the writer thread.
     fn start(db: Database) -> Result<Journal, JournalError> {
         let txn = db.begin_write().map_err(fail)?;
-        txn.open_table(JOBS).map_err(fail)?;
+        {
+            let jobs = txn.open_table(JOBS).map_err(fail)?;
+            let mut finished = txn.open_table(FINISHED).map_err(fail)?;
+            // A journal written before the index: index its finished jobs once.
+            if finished.is_empty().map_err(fail)? {
+                for row in jobs.iter().map_err(fail)? {
+                    let (_, value) = row.map_err(fail)?;
+                    let key = serde_json::from_slice::<Job>(value.value())
+                        .ok()
+                        .and_then(|job| finished_key(&job));
+                    if let Some(key) = key {
+                        finished.insert(key.as_str(), ()).map_err(fail)?;
+                    }
+                }
+            }
+        }
         txn.commit().map_err(fail)?;
         let db = Arc::new(db);
         let queue = Arc::new(Queue {
@@ -142,7 +174,7 @@ impl Journal {
 
     /// Writes `job` and returns once the commit is on disk (fsync'd).
     pub fn put(&self, job: &Job) -> Result<(), JournalError> {
-        self.write(put(job)?)
+        self.write(put(job)?).map(drop)
     }
 
     /// Writes `job` from a task, without a blocking thread: the writer thread answers
@@ -156,7 +188,7 @@ impl Journal {
             durable,
             done: Done::Task(done),
         })?;
-        result.await.unwrap_or_else(|_| Err(stopped()))
+        result.await.unwrap_or_else(|_| Err(stopped())).map(drop)
     }
 
     /// The job with this id, if the journal has it.
@@ -189,9 +221,10 @@ impl Journal {
         Ok(out)
     }
 
-    /// Removes these jobs in one commit.
-    pub fn remove(&self, ids: &[String]) -> Result<(), JournalError> {
-        self.write(Op::Remove(ids.to_vec()))
+    /// Removes the jobs that finished at or before `cutoff_ms` and owe no webhook, in
+    /// one commit, and says how many. It reads only those jobs' index entries.
+    pub fn purge(&self, cutoff_ms: u64) -> Result<usize, JournalError> {
+        self.write(Op::Purge(cutoff_ms))
     }
 
     /// How many write transactions the journal has committed (or tried to) since it
@@ -202,7 +235,7 @@ impl Journal {
     }
 
     /// Queues `op` for the writer and waits for its durable commit.
-    fn write(&self, op: Op) -> Result<(), JournalError> {
+    fn write(&self, op: Op) -> Result<usize, JournalError> {
         let (done, result) = mpsc::sync_channel(1);
         self.enqueue(Write {
             op,
@@ -248,6 +281,7 @@ fn put(job: &Job) -> Result<Op, JournalError> {
     Ok(Op::Put {
         id: job.id.clone(),
         value,
+        finished: finished_key(job),
     })
 }
 
@@ -294,8 +328,9 @@ fn write_loop(db: &Database, queue: &Queue) {
     }
 }
 
-/// Applies `batch` in the order it was queued (the last put of a job wins) and commits.
-fn commit(mut txn: WriteTransaction, batch: &[Write]) -> Result<(), JournalError> {
+/// Applies `batch` in the order it was queued (the last put of a job wins) and commits;
+/// the result is the number of jobs purged.
+fn commit(mut txn: WriteTransaction, batch: &[Write]) -> Result<usize, JournalError> {
     // Immediate: the commit returns only after the data and the new root are synced.
     let durability = if batch.iter().any(|w| w.durable) {
         Durability::Immediate
@@ -304,22 +339,51 @@ fn commit(mut txn: WriteTransaction, batch: &[Write]) -> Result<(), JournalError
     };
     txn.set_durability(durability)
         .map_err(|e| JournalError(e.to_string()))?;
+    let mut purged = 0;
     {
         let mut table = txn.open_table(JOBS).map_err(fail)?;
+        let mut finished = txn.open_table(FINISHED).map_err(fail)?;
         for write in batch {
             match &write.op {
-                Op::Put { id, value } => {
+                Op::Put {
+                    id,
+                    value,
+                    finished: key,
+                } => {
                     table.insert(id.as_str(), value.as_slice()).map_err(fail)?;
+                    if let Some(key) = key {
+                        finished.insert(key.as_str(), ()).map_err(fail)?;
+                    }
                 }
-                Op::Remove(ids) => {
-                    for id in ids {
-                        table.remove(id.as_str()).map_err(fail)?;
+                Op::Purge(cutoff) => {
+                    // Every key up to the cutoff's sorts before `<cutoff + 1>/`.
+                    let end = format!("{:016x}/", cutoff.saturating_add(1));
+                    let expired: Vec<String> = finished
+                        .range::<&str>(..end.as_str())
+                        .map_err(fail)?
+                        .map(|e| e.map(|(k, _)| k.value().to_owned()))
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?;
+                    for key in expired {
+                        finished.remove(key.as_str()).map_err(fail)?;
+                        let id = key.split_once('/').map_or("", |(_, id)| id);
+                        // A job run again since is no longer what the entry says.
+                        let current = table
+                            .get(id)
+                            .map_err(fail)?
+                            .and_then(|row| serde_json::from_slice::<Job>(row.value()).ok())
+                            .and_then(|job| finished_key(&job));
+                        if current.as_deref() == Some(key.as_str()) {
+                            table.remove(id).map_err(fail)?;
+                            purged += 1;
+                        }
                     }
                 }
             }
         }
     }
-    txn.commit().map_err(fail)
+    txn.commit().map_err(fail)?;
+    Ok(purged)
 }
 
 #[cfg(test)]
@@ -333,7 +397,7 @@ mod tests {
     use redb::backends::InMemoryBackend;
 
     use super::*;
-    use crate::jobs::{Blob, JobState};
+    use crate::jobs::JobState;
 
     /// Waits until `n` writes are queued behind a held write lock. The writer cannot
     /// take them while the test holds the lock, so this only waits for the putting
@@ -399,12 +463,10 @@ mod tests {
             }
         });
         assert_eq!(journal.commits() - before, 1, "{n} puts, one commit");
-        // Removes go through the same writer, and everything survives reopening.
-        journal.remove(&["j0".to_owned()]).unwrap();
-        assert!(journal.get("j0").unwrap().is_none());
+        // Everything survives reopening.
         drop(journal);
         let journal = Journal::open(&path).unwrap();
-        assert_eq!(journal.all().unwrap().len(), n - 1);
+        assert_eq!(journal.all().unwrap().len(), n);
     }
 
     /// Memory that stops syncing when told to: a disk that fails the commit's fsync.

@@ -1057,8 +1057,41 @@ mod tests {
         assert_eq!(a.body.0, vec![0xff, 0, 1]);
         assert_eq!(j.get("b").unwrap().unwrap().state, JobState::Succeeded);
         assert_eq!(j.all().unwrap().len(), 2);
-        j.remove(&["a".to_owned()]).unwrap();
-        assert!(j.get("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_purge_removes_only_jobs_finished_by_the_cutoff_that_owe_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let finished = |id: &str, at: u64| {
+            let mut job = job(id);
+            job.state = JobState::Succeeded;
+            job.finished_at_ms = Some(at);
+            job
+        };
+        j.put(&job("queued")).unwrap();
+        j.put(&finished("old", 100)).unwrap();
+        j.put(&finished("at-cutoff", 200)).unwrap();
+        j.put(&finished("new", 201)).unwrap();
+        let mut owed = finished("owed", 50);
+        owed.webhook = Some(Delivery {
+            id: "msg_owed".to_owned(),
+            url: "http://127.0.0.1:1/".to_owned(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_at_ms: 0,
+            last_error: None,
+        });
+        j.put(&owed).unwrap();
+        // Finished at 150, then run again: its old index entry must not remove it.
+        j.put(&finished("rerun", 150)).unwrap();
+        j.put(&job("rerun")).unwrap();
+        assert_eq!(j.purge(200).unwrap(), 2);
+        let mut left: Vec<String> = j.all().unwrap().into_iter().map(|j| j.id).collect();
+        left.sort();
+        assert_eq!(left, ["new", "owed", "queued", "rerun"]);
+        assert_eq!(j.purge(200).unwrap(), 0);
+        assert_eq!(j.purge(1000).unwrap(), 1, "only `new` is left to purge");
     }
 
     /// A store whose every write fails, as a full disk or a lost Redis does.

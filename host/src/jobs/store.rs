@@ -346,22 +346,7 @@ impl Store for Embedded {
     }
 
     fn purge(&self, cutoff_ms: u64) -> BoxFuture<'_, Result<usize, JournalError>> {
-        Box::pin(self.blocking(move |j| {
-            let old: Vec<String> = j
-                .all()?
-                .into_iter()
-                .filter(|job| {
-                    job.state.is_final()
-                        && job.finished_at_ms.is_some_and(|t| t <= cutoff_ms)
-                        && !owes_webhook(job)
-                })
-                .map(|job| job.id)
-                .collect();
-            if !old.is_empty() {
-                j.remove(&old)?;
-            }
-            Ok(old.len())
-        }))
+        Box::pin(self.blocking(move |j| j.purge(cutoff_ms)))
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, JournalError>> {
