@@ -199,12 +199,15 @@ impl Server {
         let jobs = match &config.raw.jobs {
             None => None,
             Some(j) => {
-                let redis = match j.store_kind(&config.raw.state) {
-                    crate::config::JobStoreKind::Redis => config.raw.state.redis.as_ref(),
-                    crate::config::JobStoreKind::Journal => None,
+                // The key an error points at: the journal file, or the Redis it uses.
+                let (redis, key) = match j.store_kind(&config.raw.state) {
+                    crate::config::JobStoreKind::Redis => {
+                        (config.raw.state.redis.as_ref(), ["state", "redis"])
+                    }
+                    crate::config::JobStoreKind::Journal => (None, ["jobs", "journal"]),
                 };
                 Some(Jobs::open(j, redis, &telemetry).map_err(|e| {
-                    let span = config.key_span(&["jobs", "journal"]);
+                    let span = config.key_span(&key);
                     StartError::Config(vec![config.error_at(span, e)])
                 })?)
             }

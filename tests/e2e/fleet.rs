@@ -72,7 +72,7 @@ fn stall(redis: &RedisServer) -> std::thread::JoinHandle<String> {
 }
 
 /// Three weir processes with the same config.
-async fn three(config: &str) -> Vec<Weir> {
+pub(crate) async fn three(config: &str) -> Vec<Weir> {
     let mut out = Vec::new();
     for _ in 0..3 {
         out.push(Weir::start(config).await);

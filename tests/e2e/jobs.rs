@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use crate::support::WAIT;
-use crate::support::client::client;
+use crate::support::client::{client, get_json};
 use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::{Weir, check};
 
@@ -53,21 +53,24 @@ async fn post_async(weir: &Weir, body: &str, extra: &[(&str, &str)]) -> reqwest:
     req.send().await.expect("send")
 }
 
-/// Polls the job at `location` until it is in a final state; returns its JSON.
+/// Polls the job at `location` until it is in a final state with no webhook owed;
+/// returns its JSON.
 async fn until_final(weir: &Weir, location: &str) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
+    until_final_within(weir, location, WAIT).await
+}
+
+/// [`until_final`], failing after `within`.
+pub(crate) async fn until_final_within(
+    weir: &Weir,
+    location: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
     loop {
-        let job: serde_json::Value = client()
-            .get(weir.url(location))
-            .send()
-            .await
-            .expect("get job")
-            .json()
-            .await
-            .expect("job json");
-        let state = job["state"].as_str().unwrap_or_default().to_owned();
+        let job = get_json(&weir.url(location)).await;
+        let state = job["state"].as_str().unwrap_or_default();
         let webhook_pending = job["webhook"]["state"] == "pending";
-        if ["succeeded", "failed", "dead"].contains(&state.as_str()) && !webhook_pending {
+        if ["succeeded", "failed", "dead"].contains(&state) && !webhook_pending {
             return job;
         }
         assert!(Instant::now() < deadline, "job did not finish: {job}");
@@ -316,14 +319,7 @@ async fn a_reload_that_removes_the_route_fails_its_queued_jobs_clearly() {
     assert_eq!(job["attempts"], 2);
     // `/requests` links the run to the job (the run refused by the missing route never
     // reached the chain).
-    let runs: serde_json::Value = client()
-        .get(weir.admin_url(&format!("/requests?job={id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs = get_json(&weir.admin_url(&format!("/requests?job={id}"))).await;
     let runs = runs["requests"].as_array().unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["job"], id.as_str());

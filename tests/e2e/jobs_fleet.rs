@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::jobs::assert_each_ran_once_and_was_delivered;
+use crate::fleet::three;
+use crate::jobs::{assert_each_ran_once_and_was_delivered, until_final_within};
 use crate::support::WAIT;
-use crate::support::client::client;
+use crate::support::client::{client, get_json};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::Weir;
@@ -59,38 +60,9 @@ async = {{ mode = "always" }}
     )
 }
 
-async fn three(config: &str) -> Vec<Weir> {
-    let mut out = Vec::new();
-    for _ in 0..3 {
-        out.push(Weir::start(config).await);
-    }
-    out
-}
-
-/// The job `id` as `weir` shows it.
-async fn job(weir: &Weir, id: &str) -> serde_json::Value {
-    client()
-        .get(weir.url(&format!("/_weir/jobs/{id}")))
-        .send()
-        .await
-        .expect("get job")
-        .json()
-        .await
-        .expect("job json")
-}
-
-/// Polls `id` on `weir` until it is final with no webhook owed.
-async fn until_final(weir: &Weir, id: &str, within: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let j = job(weir, id).await;
-        let state = j["state"].as_str().unwrap_or_default();
-        if ["succeeded", "failed", "dead"].contains(&state) && j["webhook"]["state"] != "pending" {
-            return j;
-        }
-        assert!(Instant::now() < deadline, "job did not finish: {j}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The URL path of job `id`.
+fn location(id: &str) -> String {
+    format!("/_weir/jobs/{id}")
 }
 
 /// 300 jobs accepted across three processes with callbacks; one process is killed -9
@@ -125,7 +97,7 @@ async fn a_fleet_finishes_every_job_when_one_process_is_killed() {
 
     let mut finals = Vec::new();
     for id in &ids {
-        finals.push(until_final(&fleet[1], id, WAIT + VISIBILITY).await);
+        finals.push(until_final_within(&fleet[1], &location(id), WAIT + VISIBILITY).await);
     }
     assert_each_ran_once_and_was_delivered(&finals, &up, &hooks);
     // The killed process held claims (its four workers were busy): the others took
@@ -135,14 +107,7 @@ async fn a_fleet_finishes_every_job_when_one_process_is_killed() {
         .any(|w| w.logs().contains("took over a claim its process left"));
     assert!(took_over, "no claim was taken over");
     // The two survivors see the fleet's queue empty.
-    let status: serde_json::Value = client()
-        .get(fleet[2].admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&fleet[2].admin_url("/status")).await;
     assert_eq!(status["jobs"]["store"], "redis", "{status}");
     assert_eq!(status["jobs"]["pending"], 0, "{status}");
 }
@@ -177,14 +142,7 @@ async fn the_queue_bound_and_figures_are_the_fleets() {
     assert!(full.headers().contains_key("retry-after"));
     let body: serde_json::Value = full.json().await.unwrap();
     assert_eq!(body["error"], "queue_full", "{body}");
-    let status: serde_json::Value = client()
-        .get(b.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&b.admin_url("/status")).await;
     assert_eq!(status["jobs"]["pending"], 3, "{status}");
     assert_eq!(status["jobs"]["routes"]["api"], 3, "{status}");
     assert!(
@@ -244,7 +202,7 @@ async fn without_redis_async_requests_get_503_and_never_a_202() {
         assert!(Instant::now() < deadline, "Redis came back, weir did not");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let j = until_final(&weir, &id, WAIT).await;
+    let j = until_final_within(&weir, &location(&id), WAIT).await;
     assert_eq!(j["state"], "succeeded", "{j}");
     let paths: Vec<String> = up.requests().iter().map(|r| r.path.clone()).collect();
     assert!(!paths.contains(&"/b".to_owned()), "{paths:?}");

@@ -479,13 +479,13 @@ impl Store for Fleet {
         })
     }
 
-    fn touch<'a>(&'a self, claim: &'a Claim) -> Option<BoxFuture<'a, ()>> {
+    fn touch<'a>(&'a self, claim: &'a Claim) -> BoxFuture<'a, ()> {
         let lane = if claim.delivery {
             Lane::Deliver
         } else {
             Lane::Run
         };
-        Some(Box::pin(async move {
+        Box::pin(async move {
             let renewed: Result<Vec<String>, _> = self
                 .run(
                     self.conn.query(
@@ -502,7 +502,7 @@ impl Store for Fleet {
             if let Err(e) = renewed {
                 tracing::warn!(job = %claim.id, error = %e, "cannot renew a job's claim");
             }
-        }))
+        })
     }
 
     fn redeliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {

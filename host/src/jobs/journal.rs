@@ -497,15 +497,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failed_commit_fails_every_put_in_it() {
+    /// A journal on [`FailingSync`] memory, and the switch that makes its syncs fail.
+    fn failing_journal() -> (Journal, Arc<AtomicBool>) {
         let fail = Arc::new(AtomicBool::new(false));
         let backend = FailingSync {
             inner: InMemoryBackend::new(),
             fail: fail.clone(),
         };
         let db = Database::builder().create_with_backend(backend).unwrap();
-        let journal = Journal::start(db).unwrap();
+        (Journal::start(db).unwrap(), fail)
+    }
+
+    #[test]
+    fn a_failed_commit_fails_every_put_in_it() {
+        let (journal, fail) = failing_journal();
         journal.put(&job("before")).unwrap();
         let before = journal.commits();
         let busy = journal.db.begin_write().unwrap();
@@ -537,13 +542,7 @@ mod tests {
     /// non-durable put still commits (and reads back), a durable one fails.
     #[tokio::test]
     async fn only_durable_writes_wait_for_the_disk() {
-        let fail = Arc::new(AtomicBool::new(false));
-        let backend = FailingSync {
-            inner: InMemoryBackend::new(),
-            fail: fail.clone(),
-        };
-        let db = Database::builder().create_with_backend(backend).unwrap();
-        let journal = Journal::start(db).unwrap();
+        let (journal, fail) = failing_journal();
         fail.store(true, Ordering::SeqCst);
         let mut running = job("p");
         running.state = JobState::Running;

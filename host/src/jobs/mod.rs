@@ -520,7 +520,6 @@ impl Jobs {
             return Err(e);
         }
         self.metrics.event("accepted");
-        self.metrics.pending.inc();
         Ok(())
     }
 
@@ -632,14 +631,15 @@ impl Jobs {
     }
 
     /// Runs `work` while keeping `claim` from returning to its lane.
+    /// Only a shared store's claims time out; the embedded store's need no timer.
     async fn holding(&self, claim: &Claim, work: impl std::future::Future<Output = ()>) {
+        if !self.store.shared() {
+            return work.await;
+        }
         let keep = async {
             loop {
                 tokio::time::sleep(self.config.visibility_timeout.0 / 3).await;
-                match self.store.touch(claim) {
-                    Some(touch) => touch.await,
-                    None => return std::future::pending().await,
-                }
+                self.store.touch(claim).await;
             }
         };
         tokio::select! {
@@ -708,7 +708,6 @@ impl Jobs {
             tracing::error!(job = id, error = %e, "cannot record a job's outcome");
             return;
         }
-        self.metrics.pending.dec();
         let event = if job.state == JobState::Succeeded {
             "succeeded"
         } else {
@@ -868,27 +867,29 @@ impl Jobs {
         }
         self.store.requeue(&job).await?;
         self.metrics.event("rerun");
-        self.metrics.pending.inc();
         tracing::info!(job = id, route = %job.route, "job queued again by the admin API");
         Ok(Some(Ok(())))
     }
 
     /// The queue for `/status`: pending jobs by route, their bytes and the oldest's age.
     pub async fn status(&self) -> serde_json::Value {
-        match self.store.stats().await {
+        let mut status = match self.store.stats().await {
             Ok(s) => serde_json::json!({
-                "store": if self.store.shared() { "redis" } else { "journal" },
                 "pending": s.pending,
                 "pending_bytes": s.bytes,
                 "oldest_pending_seconds": s.oldest_accepted_ms.map(age_secs),
                 "routes": s.routes,
                 "accepting": self.accepting.load(Ordering::SeqCst),
             }),
-            Err(e) => serde_json::json!({
-                "store": if self.store.shared() { "redis" } else { "journal" },
-                "error": e.to_string(),
-            }),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        status["store"] = if self.store.shared() {
+            "redis"
+        } else {
+            "journal"
         }
+        .into();
+        status
     }
 
     /// Refreshes the queue gauges and removes finished jobs older than the retention.
@@ -1132,8 +1133,8 @@ mod tests {
         ) -> BoxFuture<'a, Result<(), JournalError>> {
             Box::pin(async { broken() })
         }
-        fn touch<'a>(&'a self, _: &'a Claim) -> Option<BoxFuture<'a, ()>> {
-            None
+        fn touch<'a>(&'a self, _: &'a Claim) -> BoxFuture<'a, ()> {
+            Box::pin(std::future::ready(()))
         }
         fn redeliver<'a>(&'a self, _: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {
             Box::pin(async { broken() })

@@ -85,9 +85,9 @@ pub trait Store: Send + Sync + 'static {
         job: &'a Job,
         claim: &'a Claim,
     ) -> BoxFuture<'a, Result<(), JournalError>>;
-    /// Keeps `claim` from returning to its lane while it is worked on; `None` when
-    /// claims never time out (the embedded store).
-    fn touch<'a>(&'a self, claim: &'a Claim) -> Option<BoxFuture<'a, ()>>;
+    /// Keeps `claim` from returning to its lane while it is worked on. Called only on
+    /// a [`Store::shared`] store: the others' claims never time out.
+    fn touch<'a>(&'a self, claim: &'a Claim) -> BoxFuture<'a, ()>;
     /// Puts a dead job back in the delivery lane, its delivery reset.
     fn redeliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>>;
     /// Puts a finished job back in the run lane (an operator's re-run), outside the
@@ -99,7 +99,7 @@ pub trait Store: Send + Sync + 'static {
     fn purge(&self, cutoff_ms: u64) -> BoxFuture<'_, Result<usize, JournalError>>;
     /// The run lane now.
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, JournalError>>;
-    /// Whether other processes run this store's jobs too.
+    /// Whether other processes run this store's jobs too (and so claims time out).
     fn shared(&self) -> bool;
 }
 
@@ -311,8 +311,9 @@ impl Store for Embedded {
         Box::pin(self.write(job))
     }
 
-    fn touch<'a>(&'a self, _claim: &'a Claim) -> Option<BoxFuture<'a, ()>> {
-        None
+    fn touch<'a>(&'a self, _claim: &'a Claim) -> BoxFuture<'a, ()> {
+        // One process: its claims end with it, and are rebuilt at the next start.
+        Box::pin(std::future::ready(()))
     }
 
     fn redeliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JournalError>> {

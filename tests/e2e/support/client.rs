@@ -38,3 +38,15 @@ pub fn h2_client() -> reqwest::Client {
 pub fn pattern_body(len: u64) -> reqwest::Body {
     PatternBody::new(len).into_reqwest()
 }
+
+/// GETs `url` and reads the answer as JSON, whatever its status.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
