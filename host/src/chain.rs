@@ -602,11 +602,13 @@ impl Walk<'_, '_> {
     /// Brings `info` up to date for a call made now.
     fn refresh_info(&mut self) {
         self.info.attempt = self.attempt;
-        self.info.remaining_ms = self
-            .x
-            .deadline
-            .saturating_duration_since(self.x.now())
-            .as_millis() as u64;
+        // Rounded up: a guest's host calls rebuild the deadline as now + remaining_ms,
+        // and one rounded down would end an outbound call up to a millisecond before the
+        // route's deadline, leaving the request a sliver of time to be sent upstream.
+        // 0 means the deadline has passed.
+        let left = self.x.deadline.saturating_duration_since(self.x.now());
+        self.info.remaining_ms =
+            u64::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
     }
 
     /// Runs filters `from..` and the upstream with `req`, then `on-response` back down
