@@ -213,24 +213,7 @@ impl Exchange<'_> {
         let body = if self.chain.buffer_request {
             // No filter has run yet: a client whose body fails here gets its 4xx before
             // any filter could take it for the upstream's failure.
-            let collected =
-                tokio::time::timeout_at(self.deadline, body::collect_limited(body, self.max_body))
-                    .await
-                    .map_err(|_| ProxyError::ClientTimeout {
-                        detail: format!(
-                            "the request body was not complete within the route's timeout of {} ms",
-                            self.timeout_ms()
-                        ),
-                    })?;
-            match collected {
-                Ok(b) => ReqBody::Buffered(b),
-                Err(e) => {
-                    return Err(match body_fault.get() {
-                        Some(fault) => fault.clone().into(),
-                        None => ProxyError::BadRequest(format!("reading the request body: {e}")),
-                    });
-                }
-            }
+            ReqBody::Buffered(self.read_body(body, &body_fault).await?)
         } else {
             ReqBody::Stream(Some(body))
         };
@@ -369,6 +352,24 @@ impl Exchange<'_> {
             filter: f.name().to_owned(),
             error,
         });
+    }
+
+    /// Reads the client's whole body by the deadline, within `max_body`. An error is the
+    /// client's 4xx: what `fault` says the body did, else 400.
+    pub async fn read_body(&self, body: ProxyBody, fault: &BodyFault) -> Result<Bytes, ProxyError> {
+        let collected =
+            tokio::time::timeout_at(self.deadline, body::collect_limited(body, self.max_body))
+                .await
+                .map_err(|_| ProxyError::ClientTimeout {
+                    detail: format!(
+                        "the request body was not complete within the route's timeout of {} ms",
+                        self.timeout_ms()
+                    ),
+                })?;
+        collected.map_err(|e| match fault.get() {
+            Some(fault) => fault.clone().into(),
+            None => ProxyError::BadRequest(format!("reading the request body: {e}")),
+        })
     }
 
     fn timeout_ms(&self) -> u64 {

@@ -239,6 +239,25 @@ pub struct RawConfig {
     /// Async requests: the journal and its bounds (see [`crate::jobs`]).
     #[serde(default)]
     pub jobs: Option<JobsConfig>,
+    /// Batch requests at [`crate::batch::PATH`]; off when absent.
+    #[serde(default)]
+    pub batch: Option<BatchConfig>,
+}
+
+/// `[batch]`: many calls in one client request, each routed as if sent alone (see
+/// [`crate::batch`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The most calls in one batch; more get 400.
+    #[serde(default = "defaults::batch_max_items")]
+    pub max_items: usize,
+    /// The most bytes of the batch's JSON body; more get 413.
+    #[serde(default = "defaults::batch_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// How many calls of one batch run at once.
+    #[serde(default = "defaults::batch_concurrency")]
+    pub concurrency: usize,
 }
 
 /// `[jobs]`: where accepted async requests are kept, and how many.
@@ -625,8 +644,12 @@ pub struct RouteConfig {
     /// Which requests this route takes; everything when absent.
     #[serde(default, rename = "match")]
     pub matcher: RouteMatch,
-    /// The upstream's name.
-    pub upstream: Spanned<String>,
+    /// The upstream's name; a route has this or `fanout`.
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    /// Several upstreams, each sent the request through the chain as its own call.
+    #[serde(default)]
+    pub fanout: Option<FanoutConfig>,
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -647,6 +670,33 @@ pub struct RouteConfig {
     #[serde(default, rename = "async")]
     pub async_jobs: Option<AsyncConfig>,
 }
+
+/// `[[routes]] fanout = { targets = ["a", "b"], mode = "all" }` (see [`crate::fanout`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutConfig {
+    /// The upstreams' names; the first is the primary.
+    pub targets: Vec<Spanned<String>>,
+    /// What the client gets.
+    #[serde(default)]
+    pub mode: FanoutMode,
+}
+
+/// What a fan-out route answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FanoutMode {
+    /// Every target, bounded by the route's deadline: 200 with a JSON summary.
+    #[default]
+    All,
+    /// The first target's response; the others are mirrored in the background.
+    Primary,
+    /// 202 at once: a job runs every target, and its webhook fires when all are final.
+    Async,
+}
+
+/// The most targets one fan-out route may name.
+pub const MAX_FANOUT_TARGETS: usize = 1000;
 
 /// `[[routes]] compression = { request = "gzip" | "zstd" | "br", response = true }`:
 /// content codings done by the host, streamed (see [`crate::compress`]).
@@ -754,6 +804,15 @@ pub(crate) mod defaults {
     }
     pub fn drain_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
+    }
+    pub fn batch_max_items() -> usize {
+        100
+    }
+    pub fn batch_max_bytes() -> ByteSize {
+        ByteSize(10 << 20)
+    }
+    pub fn batch_concurrency() -> usize {
+        16
     }
     pub fn redis_prefix() -> String {
         "weir:".to_owned()
@@ -1172,6 +1231,20 @@ fn validate(
             }
         }
     }
+    if let Some(b) = &raw.batch {
+        for (key, value) in [
+            ("max_items", b.max_items as u64),
+            ("max_bytes", b.max_bytes.0),
+            ("concurrency", b.concurrency as u64),
+        ] {
+            if value == 0 {
+                err(
+                    place(&["batch", key], 0..0),
+                    format!("batch.{key} must be at least 1"),
+                );
+            }
+        }
+    }
     let mut origins: BTreeMap<String, &str> = BTreeMap::new();
     for (name, up) in raw.upstreams.iter_mut() {
         let span = up.span();
@@ -1300,16 +1373,83 @@ fn validate(
         if r.name.is_empty() {
             err(at(&["name"]), "a route's name must not be empty".to_owned());
         }
-        if !raw.upstreams.contains_key(r.upstream.get_ref()) {
-            err(
-                r.upstream.span(),
+        let unknown = |name: &Spanned<String>| {
+            (!raw.upstreams.contains_key(name.get_ref())).then(|| {
+                (
+                    name.span(),
+                    format!(
+                        "route `{}`: unknown upstream `{}` (defined: {})",
+                        r.name,
+                        name.get_ref(),
+                        list_or_none(raw.upstreams.keys())
+                    ),
+                )
+            })
+        };
+        match (&r.upstream, &r.fanout) {
+            (Some(up), None) => {
+                if let Some((span, message)) = unknown(up) {
+                    err(span, message);
+                }
+            }
+            (None, Some(f)) => {
+                if f.targets.is_empty() || f.targets.len() > MAX_FANOUT_TARGETS {
+                    err(
+                        at(&["fanout", "targets"]),
+                        format!(
+                            "route `{}`: `fanout.targets` must name 1 to {MAX_FANOUT_TARGETS} upstreams, got {}",
+                            r.name,
+                            f.targets.len()
+                        ),
+                    );
+                }
+                let mut seen = std::collections::HashSet::new();
+                for t in &f.targets {
+                    if let Some((span, message)) = unknown(t) {
+                        err(span, message);
+                    } else if !seen.insert(t.get_ref()) {
+                        err(
+                            t.span(),
+                            format!(
+                                "route `{}`: `fanout.targets` names upstream `{}` twice",
+                                r.name,
+                                t.get_ref()
+                            ),
+                        );
+                    }
+                }
+                if f.mode == FanoutMode::Async {
+                    if raw.jobs.is_none() {
+                        err(
+                            at(&["fanout", "mode"]),
+                            format!(
+                                "route `{}`: fanout mode \"async\" needs a `[jobs]` table (the journal that keeps accepted requests)",
+                                r.name
+                            ),
+                        );
+                    }
+                    if r.async_jobs.is_some() {
+                        err(
+                            at(&["async"]),
+                            format!(
+                                "route `{}`: fanout mode \"async\" makes every request a job already; remove `async`",
+                                r.name
+                            ),
+                        );
+                    }
+                }
+            }
+            (Some(_), Some(_)) => err(
+                at(&["fanout"]),
+                format!("route `{}`: give `upstream` or `fanout`, not both", r.name),
+            ),
+            (None, None) => err(
+                at(&["name"]),
                 format!(
-                    "route `{}`: unknown upstream `{}` (defined: {})",
-                    r.name,
-                    r.upstream.get_ref(),
-                    list_or_none(raw.upstreams.keys())
+                    "route `{}`: needs `upstream = \"NAME\"`, or `fanout = {{ targets = [\"A\", \"B\"] }}`",
+                    r.name
                 ),
-            );
+            ),
         }
         if r.strip_prefix && r.matcher.path_prefix.is_none() {
             err(

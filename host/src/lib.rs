@@ -28,6 +28,7 @@
 pub mod accept;
 pub mod admin;
 pub mod authoring;
+pub mod batch;
 mod bindings;
 pub mod body;
 pub mod builtin;
@@ -36,6 +37,7 @@ pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod error;
+pub mod fanout;
 pub mod headers;
 pub mod jobs;
 pub mod listener;
@@ -218,6 +220,7 @@ impl Server {
             config.raw.admin.as_ref(),
             telemetry.clone(),
             jobs.clone(),
+            config.raw.batch.as_ref(),
         );
         if let Some(jobs) = &jobs {
             jobs.start(proxy.clone());

@@ -21,12 +21,16 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::accept;
+use crate::batch;
 use crate::body::{self, ProxyBody};
 use crate::chain::{self, Exchange};
-use crate::config::{Admin as AdminConfig, AsyncMode, Listen};
+use crate::config::BatchConfig;
+use crate::config::{Admin as AdminConfig, AsyncMode, FanoutMode, Listen};
 use crate::error::{Origin as ErrorOrigin, ProxyError, json_response};
+use crate::fanout::CallOutcome;
+use crate::fanout::{self, Fanout};
 use crate::headers;
-use crate::jobs::{self, Jobs};
+use crate::jobs::{self, JobOutput, Jobs};
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::{Router, check_host};
 use crate::telemetry::Telemetry;
@@ -44,6 +48,15 @@ pub struct Proxy {
     recent: Recent,
     /// The async-job system, with `[jobs]`.
     jobs: Option<Arc<Jobs>>,
+    /// Batch requests, with `[batch]`.
+    batch: Option<BatchConfig>,
+}
+
+/// What a batch call's slot shows of how serving it went: put on its response.
+#[derive(Clone, Copy)]
+struct CallInfo {
+    attempts: u32,
+    error: Option<&'static str>,
 }
 
 /// Where a request comes from: a client connection, a replay from the admin API, or a
@@ -54,6 +67,8 @@ struct Origin<'a> {
     replay_of: Option<&'a str>,
     /// The id of the job being run.
     job: Option<&'a str>,
+    /// The id of the batch this request is a call of.
+    batch: Option<&'a str>,
 }
 
 impl Proxy {
@@ -65,6 +80,7 @@ impl Proxy {
         admin: Option<&AdminConfig>,
         telemetry: Arc<Telemetry>,
         jobs: Option<Arc<Jobs>>,
+        batch: Option<&BatchConfig>,
     ) -> Arc<Proxy> {
         let recent = match admin {
             Some(a) => Recent::new(a.recent_requests, a.recent_body_bytes.0, &a.redact_headers),
@@ -77,6 +93,7 @@ impl Proxy {
             telemetry,
             recent,
             jobs,
+            batch: batch.cloned(),
         })
     }
 
@@ -112,6 +129,7 @@ impl Proxy {
             client,
             replay_of: None,
             job: None,
+            batch: None,
         };
         // A request without a body (most GETs) needs neither the drain nor the limit.
         let body = if body.is_end_stream() {
@@ -119,18 +137,172 @@ impl Proxy {
         } else {
             body::boxed(body::Drain::new(body))
         };
-        if let Some(jobs) = &self.jobs {
-            if let Some(rest) = parts.uri.path().strip_prefix(jobs::PREFIX) {
-                let id_text = id.to_str().unwrap_or_default();
-                let mut resp = jobs.serve_get(&parts.method, rest, id_text).await;
-                resp.headers_mut().insert(headers::X_REQUEST_ID, id.clone());
-                return resp;
-            }
-            if let Some(route) = self.async_route(&parts) {
-                return self.accept_job(jobs, id, parts, body, route).await;
-            }
+        if let Some(batch) = &self.batch
+            && parts.uri.path() == batch::PATH
+        {
+            let mut resp = self.serve_batch(batch, client, &id, parts, body).await;
+            resp.headers_mut().insert(headers::X_REQUEST_ID, id);
+            return resp;
+        }
+        if let Some(jobs) = &self.jobs
+            && let Some(rest) = parts.uri.path().strip_prefix(jobs::PREFIX)
+        {
+            let id_text = id.to_str().unwrap_or_default();
+            let mut resp = jobs.serve_get(&parts.method, rest, id_text).await;
+            resp.headers_mut().insert(headers::X_REQUEST_ID, id.clone());
+            return resp;
+        }
+        self.dispatch(origin, id, parts, body).await
+    }
+
+    /// Serves a request as a job when its route is async (and the client asked, where
+    /// it must), else through the chain.
+    async fn dispatch(
+        &self,
+        origin: Origin<'_>,
+        id: HeaderValue,
+        parts: http::request::Parts,
+        body: ProxyBody,
+    ) -> Response<ProxyBody> {
+        if let Some(jobs) = &self.jobs
+            && let Some(route) = self.async_route(&parts)
+        {
+            return self.accept_job(jobs, id, parts, body, route).await;
         }
         self.serve(origin, id, parts, body).await
+    }
+
+    /// Answers `POST /_weir/batch`: reads and checks the whole batch (nothing is sent
+    /// from a bad one), then runs its calls, or stores it as a job when the client
+    /// prefers `respond-async`.
+    async fn serve_batch(
+        &self,
+        config: &BatchConfig,
+        client: SocketAddr,
+        id: &HeaderValue,
+        parts: http::request::Parts,
+        body: ProxyBody,
+    ) -> Response<ProxyBody> {
+        let id_text = id.to_str().unwrap_or_default();
+        let fail = |e: ProxyError| e.to_response(None, id_text);
+        if parts.method != http::Method::POST {
+            let mut r = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &serde_json::json!({
+                    "error": "method_not_allowed",
+                    "message": format!("{} takes POST with a JSON list of calls", batch::PATH),
+                    "request_id": id_text,
+                }),
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+        if let Err(e) = check_host(&parts) {
+            return fail(e);
+        }
+        let bytes = match self.read_whole(&parts, body, config.max_bytes.0).await {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        let calls = match batch::parse(&bytes, config.max_items) {
+            Ok(c) => c,
+            Err(e) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({
+                        "error": "bad_batch",
+                        "message": e.to_string(),
+                        "pointer": e.pointer,
+                        "request_id": id_text,
+                    }),
+                );
+            }
+        };
+        let prefer = jobs::Prefer::from_headers(&parts.headers);
+        if let Some(jobs) = self.jobs.as_ref().filter(|_| prefer.respond_async) {
+            let timeout = self.router().longest_timeout();
+            let stored = self
+                .enqueue(jobs, parts, bytes, batch::JOB_ROUTE, timeout, prefer.wait)
+                .await;
+            let (Ok(resp) | Err(resp)) = stored;
+            tracing::info!(request_id = %id_text, calls = calls.len(), status = resp.status().as_u16(), "async batch");
+            return resp;
+        }
+        let host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let n = calls.len();
+        let results = self
+            .run_batch(id_text, client, calls, host, config.concurrency)
+            .await;
+        tracing::info!(request_id = %id_text, calls = n, "batch");
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "batch": id_text,
+                "results": results.iter().map(CallOutcome::to_json).collect::<Vec<_>>(),
+            }),
+        )
+    }
+
+    /// Runs every call of batch `batch_id`, at most `concurrency` at once, each as if
+    /// sent alone; the outcomes in call order.
+    async fn run_batch(
+        &self,
+        batch_id: &str,
+        client: SocketAddr,
+        calls: Vec<batch::Call>,
+        host: Option<HeaderValue>,
+        concurrency: usize,
+    ) -> Vec<CallOutcome> {
+        use futures_util::StreamExt as _;
+        // A call's answer is read by the longest deadline a route of this table has.
+        let longest = self.router().longest_timeout();
+        let host = host.as_ref();
+        let calls = calls.into_iter().enumerate().map(|(i, call)| async move {
+            let started = Instant::now();
+            let mut req = Request::new(());
+            *req.method_mut() = call.method;
+            *req.uri_mut() = http::Uri::from(call.path);
+            for (name, value) in call.headers {
+                req.headers_mut().append(name, value);
+            }
+            if let Some(host) = host
+                && !req.headers().contains_key(http::header::HOST)
+            {
+                req.headers_mut().insert(http::header::HOST, host.clone());
+            }
+            let (parts, ()) = req.into_parts();
+            let origin = Origin {
+                client,
+                replay_of: None,
+                job: None,
+                batch: Some(batch_id),
+            };
+            let id = HeaderValue::from_str(&format!("{batch_id}-{i}"))
+                .unwrap_or_else(|_| new_request_id());
+            let resp = self
+                .dispatch(origin, id, parts, body::full(call.body))
+                .await;
+            let info = resp.extensions().get::<CallInfo>().copied();
+            CallOutcome::read(
+                resp,
+                info.and_then(|i| i.error),
+                info.map_or(0, |i| i.attempts),
+                started,
+                started + longest,
+                self.max_body,
+            )
+            .await
+        });
+        futures_util::stream::iter(calls)
+            .buffered(concurrency)
+            .collect()
+            .await
     }
 
     /// The route's name, its timeout and the client's `wait`, when this request is to
@@ -194,6 +366,60 @@ impl Proxy {
         let request_id = request_id(&parts.headers);
         let request_id = request_id.to_str().unwrap_or_default();
         let client_error = |e: ProxyError| e.to_response(Some(route), request_id);
+        let bytes = self
+            .read_whole(&parts, body, self.max_body)
+            .await
+            .map_err(client_error)?;
+        self.enqueue(jobs, parts, bytes, route, timeout, wait).await
+    }
+
+    /// Reads a client's whole body, at most `limit` bytes: an error is the client's 4xx.
+    async fn read_whole(
+        &self,
+        parts: &http::request::Parts,
+        body: ProxyBody,
+        limit: u64,
+    ) -> Result<Bytes, ProxyError> {
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        let fault = body::BodyFault::new();
+        let body = body::boxed(body::ClientBody::new(
+            body,
+            limit,
+            self.body_read_timeout,
+            fault.clone(),
+        ));
+        body::collect_limited(body, limit)
+            .await
+            .map_err(|e| match fault.get() {
+                Some(f) => f.clone().into(),
+                None if body::is_too_large(e.as_ref()) => ProxyError::BodyTooLarge { limit },
+                None => ProxyError::BadRequestBody {
+                    detail: e.to_string(),
+                },
+            })
+    }
+
+    /// Stores a read request as a job of `route` and answers 202 (or, with `wait`, the
+    /// result when it comes in time).
+    async fn enqueue(
+        &self,
+        jobs: &Arc<Jobs>,
+        parts: http::request::Parts,
+        bytes: Bytes,
+        route: &str,
+        timeout: Duration,
+        wait: Option<Duration>,
+    ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+        let request_id = request_id(&parts.headers);
+        let request_id = request_id.to_str().unwrap_or_default();
+        let client_error = |e: ProxyError| e.to_response(Some(route), request_id);
         let callback = match parts.headers.get(jobs::CALLBACK_HEADER) {
             None => None,
             Some(v) => {
@@ -212,36 +438,6 @@ impl Proxy {
                     .check_url(url)
                     .map_err(|e| client_error(ProxyError::BadRequest(e)))?;
                 Some(url.to_owned())
-            }
-        };
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body) {
-            return Err(client_error(ProxyError::BodyTooLarge {
-                limit: self.max_body,
-            }));
-        }
-        let fault = body::BodyFault::new();
-        let body = body::boxed(body::ClientBody::new(
-            body,
-            self.max_body,
-            self.body_read_timeout,
-            fault,
-        ));
-        let bytes = match body::collect_limited(body, self.max_body).await {
-            Ok(b) => b,
-            Err(e) if body::is_too_large(e.as_ref()) => {
-                return Err(client_error(ProxyError::BodyTooLarge {
-                    limit: self.max_body,
-                }));
-            }
-            Err(e) => {
-                return Err(client_error(ProxyError::BadRequestBody {
-                    detail: e.to_string(),
-                }));
             }
         };
         let job_id = format!("{:032x}", rand::random::<u128>());
@@ -277,6 +473,8 @@ impl Proxy {
             finished_at_ms: None,
             result: None,
             error: None,
+            targets: None,
+            calls: None,
             webhook: callback.map(|url| jobs::Delivery {
                 id: format!("msg_{job_id}"),
                 url,
@@ -319,8 +517,9 @@ impl Proxy {
     }
 
     /// Runs a stored job through its route's chain, as a request with the job's id, and
-    /// returns the answer. The error says why it could not run.
-    pub(crate) async fn run_job(&self, job: &jobs::Job) -> Result<jobs::JobResult, String> {
+    /// returns the answer: a plain route's response, a fan-out route's outcome per target,
+    /// or a batch's per call. The error says why it could not run.
+    pub(crate) async fn run_job(&self, job: &jobs::Job) -> Result<JobOutput, String> {
         let parts = || -> Result<http::request::Parts, String> {
             let mut req = Request::new(());
             *req.method_mut() = http::Method::from_bytes(job.method.as_bytes())
@@ -339,24 +538,71 @@ impl Proxy {
             }
             Ok(req.into_parts().0)
         };
+        let client = SocketAddr::from(([127, 0, 0, 1], 0));
+        // The upstream sees the job's id as `x-request-id` on every run; `/requests`
+        // records each run with `job` set (`/requests?job=<id>` lists them).
+        let id = HeaderValue::from_str(&job.id).map_err(|e| e.to_string())?;
+        if job.route == batch::JOB_ROUTE {
+            // Checked when it was accepted; a batch refused now was stored by another
+            // weir build, and is reported rather than half run.
+            let calls = batch::parse(&job.body.0, usize::MAX)
+                .map_err(|e| format!("the stored batch is not valid: {e}"))?;
+            let concurrency = self
+                .batch
+                .as_ref()
+                .map_or_else(crate::config::defaults::batch_concurrency, |b| {
+                    b.concurrency
+                });
+            let host = parts()?.headers.get(http::header::HOST).cloned();
+            let outcomes = self
+                .run_batch(&job.id, client, calls, host, concurrency)
+                .await;
+            return Ok(JobOutput::Calls(outcomes));
+        }
+        let router = self.router();
         let mut probe = parts()?;
-        match self.router().route(&mut probe) {
-            Ok(r) if r.name == job.route => {}
+        let route = match router.route(&mut probe) {
+            Ok(r) if r.name == job.route => r,
             _ => {
                 return Err(format!(
                     "route `{}` is gone: a config reload removed it, or it no longer matches this request",
                     job.route
                 ));
             }
+        };
+        if route.fanout.is_some() {
+            let started = Instant::now();
+            let mut hdrs = probe.headers;
+            let traceparent = TraceContext::from_headers(&hdrs).next_hop();
+            headers::prepare_upstream(&mut hdrs);
+            hdrs.insert(headers::X_REQUEST_ID, id.clone());
+            let fanout = Fanout::new(
+                router.clone(),
+                route,
+                &id,
+                client,
+                started + route.timeout,
+                self.max_body,
+                traceparent.header,
+                fanout::Request {
+                    method: probe.method.clone(),
+                    path_with_query: route.upstream_path(&probe.uri),
+                    headers: hdrs,
+                    body: Bytes::from(job.body.0.clone()),
+                },
+            );
+            let outcomes = fanout.all(job.targets.as_deref().unwrap_or_default()).await;
+            route
+                .metrics
+                .record(&probe.method, StatusCode::OK, started.elapsed());
+            return Ok(JobOutput::Targets(outcomes));
         }
         let origin = Origin {
-            client: SocketAddr::from(([127, 0, 0, 1], 0)),
+            client,
             replay_of: None,
             job: Some(&job.id),
+            batch: None,
         };
-        // The upstream sees the job's id as `x-request-id` on every run; `/requests`
-        // records each run with `job` set (`/requests?job=<id>` lists them).
-        let id = HeaderValue::from_str(&job.id).map_err(|e| e.to_string())?;
         let resp = self
             .serve(
                 origin,
@@ -369,11 +615,11 @@ impl Proxy {
         let body = body::collect_limited(resp_body, self.max_body)
             .await
             .map_err(|e| format!("cannot read the answer: {e}"))?;
-        Ok(jobs::JobResult {
+        Ok(JobOutput::Answer(jobs::JobResult {
             status: resp_parts.status.as_u16(),
             headers: jobs::to_pairs(&resp_parts.headers),
             body: jobs::Blob(body.to_vec()),
-        })
+        }))
     }
 
     async fn serve(
@@ -457,14 +703,20 @@ impl Proxy {
                         metrics: &route.metrics,
                         max_attempts: chain::MAX_ATTEMPTS,
                     };
-                    x.run(chain::Incoming {
+                    let incoming = chain::Incoming {
                         method: parts.method,
                         path_with_query: route.upstream_path(&parts.uri),
                         headers: hdrs,
                         body,
                         body_fault,
-                    })
-                    .await
+                    };
+                    match &route.fanout {
+                        None => x.run(incoming).await,
+                        Some((_, mode)) => {
+                            self.fan_out(&router, route, &x, incoming, *mode, &traceparent.header)
+                                .await
+                        }
+                    }
                 }
             }
         };
@@ -485,6 +737,12 @@ impl Proxy {
         };
         let error = failed.map(|f| f.code);
         resp.headers_mut().insert(headers::X_REQUEST_ID, id.clone());
+        if origin.batch.is_some() {
+            resp.extensions_mut().insert(CallInfo {
+                attempts: trace.lock().unwrap_or_else(|p| p.into_inner()).attempts,
+                error,
+            });
+        }
         let took = started.elapsed();
         let trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());
         match route {
@@ -508,6 +766,7 @@ impl Proxy {
             error = error.unwrap_or("-"),
             replay_of = origin.replay_of.unwrap_or("-"),
             job = origin.job.unwrap_or("-"),
+            batch = origin.batch.unwrap_or("-"),
             "request"
         );
         let Some(request_capture) = request_capture else {
@@ -536,8 +795,43 @@ impl Proxy {
             error: error.map(str::to_owned),
             trace_id: traceparent.trace_id(),
             job: origin.job.map(str::to_owned),
+            batch: origin.batch.map(str::to_owned),
         });
         Response::from_parts(resp_parts, body::boxed(resp_body))
+    }
+
+    /// Runs a fan-out route's request: reads the body once (a client error before
+    /// anything is sent), then answers as the route's mode says. An `async` route's
+    /// request only gets here as a replay: it is answered as `all` is.
+    async fn fan_out(
+        &self,
+        router: &Arc<Router>,
+        route: &crate::router::Route,
+        x: &Exchange<'_>,
+        incoming: chain::Incoming,
+        mode: FanoutMode,
+        traceparent: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let body = x.read_body(incoming.body, &incoming.body_fault).await?;
+        let fanout = Fanout::new(
+            router.clone(),
+            route,
+            x.id_header,
+            x.client,
+            x.deadline,
+            self.max_body,
+            traceparent.clone(),
+            fanout::Request {
+                method: incoming.method,
+                path_with_query: incoming.path_with_query,
+                headers: incoming.headers,
+                body,
+            },
+        );
+        match mode {
+            FanoutMode::Primary => Arc::new(fanout).primary().await,
+            FanoutMode::All | FanoutMode::Async => Ok(fanout.summary().await),
+        }
     }
 
     /// Re-sends recorded request `id` through its route's current chain, as a new request
@@ -591,6 +885,7 @@ impl Proxy {
             client: SocketAddr::from(([127, 0, 0, 1], 0)),
             replay_of: Some(id),
             job: None,
+            batch: None,
         };
         let resp = self
             .serve(origin, new_id.clone(), parts, body::full(body))

@@ -192,6 +192,8 @@ pub struct Record {
     pub trace_id: String,
     /// The async job this request ran, when it is a job's run.
     pub job: Option<String>,
+    /// The batch this request was a call of (the batch's request id, or its job's id).
+    pub batch: Option<String>,
     redact: Arc<Vec<HeaderName>>,
 }
 
@@ -242,6 +244,7 @@ impl Record {
             "attempts": self.trace.attempts,
             "error": self.error,
             "job": self.job,
+            "batch": self.batch,
         })
     }
 
@@ -312,6 +315,8 @@ pub struct NewRecord {
     pub trace_id: String,
     /// See [`Record::job`].
     pub job: Option<String>,
+    /// See [`Record::batch`].
+    pub batch: Option<String>,
 }
 
 /// The ring of recent requests.
@@ -375,6 +380,7 @@ impl Recent {
             error: r.error,
             trace_id: r.trace_id,
             job: r.job,
+            batch: r.batch,
             redact: self.redact.clone(),
         });
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
@@ -395,6 +401,7 @@ impl Recent {
     pub fn list(&self, query: &str) -> Result<serde_json::Value, String> {
         let mut route = None;
         let mut job = None;
+        let mut batch = None;
         let mut status: Option<(u16, bool)> = None;
         let mut limit = 100usize;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -402,6 +409,7 @@ impl Recent {
             match k {
                 "route" => route = Some(v.to_owned()),
                 "job" => job = Some(v.to_owned()),
+                "batch" => batch = Some(v.to_owned()),
                 "status" => {
                     status = Some(if let Some(class) = v.strip_suffix("xx") {
                         let c: u16 = class.parse().map_err(|_| {
@@ -423,7 +431,7 @@ impl Recent {
                 }
                 other => {
                     return Err(format!(
-                        "unknown query parameter {other:?}: use route, job, status or limit"
+                        "unknown query parameter {other:?}: use route, job, batch, status or limit"
                     ));
                 }
             }
@@ -440,6 +448,11 @@ impl Recent {
             .filter(|r| {
                 job.as_deref()
                     .is_none_or(|want| r.job.as_deref() == Some(want))
+            })
+            .filter(|r| {
+                batch
+                    .as_deref()
+                    .is_none_or(|want| r.batch.as_deref() == Some(want))
             })
             .filter(|r| match status {
                 None => true,
@@ -480,6 +493,7 @@ mod tests {
             error: None,
             trace_id: "t".into(),
             job: (route == "jobs").then(|| format!("job-{id}")),
+            batch: (route == "batch").then(|| format!("batch-{id}")),
         });
     }
 
@@ -523,6 +537,10 @@ mod tests {
         );
         // A job's runs are found by its id.
         record(&recent, "r9", "jobs", 200);
+        record(&recent, "r10", "batch", 200);
+        let calls = recent.list("batch=batch-r10").unwrap();
+        assert_eq!(calls["requests"].as_array().unwrap().len(), 1);
+        assert_eq!(calls["requests"][0]["batch"], "batch-r10");
         let runs = recent.list("job=job-r9").unwrap();
         assert_eq!(runs["requests"].as_array().unwrap().len(), 1);
         assert_eq!(runs["requests"][0]["id"], "r9");

@@ -26,8 +26,10 @@ pub struct Route {
     /// The prefix removed before forwarding, if `strip_prefix` is set.
     pub strip: Option<String>,
     escaped_paths: EscapedPaths,
-    /// Where requests go.
+    /// Where requests go; for a fan-out route, its first (primary) target.
     pub upstream: Arc<Upstream>,
+    /// Every target of a fan-out route, the primary first, and its mode.
+    pub fanout: Option<(Vec<Arc<Upstream>>, crate::config::FanoutMode)>,
     /// The deadline for the whole request.
     pub timeout: Duration,
     /// The filter chain.
@@ -253,6 +255,15 @@ impl Router {
         }
     }
 
+    /// The longest timeout of any route: what bounds a batch call's answer.
+    pub fn longest_timeout(&self) -> Duration {
+        self.routes
+            .iter()
+            .map(|r| r.timeout)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// Whether some route takes async requests.
     pub fn any_async(&self) -> bool {
         self.any_async
@@ -374,9 +385,26 @@ impl Router {
                     Err(e) => errors.push(config.error_at(Some(f.span()), e.to_string())),
                 }
             }
-            let Some(upstream) = upstreams.as_ref().and_then(|u| u.get(r.upstream.get_ref()))
+            let Some(pool) = &upstreams else { continue };
+            let names: Vec<&String> = match (&r.upstream, &r.fanout) {
+                (Some(u), _) => vec![u.get_ref()],
+                (None, Some(f)) => f.targets.iter().map(|t| t.get_ref()).collect(),
+                (None, None) => continue,
+            };
+            let Some(targets) = names
+                .iter()
+                .map(|n| pool.get(n).cloned())
+                .collect::<Option<Vec<Arc<Upstream>>>>()
             else {
                 continue;
+            };
+            let upstream = targets[0].clone();
+            let fanout = r.fanout.as_ref().map(|f| (targets, f.mode));
+            let async_mode = match &fanout {
+                Some((_, crate::config::FanoutMode::Async)) => {
+                    Some(crate::config::AsyncMode::Always)
+                }
+                _ => r.async_jobs.map(|a| a.mode),
             };
             routes.push(Route {
                 name: r.name.clone(),
@@ -387,11 +415,12 @@ impl Router {
                     None
                 },
                 escaped_paths: r.escaped_paths,
-                upstream: upstream.clone(),
+                upstream,
+                fanout,
                 timeout: r.timeout.0,
                 chain: Chain::new(pools).with_compression(r.compression),
                 metrics: telemetry.route(&r.name),
-                async_mode: r.async_jobs.map(|a| a.mode),
+                async_mode,
             });
         }
         match upstreams {

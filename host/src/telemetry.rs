@@ -38,6 +38,7 @@ pub struct Telemetry {
     latency: HistogramVec,
     retries: IntCounterVec,
     client_errors: IntCounterVec,
+    fanout_targets: IntCounterVec,
     /// The upstream client's series.
     pub upstreams: Arc<UpstreamMetrics>,
     /// Per-route summaries for `/status`.
@@ -171,6 +172,7 @@ pub struct RouteMetrics {
     latency_vec: HistogramVec,
     retries_vec: IntCounterVec,
     client_errors_vec: IntCounterVec,
+    fanout_vec: IntCounterVec,
     route: String,
     latency: OnceLock<Histogram>,
     retries: OnceLock<IntCounter>,
@@ -179,6 +181,13 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// Counts one fan-out target's call: `outcome` is `ok`, `failed` or `timeout`.
+    pub fn fanout_target(&self, target: &str, outcome: &str) {
+        self.fanout_vec
+            .with_label_values(&[&self.route, target, outcome])
+            .inc();
+    }
+
     /// Counts one answered request.
     pub fn record(&self, method: &Method, status: StatusCode, took: Duration) {
         let class = status_class(status);
@@ -254,8 +263,16 @@ impl Telemetry {
             ),
             &["route", "kind"],
         )?;
+        let fanout_targets = IntCounterVec::new(
+            Opts::new(
+                "weir_fanout_targets_total",
+                "Fan-out calls by route, target upstream and outcome (ok: an answer below 500; failed; timeout: not done by the route's deadline)",
+            ),
+            &["route", "target", "outcome"],
+        )?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(client_errors.clone()))?;
+        registry.register(Box::new(fanout_targets.clone()))?;
         let upstreams = Arc::new(UpstreamMetrics::new(&registry)?);
         Ok(Arc::new(Telemetry {
             registry,
@@ -263,6 +280,7 @@ impl Telemetry {
             latency,
             retries,
             client_errors,
+            fanout_targets,
             upstreams,
             stats: Stats::default(),
         }))
@@ -288,6 +306,7 @@ impl Telemetry {
             latency_vec: self.latency.clone(),
             retries_vec: self.retries.clone(),
             client_errors_vec: self.client_errors.clone(),
+            fanout_vec: self.fanout_targets.clone(),
             route: route.to_owned(),
             latency: OnceLock::new(),
             retries: OnceLock::new(),

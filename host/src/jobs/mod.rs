@@ -14,7 +14,10 @@
 //! 3. A worker runs the stored request through the route's whole chain, as the proxy
 //!    does for a synchronous call, and writes the outcome to the journal.
 //!    `succeeded` means the call got an answer below 500; `failed`, a 5xx (weir's own
-//!    502/503/504 included) or a route that a reload removed.
+//!    502/503/504 included) or a route that a reload removed. A fan-out job sends every
+//!    target and keeps each one's outcome; it succeeded when every target did, and a
+//!    rerun sends only the targets that did not. A batch job runs every call and keeps
+//!    each one's outcome; it succeeded once it ran (each call's status is in its slot).
 //! 4. At start, jobs the journal holds as `queued` or `running` (a crash or a stop
 //!    caught them) run again, with the same idempotency key, so that an upstream that
 //!    honours keys acts once.
@@ -45,6 +48,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use crate::body::ProxyBody;
 use crate::config::JobsConfig;
 use crate::error::json_response;
+use crate::fanout::CallOutcome;
 use crate::listener::Proxy;
 use crate::state::BoxFuture;
 use crate::telemetry::Telemetry;
@@ -219,6 +223,22 @@ pub struct Job {
     pub error: Option<String>,
     /// The webhook, when the client named a callback.
     pub webhook: Option<Delivery>,
+    /// A fan-out job's outcome per target, in target order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<CallOutcome>>,
+    /// A batch job's outcome per call, in request order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Vec<CallOutcome>>,
+}
+
+/// What one run of a job came to.
+pub enum JobOutput {
+    /// A plain route's answer.
+    Answer(JobResult),
+    /// A fan-out route's outcome per target.
+    Targets(Vec<CallOutcome>),
+    /// A batch's outcome per call.
+    Calls(Vec<CallOutcome>),
 }
 
 impl Job {
@@ -254,7 +274,11 @@ impl Job {
             }
             out
         });
-        serde_json::json!({
+        let outcomes = |o: &Option<Vec<CallOutcome>>| {
+            o.as_ref()
+                .map(|o| o.iter().map(CallOutcome::to_json).collect::<Vec<_>>())
+        };
+        let mut out = serde_json::json!({
             "id": self.id,
             "route": self.route,
             "state": self.state,
@@ -273,7 +297,14 @@ impl Job {
                 "next_at": (w.state == DeliveryState::Pending).then(|| at(Some(w.next_at_ms))),
                 "last_error": w.last_error,
             })),
-        })
+        });
+        if let Some(targets) = outcomes(&self.targets) {
+            out["targets"] = targets.into();
+        }
+        if let Some(calls) = outcomes(&self.calls) {
+            out["results"] = calls.into();
+        }
+        out
     }
 
     /// The stored result as the response a synchronous call would have got.
@@ -684,13 +715,26 @@ impl Jobs {
             Err(e) => tracing::warn!(job = id, error = %e, "cannot record that a job started"),
         }
         match proxy.run_job(&job).await {
-            Ok(result) => {
+            Ok(JobOutput::Answer(result)) => {
                 job.state = if result.status < 500 {
                     JobState::Succeeded
                 } else {
                     JobState::Failed
                 };
                 job.result = Some(result);
+            }
+            Ok(JobOutput::Targets(outcomes)) => {
+                job.state = if outcomes.iter().all(CallOutcome::ok) {
+                    JobState::Succeeded
+                } else {
+                    JobState::Failed
+                };
+                job.targets = Some(outcomes);
+            }
+            Ok(JobOutput::Calls(outcomes)) => {
+                // A batch ran: each call's own status is in its slot.
+                job.state = JobState::Succeeded;
+                job.calls = Some(outcomes);
             }
             Err(why) => {
                 job.state = JobState::Failed;
@@ -989,6 +1033,8 @@ pub(crate) fn test_job(id: &str) -> Job {
         result: None,
         error: None,
         webhook: None,
+        targets: None,
+        calls: None,
     }
 }
 
