@@ -473,7 +473,7 @@ async fn sigterm_stops_accepting_and_loses_nothing() {
     }
 }
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Checks a delivery's Standard Webhooks signature.
 fn verify(r: &crate::support::upstream::Recorded) -> bool {

@@ -11,6 +11,7 @@
 
 mod all_four;
 mod auth;
+mod batch;
 mod bounds;
 mod breaker;
 mod cache;
@@ -20,6 +21,7 @@ mod compression;
 mod example_c;
 mod example_js;
 mod example_python;
+mod fanout;
 mod filters;
 mod fleet;
 mod idempotency;
