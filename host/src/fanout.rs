@@ -19,127 +19,17 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::body::{self, BodyFault, ProxyBody};
 use crate::chain::{self, Exchange, Failed, Transport};
 use crate::error::{ProxyError, json_response};
-use crate::jobs::{Blob, to_pairs};
+use crate::jobs::CallOutcome;
 use crate::recent::Trace;
 use crate::router::{Route, Router};
 use crate::upstream::Upstream;
-
-/// What one call came to: a fan-out target's, or a batch call's. The JSON shape is the
-/// same in an `all` summary, a batch answer and a job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallOutcome {
-    /// The target upstream's name (fan-out only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// The status the call ended with: the upstream's, or that of weir's error.
-    pub status: u16,
-    /// The response headers, in order, duplicates kept.
-    pub headers: Vec<(String, Blob)>,
-    /// The response body.
-    pub body: Blob,
-    /// Tries made (retries included).
-    pub attempts: u32,
-    /// From the call's start to its last body byte.
-    pub duration_ms: u64,
-    /// weir's error code when weir ended the call (`timeout`, `connect`, `no_route`, …).
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-impl CallOutcome {
-    /// An answer below 500 that weir did not end with an error.
-    pub fn ok(&self) -> bool {
-        self.status < 500 && self.error.is_none()
-    }
-
-    /// The outcome as clients see it: headers as `[name, value]` pairs, the body as text
-    /// when it is UTF-8, else as `body_base64`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let headers: Vec<[String; 2]> = self
-            .headers
-            .iter()
-            .map(|(n, v)| [n.clone(), String::from_utf8_lossy(&v.0).into_owned()])
-            .collect();
-        let mut out = serde_json::json!({
-            "status": self.status,
-            "headers": headers,
-            "attempts": self.attempts,
-            "duration_ms": self.duration_ms,
-            "error": self.error,
-        });
-        if let Some(t) = &self.target {
-            out["target"] = t.as_str().into();
-        }
-        match std::str::from_utf8(&self.body.0) {
-            Ok(text) => out["body"] = text.into(),
-            Err(_) => out["body_base64"] = BASE64.encode(&self.body.0).into(),
-        }
-        out
-    }
-
-    /// Reads `resp` into an outcome, its body bounded by `max_body` and `deadline`.
-    /// `error` is weir's code when the response is one of its errors.
-    pub async fn read(
-        resp: Response<ProxyBody>,
-        error: Option<&str>,
-        attempts: u32,
-        started: Instant,
-        deadline: Instant,
-        max_body: u64,
-    ) -> CallOutcome {
-        let (parts, resp_body) = resp.into_parts();
-        let mut out = CallOutcome {
-            target: None,
-            status: parts.status.as_u16(),
-            headers: to_pairs(&parts.headers),
-            body: Blob::default(),
-            attempts,
-            duration_ms: 0,
-            error: error.map(str::to_owned),
-        };
-        let read = tokio::time::timeout_at(deadline, body::collect_limited(resp_body, max_body));
-        match read.await {
-            Ok(Ok(bytes)) => out.body = Blob(bytes.to_vec()),
-            Ok(Err(e)) => {
-                let (status, code) = if body::is_too_large(e.as_ref()) {
-                    (StatusCode::BAD_GATEWAY, "response_too_large")
-                } else {
-                    (StatusCode::BAD_GATEWAY, "upstream_body")
-                };
-                out.fail(status, code, format!("reading the response body: {e}"));
-            }
-            Err(_) => out.fail(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "the response body was not complete by the route's deadline".to_owned(),
-            ),
-        }
-        out.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        out
-    }
-
-    /// Turns the outcome into weir's error `code`, keeping the head it had.
-    fn fail(&mut self, status: StatusCode, code: &str, message: String) {
-        self.status = status.as_u16();
-        self.error = Some(code.to_owned());
-        self.headers = vec![(
-            "content-type".to_owned(),
-            Blob(b"application/json".to_vec()),
-        )];
-        let body = serde_json::json!({"error": code, "message": message});
-        self.body = Blob(serde_json::to_vec(&body).unwrap_or_default());
-    }
-}
 
 /// One client request on its way to every target of a fan-out route: what each
 /// target's call shares. The body is read once; each call takes a cheap clone of it.
@@ -308,15 +198,7 @@ impl Fanout {
     /// The `all` mode's answer: 200 and the summary.
     pub async fn summary(&self) -> Response<ProxyBody> {
         let outcomes = self.all(&[]).await;
-        let ok = outcomes.iter().filter(|o| o.ok()).count();
-        json_response(
-            StatusCode::OK,
-            &serde_json::json!({
-                "targets": outcomes.iter().map(CallOutcome::to_json).collect::<Vec<_>>(),
-                "succeeded": ok,
-                "failed": outcomes.len() - ok,
-            }),
-        )
+        json_response(StatusCode::OK, &CallOutcome::summary(&outcomes))
     }
 
     /// The `primary` mode's answer: what the first target's call returns, as a plain
@@ -331,9 +213,13 @@ impl Fanout {
         }
         let target = &self.targets()[0];
         let (result, _) = self.send(target).await;
-        let outcome = match &result {
-            Ok(r) if r.extensions().get::<Failed>().is_none() && r.status().as_u16() < 500 => "ok",
-            Err(ProxyError::Timeout { .. }) => "timeout",
+        let code = match &result {
+            Ok(r) => r.extensions().get::<Failed>().map(|f| f.code),
+            Err(e) => Some(e.code()),
+        };
+        let outcome = match (code, &result) {
+            (Some("timeout"), _) => "timeout",
+            (None, Ok(r)) if r.status().as_u16() < 500 => "ok",
             _ => "failed",
         };
         self.route().metrics.fanout_target(&target.name, outcome);

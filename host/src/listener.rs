@@ -27,10 +27,9 @@ use crate::chain::{self, Exchange};
 use crate::config::BatchConfig;
 use crate::config::{Admin as AdminConfig, AsyncMode, FanoutMode, Listen};
 use crate::error::{Origin as ErrorOrigin, ProxyError, json_response};
-use crate::fanout::CallOutcome;
 use crate::fanout::{self, Fanout};
 use crate::headers;
-use crate::jobs::{self, JobOutput, Jobs};
+use crate::jobs::{self, CallOutcome, JobOutput, Jobs};
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::{Router, check_host};
 use crate::telemetry::Telemetry;
@@ -264,45 +263,50 @@ impl Proxy {
         let longest = self.router().longest_timeout();
         let host = host.as_ref();
         let calls = calls.into_iter().enumerate().map(|(i, call)| async move {
-            let started = Instant::now();
-            let mut req = Request::new(());
-            *req.method_mut() = call.method;
-            *req.uri_mut() = http::Uri::from(call.path);
-            for (name, value) in call.headers {
-                req.headers_mut().append(name, value);
-            }
-            if let Some(host) = host
-                && !req.headers().contains_key(http::header::HOST)
-            {
-                req.headers_mut().insert(http::header::HOST, host.clone());
-            }
-            let (parts, ()) = req.into_parts();
-            let origin = Origin {
-                client,
-                replay_of: None,
-                job: None,
-                batch: Some(batch_id),
-            };
-            let id = HeaderValue::from_str(&format!("{batch_id}-{i}"))
-                .unwrap_or_else(|_| new_request_id());
-            let resp = self
-                .dispatch(origin, id, parts, body::full(call.body))
-                .await;
-            let info = resp.extensions().get::<CallInfo>().copied();
-            CallOutcome::read(
-                resp,
-                info.and_then(|i| i.error),
-                info.map_or(0, |i| i.attempts),
-                started,
-                started + longest,
-                self.max_body,
-            )
-            .await
+            (i, {
+                let started = Instant::now();
+                let mut req = Request::new(());
+                *req.method_mut() = call.method;
+                *req.uri_mut() = http::Uri::from(call.path);
+                for (name, value) in call.headers {
+                    req.headers_mut().append(name, value);
+                }
+                if let Some(host) = host
+                    && !req.headers().contains_key(http::header::HOST)
+                {
+                    req.headers_mut().insert(http::header::HOST, host.clone());
+                }
+                let (parts, ()) = req.into_parts();
+                let origin = Origin {
+                    client,
+                    replay_of: None,
+                    job: None,
+                    batch: Some(batch_id),
+                };
+                let id = HeaderValue::from_str(&format!("{batch_id}-{i}"))
+                    .unwrap_or_else(|_| new_request_id());
+                let resp = self
+                    .dispatch(origin, id, parts, body::full(call.body))
+                    .await;
+                let info = resp.extensions().get::<CallInfo>().copied();
+                CallOutcome::read(
+                    resp,
+                    info.and_then(|i| i.error),
+                    info.map_or(0, |i| i.attempts),
+                    started,
+                    started + longest,
+                    self.max_body,
+                )
+                .await
+            })
         });
-        futures_util::stream::iter(calls)
-            .buffered(concurrency)
+        // Unordered, so that one slow call does not keep later ones from starting.
+        let mut done: Vec<(usize, CallOutcome)> = futures_util::stream::iter(calls)
+            .buffer_unordered(concurrency)
             .collect()
-            .await
+            .await;
+        done.sort_unstable_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, o)| o).collect()
     }
 
     /// The route's name, its timeout and the client's `wait`, when this request is to

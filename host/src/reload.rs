@@ -503,6 +503,8 @@ struct Fixed {
     log: crate::config::LogConfig,
     /// `[jobs]`, as Debug text (secrets print as where they come from, never values).
     jobs: String,
+    /// `[batch]`, as Debug text.
+    batch: String,
     tls_files: u64,
 }
 
@@ -516,6 +518,7 @@ impl Fixed {
             runtime: raw.runtime.clone(),
             log: raw.log.clone(),
             jobs: format!("{:?}", raw.jobs),
+            batch: format!("{:?}", raw.batch),
             tls_files: tls_files(raw),
         }
     }
@@ -640,6 +643,9 @@ impl Fixed {
         if self.jobs != format!("{:?}", new.jobs) {
             // The journal and its workers are bound at start; routes' `async` reloads.
             out.push("[jobs] changed: restart weir to apply".to_owned());
+        }
+        if self.batch != format!("{:?}", new.batch) {
+            out.push("[batch] changed: restart weir to apply".to_owned());
         }
         if self.state.redis != new.state.redis {
             // Never the values: the table may hold a password.

@@ -231,6 +231,24 @@ async fn async_mode_tracks_each_target_and_fires_the_webhook_when_all_are_final(
     let payload = hook.json();
     assert_eq!(payload["data"]["targets"], job["targets"]);
 
+    // `wait=N` answers inline with the summary when the job finishes in time.
+    let resp = client()
+        .post(weir.url("/event"))
+        .header("prefer", "respond-async, wait=20")
+        .body("e2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let summary: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (&summary["succeeded"], &summary["failed"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(summary["targets"][1]["status"], 503, "{summary}");
+    a.wait_for(2).await;
+    failing.wait_for(2).await;
+
     // A rerun sends only the target that did not succeed.
     let id = job["id"].as_str().unwrap();
     let rerun = client()
@@ -239,7 +257,7 @@ async fn async_mode_tracks_each_target_and_fires_the_webhook_when_all_are_final(
         .await
         .unwrap();
     assert_eq!(rerun.status(), 202);
-    failing.wait_for(2).await;
+    failing.wait_for(3).await;
     let deadline = Instant::now() + WAIT;
     loop {
         let job = get_json(&weir.url(&location)).await;
@@ -250,8 +268,8 @@ async fn async_mode_tracks_each_target_and_fires_the_webhook_when_all_are_final(
         assert!(Instant::now() < deadline, "{job}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(a.count(), 1, "the target that succeeded was sent again");
-    assert_eq!(failing.count(), 2);
+    assert_eq!(a.count(), 2, "the target that succeeded was sent again");
+    assert_eq!(failing.count(), 3);
 }
 
 /// Each target has its own breaker (its key is the target's origin): the failing

@@ -44,11 +44,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::time::Instant;
 
-use crate::body::ProxyBody;
+use crate::body::{self, ProxyBody};
 use crate::config::JobsConfig;
 use crate::error::json_response;
-use crate::fanout::CallOutcome;
 use crate::listener::Proxy;
 use crate::state::BoxFuture;
 use crate::telemetry::Telemetry;
@@ -307,8 +307,41 @@ impl Job {
         out
     }
 
-    /// The stored result as the response a synchronous call would have got.
+    /// How a run that got this far ended: a plain job succeeded with an answer below
+    /// 500; a fan-out job when every target did; a batch job once it ran (each call's
+    /// own status is in its slot).
+    fn outcome(&self) -> JobState {
+        let succeeded = match (&self.result, &self.targets, &self.calls) {
+            (Some(r), _, _) => r.status < 500,
+            (None, Some(targets), _) => targets.iter().all(CallOutcome::ok),
+            (None, None, Some(_)) => true,
+            (None, None, None) => false,
+        };
+        if succeeded {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        }
+    }
+
+    /// The stored result as the response a synchronous call would have got: a fan-out
+    /// job's as its `all` summary, a batch job's as a batch answer.
     fn to_response(&self) -> Option<Response<ProxyBody>> {
+        if let Some(targets) = &self.targets {
+            return Some(json_response(
+                StatusCode::OK,
+                &CallOutcome::summary(targets),
+            ));
+        }
+        if let Some(calls) = &self.calls {
+            return Some(json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "batch": self.id,
+                    "results": calls.iter().map(CallOutcome::to_json).collect::<Vec<_>>(),
+                }),
+            ));
+        }
         let r = self.result.as_ref()?;
         let mut resp = Response::new(crate::body::full(Bytes::from(r.body.0.clone())));
         *resp.status_mut() = StatusCode::from_u16(r.status).ok()?;
@@ -321,6 +354,124 @@ impl Job {
             }
         }
         Some(resp)
+    }
+}
+
+/// What one call came to: a fan-out target's, or a batch call's (see [`crate::fanout`]
+/// and [`crate::batch`]). The JSON shape is the
+/// same in an `all` summary, a batch answer and a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallOutcome {
+    /// The target upstream's name (fan-out only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The status the call ended with: the upstream's, or that of weir's error.
+    pub status: u16,
+    /// The response headers, in order, duplicates kept.
+    pub headers: Vec<(String, Blob)>,
+    /// The response body.
+    pub body: Blob,
+    /// Tries made (retries included).
+    pub attempts: u32,
+    /// From the call's start to its last body byte.
+    pub duration_ms: u64,
+    /// weir's error code when weir ended the call (`timeout`, `connect`, `no_route`, …).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl CallOutcome {
+    /// An answer below 500 that weir did not end with an error.
+    pub fn ok(&self) -> bool {
+        self.status < 500 && self.error.is_none()
+    }
+
+    /// The outcome as clients see it: headers as `[name, value]` pairs, the body as text
+    /// when it is UTF-8, else as `body_base64`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let headers: Vec<[String; 2]> = self
+            .headers
+            .iter()
+            .map(|(n, v)| [n.clone(), String::from_utf8_lossy(&v.0).into_owned()])
+            .collect();
+        let mut out = serde_json::json!({
+            "status": self.status,
+            "headers": headers,
+            "attempts": self.attempts,
+            "duration_ms": self.duration_ms,
+            "error": self.error,
+        });
+        if let Some(t) = &self.target {
+            out["target"] = t.as_str().into();
+        }
+        match std::str::from_utf8(&self.body.0) {
+            Ok(text) => out["body"] = text.into(),
+            Err(_) => out["body_base64"] = BASE64.encode(&self.body.0).into(),
+        }
+        out
+    }
+
+    /// A fan-out's summary: every target's outcome in order, and the counts.
+    pub fn summary(outcomes: &[CallOutcome]) -> serde_json::Value {
+        let ok = outcomes.iter().filter(|o| o.ok()).count();
+        serde_json::json!({
+            "targets": outcomes.iter().map(CallOutcome::to_json).collect::<Vec<_>>(),
+            "succeeded": ok,
+            "failed": outcomes.len() - ok,
+        })
+    }
+
+    /// Reads `resp` into an outcome, its body bounded by `max_body` and `deadline`.
+    /// `error` is weir's code when the response is one of its errors.
+    pub async fn read(
+        resp: Response<ProxyBody>,
+        error: Option<&str>,
+        attempts: u32,
+        started: Instant,
+        deadline: Instant,
+        max_body: u64,
+    ) -> CallOutcome {
+        let (parts, resp_body) = resp.into_parts();
+        let mut out = CallOutcome {
+            target: None,
+            status: parts.status.as_u16(),
+            headers: to_pairs(&parts.headers),
+            body: Blob::default(),
+            attempts,
+            duration_ms: 0,
+            error: error.map(str::to_owned),
+        };
+        let read = tokio::time::timeout_at(deadline, body::collect_limited(resp_body, max_body));
+        match read.await {
+            Ok(Ok(bytes)) => out.body = Blob(bytes.to_vec()),
+            Ok(Err(e)) => {
+                let (status, code) = if body::is_too_large(e.as_ref()) {
+                    (StatusCode::BAD_GATEWAY, "response_too_large")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "upstream_body")
+                };
+                out.fail(status, code, format!("reading the response body: {e}"));
+            }
+            Err(_) => out.fail(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the response body was not complete by the route's deadline".to_owned(),
+            ),
+        }
+        out.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        out
+    }
+
+    /// Turns the outcome into weir's error `code`, keeping the head it had.
+    fn fail(&mut self, status: StatusCode, code: &str, message: String) {
+        self.status = status.as_u16();
+        self.error = Some(code.to_owned());
+        self.headers = vec![(
+            "content-type".to_owned(),
+            Blob(b"application/json".to_vec()),
+        )];
+        let body = serde_json::json!({"error": code, "message": message});
+        self.body = Blob(serde_json::to_vec(&body).unwrap_or_default());
     }
 }
 
@@ -715,32 +866,15 @@ impl Jobs {
             Err(e) => tracing::warn!(job = id, error = %e, "cannot record that a job started"),
         }
         match proxy.run_job(&job).await {
-            Ok(JobOutput::Answer(result)) => {
-                job.state = if result.status < 500 {
-                    JobState::Succeeded
-                } else {
-                    JobState::Failed
-                };
-                job.result = Some(result);
-            }
-            Ok(JobOutput::Targets(outcomes)) => {
-                job.state = if outcomes.iter().all(CallOutcome::ok) {
-                    JobState::Succeeded
-                } else {
-                    JobState::Failed
-                };
-                job.targets = Some(outcomes);
-            }
-            Ok(JobOutput::Calls(outcomes)) => {
-                // A batch ran: each call's own status is in its slot.
-                job.state = JobState::Succeeded;
-                job.calls = Some(outcomes);
-            }
-            Err(why) => {
-                job.state = JobState::Failed;
-                job.error = Some(why);
-            }
+            Ok(JobOutput::Answer(result)) => job.result = Some(result),
+            Ok(JobOutput::Targets(outcomes)) => job.targets = Some(outcomes),
+            Ok(JobOutput::Calls(outcomes)) => job.calls = Some(outcomes),
+            Err(why) => job.error = Some(why),
         }
+        job.state = match job.error {
+            None => job.outcome(),
+            Some(_) => JobState::Failed,
+        };
         let now = now_ms();
         job.finished_at_ms = Some(now);
         if let Some(w) = &mut job.webhook {
@@ -880,10 +1014,7 @@ impl Jobs {
         w.state = DeliveryState::Pending;
         w.attempts = 0;
         w.next_at_ms = now_ms();
-        job.state = match job.result.as_ref() {
-            Some(r) if r.status < 500 => JobState::Succeeded,
-            _ => JobState::Failed,
-        };
+        job.state = job.outcome();
         self.store.redeliver(&job).await?;
         Ok(true)
     }
@@ -1042,6 +1173,48 @@ pub(crate) fn test_job(id: &str) -> Job {
 mod tests {
     use super::test_job as job;
     use super::*;
+
+    fn outcome(target: Option<&str>, status: u16, error: Option<&str>) -> CallOutcome {
+        CallOutcome {
+            target: target.map(str::to_owned),
+            status,
+            headers: vec![("x-a".to_owned(), Blob(b"1".to_vec()))],
+            body: Blob(vec![0xff, 0]),
+            attempts: 1,
+            duration_ms: 3,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_job_outcome_follows_its_kind() {
+        let mut job = test_job("a");
+        assert_eq!(
+            job.outcome(),
+            JobState::Failed,
+            "a run with nothing recorded"
+        );
+        job.targets = Some(vec![
+            outcome(Some("t0"), 200, None),
+            outcome(Some("t1"), 404, None),
+        ]);
+        assert_eq!(job.outcome(), JobState::Succeeded);
+        job.targets.as_mut().unwrap()[1] = outcome(Some("t1"), 504, Some("timeout"));
+        assert_eq!(job.outcome(), JobState::Failed);
+        let mut batch = test_job("b");
+        batch.calls = Some(vec![outcome(None, 500, None)]);
+        assert_eq!(batch.outcome(), JobState::Succeeded, "a batch that ran");
+        // The inline answer of a fan-out job is its summary.
+        let resp = job.to_response().unwrap();
+        assert_eq!(resp.status(), 200);
+        let json = job.to_json();
+        assert_eq!(json["targets"][1]["error"], "timeout");
+        assert_eq!(json["targets"][0]["body_base64"], "/wA=");
+        assert_eq!(
+            json["targets"][0]["headers"][0],
+            serde_json::json!(["x-a", "1"])
+        );
+    }
 
     fn prefer(values: &[&str]) -> Prefer {
         let mut h = HeaderMap::new();
