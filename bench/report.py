@@ -9,7 +9,10 @@ more kinds of line feed the targets:
 - `ready  weir-full  N  MS  cold|warm ...`: start N of `weir run` with the five filters
   answered its first 200 after MS milliseconds, with an empty or a warm compile cache;
 - `quickstart  quickstart  1  REQ/S  ...  RSS_KIB  ERRORS`: the quickstart's closed-loop
-  run, and its peak RSS.
+  run, and its peak RSS;
+- `fanout  weir-fanout  N  REQ/S  P50  P99  CPU  RSS_KIB  ERRORS`: a closed-loop run of
+  a fan-out route (mode `all`) to --fanout-targets upstreams; its latency is the time to
+  the last target, CPU is per target call, errors include targets that failed.
 
 After the tables it checks the targets: issue #6's (a)–(f) and issue #13's (g), each
 with its measured value and whether it is met; see bench/README.md, "Targets".
@@ -65,7 +68,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     for opt in ("date", "commit", "machine", "rate", "rate-base", "connections", "duration",
-                "open-duration", "warmup", "repeats", "quick", "versions"):
+                "open-duration", "warmup", "repeats", "quick", "versions", "fanout-targets",
+                "fanout-connections"):
         ap.add_argument(f"--{opt}", default="")
     a = ap.parse_args()
 
@@ -158,6 +162,22 @@ def main():
           f"req/s {ratio(redis, full)}× the memory backend's, CPU-µs/req "
           f"{ratio(med('closed', 'weir-full-redis', 3), med('closed', 'weir-full', 3))}× "
           "(weir's own CPU; Redis runs on the load CPU).")
+        w("")
+    if ("fanout", "weir-fanout") in runs:
+        fan_rps, empty_rps = med("fanout", "weir-fanout", 0), med("closed", "weir-empty", 0)
+        targets_n = int(a.fanout_targets or 0)
+        calls = fan_rps * targets_n if fan_rps is not None else None
+        fan_cpu, empty_cpu = med("fanout", "weir-fanout", 3), med("closed", "weir-empty", 3)
+        fan_rss = med("fanout", "weir-fanout", 4)
+        fan_errors = sum(r[5] or 0 for r in runs[("fanout", "weir-fanout")])
+        w(f"Fan-out (mode `all`) to {targets_n} targets, {a.fanout_connections} connections: "
+          f"{fan_rps:,.0f} req/s, that is {calls:,.0f} upstream calls/s "
+          f"({ratio(calls, empty_rps)}× weir empty's req/s); time to the last target "
+          f"p50 {latency(med('fanout', 'weir-fanout', 1))}, p99 {latency(med('fanout', 'weir-fanout', 2))}; "
+          f"{'–' if fan_cpu is None else f'{fan_cpu:.2f}'} CPU-µs per target call "
+          f"({ratio(fan_cpu, empty_cpu)}× weir empty's CPU-µs per request); peak RSS "
+          f"{'–' if fan_rss is None else f'{fan_rss / 1024:.1f}'} MiB; "
+          f"{fan_errors:.0f} failed requests or targets.")
         w("")
     if errors_seen:
         w("**Errors (non-2xx or socket errors, all repeats):** " + "; ".join(errors_seen))

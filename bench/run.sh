@@ -6,6 +6,8 @@
 #   bench/run.sh            the full run (about 20 minutes), writes bench/RESULTS.md
 #   bench/run.sh --quick    one short repeat, to check the script works (numbers are rough)
 #   bench/run.sh --rows direct,nginx,weir-empty    only these rows
+#   bench/run.sh --rows weir-empty,weir-fanout     fan-out to 500 targets, beside the
+#                                                  empty chain
 #
 # Needs 2 cores, root (or sudo) for apt-get when nginx, haproxy or wrk are missing, and
 # a quiet machine: anything else running shows up in every number.
@@ -16,7 +18,7 @@ ROOT="$(dirname "$BENCH")"
 RUN="$BENCH/.run"        # logs, pid files, raw results of the last run
 TOOLS="$BENCH/.tools"    # oha, installed with cargo
 
-ALL_ROWS="direct nginx haproxy pingora weir-empty weir-async weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
+ALL_ROWS="direct nginx haproxy pingora weir-empty weir-async weir-fanout weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
 STARTS=11                # `weir run` starts timed for target (f), after one that fills the cache
 QUICKSTART_PORT=18085    # the quickstart's listener and admin API, moved off 8080 and 9901
 QUICKSTART_ADMIN_PORT=18086
@@ -27,6 +29,9 @@ WARMUP=5                 # seconds of load before each measurement, not recorded
 DURATION=10              # seconds per closed-loop measurement
 OPEN_DURATION=10         # seconds per open-loop measurement
 REPEATS=3
+FANOUT_TARGETS=500       # row weir-fanout: the upstreams one request goes to (mode `all`),
+FANOUT_PORT=19000        # on ports FANOUT_PORT.. of the bench upstream,
+FANOUT_CONNECTIONS=8     # with this many connections in its closed loop
 QUICK=0
 ROWS="$ALL_ROWS"
 OUT=""                   # default: bench/RESULTS.md, except for --quick
@@ -42,7 +47,7 @@ while [ $# -gt 0 ]; do
         --out)
             OUT="$2"; shift ;;
         -h|--help)
-            sed -n '2,11p' "$0"; exit 0 ;;
+            sed -n '2,13p' "$0"; exit 0 ;;
         *)
             echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -304,7 +309,11 @@ EOF
 
 say "starting the upstream on CPU $LOAD_CPU"
 check_port_free "$UPSTREAM_PORT"
-taskset -c "$LOAD_CPU" "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT" >"$RUN/upstream.log" 2>&1 &
+UPSTREAM_ARGS=("127.0.0.1:$UPSTREAM_PORT")
+case " $ROWS " in
+    *" weir-fanout "*) UPSTREAM_ARGS+=("$FANOUT_PORT-$((FANOUT_PORT + FANOUT_TARGETS - 1))") ;;
+esac
+taskset -c "$LOAD_CPU" "$UPSTREAM" "${UPSTREAM_ARGS[@]}" >"$RUN/upstream.log" 2>&1 &
 UPSTREAM_PID=$!
 STARTED+=("$UPSTREAM_PID")
 wait_ready "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
@@ -327,6 +336,8 @@ esac
 say "closed loop: $CONNECTIONS connections, ${WARMUP}s warm-up, ${DURATION}s x $REPEATS per row"
 for repeat in $(seq 1 "$REPEATS"); do
     for row in $ROWS; do
+        # Measured on its own below: one request there is 500 upstream calls.
+        [ "$row" = weir-fanout ] && continue
         start_peer "$row"
         closed_loop "$row" "$repeat"
         stop_peer
@@ -338,16 +349,77 @@ median_rps() {
         awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }
 BASE="nginx"
-case " $ROWS " in *" nginx "*) ;; *) BASE="$(echo "$ROWS" | awk '{ print $1 }')" ;; esac
+case " $ROWS " in *" nginx "*) ;; *) BASE="$(echo "${ROWS/weir-fanout/}" | awk '{ print $1 }')" ;; esac
 RATE="$(median_rps "$BASE" | awk '{ printf "%d", $1 / 2 }')"
 say "open loop: $RATE req/s (half of $BASE's median maximum), ${OPEN_DURATION}s x $REPEATS per row"
 for repeat in $(seq 1 "$REPEATS"); do
     for row in $ROWS; do
+        [ "$row" = weir-fanout ] && continue
         start_peer "$row"
         open_loop "$row" "$repeat"
         stop_peer
     done
 done
+
+# === fan-out to $FANOUT_TARGETS targets (issue #14) ===
+
+# weir with one `fanout` route in mode `all` over $FANOUT_TARGETS upstreams (the bench
+# upstream's extra ports): each request is sent to every target, and its answer comes
+# when the last target's has, so its latency is the time to the last target. wrk's
+# closed loop with $FANOUT_CONNECTIONS connections gives req/s and that latency; the
+# targets' failures (which still answer 200) come from weir_fanout_targets_total.
+fanout_config() {
+    printf '# Written by bench/run.sh: row weir-fanout.\n[listen]\naddr = "127.0.0.1:%s"\n\n' "$(port_of weir-fanout)"
+    printf '[admin]\naddr = "127.0.0.1:18089"\nrecent_requests = 0\n\n'
+    local targets=() i
+    for i in $(seq 0 $((FANOUT_TARGETS - 1))); do
+        printf '[upstreams.t%d]\nurl = "http://127.0.0.1:%d"\nmax_connections = 64\n\n' "$i" "$((FANOUT_PORT + i))"
+        targets+=("\"t$i\"")
+    done
+    local IFS=,
+    printf '[[routes]]\nname = "bench"\ntimeout = "30s"\nfanout = { targets = [%s], mode = "all" }\n' "${targets[*]}"
+}
+
+fanout_failures() {
+    curl -s "http://127.0.0.1:18089/metrics" |
+        awk '/^weir_fanout_targets_total/ && !/outcome="ok"/ { n += $NF } END { printf "%d\n", n }'
+}
+
+case " $ROWS " in
+    *" weir-fanout "*)
+        fanout_config >"$RUN/weir-fanout.toml"
+        say "fan-out: mode all to $FANOUT_TARGETS targets, $FANOUT_CONNECTIONS connections, ${DURATION}s x $REPEATS"
+        for repeat in $(seq 1 "$REPEATS"); do
+            check_port_free "$(port_of weir-fanout)"
+            RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" \
+                "$WEIR" run "$RUN/weir-fanout.toml" >"$RUN/weir-fanout.log" 2>&1 &
+            PEER_PID=$!
+            STARTED+=("$PEER_PID")
+            wait_ready "$(port_of weir-fanout)" "$PEER_PID" weir-fanout
+            url="http://127.0.0.1:$(port_of weir-fanout)/bench"
+            taskset -c "$LOAD_CPU" wrk -t1 -c"$FANOUT_CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+            f0="$(fanout_failures)"
+            t0="$(cpu_ticks "$PEER_PID")"
+            out="$(taskset -c "$LOAD_CPU" wrk -t1 -c"$FANOUT_CONNECTIONS" -d"${DURATION}s" --latency "$url")"
+            t1="$(cpu_ticks "$PEER_PID")"
+            f1="$(fanout_failures)"
+            echo "$out" >"$RUN/wrk-weir-fanout-$repeat.txt"
+            rps="$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")"
+            requests="$(awk '/requests in/ { print $1 }' <<<"$out")"
+            p50="$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
+            p99="$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+            errors="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+            errors=$((errors + f1 - f0))
+            # CPU-µs per target call: the request's cost spread over its targets.
+            cpu="$(python3 -c "print(round(($t1 - $t0) * 1e6 / $CLK_TCK / $requests / $FANOUT_TARGETS, 2))")"
+            rss="$(peak_rss_kib "$PEER_PID")"
+            printf 'fanout\tweir-fanout\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+                "$repeat" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errors" >>"$RESULTS"
+            say "  weir-fanout #$repeat: $rps req/s x $FANOUT_TARGETS targets; time to the last target p50 ${p50}us, p99 ${p99}us; $cpu CPU-us per target call; peak RSS $((rss / 1024)) MiB; errors $errors"
+            stop_peer
+        done
+        ;;
+esac
 
 # === start-up time, target (f) ===
 
@@ -436,6 +508,7 @@ python3 "$BENCH/report.py" "$RESULTS" \
     --rate "$RATE" --rate-base "$BASE" --connections "$CONNECTIONS" \
     --duration "$DURATION" --open-duration "$OPEN_DURATION" --warmup "$WARMUP" \
     --repeats "$REPEATS" --quick "$QUICK" \
+    --fanout-targets "$FANOUT_TARGETS" --fanout-connections "$FANOUT_CONNECTIONS" \
     --versions "nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'); HAProxy $("$HAPROXY" -v | awk 'NR == 1 { print $3 }'); $("$OHA" --version); wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')" \
     >"$RUN/RESULTS.md"
 cat "$RUN/RESULTS.md"

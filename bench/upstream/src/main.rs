@@ -1,9 +1,12 @@
 //! The benchmark's upstream: answers every request with the same small body, as fast as
 //! one thread can, over HTTP/1.1 keep-alive.
 //!
-//! `cargo run --release -p weir-bench-upstream -- 127.0.0.1:18080` (in `bench/`)
+//! `cargo run --release -p weir-bench-upstream -- 127.0.0.1:18080 [FIRST-LAST]` (in
+//! `bench/`)
 //!
-//! It prints `upstream listening on ADDR` once bound. The response carries no caching
+//! With a port range it also listens on each of those ports of the same host: the
+//! fan-out measurement's targets, which weir needs as distinct upstreams. It prints
+//! `upstream listening on ADDR` once the first address is bound. The response carries no caching
 //! headers, so weir's `cache` filter stores nothing (the miss path) unless a route sets
 //! `default_ttl` (the hit path). One thread: `bench/run.sh` pins it to the load
 //! generator's core, and a second thread would only contend there.
@@ -31,27 +34,57 @@ async fn answer(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<By
 }
 
 fn main() -> std::io::Result<()> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let mut args = std::env::args().skip(1);
+    let addr: SocketAddr = args
+        .next()
         .unwrap_or_else(|| "127.0.0.1:18080".to_owned())
         .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        .map_err(|e| invalid(format!("address: {e}")))?;
+    let mut addrs = vec![addr];
+    if let Some(range) = args.next() {
+        let (first, last) = range
+            .split_once('-')
+            .ok_or_else(|| invalid(format!("{range:?}: expected FIRST-LAST ports")))?;
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|e| invalid(format!("{range:?}: {e}")))
+        };
+        for p in port(first)?..=port(last)? {
+            addrs.push(SocketAddr::new(addr.ip(), p));
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(addr).await?;
-        println!("upstream listening on {}", listener.local_addr()?);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                // A client that goes away mid-request is not the upstream's problem.
-                let _ = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service_fn(answer))
-                    .await;
-            });
+        let mut listeners = Vec::new();
+        for a in &addrs {
+            listeners.push(TcpListener::bind(a).await?);
         }
+        println!("upstream listening on {}", listeners[0].local_addr()?);
+        let mut tasks = Vec::new();
+        for listener in listeners {
+            tasks.push(tokio::spawn(serve(listener)));
+        }
+        for t in tasks {
+            t.await.map_err(std::io::Error::other)??;
+        }
+        Ok(())
     })
+}
+
+/// Answers every connection `listener` accepts, until accepting fails.
+async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            // A client that goes away mid-request is not the upstream's problem.
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .await;
+        });
+    }
 }
