@@ -1373,6 +1373,15 @@ fn validate(
         if r.name.is_empty() {
             err(at(&["name"]), "a route's name must not be empty".to_owned());
         }
+        if r.name == crate::batch::JOB_ROUTE {
+            err(
+                at(&["name"]),
+                format!(
+                    "route name `{}` is reserved: batch jobs are kept under it",
+                    r.name
+                ),
+            );
+        }
         let unknown = |name: &Spanned<String>| {
             (!raw.upstreams.contains_key(name.get_ref())).then(|| {
                 (
@@ -1508,7 +1517,7 @@ fn validate(
             err(
                 at(&["match", "path_prefix"]),
                 format!(
-                    "route `{}`: `match.path_prefix` {p:?} claims weir's reserved prefix `{}` (job URLs)",
+                    "route `{}`: `match.path_prefix` {p:?} claims weir's reserved prefix `{}` (job and batch URLs)",
                     r.name,
                     crate::jobs::PREFIX
                 ),

@@ -427,6 +427,38 @@ async fn kill_9_in_async_mode_loses_no_target() {
     assert_eq!(delivered, webhook_ids);
 }
 
+/// A body over `max_body_bytes` gets 413 before any target is sent anything.
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_and_no_target_sees_it() {
+    let a = named("a").await;
+    let b = named("b").await;
+    let cfg = config(&[a.url(), b.url()], "all", "", "").replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\nmax_body_bytes = \"1KiB\"",
+    );
+    let weir = Weir::start(&cfg).await;
+    let resp = client()
+        .post(weir.url("/event"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "body_too_large");
+    // Chunked, with no length to refuse it by: read up to the limit, then refused.
+    let chunk = "x".repeat(1000);
+    let raw = crate::support::raw::send(
+        weir.addr(),
+        format!(
+            "POST /event HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3e8\r\n{chunk}\r\n3e8\r\n{chunk}\r\n0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(raw.status, 413, "{raw:?}");
+    assert_eq!((a.count(), b.count()), (0, 0));
+}
+
 #[test]
 fn check_refuses_bad_fanout_routes() {
     let base = "[listen]\naddr = \"127.0.0.1:0\"\n\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n\n[upstreams.b]\nurl = \"http://127.0.0.1:2\"\n\n";
@@ -461,4 +493,10 @@ fn check_refuses_bad_fanout_routes() {
         assert_ne!(code, 0, "{route}");
         assert!(err.contains(needle), "{route}: {err}");
     }
+    let (code, _, err) = check(
+        &format!("{base}[[routes]]\nname = \"(batch)\"\nupstream = \"a\"\n"),
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("route name `(batch)` is reserved"), "{err}");
 }
