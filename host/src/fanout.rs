@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::body::{self, BodyFault, ProxyBody};
 use crate::chain::{self, Exchange, Failed, Transport};
 use crate::error::{ProxyError, json_response};
-use crate::jobs::CallOutcome;
+use crate::jobs::{Budget, CallOutcome};
 use crate::recent::Trace;
 use crate::router::{Route, Router};
 use crate::upstream::Upstream;
@@ -46,6 +46,8 @@ pub struct Fanout {
     path_with_query: String,
     headers: HeaderMap,
     body: Bytes,
+    /// What the targets' bodies may hold together.
+    budget: Budget,
 }
 
 /// The parts of a [`Fanout`] that come from the client's request.
@@ -92,6 +94,7 @@ impl Fanout {
             path_with_query: req.path_with_query,
             headers: req.headers,
             body: req.body,
+            budget: Budget::new(max_body),
         }
     }
 
@@ -154,7 +157,7 @@ impl Fanout {
             ),
         };
         let mut out =
-            CallOutcome::read(resp, code, attempts, started, self.deadline, self.max_body).await;
+            CallOutcome::read(resp, code, attempts, started, self.deadline, &self.budget).await;
         out.target = Some(target.name.clone());
         self.count(&target.name, &out);
         out

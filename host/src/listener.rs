@@ -261,6 +261,7 @@ impl Proxy {
         use futures_util::StreamExt as _;
         // A call's answer is read by the longest deadline a route of this table has.
         let longest = self.router().longest_timeout();
+        let budget = &jobs::Budget::new(self.max_body);
         let host = host.as_ref();
         let calls = calls.into_iter().enumerate().map(|(i, call)| async move {
             (i, {
@@ -295,7 +296,7 @@ impl Proxy {
                     info.map_or(0, |i| i.attempts),
                     started,
                     started + longest,
-                    self.max_body,
+                    budget,
                 )
                 .await
             })

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::jobs::{SECRET, until_final_within};
 use crate::support::WAIT;
-use crate::support::client::{client, get_json};
+use crate::support::client::{client, get_json, metrics};
 use crate::support::upstream::{Reply, Upstream, closed_port};
 use crate::support::weir::{Weir, check};
 
@@ -173,21 +173,14 @@ async fn a_hundred_mixed_calls_come_back_in_order_and_correct() {
     let listed = listed["requests"].as_array().unwrap();
     assert_eq!(listed.len(), 100, "{listed:?}");
     assert!(listed.iter().all(|r| r["batch"] == batch_id.as_str()));
-    let metrics = client()
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&weir).await;
     for series in [
         r#"weir_requests_total{method="GET",route="api",status="2xx"} 34"#,
         r#"weir_requests_total{method="POST",route="api",status="2xx"} 33"#,
         r#"weir_requests_total{method="PUT",route="api",status="2xx"} 31"#,
         r#"weir_requests_total{method="GET",route="slow",status="5xx"} 1"#,
     ] {
-        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+        assert!(text.contains(series), "no {series} in:\n{text}");
     }
 }
 

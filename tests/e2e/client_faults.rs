@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::WAIT;
-use crate::support::client::client;
+use crate::support::client::{client, metrics};
 use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::Weir;
 
@@ -131,18 +131,6 @@ async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
 fn assert_error(resp: &RawResponse, status: u16, code: &str) {
     assert_eq!(resp.status, status, "{resp:?}");
     assert_eq!(resp.body["error"], code, "{resp:?}");
-}
-
-/// The `/metrics` text.
-async fn metrics(weir: &Weir) -> String {
-    client()
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body")
 }
 
 /// The value of `weir_client_errors_total{route,kind}`, or 0 without the series.

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::jobs::{SECRET, until_final_within};
-use crate::support::client::{client, get_json};
+use crate::support::client::{client, get_json, metrics};
 use crate::support::upstream::{Reply, Upstream, closed_port};
 use crate::support::weir::{Weir, check};
 use crate::support::{SLACK, WAIT};
@@ -103,14 +103,7 @@ async fn all_mode_answers_each_target_in_order_by_the_deadline() {
         assert_eq!(r.header_str("x-tenant"), Some("t1"));
         assert_eq!(r.header_str("x-request-id"), Some(id.as_str()));
     }
-    let metrics = client()
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&weir).await;
     for (target, outcome) in [
         ("t0", "ok"),
         ("t1", "failed"),
@@ -120,7 +113,7 @@ async fn all_mode_answers_each_target_in_order_by_the_deadline() {
         let series = format!(
             "weir_fanout_targets_total{{outcome=\"{outcome}\",route=\"fan\",target=\"{target}\"}} 1"
         );
-        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+        assert!(text.contains(&series), "no {series} in:\n{text}");
     }
 }
 
@@ -160,22 +153,15 @@ async fn primary_mode_answers_with_the_first_target_and_mirrors_the_rest() {
     // The failing mirror is counted, not answered.
     let deadline = Instant::now() + WAIT;
     loop {
-        let metrics = client()
-            .get(weir.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics
+        let text = metrics(&weir).await;
+        if text
             .contains("weir_fanout_targets_total{outcome=\"failed\",route=\"fan\",target=\"t1\"} 1")
-            && metrics
+            && text
                 .contains("weir_fanout_targets_total{outcome=\"ok\",route=\"fan\",target=\"t0\"} 1")
         {
             break;
         }
-        assert!(Instant::now() < deadline, "metrics:\n{metrics}");
+        assert!(Instant::now() < deadline, "metrics:\n{text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -457,6 +443,35 @@ async fn a_body_over_the_limit_gets_413_and_no_target_sees_it() {
     .await;
     assert_eq!(raw.status, 413, "{raw:?}");
     assert_eq!((a.count(), b.count()), (0, 0));
+}
+
+/// The targets' bodies share `max_body_bytes`: what does not fit shows
+/// `response_too_large` in its slot instead of growing the answer.
+#[tokio::test]
+async fn the_targets_bodies_share_the_body_limit() {
+    let mut ups = Vec::new();
+    for _ in 0..3 {
+        ups.push(Upstream::start(|_, _| Reply::ok().body(vec![b'y'; 600])).await);
+    }
+    let urls: Vec<String> = ups.iter().map(Upstream::url).collect();
+    let cfg = config(&urls, "all", "", "").replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\nmax_body_bytes = \"1KiB\"",
+    );
+    let weir = Weir::start(&cfg).await;
+    let v = get_json(&weir.url("/x")).await;
+    let targets = v["targets"].as_array().unwrap();
+    let kept: Vec<&serde_json::Value> = targets.iter().filter(|t| t["status"] == 200).collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "two 600-byte bodies do not fit in 1 KiB: {v}"
+    );
+    assert_eq!(kept[0]["body"].as_str().unwrap().len(), 600);
+    for t in targets.iter().filter(|t| t["status"] != 200) {
+        assert_eq!(t["status"], 502, "{t}");
+        assert_eq!(t["error"], "response_too_large", "{t}");
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::client::client;
+use crate::support::client::{client, metrics};
 use crate::support::upstream::{Reply, Upstream, closed_port};
 use crate::support::weir::{Weir, WeirBuilder};
 use crate::support::{SLACK, WAIT};
@@ -96,16 +96,6 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         got.sort();
         (got == want).then(|| value.trim().parse().expect("sample value"))
     })
-}
-
-async fn metrics(weir: &Weir) -> String {
-    let resp = client()
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(resp.status(), 200);
-    resp.text().await.expect("metrics body")
 }
 
 /// `weir_filter_failures_total` for one (route, filter, phase, kind).

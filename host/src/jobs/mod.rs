@@ -34,7 +34,7 @@ pub mod store;
 pub mod webhook;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -42,11 +42,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::body::{self, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::JobsConfig;
 use crate::error::json_response;
 use crate::listener::Proxy;
@@ -421,17 +422,18 @@ impl CallOutcome {
         })
     }
 
-    /// Reads `resp` into an outcome, its body bounded by `max_body` and `deadline`.
-    /// `error` is weir's code when the response is one of its errors.
+    /// Reads `resp` into an outcome, its body bounded by `max_body`, by `budget` (shared
+    /// with the answer's other calls) and by `deadline`. `error` is weir's code when the
+    /// response is one of its errors.
     pub async fn read(
         resp: Response<ProxyBody>,
         error: Option<&str>,
         attempts: u32,
         started: Instant,
         deadline: Instant,
-        max_body: u64,
+        budget: &Budget,
     ) -> CallOutcome {
-        let (parts, resp_body) = resp.into_parts();
+        let (parts, mut resp_body) = resp.into_parts();
         let mut out = CallOutcome {
             target: None,
             status: parts.status.as_u16(),
@@ -441,22 +443,39 @@ impl CallOutcome {
             duration_ms: 0,
             error: error.map(str::to_owned),
         };
-        let read = tokio::time::timeout_at(deadline, body::collect_limited(resp_body, max_body));
-        match read.await {
-            Ok(Ok(bytes)) => out.body = Blob(bytes.to_vec()),
-            Ok(Err(e)) => {
-                let (status, code) = if body::is_too_large(e.as_ref()) {
-                    (StatusCode::BAD_GATEWAY, "response_too_large")
-                } else {
-                    (StatusCode::BAD_GATEWAY, "upstream_body")
+        let mut kept = Vec::new();
+        let read = async {
+            while let Some(frame) = resp_body.frame().await {
+                let frame = frame
+                    .map_err(|e| ("upstream_body", format!("reading the response body: {e}")))?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
                 };
-                out.fail(status, code, format!("reading the response body: {e}"));
+                if !budget.take(data.len() as u64) {
+                    return Err((
+                        "response_too_large",
+                        format!(
+                            "the answers' bodies passed max_body_bytes ({} bytes) together",
+                            budget.limit
+                        ),
+                    ));
+                }
+                kept.extend_from_slice(&data);
             }
+            Ok(())
+        };
+        let read = tokio::time::timeout_at(deadline, read).await;
+        match read {
+            Ok(Ok(())) => out.body = Blob(std::mem::take(&mut kept)),
+            Ok(Err((code, message))) => out.fail(StatusCode::BAD_GATEWAY, code, message),
             Err(_) => out.fail(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 "the response body was not complete by the route's deadline".to_owned(),
             ),
+        }
+        if out.error.is_some() {
+            budget.give(kept.len() as u64);
         }
         out.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         out
@@ -472,6 +491,38 @@ impl CallOutcome {
         )];
         let body = serde_json::json!({"error": code, "message": message});
         self.body = Blob(serde_json::to_vec(&body).unwrap_or_default());
+    }
+}
+
+/// The bytes that the bodies of one answer made of many calls (a fan-out's, a batch's)
+/// may hold together: `max_body_bytes`, the most weir buffers, first come first served.
+/// A call whose body does not fit shows `response_too_large` in its slot.
+pub struct Budget {
+    left: AtomicU64,
+    limit: u64,
+}
+
+impl Budget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Budget {
+        Budget {
+            left: AtomicU64::new(bytes),
+            limit: bytes,
+        }
+    }
+
+    /// Takes `n` bytes, if that many are left.
+    fn take(&self, n: u64) -> bool {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken for a body that was not kept.
+    fn give(&self, n: u64) {
+        self.left.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -50,3 +50,14 @@ pub async fn get_json(url: &str) -> serde_json::Value {
         .await
         .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
+
+/// The `/metrics` text of `weir`'s admin API (which must answer 200).
+pub async fn metrics(weir: &super::weir::Weir) -> String {
+    let resp = client()
+        .get(weir.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("metrics body")
+}
