@@ -6,7 +6,7 @@
 //! `max_body_bytes` (413 before anything is sent), and every target's call reads the same
 //! [`Bytes`]: a reference-counted view, never a copy per target.
 //!
-//! Modes ([`FanoutMode`]):
+//! Modes ([`crate::config::FanoutMode`]):
 //! - `all`: every target at once, each bounded by the route's deadline; the client gets
 //!   200 and a JSON summary in target order. A target still busy at the deadline shows
 //!   as `timeout` and never holds the answer back.
