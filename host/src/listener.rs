@@ -471,6 +471,7 @@ impl Proxy {
             body: jobs::Blob(bytes.to_vec()),
             idempotency_key: key,
             attempts: 0,
+            cut_off: 0,
             accepted_at_ms: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),

@@ -444,6 +444,57 @@ pub(crate) fn assert_each_ran_once_and_was_delivered(
     );
 }
 
+/// A job whose run never finishes, because weir dies each time it runs (here a kill -9
+/// while the upstream holds the call), fails after five cut-off runs instead of running
+/// at every start; an admin rerun runs it once more.
+#[tokio::test]
+async fn a_job_cut_off_five_times_fails_instead_of_running_forever() {
+    let hang = Upstream::start(|_, _| Reply::hang()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&hang.url(), &dir.path().join("j.redb"), "always", "");
+    let mut weir = Weir::start(&cfg).await;
+    let resp = client()
+        .post(weir.url("/work"))
+        .body("poison")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    for run in 1..=5 {
+        hang.wait_for(run).await;
+        weir.kill();
+        weir = Weir::start(&cfg).await;
+    }
+    let job = until_final(&weir, &location).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["cut_off_runs"], 5, "{job}");
+    assert_eq!(job["attempts"], 5, "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("cut off 5 times"), "{error}");
+    assert_eq!(
+        hang.count(),
+        5,
+        "the job ran again after its fifth cut-off run"
+    );
+
+    // The operator may try once more: the count starts again.
+    let id = job["id"].as_str().unwrap();
+    let rerun = client()
+        .post(weir.admin_url(&format!("/jobs/{id}/rerun")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rerun.status(), 202);
+    hang.wait_for(6).await;
+    let job = get_json(&weir.url(&location)).await;
+    assert_eq!(
+        (&job["state"], &job["cut_off_runs"]),
+        (&"running".into(), &0.into()),
+        "{job}"
+    );
+}
+
 /// SIGTERM: new async requests are refused, and what was accepted finishes, now or
 /// after the restart.
 #[tokio::test]

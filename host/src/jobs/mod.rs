@@ -212,6 +212,10 @@ pub struct Job {
     pub idempotency_key: String,
     /// Runs started, re-runs after a crash included.
     pub attempts: u32,
+    /// Runs cut off since it was accepted or last rerun: weir stopped (or, in a fleet,
+    /// lost its claim) while the job ran. At [`MAX_CUT_OFF_RUNS`] it fails unrun.
+    #[serde(default)]
+    pub cut_off: u32,
     /// When it was accepted, started last and finished (Unix ms).
     pub accepted_at_ms: u64,
     /// When the last run started.
@@ -284,6 +288,7 @@ impl Job {
             "route": self.route,
             "state": self.state,
             "attempts": self.attempts,
+            "cut_off_runs": self.cut_off,
             "idempotency_key": self.idempotency_key,
             "accepted_at": at(Some(self.accepted_at_ms)),
             "started_at": at(self.started_at_ms),
@@ -624,6 +629,11 @@ impl AcceptError {
     }
 }
 
+/// How many cut-off runs make a job fail without running again. A request that makes
+/// weir crash (or its process be killed) each time it runs would otherwise crash-loop
+/// every restart, or every fleet process in turn.
+pub const MAX_CUT_OFF_RUNS: u32 = 5;
+
 /// How often the queue gauges are refreshed and finished jobs purged.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
@@ -902,25 +912,37 @@ impl Jobs {
             }
             return;
         }
-        job.state = JobState::Running;
-        job.attempts += 1;
-        job.started_at_ms = Some(now_ms());
-        match self.store.put(&job).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Another claim finished it meanwhile (a takeover of a live process).
-                if let Err(e) = self.store.finish(&job, claim, false).await {
-                    tracing::warn!(job = id, error = %e, "cannot give back a finished job's claim");
-                }
-                return;
-            }
-            Err(e) => tracing::warn!(job = id, error = %e, "cannot record that a job started"),
+        // Still `running`: the run that had it never finished.
+        if job.state == JobState::Running {
+            job.cut_off += 1;
         }
-        match proxy.run_job(&job).await {
-            Ok(JobOutput::Answer(result)) => job.result = Some(result),
-            Ok(JobOutput::Targets(outcomes)) => job.targets = Some(outcomes),
-            Ok(JobOutput::Calls(outcomes)) => job.calls = Some(outcomes),
-            Err(why) => job.error = Some(why),
+        if job.cut_off >= MAX_CUT_OFF_RUNS {
+            tracing::error!(job = id, route = %job.route, runs = job.cut_off, "a job's runs were cut off too often; it fails without running again");
+            job.error = Some(format!(
+                "its run was cut off {} times (weir stopped, or lost its claim, while it ran), so it is not run again; POST /jobs/{id}/rerun on the admin API runs it once more",
+                job.cut_off
+            ));
+        } else {
+            job.state = JobState::Running;
+            job.attempts += 1;
+            job.started_at_ms = Some(now_ms());
+            match self.store.put(&job).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another claim finished it meanwhile (a takeover of a live process).
+                    if let Err(e) = self.store.finish(&job, claim, false).await {
+                        tracing::warn!(job = id, error = %e, "cannot give back a finished job's claim");
+                    }
+                    return;
+                }
+                Err(e) => tracing::warn!(job = id, error = %e, "cannot record that a job started"),
+            }
+            match proxy.run_job(&job).await {
+                Ok(JobOutput::Answer(result)) => job.result = Some(result),
+                Ok(JobOutput::Targets(outcomes)) => job.targets = Some(outcomes),
+                Ok(JobOutput::Calls(outcomes)) => job.calls = Some(outcomes),
+                Err(why) => job.error = Some(why),
+            }
         }
         job.state = match job.error {
             None => job.outcome(),
@@ -1084,6 +1106,7 @@ impl Jobs {
         job.state = JobState::Queued;
         job.result = None;
         job.error = None;
+        job.cut_off = 0;
         job.started_at_ms = None;
         job.finished_at_ms = None;
         if let Some(w) = &mut job.webhook {
@@ -1209,6 +1232,7 @@ pub(crate) fn test_job(id: &str) -> Job {
         body: Blob(id.as_bytes().to_vec()),
         idempotency_key: id.to_owned(),
         attempts: 0,
+        cut_off: 0,
         accepted_at_ms: 1,
         started_at_ms: None,
         finished_at_ms: None,

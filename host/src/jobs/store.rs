@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 use super::journal::{Journal, JournalError};
-use super::{AcceptError, DeliveryState, Job};
+use super::{AcceptError, DeliveryState, Job, JobState};
 use crate::state::BoxFuture;
 
 /// A job taken from a lane. Give it back with [`Store::finish`] or [`Store::settle`];
@@ -262,11 +262,15 @@ impl Store for Embedded {
     }
 
     fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, JournalError>> {
-        // One process holds every claim: nothing else moves a job on. Progress needs no
-        // fsync of its own: a crash that loses it leaves the job queued (it runs again)
-        // or its webhook owed (it is sent again), which is what a crash does anyway.
+        // One process holds every claim: nothing else moves a job on. A webhook's
+        // progress needs no fsync of its own: a crash that loses it leaves the webhook
+        // owed (it is sent again), which is what a crash does anyway. A run's start
+        // does: it is how the next start knows the run was cut off, and a job that
+        // crashes weir each time it runs must be seen to, or it crash-loops (see
+        // `MAX_CUT_OFF_RUNS`). Group commit lets starts share fsyncs with acceptances.
+        let durable = job.state == JobState::Running;
         Box::pin(async move {
-            self.journal.put_async(job, false).await?;
+            self.journal.put_async(job, durable).await?;
             let mut p = self.pending();
             if p.jobs.contains_key(&job.id) {
                 p.add(job);
