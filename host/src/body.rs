@@ -57,6 +57,9 @@ pub enum BodyFaultKind {
     /// Nothing came for this long while weir was waiting for the body.
     #[error("no request body data for {} ms", .0.as_millis())]
     Stalled(Duration),
+    /// The body came slower than this many bytes per second of waiting for it.
+    #[error("the request body came slower than the minimum of {0} bytes per second")]
+    TooSlow(u64),
     /// The client went away before its body ended.
     #[error("{0}")]
     Closed(String),
@@ -134,6 +137,15 @@ pub struct ClientBody<B> {
     /// Whether `stall` runs for the current wait.
     armed: bool,
     fault: BodyFault,
+    /// The least bytes per second of waiting, checked once `grace` of waiting has
+    /// passed; `None` checks no rate.
+    min_rate: Option<(u64, Duration)>,
+    /// Bytes received so far.
+    received: u64,
+    /// Time spent waiting for the client, the current wait excluded.
+    waited: Duration,
+    /// When the current wait began.
+    wait_began: Option<tokio::time::Instant>,
 }
 
 impl<B> ClientBody<B> {
@@ -147,12 +159,41 @@ impl<B> ClientBody<B> {
             stall: None,
             armed: false,
             fault,
+            min_rate: None,
+            received: 0,
+            waited: Duration::ZERO,
+            wait_began: None,
         }
     }
 
-    fn fail(&mut self, kind: BodyFaultKind) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// Also fails once the body has come slower than `bytes_per_sec` per second of
+    /// waiting for it, after `grace` of waiting: a client that dribbles its body (one
+    /// byte every few seconds) holds a request, and an upstream connection, for as long
+    /// as it likes under the stall timeout alone. `0` checks no rate.
+    pub fn with_min_rate(mut self, bytes_per_sec: u64, grace: Duration) -> Self {
+        self.min_rate = (bytes_per_sec > 0).then_some((bytes_per_sec, grace));
+        self
+    }
+
+    /// Ends the current wait, adding it to the time waited.
+    fn stop_waiting(&mut self) {
         self.armed = false;
         self.fault.0.waiting.store(false, Ordering::Relaxed);
+        if let Some(began) = self.wait_began.take() {
+            self.waited += began.elapsed();
+        }
+    }
+
+    /// When the current wait, begun at `began`, makes the body too slow: once the time
+    /// waited passes both the grace and the time its bytes so far allow at the rate.
+    fn too_slow_at(&self, began: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let (rate, grace) = self.min_rate?;
+        let allowed = Duration::from_secs_f64(self.received as f64 / rate as f64).max(grace);
+        Some(began + allowed.saturating_sub(self.waited))
+    }
+
+    fn fail(&mut self, kind: BodyFaultKind) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.stop_waiting();
         Poll::Ready(Some(Err(Box::new(self.fault.set(kind)))))
     }
 }
@@ -173,27 +214,30 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.armed = false;
-                this.fault.0.waiting.store(false, Ordering::Relaxed);
+                this.stop_waiting();
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > this.remaining {
                         return this.fail(BodyFaultKind::TooLarge(this.limit));
                     }
                     this.remaining -= n;
+                    this.received += n;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => this.fail(BodyFaultKind::of(e.as_ref())),
             Poll::Ready(None) => {
-                this.armed = false;
-                this.fault.0.waiting.store(false, Ordering::Relaxed);
+                this.stop_waiting();
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 // The clock runs only while weir waits for the client; time the body
                 // sits unpolled (an upstream that reads slowly) is not the client's.
-                let until = tokio::time::Instant::now() + this.read_timeout;
+                let now = tokio::time::Instant::now();
+                let began = *this.wait_began.get_or_insert(now);
+                let stalled_at = began + this.read_timeout;
+                let slow_at = this.too_slow_at(began);
+                let until = slow_at.map_or(stalled_at, |s| s.min(stalled_at));
                 let stall = this
                     .stall
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
@@ -203,7 +247,13 @@ where
                     this.fault.0.waiting.store(true, Ordering::Relaxed);
                 }
                 if stall.as_mut().poll(cx).is_ready() {
-                    return this.fail(BodyFaultKind::Stalled(this.read_timeout));
+                    return match slow_at {
+                        Some(at) if at < stalled_at => {
+                            let rate = this.min_rate.map_or(0, |(r, _)| r);
+                            this.fail(BodyFaultKind::TooSlow(rate))
+                        }
+                        _ => this.fail(BodyFaultKind::Stalled(this.read_timeout)),
+                    };
                 }
                 Poll::Pending
             }
@@ -471,6 +521,113 @@ mod tests {
         assert!(started.elapsed() <= timeout);
         assert_eq!(fault.get(), Some(&BodyFaultKind::Stalled(timeout)));
         feeder.abort();
+    }
+
+    /// A body fed from a channel, and its sender.
+    fn fed() -> (
+        tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+        ProxyBody,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = http_body_util::StreamBody::new(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|frame| (frame, rx)) },
+        ))
+        .boxed_unsync();
+        (tx, stream)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_dribbled_slower_than_the_minimum_rate_fails_after_the_grace() {
+        let (tx, stream) = fed();
+        let fault = BodyFault::new();
+        // A byte every 2 s never stalls a 3 s clock, but averages 0.5 bytes/s.
+        let mut body = ClientBody::new(stream, 1000, Duration::from_secs(3), fault.clone())
+            .with_min_rate(100, Duration::from_secs(5));
+        let feeder = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let mut got = 0;
+        let err = loop {
+            match body.frame().await.expect("a frame") {
+                Ok(_) => got += 1,
+                Err(e) => break e,
+            }
+        };
+        // Two bytes came by 4 s; at 100 bytes/s they allow 20 ms, so the 5 s grace
+        // decides: the body fails when 5 s of waiting have passed.
+        assert_eq!(got, 2);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(
+            err.to_string(),
+            "the request body came slower than the minimum of 100 bytes per second"
+        );
+        assert_eq!(fault.get(), Some(&BodyFaultKind::TooSlow(100)));
+        feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_at_the_minimum_rate_or_faster_is_never_cut_off() {
+        let (tx, stream) = fed();
+        let fault = BodyFault::new();
+        let mut body = ClientBody::new(stream, 100_000, Duration::from_secs(3), fault.clone())
+            .with_min_rate(100, Duration::from_secs(1));
+        // 200 bytes at once and then every second for 20 s: twice the minimum.
+        let feeder = tokio::spawn(async move {
+            for _ in 0..20 {
+                tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 200]))))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let mut got = 0;
+        while let Some(frame) = body.frame().await {
+            got += frame.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(got, 4000);
+        assert!(fault.get().is_none());
+        feeder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_body_is_not_polled_does_not_count_against_its_rate() {
+        let (tx, stream) = fed();
+        let fault = BodyFault::new();
+        let mut body = ClientBody::new(stream, 1000, Duration::from_secs(3), fault.clone())
+            .with_min_rate(100, Duration::from_secs(1));
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 100]))))
+            .await
+            .unwrap();
+        assert_eq!(
+            body.frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_data()
+                .unwrap()
+                .len(),
+            100
+        );
+        // weir does not read for a minute (a slow upstream): not the client's time.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 100]))))
+            .await
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert!(fault.get().is_none());
     }
 
     fn failing(err: BoxError) -> ProxyBody {

@@ -373,6 +373,15 @@ pub struct Listen {
     /// longer gets 408. The clock runs only while weir is waiting for the client.
     #[serde(default = "defaults::body_read_timeout")]
     pub body_read_timeout: HumanDuration,
+    /// The least a request body must average, in bytes per second of waiting for it,
+    /// once `body_read_timeout` of waiting has passed; a slower client gets 408. `0`
+    /// turns the check off.
+    #[serde(default = "defaults::min_body_rate")]
+    pub min_body_rate: ByteSize,
+    /// The most client connections open at once; one more is answered 503
+    /// `too_many_connections` (plain HTTP) or closed (TLS) at once.
+    #[serde(default = "defaults::listen_max_connections")]
+    pub max_connections: usize,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: HumanDuration,
@@ -669,6 +678,12 @@ pub struct RouteConfig {
     /// Async requests on this route (needs `[jobs]`); synchronous only when absent.
     #[serde(default, rename = "async")]
     pub async_jobs: Option<AsyncConfig>,
+    /// Read each request's whole body (up to `max_body_bytes`) before the chain runs and
+    /// an upstream connection is taken, as nginx's `proxy_request_buffering`: a client
+    /// that sends its body slowly then never holds an upstream connection. Off by
+    /// default: bodies stream to the upstream as they come.
+    #[serde(default)]
+    pub buffer_request: bool,
 }
 
 /// `[[routes]] fanout = { targets = ["a", "b"], mode = "all" }` (see [`crate::fanout`]).
@@ -801,6 +816,12 @@ pub(crate) mod defaults {
     }
     pub fn body_read_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
+    }
+    pub fn min_body_rate() -> ByteSize {
+        ByteSize(240)
+    }
+    pub fn listen_max_connections() -> usize {
+        4096
     }
     pub fn drain_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
@@ -1135,6 +1156,12 @@ fn validate(
         err(
             place(&["listen", "body_read_timeout"], 0..0),
             "listen.body_read_timeout must be more than zero".to_owned(),
+        );
+    }
+    if raw.listen.max_connections == 0 {
+        err(
+            place(&["listen", "max_connections"], 0..0),
+            "listen.max_connections must be at least 1".to_owned(),
         );
     }
     if let Some(level) = &raw.log.level

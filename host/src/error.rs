@@ -134,7 +134,7 @@ impl From<BodyFaultKind> for ProxyError {
         match fault {
             BodyFaultKind::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
             BodyFaultKind::Malformed(detail) => ProxyError::BadRequestBody { detail },
-            BodyFaultKind::Stalled(_) => ProxyError::ClientTimeout {
+            BodyFaultKind::Stalled(_) | BodyFaultKind::TooSlow(_) => ProxyError::ClientTimeout {
                 detail: fault.to_string(),
             },
             BodyFaultKind::Closed(detail) => ProxyError::ClientClosed { detail },

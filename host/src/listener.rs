@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -43,6 +44,8 @@ pub struct Proxy {
     router: RwLock<Arc<Router>>,
     max_body: u64,
     body_read_timeout: Duration,
+    /// `[listen] min_body_rate`, in bytes per second; 0 checks none.
+    min_body_rate: u64,
     telemetry: Arc<Telemetry>,
     recent: Recent,
     /// The async-job system, with `[jobs]`.
@@ -89,6 +92,7 @@ impl Proxy {
             router: RwLock::new(Arc::new(router)),
             max_body: listen.max_body_bytes.0,
             body_read_timeout: listen.body_read_timeout.0,
+            min_body_rate: listen.min_body_rate.0,
             telemetry,
             recent,
             jobs,
@@ -378,6 +382,18 @@ impl Proxy {
         self.enqueue(jobs, parts, bytes, route, timeout, wait).await
     }
 
+    /// A client's body read with the listener's limits: at most `limit` bytes, the
+    /// stall timeout and the minimum rate; `fault` records how it failed.
+    fn client_body(
+        &self,
+        body: ProxyBody,
+        limit: u64,
+        fault: &body::BodyFault,
+    ) -> body::ClientBody<ProxyBody> {
+        body::ClientBody::new(body, limit, self.body_read_timeout, fault.clone())
+            .with_min_rate(self.min_body_rate, self.body_read_timeout)
+    }
+
     /// Reads a client's whole body, at most `limit` bytes: an error is the client's 4xx.
     async fn read_whole(
         &self,
@@ -394,12 +410,7 @@ impl Proxy {
             return Err(ProxyError::BodyTooLarge { limit });
         }
         let fault = body::BodyFault::new();
-        let body = body::boxed(body::ClientBody::new(
-            body,
-            limit,
-            self.body_read_timeout,
-            fault.clone(),
-        ));
+        let body = body::boxed(self.client_body(body, limit, &fault));
         body::collect_limited(body, limit)
             .await
             .map_err(|e| match fault.get() {
@@ -680,12 +691,7 @@ impl Proxy {
                     let body = if body.is_end_stream() {
                         body
                     } else {
-                        body::boxed(body::ClientBody::new(
-                            body,
-                            self.max_body,
-                            self.body_read_timeout,
-                            body_fault.clone(),
-                        ))
+                        body::boxed(self.client_body(body, self.max_body, &body_fault))
                     };
                     let mut hdrs = parts.headers;
                     headers::prepare_upstream(&mut hdrs);
@@ -709,18 +715,36 @@ impl Proxy {
                         metrics: &route.metrics,
                         max_attempts: chain::MAX_ATTEMPTS,
                     };
-                    let incoming = chain::Incoming {
-                        method: parts.method,
-                        path_with_query: route.upstream_path(&parts.uri),
-                        headers: hdrs,
-                        body,
-                        body_fault,
+                    // A fan-out reads the whole body itself.
+                    let body = if route.buffer_request && route.fanout.is_none() {
+                        x.read_body(body, &body_fault).await.map(body::full)
+                    } else {
+                        Ok(body)
                     };
-                    match &route.fanout {
-                        None => x.run(incoming).await,
-                        Some((_, mode)) => {
-                            self.fan_out(&router, route, &x, incoming, *mode, &traceparent.header)
-                                .await
+                    match body {
+                        Err(e) => Err(e),
+                        Ok(body) => {
+                            let incoming = chain::Incoming {
+                                method: parts.method,
+                                path_with_query: route.upstream_path(&parts.uri),
+                                headers: hdrs,
+                                body,
+                                body_fault,
+                            };
+                            match &route.fanout {
+                                None => x.run(incoming).await,
+                                Some((_, mode)) => {
+                                    self.fan_out(
+                                        &router,
+                                        route,
+                                        &x,
+                                        incoming,
+                                        *mode,
+                                        &traceparent.header,
+                                    )
+                                    .await
+                                }
+                            }
                         }
                     }
                 }
@@ -1015,6 +1039,50 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&text).expect("hex digits")
 }
 
+/// How many refused connections may be getting their 503 at once.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// The 503 a connection over `listen.max_connections` gets, before it is closed.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 113\r\n\r\n{\"error\":\"too_many_connections\",\"message\":\"weir has listen.max_connections client connections open; retry later\"}";
+
+/// Answers a plain-HTTP connection over the limit with [`REFUSAL`] and closes it,
+/// reading what the client sent meanwhile (for at most a second) so that the close
+/// does not reset the connection before the client reads the answer.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let linger = async {
+        stream.write_all(REFUSAL).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+}
+
+/// An open client connection: its slot under `listen.max_connections`, and the gauge
+/// it keeps up while open.
+struct Open {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Open {
+    fn new(slot: tokio::sync::OwnedSemaphorePermit, gauge: &prometheus::IntGauge) -> Open {
+        gauge.inc();
+        Open {
+            _slot: slot,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown` resolves, then waits up to `drain`
 /// for in-flight requests: HTTP/1 connections finish their response with
 /// `Connection: close`, HTTP/2 connections get GOAWAY.
@@ -1039,18 +1107,37 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let handshake_timeout = listen.header_read_timeout.0;
+    let slots = Arc::new(Semaphore::new(listen.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept::next(&listener, "proxy") => accepted,
             () = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            proxy.telemetry.connections_refused.inc();
+            tracing::debug!(client = %peer, limit = listen.max_connections, "connection refused: listen.max_connections are open");
+            // A flood of refusals must not become a flood of tasks: past the bound, the
+            // connection is closed without a word.
+            if let Ok(turn) = refusals.clone().try_acquire_owned()
+                && tls.is_none()
+            {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(turn);
+                });
+            }
+            continue;
+        };
+        let open = Open::new(slot, &proxy.telemetry.connections);
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _open = open;
             let svc = service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(peer, req).await) }
@@ -1145,6 +1232,22 @@ mod tests {
         let made = request_id(&h);
         assert_eq!(made.len(), 32);
         assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn the_refusal_is_a_whole_http_response() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "too_many_connections");
     }
 
     #[test]

@@ -587,6 +587,16 @@ impl Fixed {
                 format!("{:?}", new.listen.body_read_timeout.0),
             ),
             (
+                "listen.min_body_rate",
+                self.listen.min_body_rate.0.to_string(),
+                new.listen.min_body_rate.0.to_string(),
+            ),
+            (
+                "listen.max_connections",
+                self.listen.max_connections.to_string(),
+                new.listen.max_connections.to_string(),
+            ),
+            (
                 "listen.drain_timeout",
                 format!("{:?}", self.listen.drain_timeout.0),
                 format!("{:?}", new.listen.drain_timeout.0),

@@ -38,6 +38,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// When requests become jobs ([`crate::jobs`]); never when `None`.
     pub async_mode: Option<crate::config::AsyncMode>,
+    /// Read the whole request body before the chain runs (`buffer_request`).
+    pub buffer_request: bool,
 }
 
 struct Matcher {
@@ -421,6 +423,7 @@ impl Router {
                 chain: Chain::new(pools).with_compression(r.compression),
                 metrics: telemetry.route(&r.name),
                 async_mode,
+                buffer_request: r.buffer_request,
             });
         }
         match upstreams {

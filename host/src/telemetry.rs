@@ -39,6 +39,10 @@ pub struct Telemetry {
     retries: IntCounterVec,
     client_errors: IntCounterVec,
     fanout_targets: IntCounterVec,
+    /// Client connections open on the proxy listener.
+    pub connections: prometheus::IntGauge,
+    /// Client connections refused at `listen.max_connections`.
+    pub connections_refused: prometheus::IntCounter,
     /// The upstream client's series.
     pub upstreams: Arc<UpstreamMetrics>,
     /// Per-route summaries for `/status`.
@@ -273,6 +277,16 @@ impl Telemetry {
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(client_errors.clone()))?;
         registry.register(Box::new(fanout_targets.clone()))?;
+        let connections = prometheus::IntGauge::new(
+            "weir_client_connections",
+            "Client connections open on the proxy listener",
+        )?;
+        let connections_refused = prometheus::IntCounter::new(
+            "weir_client_connections_refused_total",
+            "Client connections refused because listen.max_connections were open",
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         let upstreams = Arc::new(UpstreamMetrics::new(&registry)?);
         Ok(Arc::new(Telemetry {
             registry,
@@ -281,6 +295,8 @@ impl Telemetry {
             retries,
             client_errors,
             fanout_targets,
+            connections,
+            connections_refused,
             upstreams,
             stats: Stats::default(),
         }))

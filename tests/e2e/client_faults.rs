@@ -88,7 +88,7 @@ struct RawResponse {
 }
 
 /// Reads one response with a `content-length` body (weir's JSON errors have one).
-async fn read_response(conn: &mut TcpStream) -> RawResponse {
+async fn read_response(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> RawResponse {
     let mut buf = Vec::new();
     let read = async {
         loop {
@@ -307,5 +307,164 @@ async fn a_client_that_leaves_mid_body_is_logged_as_client_closed() {
     assert_eq!(up.count(), 0);
     for route in FILTERED {
         assert_good_request_passes(&weir, &up, route).await;
+    }
+}
+
+/// weir with one route `r` to `upstream_url`, `listen` lines added to `[listen]` and
+/// `route` lines to the route.
+fn one_route(upstream_url: &str, listen: &str, route: &str) -> String {
+    format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+{listen}
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{upstream_url}"
+
+[[routes]]
+name = "r"
+upstream = "api"
+{route}
+"#
+    )
+}
+
+/// A client that dribbles its body, a byte every 300 ms, never trips a 1 s stall
+/// timeout, but averages far below `min_body_rate`: 408 once the grace has passed.
+#[tokio::test]
+async fn a_body_dribbled_below_min_body_rate_gets_408() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    let weir = Weir::start(&one_route(
+        &up.url(),
+        "body_read_timeout = \"1s\"\nmin_body_rate = \"1KiB\"",
+        "buffer_request = true",
+    ))
+    .await;
+    let conn = TcpStream::connect(weir.addr()).await.expect("connect");
+    let (mut rd, mut wr) = conn.into_split();
+    wr.write_all(head("/slow", "content-length: 100\r\n").as_bytes())
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let dribbler = tokio::spawn(async move {
+        for _ in 0..99 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if wr.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    let resp = read_response(&mut rd).await;
+    let took = sent.elapsed();
+    dribbler.abort();
+    assert_error(&resp, 408, "client_timeout");
+    // After the 1 s grace, long before the 99 bytes would have come (30 s).
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let message = resp.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("slower than the minimum of 1024 bytes per second"),
+        "{message}"
+    );
+    assert_eq!(
+        up.connections(),
+        0,
+        "the buffered route took an upstream connection"
+    );
+}
+
+/// With `buffer_request`, a client still sending its body holds no upstream connection;
+/// without it, the body streams and the upstream is connected at once.
+#[tokio::test]
+async fn buffer_request_takes_no_upstream_connection_until_the_body_is_whole() {
+    for buffered in [true, false] {
+        let up = Upstream::start(|r, _| Reply::ok().body(r.body.clone())).await;
+        let route = if buffered {
+            "buffer_request = true"
+        } else {
+            ""
+        };
+        let weir = Weir::start(&one_route(&up.url(), "", route)).await;
+        let mut conn = TcpStream::connect(weir.addr()).await.expect("connect");
+        let mut req = head("/upload", "content-length: 10\r\n").into_bytes();
+        req.extend_from_slice(b"01234");
+        conn.write_all(&req).await.unwrap();
+        if buffered {
+            // Nothing to wait for: weir must not connect. Give it the time it would take.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(
+                up.connections(),
+                0,
+                "a half-sent body took an upstream connection"
+            );
+        } else {
+            let deadline = Instant::now() + WAIT;
+            while up.connections() == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the streamed body never reached the upstream"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        conn.write_all(b"56789").await.unwrap();
+        let mut answer = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 1024];
+            while !answer.ends_with(b"0123456789") {
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(WAIT, read).await.expect("an answer");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert_eq!(up.request(0).body_str(), "0123456789");
+    }
+}
+
+/// One connection past `max_connections` gets 503 `too_many_connections` at once and
+/// is counted; once a connection closes, a new one is served.
+#[tokio::test]
+async fn a_connection_past_max_connections_gets_503_and_the_next_is_served() {
+    let up = Upstream::start(|_, _| Reply::ok().json(&serde_json::json!({"ok": true}))).await;
+    let weir = Weir::start(&one_route(&up.url(), "max_connections = 2", "")).await;
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(weir.addr()).await.unwrap(),
+        TcpStream::connect(weir.addr()).await.unwrap(),
+    ];
+    // Both are accepted (and counted) before the third arrives.
+    let deadline = Instant::now() + WAIT;
+    while !metrics(&weir).await.contains("weir_client_connections 2") {
+        assert!(Instant::now() < deadline, "{}", metrics(&weir).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = send_raw(weir.addr(), head("/x", "content-length: 0\r\n").as_bytes()).await;
+    assert_error(&refused, 503, "too_many_connections");
+    assert!(
+        metrics(&weir)
+            .await
+            .contains("weir_client_connections_refused_total 1")
+    );
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resp = send_raw(weir.addr(), head("/x", "content-length: 0\r\n").as_bytes()).await;
+        if resp.status == 200 {
+            break;
+        }
+        assert_error(&resp, 503, "too_many_connections");
+        assert!(
+            Instant::now() < deadline,
+            "the closed connections' slots never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

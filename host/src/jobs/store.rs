@@ -134,6 +134,8 @@ pub struct Embedded {
     pending: Mutex<Pending>,
     runs: Lane,
     deliveries: Lane,
+    /// Jobs found unfinished at open, whose next start is written durably.
+    recovered: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An in-memory lane of job ids.
@@ -181,11 +183,17 @@ impl Embedded {
             pending: Mutex::new(Pending::default()),
             runs: Lane::new(false),
             deliveries: Lane::new(true),
+            recovered: Mutex::default(),
         };
         let mut requeued = 0;
         for job in jobs {
             if !job.state.is_final() {
                 store.pending().add(&job);
+                store
+                    .recovered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(job.id.clone());
                 store.runs.push(job.id);
                 requeued += 1;
             } else if owes_webhook(&job) {
@@ -262,13 +270,20 @@ impl Store for Embedded {
     }
 
     fn put<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, JournalError>> {
-        // One process holds every claim: nothing else moves a job on. A webhook's
-        // progress needs no fsync of its own: a crash that loses it leaves the webhook
-        // owed (it is sent again), which is what a crash does anyway. A run's start
-        // does: it is how the next start knows the run was cut off, and a job that
-        // crashes weir each time it runs must be seen to, or it crash-loops (see
-        // `MAX_CUT_OFF_RUNS`). Group commit lets starts share fsyncs with acceptances.
-        let durable = job.state == JobState::Running;
+        // One process holds every claim: nothing else moves a job on. Progress needs no
+        // fsync of its own: a crash that loses it leaves the job queued (it runs again)
+        // or its webhook owed (it is sent again), which is what a crash does anyway.
+        // Except the start of a job found unfinished at open: that one is how the next
+        // open knows its run was cut off again, and a job that crashes weir each time it
+        // runs must be seen to, or it crash-loops (see `MAX_CUT_OFF_RUNS`). Starts in
+        // normal running stay unsynced: a crash loses at most one start per job, so a
+        // poison job is caught one run later.
+        let durable = job.state == JobState::Running
+            && self
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&job.id);
         Box::pin(async move {
             self.journal.put_async(job, durable).await?;
             let mut p = self.pending();
