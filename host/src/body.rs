@@ -269,6 +269,80 @@ where
     }
 }
 
+/// The error an upstream's response body fails with when it stalls.
+#[derive(Debug, thiserror::Error)]
+#[error("no response body data from the upstream for {} ms", .0.as_millis())]
+pub struct UpstreamStalled(pub Duration);
+
+/// An upstream's response body that fails with [`UpstreamStalled`] when no frame comes
+/// for `idle` while weir waits for one: an upstream that sends a head and then nothing,
+/// or drips its body, would otherwise hold the client (and the connection) for good.
+/// As with [`ClientBody`], the clock runs only while weir waits: time the body sits
+/// unpolled because the client reads slowly is not the upstream's.
+pub struct ReadTimeout<B> {
+    inner: B,
+    idle: Duration,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl<B> ReadTimeout<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, idle: Duration) -> Self {
+        ReadTimeout {
+            inner,
+            idle,
+            stall: None,
+            armed: false,
+        }
+    }
+}
+
+impl<B> Body for ReadTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let until = tokio::time::Instant::now() + this.idle;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                if !this.armed {
+                    stall.as_mut().reset(until);
+                    this.armed = true;
+                }
+                if stall.as_mut().poll(cx).is_ready() {
+                    this.armed = false;
+                    return Poll::Ready(Some(Err(Box::new(UpstreamStalled(this.idle)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A body that keeps something alive (a connection permit) until it ends or is dropped.
 pub struct Holding<B, T> {
     inner: B,

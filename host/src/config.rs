@@ -578,6 +578,10 @@ pub struct UpstreamConfig {
     /// The most requests in flight to this upstream; more wait, then get 503.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
+    /// How long weir waits for the next piece of a response body; then the body fails
+    /// (the client's connection is cut, or a filter that reads it gets 502).
+    #[serde(default = "defaults::upstream_read_timeout")]
+    pub read_timeout: HumanDuration,
     /// TLS settings for an https upstream.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
@@ -819,6 +823,9 @@ pub(crate) mod defaults {
     }
     pub fn min_body_rate() -> ByteSize {
         ByteSize(240)
+    }
+    pub fn upstream_read_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
     }
     pub fn listen_max_connections() -> usize {
         4096
@@ -1280,6 +1287,12 @@ fn validate(
             err(
                 place(&["upstreams", name, "max_connections"], span.clone()),
                 format!("upstream `{name}`: max_connections must be at least 1"),
+            );
+        }
+        if up.read_timeout.0.is_zero() {
+            err(
+                place(&["upstreams", name, "read_timeout"], span.clone()),
+                format!("upstream `{name}`: read_timeout must be more than zero"),
             );
         }
         if let Some(tls) = &mut up.tls {

@@ -55,6 +55,8 @@ pub struct Upstream {
     in_flight: prometheus::IntGauge,
     /// Time to the response head: the series, once the first answer made it.
     duration: OnceLock<prometheus::Histogram>,
+    /// How long a response body may go without a frame.
+    read_timeout: Duration,
     /// The `Host` header for a plain-HTTP upstream, made once: the client would format
     /// the same value for every request. `None` for HTTPS, where the connection may turn
     /// out to be HTTP/2 and the client sets `:authority` instead.
@@ -160,6 +162,7 @@ impl UpstreamPool {
                     permits: Arc::new(Semaphore::new(cfg.max_connections as usize)),
                     in_flight: metrics.in_flight(name),
                     duration: OnceLock::new(),
+                    read_timeout: cfg.read_timeout.0,
                     host: host_header(&cfg.url),
                 }),
             );
@@ -278,7 +281,10 @@ impl UpstreamPool {
         match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(timed_out()),
             Ok(Err(e)) => Err(classify(&e, &upstream.origin)),
-            Ok(Ok(resp)) => Ok(resp.map(|b| body::boxed(body::Holding::new(b, slot)))),
+            Ok(Ok(resp)) => Ok(resp.map(|b| {
+                let b = body::ReadTimeout::new(b, upstream.read_timeout);
+                body::boxed(body::Holding::new(b, slot))
+            })),
         }
     }
 }
@@ -581,6 +587,7 @@ mod tests {
             url,
             connect_timeout: crate::config::defaults::connect_timeout(),
             max_connections: crate::config::defaults::max_connections(),
+            read_timeout: crate::config::defaults::upstream_read_timeout(),
             tls: None,
         };
         let telemetry = crate::telemetry::Telemetry::new().unwrap();

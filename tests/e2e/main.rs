@@ -38,3 +38,4 @@ mod retry;
 mod sanitize;
 mod support;
 mod support_selftest;
+mod upstream_faults;

@@ -334,6 +334,7 @@ impl Route {
             url: Origin::try_from(ORIGIN.to_owned()).map_err(engine)?,
             connect_timeout: HumanDuration(Duration::from_secs(1)),
             max_connections: 1,
+            read_timeout: crate::config::defaults::upstream_read_timeout(),
             tls: None,
         };
         let upstreams =

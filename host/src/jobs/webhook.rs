@@ -126,6 +126,7 @@ impl Webhooks {
                         url: o.clone(),
                         connect_timeout: defaults::connect_timeout(),
                         max_connections: defaults::max_connections(),
+                        read_timeout: defaults::upstream_read_timeout(),
                         tls: None,
                     },
                 )
