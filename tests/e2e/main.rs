@@ -24,6 +24,7 @@ mod example_python;
 mod fanout;
 mod filters;
 mod fleet;
+mod h2_abuse;
 mod idempotency;
 mod jobs;
 mod jobs_fleet;
