@@ -123,6 +123,38 @@ impl BodyFault {
     }
 }
 
+/// A timer for one wait for a body's next frame: set when the wait begins, kept while
+/// it lasts, dropped when a frame comes. Its `Sleep` is made once and reset after.
+#[derive(Default)]
+struct WaitTimer {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl WaitTimer {
+    /// Whether the wait has run past `until`, arming the timer for it if this wait has
+    /// none yet (a wait's `until` is the one it began with).
+    fn expired(&mut self, until: tokio::time::Instant, cx: &mut Context<'_>) -> bool {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if !self.armed {
+            sleep.as_mut().reset(until);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// Ends the wait.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    fn armed(&self) -> bool {
+        self.armed
+    }
+}
+
 /// A client's request body as weir reads it: it fails past `limit` bytes, or when no
 /// frame comes for `read_timeout` while weir waits for one, and records in a
 /// [`BodyFault`] every way it fails, its own limits and the client's broken framing
@@ -132,10 +164,8 @@ pub struct ClientBody<B> {
     remaining: u64,
     limit: u64,
     read_timeout: Duration,
-    /// Made on the first wait, then reset for each later one.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether `stall` runs for the current wait.
-    armed: bool,
+    /// The stall and the rate checks' timer.
+    timer: WaitTimer,
     fault: BodyFault,
     /// The least bytes per second of waiting, checked once `grace` of waiting has
     /// passed; `None` checks no rate.
@@ -156,8 +186,7 @@ impl<B> ClientBody<B> {
             remaining: limit,
             limit,
             read_timeout,
-            stall: None,
-            armed: false,
+            timer: WaitTimer::default(),
             fault,
             min_rate: None,
             received: 0,
@@ -177,7 +206,7 @@ impl<B> ClientBody<B> {
 
     /// Ends the current wait, adding it to the time waited.
     fn stop_waiting(&mut self) {
-        self.armed = false;
+        self.timer.disarm();
         self.fault.0.waiting.store(false, Ordering::Relaxed);
         if let Some(began) = self.wait_began.take() {
             self.waited += began.elapsed();
@@ -238,15 +267,10 @@ where
                 let stalled_at = began + this.read_timeout;
                 let slow_at = this.too_slow_at(began);
                 let until = slow_at.map_or(stalled_at, |s| s.min(stalled_at));
-                let stall = this
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                if !this.armed {
-                    stall.as_mut().reset(until);
-                    this.armed = true;
+                if !this.timer.armed() {
                     this.fault.0.waiting.store(true, Ordering::Relaxed);
                 }
-                if stall.as_mut().poll(cx).is_ready() {
+                if this.timer.expired(until, cx) {
                     return match slow_at {
                         Some(at) if at < stalled_at => {
                             let rate = this.min_rate.map_or(0, |(r, _)| r);
@@ -282,8 +306,7 @@ pub struct UpstreamStalled(pub Duration);
 pub struct ReadTimeout<B> {
     inner: B,
     idle: Duration,
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    armed: bool,
+    timer: WaitTimer,
 }
 
 impl<B> ReadTimeout<B> {
@@ -292,8 +315,7 @@ impl<B> ReadTimeout<B> {
         ReadTimeout {
             inner,
             idle,
-            stall: None,
-            armed: false,
+            timer: WaitTimer::default(),
         }
     }
 }
@@ -313,20 +335,13 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.armed = false;
+                this.timer.disarm();
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
                 let until = tokio::time::Instant::now() + this.idle;
-                let stall = this
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                if !this.armed {
-                    stall.as_mut().reset(until);
-                    this.armed = true;
-                }
-                if stall.as_mut().poll(cx).is_ready() {
-                    this.armed = false;
+                if this.timer.expired(until, cx) {
+                    this.timer.disarm();
                     return Poll::Ready(Some(Err(Box::new(UpstreamStalled(this.idle)))));
                 }
                 Poll::Pending

@@ -252,19 +252,25 @@ fn expect_broken_body(got: &Got) {
     assert!(got.took < Duration::from_secs(1) + WAIT / 6, "{got:?}");
 }
 
-#[tokio::test]
-async fn a_reset_mid_body() {
-    let up = RawUpstream::start(vec![
-        Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"),
-        Step::Sleep(Duration::from_millis(50)),
-        Step::Reset,
-    ])
-    .await;
+/// A fault after the head: the streamed route's body breaks off, the buffered route
+/// gets 502 `upstream_failed`, its breaker heard of it, and nothing stays in flight.
+async fn expect_fault_after_the_head(steps: Vec<Step>) {
+    let up = RawUpstream::start(steps).await;
     let weir = start(&up.url()).await;
     expect_broken_body(&get(&weir, "/streamed/x").await);
     expect_error(&get(&weir, "/buffered/x").await, 502, "upstream_failed");
     expect_breaker_open(&weir, &up, "buffered").await;
     expect_nothing_in_flight(&weir).await;
+}
+
+#[tokio::test]
+async fn a_reset_mid_body() {
+    expect_fault_after_the_head(vec![
+        Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"),
+        Step::Sleep(Duration::from_millis(50)),
+        Step::Reset,
+    ])
+    .await;
 }
 
 #[tokio::test]
@@ -285,42 +291,26 @@ async fn a_half_close_without_an_answer() {
 
 #[tokio::test]
 async fn a_head_and_then_nothing() {
-    let up = RawUpstream::start(vec![Step::Write(
+    expect_fault_after_the_head(vec![Step::Write(
         b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
     )])
     .await;
-    let weir = start(&up.url()).await;
-    expect_broken_body(&get(&weir, "/streamed/x").await);
-    expect_error(&get(&weir, "/buffered/x").await, 502, "upstream_failed");
-    expect_breaker_open(&weir, &up, "buffered").await;
-    expect_nothing_in_flight(&weir).await;
 }
 
 #[tokio::test]
 async fn a_body_dripped_a_byte_a_second() {
-    let up = RawUpstream::start(vec![
+    expect_fault_after_the_head(vec![
         Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 60\r\n\r\n"),
         Step::Drip(60),
     ])
     .await;
-    let weir = start(&up.url()).await;
-    expect_broken_body(&get(&weir, "/streamed/x").await);
-    expect_error(&get(&weir, "/buffered/x").await, 502, "upstream_failed");
-    expect_breaker_open(&weir, &up, "buffered").await;
-    expect_nothing_in_flight(&weir).await;
 }
 
 #[tokio::test]
 async fn malformed_chunked_framing() {
-    let up = RawUpstream::start(vec![Step::Write(
+    expect_fault_after_the_head(vec![Step::Write(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
-    )])
-    .await;
-    let weir = start(&up.url()).await;
-    expect_broken_body(&get(&weir, "/streamed/x").await);
-    expect_error(&get(&weir, "/buffered/x").await, 502, "upstream_failed");
-    expect_breaker_open(&weir, &up, "buffered").await;
-    expect_nothing_in_flight(&weir).await;
+    )]).await;
 }
 
 #[tokio::test]
