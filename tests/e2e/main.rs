@@ -37,6 +37,7 @@ mod proxy;
 mod reload;
 mod retry;
 mod sanitize;
+mod secrets;
 mod support;
 mod support_selftest;
 mod upstream_faults;
