@@ -165,11 +165,7 @@ impl Fanout {
 
     /// Counts a target's outcome and logs it.
     fn count(&self, target: &str, out: &CallOutcome) {
-        let outcome = match out.error.as_deref() {
-            Some("timeout") => "timeout",
-            _ if out.ok() => "ok",
-            _ => "failed",
-        };
+        let outcome = CallOutcome::label(out.error.as_deref(), out.status);
         self.route().metrics.fanout_target(target, outcome);
         tracing::debug!(
             request_id = %self.id,
@@ -216,15 +212,11 @@ impl Fanout {
         }
         let target = &self.targets()[0];
         let (result, _) = self.send(target).await;
-        let code = match &result {
-            Ok(r) => r.extensions().get::<Failed>().map(|f| f.code),
-            Err(e) => Some(e.code()),
+        let (code, status) = match &result {
+            Ok(r) => (r.extensions().get::<Failed>().map(|f| f.code), r.status()),
+            Err(e) => (Some(e.code()), e.status()),
         };
-        let outcome = match (code, &result) {
-            (Some("timeout"), _) => "timeout",
-            (None, Ok(r)) if r.status().as_u16() < 500 => "ok",
-            _ => "failed",
-        };
+        let outcome = CallOutcome::label(code, status.as_u16());
         self.route().metrics.fanout_target(&target.name, outcome);
         result
     }

@@ -245,10 +245,7 @@ impl Proxy {
         tracing::info!(request_id = %id_text, calls = n, "batch");
         json_response(
             StatusCode::OK,
-            &serde_json::json!({
-                "batch": id_text,
-                "results": results.iter().map(CallOutcome::to_json).collect::<Vec<_>>(),
-            }),
+            &CallOutcome::batch_answer(id_text, &results),
         )
     }
 

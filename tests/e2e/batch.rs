@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::jobs::{SECRET, until_final_within};
+use crate::jobs::{SECRET, accepted, until_final_within};
 use crate::support::WAIT;
 use crate::support::client::{client, get_json, metrics};
 use crate::support::upstream::{Reply, Upstream, closed_port};
@@ -296,8 +296,7 @@ async fn an_async_batch_delivers_its_webhook() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 202);
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let location = accepted(resp).await;
     let job = until_final_within(&weir, &location, WAIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["route"], "(batch)");

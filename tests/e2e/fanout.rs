@@ -2,10 +2,11 @@
 //! or hanging target among them, per-target breakers, a large body to 100 targets, and
 //! a kill -9 in `async` mode. Every upstream is a real listener on 127.0.0.1.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::jobs::{SECRET, until_final_within};
+use crate::jobs::{
+    SECRET, accept_jobs, accepted, assert_each_ran_once_and_was_delivered, until_final_within,
+};
 use crate::support::client::{client, get_json, metrics};
 use crate::support::upstream::{Reply, Upstream, closed_port};
 use crate::support::weir::{Weir, check};
@@ -187,8 +188,7 @@ async fn async_mode_tracks_each_target_and_fires_the_webhook_when_all_are_final(
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 202);
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let location = accepted(resp).await;
     let job = until_final_within(&weir, &location, WAIT).await;
     assert_eq!(job["state"], "failed", "one target answered 503: {job}");
     assert_eq!(job["webhook"]["state"], "delivered", "{job}");
@@ -365,20 +365,7 @@ async fn kill_9_in_async_mode_loses_no_target() {
     let urls: Vec<String> = ups.iter().map(Upstream::url).collect();
     let cfg = config(&urls, "async", "", &top);
     let mut weir = Weir::start(&cfg).await;
-    let callback = format!("{}/hook", hooks.url());
-    let mut ids = Vec::new();
-    for i in 0..JOBS {
-        let resp = client()
-            .post(weir.url("/event"))
-            .header("weir-callback-url", &callback)
-            .body(format!("event {i}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        let v: serde_json::Value = resp.json().await.unwrap();
-        ids.push(v["id"].as_str().unwrap().to_owned());
-    }
+    let ids = accept_jobs(&weir, "/event", JOBS, &format!("{}/hook", hooks.url())).await;
     hooks.wait_for(5).await;
     weir.kill();
     assert!(
@@ -387,30 +374,16 @@ async fn kill_9_in_async_mode_loses_no_target() {
     );
 
     let weir = Weir::start(&cfg).await;
-    let mut keys = HashSet::new();
-    let mut webhook_ids = HashSet::new();
+    let mut finals = Vec::new();
     for id in &ids {
         let job = until_final_within(&weir, &format!("/_weir/jobs/{id}"), WAIT).await;
-        assert_eq!(job["state"], "succeeded", "{job}");
-        assert_eq!(job["webhook"]["state"], "delivered", "{job}");
         assert_eq!(job["targets"].as_array().unwrap().len(), TARGETS, "{job}");
-        keys.insert(job["idempotency_key"].as_str().unwrap().to_owned());
-        webhook_ids.insert(format!("msg_{id}"));
+        finals.push(job);
     }
-    for (i, up) in ups.iter().enumerate() {
-        let seen: HashSet<String> = up
-            .requests()
-            .iter()
-            .map(|r| r.header_str("idempotency-key").unwrap().to_owned())
-            .collect();
-        assert_eq!(seen, keys, "target {i} did not see exactly the jobs' keys");
+    // Every target, as the one upstream of a plain async route.
+    for up in &ups {
+        assert_each_ran_once_and_was_delivered(&finals, up, &hooks);
     }
-    let delivered: HashSet<String> = hooks
-        .requests()
-        .iter()
-        .map(|r| r.header_str("webhook-id").unwrap().to_owned())
-        .collect();
-    assert_eq!(delivered, webhook_ids);
 }
 
 /// A body over `max_body_bytes` gets 413 before any target is sent anything.

@@ -380,20 +380,7 @@ async fn kill_9_loses_no_accepted_job() {
         ),
     );
     let mut weir = Weir::start(&cfg).await;
-    let callback = format!("{}/hook", hooks.url());
-    let mut ids = Vec::new();
-    for i in 0..JOBS {
-        let resp = client()
-            .post(weir.url("/work"))
-            .header("weir-callback-url", &callback)
-            .body(format!("job {i}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        let v: serde_json::Value = resp.json().await.unwrap();
-        ids.push(v["id"].as_str().unwrap().to_owned());
-    }
+    let ids = accept_jobs(&weir, "/work", JOBS, &format!("{}/hook", hooks.url())).await;
     // Jobs have run and webhooks are going out; most jobs have not run.
     hooks.wait_for(10).await;
     weir.kill();
@@ -406,6 +393,31 @@ async fn kill_9_loses_no_accepted_job() {
         finals.push(until_final(&weir, &format!("/_weir/jobs/{id}")).await);
     }
     assert_each_ran_once_and_was_delivered(&finals, &up, &hooks);
+}
+
+/// POSTs `n` requests (bodies `job 0`, `job 1`, …) to `path`, each with
+/// `callback` as its webhook, on a route that makes every request a job; returns the
+/// jobs' ids.
+pub(crate) async fn accept_jobs(weir: &Weir, path: &str, n: usize, callback: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let resp = client()
+            .post(weir.url(path))
+            .header("weir-callback-url", callback)
+            .body(format!("job {i}"))
+            .send()
+            .await
+            .unwrap();
+        let location = accepted(resp).await;
+        ids.push(location.trim_start_matches("/_weir/jobs/").to_owned());
+    }
+    ids
+}
+
+/// Checks that `resp` is a job's 202 and returns the job's location.
+pub(crate) async fn accepted(resp: reqwest::Response) -> String {
+    assert_eq!(resp.status(), 202, "{resp:?}");
+    resp.headers()["location"].to_str().unwrap().to_owned()
 }
 
 /// What a crash must not change: every job in `finals` (their final JSON, distinct

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::jobs::until_final_within;
+use crate::jobs::{accepted, until_final_within};
 use crate::support::WAIT;
 use crate::support::client::client;
 use crate::support::upstream::{Reply, Upstream};
@@ -109,8 +109,7 @@ async fn no_secret_appears_in_anything_weir_prints_or_serves() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 202);
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let location = accepted(resp).await;
     let job = until_final_within(&weir, &location, WAIT).await;
     assert_eq!(job["webhook"]["state"], "delivered", "{job}");
     served.push(job.to_string());

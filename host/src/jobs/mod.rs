@@ -342,10 +342,7 @@ impl Job {
         if let Some(calls) = &self.calls {
             return Some(json_response(
                 StatusCode::OK,
-                &serde_json::json!({
-                    "batch": self.id,
-                    "results": calls.iter().map(CallOutcome::to_json).collect::<Vec<_>>(),
-                }),
+                &CallOutcome::batch_answer(&self.id, calls),
             ));
         }
         let r = self.result.as_ref()?;
@@ -389,7 +386,7 @@ pub struct CallOutcome {
 impl CallOutcome {
     /// An answer below 500 that weir did not end with an error.
     pub fn ok(&self) -> bool {
-        self.status < 500 && self.error.is_none()
+        CallOutcome::label(self.error.as_deref(), self.status) == "ok"
     }
 
     /// The outcome as clients see it: headers as `[name, value]` pairs, the body as text
@@ -415,6 +412,24 @@ impl CallOutcome {
             Err(_) => out["body_base64"] = BASE64.encode(&self.body.0).into(),
         }
         out
+    }
+
+    /// A batch's answer: every call's outcome in request order, under the batch's id.
+    pub fn batch_answer(batch: &str, outcomes: &[CallOutcome]) -> serde_json::Value {
+        serde_json::json!({
+            "batch": batch,
+            "results": outcomes.iter().map(CallOutcome::to_json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A fan-out target's outcome as `weir_fanout_targets_total` counts it, from weir's
+    /// error code (if weir ended the call) and the status.
+    pub fn label(error: Option<&str>, status: u16) -> &'static str {
+        match error {
+            Some("timeout") => "timeout",
+            None if status < 500 => "ok",
+            _ => "failed",
+        }
     }
 
     /// A fan-out's summary: every target's outcome in order, and the counts.
