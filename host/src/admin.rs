@@ -1,6 +1,9 @@
-//! The admin listener: `/metrics` (Prometheus text format), `/status` (JSON), and the
-//! recent-request endpoints. It binds to localhost by default and never serves proxy
-//! traffic. With `[admin] token` set, every endpoint requires `Authorization: Bearer`.
+//! The admin listener: `/metrics` (Prometheus text format), `/status` (JSON), the
+//! recent-request endpoints, and the dashboard (`/` and its `/events` stream; see
+//! [`crate::dashboard`]). It binds to localhost by default and never serves proxy
+//! traffic. With `[admin] token` set, every endpoint requires the token: as
+//! `Authorization: Bearer <token>`, or as the password of HTTP Basic authentication
+//! (any user name), which is what a browser opening the dashboard sends.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::accept;
 use crate::body::{self, ProxyBody};
+use crate::dashboard;
 use crate::error::json_response;
 use crate::listener::Proxy;
 use crate::reload::ReloadStatus;
@@ -37,6 +41,8 @@ pub struct Admin {
     pub state: Arc<dyn crate::state::StateBackend>,
     /// The bearer token every request must carry, if set.
     pub token: Option<String>,
+    /// The dashboard's open event streams.
+    pub streams: dashboard::Streams,
 }
 
 /// Serves admin requests on `listener` until the task is dropped.
@@ -47,7 +53,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                async move { Ok::<_, Infallible>(Admin::handle(admin, req).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -63,6 +69,44 @@ fn error(status: StatusCode, code: &str, message: String) -> Response<ProxyBody>
     )
 }
 
+/// Whether `presented` is `expected`, compared in constant time so that the token
+/// cannot be guessed byte by byte.
+fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// A 403 for a request that changes something (replay, rerun, redeliver) sent by a
+/// page of another site: a browser that holds the dashboard's Basic credentials sends
+/// them with any site's form, and `Origin` is how it says whose page sent it.
+fn cross_origin(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return None;
+    }
+    let origin = req.headers().get(http::header::ORIGIN)?;
+    let host = req.headers().get(http::header::HOST);
+    let same = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .is_some_and(|(_, authority)| host.is_some_and(|h| h.as_bytes() == authority.as_bytes()));
+    (!same).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            format!(
+                "{} from a page of {} is refused: the admin API takes changes only from its own pages or from programs",
+                req.method(),
+                String::from_utf8_lossy(origin.as_bytes())
+            ),
+        )
+    })
+}
+
 fn no_jobs() -> Response<ProxyBody> {
     error(
         StatusCode::NOT_FOUND,
@@ -76,43 +120,75 @@ impl Admin {
         let Some(token) = &self.token else {
             return true;
         };
-        let presented = req
+        let Some(value) = req
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            // The scheme name is case-insensitive (RFC 9110 §11.1).
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
-                    .map(|_| &v[7..])
-            });
-        // Compare in constant time, so the token cannot be guessed byte by byte.
-        presented.is_some_and(|p| {
-            p.len() == token.len()
-                && p.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        })
+        else {
+            return false;
+        };
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        let scheme = |name: &str| {
+            value
+                .get(..name.len())
+                .filter(|s| s.eq_ignore_ascii_case(name))
+                .map(|_| value[name.len()..].trim_start())
+        };
+        if let Some(presented) = scheme("bearer ") {
+            return same_secret(presented.as_bytes(), token.as_bytes());
+        }
+        // Basic (RFC 7617): `user:password` in base64; the token is the password, and
+        // the user name is whatever the person typed.
+        scheme("basic ")
+            .and_then(|b64| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(b64).ok()
+            })
+            .and_then(|pair| {
+                let colon = pair.iter().position(|b| *b == b':')?;
+                Some(same_secret(&pair[colon + 1..], token.as_bytes()))
+            })
+            .unwrap_or(false)
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         if !self.authorized(&req) {
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "this admin endpoint needs Authorization: Bearer <token>".into(),
+                "this admin endpoint needs Authorization: Bearer <token> (or, from a browser, the token as the password)".into(),
             );
-            resp.headers_mut().insert(
+            // Bearer for programs; Basic so that a browser asks a person for the token.
+            let h = resp.headers_mut();
+            h.append(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
             );
+            h.append(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(r#"Basic realm="weir admin", charset="UTF-8""#),
+            );
+            return resp;
+        }
+        if let Some(resp) = cross_origin(&req) {
             return resp;
         }
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
+            (Method::GET, _) if dashboard::is_asset(&path) => dashboard::asset(&path)
+                .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", path.clone())),
+            (Method::GET, ["events"]) => match self.streams.open() {
+                Some(permit) => {
+                    let admin = self.clone();
+                    dashboard::events(permit, move || {
+                        let admin = admin.clone();
+                        Box::pin(async move { admin.snapshot().await })
+                    })
+                }
+                None => dashboard::too_many_streams(),
+            },
             (Method::GET, ["metrics"]) => {
                 let mut resp = Response::new(body::full(Bytes::from(self.telemetry.render())));
                 resp.headers_mut().insert(
@@ -122,11 +198,7 @@ impl Admin {
                 resp
             }
             (Method::GET, ["status"]) => {
-                let mut status = self.status();
-                if let Some(jobs) = self.proxy.jobs() {
-                    status["jobs"] = jobs.status().await;
-                }
-                json_response(StatusCode::OK, &status)
+                json_response(StatusCode::OK, &self.status_with_jobs().await)
             }
             (Method::GET, ["requests"]) => match self.proxy.recent().list(&query) {
                 Ok(list) => json_response(StatusCode::OK, &list),
@@ -162,7 +234,7 @@ impl Admin {
             (Method::GET, ["jobs", "dead"]) => self.dead_jobs().await,
             (Method::POST, ["jobs", id, "redeliver"]) => self.redeliver(id).await,
             (Method::POST, ["jobs", id, "rerun"]) => self.rerun(id).await,
-            (_, ["metrics" | "status" | "requests"])
+            (_, ["metrics" | "status" | "requests" | "events"])
             | (_, ["requests", _])
             | (_, ["jobs", "dead"])
             | (_, ["jobs", _, "redeliver" | "rerun"])
@@ -174,7 +246,7 @@ impl Admin {
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("no admin endpoint {path}; try /metrics, /status or /requests"),
+                format!("no admin endpoint {path}; try /, /metrics, /status or /requests"),
             ),
         }
     }
@@ -256,6 +328,39 @@ impl Admin {
         }
     }
 
+    /// `/status`, with the job queue when `[jobs]` is configured.
+    async fn status_with_jobs(&self) -> serde_json::Value {
+        let mut status = self.status();
+        if let Some(jobs) = self.proxy.jobs() {
+            status["jobs"] = jobs.status().await;
+        }
+        status
+    }
+
+    /// One snapshot for the dashboard: `/status`, each route's latency bucket counts
+    /// (so the page can work out percentiles over any window from two snapshots), and
+    /// the series of [`dashboard::FAMILIES`].
+    async fn snapshot(&self) -> serde_json::Value {
+        let mut status = self.status_with_jobs().await;
+        if let Some(routes) = status["routes"].as_array_mut() {
+            for r in routes {
+                let name = r["name"].as_str().unwrap_or_default().to_owned();
+                r["latency_buckets"] = self.telemetry.stats.buckets(&name).into();
+            }
+        }
+        serde_json::json!({
+            "at_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            "latency_bounds_ms": crate::stats::LATENCY_BOUNDS_MS
+                .iter()
+                .map(|b| b.is_finite().then_some(*b))
+                .collect::<Vec<_>>(),
+            "status": status,
+            "series": dashboard::series(&self.telemetry.registry.gather()),
+        })
+    }
+
     /// `/status`: routes with their figures and filters, breakers, limiters, and the
     /// loaded config (and, with `[jobs]`, the job queue: added by the caller).
     fn status(&self) -> serde_json::Value {
@@ -267,6 +372,7 @@ impl Admin {
                 let mut v = self.telemetry.stats.summary(&r.name);
                 v["name"] = r.name.clone().into();
                 v["upstream"] = r.upstream.origin.clone().into();
+                v["upstream_name"] = r.upstream.name.clone().into();
                 v["filters"] = r.chain.names().into();
                 v
             })

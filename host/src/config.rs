@@ -1187,6 +1187,15 @@ fn validate(
         if let Some(Err(e)) = admin.token.as_ref().map(Secret::resolve) {
             err(here, format!("admin.token: {e}"));
         }
+        if admin.token.is_none() && !admin.addr.0.ip().is_loopback() {
+            err(
+                place(&["admin", "addr"], 0..0),
+                format!(
+                    "admin.addr {} is not a loopback address, and admin.token is not set: anyone who reaches it could read recorded requests and replay them; set admin.token, or bind to 127.0.0.1",
+                    admin.addr.0
+                ),
+            );
+        }
         for h in &admin.redact_headers {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 err(

@@ -36,6 +36,7 @@ pub mod chain;
 pub mod clock;
 pub mod compress;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod fanout;
 pub mod headers;
@@ -285,6 +286,7 @@ impl Server {
                 proxy: self.proxy.clone(),
                 reload: self.reload.clone(),
                 token,
+                streams: Default::default(),
             });
             tokio::spawn(admin::serve(l, state))
         });

@@ -204,6 +204,12 @@ impl Record {
         (c.complete && !c.overflow).then(|| Bytes::copy_from_slice(&c.kept))
     }
 
+    /// Whether the request failed: a 4xx or 5xx answer, or an error weir answered
+    /// with (`/requests?errors=true`).
+    pub fn failed(&self) -> bool {
+        self.status >= 400 || self.error.is_some()
+    }
+
     fn headers_json(&self, headers: &HeaderMap) -> serde_json::Value {
         let map: Vec<serde_json::Value> = headers
             .iter()
@@ -404,6 +410,7 @@ impl Recent {
         let mut batch = None;
         let mut status: Option<(u16, bool)> = None;
         let mut limit = 100usize;
+        let mut errors_only = false;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
@@ -423,6 +430,13 @@ impl Recent {
                         (c, false)
                     })
                 }
+                "errors" => {
+                    errors_only = match v {
+                        "true" | "1" => true,
+                        "false" | "0" | "" => false,
+                        _ => return Err(format!("invalid errors {v:?}: use true or false")),
+                    }
+                }
                 "limit" => {
                     limit = v
                         .parse()
@@ -431,7 +445,7 @@ impl Recent {
                 }
                 other => {
                     return Err(format!(
-                        "unknown query parameter {other:?}: use route, job, batch, status or limit"
+                        "unknown query parameter {other:?}: use route, job, batch, status, errors or limit"
                     ));
                 }
             }
@@ -454,6 +468,7 @@ impl Recent {
                     .as_deref()
                     .is_none_or(|want| r.batch.as_deref() == Some(want))
             })
+            .filter(|r| !errors_only || r.failed())
             .filter(|r| match status {
                 None => true,
                 Some((c, true)) => r.status / 100 == c,
@@ -535,6 +550,21 @@ mod tests {
                 .len(),
             1
         );
+        // Errors only: the 503 and the 404, newest first.
+        let failed: Vec<_> = recent.list("errors=true").unwrap()["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(failed, ["r3", "r1"]);
+        assert_eq!(
+            recent.list("errors=false").unwrap()["requests"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
         // A job's runs are found by its id.
         record(&recent, "r9", "jobs", 200);
         record(&recent, "r10", "batch", 200);
@@ -551,6 +581,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        assert!(recent.list("errors=maybe").is_err());
         assert!(recent.list("colour=red").is_err());
         assert!(recent.list("status=bad").is_err());
     }

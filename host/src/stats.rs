@@ -154,6 +154,20 @@ impl Stats {
         self.route(route).record(status, took);
     }
 
+    /// How many of `route`'s requests fell in each of [`LATENCY_BOUNDS_MS`]'s buckets.
+    pub fn buckets(&self, route: &str) -> Vec<u64> {
+        let stats = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(route)
+            .cloned();
+        stats.map_or_else(
+            || vec![0; LATENCY_BOUNDS_MS.len()],
+            |s| s.lock().unwrap_or_else(|p| p.into_inner()).latency.to_vec(),
+        )
+    }
+
     /// The `/status` summary of `route`.
     pub fn summary(&self, route: &str) -> serde_json::Value {
         let second = self.second();
@@ -229,7 +243,10 @@ mod tests {
     fn an_unknown_route_has_an_empty_summary() {
         let s = Stats::default();
         assert_eq!(s.summary("none")["requests"], 0);
+        assert_eq!(s.buckets("none"), vec![0; LATENCY_BOUNDS_MS.len()]);
         s.record("a", 200, Duration::from_millis(1));
-        assert_eq!(s.summary("a")["status_codes"]["200"], 1);
+        s.record("a", 200, Duration::from_millis(7));
+        assert_eq!(s.summary("a")["status_codes"]["200"], 2);
+        assert_eq!(&s.buckets("a")[..5], &[0, 1, 0, 0, 1]);
     }
 }
