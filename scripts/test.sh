@@ -14,4 +14,5 @@ export PATH
 scripts/setup-rust.sh
 scripts/setup-toolchains.sh
 scripts/setup-redis.sh
+scripts/setup-browser.sh
 cargo test --workspace "$@"

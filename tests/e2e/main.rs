@@ -18,6 +18,7 @@ mod cache;
 mod cleanup;
 mod client_faults;
 mod compression;
+mod dashboard;
 mod example_c;
 mod example_js;
 mod example_python;

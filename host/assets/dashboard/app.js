@@ -35,8 +35,8 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
-function fig(key, label, value) {
-  return el("div", {}, el("dt", {}, label), el("dd", { "data-k": key }, value));
+function fig(key, label, value, wide) {
+  return el("div", { class: wide ? "wide" : null }, el("dt", {}, label), el("dd", { "data-k": key }, value));
 }
 
 function setFig(root, key, value) {
@@ -159,19 +159,35 @@ function routeCard(r) {
     el("div", { class: "legend", "data-k": "classes-legend" }),
     el("div", { class: "errors", "data-k": "upstream-errors" }),
   );
-  const charts = el("div", { class: "charts" });
+  card.append(el("div", { class: "charts" }));
+  document.getElementById("routes").append(card);
+  const c = { rpsData: [[], []], latData: [[], [], []] };
+  page.charts.set(r.name, c);
+  drawCharts(card, c);
+  return card;
+}
+
+// (Re)makes a card's charts with the colours of the current scheme, and the data so far.
+function drawCharts(card, c) {
+  const box = card.querySelector(".charts");
   const rpsBox = el("div", { class: "chart" });
   const latBox = el("div", { class: "chart" });
-  charts.append(rpsBox, latBox);
-  card.append(charts);
-  document.getElementById("routes").append(card);
-  page.charts.set(r.name, {
-    rps: chart(rpsBox, "req/s", ["req/s"], [cssVar("--chart-1")]),
-    lat: chart(latBox, "p50 / p99 ms", ["p50", "p99"], [cssVar("--chart-1"), cssVar("--chart-2")]),
-    rpsData: [[], []],
-    latData: [[], [], []],
-  });
-  return card;
+  box.replaceChildren(rpsBox, latBox);
+  c.rps = chart(rpsBox, "req/s", ["req/s"], [cssVar("--chart-1")]);
+  c.lat = chart(latBox, "p50 / p99 ms", ["p50", "p99"], [cssVar("--chart-1"), cssVar("--chart-2")]);
+  c.rps.setData(c.rpsData);
+  c.lat.setData(c.latData);
+}
+
+// Light and dark mode: uPlot draws on a canvas with the colours it was given, so the
+// charts are made again when the scheme changes.
+function redrawAllCharts() {
+  for (const [name, c] of page.charts) {
+    c.rps.destroy();
+    c.lat.destroy();
+    const card = document.querySelector(`#routes [data-route="${CSS.escape(name)}"]`);
+    if (card) drawCharts(card, c);
+  }
 }
 
 function drawRoutes(snap) {
@@ -181,6 +197,9 @@ function drawRoutes(snap) {
   const names = new Set(snap.status.routes.map((r) => r.name));
   for (const card of document.querySelectorAll("#routes [data-route]")) {
     if (!names.has(card.dataset.route)) {
+      const c = page.charts.get(card.dataset.route);
+      c.rps.destroy();
+      c.lat.destroy();
       card.remove();
       page.charts.delete(card.dataset.route);
     }
@@ -272,7 +291,7 @@ function drawBreakers(snap) {
         el("td", {}, b.filter),
         el("td", {}, el("code", {}, b.key)),
         el("td", { class: "state" }, el("span", { class: "pill", "data-state": b.state || "unknown" }, b.state || "?")),
-        el("td", {}, b.failure_rate === null || b.failure_rate === undefined ? "–" : `${Math.round(b.failure_rate * 100)} %`),
+        el("td", {}, b.failure_rate === null || b.failure_rate === undefined ? "–" : `${Math.round(b.failure_rate)} %`),
       ),
     ),
   );
@@ -439,28 +458,29 @@ async function openDetail(id) {
       ...r.timings.filters.map((f) => el("tr", {}, el("td", {}, f.filter), el("td", {}, f.phase), el("td", {}, f.attempt), el("td", {}, f.us.toFixed(0)))),
     ),
   );
-  document.getElementById("detail-body").replaceChildren(
+  const parts = [
     el(
       "dl",
       { class: "figures" },
-      fig("id", "id", r.id),
+      fig("id", "id", r.id, true),
       fig("route", "route", r.route || "(none)"),
       fig("attempts", "tries", r.attempts),
       fig("total", "total", `${r.timings.total_ms.toFixed(1)} ms`),
       fig("upstream", "upstream head", r.timings.upstream_ms.map((m) => `${m.toFixed(1)} ms`).join(", ") || "–"),
       fig("connect", "connect", r.timings.connect_ms.map((m) => `${m.toFixed(1)} ms`).join(", ") || "reused"),
-      fig("trace", "trace id", r.trace_id),
-      fig("url", "sent to", r.upstream_url || "–"),
+      fig("trace", "trace id", r.trace_id, true),
+      fig("url", "sent to", r.upstream_url || "–", true),
     ),
     outcome("", r.status, r.error, r.response.body ? r.response.body.kept : null),
     r.filter_failures.length ? el("p", { class: "errors" }, "filter failures: " + r.filter_failures.map((f) => `${f.filter}: ${f.error}`).join("; ")) : null,
     el("h4", {}, "filter calls"),
-    filters,
+    r.timings.filters.length ? filters : el("p", { class: "empty" }, "none"),
     el("h4", {}, "request headers"),
     headerList(r.request.headers),
     el("h4", {}, "response headers"),
     headerList(r.response.headers),
-  );
+  ];
+  document.getElementById("detail-body").replaceChildren(...parts.filter((p) => p !== null));
   detail.hidden = false;
 }
 
@@ -533,6 +553,7 @@ document.addEventListener("DOMContentLoaded", () => {
     document.getElementById(id).addEventListener("change", refreshRequests);
   }
   document.getElementById("refresh-requests").addEventListener("click", refreshRequests);
+  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", redrawAllCharts);
   connect();
   every(REQUESTS_EVERY_MS, refreshRequests);
   every(5000, refreshDeadJobs);
