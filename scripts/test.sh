@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the toolchains of the JavaScript,
-# Python and C example filters (a no-op when they are there), then runs every test.
+# Python and C example filters, redis-server and promtool (each a no-op when it is
+# there), then runs every test.
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test e2e example_`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +16,5 @@ scripts/setup-rust.sh
 scripts/setup-toolchains.sh
 scripts/setup-redis.sh
 scripts/setup-browser.sh
+scripts/setup-prometheus.sh
 cargo test --workspace "$@"

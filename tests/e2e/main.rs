@@ -9,6 +9,7 @@
 //!
 //! The helpers live in [`support`]; `support_selftest` checks them without weir.
 
+mod alert_rules;
 mod all_four;
 mod auth;
 mod batch;
