@@ -1,7 +1,8 @@
 //! Secrets stay secret: weir runs at `trace` log level with the `auth` filter's secrets
 //! from `{ env }` and `{ file }`, an admin token and a webhook signing secret from the
 //! environment. Traffic goes through successes, an upstream error, a replay, a reload,
-//! an async job with a webhook, `/requests`, `/status` and `/metrics`. Then everything
+//! an async job with a webhook, `/requests`, `/status`, `/metrics` and the dashboard
+//! (its page and a snapshot of its event stream). Then everything
 //! weir printed or served (to clients, the admin API and the webhook receiver) is
 //! searched for each secret value, and none is found. Only the upstream, whose job it
 //! is, receives them.
@@ -68,6 +69,24 @@ async fn admin(weir: &Weir, method: reqwest::Method, path: &str) -> String {
         .unwrap_or_else(|e| panic!("{path}: {e}"));
     assert!(resp.status().is_success(), "{path}: {}", resp.status());
     resp.text().await.unwrap()
+}
+
+/// The dashboard's first snapshot from `/events`, with the token as a browser sends it.
+async fn dashboard_snapshot(weir: &Weir) -> String {
+    let mut resp = client()
+        .get(weir.admin_url("/events"))
+        .basic_auth("operator", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .expect("/events");
+    assert_eq!(resp.status(), 200);
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = resp.chunk().await.unwrap().expect("a snapshot");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("last_reload_error"), "{text}");
+    text
 }
 
 #[tokio::test]
@@ -153,6 +172,12 @@ async fn no_secret_appears_in_anything_weir_prints_or_serves() {
     }
     served.push(admin(&weir, reqwest::Method::GET, "/metrics").await);
     served.push(admin(&weir, reqwest::Method::GET, "/jobs/dead").await);
+    // The dashboard: its page, and a snapshot of its stream (routes, breakers, the
+    // config with the failed reload, the jobs), as a browser would get them.
+    for page in ["/", "/assets/app.js"] {
+        served.push(admin(&weir, reqwest::Method::GET, page).await);
+    }
+    served.push(dashboard_snapshot(&weir).await);
 
     // The upstream got the credentials: the filters did their job.
     let got = up.requests();
