@@ -1,23 +1,30 @@
-//! The one shared upstream client: pooled keep-alive connections, HTTP/2 by ALPN, TLS
-//! verified by default, and per-upstream connect timeouts and connection limits.
+//! The upstream client: each upstream's own pool of keep-alive connections over
+//! `hyper::client::conn`, HTTP/2 by ALPN, TLS verified by default, and per-upstream
+//! connect timeouts and connection limits.
 //!
-//! All routes share one hyper-util client; its pool is keyed by origin. The connector
-//! looks up each origin's TLS settings and connect timeout, so an upstream with its own
-//! CA or client certificate still uses the shared pool.
+//! Each [`Upstream`] keeps its connections: idle HTTP/1 connections on a stack (the most
+//! recently used on top, so the warmest is reused and the rest expire), and at most one
+//! HTTP/2 connection that every request shares. A request takes an idle connection or
+//! opens one; one task per connection drives it. An HTTP/1 connection goes back on the
+//! stack from its response body's own poll when the body ends: no task, channel or
+//! hashed pool key per request. (hyper-util's legacy client, which weir used before,
+//! spawned a task per request to do that, and looked its pool up by a SipHashed key.)
+//!
+//! weir is never an open proxy: a pool only ever dials its own upstream's origin.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
+use bytes::Bytes;
+use http::{Request, Response, Uri, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -34,15 +41,11 @@ use crate::error::{self, ProxyError};
 use crate::telemetry::UpstreamMetrics;
 use crate::tls::{self, TlsError};
 
-tokio::task_local! {
-    /// Where the connector reports how long a new connection took (TCP and TLS), in
-    /// nanoseconds, to the request waiting on it. Absent when hyper makes the connection
-    /// in the background; a pooled connection reports nothing.
-    static CONNECT_NANOS: Arc<AtomicU64>;
-}
-
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often an upstream with idle connections closes those past [`POOL_IDLE_TIMEOUT`].
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// One configured upstream.
 pub struct Upstream {
@@ -61,6 +64,10 @@ pub struct Upstream {
     /// the same value for every request. `None` for HTTPS, where the connection may turn
     /// out to be HTTP/2 and the client sets `:authority` instead.
     host: Option<http::HeaderValue>,
+    /// The `Host` an HTTP/1 request carries when it has none (an HTTPS upstream's).
+    authority: http::HeaderValue,
+    /// Its connections.
+    conns: Arc<Conns>,
 }
 
 /// A connection slot: its permit, and the in-flight gauge it keeps up while held.
@@ -99,10 +106,9 @@ impl Upstream {
     }
 }
 
-/// The shared client and the upstreams it serves.
+/// The upstreams, each with its connections.
 pub struct UpstreamPool {
-    client: Client<Connector, ProxyBody>,
-    upstreams: HashMap<String, Arc<Upstream>>,
+    upstreams: std::collections::HashMap<String, Arc<Upstream>>,
     metrics: Arc<UpstreamMetrics>,
 }
 
@@ -136,23 +142,32 @@ impl UpstreamFailure {
 }
 
 impl UpstreamPool {
-    /// Builds the client and loads every upstream's TLS files.
+    /// Sets up every upstream and loads its TLS files. No connection is opened yet.
     pub fn new(
         upstreams: &[(String, UpstreamConfig)],
         metrics: Arc<UpstreamMetrics>,
     ) -> Result<UpstreamPool, TlsError> {
-        let mut targets = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut by_name = std::collections::HashMap::new();
         for (name, cfg) in upstreams {
+            let tls = if cfg.url.is_https() {
+                Some(tls::client_config(name, cfg.tls.as_ref())?)
+            } else {
+                None
+            };
+            let host = cfg.url.authority.host();
             let target = Target {
-                tls: if cfg.url.is_https() {
-                    Some(tls::client_config(name, cfg.tls.as_ref())?)
-                } else {
-                    None
-                },
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port: cfg
+                    .url
+                    .authority
+                    .port_u16()
+                    .unwrap_or(if tls.is_some() { 443 } else { 80 }),
+                tls,
                 connect_timeout: cfg.connect_timeout.0,
             };
-            targets.insert(authority_key(&cfg.url.scheme, &cfg.url.authority), target);
             by_name.insert(
                 name.clone(),
                 Arc::new(Upstream {
@@ -164,19 +179,12 @@ impl UpstreamPool {
                     duration: OnceLock::new(),
                     read_timeout: cfg.read_timeout.0,
                     host: host_header(&cfg.url),
+                    authority: authority_header(&cfg.url),
+                    conns: Arc::new(Conns::new(target, POOL_IDLE_TIMEOUT)),
                 }),
             );
         }
-        let connector = Connector {
-            targets: Arc::new(targets),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         Ok(UpstreamPool {
-            client,
             upstreams: by_name,
             metrics,
         })
@@ -202,10 +210,26 @@ impl UpstreamPool {
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        self.send_timed(upstream, req, deadline, timeout_ms).await.0
+    }
+
+    /// Like [`UpstreamPool::send`], and also says how long opening a new connection took
+    /// (TCP and TLS), when this request opened one.
+    pub async fn send_timed(
+        &self,
+        upstream: &Upstream,
+        req: Request<ProxyBody>,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> (
+        Result<Response<ProxyBody>, UpstreamFailure>,
+        Option<Duration>,
+    ) {
         let client_body = req.extensions().get::<BodyFault>().cloned();
         let started = Instant::now();
+        let mut connect = None;
         let result = self
-            .send_inner(upstream, req, started, deadline, timeout_ms)
+            .send_inner(upstream, req, started, deadline, timeout_ms, &mut connect)
             .await
             .map_err(|f| match &client_body {
                 Some(body) => f.blame(body, timeout_ms),
@@ -218,31 +242,7 @@ impl UpstreamPool {
             Err(f) if f.error.origin() == error::Origin::Client => {}
             Err(f) => self.metrics.failed(&upstream.name, f.kind),
         }
-        result
-    }
-
-    /// Like [`UpstreamPool::send`], and also says how long opening a new connection took,
-    /// when this request waited for one. The report costs a task-local around every poll,
-    /// so only requests that are recorded for `/requests` ask for it.
-    pub async fn send_timed(
-        &self,
-        upstream: &Upstream,
-        req: Request<ProxyBody>,
-        deadline: Instant,
-        timeout_ms: u64,
-    ) -> (
-        Result<Response<ProxyBody>, UpstreamFailure>,
-        Option<Duration>,
-    ) {
-        let connect = Arc::new(AtomicU64::new(0));
-        let result = CONNECT_NANOS
-            .scope(
-                connect.clone(),
-                self.send(upstream, req, deadline, timeout_ms),
-            )
-            .await;
-        let nanos = connect.load(Ordering::Relaxed);
-        (result, (nanos > 0).then(|| Duration::from_nanos(nanos)))
+        (result, connect)
     }
 
     async fn send_inner(
@@ -252,6 +252,7 @@ impl UpstreamPool {
         now: Instant,
         deadline: Instant,
         timeout_ms: u64,
+        connect: &mut Option<Duration>,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
         let timed_out = || UpstreamFailure {
             kind: UpstreamError::Timeout,
@@ -278,9 +279,9 @@ impl UpstreamPool {
             _permit: permit,
             gauge: upstream.in_flight.clone(),
         };
-        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+        match tokio::time::timeout_at(deadline, upstream.exchange(req, connect)).await {
             Err(_) => Err(timed_out()),
-            Ok(Err(e)) => Err(classify(&e, &upstream.origin)),
+            Ok(Err(f)) => Err(f),
             Ok(Ok(resp)) => Ok(resp.map(|b| {
                 let b = body::ReadTimeout::new(b, upstream.read_timeout);
                 body::boxed(body::Holding::new(b, slot))
@@ -289,87 +290,332 @@ impl UpstreamPool {
     }
 }
 
+impl Upstream {
+    /// Sends `req` on a pooled or new connection and waits for the response head. A new
+    /// connection's time to open goes to `connect`.
+    async fn exchange(
+        &self,
+        mut req: Request<ProxyBody>,
+        connect: &mut Option<Duration>,
+    ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+        let fail = |e: ConnectError| e.to_failure(self.origin.clone());
+        let mut fresh = false;
+        loop {
+            let checkout = if fresh {
+                self.conns.connect().await
+            } else {
+                self.conns.checkout().await
+            }
+            .map_err(fail)?;
+            let reused = checkout.connect.is_none();
+            if !reused {
+                *connect = checkout.connect;
+            }
+            let unsent = match checkout.sender {
+                Sender::H2(mut s) => match s.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp.map(body::boxed)),
+                    Err(e) => e,
+                },
+                Sender::H1(mut s) => {
+                    self.origin_form(&mut req);
+                    match s.try_send_request(req).await {
+                        Ok(resp) => {
+                            let conns = self.conns.clone();
+                            return Ok(resp.map(|b| body::boxed(Returning::new(b, s, conns))));
+                        }
+                        Err(e) => e,
+                    }
+                }
+            };
+            let mut unsent = unsent;
+            // A pooled connection that the upstream closed just as it was taken: the
+            // request was not written, so it goes once more, on a new connection.
+            match unsent.take_message() {
+                Some(again) if reused && !fresh => {
+                    req = again;
+                    fresh = true;
+                }
+                _ => return Err(classify(unsent.error(), &self.origin)),
+            }
+        }
+    }
+
+    /// An HTTP/1 request line carries the path alone, and the request a `Host`.
+    fn origin_form(&self, req: &mut Request<ProxyBody>) {
+        if req.uri().scheme().is_some()
+            && let Some(pq) = req.uri().path_and_query().cloned()
+        {
+            *req.uri_mut() = Uri::from(pq);
+        }
+        req.headers_mut()
+            .entry(header::HOST)
+            .or_insert_with(|| self.authority.clone());
+    }
+}
+
 /// The `Host` value the HTTP/1 client would send to a plain-HTTP `origin`: the host,
 /// and the port unless it is 80.
 fn host_header(origin: &Origin) -> Option<http::HeaderValue> {
-    if origin.is_https() {
-        return None;
-    }
+    (!origin.is_https()).then(|| authority_header(origin))
+}
+
+/// `origin`'s host, and its port unless it is the scheme's default.
+fn authority_header(origin: &Origin) -> http::HeaderValue {
     let host = origin.authority.host();
+    let default = if origin.is_https() { 443 } else { 80 };
     let value = match origin.authority.port_u16() {
-        Some(port) if port != 80 => http::HeaderValue::from_str(&format!("{host}:{port}")),
+        Some(port) if port != default => http::HeaderValue::from_str(&format!("{host}:{port}")),
         _ => http::HeaderValue::from_str(host),
     };
-    value.ok()
+    // A parsed authority is valid header text.
+    value.unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
 }
 
-fn authority_key(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> String {
-    let port = authority
-        .port_u16()
-        .unwrap_or(if *scheme == http::uri::Scheme::HTTPS {
-            443
-        } else {
-            80
-        });
-    format!(
-        "{scheme}://{}:{port}",
-        authority.host().to_ascii_lowercase()
-    )
-}
-
-/// Maps a client error to the WIT kind and the client's error.
-fn classify(e: &hyper_util::client::legacy::Error, origin: &str) -> UpstreamFailure {
-    let upstream = origin.to_owned();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(c) = err.downcast_ref::<ConnectError>() {
-            return c.to_failure(upstream);
-        }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            let detail = h.to_string();
-            let kind = if h.is_timeout() {
-                UpstreamError::Timeout
-            } else if h.is_parse() || h.is_parse_status() {
-                UpstreamError::Protocol
-            } else {
-                UpstreamError::Reset
-            };
-            return UpstreamFailure {
-                kind,
-                error: ProxyError::UpstreamBroken { upstream, detail },
-            };
-        }
-        cur = err.source();
-    }
-    if e.is_connect() {
-        return UpstreamFailure {
-            kind: UpstreamError::ConnectFailed,
-            error: ProxyError::ConnectFailed {
-                upstream,
-                detail: format!("{e:#}"),
-            },
-        };
-    }
+/// Maps an error of a request on a connection to the WIT kind and the client's error.
+fn classify(e: &hyper::Error, origin: &str) -> UpstreamFailure {
+    let kind = if e.is_timeout() {
+        UpstreamError::Timeout
+    } else if e.is_parse() || e.is_parse_status() {
+        UpstreamError::Protocol
+    } else {
+        UpstreamError::Reset
+    };
     UpstreamFailure {
-        kind: UpstreamError::Reset,
+        kind,
         error: ProxyError::UpstreamBroken {
-            upstream,
-            detail: format!("{e:#}"),
+            upstream: origin.to_owned(),
+            detail: e.to_string(),
         },
     }
 }
 
-// === impl Connector ===
+// === connections ===
 
+/// Where and how to connect to one upstream.
 struct Target {
+    /// The host to dial, without IPv6 brackets.
+    host: String,
+    port: u16,
     tls: Option<Arc<ClientConfig>>,
     connect_timeout: Duration,
 }
 
-/// Connects to configured upstreams only, with each one's timeout and TLS settings.
-#[derive(Clone)]
-struct Connector {
-    targets: Arc<HashMap<String, Target>>,
+impl Target {
+    /// Opens a TCP connection and, for HTTPS, a verified TLS session on it.
+    async fn dial(&self) -> Result<Conn, ConnectError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| ConnectError::Failed(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(cfg) = &self.tls else {
+            return Ok(Conn::Plain(TokioIo::new(tcp)));
+        };
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|e| ConnectError::Tls(format!("invalid server name {:?}: {e}", self.host)))?;
+        let tls = TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        Ok(Conn::Tls(Box::new(TokioIo::new(tls))))
+    }
+}
+
+/// One upstream's connections.
+struct Conns {
+    target: Target,
+    /// Idle HTTP/1 connections, the most recently used last.
+    idle: Mutex<Vec<Idle>>,
+    /// The HTTP/2 connection every request shares, once ALPN has chosen h2.
+    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    idle_timeout: Duration,
+    /// Whether the task that closes expired idle connections runs.
+    sweeping: AtomicBool,
+}
+
+/// An idle HTTP/1 connection, and since when.
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// A connection to send one request on.
+enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// A connection, and how long opening it took if it is new.
+struct Checkout {
+    sender: Sender,
+    connect: Option<Duration>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Conns {
+    fn new(target: Target, idle_timeout: Duration) -> Conns {
+        Conns {
+            target,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            idle_timeout,
+            sweeping: AtomicBool::new(false),
+        }
+    }
+
+    /// The shared HTTP/2 connection, else an idle HTTP/1 one that is ready, else a new
+    /// connection.
+    async fn checkout(&self) -> Result<Checkout, ConnectError> {
+        let shared = lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned();
+        if let Some(sender) = shared {
+            return Ok(Checkout {
+                sender: Sender::H2(sender),
+                connect: None,
+            });
+        }
+        while let Some(mut sender) = self.pop_idle() {
+            // A connection goes back when its last response ended; it is ready once its
+            // task has seen that, or closed if the upstream ended it.
+            if sender.ready().await.is_ok() {
+                return Ok(Checkout {
+                    sender: Sender::H1(sender),
+                    connect: None,
+                });
+            }
+        }
+        self.connect().await
+    }
+
+    /// The most recently used idle connection that has not expired or closed.
+    fn pop_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = lock(&self.idle);
+        while let Some(i) = idle.pop() {
+            if i.since.elapsed() < self.idle_timeout && !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts an HTTP/1 connection whose response ended back for the next request.
+    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        lock(&self.idle).push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Opens a connection (within the connect timeout) and starts the task that drives
+    /// it. An HTTP/2 one becomes the shared connection.
+    async fn connect(&self) -> Result<Checkout, ConnectError> {
+        let started = Instant::now();
+        let io = tokio::time::timeout(self.target.connect_timeout, self.target.dial())
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+        let took = started.elapsed();
+        let sender = if io.is_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| ConnectError::Failed(format!("HTTP/2 handshake: {e}")))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            *lock(&self.h2) = Some(sender.clone());
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| ConnectError::Failed(format!("HTTP/1 handshake: {e}")))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Sender::H1(sender)
+        };
+        Ok(Checkout {
+            sender,
+            connect: Some(took.max(Duration::from_nanos(1))),
+        })
+    }
+}
+
+/// Closes `conns`' expired idle connections every [`SWEEP_EVERY`], until the upstream
+/// is gone (a reload replaced it).
+async fn sweep(conns: Weak<Conns>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(c) = conns.upgrade() else {
+            return;
+        };
+        lock(&c.idle).retain(|i| i.since.elapsed() < c.idle_timeout && !i.sender.is_closed());
+    }
+}
+
+/// An HTTP/1 response body that puts its connection back in the pool when it ends. A
+/// body dropped before its end takes the connection with it (hyper closes it).
+struct Returning {
+    inner: Incoming,
+    back: Option<(http1::SendRequest<ProxyBody>, Arc<Conns>)>,
+}
+
+impl Returning {
+    fn new(inner: Incoming, sender: http1::SendRequest<ProxyBody>, conns: Arc<Conns>) -> Self {
+        let mut r = Returning {
+            inner,
+            back: Some((sender, conns)),
+        };
+        // An empty body (a HEAD, a 204) may never be polled.
+        if r.inner.is_end_stream() {
+            r.give_back();
+        }
+        r
+    }
+
+    fn give_back(&mut self) {
+        if let Some((sender, conns)) = self.back.take() {
+            conns.put_back(sender);
+        }
+    }
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Why a connection could not be made.
@@ -408,82 +654,18 @@ impl ConnectError {
     }
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = Conn;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let targets = self.targets.clone();
-        Box::pin(async move {
-            let (scheme, authority) = match (uri.scheme(), uri.authority()) {
-                (Some(s), Some(a)) => (s.clone(), a.clone()),
-                _ => return Err(ConnectError::Failed(format!("not an absolute uri: {uri}"))),
-            };
-            let key = authority_key(&scheme, &authority);
-            // weir is never an open proxy: only configured origins are dialled.
-            let target = targets.get(&key).ok_or_else(|| {
-                ConnectError::Failed(format!("{key} is not a configured upstream"))
-            })?;
-            let host = authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let port = authority
-                .port_u16()
-                .unwrap_or(if target.tls.is_some() { 443 } else { 80 });
-            let connect = async {
-                let tcp = TcpStream::connect((host, port))
-                    .await
-                    .map_err(|e| ConnectError::Failed(e.to_string()))?;
-                let _ = tcp.set_nodelay(true);
-                match &target.tls {
-                    None => Ok(Conn::Plain(TokioIo::new(tcp))),
-                    Some(cfg) => {
-                        let name = ServerName::try_from(host.to_owned()).map_err(|e| {
-                            ConnectError::Tls(format!("invalid server name {host:?}: {e}"))
-                        })?;
-                        let tls = TlsConnector::from(cfg.clone())
-                            .connect(name, tcp)
-                            .await
-                            .map_err(|e| ConnectError::Tls(e.to_string()))?;
-                        Ok(Conn::Tls(Box::new(TokioIo::new(tls))))
-                    }
-                }
-            };
-            let started = std::time::Instant::now();
-            let conn = tokio::time::timeout(target.connect_timeout, connect)
-                .await
-                .map_err(|_| ConnectError::Timeout)??;
-            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            let _ = CONNECT_NANOS.try_with(|c| c.store(took.max(1), Ordering::Relaxed));
-            Ok(conn)
-        })
-    }
-}
-
 /// A connection to an upstream, plain or TLS.
 enum Conn {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
+impl Conn {
+    /// Whether TLS's ALPN chose HTTP/2.
+    fn is_h2(&self) -> bool {
         match self {
-            Conn::Plain(_) => Connected::new(),
-            Conn::Tls(s) => {
-                let (_, session) = s.inner().get_ref();
-                if session.alpn_protocol() == Some(b"h2") {
-                    Connected::new().negotiated_h2()
-                } else {
-                    Connected::new()
-                }
-            }
+            Conn::Plain(_) => false,
+            Conn::Tls(s) => s.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
 }
@@ -575,6 +757,118 @@ mod tests {
         );
         assert_eq!(host("http://[::1]:8080").as_deref(), Some("[::1]:8080"));
         assert_eq!(host("https://api.example.com"), None);
+    }
+
+    /// An HTTP/1 server on loopback that answers `status` (with `Connection: close` when
+    /// `close`), and counts the connections it accepted.
+    async fn server(status: u16, close: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    let mut resp =
+                        Response::new(http_body_util::Full::new(Bytes::from(if status == 204 {
+                            ""
+                        } else {
+                            "ok"
+                        })));
+                    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    if close {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        (url, accepted)
+    }
+
+    fn pool_for(url: String) -> UpstreamPool {
+        let config = UpstreamConfig {
+            url: crate::config::Origin::try_from(url).unwrap(),
+            connect_timeout: crate::config::defaults::connect_timeout(),
+            max_connections: crate::config::defaults::max_connections(),
+            read_timeout: crate::config::defaults::upstream_read_timeout(),
+            tls: None,
+        };
+        let telemetry = crate::telemetry::Telemetry::new().unwrap();
+        UpstreamPool::new(&[("u".to_owned(), config)], telemetry.upstreams.clone()).unwrap()
+    }
+
+    /// Sends a GET and reads the whole answer; returns its status, and whether the call
+    /// opened a new connection.
+    async fn get(pool: &UpstreamPool) -> (u16, bool) {
+        use http_body_util::BodyExt as _;
+        let upstream = pool.get("u").unwrap();
+        let mut req = Request::new(crate::body::empty());
+        *req.uri_mut() = upstream.uri("/x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (resp, connect) = pool.send_timed(upstream, req, deadline, 5000).await;
+        let resp = resp.expect("an answer");
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.unwrap();
+        (status, connect.is_some())
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_requests_one_after_another() {
+        let (url, accepted) = server(200, false).await;
+        let pool = pool_for(url);
+        assert_eq!(get(&pool).await, (200, true));
+        for _ in 0..5 {
+            assert_eq!(get(&pool).await, (200, false), "a pooled connection");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_empty_answer_gives_its_connection_back_too() {
+        let (url, accepted) = server(204, false).await;
+        let pool = pool_for(url);
+        for _ in 0..3 {
+            assert_eq!(get(&pool).await.0, 204);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_reused() {
+        let (url, accepted) = server(200, true).await;
+        let pool = pool_for(url);
+        for _ in 0..3 {
+            assert_eq!(get(&pool).await, (200, true), "each on a new connection");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_expired_idle_connection_is_replaced() {
+        let (url, accepted) = server(200, false).await;
+        let mut pool = pool_for(url);
+        let upstream = pool.upstreams.get_mut("u").unwrap();
+        let conns = Arc::new(Conns::new(
+            Target {
+                host: "127.0.0.1".into(),
+                port: upstream.uri_origin.authority.port_u16().unwrap(),
+                tls: None,
+                connect_timeout: Duration::from_secs(5),
+            },
+            Duration::ZERO,
+        ));
+        Arc::get_mut(upstream).unwrap().conns = conns;
+        assert_eq!(get(&pool).await, (200, true));
+        assert_eq!(get(&pool).await, (200, true));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
