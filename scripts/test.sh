@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the toolchains of the JavaScript,
 # Python and C example filters (a no-op when they are there), then runs every test.
-# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test e2e example_`.
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test e2e example_`. A whole
+# run (no arguments) then runs each fuzz target for FUZZ_SECONDS, default 45 (fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,3 +16,4 @@ scripts/setup-rust.sh
 scripts/setup-toolchains.sh
 scripts/setup-redis.sh
 cargo test --workspace "$@"
+if [ "$#" -eq 0 ]; then scripts/fuzz.sh; fi

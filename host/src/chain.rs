@@ -458,6 +458,42 @@ pub struct Failed {
     pub origin: Origin,
 }
 
+/// Checks the header and path parts of a filter's `on-request` edit and applies them to
+/// `req`; the walk applies the body and `try-timeout-ms` itself. The new path must be a
+/// path and query that starts with `/`.
+///
+/// Public (and hidden) for the `wit_answers` fuzz target in `fuzz/`.
+#[doc(hidden)]
+pub fn edit_request(
+    req: &mut wasm::Request,
+    set_headers: Vec<(String, Vec<u8>)>,
+    remove_headers: &[String],
+    path_with_query: Option<String>,
+) -> Result<(), String> {
+    headers::apply_edit(&mut req.headers, set_headers, remove_headers)?;
+    if let Some(pq) = path_with_query {
+        if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(format!("invalid path {pq:?}"));
+        }
+        req.path_with_query = pq;
+    }
+    Ok(())
+}
+
+/// Checks a filter's `on-response` edit and applies it to `fields`, the headers of the
+/// response the client gets (or of weir's error response). What it sets goes to the
+/// client, so it is held to [`headers::validate_response`]: no hop-by-hop headers either.
+///
+/// Public (and hidden) for the `wit_answers` fuzz target in `fuzz/`.
+#[doc(hidden)]
+pub fn edit_response(
+    fields: &mut Vec<(String, Vec<u8>)>,
+    edit: wasm::ResponseEdit,
+) -> Result<(), String> {
+    headers::validate_response(None, &edit.set_headers)?;
+    headers::apply_edit(fields, edit.set_headers, &edit.remove_headers)
+}
+
 enum ReqBody {
     Buffered(Bytes),
     /// Streamed to the upstream once; `None` after it was sent.
@@ -690,12 +726,7 @@ impl Walk<'_, '_> {
                         Outcome::Response(r) => &mut r.headers,
                         Outcome::Error(_) => &mut reply.error_headers,
                     };
-                    // What it sets goes to the client: no hop-by-hop headers either.
-                    if let Err(e) =
-                        headers::validate_response(None, &edit.set_headers).and_then(|()| {
-                            headers::apply_edit(fields, edit.set_headers, &edit.remove_headers)
-                        })
-                    {
+                    if let Err(e) = edit_response(fields, edit) {
                         reply = self.misbehaved(f, &e, reply);
                     }
                 }
@@ -749,13 +780,7 @@ impl Walk<'_, '_> {
         match action {
             ResponseAction::Continue(None) => {}
             ResponseAction::Continue(Some(edit)) => {
-                if let Err(e) = headers::validate_response(None, &edit.set_headers).and_then(|()| {
-                    headers::apply_edit(
-                        &mut reply.error_headers,
-                        edit.set_headers,
-                        &edit.remove_headers,
-                    )
-                }) {
+                if let Err(e) = edit_response(&mut reply.error_headers, edit) {
                     f.invalid_answer(Phase::Response, &e);
                     self.x.note_failure(f, CallError::Trap(e));
                 }
@@ -815,13 +840,12 @@ impl Walk<'_, '_> {
         req: &mut wasm::Request,
         edit: wasm::RequestEdit,
     ) -> Result<(), String> {
-        headers::apply_edit(&mut req.headers, edit.set_headers, &edit.remove_headers)?;
-        if let Some(pq) = edit.path_with_query {
-            if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
-                return Err(format!("invalid path {pq:?}"));
-            }
-            req.path_with_query = pq;
-        }
+        edit_request(
+            req,
+            edit.set_headers,
+            &edit.remove_headers,
+            edit.path_with_query,
+        )?;
         if let Some(b) = edit.body {
             self.body = ReqBody::Buffered(Bytes::from(b));
         }
