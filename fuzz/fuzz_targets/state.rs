@@ -159,9 +159,9 @@ impl<'a> Arbitrary<'a> for Op {
                     })
                 };
                 let policy = BucketPolicy {
-                    interval_ns: small(u)? * 1_000,
+                    interval_ns: small(u)?.saturating_mul(1_000),
                     burst: small(u)?,
-                    max_wait_ns: small(u)? * 1_000,
+                    max_wait_ns: small(u)?.saturating_mul(1_000),
                     max_queue: small(u)?,
                 };
                 Op::Take(key(u)?, policy, time(u)?)

@@ -462,6 +462,9 @@ pub struct Failed {
 /// `req`; the walk applies the body and `try-timeout-ms` itself. The new path must be a
 /// path and query that starts with `/`.
 ///
+/// All or nothing: an invalid part leaves `req` as it was, so a filter that fails open
+/// on an invalid edit lets the request through untouched, not half edited.
+///
 /// Public (and hidden) for the `wit_answers` fuzz target in `fuzz/`.
 #[doc(hidden)]
 pub fn edit_request(
@@ -470,11 +473,14 @@ pub fn edit_request(
     remove_headers: &[String],
     path_with_query: Option<String>,
 ) -> Result<(), String> {
+    if let Some(pq) = &path_with_query
+        && (!pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err())
+    {
+        return Err(format!("invalid path {pq:?}"));
+    }
+    // Checks every header before it changes any.
     headers::apply_edit(&mut req.headers, set_headers, remove_headers)?;
     if let Some(pq) = path_with_query {
-        if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
-            return Err(format!("invalid path {pq:?}"));
-        }
         req.path_with_query = pq;
     }
     Ok(())
@@ -1046,4 +1052,75 @@ enum Step {
     Wait(u32),
     /// No instance became free before the deadline.
     Expired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> wasm::Request {
+        wasm::Request {
+            method: "GET".to_owned(),
+            upstream: "http://upstream.test".to_owned(),
+            path_with_query: "/a".to_owned(),
+            headers: vec![("x-a".to_owned(), b"1".to_vec())],
+            body: None,
+        }
+    }
+
+    fn parts(req: &wasm::Request) -> (&str, &[(String, Vec<u8>)]) {
+        (&req.path_with_query, &req.headers)
+    }
+
+    /// Found by the `wit_answers` fuzz target: headers set and removed before the path
+    /// was refused, so a filter failing open sent them on.
+    #[test]
+    fn a_request_edit_with_a_bad_path_changes_nothing() {
+        let mut req = request();
+        let e = edit_request(
+            &mut req,
+            vec![("x-b".to_owned(), b"2".to_vec())],
+            &["x-a".to_owned()],
+            Some("no-slash".to_owned()),
+        )
+        .unwrap_err();
+        assert_eq!(e, "invalid path \"no-slash\"");
+        assert_eq!(parts(&req), parts(&request()));
+    }
+
+    #[test]
+    fn a_request_edit_with_a_bad_header_changes_nothing() {
+        let mut req = request();
+        let set = vec![
+            ("x-b".to_owned(), b"2".to_vec()),
+            ("x-c".to_owned(), b"a\r\nb".to_vec()),
+        ];
+        let e = edit_request(&mut req, set, &["x-a".to_owned()], Some("/b".to_owned()));
+        assert!(e.unwrap_err().contains("x-c"));
+        assert_eq!(parts(&req), parts(&request()));
+    }
+
+    #[test]
+    fn a_valid_request_edit_applies_every_part() {
+        let mut req = request();
+        let set = vec![("X-B".to_owned(), b"2".to_vec())];
+        edit_request(&mut req, set, &["X-A".to_owned()], Some("/b?c=d".to_owned())).unwrap();
+        let want: &[(String, Vec<u8>)] = &[("x-b".to_owned(), b"2".to_vec())];
+        assert_eq!(parts(&req), ("/b?c=d", want));
+    }
+
+    #[test]
+    fn a_response_edit_with_a_hop_by_hop_header_changes_nothing() {
+        let before = vec![("x-a".to_owned(), b"1".to_vec())];
+        let mut fields = before.clone();
+        let edit = wasm::ResponseEdit {
+            set_headers: vec![
+                ("x-b".to_owned(), b"2".to_vec()),
+                ("connection".to_owned(), b"close".to_vec()),
+            ],
+            remove_headers: vec!["x-a".to_owned()],
+        };
+        assert!(edit_response(&mut fields, edit).is_err());
+        assert_eq!(fields, before);
+    }
 }
