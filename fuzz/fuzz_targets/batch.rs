@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
                     assert_ne!(n, http::header::CONTENT_LENGTH);
                     assert_ne!(n, http::header::TRANSFER_ENCODING);
                     let bytes = v.as_bytes();
-                    assert!(!bytes.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)), "{v:?}");
+                    assert!(
+                        !bytes.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)),
+                        "{v:?}"
+                    );
                 }
             }
         }

@@ -91,7 +91,11 @@ pub fn assert_sendable(fields: &Fields) {
         assert_eq!(*n, n.to_ascii_lowercase());
     }
     let sent = weir::headers::from_fields(fields);
-    assert_eq!(sent.len(), fields.len(), "from_fields dropped an accepted header");
+    assert_eq!(
+        sent.len(),
+        fields.len(),
+        "from_fields dropped an accepted header"
+    );
 }
 
 /// Whether `name` is a header that describes a connection or framing, which a filter
@@ -99,7 +103,12 @@ pub fn assert_sendable(fields: &Fields) {
 pub fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name.to_ascii_lowercase().as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
             | "upgrade"
     )
 }

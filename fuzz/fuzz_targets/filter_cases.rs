@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
             for case in &file.cases {
                 assert!(names.insert(&case.name), "two cases named {:?}", case.name);
                 let req = &case.request;
-                assert!(http::Method::from_bytes(req.method.as_bytes()).is_ok(), "{req:?}");
+                assert!(
+                    http::Method::from_bytes(req.method.as_bytes()).is_ok(),
+                    "{req:?}"
+                );
                 assert!(req.path_with_query.starts_with('/'), "{req:?}");
                 assert!(
                     req.path_with_query
@@ -62,6 +65,9 @@ fn assert_sendable(fields: &[(String, Vec<u8>)]) {
     for (n, v) in fields {
         assert!(http::HeaderName::from_bytes(n.as_bytes()).is_ok(), "{n:?}");
         assert!(http::HeaderValue::from_bytes(v).is_ok(), "{n:?}: {v:?}");
-        assert!(!v.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)), "{n:?}: {v:?}");
+        assert!(
+            !v.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)),
+            "{n:?}: {v:?}"
+        );
     }
 }

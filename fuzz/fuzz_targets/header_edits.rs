@@ -51,7 +51,10 @@ fuzz_target!(|input: Input| {
         Err(_) => assert_eq!(edited, fields, "a refused edit changed the fields"),
         Ok(()) => {
             for (n, v) in &set {
-                assert!(!has_cr_lf_nul(n.as_bytes()) && !has_cr_lf_nul(v), "{n:?}: {v:?}");
+                assert!(
+                    !has_cr_lf_nul(n.as_bytes()) && !has_cr_lf_nul(v),
+                    "{n:?}: {v:?}"
+                );
             }
             assert_sendable(&edited);
             for r in &remove {
@@ -75,7 +78,10 @@ fuzz_target!(|input: Input| {
             assert!(http::StatusCode::from_u16(status).is_ok(), "{status}");
         }
         for (n, v) in &set {
-            assert!(!has_cr_lf_nul(n.as_bytes()) && !has_cr_lf_nul(v), "{n:?}: {v:?}");
+            assert!(
+                !has_cr_lf_nul(n.as_bytes()) && !has_cr_lf_nul(v),
+                "{n:?}: {v:?}"
+            );
             assert!(!is_hop_by_hop(n), "hop-by-hop {n:?} accepted in a response");
         }
     }

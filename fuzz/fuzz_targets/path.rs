@@ -36,7 +36,11 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(n.path.starts_with('/'), "{path:?} became {:?}", n.path);
     for segment in n.path.split('/') {
-        assert!(segment != "." && segment != "..", "{path:?} became {:?}", n.path);
+        assert!(
+            segment != "." && segment != "..",
+            "{path:?} became {:?}",
+            n.path
+        );
     }
     let bytes = n.path.as_bytes();
     for (i, b) in bytes.iter().enumerate() {

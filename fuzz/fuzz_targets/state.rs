@@ -172,7 +172,11 @@ impl<'a> Arbitrary<'a> for Op {
                 window: window(u)?,
                 at: time(u)?,
                 now: time(u)?,
-                record: if u.arbitrary()? { Some(record(u)?) } else { None },
+                record: if u.arbitrary()? {
+                    Some(record(u)?)
+                } else {
+                    None
+                },
                 ttl_ms: ttl_ms(u)?,
             },
             _ => Op::Advance(u.arbitrary()?),
@@ -281,7 +285,8 @@ impl Model {
                 self.entries.remove(key);
             }
             Write::Store { value, ttl } => {
-                self.entries.insert(key.to_owned(), (value, ttl.map(|t| now + t)));
+                self.entries
+                    .insert(key.to_owned(), (value, ttl.map(|t| now + t)));
             }
         }
     }
@@ -308,7 +313,11 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
                 assert_eq!(got, Err(StateError::TooLarge));
                 return;
             }
-            assert_eq!(got, Ok(model.live(&key, now).map(<[u8]>::to_vec)), "get {key}");
+            assert_eq!(
+                got,
+                Ok(model.live(&key, now).map(<[u8]>::to_vec)),
+                "get {key}"
+            );
         }
         Op::Set(key, value, ttl_ms) => {
             let got = ready(backend.set(&key, value.0.clone(), ttl(ttl_ms)));
@@ -318,7 +327,14 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
             }
             assert_eq!(got, Ok(()));
             let ttl = ttl(ttl_ms);
-            model.write(&key, Write::Store { value: value.0, ttl }, now);
+            model.write(
+                &key,
+                Write::Store {
+                    value: value.0,
+                    ttl,
+                },
+                now,
+            );
         }
         Op::Delete(key) => {
             let got = ready(backend.delete(&key));
@@ -338,7 +354,9 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
             let old = match model.live(&key, now).map(<[u8]>::to_vec) {
                 None => Some((0, ttl(ttl_ms).map(|t| now + t))),
                 Some(v) => {
-                    let n = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok());
+                    let n = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok());
                     n.map(|n| (n, model.entries[&key].1))
                 }
             };
@@ -348,7 +366,9 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
                 return;
             };
             assert_eq!(got, Ok(new), "incr {key} by {delta}");
-            model.entries.insert(key, (new.to_string().into_bytes(), expires));
+            model
+                .entries
+                .insert(key, (new.to_string().into_bytes(), expires));
         }
         Op::Cas(key, expected, new, ttl_ms) => {
             let expected = expected.map(|v| v.0);
@@ -413,14 +433,8 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
             record,
             ttl_ms,
         } => {
-            let got = ready(backend.window_add(
-                &key,
-                window,
-                at,
-                now_ns,
-                record.as_deref(),
-                ttl(ttl_ms),
-            ));
+            let got =
+                ready(backend.window_add(&key, window, at, now_ns, record.as_deref(), ttl(ttl_ms)));
             if too_long(&key) {
                 assert_eq!(got, Err(StateError::TooLarge));
                 return;
@@ -435,7 +449,14 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
                 ttl(ttl_ms),
             );
             assert_eq!(got.as_ref(), Ok(&sums), "window {key} on {stored:?}");
-            check_window(stored.as_deref(), window, now_ns, record.as_deref(), &sums, &write);
+            check_window(
+                stored.as_deref(),
+                window,
+                now_ns,
+                record.as_deref(),
+                &sums,
+                &write,
+            );
             model.write(&key, write, now);
         }
     }

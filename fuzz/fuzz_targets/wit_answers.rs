@@ -52,7 +52,9 @@ struct Input {
 }
 
 /// Paths worth trying more often than arbitrary text finds them.
-const PATHS: &[&str] = &["/", "/a?b=c", "", "a", "//x", "/a b", "/\r\n", "/%zz", "*", "/#f"];
+const PATHS: &[&str] = &[
+    "/", "/a?b=c", "", "a", "//x", "/a b", "/\r\n", "/%zz", "*", "/#f",
+];
 
 impl<'a> Arbitrary<'a> for Input {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Input> {
@@ -120,7 +122,10 @@ fuzz_target!(|input: Input| {
             if headers::validate_response(Some(status), &headers).is_ok() {
                 let status = http::StatusCode::from_u16(status).expect("a valid status");
                 assert!(!status.is_informational(), "{status}");
-                let fields: Fields = headers.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)).collect();
+                let fields: Fields = headers
+                    .into_iter()
+                    .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                    .collect();
                 assert_sendable(&fields);
                 for (n, _) in &fields {
                     assert!(!is_hop_by_hop(n), "hop-by-hop {n:?} in a filter's response");
