@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the toolchains of the JavaScript,
-# Python and C example filters, redis-server and promtool (each a no-op when it is
-# there), then runs every test.
-# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test e2e example_`.
+# Python and C example filters, redis-server, chromium and promtool (each a no-op when it
+# is there), then runs every test.
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test e2e example_`. A whole
+# run (no arguments) then runs each fuzz target for FUZZ_SECONDS, default 45 (fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +19,4 @@ scripts/setup-redis.sh
 scripts/setup-browser.sh
 scripts/setup-prometheus.sh
 cargo test --workspace "$@"
+if [ "$#" -eq 0 ]; then scripts/fuzz.sh; fi

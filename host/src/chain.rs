@@ -458,6 +458,48 @@ pub struct Failed {
     pub origin: Origin,
 }
 
+/// Checks the header and path parts of a filter's `on-request` edit and applies them to
+/// `req`; the walk applies the body and `try-timeout-ms` itself. The new path must be a
+/// path and query that starts with `/`.
+///
+/// All or nothing: an invalid part leaves `req` as it was, so a filter that fails open
+/// on an invalid edit lets the request through untouched, not half edited.
+///
+/// Public (and hidden) for the `wit_answers` fuzz target in `fuzz/`.
+#[doc(hidden)]
+pub fn edit_request(
+    req: &mut wasm::Request,
+    set_headers: Vec<(String, Vec<u8>)>,
+    remove_headers: &[String],
+    path_with_query: Option<String>,
+) -> Result<(), String> {
+    if let Some(pq) = &path_with_query
+        && (!pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err())
+    {
+        return Err(format!("invalid path {pq:?}"));
+    }
+    // Checks every header before it changes any.
+    headers::apply_edit(&mut req.headers, set_headers, remove_headers)?;
+    if let Some(pq) = path_with_query {
+        req.path_with_query = pq;
+    }
+    Ok(())
+}
+
+/// Checks a filter's `on-response` edit and applies it to `fields`, the headers of the
+/// response the client gets (or of weir's error response). What it sets goes to the
+/// client, so it is held to [`headers::validate_response`]: no hop-by-hop headers either.
+///
+/// Public (and hidden) for the `wit_answers` fuzz target in `fuzz/`.
+#[doc(hidden)]
+pub fn edit_response(
+    fields: &mut Vec<(String, Vec<u8>)>,
+    edit: wasm::ResponseEdit,
+) -> Result<(), String> {
+    headers::validate_response(None, &edit.set_headers)?;
+    headers::apply_edit(fields, edit.set_headers, &edit.remove_headers)
+}
+
 enum ReqBody {
     Buffered(Bytes),
     /// Streamed to the upstream once; `None` after it was sent.
@@ -690,12 +732,7 @@ impl Walk<'_, '_> {
                         Outcome::Response(r) => &mut r.headers,
                         Outcome::Error(_) => &mut reply.error_headers,
                     };
-                    // What it sets goes to the client: no hop-by-hop headers either.
-                    if let Err(e) =
-                        headers::validate_response(None, &edit.set_headers).and_then(|()| {
-                            headers::apply_edit(fields, edit.set_headers, &edit.remove_headers)
-                        })
-                    {
+                    if let Err(e) = edit_response(fields, edit) {
                         reply = self.misbehaved(f, &e, reply);
                     }
                 }
@@ -749,13 +786,7 @@ impl Walk<'_, '_> {
         match action {
             ResponseAction::Continue(None) => {}
             ResponseAction::Continue(Some(edit)) => {
-                if let Err(e) = headers::validate_response(None, &edit.set_headers).and_then(|()| {
-                    headers::apply_edit(
-                        &mut reply.error_headers,
-                        edit.set_headers,
-                        &edit.remove_headers,
-                    )
-                }) {
+                if let Err(e) = edit_response(&mut reply.error_headers, edit) {
                     f.invalid_answer(Phase::Response, &e);
                     self.x.note_failure(f, CallError::Trap(e));
                 }
@@ -815,13 +846,12 @@ impl Walk<'_, '_> {
         req: &mut wasm::Request,
         edit: wasm::RequestEdit,
     ) -> Result<(), String> {
-        headers::apply_edit(&mut req.headers, edit.set_headers, &edit.remove_headers)?;
-        if let Some(pq) = edit.path_with_query {
-            if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
-                return Err(format!("invalid path {pq:?}"));
-            }
-            req.path_with_query = pq;
-        }
+        edit_request(
+            req,
+            edit.set_headers,
+            &edit.remove_headers,
+            edit.path_with_query,
+        )?;
         if let Some(b) = edit.body {
             self.body = ReqBody::Buffered(Bytes::from(b));
         }
@@ -1022,4 +1052,75 @@ enum Step {
     Wait(u32),
     /// No instance became free before the deadline.
     Expired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> wasm::Request {
+        wasm::Request {
+            method: "GET".to_owned(),
+            upstream: "http://upstream.test".to_owned(),
+            path_with_query: "/a".to_owned(),
+            headers: vec![("x-a".to_owned(), b"1".to_vec())],
+            body: None,
+        }
+    }
+
+    fn parts(req: &wasm::Request) -> (&str, &[(String, Vec<u8>)]) {
+        (&req.path_with_query, &req.headers)
+    }
+
+    /// Found by the `wit_answers` fuzz target: headers set and removed before the path
+    /// was refused, so a filter failing open sent them on.
+    #[test]
+    fn a_request_edit_with_a_bad_path_changes_nothing() {
+        let mut req = request();
+        let e = edit_request(
+            &mut req,
+            vec![("x-b".to_owned(), b"2".to_vec())],
+            &["x-a".to_owned()],
+            Some("no-slash".to_owned()),
+        )
+        .unwrap_err();
+        assert_eq!(e, "invalid path \"no-slash\"");
+        assert_eq!(parts(&req), parts(&request()));
+    }
+
+    #[test]
+    fn a_request_edit_with_a_bad_header_changes_nothing() {
+        let mut req = request();
+        let set = vec![
+            ("x-b".to_owned(), b"2".to_vec()),
+            ("x-c".to_owned(), b"a\r\nb".to_vec()),
+        ];
+        let e = edit_request(&mut req, set, &["x-a".to_owned()], Some("/b".to_owned()));
+        assert!(e.unwrap_err().contains("x-c"));
+        assert_eq!(parts(&req), parts(&request()));
+    }
+
+    #[test]
+    fn a_valid_request_edit_applies_every_part() {
+        let mut req = request();
+        let set = vec![("X-B".to_owned(), b"2".to_vec())];
+        edit_request(&mut req, set, &["X-A".to_owned()], Some("/b?c=d".to_owned())).unwrap();
+        let want: &[(String, Vec<u8>)] = &[("x-b".to_owned(), b"2".to_vec())];
+        assert_eq!(parts(&req), ("/b?c=d", want));
+    }
+
+    #[test]
+    fn a_response_edit_with_a_hop_by_hop_header_changes_nothing() {
+        let before = vec![("x-a".to_owned(), b"1".to_vec())];
+        let mut fields = before.clone();
+        let edit = wasm::ResponseEdit {
+            set_headers: vec![
+                ("x-b".to_owned(), b"2".to_vec()),
+                ("connection".to_owned(), b"close".to_vec()),
+            ],
+            remove_headers: vec!["x-a".to_owned()],
+        };
+        assert!(edit_response(&mut fields, edit).is_err());
+        assert_eq!(fields, before);
+    }
 }

@@ -8,7 +8,10 @@
 //! other's keys.
 
 mod memory;
-pub(crate) mod prims;
+// Public (and hidden) for the `state` fuzz target in `fuzz/`, which checks the stored
+// forms' round trips and the primitives on values that are not of their form.
+#[doc(hidden)]
+pub mod prims;
 pub(crate) mod redis;
 
 use std::future::Future;

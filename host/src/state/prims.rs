@@ -162,18 +162,21 @@ pub fn bucket_pause(stored: Option<&[u8]>, until_ns: u64, now_ns: u64) -> Write 
 
 /// A window's records as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Held {
-    /// Oldest first.
+pub enum Held {
+    /// A [`Window::Count`]'s records, oldest first.
     Count(VecDeque<Vec<i64>>),
-    /// Slot → the sum of its records.
+    /// A [`Window::Time`]'s slots.
     Time {
+        /// The width of one slot.
         slot_ms: u32,
+        /// Slot → the sum of its records.
         slots: BTreeMap<u64, Vec<i64>>,
     },
 }
 
 impl Held {
-    fn encode(&self) -> Vec<u8> {
+    /// The stored form: `"n <record> …"` or `"t <slot_ms> <slot>:<record> …"`.
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = String::new();
         match self {
             Held::Count(records) => {
@@ -194,7 +197,8 @@ impl Held {
         out.into_bytes()
     }
 
-    fn decode(bytes: &[u8]) -> Option<Held> {
+    /// Reads the stored form; `None` if it is not one.
+    pub fn decode(bytes: &[u8]) -> Option<Held> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut parts = text.split(' ');
         match parts.next()? {
