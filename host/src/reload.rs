@@ -505,6 +505,8 @@ struct Fixed {
     jobs: String,
     /// `[batch]`, as Debug text.
     batch: String,
+    /// `[telemetry]`, as Debug text (secrets print as where they come from).
+    telemetry: String,
     tls_files: u64,
 }
 
@@ -519,6 +521,7 @@ impl Fixed {
             log: raw.log.clone(),
             jobs: format!("{:?}", raw.jobs),
             batch: format!("{:?}", raw.batch),
+            telemetry: format!("{:?}", raw.telemetry),
             tls_files: tls_files(raw),
         }
     }
@@ -656,6 +659,10 @@ impl Fixed {
         }
         if self.batch != format!("{:?}", new.batch) {
             out.push("[batch] changed: restart weir to apply".to_owned());
+        }
+        if self.telemetry != format!("{:?}", new.telemetry) {
+            // Never the values: the headers may hold secrets.
+            out.push("[telemetry] changed: restart weir to apply".to_owned());
         }
         if self.state.redis != new.state.redis {
             // Never the values: the table may hold a password.

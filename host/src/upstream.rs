@@ -35,10 +35,50 @@ use crate::telemetry::UpstreamMetrics;
 use crate::tls::{self, TlsError};
 
 tokio::task_local! {
-    /// Where the connector reports how long a new connection took (TCP and TLS), in
-    /// nanoseconds, to the request waiting on it. Absent when hyper makes the connection
-    /// in the background; a pooled connection reports nothing.
-    static CONNECT_NANOS: Arc<AtomicU64>;
+    /// Where the connector reports a new connection's timings to the request waiting on
+    /// it. Absent when hyper makes the connection in the background; a pooled connection
+    /// reports nothing.
+    static CONNECT_REPORT: Arc<ConnectReport>;
+}
+
+/// A new upstream connection: TCP, then TLS for an https upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectTiming {
+    /// When the TCP connect started.
+    pub at: Instant,
+    /// How long the TCP connect took.
+    pub tcp: Duration,
+    /// How long the TLS handshake took, for an https upstream.
+    pub tls: Option<Duration>,
+}
+
+/// A new connection's timings, in nanoseconds (0: not reported): when its TCP connect
+/// started, counted from the start of the request that waits on it, and how long TCP and
+/// TLS took.
+struct ConnectReport {
+    base: Instant,
+    start: AtomicU64,
+    tcp: AtomicU64,
+    tls: AtomicU64,
+}
+
+impl ConnectReport {
+    fn nanos(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// What was reported, if a connection was made for this request.
+    fn timing(&self) -> Option<ConnectTiming> {
+        let tcp = self.tcp.load(Ordering::Relaxed);
+        (tcp > 0).then(|| {
+            let tls = self.tls.load(Ordering::Relaxed);
+            ConnectTiming {
+                at: self.base + Duration::from_nanos(self.start.load(Ordering::Relaxed)),
+                tcp: Duration::from_nanos(tcp),
+                tls: (tls > 0).then(|| Duration::from_nanos(tls)),
+            }
+        })
+    }
 }
 
 /// How long an idle pooled connection is kept.
@@ -221,9 +261,10 @@ impl UpstreamPool {
         result
     }
 
-    /// Like [`UpstreamPool::send`], and also says how long opening a new connection took,
-    /// when this request waited for one. The report costs a task-local around every poll,
-    /// so only requests that are recorded for `/requests` ask for it.
+    /// Like [`UpstreamPool::send`], and also says when and how long opening a new
+    /// connection took (TCP, then TLS), when this request waited for one. The report
+    /// costs a task-local around every poll, so only requests whose timings are recorded
+    /// (for `/requests` or exported spans) ask for it.
     pub async fn send_timed(
         &self,
         upstream: &Upstream,
@@ -232,17 +273,21 @@ impl UpstreamPool {
         timeout_ms: u64,
     ) -> (
         Result<Response<ProxyBody>, UpstreamFailure>,
-        Option<Duration>,
+        Option<ConnectTiming>,
     ) {
-        let connect = Arc::new(AtomicU64::new(0));
-        let result = CONNECT_NANOS
+        let report = Arc::new(ConnectReport {
+            base: Instant::now(),
+            start: AtomicU64::new(0),
+            tcp: AtomicU64::new(0),
+            tls: AtomicU64::new(0),
+        });
+        let result = CONNECT_REPORT
             .scope(
-                connect.clone(),
+                report.clone(),
                 self.send(upstream, req, deadline, timeout_ms),
             )
             .await;
-        let nanos = connect.load(Ordering::Relaxed);
-        (result, (nanos > 0).then(|| Duration::from_nanos(nanos)))
+        (result, report.timing())
     }
 
     async fn send_inner(
@@ -436,13 +481,15 @@ impl tower_service::Service<Uri> for Connector {
             let port = authority
                 .port_u16()
                 .unwrap_or(if target.tls.is_some() { 443 } else { 80 });
+            let started = Instant::now();
             let connect = async {
                 let tcp = TcpStream::connect((host, port))
                     .await
                     .map_err(|e| ConnectError::Failed(e.to_string()))?;
                 let _ = tcp.set_nodelay(true);
-                match &target.tls {
-                    None => Ok(Conn::Plain(TokioIo::new(tcp))),
+                let connected = Instant::now();
+                let conn = match &target.tls {
+                    None => Conn::Plain(TokioIo::new(tcp)),
                     Some(cfg) => {
                         let name = ServerName::try_from(host.to_owned()).map_err(|e| {
                             ConnectError::Tls(format!("invalid server name {host:?}: {e}"))
@@ -451,16 +498,23 @@ impl tower_service::Service<Uri> for Connector {
                             .connect(name, tcp)
                             .await
                             .map_err(|e| ConnectError::Tls(e.to_string()))?;
-                        Ok(Conn::Tls(Box::new(TokioIo::new(tls))))
+                        Conn::Tls(Box::new(TokioIo::new(tls)))
                     }
-                }
+                };
+                Ok((conn, connected))
             };
-            let started = std::time::Instant::now();
-            let conn = tokio::time::timeout(target.connect_timeout, connect)
+            let (conn, connected) = tokio::time::timeout(target.connect_timeout, connect)
                 .await
                 .map_err(|_| ConnectError::Timeout)??;
-            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            let _ = CONNECT_NANOS.try_with(|c| c.store(took.max(1), Ordering::Relaxed));
+            let _ = CONNECT_REPORT.try_with(|r| {
+                let store =
+                    |cell: &AtomicU64, d| cell.store(ConnectReport::nanos(d), Ordering::Relaxed);
+                store(&r.start, started.saturating_duration_since(r.base));
+                store(&r.tcp, connected - started);
+                if matches!(conn, Conn::Tls(_)) {
+                    store(&r.tls, connected.elapsed());
+                }
+            });
             Ok(conn)
         })
     }
