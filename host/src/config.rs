@@ -1920,6 +1920,43 @@ filters = ["headers", "mystery"]
     }
 
     #[test]
+    fn otlp_is_off_by_default_and_checked_when_on() {
+        assert_eq!(parse(MIN).unwrap().raw.telemetry, TelemetryConfig::default());
+        let on = parse(&format!(
+            "{MIN}[telemetry.otlp]\nendpoint = \"https://otel.example.com:4318\"\n"
+        ))
+        .unwrap();
+        let otlp = on.raw.telemetry.otlp.unwrap();
+        assert_eq!(otlp.endpoint.to_string(), "https://otel.example.com:4318/v1/traces");
+        assert_eq!((otlp.service_name.as_str(), otlp.sample_ratio), ("weir", 1.0));
+        let bad = parse(&format!(
+            r#"{MIN}[telemetry.otlp]
+endpoint = "http://127.0.0.1:4318/v1/traces"
+headers = {{ "x-key" = {{ env = "WEIR_CONFIG_TEST_UNSET_OTLP_KEY" }}, "bad name" = "v" }}
+sample_ratio = 1.5
+service_name = " "
+"#
+        ))
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "telemetry.otlp.headers.x-key: environment variable WEIR_CONFIG_TEST_UNSET_OTLP_KEY is not set",
+            "telemetry.otlp.headers: invalid header name \"bad name\"",
+            "telemetry.otlp.sample_ratio must be between 0 and 1, not 1.5",
+            "telemetry.otlp.service_name must not be empty",
+        ] {
+            assert!(bad.contains(want), "{want} in {bad}");
+        }
+        let creds = parse(&format!(
+            "{MIN}[telemetry.otlp]\nendpoint = \"https://user:hunter2@otel.example.com\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(creds.contains("credentials in the url are not allowed"), "{creds}");
+        assert!(!creds.contains("hunter2"), "{creds}");
+    }
+
+    #[test]
     fn log_levels_are_checked() {
         assert!(check_log_level("info").is_ok());
         assert!(check_log_level("warn,weir=debug").is_ok());

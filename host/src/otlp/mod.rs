@@ -269,3 +269,80 @@ async fn export(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn otlp(ratio: f64) -> Otlp {
+        let (queue, _rx) = mpsc::channel(1);
+        Otlp {
+            queue,
+            ratio_below: (ratio * u64::MAX as f64) as u64,
+            all: ratio >= 1.0,
+            dropped_full: IntCounter::new("d", "d").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_parent_decides_else_the_ratio_on_the_trace_id() {
+        let half = otlp(0.5);
+        // The client's sampled flag wins, whatever the ratio.
+        assert!(half.sampled(u128::MAX, Some(true)));
+        assert!(!otlp(1.0).sampled(0, Some(false)));
+        // A new trace: by its id's low 64 bits, so every process decides alike.
+        assert!(half.sampled(1 << 64 | 5, None));
+        assert!(!half.sampled(u128::from(u64::MAX - 5), None));
+        assert!(otlp(1.0).sampled(u128::MAX, None));
+        assert!(!otlp(0.0).sampled(0, None));
+        let quarter = otlp(0.25);
+        let kept = (0..1000u64)
+            .filter(|i| quarter.sampled(u128::from(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)), None))
+            .count();
+        assert!((200..300).contains(&kept), "{kept}");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_the_spans() {
+        let (queue, mut rx) = mpsc::channel(1);
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let otlp = Otlp {
+            queue,
+            ratio_below: u64::MAX,
+            all: true,
+            dropped_full: dropped.clone(),
+        };
+        let finished = || Finished {
+            ids: SpanIds {
+                trace_id: 1,
+                parent: None,
+                span: 1,
+            },
+            started: Instant::now(),
+            ended: Instant::now(),
+            wall_end: SystemTime::now(),
+            method: Method::GET,
+            route: None,
+            path: "/".into(),
+            scheme: "http",
+            host: None,
+            client: "127.0.0.1:1".parse().unwrap(),
+            version: http::Version::HTTP_11,
+            status: 404,
+            error: Some("no_route"),
+            request_id: "r".into(),
+            upstream: None,
+            trace: Trace::default(),
+            job: None,
+            batch: None,
+            replay_of: None,
+        };
+        otlp.submit(finished());
+        assert_eq!(dropped.get(), 0);
+        otlp.submit(finished());
+        otlp.submit(finished());
+        assert_eq!(dropped.get(), 2, "one span each");
+        assert!(matches!(rx.try_recv(), Ok(Queued::Request(_))));
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -449,3 +449,279 @@ impl Builder<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::SpanIds;
+    use crate::recent::{FilterTiming, Trace, UpstreamTiming, WaitTiming};
+    use crate::upstream::ConnectTiming;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A request that went through `auth` and `retry`, failed once upstream over a new
+    /// TLS connection, waited, and succeeded on its second try.
+    fn finished(method: Method, status: u16, error: Option<&'static str>) -> Finished {
+        let t0 = Instant::now();
+        let call = |filter: &str, phase, attempt, at: u64, host_calls| FilterTiming {
+            filter: filter.to_owned(),
+            phase,
+            attempt,
+            at: t0 + at * MS,
+            took: MS,
+            error: None,
+            host_calls,
+        };
+        let state = HostCall {
+            what: HostCallKind::State("window_add"),
+            at: t0 + 2 * MS,
+            took: Duration::from_micros(100),
+            error: Some("unavailable"),
+        };
+        let outbound = HostCall {
+            what: HostCallKind::Outbound {
+                upstream: "oauth".into(),
+                origin: "https://login.example.com".into(),
+                method: "POST".into(),
+                path: "/token".into(),
+                status: Some(200),
+            },
+            at: t0 + 4 * MS,
+            took: Duration::from_micros(300),
+            error: None,
+        };
+        let trace = Trace {
+            filters: vec![
+                call("retry", "on_request", 1, 1, vec![state]),
+                call("auth", "on_request", 1, 3, vec![outbound]),
+                call("auth", "on_response", 1, 20, Vec::new()),
+                call("retry", "on_response", 1, 22, Vec::new()),
+                call("auth", "on_request", 2, 30, Vec::new()),
+                call("auth", "on_response", 2, 40, Vec::new()),
+                call("retry", "on_response", 2, 42, Vec::new()),
+            ],
+            upstream: vec![
+                UpstreamTiming {
+                    attempt: 1,
+                    at: t0 + 5 * MS,
+                    took: 14 * MS,
+                    connect: Some(ConnectTiming {
+                        at: t0 + 5 * MS,
+                        tcp: MS,
+                        tls: Some(2 * MS),
+                    }),
+                    outcome: Err("reset"),
+                    span: Some((0xa1, "/v1/charges".into())),
+                },
+                UpstreamTiming {
+                    attempt: 2,
+                    at: t0 + 32 * MS,
+                    took: 7 * MS,
+                    connect: None,
+                    outcome: Ok(200),
+                    span: Some((0xa2, "/v1/charges".into())),
+                },
+            ],
+            waits: vec![WaitTiming {
+                filter: "retry".into(),
+                kind: "retry",
+                attempt: 1,
+                at: t0 + 24 * MS,
+                took: 5 * MS,
+            }],
+            attempts: 2,
+            failures: Vec::new(),
+        };
+        Finished {
+            ids: SpanIds {
+                trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+                parent: Some(0x00f0_67aa_0ba9_02b7),
+                span: 0x5e,
+            },
+            started: t0,
+            ended: t0 + 45 * MS,
+            wall_end: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            method,
+            route: Some("payments".into()),
+            path: "/payments/v1/charges".into(),
+            scheme: "http",
+            host: Some("api.internal:8080".into()),
+            client: "10.0.0.7:51234".parse().unwrap(),
+            version: http::Version::HTTP_11,
+            status,
+            error,
+            request_id: "req-1".into(),
+            upstream: Some(("stripe".into(), "https://api.stripe.com".into())),
+            trace,
+            job: None,
+            batch: None,
+            replay_of: None,
+        }
+    }
+
+    fn build_all(f: &Finished) -> Vec<SpanData> {
+        let mut next = 0x1000u64;
+        let scope = InstrumentationScope::builder("weir").build();
+        build(f, &scope, &mut || {
+            next += 1;
+            next
+        })
+    }
+
+    fn attr(s: &SpanData, key: &str) -> Option<String> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
+        spans.iter().filter(|s| s.name == name).collect()
+    }
+
+    #[test]
+    fn the_tree_has_a_span_per_call_try_wait_and_connection_step() {
+        let f = finished(Method::POST, 200, None);
+        let spans = build_all(&f);
+        assert_eq!(spans.len(), span_count(&f));
+        assert_eq!(spans.len(), 1 + 7 + 2 + 1 + 2 + 2);
+        let trace_id = TraceId::from(f.ids.trace_id);
+        assert!(spans.iter().all(|s| s.span_context.trace_id() == trace_id));
+
+        let request = &spans[0];
+        assert_eq!(request.name, "POST payments");
+        assert_eq!(request.span_kind, SpanKind::Server);
+        assert_eq!(request.span_context.span_id(), SpanId::from(0x5e));
+        assert_eq!(request.parent_span_id, SpanId::from(0x00f0_67aa_0ba9_02b7));
+        assert!(request.parent_span_is_remote);
+        assert_eq!(request.status, Status::Unset);
+        assert_eq!(request.end_time, f.wall_end);
+        assert_eq!(
+            request.start_time,
+            f.wall_end - Duration::from_millis(45)
+        );
+        for (key, want) in [
+            ("http.request.method", "POST"),
+            ("url.path", "/payments/v1/charges"),
+            ("url.scheme", "http"),
+            ("http.route", "payments"),
+            ("http.response.status_code", "200"),
+            ("server.address", "api.internal"),
+            ("server.port", "8080"),
+            ("client.address", "10.0.0.7"),
+            ("network.protocol.version", "1.1"),
+            ("weir.attempts", "2"),
+        ] {
+            assert_eq!(attr(request, key).as_deref(), Some(want), "{key}");
+        }
+        assert_eq!(attr(request, "error.type"), None);
+
+        // Filter calls, tries and the wait hang under the request span.
+        let root = request.span_context.span_id();
+        for s in &spans[1..] {
+            let under_root = s.parent_span_id == root;
+            let tried = attr(s, "weir.upstream").as_deref() == Some("stripe");
+            let top = s.name.contains(" on_") || tried || s.name.ends_with(" delay");
+            assert_eq!(under_root, top, "{}", s.name);
+            assert!(!s.parent_span_is_remote);
+            assert!(s.start_time >= request.start_time && s.end_time <= request.end_time);
+        }
+        let calls = named(&spans, "auth on_request");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(attr(calls[1], "weir.attempt").as_deref(), Some("2"));
+        assert_eq!(attr(calls[1], "weir.filter.phase").as_deref(), Some("on_request"));
+
+        // Host calls hang under the call that made them.
+        let state = named(&spans, "state window_add")[0];
+        let retry_call = named(&spans, "retry on_request")[0];
+        assert_eq!(state.parent_span_id, retry_call.span_context.span_id());
+        assert_eq!(attr(state, "error.type").as_deref(), Some("unavailable"));
+        assert!(matches!(state.status, Status::Error { .. }));
+        let token = spans
+            .iter()
+            .find(|s| s.name == "POST" && s.span_kind == SpanKind::Client && attr(s, "weir.upstream").as_deref() == Some("oauth"))
+            .expect("the outbound call");
+        assert_eq!(token.parent_span_id, calls[0].span_context.span_id());
+        assert_eq!(attr(token, "url.full").as_deref(), Some("https://login.example.com/token"));
+        assert_eq!(attr(token, "server.port").as_deref(), Some("443"));
+
+        // Each try keeps the id it sent upstream; the first failed on a new connection.
+        let tries: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == root && s.span_kind == SpanKind::Client)
+            .collect();
+        assert_eq!(tries.len(), 2);
+        assert_eq!(tries[0].span_context.span_id(), SpanId::from(0xa1));
+        assert_eq!(attr(tries[0], "error.type").as_deref(), Some("reset"));
+        assert!(matches!(tries[0].status, Status::Error { .. }));
+        assert_eq!(attr(tries[0], "http.request.resend_count"), None);
+        assert_eq!(tries[1].span_context.span_id(), SpanId::from(0xa2));
+        assert_eq!(attr(tries[1], "http.response.status_code").as_deref(), Some("200"));
+        assert_eq!(attr(tries[1], "http.request.resend_count").as_deref(), Some("1"));
+        assert_eq!(
+            attr(tries[1], "url.full").as_deref(),
+            Some("https://api.stripe.com/v1/charges")
+        );
+        assert_eq!(tries[1].events.len(), 1, "the response head");
+        let connect = named(&spans, "connect")[0];
+        assert_eq!(connect.parent_span_id, SpanId::from(0xa1));
+        assert_eq!(
+            connect.end_time.duration_since(connect.start_time).unwrap(),
+            3 * MS
+        );
+        let tls = named(&spans, "tls handshake")[0];
+        assert_eq!(tls.parent_span_id, connect.span_context.span_id());
+        assert_eq!(tls.start_time, connect.start_time + MS);
+        let wait = named(&spans, "retry delay")[0];
+        assert_eq!(attr(wait, "weir.wait.kind").as_deref(), Some("retry"));
+    }
+
+    #[test]
+    fn errors_and_odd_methods_follow_the_conventions() {
+        // weir's own 504: an error of the request span, named by its code.
+        let f = finished(Method::GET, 504, Some("timeout"));
+        let spans = build_all(&f);
+        assert_eq!(attr(&spans[0], "error.type").as_deref(), Some("timeout"));
+        assert!(matches!(&spans[0].status, Status::Error { description } if description == "timeout"));
+        // An upstream's 503 passed on: the status code is the error type.
+        let spans = build_all(&finished(Method::GET, 503, None));
+        assert_eq!(attr(&spans[0], "error.type").as_deref(), Some("503"));
+        // A 4xx is the client's doing: no error on the server span.
+        let spans = build_all(&finished(Method::GET, 404, None));
+        assert_eq!(attr(&spans[0], "error.type"), None);
+        assert_eq!(spans[0].status, Status::Unset);
+        // An extension method is `_OTHER`, with its own name kept apart.
+        let method = Method::from_bytes(b"PURGE").unwrap();
+        let spans = build_all(&finished(method, 200, None));
+        assert_eq!(spans[0].name, "HTTP payments");
+        assert_eq!(attr(&spans[0], "http.request.method").as_deref(), Some("_OTHER"));
+        assert_eq!(
+            attr(&spans[0], "http.request.method_original").as_deref(),
+            Some("PURGE")
+        );
+        // No route: the method alone; a new trace has no parent.
+        let mut f = finished(Method::GET, 404, Some("no_route"));
+        f.route = None;
+        f.upstream = None;
+        f.trace = Trace::default();
+        f.ids.parent = None;
+        let spans = build_all(&f);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].name, "GET");
+        assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
+        assert!(!spans[0].parent_span_is_remote);
+        assert_eq!(attr(&spans[0], "http.route"), None);
+    }
+
+    #[test]
+    fn hosts_and_ports_are_split() {
+        assert_eq!(host_port("example.com:8443"), ("example.com", Some(8443)));
+        assert_eq!(host_port("example.com"), ("example.com", None));
+        assert_eq!(host_port("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(host_port("[::1]"), ("[::1]", None));
+        assert_eq!(origin_host_port("https://a.example"), ("a.example", Some(443)));
+        assert_eq!(origin_host_port("http://a.example"), ("a.example", Some(80)));
+        assert_eq!(origin_host_port("http://a.example:81"), ("a.example", Some(81)));
+    }
+}
