@@ -464,7 +464,7 @@ mod tests {
     /// TLS connection, waited, and succeeded on its second try.
     fn finished(method: Method, status: u16, error: Option<&'static str>) -> Finished {
         let t0 = Instant::now();
-        let call = |filter: &str, phase, attempt, at: u64, host_calls| FilterTiming {
+        let call = |filter: &str, phase, attempt, at: u32, host_calls| FilterTiming {
             filter: filter.to_owned(),
             phase,
             attempt,
