@@ -595,20 +595,27 @@ impl fmt::Display for OtlpEndpoint {
 impl TryFrom<String> for OtlpEndpoint {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
+        let key = "telemetry.otlp.endpoint";
         let expected = "expected http:// or https://, a host and a path, like \"http://127.0.0.1:4318/v1/traces\"";
         let uri: http::Uri = s
             .parse()
-            .map_err(|e| format!("invalid url {s:?}: {e}; {expected}"))?;
+            .map_err(|e| format!("{key}: invalid url {s:?}: {e}; {expected}"))?;
         let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-            return Err(format!("invalid url {s:?}: {expected}"));
+            return Err(format!("{key}: invalid url {s:?}: {expected}"));
         };
         if authority.as_str().contains('@') {
             // Not repeated: it holds a credential.
-            return Err(
-                "credentials in the url are not allowed; send them in `headers`, from { env = \"…\" } or { file = \"…\" }".to_owned(),
-            );
+            return Err(format!(
+                "{key}: credentials in the url are not allowed; send them in `headers`, from {{ env = \"…\" }} or {{ file = \"…\" }}"
+            ));
         }
-        let origin = Origin::try_from(format!("{scheme}://{authority}"))?;
+        if !matches!(scheme, "http" | "https") {
+            return Err(format!(
+                "{key}: invalid url {s:?}: the scheme must be http or https (weir exports OTLP over HTTP, the collector's port 4318, not gRPC)"
+            ));
+        }
+        let origin = Origin::try_from(format!("{scheme}://{authority}"))
+            .map_err(|e| format!("{key}: {e}"))?;
         let path = match uri.path_and_query().map(|p| p.as_str()) {
             None | Some("" | "/") => "/v1/traces".to_owned(),
             Some(p) => p.to_owned(),
@@ -1921,14 +1928,23 @@ filters = ["headers", "mystery"]
 
     #[test]
     fn otlp_is_off_by_default_and_checked_when_on() {
-        assert_eq!(parse(MIN).unwrap().raw.telemetry, TelemetryConfig::default());
+        assert_eq!(
+            parse(MIN).unwrap().raw.telemetry,
+            TelemetryConfig::default()
+        );
         let on = parse(&format!(
             "{MIN}[telemetry.otlp]\nendpoint = \"https://otel.example.com:4318\"\n"
         ))
         .unwrap();
         let otlp = on.raw.telemetry.otlp.unwrap();
-        assert_eq!(otlp.endpoint.to_string(), "https://otel.example.com:4318/v1/traces");
-        assert_eq!((otlp.service_name.as_str(), otlp.sample_ratio), ("weir", 1.0));
+        assert_eq!(
+            otlp.endpoint.to_string(),
+            "https://otel.example.com:4318/v1/traces"
+        );
+        assert_eq!(
+            (otlp.service_name.as_str(), otlp.sample_ratio),
+            ("weir", 1.0)
+        );
         let bad = parse(&format!(
             r#"{MIN}[telemetry.otlp]
 endpoint = "http://127.0.0.1:4318/v1/traces"
@@ -1952,7 +1968,10 @@ service_name = " "
         ))
         .unwrap_err()
         .to_string();
-        assert!(creds.contains("credentials in the url are not allowed"), "{creds}");
+        assert!(
+            creds.contains("credentials in the url are not allowed"),
+            "{creds}"
+        );
         assert!(!creds.contains("hunter2"), "{creds}");
     }
 

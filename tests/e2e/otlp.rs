@@ -46,7 +46,12 @@ fn value(v: &AnyValue) -> String {
 
 fn attrs(list: &[KeyValue]) -> HashMap<String, String> {
     list.iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(value).unwrap_or_default()))
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map(value).unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -75,13 +80,14 @@ fn exported(collector: &Upstream) -> Vec<(String, Span)> {
 
 #[tokio::test]
 async fn a_retried_request_is_one_trace_with_a_span_per_filter_call_and_try() {
-    let collector = Upstream::start(|_, _| {
-        Reply::ok().header("content-type", "application/x-protobuf")
-    })
-    .await;
+    let collector =
+        Upstream::start(|_, _| Reply::ok().header("content-type", "application/x-protobuf")).await;
     // The first try fails, the second succeeds.
     let up = Upstream::builder()
-        .replies([Reply::new(503).header("retry-after", "0"), Reply::ok().body("done")])
+        .replies([
+            Reply::new(503).header("retry-after", "0"),
+            Reply::ok().body("done"),
+        ])
         .start()
         .await;
     let weir = Weir::builder(format!(
@@ -142,12 +148,21 @@ filters = [
     // What went to the collector: protobuf, with the configured header, and no secret
     // but that header's.
     for export in collector.requests() {
-        assert_eq!((export.method.as_str(), export.path.as_str()), ("POST", "/v1/traces"));
-        assert_eq!(export.header_str("content-type"), Some("application/x-protobuf"));
+        assert_eq!(
+            (export.method.as_str(), export.path.as_str()),
+            ("POST", "/v1/traces")
+        );
+        assert_eq!(
+            export.header_str("content-type"),
+            Some("application/x-protobuf")
+        );
         assert_eq!(export.header_str("authorization"), Some(COLLECTOR_TOKEN));
         for secret in [API_KEY, COLLECTOR_TOKEN, CLIENT_SECRET] {
             assert!(
-                !export.body.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                !export
+                    .body
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_bytes()),
                 "{secret} was exported"
             );
         }
@@ -158,7 +173,8 @@ filters = [
         assert_eq!(hex(&s.trace_id), TRACE_ID, "{}", s.name);
         assert_eq!(service, "weir-e2e");
     }
-    let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|(_, s)| (s.span_id.clone(), s)).collect();
+    let by_id: HashMap<Vec<u8>, &Span> =
+        spans.iter().map(|(_, s)| (s.span_id.clone(), s)).collect();
     assert_eq!(by_id.len(), spans.len(), "span ids are unique");
 
     // The request span: under the client's span, named after the method and route.
@@ -200,7 +216,10 @@ filters = [
         .iter()
         .map(|s| {
             let a = attrs(&s.attributes);
-            (s.name.clone(), a.get("weir.attempt").cloned().unwrap_or_default())
+            (
+                s.name.clone(),
+                a.get("weir.attempt").cloned().unwrap_or_default(),
+            )
         })
         .collect();
     let want: Vec<(String, String)> = [
@@ -222,8 +241,16 @@ filters = [
     .collect();
     assert_eq!(walk, want);
     for s in &children {
-        assert!(s.start_time_unix_nano >= request.start_time_unix_nano, "{}", s.name);
-        assert!(s.end_time_unix_nano <= request.end_time_unix_nano, "{}", s.name);
+        assert!(
+            s.start_time_unix_nano >= request.start_time_unix_nano,
+            "{}",
+            s.name
+        );
+        assert!(
+            s.end_time_unix_nano <= request.end_time_unix_nano,
+            "{}",
+            s.name
+        );
         let a = attrs(&s.attributes);
         if s.name.contains(" on_") {
             assert_eq!(s.kind, SpanKind::Internal as i32);
@@ -239,10 +266,19 @@ filters = [
         assert_eq!(s.kind, SpanKind::Client as i32);
         let a = attrs(&s.attributes);
         let status = if i == 0 { "503" } else { "200" };
-        assert_eq!(a.get("http.response.status_code").map(String::as_str), Some(status));
-        assert_eq!(a.get("http.request.method").map(String::as_str), Some("GET"));
+        assert_eq!(
+            a.get("http.response.status_code").map(String::as_str),
+            Some(status)
+        );
+        assert_eq!(
+            a.get("http.request.method").map(String::as_str),
+            Some("GET")
+        );
         assert_eq!(a.get("url.full"), Some(&format!("{}/items/1", up.url())));
-        assert_eq!(a.get("server.address").map(String::as_str), Some("127.0.0.1"));
+        assert_eq!(
+            a.get("server.address").map(String::as_str),
+            Some("127.0.0.1")
+        );
         assert_eq!(a.get("weir.upstream").map(String::as_str), Some("api"));
         let resend = (i > 0).then(|| i.to_string());
         assert_eq!(a.get("http.request.resend_count"), resend.as_ref());
@@ -250,7 +286,9 @@ filters = [
             a.get("error.type").map(String::as_str),
             (i == 0).then_some("503")
         );
-        let traceparent = seen.header_str("traceparent").expect("a traceparent upstream");
+        let traceparent = seen
+            .header_str("traceparent")
+            .expect("a traceparent upstream");
         assert_eq!(
             traceparent,
             format!("00-{TRACE_ID}-{}-01", hex(&s.span_id)),
@@ -275,6 +313,11 @@ filters = [
     assert!(!state.is_empty(), "no state call was exported");
     for s in state {
         let parent = by_id.get(&s.parent_span_id).expect("its filter call");
-        assert!(parent.name.starts_with("retry on_"), "{} under {}", s.name, parent.name);
+        assert!(
+            parent.name.starts_with("retry on_"),
+            "{} under {}",
+            s.name,
+            parent.name
+        );
     }
 }

@@ -597,10 +597,7 @@ mod tests {
         assert!(request.parent_span_is_remote);
         assert_eq!(request.status, Status::Unset);
         assert_eq!(request.end_time, f.wall_end);
-        assert_eq!(
-            request.start_time,
-            f.wall_end - Duration::from_millis(45)
-        );
+        assert_eq!(request.start_time, f.wall_end - Duration::from_millis(45));
         for (key, want) in [
             ("http.request.method", "POST"),
             ("url.path", "/payments/v1/charges"),
@@ -630,7 +627,10 @@ mod tests {
         let calls = named(&spans, "auth on_request");
         assert_eq!(calls.len(), 2);
         assert_eq!(attr(calls[1], "weir.attempt").as_deref(), Some("2"));
-        assert_eq!(attr(calls[1], "weir.filter.phase").as_deref(), Some("on_request"));
+        assert_eq!(
+            attr(calls[1], "weir.filter.phase").as_deref(),
+            Some("on_request")
+        );
 
         // Host calls hang under the call that made them.
         let state = named(&spans, "state window_add")[0];
@@ -640,10 +640,17 @@ mod tests {
         assert!(matches!(state.status, Status::Error { .. }));
         let token = spans
             .iter()
-            .find(|s| s.name == "POST" && s.span_kind == SpanKind::Client && attr(s, "weir.upstream").as_deref() == Some("oauth"))
+            .find(|s| {
+                s.name == "POST"
+                    && s.span_kind == SpanKind::Client
+                    && attr(s, "weir.upstream").as_deref() == Some("oauth")
+            })
             .expect("the outbound call");
         assert_eq!(token.parent_span_id, calls[0].span_context.span_id());
-        assert_eq!(attr(token, "url.full").as_deref(), Some("https://login.example.com/token"));
+        assert_eq!(
+            attr(token, "url.full").as_deref(),
+            Some("https://login.example.com/token")
+        );
         assert_eq!(attr(token, "server.port").as_deref(), Some("443"));
 
         // Each try keeps the id it sent upstream; the first failed on a new connection.
@@ -657,8 +664,14 @@ mod tests {
         assert!(matches!(tries[0].status, Status::Error { .. }));
         assert_eq!(attr(tries[0], "http.request.resend_count"), None);
         assert_eq!(tries[1].span_context.span_id(), SpanId::from(0xa2));
-        assert_eq!(attr(tries[1], "http.response.status_code").as_deref(), Some("200"));
-        assert_eq!(attr(tries[1], "http.request.resend_count").as_deref(), Some("1"));
+        assert_eq!(
+            attr(tries[1], "http.response.status_code").as_deref(),
+            Some("200")
+        );
+        assert_eq!(
+            attr(tries[1], "http.request.resend_count").as_deref(),
+            Some("1")
+        );
         assert_eq!(
             attr(tries[1], "url.full").as_deref(),
             Some("https://api.stripe.com/v1/charges")
@@ -683,7 +696,9 @@ mod tests {
         let f = finished(Method::GET, 504, Some("timeout"));
         let spans = build_all(&f);
         assert_eq!(attr(&spans[0], "error.type").as_deref(), Some("timeout"));
-        assert!(matches!(&spans[0].status, Status::Error { description } if description == "timeout"));
+        assert!(
+            matches!(&spans[0].status, Status::Error { description } if description == "timeout")
+        );
         // An upstream's 503 passed on: the status code is the error type.
         let spans = build_all(&finished(Method::GET, 503, None));
         assert_eq!(attr(&spans[0], "error.type").as_deref(), Some("503"));
@@ -695,7 +710,10 @@ mod tests {
         let method = Method::from_bytes(b"PURGE").unwrap();
         let spans = build_all(&finished(method, 200, None));
         assert_eq!(spans[0].name, "HTTP payments");
-        assert_eq!(attr(&spans[0], "http.request.method").as_deref(), Some("_OTHER"));
+        assert_eq!(
+            attr(&spans[0], "http.request.method").as_deref(),
+            Some("_OTHER")
+        );
         assert_eq!(
             attr(&spans[0], "http.request.method_original").as_deref(),
             Some("PURGE")
@@ -720,8 +738,17 @@ mod tests {
         assert_eq!(host_port("example.com"), ("example.com", None));
         assert_eq!(host_port("[::1]:80"), ("[::1]", Some(80)));
         assert_eq!(host_port("[::1]"), ("[::1]", None));
-        assert_eq!(origin_host_port("https://a.example"), ("a.example", Some(443)));
-        assert_eq!(origin_host_port("http://a.example"), ("a.example", Some(80)));
-        assert_eq!(origin_host_port("http://a.example:81"), ("a.example", Some(81)));
+        assert_eq!(
+            origin_host_port("https://a.example"),
+            ("a.example", Some(443))
+        );
+        assert_eq!(
+            origin_host_port("http://a.example"),
+            ("a.example", Some(80))
+        );
+        assert_eq!(
+            origin_host_port("http://a.example:81"),
+            ("a.example", Some(81))
+        );
     }
 }
