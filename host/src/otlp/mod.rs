@@ -198,10 +198,11 @@ impl Otlp {
 
     /// Queues a request's spans for export; drops them, counted, when the queue is full.
     pub fn submit(&self, finished: Finished) {
-        if let Err(e) = self.queue.try_send(Queued::Request(Box::new(finished))) {
-            if let mpsc::error::TrySendError::Full(Queued::Request(f)) = e {
-                self.dropped_full.inc_by(spans::span_count(&f) as u64);
-            }
+        // Closed only once the export task is gone, which happens only with the runtime.
+        if let Err(mpsc::error::TrySendError::Full(Queued::Request(f))) =
+            self.queue.try_send(Queued::Request(Box::new(finished)))
+        {
+            self.dropped_full.inc_by(spans::span_count(&f) as u64);
         }
     }
 
