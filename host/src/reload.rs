@@ -747,6 +747,13 @@ mod tests {
             fixed.changes(&no_admin.raw, 0)[0],
             "admin.addr changed from 127.0.0.1:9901 to (none): restart weir to apply"
         );
+        let traced = parse(
+            "[listen]\naddr = \"127.0.0.1:8080\"\n[admin]\naddr = \"127.0.0.1:9901\"\n[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318\"\nheaders = { x-key = \"t0ps3cret\" }",
+        );
+        let changes = fixed.changes(&traced.raw, 0);
+        assert_eq!(changes, ["[telemetry] changed: restart weir to apply"]);
+        // A header's value is never shown, even in the state kept to compare.
+        assert!(!Fixed::of(&traced).telemetry.contains("t0ps3cret"));
     }
 
     #[test]
