@@ -42,12 +42,12 @@ use crate::compress;
 use crate::config::{Compression, OnError};
 use crate::error::{Origin, ProxyError};
 use crate::headers;
-use crate::recent::{FilterFailure, FilterTiming, Trace};
+use crate::recent::{FilterFailure, FilterTiming, Trace, UpstreamTiming, WaitTiming};
 use crate::telemetry::RouteMetrics;
 use crate::upstream::{Upstream, UpstreamFailure, UpstreamPool};
 use crate::wasm::{
-    self, CallError, FilterPool, Outcome, Phase, RequestAction, RequestInfo, ResponseAction,
-    Unanswered, UpstreamError,
+    self, CallError, FilterPool, HostCall, Outcome, Phase, RequestAction, RequestInfo,
+    ResponseAction, Unanswered, UpstreamError,
 };
 
 /// The most tries one request gets, whatever the filters ask.
@@ -124,8 +124,13 @@ pub struct Exchange<'a> {
     /// Where the number of tries goes, and, with `record_timings`, filter and upstream
     /// timings, for `/requests`.
     pub trace: &'a Mutex<Trace>,
-    /// Whether to time each filter call and upstream call (only `/requests` shows them).
+    /// Whether to time each filter call and upstream call (for `/requests` and exported
+    /// spans).
     pub record_timings: bool,
+    /// Whether this request's spans are exported (see [`crate::otlp`]): then its waits,
+    /// the filters' state and outbound calls, and each upstream try's span id are
+    /// recorded too, and each try sends its own `traceparent`.
+    pub trace_spans: bool,
     /// Where retries are counted.
     pub metrics: &'a RouteMetrics,
     /// The most tries, whatever the filters ask: [`MAX_ATTEMPTS`] for every client
@@ -258,7 +263,7 @@ impl Exchange<'_> {
         self.finish_request(out.headers_mut());
         self.compress_request(&mut out);
         let sent = self
-            .send_upstream(out, self.deadline, self.timeout_ms())
+            .send_upstream(out, self.deadline, self.timeout_ms(), 1)
             .await;
         self.lock_trace().attempts = 1;
         match sent {
@@ -279,13 +284,14 @@ impl Exchange<'_> {
         }
     }
 
-    /// Sends `out` upstream; with `record_timings`, notes how long the response head
-    /// and any new connection took.
+    /// Sends `out` upstream as try `attempt`; with `record_timings`, notes how long the
+    /// response head and any new connection took, and how the try ended.
     async fn send_upstream(
         &self,
-        out: http::Request<ProxyBody>,
+        mut out: http::Request<ProxyBody>,
         deadline: Instant,
         timeout_ms: u64,
+        attempt: u32,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
         let pool = match self.transport {
             Transport::Pool(pool) => pool,
@@ -294,13 +300,31 @@ impl Exchange<'_> {
         if !self.record_timings {
             return pool.send(self.upstream, out, deadline, timeout_ms).await;
         }
+        let span = self.trace_spans.then(|| {
+            // This try's span is the upstream's parent.
+            let id = rand::random::<u64>() | 1;
+            out.headers_mut().insert(
+                headers::TRACEPARENT,
+                headers::with_parent_id(self.traceparent, id),
+            );
+            (id, out.uri().path().to_owned())
+        });
         let started = Instant::now();
         let (sent, connect) = pool
             .send_timed(self.upstream, out, deadline, timeout_ms)
             .await;
-        let mut trace = self.lock_trace();
-        trace.upstream.push(started.elapsed());
-        trace.connect.extend(connect);
+        let outcome = match &sent {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(f) => Err(crate::telemetry::upstream_error_kind(f.kind)),
+        };
+        self.lock_trace().upstream.push(UpstreamTiming {
+            attempt,
+            at: started,
+            took: started.elapsed(),
+            connect,
+            outcome,
+            span,
+        });
         sent
     }
 
@@ -324,14 +348,15 @@ impl Exchange<'_> {
         self.trace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes a filter call's duration for `/requests`; `started` is `None` when this
-    /// request is not recorded.
+    /// Notes a filter call's timing, and the state and outbound calls it made; `started`
+    /// is `None` when this request's timings are not recorded.
     fn time_filter(
         &self,
         f: &FilterPool,
         phase: &'static str,
         attempt: u32,
         started: Option<Instant>,
+        host_calls: Option<Vec<HostCall>>,
     ) {
         let Some(started) = started else {
             return;
@@ -341,16 +366,56 @@ impl Exchange<'_> {
             filter: f.name().to_owned(),
             phase,
             attempt,
+            at: started,
             took,
+            error: None,
+            host_calls: host_calls.unwrap_or_default(),
         });
     }
 
-    /// Notes that filter `f` failed (a failed call, or an answer weir refused) for the
-    /// record; the harness reports it as the filter's error.
+    /// Notes that filter `f` failed (a failed call) for the record; the harness reports
+    /// it as the filter's error.
     fn note_failure(&self, f: &FilterPool, error: CallError) {
-        self.lock_trace().failures.push(FilterFailure {
+        let kind = error.kind();
+        self.note_failure_as(f, error, kind);
+    }
+
+    /// Notes that filter `f` answered something weir could not apply.
+    fn note_invalid(&self, f: &FilterPool, detail: String) {
+        self.note_failure_as(f, CallError::Trap(detail), "invalid");
+    }
+
+    /// Notes a failure of kind `kind`; the call it came from, the last one of `f` timed,
+    /// is marked with it.
+    fn note_failure_as(&self, f: &FilterPool, error: CallError, kind: &'static str) {
+        let mut trace = self.lock_trace();
+        if let Some(call) = trace
+            .filters
+            .iter_mut()
+            .rev()
+            .find(|t| t.filter == f.name())
+        {
+            call.error = Some(kind);
+        }
+        trace.failures.push(FilterFailure {
             filter: f.name().to_owned(),
             error,
+        });
+    }
+
+    /// Notes a sleep of the walk that started `at`, when this request's spans are
+    /// exported.
+    fn note_wait(&self, f: &FilterPool, kind: &'static str, attempt: u32, at: Option<Instant>) {
+        let Some(at) = at.filter(|_| self.trace_spans) else {
+            return;
+        };
+        let took = self.now().saturating_duration_since(at);
+        self.lock_trace().waits.push(WaitTiming {
+            filter: f.name().to_owned(),
+            kind,
+            attempt,
+            at,
+            took,
         });
     }
 
@@ -684,11 +749,13 @@ impl Walk<'_, '_> {
                         break 'walk;
                     }
                     Step::Wait(ms) => {
+                        let at = self.x.trace_spans.then(|| self.x.now());
                         // The WIT: "a wait past the deadline ends the request with 504".
                         if let Err(e) = self.x.sleep_within_deadline(ms.max(1)).await {
                             early = Some(self.ended(e));
                             break 'walk;
                         }
+                        self.x.note_wait(f, "wait", self.attempt, at);
                     }
                     Step::Expired => {
                         early = Some(self.ended(self.x.timeout()));
@@ -758,6 +825,8 @@ impl Walk<'_, '_> {
                     // than after the next try (which may need that very slot).
                     reply.stream = None;
                     self.x.sleep_until(until).await;
+                    let at = until - Duration::from_millis(u64::from(ms));
+                    self.x.note_wait(f, "retry", self.attempt, Some(at));
                     // Later filters may have replaced the body on the last try.
                     if let Some(b) = body {
                         self.body = ReqBody::Buffered(b);
@@ -788,7 +857,7 @@ impl Walk<'_, '_> {
             ResponseAction::Continue(Some(edit)) => {
                 if let Err(e) = edit_response(&mut reply.error_headers, edit) {
                     f.invalid_answer(Phase::Response, &e);
-                    self.x.note_failure(f, CallError::Trap(e));
+                    self.x.note_invalid(f, e);
                 }
             }
             ResponseAction::Respond(_) | ResponseAction::Retry(_) => {
@@ -809,11 +878,18 @@ impl Walk<'_, '_> {
             req.body = Some(b.to_vec());
         }
         let started = self.x.call_started();
+        let mut calls = self.x.trace_spans.then(Vec::new);
         self.refresh_info();
         let result = f
-            .on_request_until(&self.info, req, self.x.instance_wait(self.x.deadline))
+            .on_request_until(
+                &self.info,
+                req,
+                self.x.instance_wait(self.x.deadline),
+                calls.as_mut(),
+            )
             .await;
-        self.x.time_filter(f, "on_request", self.attempt, started);
+        self.x
+            .time_filter(f, "on_request", self.attempt, started, calls);
         req.body = None;
         match result {
             Ok(RequestAction::Continue((edit, memo))) => {
@@ -865,7 +941,7 @@ impl Walk<'_, '_> {
     /// An `on-request` answer weir cannot apply: logged, counted, then `on_error`.
     fn invalid_request_answer(&self, f: &FilterPool, detail: String) -> Step {
         f.invalid_answer(Phase::Request, &detail);
-        self.x.note_failure(f, CallError::Trap(detail.clone()));
+        self.x.note_invalid(f, detail.clone());
         self.failed_request(f, detail)
     }
 
@@ -887,7 +963,7 @@ impl Walk<'_, '_> {
     /// closed, as configured.
     fn misbehaved(&self, f: &FilterPool, detail: &str, reply: Reply) -> Reply {
         f.invalid_answer(Phase::Response, detail);
-        self.x.note_failure(f, CallError::Trap(detail.to_owned()));
+        self.x.note_invalid(f, detail.to_owned());
         match f.on_error() {
             OnError::FailOpen => reply,
             OnError::FailClosed => Reply::error(
@@ -916,6 +992,7 @@ impl Walk<'_, '_> {
             _ => None,
         };
         let started = self.x.call_started();
+        let mut calls = self.x.trace_spans.then(Vec::new);
         self.refresh_info();
         let until = self.x.response_wait_until(f);
         let result = f
@@ -925,9 +1002,11 @@ impl Walk<'_, '_> {
                 self.memos[k].as_deref(),
                 &reply.outcome,
                 until,
+                calls.as_mut(),
             )
             .await;
-        self.x.time_filter(f, "on_response", self.attempt, started);
+        self.x
+            .time_filter(f, "on_response", self.attempt, started, calls);
         if let (Outcome::Response(r), Some(b)) = (&mut reply.outcome, hidden) {
             r.body = Some(b);
         }
@@ -976,7 +1055,10 @@ impl Walk<'_, '_> {
             Some(t) if now + t < self.x.deadline => (now + t, t.as_millis() as u64),
             _ => (self.x.deadline, self.x.timeout_ms()),
         };
-        let sent = self.x.send_upstream(out, deadline, timeout_ms).await;
+        let sent = self
+            .x
+            .send_upstream(out, deadline, timeout_ms, self.attempt)
+            .await;
         let mut resp = match sent {
             Ok(r) => r,
             // The client's body failed (413, 400, 408, 499): the client's fault, not the

@@ -227,6 +227,9 @@ pub struct RawConfig {
     /// Logging: level and format (applied at start; `RUST_LOG` and `--log-format` win).
     #[serde(default)]
     pub log: LogConfig,
+    /// Traces: spans exported over OTLP; off when absent.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Upstreams by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
@@ -544,6 +547,81 @@ pub struct LogConfig {
     /// `"pretty"` or `"json"`.
     #[serde(default)]
     pub format: Option<LogFormat>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `[telemetry.otlp]`: export each request's spans over OTLP/HTTP; off when absent.
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `[telemetry.otlp]`: where and how spans are exported (see [`crate::otlp`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/HTTP traces URL; one without a path gets `/v1/traces`.
+    pub endpoint: OtlpEndpoint,
+    /// Headers sent with every export, such as an API key; values may be secrets.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// The `service.name` resource attribute.
+    #[serde(default = "defaults::otlp_service_name")]
+    pub service_name: String,
+    /// The share of new traces exported, from 0 to 1. A request that continues a trace
+    /// follows its `traceparent`'s sampled flag instead.
+    #[serde(default = "defaults::otlp_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+/// An OTLP/HTTP URL: `http://` or `https://`, a host, a path (`/v1/traces` when none).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct OtlpEndpoint {
+    /// The collector's origin, which exports are sent to.
+    pub origin: Origin,
+    /// The path and query.
+    pub path: String,
+}
+
+impl fmt::Display for OtlpEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.origin, self.path)
+    }
+}
+
+impl TryFrom<String> for OtlpEndpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let key = "telemetry.otlp.endpoint";
+        let expected = "expected http:// or https://, a host and a path, like \"http://127.0.0.1:4318/v1/traces\"";
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| format!("{key}: invalid url {s:?}: {e}; {expected}"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(format!("{key}: invalid url {s:?}: {expected}"));
+        };
+        if authority.as_str().contains('@') {
+            // Not repeated: it holds a credential.
+            return Err(format!(
+                "{key}: credentials in the url are not allowed; send them in `headers`, from {{ env = \"…\" }} or {{ file = \"…\" }}"
+            ));
+        }
+        if !matches!(scheme, "http" | "https") {
+            return Err(format!(
+                "{key}: invalid url {s:?}: the scheme must be http or https (weir exports OTLP over HTTP, the collector's port 4318, not gRPC)"
+            ));
+        }
+        let origin = Origin::try_from(format!("{scheme}://{authority}"))
+            .map_err(|e| format!("{key}: {e}"))?;
+        let path = match uri.path_and_query().map(|p| p.as_str()) {
+            None | Some("" | "/") => "/v1/traces".to_owned(),
+            Some(p) => p.to_owned(),
+        };
+        Ok(OtlpEndpoint { origin, path })
+    }
 }
 
 /// `[runtime]`: process-wide wasm settings.
@@ -901,6 +979,12 @@ pub(crate) mod defaults {
             .map(|s| HumanDuration(Duration::from_secs(s)))
             .to_vec()
     }
+    pub fn otlp_service_name() -> String {
+        "weir".to_owned()
+    }
+    pub fn otlp_sample_ratio() -> f64 {
+        1.0
+    }
     pub fn webhook_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
     }
@@ -1106,6 +1190,53 @@ fn validate_state(
     }
 }
 
+/// Checks `[telemetry.otlp]`: header names and values (each secret resolved once, its
+/// value never repeated), the service name and the sample ratio.
+fn validate_otlp(
+    otlp: &mut OtlpConfig,
+    abs: &dyn Fn(&mut PathBuf),
+    err: &mut dyn FnMut(&[&str], String),
+) {
+    for (name, value) in otlp.headers.iter_mut() {
+        let at = ["telemetry", "otlp", "headers", name.as_str()];
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            err(
+                &at,
+                format!("telemetry.otlp.headers: invalid header name {name:?}"),
+            );
+            continue;
+        }
+        if let Secret::File { file } = value {
+            abs(file);
+        }
+        match value.resolve() {
+            Err(e) => err(&at, format!("telemetry.otlp.headers.{name}: {e}")),
+            Ok(v) if http::HeaderValue::from_str(&v).is_err() => err(
+                &at,
+                format!(
+                    "telemetry.otlp.headers.{name}: the value is not a valid header value (visible ASCII, spaces and tabs)"
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
+    if otlp.service_name.trim().is_empty() {
+        err(
+            &["telemetry", "otlp", "service_name"],
+            "telemetry.otlp.service_name must not be empty".to_owned(),
+        );
+    }
+    if !(0.0..=1.0).contains(&otlp.sample_ratio) {
+        err(
+            &["telemetry", "otlp", "sample_ratio"],
+            format!(
+                "telemetry.otlp.sample_ratio must be between 0 and 1, not {}",
+                otlp.sample_ratio
+            ),
+        );
+    }
+}
+
 /// Why `url` is not a Redis URL weir takes.
 fn check_redis_url(url: &str) -> Result<(), String> {
     let parsed = http::Uri::try_from(url).map_err(|e| e.to_string())?;
@@ -1179,6 +1310,11 @@ fn validate(
     validate_state(&mut raw.state, &abs, &mut |path: &[&str], msg| {
         err(place(path, 0..0), msg)
     });
+    if let Some(otlp) = &mut raw.telemetry.otlp {
+        validate_otlp(otlp, &abs, &mut |path: &[&str], msg| {
+            err(place(path, 0..0), msg)
+        });
+    }
     if let Some(admin) = &mut raw.admin {
         let here = place(&["admin", "token"], 0..0);
         if let Some(Secret::File { file }) = &mut admin.token {
@@ -1797,6 +1933,55 @@ filters = ["headers", "mystery"]
                 .to_string()
                 .contains("unknown field `name`")
         );
+    }
+
+    #[test]
+    fn otlp_is_off_by_default_and_checked_when_on() {
+        assert_eq!(
+            parse(MIN).unwrap().raw.telemetry,
+            TelemetryConfig::default()
+        );
+        let on = parse(&format!(
+            "{MIN}[telemetry.otlp]\nendpoint = \"https://otel.example.com:4318\"\n"
+        ))
+        .unwrap();
+        let otlp = on.raw.telemetry.otlp.unwrap();
+        assert_eq!(
+            otlp.endpoint.to_string(),
+            "https://otel.example.com:4318/v1/traces"
+        );
+        assert_eq!(
+            (otlp.service_name.as_str(), otlp.sample_ratio),
+            ("weir", 1.0)
+        );
+        let bad = parse(&format!(
+            r#"{MIN}[telemetry.otlp]
+endpoint = "http://127.0.0.1:4318/v1/traces"
+headers = {{ "x-key" = {{ env = "WEIR_CONFIG_TEST_UNSET_OTLP_KEY" }}, "bad name" = "v" }}
+sample_ratio = 1.5
+service_name = " "
+"#
+        ))
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "telemetry.otlp.headers.x-key: environment variable WEIR_CONFIG_TEST_UNSET_OTLP_KEY is not set",
+            "telemetry.otlp.headers: invalid header name \"bad name\"",
+            "telemetry.otlp.sample_ratio must be between 0 and 1, not 1.5",
+            "telemetry.otlp.service_name must not be empty",
+        ] {
+            assert!(bad.contains(want), "{want} in {bad}");
+        }
+        let creds = parse(&format!(
+            "{MIN}[telemetry.otlp]\nendpoint = \"https://user:hunter2@otel.example.com\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            creds.contains("credentials in the url are not allowed"),
+            "{creds}"
+        );
+        assert!(!creds.contains("hunter2"), "{creds}");
     }
 
     #[test]

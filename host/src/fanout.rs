@@ -125,6 +125,7 @@ impl Fanout {
             traceparent: &self.traceparent,
             trace: &trace,
             record_timings: false,
+            trace_spans: false,
             metrics: &route.metrics,
             max_attempts: chain::MAX_ATTEMPTS,
         };

@@ -9,6 +9,28 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The W3C trace context header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// Writes the low `out.len()` hex digits of `n`, lowercase, most significant first.
+pub fn hex_into(mut n: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
+/// `traceparent` (a version-00 value weir made: 55 bytes) with its parent id replaced by
+/// `span`: what one upstream try of a traced request sends, so that the upstream's spans
+/// hang under that try's span.
+pub fn with_parent_id(traceparent: &HeaderValue, span: u64) -> HeaderValue {
+    let mut text = [0u8; 55];
+    if traceparent.len() != text.len() {
+        return traceparent.clone();
+    }
+    text.copy_from_slice(traceparent.as_bytes());
+    hex_into(u128::from(span), &mut text[36..52]);
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| traceparent.clone())
+}
+
 /// The hop-by-hop headers of RFC 9110 §7.6.1, which a proxy never forwards.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,

@@ -42,6 +42,7 @@ pub mod fanout;
 pub mod headers;
 pub mod jobs;
 pub mod listener;
+pub mod otlp;
 pub mod path;
 pub mod recent;
 pub mod reload;
@@ -63,6 +64,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, ConfigError, StateBackendKind};
 use crate::jobs::Jobs;
 use crate::listener::Proxy;
+use crate::otlp::Otlp;
 use crate::reload::{ReloadStatus, Reloader};
 use crate::router::Router;
 use crate::state::{MemoryBackend, RedisBackend, StateBackend};
@@ -215,6 +217,13 @@ impl Server {
                 })?)
             }
         };
+        let otlp = match &config.raw.telemetry.otlp {
+            None => None,
+            Some(o) => Some(Otlp::start(o, &telemetry.registry).map_err(|e| {
+                let span = config.key_span(&["telemetry", "otlp"]);
+                StartError::Config(vec![config.error_at(span, e)])
+            })?),
+        };
         let proxy = Proxy::new(
             router,
             &config.raw.listen,
@@ -222,6 +231,7 @@ impl Server {
             telemetry.clone(),
             jobs.clone(),
             config.raw.batch.as_ref(),
+            otlp,
         );
         if let Some(jobs) = &jobs {
             jobs.start(proxy.clone());
@@ -291,6 +301,7 @@ impl Server {
             tokio::spawn(admin::serve(l, state))
         });
         let jobs = self.proxy.jobs().cloned();
+        let otlp = self.proxy.otlp().cloned();
         let stop_jobs = jobs.clone();
         // New async requests stop at once: a 202 after the signal could be for a job
         // that this process will not run.
@@ -310,6 +321,10 @@ impl Server {
         .await;
         if let Some(jobs) = jobs {
             jobs.shutdown(self.config.raw.listen.drain_timeout.0).await;
+        }
+        if let Some(otlp) = otlp {
+            // The spans of the requests just drained.
+            otlp.flush(crate::otlp::FLUSH_TIMEOUT).await;
         }
         reloader.abort();
         if let Some(a) = admin {

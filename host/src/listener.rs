@@ -29,8 +29,9 @@ use crate::config::BatchConfig;
 use crate::config::{Admin as AdminConfig, AsyncMode, FanoutMode, Listen};
 use crate::error::{Origin as ErrorOrigin, ProxyError, json_response};
 use crate::fanout::{self, Fanout};
-use crate::headers;
+use crate::headers::{self, hex_into};
 use crate::jobs::{self, CallOutcome, JobOutput, Jobs};
+use crate::otlp::{Finished, Otlp, SpanIds};
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::{Router, check_host};
 use crate::telemetry::Telemetry;
@@ -52,6 +53,10 @@ pub struct Proxy {
     jobs: Option<Arc<Jobs>>,
     /// Batch requests, with `[batch]`.
     batch: Option<BatchConfig>,
+    /// Span export, with `[telemetry.otlp]`.
+    otlp: Option<Arc<Otlp>>,
+    /// `url.scheme` of the requests this listener takes, for their spans.
+    scheme: &'static str,
 }
 
 /// What a batch call's slot shows of how serving it went: put on its response.
@@ -75,7 +80,8 @@ struct Origin<'a> {
 
 impl Proxy {
     /// A proxy serving `router` with the limits in `listen`, recording recent requests
-    /// as `admin` says (none without an admin listener: nobody could read them).
+    /// as `admin` says (none without an admin listener: nobody could read them), and
+    /// exporting spans to `otlp`.
     pub fn new(
         router: Router,
         listen: &Listen,
@@ -83,6 +89,7 @@ impl Proxy {
         telemetry: Arc<Telemetry>,
         jobs: Option<Arc<Jobs>>,
         batch: Option<&BatchConfig>,
+        otlp: Option<Arc<Otlp>>,
     ) -> Arc<Proxy> {
         let recent = match admin {
             Some(a) => Recent::new(a.recent_requests, a.recent_body_bytes.0, &a.redact_headers),
@@ -97,7 +104,18 @@ impl Proxy {
             recent,
             jobs,
             batch: batch.cloned(),
+            otlp,
+            scheme: if listen.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         })
+    }
+
+    /// Span export, with `[telemetry.otlp]`.
+    pub fn otlp(&self) -> Option<&Arc<Otlp>> {
+        self.otlp.as_ref()
     }
 
     /// The async-job system, with `[jobs]`.
@@ -655,6 +673,12 @@ impl Proxy {
         let route = routed.as_ref().ok().copied();
         let method = parts.method.clone();
         let traceparent = TraceContext::from_headers(&parts.headers).next_hop();
+        // With span export off, this is all it costs a request.
+        let otlp = self
+            .otlp
+            .as_ref()
+            .filter(|o| traceparent.sampled_by(o))
+            .map(|o| (o, authority(&parts)));
         // Everything only `/requests` reads is gathered only when it keeps records.
         let recording = self.recent.enabled();
         let request_headers = if recording {
@@ -708,7 +732,8 @@ impl Proxy {
                         max_body: self.max_body,
                         traceparent: &traceparent.header,
                         trace: &trace,
-                        record_timings: recording,
+                        record_timings: recording || otlp.is_some(),
+                        trace_spans: otlp.is_some(),
                         metrics: &route.metrics,
                         max_attempts: chain::MAX_ATTEMPTS,
                     };
@@ -771,7 +796,7 @@ impl Proxy {
             });
         }
         let took = started.elapsed();
-        let trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());
         match route {
             Some(r) => {
                 r.metrics.record(&method, resp.status(), took);
@@ -796,6 +821,34 @@ impl Proxy {
             batch = origin.batch.unwrap_or("-"),
             "request"
         );
+        if let Some((otlp, host)) = otlp {
+            otlp.submit(Finished {
+                ids: traceparent.span_ids(),
+                started,
+                ended: started + took,
+                wall_end: SystemTime::now(),
+                method: method.clone(),
+                route: route_name.map(str::to_owned),
+                path: parts.uri.path().to_owned(),
+                scheme: self.scheme,
+                host,
+                client: origin.client,
+                version: parts.version,
+                status: resp.status().as_u16(),
+                error,
+                request_id: id_text.to_owned(),
+                upstream: route.map(|r| (r.upstream.name.clone(), r.upstream.origin.clone())),
+                // `/requests` keeps its own.
+                trace: if recording {
+                    trace.clone()
+                } else {
+                    std::mem::take(&mut trace)
+                },
+                job: origin.job.map(str::to_owned),
+                batch: origin.batch.map(str::to_owned),
+                replay_of: origin.replay_of.map(str::to_owned),
+            });
+        }
         let Some(request_capture) = request_capture else {
             return resp;
         };
@@ -940,19 +993,52 @@ impl Proxy {
 /// kept as their lowercase hex digits.
 struct TraceContext {
     trace_id: [u8; 32],
+    /// The client's span id, when it sent a valid `traceparent`.
+    parent: Option<[u8; 16]>,
     flags: [u8; 2],
 }
 
-/// The `traceparent` weir sends upstream, and the trace id it belongs to.
+/// The `traceparent` weir sends upstream, and the trace it belongs to.
 struct NextHop {
     header: HeaderValue,
     trace_id: [u8; 32],
+    parent: Option<[u8; 16]>,
+    /// The parent id in `header`: weir's span for the request.
+    span: u64,
+    flags: [u8; 2],
 }
 
 impl NextHop {
     /// The trace id as text, for `/requests`.
     fn trace_id(&self) -> String {
         String::from_utf8_lossy(&self.trace_id).into_owned()
+    }
+
+    /// The ids the request's spans hang from.
+    fn span_ids(&self) -> SpanIds {
+        let hex = |digits: &[u8]| {
+            std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| u128::from_str_radix(d, 16).ok())
+                .unwrap_or_default()
+        };
+        SpanIds {
+            trace_id: hex(&self.trace_id),
+            parent: self.parent.map(|p| hex(&p) as u64),
+            span: self.span,
+        }
+    }
+
+    /// Whether `otlp` exports this request's spans.
+    fn sampled_by(&self, otlp: &Otlp) -> bool {
+        // The sampled flag is the low bit of the flags' second hex digit.
+        let parent_sampled = self.parent.map(|_| {
+            matches!(
+                self.flags[1],
+                b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'
+            )
+        });
+        otlp.sampled(self.span_ids().trace_id, parent_sampled)
     }
 }
 
@@ -978,6 +1064,7 @@ impl TraceContext {
                     && hex(flags, 2);
                 valid.then(|| TraceContext {
                     trace_id: trace.as_bytes().try_into().expect("checked: 32 bytes"),
+                    parent: Some(parent.as_bytes().try_into().expect("checked: 16 bytes")),
                     flags: flags.as_bytes().try_into().expect("checked: 2 bytes"),
                 })
             });
@@ -986,6 +1073,7 @@ impl TraceContext {
             hex_into(rand::random::<u128>() | 1, &mut trace_id);
             TraceContext {
                 trace_id,
+                parent: None,
                 flags: *b"01",
             }
         })
@@ -998,23 +1086,34 @@ impl TraceContext {
         text[..3].copy_from_slice(b"00-");
         text[3..35].copy_from_slice(&self.trace_id);
         text[35] = b'-';
-        hex_into(u128::from(rand::random::<u64>() | 1), &mut text[36..52]);
+        let span = rand::random::<u64>() | 1;
+        hex_into(u128::from(span), &mut text[36..52]);
         text[52] = b'-';
         text[53..].copy_from_slice(&self.flags);
         NextHop {
             header: HeaderValue::from_bytes(&text).expect("hex digits and dashes"),
             trace_id: self.trace_id,
+            parent: self.parent,
+            span,
+            flags: self.flags,
         }
     }
 }
 
-/// Writes the low `out.len()` hex digits of `n`, lowercase, most significant first.
-fn hex_into(mut n: u128, out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
-    }
+/// The authority a request was sent to: its target's (HTTP/2 `:authority`, an
+/// absolute-form target), else its `Host`.
+fn authority(parts: &http::request::Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
 }
 
 /// The client's `x-request-id` when it is sane, or a new random one.

@@ -27,8 +27,12 @@ use http::HeaderMap;
 use http::header::HeaderName;
 use http_body::{Body, Frame, SizeHint};
 
+use tokio::time::Instant;
+
 use crate::body::BoxError;
 use crate::clock::rfc3339;
+use crate::upstream::ConnectTiming;
+use crate::wasm::HostCall;
 
 /// Headers always redacted.
 const ALWAYS_REDACTED: [&str; 5] = [
@@ -132,8 +136,15 @@ pub struct FilterTiming {
     pub phase: &'static str,
     /// The try it belonged to.
     pub attempt: u32,
+    /// When the call started (its wait for a free instance included).
+    pub at: Instant,
     /// How long the call took.
     pub took: Duration,
+    /// How the call failed, if it did: `trap`, `timeout`, `memory` or `invalid`.
+    pub error: Option<&'static str>,
+    /// The state and outbound calls the filter made in it; recorded only for a request
+    /// whose spans are exported.
+    pub host_calls: Vec<HostCall>,
 }
 
 /// A filter that failed during a request.
@@ -145,15 +156,48 @@ pub struct FilterFailure {
     pub error: crate::wasm::CallError,
 }
 
+/// One upstream try: from sending the request to its response head, or to the failure.
+#[derive(Debug, Clone)]
+pub struct UpstreamTiming {
+    /// The try (1 for the first).
+    pub attempt: u32,
+    /// When the request was handed to the pool.
+    pub at: Instant,
+    /// Time to the response head, or to the failure.
+    pub took: Duration,
+    /// The new connection this try opened, if it had to.
+    pub connect: Option<ConnectTiming>,
+    /// The response status, or the upstream error's kind (`connect_failed`, `timeout`, …).
+    pub outcome: Result<u16, &'static str>,
+    /// For a request whose spans are exported: this try's span id (the parent id of the
+    /// `traceparent` it sent) and the path it sent, without the query.
+    pub span: Option<(u64, String)>,
+}
+
+/// A wait the walk slept: a filter's `wait`, or the delay before a retry.
+#[derive(Debug, Clone)]
+pub struct WaitTiming {
+    /// The filter that asked for it.
+    pub filter: String,
+    /// `wait` (from `on-request`) or `retry` (the delay `on-response` asked for).
+    pub kind: &'static str,
+    /// The try it came in.
+    pub attempt: u32,
+    /// When the sleep started.
+    pub at: Instant,
+    /// How long it slept.
+    pub took: Duration,
+}
+
 /// What the chain did, for the record: filter timings, upstream timings, attempts.
 #[derive(Debug, Default, Clone)]
 pub struct Trace {
     /// Every filter call, in order.
     pub filters: Vec<FilterTiming>,
-    /// Time from sending upstream to the response head, for each upstream call.
-    pub upstream: Vec<Duration>,
-    /// Time to open a new upstream connection (TCP and TLS), for each call that had to.
-    pub connect: Vec<Duration>,
+    /// Every upstream call, in order.
+    pub upstream: Vec<UpstreamTiming>,
+    /// Every wait, in order; recorded only for a request whose spans are exported.
+    pub waits: Vec<WaitTiming>,
     /// The number of tries.
     pub attempts: u32,
     /// Every filter that failed (a trap, a timeout, an answer weir refused), in order.
@@ -274,8 +318,8 @@ impl Record {
                 "attempt": t.attempt,
                 "us": t.took.as_secs_f64() * 1e6,
             })).collect::<Vec<_>>(),
-            "upstream_ms": self.trace.upstream.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
-            "connect_ms": self.trace.connect.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+            "upstream_ms": self.trace.upstream.iter().map(|u| u.took.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+            "connect_ms": self.trace.upstream.iter().filter_map(|u| u.connect).map(|c| (c.tcp + c.tls.unwrap_or_default()).as_secs_f64() * 1000.0).collect::<Vec<_>>(),
             "total_ms": self.duration.as_secs_f64() * 1000.0,
         });
         v["filter_failures"] = self

@@ -505,6 +505,8 @@ struct Fixed {
     jobs: String,
     /// `[batch]`, as Debug text.
     batch: String,
+    /// `[telemetry]`, as Debug text (secrets print as where they come from).
+    telemetry: String,
     tls_files: u64,
 }
 
@@ -519,6 +521,7 @@ impl Fixed {
             log: raw.log.clone(),
             jobs: format!("{:?}", raw.jobs),
             batch: format!("{:?}", raw.batch),
+            telemetry: format!("{:?}", raw.telemetry),
             tls_files: tls_files(raw),
         }
     }
@@ -657,6 +660,10 @@ impl Fixed {
         if self.batch != format!("{:?}", new.batch) {
             out.push("[batch] changed: restart weir to apply".to_owned());
         }
+        if self.telemetry != format!("{:?}", new.telemetry) {
+            // Never the values: the headers may hold secrets.
+            out.push("[telemetry] changed: restart weir to apply".to_owned());
+        }
         if self.state.redis != new.state.redis {
             // Never the values: the table may hold a password.
             out.push("[state.redis] changed: restart weir to apply".to_owned());
@@ -740,6 +747,13 @@ mod tests {
             fixed.changes(&no_admin.raw, 0)[0],
             "admin.addr changed from 127.0.0.1:9901 to (none): restart weir to apply"
         );
+        let traced = parse(
+            "[listen]\naddr = \"127.0.0.1:8080\"\n[admin]\naddr = \"127.0.0.1:9901\"\n[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318\"\nheaders = { x-key = \"t0ps3cret\" }",
+        );
+        let changes = fixed.changes(&traced.raw, 0);
+        assert_eq!(changes, ["[telemetry] changed: restart weir to apply"]);
+        // A header's value is never shown, even in the state kept to compare.
+        assert!(!Fixed::of(&traced).telemetry.contains("t0ps3cret"));
     }
 
     #[test]

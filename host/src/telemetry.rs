@@ -57,7 +57,8 @@ pub struct UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
-    fn new(registry: &Registry) -> prometheus::Result<UpstreamMetrics> {
+    /// Creates the series and registers them in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<UpstreamMetrics> {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "weir_upstream_duration_seconds",
@@ -92,16 +93,9 @@ impl UpstreamMetrics {
 
     /// Records a call that got no response.
     pub fn failed(&self, upstream: &str, kind: UpstreamError) {
-        let kind = match kind {
-            UpstreamError::ConnectFailed => "connect_failed",
-            UpstreamError::ConnectTimeout => "connect_timeout",
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Reset => "reset",
-            UpstreamError::Tls => "tls",
-            UpstreamError::Protocol => "protocol",
-            UpstreamError::Overloaded => "overloaded",
-        };
-        self.errors.with_label_values(&[upstream, kind]).inc();
+        self.errors
+            .with_label_values(&[upstream, upstream_error_kind(kind)])
+            .inc();
     }
 
     /// The in-flight gauge of `upstream`.
@@ -116,6 +110,19 @@ impl UpstreamMetrics {
         cached
             .get_or_init(|| self.duration.with_label_values(&[upstream]))
             .observe(took.as_secs_f64());
+    }
+}
+
+/// The name of an upstream error's kind, as metrics and spans show it.
+pub fn upstream_error_kind(kind: UpstreamError) -> &'static str {
+    match kind {
+        UpstreamError::ConnectFailed => "connect_failed",
+        UpstreamError::ConnectTimeout => "connect_timeout",
+        UpstreamError::Timeout => "timeout",
+        UpstreamError::Reset => "reset",
+        UpstreamError::Tls => "tls",
+        UpstreamError::Protocol => "protocol",
+        UpstreamError::Overloaded => "overloaded",
     }
 }
 

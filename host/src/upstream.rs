@@ -41,6 +41,17 @@ use crate::error::{self, ProxyError};
 use crate::telemetry::UpstreamMetrics;
 use crate::tls::{self, TlsError};
 
+/// A new upstream connection: TCP, then TLS for an https upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectTiming {
+    /// When the TCP connect started.
+    pub at: Instant,
+    /// How long the TCP connect took.
+    pub tcp: Duration,
+    /// How long the TLS handshake took, for an https upstream.
+    pub tls: Option<Duration>,
+}
+
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -213,8 +224,8 @@ impl UpstreamPool {
         self.send_timed(upstream, req, deadline, timeout_ms).await.0
     }
 
-    /// Like [`UpstreamPool::send`], and also says how long opening a new connection took
-    /// (TCP and TLS), when this request opened one.
+    /// Like [`UpstreamPool::send`], and also says when and how long opening a new
+    /// connection took (TCP, then TLS), when this request opened one.
     pub async fn send_timed(
         &self,
         upstream: &Upstream,
@@ -223,7 +234,7 @@ impl UpstreamPool {
         timeout_ms: u64,
     ) -> (
         Result<Response<ProxyBody>, UpstreamFailure>,
-        Option<Duration>,
+        Option<ConnectTiming>,
     ) {
         let client_body = req.extensions().get::<BodyFault>().cloned();
         let started = Instant::now();
@@ -252,7 +263,7 @@ impl UpstreamPool {
         now: Instant,
         deadline: Instant,
         timeout_ms: u64,
-        connect: &mut Option<Duration>,
+        connect: &mut Option<ConnectTiming>,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
         let timed_out = || UpstreamFailure {
             kind: UpstreamError::Timeout,
@@ -296,7 +307,7 @@ impl Upstream {
     async fn exchange(
         &self,
         mut req: Request<ProxyBody>,
-        connect: &mut Option<Duration>,
+        connect: &mut Option<ConnectTiming>,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
         let fail = |e: ConnectError| e.to_failure(self.origin.clone());
         let mut fresh = false;
@@ -401,14 +412,17 @@ struct Target {
 }
 
 impl Target {
-    /// Opens a TCP connection and, for HTTPS, a verified TLS session on it.
-    async fn dial(&self) -> Result<Conn, ConnectError> {
+    /// Opens a TCP connection and, for HTTPS, a verified TLS session on it; also says
+    /// how long the TCP connect took.
+    async fn dial(&self) -> Result<(Conn, Duration), ConnectError> {
+        let started = Instant::now();
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| ConnectError::Failed(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        let took = started.elapsed();
         let Some(cfg) = &self.tls else {
-            return Ok(Conn::Plain(TokioIo::new(tcp)));
+            return Ok((Conn::Plain(TokioIo::new(tcp)), took));
         };
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| ConnectError::Tls(format!("invalid server name {:?}: {e}", self.host)))?;
@@ -416,7 +430,7 @@ impl Target {
             .connect(name, tcp)
             .await
             .map_err(|e| ConnectError::Tls(e.to_string()))?;
-        Ok(Conn::Tls(Box::new(TokioIo::new(tls))))
+        Ok((Conn::Tls(Box::new(TokioIo::new(tls))), took))
     }
 }
 
@@ -444,10 +458,10 @@ enum Sender {
     H2(http2::SendRequest<ProxyBody>),
 }
 
-/// A connection, and how long opening it took if it is new.
+/// A connection, and how opening it went if it is new.
 struct Checkout {
     sender: Sender,
-    connect: Option<Duration>,
+    connect: Option<ConnectTiming>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -516,11 +530,15 @@ impl Conns {
     /// Opens a connection (within the connect timeout) and starts the task that drives
     /// it. An HTTP/2 one becomes the shared connection.
     async fn connect(&self) -> Result<Checkout, ConnectError> {
-        let started = Instant::now();
-        let io = tokio::time::timeout(self.target.connect_timeout, self.target.dial())
+        let at = Instant::now();
+        let (io, tcp) = tokio::time::timeout(self.target.connect_timeout, self.target.dial())
             .await
             .map_err(|_| ConnectError::Timeout)??;
-        let took = started.elapsed();
+        let timing = ConnectTiming {
+            at,
+            tcp,
+            tls: self.target.tls.is_some().then(|| at.elapsed().saturating_sub(tcp)),
+        };
         let sender = if io.is_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -544,7 +562,7 @@ impl Conns {
         };
         Ok(Checkout {
             sender,
-            connect: Some(took.max(Duration::from_nanos(1))),
+            connect: Some(timing),
         })
     }
 }

@@ -33,6 +33,7 @@ mod jobs_fleet;
 mod large_bodies;
 mod limiter;
 mod operate;
+mod otlp;
 mod outbound;
 mod paths;
 mod proxy;

@@ -266,6 +266,7 @@ impl Harness {
             traceparent: &http::HeaderValue::from_static(TRACEPARENT),
             trace: &trace,
             record_timings: false,
+            trace_spans: false,
             metrics: &self.route.metrics,
             max_attempts: max_attempts.max(1),
         };

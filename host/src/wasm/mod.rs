@@ -107,6 +107,53 @@ pub enum CallError {
     Memory(u64),
 }
 
+impl CallError {
+    /// The failure's kind, for spans: `trap`, `timeout` or `memory`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Trap(_) => "trap",
+            CallError::Timeout(_) => "timeout",
+            CallError::Memory(_) => "memory",
+        }
+    }
+}
+
+/// A state or outbound call a filter made during one of its calls, timed for the
+/// request's exported spans.
+#[derive(Debug, Clone)]
+pub struct HostCall {
+    /// What was called.
+    pub what: HostCallKind,
+    /// When it started.
+    pub at: tokio::time::Instant,
+    /// How long it took.
+    pub took: Duration,
+    /// Why it failed, if it did: the state error's kind (`unavailable`, `too_large`),
+    /// or the outbound error's (`not_allowed`, `invalid`, `too_large`, or the upstream
+    /// error's kind).
+    pub error: Option<&'static str>,
+}
+
+/// What a [`HostCall`] called.
+#[derive(Debug, Clone)]
+pub enum HostCallKind {
+    /// A `weir:filter/state` operation: `get`, `incr`, `bucket_take`, …
+    State(&'static str),
+    /// A `weir:filter/outbound` call.
+    Outbound {
+        /// The upstream's name.
+        upstream: String,
+        /// The upstream's origin (empty when the filter named one it may not call).
+        origin: String,
+        /// The method.
+        method: String,
+        /// The path, without the query.
+        path: String,
+        /// The response status, if one came.
+        status: Option<u16>,
+    },
+}
+
 /// Why a call whose wait for an instance has a bound got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unanswered {
@@ -688,7 +735,7 @@ impl FilterPool {
         info: &RequestInfo,
         req: &Request,
     ) -> Result<RequestAction, CallError> {
-        unbounded(self.on_request_until(info, req, None).await)
+        unbounded(self.on_request_until(info, req, None, None).await)
     }
 
     /// Calls `on-response` on a pooled instance, waiting as long as it takes for one.
@@ -699,27 +746,38 @@ impl FilterPool {
         memo: Option<&[u8]>,
         outcome: &Outcome,
     ) -> Result<ResponseAction, CallError> {
-        unbounded(self.on_response_until(info, req, memo, outcome, None).await)
+        unbounded(
+            self.on_response_until(info, req, memo, outcome, None, None)
+                .await,
+        )
     }
 
     /// Calls `on-request` on a pooled instance; with every instance busy, waits for one
     /// until `until` at most (the request's deadline), then gives up with
     /// [`Unanswered::Busy`].
+    ///
+    /// With `calls`, the state and outbound calls the guest makes are timed and put
+    /// there (for a request whose spans are exported).
     pub async fn on_request_until(
         &self,
         info: &RequestInfo,
         req: &Request,
         until: Option<tokio::time::Instant>,
+        calls: Option<&mut Vec<HostCall>>,
     ) -> Result<RequestAction, Unanswered> {
         let mut inst = self.checkout(Phase::Request, until).await?;
         let _ticking = self.maker.runtime.ticker.enter();
         let (started, time) = self.begin(&mut inst);
-        inst.store.data_mut().host.request_deadline(info);
+        inst.store
+            .data_mut()
+            .host
+            .request_deadline(info, calls.is_some());
         let call = inst
             .guest
             .weir_filter_filter()
             .call_on_request(&mut inst.store, info, req);
         let result = time.time(call).await;
+        inst.store.data_mut().host.hand_over_calls(calls);
         Ok(self.finish(Phase::Request, inst, started, result)?)
     }
 
@@ -732,11 +790,15 @@ impl FilterPool {
         memo: Option<&[u8]>,
         outcome: &Outcome,
         until: Option<tokio::time::Instant>,
+        calls: Option<&mut Vec<HostCall>>,
     ) -> Result<ResponseAction, Unanswered> {
         let mut inst = self.checkout(Phase::Response, until).await?;
         let _ticking = self.maker.runtime.ticker.enter();
         let (started, time) = self.begin(&mut inst);
-        inst.store.data_mut().host.request_deadline(info);
+        inst.store
+            .data_mut()
+            .host
+            .request_deadline(info, calls.is_some());
         let call = inst.guest.weir_filter_filter().call_on_response(
             &mut inst.store,
             info,
@@ -745,6 +807,7 @@ impl FilterPool {
             outcome,
         );
         let result = time.time(call).await;
+        inst.store.data_mut().host.hand_over_calls(calls);
         Ok(self.finish(Phase::Response, inst, started, result)?)
     }
 
@@ -1020,6 +1083,12 @@ pub struct GuestHost {
     /// call that starts with no time left (the `on-response` of a request that timed
     /// out, which a breaker must still record), [`STATE_GRACE`] from its start.
     state_deadline: Option<tokio::time::Instant>,
+    /// Whether the current call's state and outbound calls are timed into `calls`.
+    record_calls: bool,
+    /// The current call's state and outbound calls, with `record_calls`. A lock, not a
+    /// plain field, because state operations run on a shared borrow; it is only taken
+    /// while recording.
+    calls: Mutex<Vec<HostCall>>,
 }
 
 /// How long the state operations of a call that starts past its request's deadline may
@@ -1027,8 +1096,33 @@ pub struct GuestHost {
 pub const STATE_GRACE: Duration = Duration::from_millis(100);
 
 impl GuestHost {
-    /// Notes the deadline of the request that the call about to start works on.
-    fn request_deadline(&mut self, info: &RequestInfo) {
+    /// Notes a state or outbound call made since `at`, when the current call records
+    /// them.
+    fn note_call(&self, what: HostCallKind, at: tokio::time::Instant, error: Option<&'static str>) {
+        let call = HostCall {
+            what,
+            at,
+            took: at.elapsed(),
+            error,
+        };
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(call);
+    }
+
+    /// Puts the calls the guest made into `sink`, when the call recorded them.
+    fn hand_over_calls(&mut self, sink: Option<&mut Vec<HostCall>>) {
+        if let Some(sink) = sink {
+            let calls = self.calls.get_mut().unwrap_or_else(|p| p.into_inner());
+            *sink = std::mem::take(calls);
+        }
+    }
+
+    /// Notes the deadline of the request that the call about to start works on, and
+    /// whether its state and outbound calls are recorded.
+    fn request_deadline(&mut self, info: &RequestInfo, record_calls: bool) {
+        self.record_calls = record_calls;
         let now = tokio::time::Instant::now();
         let remaining = Duration::from_millis(info.remaining_ms);
         self.deadline = Some(now + remaining);
@@ -1084,6 +1178,8 @@ impl GuestState {
                 outbound,
                 deadline: None,
                 state_deadline: None,
+                record_calls: false,
+                calls: Mutex::new(Vec::new()),
             },
         }
     }
@@ -1581,7 +1677,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let until = start + Duration::from_millis(250);
         let result = pool
-            .on_request_until(&info(), &request(), Some(until))
+            .on_request_until(&info(), &request(), Some(until), None)
             .await;
         assert!(matches!(result, Err(Unanswered::Busy)), "{result:?}");
         assert_eq!(
@@ -1598,6 +1694,7 @@ mod tests {
                 None,
                 &Outcome::Error(UpstreamError::Timeout),
                 Some(until),
+                None,
             )
             .await;
         assert!(matches!(result, Err(Unanswered::Busy)), "{result:?}");
@@ -1611,7 +1708,7 @@ mod tests {
             let pool = pool.clone();
             let until = tokio::time::Instant::now() + Duration::from_millis(250);
             tokio::spawn(async move {
-                pool.on_request_until(&info(), &request(), Some(until))
+                pool.on_request_until(&info(), &request(), Some(until), None)
                     .await
             })
         };

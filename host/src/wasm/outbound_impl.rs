@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 
-use super::GuestHost;
 use super::bindings::weir::filter::outbound::{
     Host, OutboundError, OutboundRequest, OutboundResponse,
 };
+use super::{GuestHost, HostCallKind};
 use crate::body;
 use crate::headers;
 use crate::upstream::UpstreamPool;
@@ -115,6 +115,39 @@ impl Host for GuestHost {
                 self.meta.filter, self.meta.filter
             )));
         };
-        outbound.send(req, self.deadline).await
+        if !self.record_calls {
+            return outbound.send(req, self.deadline).await;
+        }
+        let at = tokio::time::Instant::now();
+        let upstream = req.upstream.clone();
+        let origin = outbound
+            .pool
+            .get(&upstream)
+            .map(|u| u.origin.clone())
+            .unwrap_or_default();
+        let method = req.method.clone();
+        let path = req
+            .path_with_query
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let result = outbound.send(req, self.deadline).await;
+        let error = result.as_ref().err().map(|e| match e {
+            OutboundError::NotAllowed(_) => "not_allowed",
+            OutboundError::Invalid(_) => "invalid",
+            OutboundError::TooLarge => "too_large",
+            OutboundError::Upstream(kind) => crate::telemetry::upstream_error_kind(*kind),
+        });
+        let status = result.as_ref().ok().map(|r| r.status);
+        let what = HostCallKind::Outbound {
+            upstream,
+            origin,
+            method,
+            path,
+            status,
+        };
+        self.note_call(what, at, error);
+        result
     }
 }

@@ -3,10 +3,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::GuestHost;
 use super::bindings::weir::filter::state::{
     BucketPolicy, Host, StateError, TakeOutcome, TakeResult, TimeWindow, Window,
 };
+use super::{GuestHost, HostCallKind};
 use crate::state::{self as backend, StateError as BackendError};
 
 /// Keys and values beyond this are refused before they reach a backend.
@@ -30,6 +30,7 @@ impl GuestHost {
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, StateError> {
         self.metrics.count_state_op(&self.meta.filter, name);
+        let started = self.record_calls.then(tokio::time::Instant::now);
         let result = match self.state_deadline {
             Some(until) => tokio::time::timeout_at(until, op)
                 .await
@@ -40,7 +41,15 @@ impl GuestHost {
                 }),
             None => op.await,
         };
-        result.map_err(|e| self.state_failed(e))
+        let result = result.map_err(|e| self.state_failed(e));
+        if let Some(at) = started {
+            let error = result.as_ref().err().map(|e| match e {
+                StateError::Unavailable(_) => "unavailable",
+                StateError::TooLarge => "too_large",
+            });
+            self.note_call(HostCallKind::State(name), at, error);
+        }
+        result
     }
 
     /// Counts a backend failure and turns it into the error the guest sees.
