@@ -41,6 +41,7 @@ mod reload;
 mod retry;
 mod sanitize;
 mod secrets;
+mod state_faults;
 mod support;
 mod support_selftest;
 mod upstream_faults;

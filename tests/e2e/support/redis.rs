@@ -97,6 +97,25 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes the server (SIGSTOP): its port still takes connections and bytes, and
+    /// nothing answers, as a hung or partitioned server would. [`Self::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a server frozen by [`Self::pause`] (SIGCONT); it answers what it was sent.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} redis-server failed");
+    }
+
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
