@@ -43,6 +43,8 @@ pub struct Telemetry {
     pub connections: prometheus::IntGauge,
     /// Client connections refused at `listen.max_connections`.
     pub connections_refused: prometheus::IntCounter,
+    /// The runtime's tasks alive, read when `/metrics` is scraped.
+    alive_tasks: prometheus::IntGauge,
     /// The upstream client's series.
     pub upstreams: Arc<UpstreamMetrics>,
     /// Per-route summaries for `/status`.
@@ -294,6 +296,11 @@ impl Telemetry {
         )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        let alive_tasks = prometheus::IntGauge::new(
+            "weir_runtime_alive_tasks",
+            "Tokio tasks alive in weir's runtime when /metrics was read",
+        )?;
+        registry.register(Box::new(alive_tasks.clone()))?;
         let upstreams = Arc::new(UpstreamMetrics::new(&registry)?);
         Ok(Arc::new(Telemetry {
             registry,
@@ -304,6 +311,7 @@ impl Telemetry {
             fanout_targets,
             connections,
             connections_refused,
+            alive_tasks,
             upstreams,
             stats: Stats::default(),
         }))
@@ -340,6 +348,14 @@ impl Telemetry {
 
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
+        // Read here, at the scrape, rather than kept up to date: no cost per request or
+        // task. A leak of tasks (a connection or job task that never ends) shows as a
+        // count that grows under steady load.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.alive_tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
@@ -384,5 +400,33 @@ mod tests {
         );
         assert!(text.contains(r#"weir_requests_total{method="PATCH",route="r",status="2xx"} 1"#));
         assert!(!text.contains("M0000"), "{text}");
+    }
+
+    /// `weir_runtime_alive_tasks` as the text shows it.
+    fn alive_tasks(t: &Telemetry) -> i64 {
+        t.render()
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_runtime_alive_tasks "))
+            .and_then(|n| n.parse().ok())
+            .expect("weir_runtime_alive_tasks in the metrics")
+    }
+
+    #[tokio::test]
+    async fn the_alive_task_gauge_counts_the_runtimes_tasks_at_each_scrape() {
+        let t = Telemetry::new().unwrap();
+        let before = alive_tasks(&t);
+        let (release, wait) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let mut wait = wait.clone();
+                tokio::spawn(async move { wait.wait_for(|go| *go).await.map(drop) })
+            })
+            .collect();
+        assert_eq!(alive_tasks(&t), before + 5);
+        release.send_replace(true);
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(alive_tasks(&t), before);
     }
 }

@@ -20,6 +20,7 @@ mod cleanup;
 mod client_faults;
 mod compression;
 mod dashboard;
+mod disk_full;
 mod example_c;
 mod example_js;
 mod example_python;

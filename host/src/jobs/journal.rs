@@ -13,11 +13,17 @@
 //! stores many jobs: one fsync per job would cap acceptance at the disk's sync rate. A
 //! caller still returns only once its write is on disk, and a commit that fails fails
 //! every write in it: none of them is answered as stored.
+//!
+//! A failed write does not end the journal. After an I/O error (a full disk, a failing
+//! device) redb refuses every further operation until the file is opened again, so the
+//! journal closes it and opens it again (redb repairs it from its last commit) at its
+//! next use. Once the disk has room, the journal takes writes again by itself, with no
+//! restart; until then each write fails.
 
 use std::mem;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, mpsc};
 use std::thread;
 
 use redb::{
@@ -42,23 +48,99 @@ fn finished_key(job: &Job) -> Option<String> {
 
 /// The journal could not be opened, read or written.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("job journal: {0}")]
-pub struct JournalError(String);
+#[error("job journal: {message}")]
+pub struct JournalError {
+    message: String,
+    /// The file failed (an I/O error): redb takes nothing more until it is reopened.
+    io: bool,
+}
 
 impl JournalError {
     /// An error with this message.
     pub fn new(message: String) -> JournalError {
-        JournalError(message)
+        JournalError { message, io: false }
     }
 }
 
 fn fail(e: impl Into<redb::Error>) -> JournalError {
-    JournalError(e.into().to_string())
+    let e = e.into();
+    JournalError {
+        io: matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+        message: e.to_string(),
+    }
+}
+
+/// Opens the database again, after an I/O error closed it.
+type Reopen = Box<dyn Fn() -> Result<Database, JournalError> + Send + Sync>;
+
+/// The database, closed by an I/O error and opened again at its next use.
+struct Db {
+    /// `None` while closed after an I/O error.
+    current: RwLock<Option<Arc<Database>>>,
+    reopen: Reopen,
+}
+
+impl Db {
+    fn new(db: Database, reopen: Reopen) -> Db {
+        Db {
+            current: RwLock::new(Some(Arc::new(db))),
+            reopen,
+        }
+    }
+
+    /// Runs `f` on the database, opening it first if an I/O error closed it; an I/O
+    /// error in `f` closes it.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let open = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let db = match open {
+            Some(db) => db,
+            None => {
+                let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+                match &*current {
+                    Some(db) => db.clone(),
+                    None => {
+                        // A caller still holding the old database keeps its file locked:
+                        // the open then fails, and the next use tries again.
+                        let db = Arc::new((self.reopen)()?);
+                        tracing::info!("the job journal is open again");
+                        *current = Some(db.clone());
+                        db
+                    }
+                }
+            }
+        };
+        self.run(&db, f)
+    }
+
+    fn run<T>(
+        &self,
+        db: &Arc<Database>,
+        f: impl FnOnce(&Database) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let result = f(db);
+        if let Err(e) = &result
+            && e.io
+        {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, db)) {
+                tracing::warn!(error = %e, "the job journal's file failed; it is closed and reopened at the next write");
+                *current = None;
+            }
+        }
+        result
+    }
 }
 
 /// The open journal file.
 pub struct Journal {
-    db: Arc<Database>,
+    db: Arc<Db>,
     queue: Arc<Queue>,
     /// The writer thread, joined on drop so that the file is closed when the journal is.
     writer: Option<thread::JoinHandle<()>>,
@@ -127,13 +209,23 @@ impl Journal {
     /// Opens `path`, creating the file (and its table) when missing. A file left by a
     /// crash is repaired by redb here.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let db = Database::create(path)
-            .map_err(|e| JournalError(format!("cannot open {}: {}", path.display(), fail(e).0)))?;
-        Journal::start(db)
+        let open = |path: &PathBuf| {
+            Database::create(path).map_err(|e| {
+                let e = fail(e);
+                JournalError {
+                    message: format!("cannot open {}: {}", path.display(), e.message),
+                    ..e
+                }
+            })
+        };
+        let path = path.to_owned();
+        let db = open(&path)?;
+        Journal::start(db, Box::new(move || open(&path)))
     }
 
-    /// Creates the table when missing and starts the writer thread.
-    fn start(db: Database) -> Result<Journal, JournalError> {
+    /// Creates the table when missing and starts the writer thread; `reopen` opens the
+    /// same database again.
+    fn start(db: Database, reopen: Reopen) -> Result<Journal, JournalError> {
         let txn = db.begin_write().map_err(fail)?;
         {
             let jobs = txn.open_table(JOBS).map_err(fail)?;
@@ -152,7 +244,7 @@ impl Journal {
             }
         }
         txn.commit().map_err(fail)?;
-        let db = Arc::new(db);
+        let db = Arc::new(Db::new(db, reopen));
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState::default()),
             ready: Condvar::new(),
@@ -163,7 +255,7 @@ impl Journal {
             thread::Builder::new()
                 .name("weir-journal".to_owned())
                 .spawn(move || write_loop(&db, &queue))
-                .map_err(|e| JournalError(format!("cannot start the writer thread: {e}")))?
+                .map_err(|e| JournalError::new(format!("cannot start the writer thread: {e}")))?
         };
         Ok(Journal {
             db,
@@ -193,32 +285,36 @@ impl Journal {
 
     /// The job with this id, if the journal has it.
     pub fn get(&self, id: &str) -> Result<Option<Job>, JournalError> {
-        let txn = self.db.begin_read().map_err(fail)?;
-        let table = txn.open_table(JOBS).map_err(fail)?;
-        let Some(row) = table.get(id).map_err(fail)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(row.value())
-            .map(Some)
-            .map_err(|e| JournalError(format!("job {id} is unreadable: {e}")))
+        self.db.with(|db| {
+            let txn = db.begin_read().map_err(fail)?;
+            let table = txn.open_table(JOBS).map_err(fail)?;
+            let Some(row) = table.get(id).map_err(fail)? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(row.value())
+                .map(Some)
+                .map_err(|e| JournalError::new(format!("job {id} is unreadable: {e}")))
+        })
     }
 
     /// Every job. A row that does not parse is skipped with a warning: one bad row must
     /// not keep weir from starting.
     pub fn all(&self) -> Result<Vec<Job>, JournalError> {
-        let txn = self.db.begin_read().map_err(fail)?;
-        let table = txn.open_table(JOBS).map_err(fail)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(fail)? {
-            let (key, value) = row.map_err(fail)?;
-            match serde_json::from_slice(value.value()) {
-                Ok(job) => out.push(job),
-                Err(e) => {
-                    tracing::warn!(job = key.value(), error = %e, "skipping an unreadable job")
+        self.db.with(|db| {
+            let txn = db.begin_read().map_err(fail)?;
+            let table = txn.open_table(JOBS).map_err(fail)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(fail)? {
+                let (key, value) = row.map_err(fail)?;
+                match serde_json::from_slice(value.value()) {
+                    Ok(job) => out.push(job),
+                    Err(e) => {
+                        tracing::warn!(job = key.value(), error = %e, "skipping an unreadable job")
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Removes the jobs that finished at or before `cutoff_ms` and owe no webhook, in
@@ -277,7 +373,7 @@ impl Drop for Journal {
 }
 
 fn put(job: &Job) -> Result<Op, JournalError> {
-    let value = serde_json::to_vec(job).map_err(|e| JournalError(e.to_string()))?;
+    let value = serde_json::to_vec(job).map_err(|e| JournalError::new(e.to_string()))?;
     Ok(Op::Put {
         id: job.id.clone(),
         value,
@@ -286,12 +382,12 @@ fn put(job: &Job) -> Result<Op, JournalError> {
 }
 
 fn stopped() -> JournalError {
-    JournalError("the journal's writer has stopped".to_owned())
+    JournalError::new("the journal's writer has stopped".to_owned())
 }
 
 /// The writer thread: one write transaction, one commit and one fsync for every batch
 /// of queued writes, until the journal closes and its queue is empty.
-fn write_loop(db: &Database, queue: &Queue) {
+fn write_loop(db: &Db, queue: &Queue) {
     // Whatever ends this loop (a panic included), queued callers get an error instead
     // of waiting for a writer that is gone.
     struct Close<'a>(&'a Queue);
@@ -315,9 +411,13 @@ fn write_loop(db: &Database, queue: &Queue) {
         }
         // The batch is taken only once the transaction has begun: writes queued while
         // redb's write lock was busy join this commit instead of waiting for the next.
-        let txn = db.begin_write().map_err(fail);
-        let batch = mem::take(&mut queue.lock().writes);
-        let result = txn.and_then(|txn| commit(txn, &batch));
+        let mut taken = None;
+        let result = db.with(|db| {
+            let txn = db.begin_write().map_err(fail)?;
+            commit(txn, taken.insert(mem::take(&mut queue.lock().writes)))
+        });
+        // Not begun (the database could not be opened): the writes queued so far fail.
+        let batch = taken.unwrap_or_else(|| mem::take(&mut queue.lock().writes));
         queue.commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::warn!(error = %e, writes = batch.len(), "a journal commit failed");
@@ -337,8 +437,7 @@ fn commit(mut txn: WriteTransaction, batch: &[Write]) -> Result<usize, JournalEr
     } else {
         Durability::None
     };
-    txn.set_durability(durability)
-        .map_err(|e| JournalError(e.to_string()))?;
+    txn.set_durability(durability).map_err(fail)?;
     let mut purged = 0;
     {
         let mut table = txn.open_table(JOBS).map_err(fail)?;
@@ -447,7 +546,8 @@ mod tests {
         let before = journal.commits();
         // The test's own write transaction stands for a commit in progress: the writer
         // waits for it, and the puts queue meanwhile.
-        let busy = journal.db.begin_write().unwrap();
+        let db = database(&journal);
+        let busy = db.begin_write().unwrap();
         let n = 20;
         thread::scope(|s| {
             let putters: Vec<_> = (0..n)
@@ -463,57 +563,89 @@ mod tests {
             }
         });
         assert_eq!(journal.commits() - before, 1, "{n} puts, one commit");
-        // Everything survives reopening.
+        // Everything survives reopening (once nothing holds the file).
+        drop(db);
         drop(journal);
         let journal = Journal::open(&path).unwrap();
         assert_eq!(journal.all().unwrap().len(), n);
     }
 
-    /// Memory that stops syncing when told to: a disk that fails the commit's fsync.
+    /// Memory standing for a disk that can refuse to sync (`fail_sync`: the commit's
+    /// fsync fails) or run out of room (`full`: writes and growing fail, as with ENOSPC).
     #[derive(Debug)]
-    struct FailingSync {
+    struct Disk {
         inner: InMemoryBackend,
-        fail: Arc<AtomicBool>,
+        fail_sync: AtomicBool,
+        full: AtomicBool,
     }
 
-    impl StorageBackend for FailingSync {
+    /// A handle on a [`Disk`], so that the journal opens the same bytes again.
+    #[derive(Debug)]
+    struct OnDisk(Arc<Disk>);
+
+    fn no_room() -> io::Error {
+        io::Error::new(io::ErrorKind::StorageFull, "no room left on the disk")
+    }
+
+    impl StorageBackend for OnDisk {
         fn len(&self) -> Result<u64, io::Error> {
-            self.inner.len()
+            self.0.inner.len()
         }
         fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-            self.inner.read(offset, out)
+            self.0.inner.read(offset, out)
         }
         fn set_len(&self, len: u64) -> Result<(), io::Error> {
-            self.inner.set_len(len)
+            if self.0.full.load(Ordering::SeqCst) && len > self.0.inner.len()? {
+                return Err(no_room());
+            }
+            self.0.inner.set_len(len)
         }
         fn sync_data(&self) -> Result<(), io::Error> {
-            if self.fail.load(Ordering::SeqCst) {
+            if self.0.fail_sync.load(Ordering::SeqCst) {
                 return Err(io::Error::other("the disk refused to sync"));
             }
-            self.inner.sync_data()
+            self.0.inner.sync_data()
         }
         fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-            self.inner.write(offset, data)
+            if self.0.full.load(Ordering::SeqCst) {
+                return Err(no_room());
+            }
+            self.0.inner.write(offset, data)
         }
     }
 
-    /// A journal on [`FailingSync`] memory, and the switch that makes its syncs fail.
-    fn failing_journal() -> (Journal, Arc<AtomicBool>) {
-        let fail = Arc::new(AtomicBool::new(false));
-        let backend = FailingSync {
+    /// A journal on [`Disk`] memory, and the disk.
+    fn failing_journal() -> (Journal, Arc<Disk>) {
+        let disk = Arc::new(Disk {
             inner: InMemoryBackend::new(),
-            fail: fail.clone(),
+            fail_sync: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+        });
+        let open = {
+            let disk = disk.clone();
+            move || {
+                Database::builder()
+                    .create_with_backend(OnDisk(disk.clone()))
+                    .map_err(fail)
+            }
         };
-        let db = Database::builder().create_with_backend(backend).unwrap();
-        (Journal::start(db).unwrap(), fail)
+        let db = open().unwrap();
+        (Journal::start(db, Box::new(open)).unwrap(), disk)
+    }
+
+    /// The journal's open database, for a test to hold its write lock.
+    fn database(journal: &Journal) -> Arc<Database> {
+        let current = journal.db.current.read().unwrap();
+        current.clone().expect("the journal is open")
     }
 
     #[test]
     fn a_failed_commit_fails_every_put_in_it() {
-        let (journal, fail) = failing_journal();
+        let (journal, disk) = failing_journal();
         journal.put(&job("before")).unwrap();
         let before = journal.commits();
-        let busy = journal.db.begin_write().unwrap();
+        let db = database(&journal);
+        let busy = db.begin_write().unwrap();
         let n = 8;
         let results: Vec<_> = thread::scope(|s| {
             let putters: Vec<_> = (0..n)
@@ -523,7 +655,7 @@ mod tests {
                 })
                 .collect();
             wait_queued(&journal, n);
-            fail.store(true, Ordering::SeqCst);
+            disk.fail_sync.store(true, Ordering::SeqCst);
             drop(busy);
             putters.into_iter().map(|p| p.join().unwrap()).collect()
         });
@@ -542,8 +674,8 @@ mod tests {
     /// non-durable put still commits (and reads back), a durable one fails.
     #[tokio::test]
     async fn only_durable_writes_wait_for_the_disk() {
-        let (journal, fail) = failing_journal();
-        fail.store(true, Ordering::SeqCst);
+        let (journal, disk) = failing_journal();
+        disk.fail_sync.store(true, Ordering::SeqCst);
         let mut running = job("p");
         running.state = JobState::Running;
         journal.put_async(&running, false).await.unwrap();
@@ -551,5 +683,54 @@ mod tests {
         assert_eq!(read.unwrap().unwrap().state, JobState::Running);
         let e = journal.put_async(&job("d"), true).await.unwrap_err();
         assert!(e.to_string().contains("refused to sync"), "{e}");
+    }
+
+    /// A full disk fails the writes, and the journal, closed by the I/O error, opens
+    /// again by itself once there is room: what was committed before is all there,
+    /// nothing of what failed is, and writes work again.
+    #[test]
+    fn after_a_full_disk_the_journal_reopens_and_takes_writes_again() {
+        let (journal, disk) = failing_journal();
+        journal.put(&job("before")).unwrap();
+        disk.full.store(true, Ordering::SeqCst);
+        let e = journal.put(&job("refused")).unwrap_err();
+        assert!(e.to_string().contains("no room left"), "{e}");
+        // Each write opens it again, and fails again.
+        assert!(journal.put(&job("refused too")).is_err());
+        assert!(journal.purge(u64::MAX).is_err());
+
+        disk.full.store(false, Ordering::SeqCst);
+        journal.put(&job("after")).unwrap();
+        assert!(journal.get("before").unwrap().is_some());
+        assert!(journal.get("refused").unwrap().is_none());
+        assert!(journal.get("refused too").unwrap().is_none());
+        assert!(journal.get("after").unwrap().is_some());
+        assert_eq!(journal.all().unwrap().len(), 2);
+    }
+
+    /// A real file: the database closed by an I/O error is opened from its path again
+    /// at the next use, which needs the old handle gone (redb locks the file).
+    #[test]
+    fn a_journal_file_reopens_after_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("jobs.redb")).unwrap();
+        journal.put(&job("kept")).unwrap();
+        let db = database(&journal);
+        let e = journal
+            .db
+            .run(&db, |_| {
+                Err::<(), _>(fail(io::Error::other("a failing device")))
+            })
+            .unwrap_err();
+        assert!(e.io, "{e}");
+        drop(db);
+        assert!(journal.db.current.read().unwrap().is_none(), "closed");
+        assert!(
+            journal.get("kept").unwrap().is_some(),
+            "opened again to read"
+        );
+        journal.put(&job("new")).unwrap();
+        assert!(journal.get("kept").unwrap().is_some());
+        assert!(journal.get("new").unwrap().is_some());
     }
 }

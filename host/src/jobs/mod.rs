@@ -969,9 +969,14 @@ impl Jobs {
             w.state = DeliveryState::Pending;
             w.next_at_ms = now;
         }
-        if let Err(e) = self.store.finish(&job, claim, true).await {
-            // Left `running`: it runs again later, with the same key.
-            tracing::error!(job = id, error = %e, "cannot record a job's outcome");
+        let recorded = self
+            .persist(id, "record a job's outcome", || {
+                self.store.finish(&job, claim, true)
+            })
+            .await;
+        if recorded.is_none() {
+            // Stopping: left `running`, it runs again at the next start (or, in a fleet,
+            // on another process), with the same key.
             return;
         }
         let event = if job.state == JobState::Succeeded {
@@ -1002,13 +1007,9 @@ impl Jobs {
             return;
         };
         loop {
-            let mut job = match self.store.get(id).await {
-                Ok(Some(job)) => job,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(job = %id, error = %e, "cannot read a job to deliver; it is retried later");
-                    return;
-                }
+            let read = self.persist(id, "read a job to deliver", || self.store.get(id));
+            let Some(Some(mut job)) = read.await else {
+                return;
             };
             let Some(mut w) = job
                 .webhook
@@ -1069,18 +1070,54 @@ impl Jobs {
             let settled = w.state != DeliveryState::Pending;
             job.webhook = Some(w);
             let recorded = if settled {
-                self.store.settle(&job, claim).await.map(|()| false)
+                self.persist(id, "record a delivery", || self.store.settle(&job, claim))
+                    .await
+                    .map(|()| false)
             } else {
                 // `false`: another claim settled it meanwhile.
-                self.store.put(&job).await
+                self.persist(id, "record a delivery", || self.store.put(&job))
+                    .await
             };
-            match recorded {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::error!(job = %id, error = %e, "cannot record a delivery; it is retried later");
-                    return;
+            if recorded != Some(true) {
+                return;
+            }
+        }
+    }
+
+    /// Runs `op` on the store until it succeeds, pausing [`STORE_RETRY`] between tries;
+    /// `None` once weir is stopping. A store that cannot be written (a full disk, Redis
+    /// away) must not lose what a worker holds: a job's outcome, a delivery's progress.
+    /// The embedded store hands a job out once per start, so giving up here would leave
+    /// it unfinished until a restart; in a fleet, another process would run it again.
+    async fn persist<'a, T>(
+        &self,
+        job: &str,
+        what: &str,
+        mut op: impl FnMut() -> BoxFuture<'a, Result<T, JournalError>>,
+    ) -> Option<T> {
+        let mut stop = self.stop.subscribe();
+        let mut failures = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => {
+                    if failures > 0 {
+                        tracing::info!(job, failures, "the job store works again: {what} done");
+                    }
+                    return Some(v);
                 }
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::error!(job, error = %e, "cannot {what}; trying again until the store takes it");
+                    }
+                    failures += 1;
+                }
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {
+                    tracing::warn!(job, "stopping before the job store took it: cannot {what}");
+                    return None;
+                }
+                () = tokio::time::sleep(STORE_RETRY) => {}
             }
         }
     }

@@ -7,6 +7,7 @@
 //! - [`raw`]: raw HTTP/1.x bytes over a TCP stream, for requests no client would send.
 //! - [`redis`]: real `redis-server` processes and a local Redis Cluster.
 //! - [`body`]: deterministic generated bodies and a streaming checksum, for big-body tests.
+//! - [`disk`]: a directory whose writes fail as on a full disk, for the journal's tests.
 
 // Each test uses a different subset of these helpers, so any one build of the test
 // binary leaves some of them unused; that is expected, not dead code.
@@ -14,6 +15,7 @@
 
 pub mod body;
 pub mod client;
+pub mod disk;
 pub mod raw;
 pub mod redis;
 pub mod tls;

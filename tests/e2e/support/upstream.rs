@@ -128,6 +128,36 @@ pub struct Reply {
     pub delay: Duration,
     /// Send no response: HTTP/1.1 closes the connection, HTTP/2 resets the stream.
     pub abort: bool,
+    /// Wait until this gate opens before sending the response head (after `delay`).
+    pub hold: Option<Gate>,
+}
+
+/// Holds the replies given it ([`Reply::held`]) until the test opens it.
+#[derive(Debug, Clone)]
+pub struct Gate(watch::Sender<bool>);
+
+impl Default for Gate {
+    /// A closed gate.
+    fn default() -> Gate {
+        Gate(watch::channel(false).0)
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Releases every reply held now or later.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        // The sender lives in `self`, so this only returns once the gate is open.
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
+    }
 }
 
 /// The body of a [`Reply`].
@@ -151,6 +181,7 @@ impl Reply {
             body: ReplyBody::Full(Bytes::new()),
             delay: Duration::ZERO,
             abort: false,
+            hold: None,
         }
     }
 
@@ -216,6 +247,12 @@ impl Reply {
 
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Answer only once `gate` is open.
+    pub fn held(mut self, gate: &Gate) -> Self {
+        self.hold = Some(gate.clone());
         self
     }
 }
@@ -573,6 +610,9 @@ async fn handle(
     };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
+    }
+    if let Some(gate) = &reply.hold {
+        gate.passed().await;
     }
     if reply.abort {
         return Err("reply aborted by the test script".into());
