@@ -12,7 +12,9 @@ more kinds of line feed the targets:
   run, and its peak RSS;
 - `fanout  weir-fanout  N  REQ/S  P50  P99  CPU  RSS_KIB  ERRORS`: a closed-loop run of
   a fan-out route (mode `all`) to --fanout-targets upstreams; its latency is the time to
-  the last target, CPU is per target call, errors include targets that failed.
+  the last target, CPU is per target call, errors include targets that failed;
+- `otlp  weir-otlp  N  EXPORTED  QUEUE_FULL  EXPORT_FAILED  ...`: the spans the weir-otlp
+  row's process exported and dropped by the end of closed-loop run N (warm-up included).
 
 After the tables it checks the targets: issue #6's (a)–(f) and issue #13's (g), each
 with its measured value and whether it is met; see bench/README.md, "Targets".
@@ -28,6 +30,7 @@ ROWS = [
     ("haproxy", "HAProxy"),
     ("pingora", "pingora"),
     ("weir-empty", "weir, empty chain"),
+    ("weir-otlp", "weir, empty chain, every request's spans exported over OTLP"),
     ("weir-async", "weir, async acceptance (202s, journal fsync'd)"),
     ("weir-headers", "weir, headers"),
     ("weir-retry", "weir, retry"),
@@ -162,6 +165,16 @@ def main():
           f"req/s {ratio(redis, full)}× the memory backend's, CPU-µs/req "
           f"{ratio(med('closed', 'weir-full-redis', 3), med('closed', 'weir-full', 3))}× "
           "(weir's own CPU; Redis runs on the load CPU).")
+        w("")
+    if ("closed", "weir-otlp") in runs:
+        spans = runs.get(("otlp", "weir-otlp"), [])
+        exported, full, failed = (sum(r[i] or 0 for r in spans) for i in range(3))
+        w(f"Span export (weir-otlp: every request's spans over OTLP/HTTP to the bench upstream): "
+          f"req/s {ratio(med('closed', 'weir-otlp', 0), med('closed', 'weir-empty', 0))}× weir empty's "
+          f"(export off), CPU-µs/req {ratio(med('closed', 'weir-otlp', 3), med('closed', 'weir-empty', 3))}×; "
+          f"over its closed-loop runs {exported:,.0f} spans exported, {full:,.0f} dropped for a full "
+          f"queue and {failed:,.0f} for a failed export"
+          + (" (a row that drops spans does less work than tracing every request)." if full or failed else "."))
         w("")
     if ("fanout", "weir-fanout") in runs:
         fan_rps, empty_rps = med("fanout", "weir-fanout", 0), med("closed", "weir-empty", 0)

@@ -18,7 +18,7 @@ ROOT="$(dirname "$BENCH")"
 RUN="$BENCH/.run"        # logs, pid files, raw results of the last run
 TOOLS="$BENCH/.tools"    # oha, installed with cargo
 
-ALL_ROWS="direct nginx haproxy pingora weir-empty weir-async weir-fanout weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
+ALL_ROWS="direct nginx haproxy pingora weir-empty weir-otlp weir-async weir-fanout weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
 STARTS=11                # `weir run` starts timed for target (f), after one that fills the cache
 QUICKSTART_PORT=18085    # the quickstart's listener and admin API, moved off 8080 and 9901
 QUICKSTART_ADMIN_PORT=18086
@@ -114,9 +114,10 @@ RESULTS="$RUN/results.tsv"
 UPSTREAM_PORT=18080
 declare -A PORT=(
     [direct]=$UPSTREAM_PORT [nginx]=18081 [haproxy]=18082 [pingora]=18083
-    [weir-full-redis]=18087
+    [weir-full-redis]=18087 [weir-otlp]=18091
 )
 REDIS_PORT=18090         # the weir-full-redis row's state
+OTLP_ADMIN_PORT=18092    # the weir-otlp row's admin API, for its weir_otlp_* counters
 port_of() { echo "${PORT[$1]:-18084}"; }
 
 # Waits until the row's port answers a request with 200 (202 for weir-async, whose
@@ -247,6 +248,16 @@ state_round_trips() {
         awk '/^weir_state_operations_total/ { n += $NF } END { printf "%d\n", n }'
 }
 
+# The weir-otlp row's spans so far: exported, dropped for a full queue, dropped for a
+# failed export (its weir_otlp_spans_*_total, warm-up included).
+otlp_spans() {
+    curl -s "http://127.0.0.1:$OTLP_ADMIN_PORT/metrics" | awk '
+        /^weir_otlp_spans_exported_total/ { e += $NF }
+        /^weir_otlp_spans_dropped_total.*queue_full/ { q += $NF }
+        /^weir_otlp_spans_dropped_total.*export_failed/ { f += $NF }
+        END { printf "%d\t%d\t%d\n", e, q, f }'
+}
+
 # One closed-loop measurement of row $1 (peer already warm): appends to $RESULTS.
 closed_loop() {
     local row="$1" repeat="$2" port out t0 t1
@@ -276,6 +287,13 @@ closed_loop() {
         # State round trips per request.
         printf 'redis\t%s\t%s\t%s\t\t\t\t\t0\n' "$row" "$repeat" \
             "$(python3 -c "print(round(($c1 - $c0) / $requests, 2))")" >>"$RESULTS"
+    fi
+    if [ "$row" = weir-otlp ]; then
+        # Spans exported and dropped: a row that dropped them did less work.
+        local spans
+        spans="$(otlp_spans)"
+        printf 'otlp\t%s\t%s\t%s\t\t\t0\n' "$row" "$repeat" "$spans" >>"$RESULTS"
+        say "  $row #$repeat spans exported, dropped (queue full), dropped (export failed): $(tr '\t' ' ' <<<"$spans")"
     fi
     say "  $row #$repeat: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu:-–} CPU-us/req, errors $errors"
 }

@@ -8,14 +8,16 @@
 //! fan-out measurement's targets, which weir needs as distinct upstreams. It prints
 //! `upstream listening on ADDR` once the first address is bound. The response carries no caching
 //! headers, so weir's `cache` filter stores nothing (the miss path) unless a route sets
-//! `default_ttl` (the hit path). One thread: `bench/run.sh` pins it to the load
+//! `default_ttl` (the hit path). Any path answers 200, so it is also the weir-otlp row's
+//! OTLP/HTTP collector (`POST /v1/traces`). One thread: `bench/run.sh` pins it to the load
 //! generator's core, and a second thread would only contend there.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -24,7 +26,13 @@ use tokio::net::TcpListener;
 
 const BODY: &[u8] = b"hello, bench\n";
 
-async fn answer(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // A request with a body (the weir-otlp row's span exports to `/v1/traces`) is read
+    // whole first: hyper closes a connection whose request body was left unread, and a
+    // close with unread bytes resets it, which weir would count as a failed export.
+    if !req.body().is_end_stream() {
+        let _ = req.into_body().collect().await;
+    }
     let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
