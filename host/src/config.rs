@@ -574,6 +574,9 @@ pub struct OtlpConfig {
     /// follows its `traceparent`'s sampled flag instead.
     #[serde(default = "defaults::otlp_sample_ratio")]
     pub sample_ratio: f64,
+    /// TLS settings for an https collector: a private CA, a client certificate.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
 }
 
 /// An OTLP/HTTP URL: `http://` or `https://`, a host, a path (`/v1/traces` when none).
@@ -665,8 +668,8 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
 }
 
-/// `[upstreams.NAME] tls`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[upstreams.NAME] tls`, and `[telemetry.otlp] tls`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM CA bundle to trust instead of the public roots.
@@ -1218,6 +1221,26 @@ fn validate_otlp(
                 ),
             ),
             Ok(_) => {}
+        }
+    }
+    if let Some(tls) = &mut otlp.tls {
+        if !otlp.endpoint.origin.is_https() {
+            err(
+                &["telemetry", "otlp", "tls"],
+                "telemetry.otlp: `tls` is set but the endpoint is not https".to_owned(),
+            );
+        }
+        for p in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key]
+            .into_iter()
+            .flatten()
+        {
+            abs(p);
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            err(
+                &["telemetry", "otlp", "tls"],
+                "telemetry.otlp.tls: `client_cert` and `client_key` go together".to_owned(),
+            );
         }
     }
     if otlp.service_name.trim().is_empty() {
@@ -1960,6 +1983,7 @@ endpoint = "http://127.0.0.1:4318/v1/traces"
 headers = {{ "x-key" = {{ env = "WEIR_CONFIG_TEST_UNSET_OTLP_KEY" }}, "bad name" = "v" }}
 sample_ratio = 1.5
 service_name = " "
+tls = {{ client_cert = "c.pem" }}
 "#
         ))
         .unwrap_err()
@@ -1969,6 +1993,8 @@ service_name = " "
             "telemetry.otlp.headers: invalid header name \"bad name\"",
             "telemetry.otlp.sample_ratio must be between 0 and 1, not 1.5",
             "telemetry.otlp.service_name must not be empty",
+            "telemetry.otlp: `tls` is set but the endpoint is not https",
+            "telemetry.otlp.tls: `client_cert` and `client_key` go together",
         ] {
             assert!(bad.contains(want), "{want} in {bad}");
         }

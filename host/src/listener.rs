@@ -672,13 +672,18 @@ impl Proxy {
         .and_then(|()| router.route(&mut parts));
         let route = routed.as_ref().ok().copied();
         let method = parts.method.clone();
-        let traceparent = TraceContext::from_headers(&parts.headers).next_hop();
+        let mut traceparent = TraceContext::from_headers(&parts.headers).next_hop();
         // With span export off, this is all it costs a request.
-        let otlp = self
-            .otlp
-            .as_ref()
-            .filter(|o| traceparent.sampled_by(o))
-            .map(|o| (o, authority(&parts)));
+        let otlp = match &self.otlp {
+            None => None,
+            Some(o) if traceparent.sampled_by(o) => Some((o, authority(&parts))),
+            Some(_) => {
+                // A trace weir started and left out goes on marked as left out, so that
+                // the upstream does not record spans whose parent was never exported.
+                traceparent.unsampled();
+                None
+            }
+        };
         // Everything only `/requests` reads is gathered only when it keeps records.
         let recording = self.recent.enabled();
         let request_headers = if recording {
@@ -1029,6 +1034,18 @@ impl NextHop {
         }
     }
 
+    /// Clears the sampled flag of a trace weir started (a client's flags are kept).
+    fn unsampled(&mut self) {
+        if self.parent.is_some() {
+            return;
+        }
+        self.flags = *b"00";
+        let mut text = [0u8; 55];
+        text.copy_from_slice(self.header.as_bytes());
+        text[53..].copy_from_slice(&self.flags);
+        self.header = HeaderValue::from_bytes(&text).expect("hex digits and dashes");
+    }
+
     /// Whether `otlp` exports this request's spans.
     fn sampled_by(&self, otlp: &Otlp) -> bool {
         // The sampled flag is the low bit of the flags' second hex digit.
@@ -1317,6 +1334,25 @@ mod tests {
             assert!(header.starts_with(&format!("00-{id}-")));
             assert!(header.ends_with("-01"));
         }
+    }
+
+    #[test]
+    fn only_a_trace_weir_started_is_marked_unsampled() {
+        let mut new = TraceContext::from_headers(&http::HeaderMap::new()).next_hop();
+        let span = new.header.to_str().unwrap()[36..52].to_owned();
+        new.unsampled();
+        let header = new.header.to_str().unwrap();
+        assert!(header.ends_with(&format!("-{span}-00")), "{header}");
+        assert_eq!(&header[3..35], new.trace_id());
+
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let mut continued = TraceContext::from_headers(&h).next_hop();
+        continued.unsampled();
+        assert!(continued.header.to_str().unwrap().ends_with("-01"));
     }
 
     #[test]

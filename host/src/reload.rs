@@ -505,8 +505,8 @@ struct Fixed {
     jobs: String,
     /// `[batch]`, as Debug text.
     batch: String,
-    /// `[telemetry]`, as Debug text (secrets print as where they come from).
-    telemetry: String,
+    /// `[telemetry]`, compared by value: an inline secret that changed is a change.
+    telemetry: crate::config::TelemetryConfig,
     tls_files: u64,
 }
 
@@ -521,7 +521,7 @@ impl Fixed {
             log: raw.log.clone(),
             jobs: format!("{:?}", raw.jobs),
             batch: format!("{:?}", raw.batch),
-            telemetry: format!("{:?}", raw.telemetry),
+            telemetry: raw.telemetry.clone(),
             tls_files: tls_files(raw),
         }
     }
@@ -660,7 +660,7 @@ impl Fixed {
         if self.batch != format!("{:?}", new.batch) {
             out.push("[batch] changed: restart weir to apply".to_owned());
         }
-        if self.telemetry != format!("{:?}", new.telemetry) {
+        if self.telemetry != new.telemetry {
             // Never the values: the headers may hold secrets.
             out.push("[telemetry] changed: restart weir to apply".to_owned());
         }
@@ -752,8 +752,14 @@ mod tests {
         );
         let changes = fixed.changes(&traced.raw, 0);
         assert_eq!(changes, ["[telemetry] changed: restart weir to apply"]);
-        // A header's value is never shown, even in the state kept to compare.
-        assert!(!Fixed::of(&traced).telemetry.contains("t0ps3cret"));
+        // A header's value is never shown, and a new inline value is a change too.
+        assert!(changes.iter().all(|c| !c.contains("t0ps3cret")));
+        let rekeyed = parse(
+            "[listen]\naddr = \"127.0.0.1:8080\"\n[admin]\naddr = \"127.0.0.1:9901\"\n[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318\"\nheaders = { x-key = \"n3wsecret\" }",
+        );
+        let changes = Fixed::of(&traced).changes(&rekeyed.raw, 0);
+        assert_eq!(changes, ["[telemetry] changed: restart weir to apply"]);
+        assert!(Fixed::of(&traced).changes(&traced.raw, 0).is_empty());
     }
 
     #[test]

@@ -116,6 +116,8 @@ filters = [
     ))
     .env("WEIR_TEST_OTLP_TOKEN", COLLECTOR_TOKEN)
     .env("WEIR_TEST_OTLP_KEY", API_KEY)
+    // Another service's exporter setting in weir's environment: never sent.
+    .env("OTEL_EXPORTER_OTLP_HEADERS", "x-other-service=its-own-key")
     .start()
     .await;
 
@@ -157,6 +159,7 @@ filters = [
             Some("application/x-protobuf")
         );
         assert_eq!(export.header_str("authorization"), Some(COLLECTOR_TOKEN));
+        assert_eq!(export.header_str("x-other-service"), None);
         for secret in [API_KEY, COLLECTOR_TOKEN, CLIENT_SECRET] {
             assert!(
                 !export

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use opentelemetry_http::{HttpClient, HttpError};
 
@@ -67,7 +68,7 @@ impl Collector {
             connect_timeout: defaults::connect_timeout(),
             max_connections: 4,
             read_timeout: crate::config::HumanDuration(EXPORT_TIMEOUT),
-            tls: None,
+            tls: config.tls.clone(),
         };
         let metrics =
             UpstreamMetrics::new(&prometheus::Registry::new()).map_err(|e| e.to_string())?;
@@ -86,9 +87,19 @@ impl Collector {
 
     async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let (mut parts, bytes) = request.into_parts();
-        for (name, value) in &self.headers {
-            parts.headers.insert(name, value.clone());
+        // Only what describes the body, and the configured headers: the exporter also
+        // adds any `OTEL_EXPORTER_OTLP_HEADERS` from weir's environment, which could
+        // carry another service's credentials to this collector.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 3);
+        for name in [CONTENT_TYPE, CONTENT_ENCODING, USER_AGENT] {
+            if let Some(value) = parts.headers.remove(&name) {
+                headers.insert(name, value);
+            }
         }
+        for (name, value) in &self.headers {
+            headers.insert(name, value.clone());
+        }
+        parts.headers = headers;
         let req = Request::from_parts(parts, body::full(bytes));
         let deadline = tokio::time::Instant::now() + EXPORT_TIMEOUT;
         let timeout_ms = EXPORT_TIMEOUT.as_millis() as u64;

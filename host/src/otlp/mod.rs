@@ -160,7 +160,16 @@ impl Otlp {
             .with_timeout(client::EXPORT_TIMEOUT)
             .with_http_client(collector)
             .build()
-            .map_err(|e| format!("telemetry.otlp: {e}"))?;
+            .map_err(|e| {
+                // The exporter reads OTEL_EXPORTER_OTLP_*COMPRESSION from the environment;
+                // weir sends uncompressed protobuf and says where the setting came from.
+                let hint = if e.to_string().contains("compression") {
+                    " (from OTEL_EXPORTER_OTLP_COMPRESSION or OTEL_EXPORTER_OTLP_TRACES_COMPRESSION in weir's environment: weir exports uncompressed; unset it)"
+                } else {
+                    ""
+                };
+                format!("telemetry.otlp: {e}{hint}")
+            })?;
         exporter.set_resource(
             &Resource::builder_empty()
                 .with_service_name(config.service_name.clone())
