@@ -1186,7 +1186,13 @@ mod tests {
     fn a_valid_request_edit_applies_every_part() {
         let mut req = request();
         let set = vec![("X-B".to_owned(), b"2".to_vec())];
-        edit_request(&mut req, set, &["X-A".to_owned()], Some("/b?c=d".to_owned())).unwrap();
+        edit_request(
+            &mut req,
+            set,
+            &["X-A".to_owned()],
+            Some("/b?c=d".to_owned()),
+        )
+        .unwrap();
         let want: &[(String, Vec<u8>)] = &[("x-b".to_owned(), b"2".to_vec())];
         assert_eq!(parts(&req), ("/b?c=d", want));
     }
