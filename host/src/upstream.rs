@@ -537,7 +537,11 @@ impl Conns {
         let timing = ConnectTiming {
             at,
             tcp,
-            tls: self.target.tls.is_some().then(|| at.elapsed().saturating_sub(tcp)),
+            tls: self
+                .target
+                .tls
+                .is_some()
+                .then(|| at.elapsed().saturating_sub(tcp)),
         };
         let sender = if io.is_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
