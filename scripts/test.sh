@@ -3,7 +3,8 @@
 # Python and C example filters, redis-server, chromium and promtool (each a no-op when it
 # is there), then runs every test.
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test e2e example_`. A whole
-# run (no arguments) then runs each fuzz target for FUZZ_SECONDS, default 45 (fuzz/README.md).
+# run (no arguments) then runs the soak for 3 minutes (tests/e2e/soak.rs; bench/soak.sh
+# runs it for 30) and each fuzz target for FUZZ_SECONDS, default 45 (fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +20,7 @@ scripts/setup-redis.sh
 scripts/setup-browser.sh
 scripts/setup-prometheus.sh
 cargo test --workspace "$@"
+if [ "$#" -eq 0 ]; then
+    WEIR_SOAK_SECONDS=180 cargo test -p weir --test e2e soak -- --ignored --nocapture
+fi
 if [ "$#" -eq 0 ]; then scripts/fuzz.sh; fi

@@ -42,6 +42,7 @@ mod reload;
 mod retry;
 mod sanitize;
 mod secrets;
+mod soak;
 mod state_faults;
 mod support;
 mod support_selftest;
