@@ -27,14 +27,10 @@
 //! 6. Compare the first sample with the last (each within [`TOLERANCE`]), and require
 //!    that every request got a 2xx through the whole chain.
 //!
-//! weir runs with `MALLOC_ARENA_MAX=1` unless the environment sets it, so that its RSS
-//! follows the memory it holds. With glibc's default (8 arenas per core), RSS climbed
-//! about 3 MiB at each of the first several reloads and then seemed to level off (57 to
-//! 77 MiB over 9 reloads in a 10-minute debug run); with one arena it stayed within 49
-//! to 54 MiB over the same load and reloads. So the steps are freed memory that glibc
-//! keeps in the arena of the thread that built the chain (a reload builds on a blocking
-//! thread), not memory weir holds; left in, they would fail a flat check and hide a
-//! leak's slope. Set `MALLOC_ARENA_MAX=16` (the default on 2 cores) to see them.
+//! weir runs with glibc's default malloc settings, as in production. Reloads build on one
+//! long-lived thread (see `builder` in `host/src/reload.rs`): built on tokio's blocking
+//! threads, each reload's router took another arena's memory and RSS climbed about
+//! 3 MiB at each of the first reloads, which this test caught.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -540,12 +536,10 @@ fn soak_length() -> Duration {
 async fn soak_stays_flat_across_reloads_at_half_the_maximum_rate() {
     let length = soak_length();
     let origin = Origin::start().await;
-    let mut weir = WeirBuilder::new(config(&origin.url(), 0)).env("RUST_LOG", QUIET_REQUESTS);
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // See the module's doc.
-        weir = weir.env("MALLOC_ARENA_MAX", "1");
-    }
-    let weir = weir.start().await;
+    let weir = WeirBuilder::new(config(&origin.url(), 0))
+        .env("RUST_LOG", QUIET_REQUESTS)
+        .start()
+        .await;
     let admin = Admin {
         weir: &weir,
         client: client(),
