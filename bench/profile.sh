@@ -55,7 +55,8 @@ rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/nginx/tmp"
 
 UPSTREAM_PORT=18080
-declare -A PORT=([nginx]=18081 [haproxy]=18082 [pingora]=18083)
+# As in run.sh.
+declare -A PORT=([nginx]=18081 [haproxy]=18082 [pingora]=18083 [weir-full-redis]=18087 [weir-otlp]=18091)
 port_of() { echo "${PORT[$1]:-18084}"; }
 
 wait_ready() {

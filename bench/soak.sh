@@ -3,9 +3,8 @@
 # cache) at half of weir's maximum rate, open-loop, with a config reload every minute.
 # It passes when weir's RSS, open file descriptors and tokio tasks end within 10 % of
 # where they started (tasks also within 8, as a few come and go) and not one request
-# failed. weir runs with MALLOC_ARENA_MAX=1 unless you set it (tests/e2e/soak.rs says
-# why). The test is tests/e2e/soak.rs; this script runs it in release and keeps what it
-# printed.
+# failed. weir runs with glibc's default malloc settings, as in production. The test is
+# tests/e2e/soak.rs; this script runs it in release and keeps what it printed.
 #
 #   bench/soak.sh                  30 minutes, release build
 #   bench/soak.sh --quick          3 minutes (CI runs this length, in a debug build)
