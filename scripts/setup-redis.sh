@@ -3,29 +3,8 @@
 # they are already there. The tests start their own servers on free loopback ports; this
 # never starts or enables a system service.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
-  exit 0
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  scripts/apt-install.sh setup-redis.sh redis-server redis-tools
 fi
-if ! command -v apt-get >/dev/null; then
-  echo "setup-redis.sh: redis-server is missing and there is no apt-get here; install it by hand" >&2
-  exit 1
-fi
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  if ! command -v sudo >/dev/null; then
-    echo "setup-redis.sh: redis-server is missing; run this as root, or install sudo" >&2
-    exit 1
-  fi
-  sudo=(sudo)
-fi
-echo "setup-redis.sh: installing redis-server with apt-get" >&2
-"${sudo[@]}" apt-get update -qq
-# policy-rc.d answering 101 keeps the package from starting its system service.
-policy=/usr/sbin/policy-rc.d
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
-  "${sudo[@]}" chmod +x "$policy"
-  trap '"${sudo[@]}" rm -f "$policy"' EXIT
-fi
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends redis-server redis-tools
