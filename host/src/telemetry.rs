@@ -144,7 +144,7 @@ fn status_class(status: StatusCode) -> usize {
 
 /// The standard methods (RFC 9110 §9 and PATCH), which keep their names as the
 /// `method` label.
-const METHODS: [Method; 9] = [
+pub(crate) const METHODS: [Method; 9] = [
     Method::GET,
     Method::POST,
     Method::PUT,

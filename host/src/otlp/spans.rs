@@ -30,21 +30,9 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use tokio::time::Instant;
 
 use super::Finished;
+use crate::telemetry::METHODS;
 use crate::wasm::{HostCall, HostCallKind};
 
-/// The standard methods (RFC 9110 §9 and PATCH); any other is `_OTHER`, as the semantic
-/// conventions say, with its own name in `http.request.method_original`.
-const KNOWN_METHODS: [Method; 9] = [
-    Method::GET,
-    Method::POST,
-    Method::PUT,
-    Method::DELETE,
-    Method::HEAD,
-    Method::OPTIONS,
-    Method::PATCH,
-    Method::TRACE,
-    Method::CONNECT,
-];
 
 /// One span under construction.
 struct Builder<'a> {
@@ -89,7 +77,9 @@ pub fn span_count(f: &Finished) -> usize {
 
 /// The method's name as the conventions want it, and its own name when that is `_OTHER`.
 fn method(m: &Method) -> (&'static str, Option<&str>) {
-    match KNOWN_METHODS.iter().find(|k| *k == m) {
+    // Any method but the standard nine is `_OTHER`, as the semantic conventions say, with
+    // its own name in `http.request.method_original`.
+    match METHODS.iter().find(|k| *k == m) {
         Some(k) => (static_method(k), None),
         None => ("_OTHER", Some(m.as_str())),
     }
