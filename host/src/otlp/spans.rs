@@ -33,7 +33,6 @@ use super::Finished;
 use crate::telemetry::METHODS;
 use crate::wasm::{HostCall, HostCallKind};
 
-
 /// One span under construction.
 struct Builder<'a> {
     f: &'a Finished,
