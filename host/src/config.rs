@@ -264,7 +264,7 @@ pub struct BatchConfig {
 }
 
 /// `[jobs]`: where accepted async requests are kept, and how many.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
     /// Where jobs are kept: `journal` (the embedded redb file, one process) or `redis`
@@ -319,7 +319,7 @@ impl JobsConfig {
 }
 
 /// `[jobs.webhooks]`: signed deliveries of a job's result to a client's callback URL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// The origins a callback URL may point at; any other is refused with 400.

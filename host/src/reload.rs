@@ -550,8 +550,8 @@ struct Fixed {
     state: StateConfig,
     runtime: RuntimeConfig,
     log: crate::config::LogConfig,
-    /// `[jobs]`, as Debug text (secrets print as where they come from, never values).
-    jobs: String,
+    /// `[jobs]`, compared by value: an inline webhook secret that changed is a change.
+    jobs: Option<crate::config::JobsConfig>,
     /// `[batch]`, as Debug text.
     batch: String,
     /// `[telemetry]`, compared by value: an inline secret that changed is a change.
@@ -568,7 +568,7 @@ impl Fixed {
             state: raw.state.clone(),
             runtime: raw.runtime.clone(),
             log: raw.log.clone(),
-            jobs: format!("{:?}", raw.jobs),
+            jobs: raw.jobs.clone(),
             batch: format!("{:?}", raw.batch),
             telemetry: raw.telemetry.clone(),
             tls_files: tls_files(raw),
@@ -702,7 +702,7 @@ impl Fixed {
                 format!("{key} changed from {old} to {new}: restart weir to apply")
             })
             .collect();
-        if self.jobs != format!("{:?}", new.jobs) {
+        if self.jobs != new.jobs {
             // The journal and its workers are bound at start; routes' `async` reloads.
             out.push("[jobs] changed: restart weir to apply".to_owned());
         }
@@ -809,6 +809,19 @@ mod tests {
         let changes = Fixed::of(&traced).changes(&rekeyed.raw, 0);
         assert_eq!(changes, ["[telemetry] changed: restart weir to apply"]);
         assert!(Fixed::of(&traced).changes(&traced.raw, 0).is_empty());
+        // The same for an inline webhook secret in `[jobs]`.
+        let jobs = |secret: &str| {
+            parse(&format!(
+                "[listen]\naddr = \"127.0.0.1:8080\"\n[admin]\naddr = \"127.0.0.1:9901\"\n[jobs]\njournal = \"/var/lib/weir/jobs.redb\"\n[jobs.webhooks]\norigins = [\"https://hooks.example.com\"]\nsecret = \"{secret}\""
+            ))
+        };
+        let (old, new) = (
+            jobs("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            jobs("whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+        );
+        let changes = Fixed::of(&old).changes(&new.raw, 0);
+        assert_eq!(changes, ["[jobs] changed: restart weir to apply"]);
+        assert!(Fixed::of(&old).changes(&old.raw, 0).is_empty());
     }
 
     #[test]
