@@ -235,11 +235,16 @@ def targets(w, med, ready, direct_open_p99, rate):
     rows.append(("(b) weir full chain ≥ 0.85× weir empty in req/s",
                  (f"{b:.2f}×" if b else "–") + per_filter,
                  verdict(b >= 0.85 if b else None)))
-    # (c) serving from the cache against the full chain's miss path.
-    hit = rps("weir-cache-hit")
-    c = hit / full if hit and full else None
-    rows.append(("(c) cache hit ≥ 2× the full chain (miss) in req/s",
-                 f"{c:.2f}×" if c else "–", verdict(c >= 2.0 if c else None)))
+    # (c) serving from the cache against the same route's miss: like with like (the cache
+    # filter alone on both rows). Against the five-filter chain's miss it would be the
+    # four other filters' cost that made the ratio, shown only for reference.
+    hit, miss = rps("weir-cache-hit"), rps("weir-cache-miss")
+    c = hit / miss if hit and miss else None
+    value = f"{c:.2f}× cache (miss)" if c else "–"
+    if hit and full:
+        value += f"; {hit / full:.2f}× the full chain (miss), for reference"
+    rows.append(("(c) cache hit ≥ 2× the same cache filter on a miss in req/s",
+                 value, verdict(c >= 2.0 if c else None)))
     # (d) added p99 of the empty chain at the open-loop rate.
     open_p99 = med("open", "weir-empty", 2)
     achieved = med("open", "weir-empty", 0)
