@@ -136,6 +136,10 @@ def main():
             achieved = med("open", key, 0)
             if a.rate and achieved is not None and achieved < 0.95 * float(a.rate):
                 added += f" (overloaded: {achieved:,.0f} req/s)"
+            # At 80 % or more of its closed-loop maximum a row mostly waits in line: its
+            # p99 then says how near saturation the rate is, not what the proxy adds.
+            elif a.rate and rps and float(a.rate) >= 0.8 * rps:
+                added += f" (queueing: the rate is {float(a.rate) / rps:.0%} of its maximum)"
         errs = sum(r[5] or 0 for phase in ("closed", "open") for r in runs.get((phase, key), []))
         if errs:
             errors_seen.append(f"{label}: {errs:.0f}")
