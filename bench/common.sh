@@ -13,14 +13,11 @@ stop_started() {
 trap stop_started EXIT
 trap 'exit 130' INT TERM
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-# Installs the Debian packages named, if any.
+# Installs the Debian packages named, if any (scripts/apt-install.sh: root or sudo, and
+# no service started, so no system nginx or HAProxy competes with the measured ones).
 apt_install() {
     [ $# -gt 0 ] || return 0
-    say "installing $* with apt-get"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    "$ROOT/scripts/apt-install.sh" bench "$@" >/dev/null
 }
 
 # Sets NGINX, HAPROXY and OHA; installs oha into $TOOLS with cargo when none is on PATH.

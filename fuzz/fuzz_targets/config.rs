@@ -10,6 +10,8 @@
 //! resolve to nothing.
 #![no_main]
 
+mod text_errors;
+
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -23,18 +25,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match Config::parse(Path::new("/weir-fuzz-missing/weir.toml"), text) {
-        Err(errors) => {
-            assert!(!errors.0.is_empty(), "a refused config says why");
-            let lines = text.split('\n').collect::<Vec<_>>();
-            for e in &errors.0 {
-                if let Some((line, col)) = e.pos {
-                    assert!(line >= 1 && line <= lines.len(), "{e:?} is past the text");
-                    let width = lines[line - 1].chars().count();
-                    assert!(col >= 1 && col <= width + 1, "{e:?} is past its line");
-                }
-            }
-            let _ = errors.to_string();
-        }
+        Err(errors) => text_errors::assert_point_inside(text, &errors),
         Ok(config) => {
             for route in &config.raw.routes {
                 for f in &route.get_ref().filters {

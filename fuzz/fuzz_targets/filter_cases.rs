@@ -7,6 +7,8 @@
 //! `http` accepts (no CR, LF or NUL), and a final status.
 #![no_main]
 
+mod text_errors;
+
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -19,18 +21,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match CaseFile::parse(Path::new("/weir-fuzz-missing/cases.toml"), text) {
-        Err(errors) => {
-            assert!(!errors.0.is_empty(), "a refused file says why");
-            let lines = text.split('\n').collect::<Vec<_>>();
-            for e in &errors.0 {
-                if let Some((line, col)) = e.pos {
-                    assert!(line >= 1 && line <= lines.len(), "{e:?} is past the text");
-                    let width = lines[line - 1].chars().count();
-                    assert!(col >= 1 && col <= width + 1, "{e:?} is past its line");
-                }
-            }
-            let _ = errors.to_string();
-        }
+        Err(errors) => text_errors::assert_point_inside(text, &errors),
         Ok(file) => {
             assert!(!file.cases.is_empty());
             let mut names = HashSet::new();

@@ -32,26 +32,17 @@
 //! threads, each reload's router took another arena's memory and RSS climbed about
 //! 3 MiB at each of the first reloads, which this test caught.
 
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use crate::support::WAIT;
 use crate::support::client::{builder, client};
+use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::{Weir, WeirBuilder};
 
 /// How long the open-loop phase runs unless `WEIR_SOAK_SECONDS` says otherwise.
@@ -127,87 +118,27 @@ fn path_of(seq: u64) -> String {
 // === the upstream ===
 
 /// Answers `/hot/N` with a response the cache keeps for 2 s, anything else with one it
-/// does not store, and 400 to a request the `headers` filter did not rewrite. Not
-/// `support::upstream::Upstream`: that one records every request, which over 30 minutes
-/// would be gigabytes in this process. This one only counts. Stops when dropped.
-struct Origin {
-    addr: SocketAddr,
-    requests: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl Origin {
-    async fn start() -> Origin {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("bind the upstream on 127.0.0.1:0");
-        let addr = listener.local_addr().expect("upstream address");
-        let requests = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(Origin::serve(listener, requests.clone()));
-        Origin {
-            addr,
-            requests,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn serve(listener: TcpListener, requests: Arc<AtomicU64>) {
-        let mut conns = JoinSet::new();
-        loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-                // Reap finished connections so the set doesn't grow.
-                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            };
-            let _ = stream.set_nodelay(true);
-            let requests = requests.clone();
-            let service = service_fn(move |req| Origin::answer(req, requests.clone()));
-            conns.spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    }
-
-    async fn answer(
-        req: Request<Incoming>,
-        requests: Arc<AtomicU64>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
-        requests.fetch_add(1, Ordering::Relaxed);
-        let rewritten = req.headers().get("x-api-key").is_some_and(|v| v == API_KEY)
-            && !req.headers().contains_key("cookie");
-        let reply = Response::builder();
-        let reply = if !rewritten {
-            reply
-                .status(400)
-                .body(Full::from("the headers filter did not run"))
-        } else if req.uri().path().starts_with("/hot/") {
-            reply
-                .header("cache-control", "max-age=2")
-                .body(Full::from(format!("hot {}", req.uri().path())))
-        } else {
-            reply.body(Full::from("item"))
-        };
-        Ok(reply.expect("a valid response"))
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        // The accept loop owns the connection tasks, so this stops them too.
-        self.task.abort();
-    }
+/// does not store, and 400 to a request the `headers` filter did not rewrite. It only
+/// counts requests: a log of every one would be gigabytes over 30 minutes.
+async fn origin() -> Upstream {
+    Upstream::builder()
+        .http1_only()
+        .count_only()
+        .reply(|req, _| {
+            let rewritten =
+                req.header_str("x-api-key") == Some(API_KEY) && !req.has_header("cookie");
+            if !rewritten {
+                Reply::new(400).body("the headers filter did not run")
+            } else if req.path.starts_with("/hot/") {
+                Reply::ok()
+                    .header("cache-control", "max-age=2")
+                    .body(format!("hot {}", req.path))
+            } else {
+                Reply::ok().body("item")
+            }
+        })
+        .start()
+        .await
 }
 
 // === load ===
@@ -535,7 +466,7 @@ fn soak_length() -> Duration {
 #[ignore = "a soak: bench/soak.sh runs it (WEIR_SOAK_SECONDS)"]
 async fn soak_stays_flat_across_reloads_at_half_the_maximum_rate() {
     let length = soak_length();
-    let origin = Origin::start().await;
+    let origin = origin().await;
     let weir = WeirBuilder::new(config(&origin.url(), 0))
         .env("RUST_LOG", QUIET_REQUESTS)
         .start()
@@ -606,7 +537,7 @@ async fn soak_stays_flat_across_reloads_at_half_the_maximum_rate() {
         "soak: {sent} requests ({} reached the upstream), {} failed, {generation} reloads \
          (one in the warm-up), \
          latest request left {:.0} ms after it was due",
-        origin.requests.load(Ordering::Relaxed),
+        origin.count(),
         tally.failed(),
         tally.max_late_us.load(Ordering::Relaxed) as f64 / 1000.0
     );

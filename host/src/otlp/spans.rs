@@ -120,6 +120,17 @@ fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
     KeyValue::new(key, value)
 }
 
+/// A call's status: an error, with its kind in `error.type`, when it failed.
+fn failed(attrs: &mut Vec<KeyValue>, error: Option<&'static str>) -> Status {
+    match error {
+        Some(e) => {
+            attrs.push(kv("error.type", e));
+            Status::error(e)
+        }
+        None => Status::Unset,
+    }
+}
+
 impl Builder<'_> {
     /// The wall-clock time of `at`: the request's end, read once, less how long before
     /// the end `at` was.
@@ -256,13 +267,7 @@ impl Builder<'_> {
                 kv("weir.filter.phase", call.phase),
                 kv("weir.attempt", i64::from(call.attempt)),
             ];
-            let status = match call.error {
-                Some(e) => {
-                    attrs.push(kv("error.type", e));
-                    Status::error(e)
-                }
-                None => Status::Unset,
-            };
+            let status = failed(&mut attrs, call.error);
             self.push(
                 call_id,
                 id,
@@ -331,13 +336,7 @@ impl Builder<'_> {
                 (SpanKind::Client, Cow::Owned(method.clone()))
             }
         };
-        let status = match call.error {
-            Some(e) => {
-                attrs.push(kv("error.type", e));
-                Status::error(e)
-            }
-            None => Status::Unset,
-        };
+        let status = failed(&mut attrs, call.error);
         self.push(
             id,
             parent,

@@ -281,6 +281,7 @@ pub struct UpstreamBuilder {
     tls: Option<Arc<ServerConfig>>,
     protocols: Protocols,
     store_bodies: bool,
+    keep_requests: bool,
 }
 
 impl UpstreamBuilder {
@@ -327,6 +328,13 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Count requests without keeping them: [`Upstream::count`] works, and the methods
+    /// that return requests panic. For long runs, whose log would grow without bound.
+    pub fn count_only(mut self) -> Self {
+        self.keep_requests = false;
+        self
+    }
+
     /// Bind 127.0.0.1:0 and start serving on the current tokio runtime.
     pub async fn start(self) -> Upstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -336,6 +344,8 @@ impl UpstreamBuilder {
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             log: Mutex::new(Vec::new()),
+            received: AtomicUsize::new(0),
+            keep_requests: self.keep_requests,
             changed,
             connections: AtomicUsize::new(0),
             handshake_failures: AtomicUsize::new(0),
@@ -365,7 +375,11 @@ pub struct Upstream {
 }
 
 struct Shared {
+    /// The requests, in arrival order, unless [`UpstreamBuilder::count_only`].
     log: Mutex<Vec<Recorded>>,
+    /// How many requests arrived (written under `log`'s lock).
+    received: AtomicUsize,
+    keep_requests: bool,
     /// The number of recorded requests, for waiters.
     changed: watch::Sender<usize>,
     connections: AtomicUsize,
@@ -381,6 +395,7 @@ impl Upstream {
             tls: None,
             protocols: Protocols::Both,
             store_bodies: true,
+            keep_requests: true,
         }
     }
 
@@ -422,17 +437,26 @@ impl Upstream {
 
     /// Every request recorded so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.shared.log.lock().unwrap().clone()
+        self.kept().clone()
     }
 
-    /// The number of requests recorded so far.
+    /// The number of requests received so far.
     pub fn count(&self) -> usize {
-        self.shared.log.lock().unwrap().len()
+        self.shared.received.load(Ordering::SeqCst)
+    }
+
+    /// The log, which an upstream built with [`UpstreamBuilder::count_only`] does not keep.
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
+        assert!(
+            self.shared.keep_requests,
+            "this upstream only counts requests (count_only)"
+        );
+        self.shared.log.lock().unwrap()
     }
 
     /// The `i`th request; panics if there is none.
     pub fn request(&self, i: usize) -> Recorded {
-        let log = self.shared.log.lock().unwrap();
+        let log = self.kept();
         log.get(i)
             .cloned()
             .unwrap_or_else(|| panic!("upstream got {} requests, no request #{i}", log.len()))
@@ -595,8 +619,10 @@ async fn handle(
 
     let index = {
         let mut log = shared.log.lock().unwrap();
-        log.push(recorded.clone());
-        log.len() - 1
+        if shared.keep_requests {
+            log.push(recorded.clone());
+        }
+        shared.received.fetch_add(1, Ordering::SeqCst)
     };
     shared.changed.send_replace(index + 1);
 
