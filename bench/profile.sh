@@ -99,8 +99,8 @@ for row in $ROWS; do
             ;;
         weir-*)
             # valgrind cannot map the pooling allocator's reservation: see ON_DEMAND_ENV
-            # in host/src/wasm/mod.rs.
-            RUST_LOG=warn TOKIO_WORKER_THREADS=1 WEIR_WASM_ON_DEMAND=1 \
+            # in host/src/wasm/mod.rs. One CPU, so one worker, as in run.sh.
+            RUST_LOG=warn TOKIO_WORKER_THREADS=1 WEIR_WASM_ON_DEMAND=1 taskset -c 0 \
                 "${vg[@]}" "$WEIR" run "$BENCH/configs/$row.toml" >"$OUTDIR/$row.log" 2>&1 &
             ;;
         *) die "unknown row $row" ;;

@@ -90,8 +90,8 @@ impl BodyFaultKind {
 /// and whether weir is waiting for more of it right now. The upstream client and the
 /// chain see only an opaque body error (or, over HTTP/2, a reset stream), so they read
 /// this cell to tell a client's fault from the upstream's.
-#[derive(Debug, Clone, Default)]
-pub struct BodyFault(Arc<FaultState>);
+#[derive(Debug, Clone)]
+pub struct BodyFault(Option<Arc<FaultState>>);
 
 #[derive(Debug, Default)]
 struct FaultState {
@@ -101,25 +101,48 @@ struct FaultState {
     waiting: AtomicBool,
 }
 
+impl Default for BodyFault {
+    fn default() -> BodyFault {
+        BodyFault::new()
+    }
+}
+
 impl BodyFault {
     /// A cell with no fault.
     pub fn new() -> BodyFault {
-        BodyFault::default()
+        BodyFault(Some(Arc::default()))
+    }
+
+    /// The cell of a request without a body, which has nothing to fail: it never holds
+    /// a fault, and costs no allocation.
+    pub fn never() -> BodyFault {
+        BodyFault(None)
     }
 
     /// How the client's body failed, if it did.
     pub fn get(&self) -> Option<&BodyFaultKind> {
-        self.0.fault.get()
+        self.0.as_ref()?.fault.get()
     }
 
     /// Whether weir is waiting for the client's next body frame: a deadline that passes
     /// now passes because the client is slow, not the upstream.
     pub fn waiting(&self) -> bool {
-        self.0.waiting.load(Ordering::Relaxed)
+        self.0
+            .as_ref()
+            .is_some_and(|s| s.waiting.load(Ordering::Relaxed))
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        if let Some(s) = &self.0 {
+            s.waiting.store(waiting, Ordering::Relaxed);
+        }
     }
 
     fn set(&self, kind: BodyFaultKind) -> BodyFaultKind {
-        self.0.fault.get_or_init(|| kind).clone()
+        match &self.0 {
+            Some(s) => s.fault.get_or_init(|| kind).clone(),
+            None => kind,
+        }
     }
 }
 
@@ -207,7 +230,7 @@ impl<B> ClientBody<B> {
     /// Ends the current wait, adding it to the time waited.
     fn stop_waiting(&mut self) {
         self.timer.disarm();
-        self.fault.0.waiting.store(false, Ordering::Relaxed);
+        self.fault.set_waiting(false);
         if let Some(began) = self.wait_began.take() {
             self.waited += began.elapsed();
         }
@@ -268,7 +291,7 @@ where
                 let slow_at = this.too_slow_at(began);
                 let until = slow_at.map_or(stalled_at, |s| s.min(stalled_at));
                 if !this.timer.armed() {
-                    this.fault.0.waiting.store(true, Ordering::Relaxed);
+                    this.fault.set_waiting(true);
                 }
                 if this.timer.expired(until, cx) {
                     return match slow_at {

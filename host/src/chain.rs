@@ -179,32 +179,29 @@ pub struct Incoming {
 
 impl Exchange<'_> {
     /// Runs the chain and the upstream call; the error is what the client gets.
-    pub fn run(
-        &self,
-        req: Incoming,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + '_>> {
+    pub async fn run(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
         if self.chain.compression.is_some_and(|c| c.response) {
             // What the client accepts must be read before its headers go upstream.
             let accept = compress::Accept::from_headers(&req.headers);
             let head = req.method == Method::HEAD;
-            return Box::pin(async move {
-                let resp = if self.chain.filters.is_empty() {
-                    self.direct(req).await
-                } else {
-                    self.run_chain(req).await
-                }?;
-                // weir's own errors go out as they do without compression, headers the
-                // filters added or not.
-                if resp.extensions().get::<Failed>().is_some() {
-                    return Ok(resp);
-                }
-                Ok(compress::to_client(resp, &accept, head))
-            });
+            let resp = if self.chain.filters.is_empty() {
+                self.direct(req).await
+            } else {
+                Box::pin(self.run_chain(req)).await
+            }?;
+            // weir's own errors go out as they do without compression, headers the
+            // filters added or not.
+            if resp.extensions().get::<Failed>().is_some() {
+                return Ok(resp);
+            }
+            return Ok(compress::to_client(resp, &accept, head));
         }
         if self.chain.filters.is_empty() {
-            return Box::pin(self.direct(req));
+            // The common case, no filters: no boxed future.
+            return self.direct(req).await;
         }
-        Box::pin(self.run_chain(req))
+        // A chain's walk is a large future: boxed, so that the request's own stays small.
+        Box::pin(self.run_chain(req)).await
     }
 
     async fn run_chain(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
@@ -255,8 +252,11 @@ impl Exchange<'_> {
     /// No filters: forward as it is, with no conversion.
     async fn direct(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
         let mut out = http::Request::new(req.body);
-        // The pool reads it to blame the client for a body that failed.
-        out.extensions_mut().insert(req.body_fault);
+        // The pool reads it to blame the client for a body that failed; a request with no
+        // body (most) has none to fail, and skips the extension map's allocations.
+        if !out.body().is_end_stream() {
+            out.extensions_mut().insert(req.body_fault);
+        }
         *out.method_mut() = req.method;
         *out.uri_mut() = self.upstream.uri(&req.path_with_query)?;
         *out.headers_mut() = req.headers;
@@ -1039,7 +1039,9 @@ impl Walk<'_, '_> {
             ReqBody::Stream(s) => s.take().unwrap_or_else(body::empty),
         };
         let mut out = http::Request::new(body);
-        out.extensions_mut().insert(self.body_fault.clone());
+        if !out.body().is_end_stream() {
+            out.extensions_mut().insert(self.body_fault.clone());
+        }
         *out.method_mut() = self.method.clone();
         *out.uri_mut() = match self.x.upstream.uri(&req.path_with_query) {
             Ok(u) => u,

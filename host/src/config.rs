@@ -388,6 +388,20 @@ pub struct Listen {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: HumanDuration,
+    /// How many threads serve client connections, each with its own event loop; by
+    /// default one per CPU weir may run on.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+/// The most `[listen] workers` a config may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+impl Listen {
+    /// `workers`, or one per CPU weir may run on.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(crate::workers::default_count)
+    }
 }
 
 /// `[listen] tls`.
@@ -1323,6 +1337,14 @@ fn validate(
         err(
             place(&["listen", "max_connections"], 0..0),
             "listen.max_connections must be at least 1".to_owned(),
+        );
+    }
+    if let Some(n) = raw.listen.workers
+        && !(1..=MAX_WORKERS).contains(&n)
+    {
+        err(
+            place(&["listen", "workers"], 0..0),
+            format!("listen.workers must be from 1 to {MAX_WORKERS}, not {n}"),
         );
     }
     if let Some(level) = &raw.log.level

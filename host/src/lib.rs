@@ -53,6 +53,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod wasm;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,8 +100,9 @@ pub struct Server {
     config: Config,
     proxy: Arc<Proxy>,
     telemetry: Arc<Telemetry>,
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    listen_addr: SocketAddr,
+    /// The proxy listener, served by the workers since [`Server::start`].
+    serving: listener::Serving,
     admin: Option<TcpListener>,
     reload: Arc<ReloadStatus>,
     reloader: Reloader,
@@ -190,6 +192,9 @@ pub async fn check(config: &Config) -> Result<(), StartError> {
 impl Server {
     /// Loads everything and binds the listeners.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        // First: the upstream pools built next keep idle connections per worker.
+        let workers = workers::Workers::build(config.raw.listen.worker_count())
+            .map_err(|e| StartError::Internal(format!("cannot start the worker runtimes: {e}")))?;
         let (runtime, router, telemetry, tls) = prepare(&config).await?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -249,12 +254,24 @@ impl Server {
             telemetry.clone(),
             reload.clone(),
         );
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Internal(format!("the listener has no address: {e}")))?;
+        // Last: from here on, the workers serve.
+        let serving = listener::serve_on_workers(
+            workers,
+            listener,
+            tls,
+            proxy.clone(),
+            &config.raw.listen,
+        )
+        .map_err(|e| StartError::Internal(format!("cannot start the worker threads: {e}")))?;
         Ok(Server {
             config,
             proxy,
             telemetry,
-            listener,
-            tls,
+            listen_addr,
+            serving,
             admin,
             reload,
             reloader,
@@ -264,7 +281,7 @@ impl Server {
 
     /// The proxy listener's address (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        Ok(self.listen_addr)
     }
 
     /// The admin listener's address, if configured.
@@ -305,20 +322,12 @@ impl Server {
         let stop_jobs = jobs.clone();
         // New async requests stop at once: a 202 after the signal could be for a job
         // that this process will not run.
-        let shutdown = async move {
-            shutdown.await;
-            if let Some(j) = &stop_jobs {
-                j.stop_accepting();
-            }
-        };
-        listener::serve(
-            self.listener,
-            self.tls,
-            self.proxy,
-            &self.config.raw.listen,
-            shutdown,
-        )
-        .await;
+        shutdown.await;
+        if let Some(j) = &stop_jobs {
+            j.stop_accepting();
+        }
+        let mut serving = self.serving;
+        serving.drain().await;
         if let Some(jobs) = jobs {
             jobs.shutdown(self.config.raw.listen.drain_timeout.0).await;
         }
@@ -326,6 +335,7 @@ impl Server {
             // The spans of the requests just drained.
             otlp.flush(crate::otlp::FLUSH_TIMEOUT).await;
         }
+        serving.exit().await;
         reloader.abort();
         if let Some(a) = admin {
             a.abort();

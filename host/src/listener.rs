@@ -35,6 +35,7 @@ use crate::otlp::{Finished, Otlp, SpanIds};
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::{Router, check_host};
 use crate::telemetry::Telemetry;
+use crate::workers::Workers;
 
 /// The longest client-supplied `x-request-id` weir keeps; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 200;
@@ -624,9 +625,12 @@ impl Proxy {
                 },
             );
             let outcomes = fanout.all(job.targets.as_deref().unwrap_or_default()).await;
-            route
-                .metrics
-                .record(&probe.method, StatusCode::OK, started.elapsed());
+            route.metrics.record(
+                &probe.method,
+                StatusCode::OK,
+                started.elapsed(),
+                Instant::now(),
+            );
             return Ok(JobOutput::Targets(outcomes));
         }
         let origin = Origin {
@@ -713,11 +717,12 @@ impl Proxy {
                         limit: self.max_body,
                     })
                 } else {
-                    let body_fault = body::BodyFault::new();
-                    let body = if body.is_end_stream() {
-                        body
+                    let (body, body_fault) = if body.is_end_stream() {
+                        (body, body::BodyFault::never())
                     } else {
-                        body::boxed(self.client_body(body, self.max_body, &body_fault))
+                        let fault = body::BodyFault::new();
+                        let body = body::boxed(self.client_body(body, self.max_body, &fault));
+                        (body, fault)
                     };
                     let mut hdrs = parts.headers;
                     headers::prepare_upstream(&mut hdrs);
@@ -800,11 +805,12 @@ impl Proxy {
                 error,
             });
         }
-        let took = started.elapsed();
+        let ended = Instant::now();
+        let took = ended - started;
         let mut trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());
         match route {
             Some(r) => {
-                r.metrics.record(&method, resp.status(), took);
+                r.metrics.record(&method, resp.status(), took, ended);
                 if let Some(f) = failed.filter(|f| f.origin == ErrorOrigin::Client) {
                     r.metrics.record_client_error(f.code);
                 }
@@ -1196,14 +1202,123 @@ impl Drop for Open {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown` resolves, then waits up to `drain`
-/// for in-flight requests: HTTP/1 connections finish their response with
-/// `Connection: close`, HTTP/2 connections get GOAWAY.
-pub async fn serve(
+/// Where the worker threads serving the proxy listener are in their life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Serving,
+    /// Stop accepting and drain.
+    Draining,
+    /// Drop the runtimes: the upstream connections their tasks drive go with them.
+    Exiting,
+}
+
+/// The proxy listener served by the worker threads ([`crate::workers`]).
+pub struct Serving {
+    stage: tokio::sync::watch::Sender<Stage>,
+    drained: Vec<tokio::sync::oneshot::Receiver<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts serving `listener` on every worker: each worker accepts on its own duplicate
+/// of the socket and serves its connections itself. `listen.max_connections` counts the
+/// connections of all of them.
+pub fn serve_on_workers(
+    workers: Workers,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
     listen: &Listen,
+) -> std::io::Result<Serving> {
+    let socket = listener.into_std()?;
+    let sockets = (0..workers.len())
+        .map(|_| socket.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    drop(socket);
+    let mut sockets = sockets.into_iter();
+    let (stage, watch) = tokio::sync::watch::channel(Stage::Serving);
+    let limits = Limits::new(listen.max_connections);
+    let mut drained = Vec::with_capacity(workers.len());
+    let threads = workers.spawn(|_| {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        drained.push(wait);
+        let socket = sockets.next().expect("one socket per worker");
+        let (tls, proxy, listen, limits) =
+            (tls.clone(), proxy.clone(), listen.clone(), limits.clone());
+        let mut watch = watch.clone();
+        move || async move {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    let mut stop = watch.clone();
+                    let shutdown = async move {
+                        // A dropped sender (weir failed to start) stops the workers too.
+                        let _ = stop.wait_for(|s| *s >= Stage::Draining).await;
+                    };
+                    serve(listener, tls, proxy, &listen, &limits, shutdown).await;
+                }
+                Err(e) => tracing::error!(error = %e, "a worker cannot accept on the listener"),
+            }
+            let _ = done.send(());
+            let _ = watch.wait_for(|s| *s >= Stage::Exiting).await;
+        }
+    })?;
+    Ok(Serving {
+        stage,
+        drained,
+        threads,
+    })
+}
+
+impl Serving {
+    /// Stops accepting and waits until every worker has drained its requests (each up
+    /// to `drain_timeout`). The workers' runtimes keep running: async jobs and the span
+    /// export may still be using an upstream connection one of them drives.
+    pub async fn drain(&mut self) {
+        let _ = self.stage.send(Stage::Draining);
+        for done in self.drained.drain(..) {
+            let _ = done.await;
+        }
+    }
+
+    /// Stops the workers and waits for their threads to end.
+    pub async fn exit(self) {
+        let _ = self.stage.send(Stage::Exiting);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// The connection limits every worker shares.
+#[derive(Clone)]
+struct Limits {
+    /// One permit per open client connection: `listen.max_connections`.
+    slots: Arc<Semaphore>,
+    /// One permit per refused connection getting its 503.
+    refusals: Arc<Semaphore>,
+}
+
+impl Limits {
+    fn new(max_connections: usize) -> Limits {
+        Limits {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, then waits up to `drain`
+/// for in-flight requests: HTTP/1 connections finish their response with
+/// `Connection: close`, HTTP/2 connections get GOAWAY.
+async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    listen: &Listen,
+    limits: &Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -1220,20 +1335,18 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let handshake_timeout = listen.header_read_timeout.0;
-    let slots = Arc::new(Semaphore::new(listen.max_connections));
-    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept::next(&listener, "proxy") => accepted,
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
             proxy.telemetry.connections_refused.inc();
             tracing::debug!(client = %peer, limit = listen.max_connections, "connection refused: listen.max_connections are open");
             // A flood of refusals must not become a flood of tasks: past the bound, the
             // connection is closed without a word.
-            if let Ok(turn) = refusals.clone().try_acquire_owned()
+            if let Ok(turn) = limits.refusals.clone().try_acquire_owned()
                 && tls.is_none()
             {
                 tokio::spawn(async move {

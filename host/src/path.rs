@@ -104,12 +104,19 @@ pub struct Normalised {
 /// A path that does not start with `/` (`*`, or the empty path of a CONNECT) is returned
 /// as it is: it has no segments to resolve.
 pub fn normalise(path: &str) -> Result<Normalised, PathError> {
-    if !path.starts_with('/') {
+    // Most paths have nothing to decode or resolve: one scan instead of the rebuild.
+    if !path.starts_with('/') || is_plain(path) {
         return Ok(Normalised {
             path: path.to_owned(),
             escaped: None,
         });
     }
+    rebuild(path)
+}
+
+/// [`normalise`] for a path that starts with `/`: decodes each segment and removes the
+/// dot segments.
+fn rebuild(path: &str) -> Result<Normalised, PathError> {
     let mut decoded = String::with_capacity(path.len());
     let mut escaped = None;
     for (i, segment) in path.split('/').enumerate() {
@@ -136,6 +143,16 @@ pub fn normalise(path: &str) -> Result<Normalised, PathError> {
         path: remove_dot_segments(&decoded),
         escaped,
     })
+}
+
+/// Whether `path` is its own normal form: no escape, backslash or `;` to look at, and
+/// no `.` or `..` segment to remove.
+fn is_plain(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    !bytes.iter().any(|b| matches!(b, b'%' | b'\\' | b';'))
+        && !bytes
+            .split(|&b| b == b'/')
+            .any(|segment| segment == b"." || segment == b"..")
 }
 
 /// What [`decode_segment`] saw in one segment.
@@ -271,6 +288,31 @@ mod tests {
     /// removing dot segments from the merged path gives the RFC's target path. References
     /// with a scheme, authority, query or fragment only, which never reach this step, are
     /// left out.
+    #[test]
+    fn a_plain_path_is_its_own_normal_form() {
+        let alphabet = ["/", "a", ".", "..", "%2e", "%2F", ";", "\\", "~"];
+        let mut plain = 0;
+        // Every path of "/" and up to four pieces of the alphabet.
+        for n in 0..=4u32 {
+            for mut i in 0..alphabet.len().pow(n) {
+                let mut path = String::from("/");
+                for _ in 0..n {
+                    path.push_str(alphabet[i % alphabet.len()]);
+                    i /= alphabet.len();
+                }
+                if is_plain(&path) {
+                    plain += 1;
+                    let full = rebuild(&path).unwrap();
+                    assert_eq!(full.path, path);
+                    assert_eq!(full.escaped, None, "{path}");
+                }
+            }
+        }
+        assert!(plain > 100, "only {plain} plain paths");
+        assert!(!is_plain("/a/../b") && !is_plain("/a/.") && !is_plain("/%41"));
+        assert!(is_plain("/.well-known/x..y/"));
+    }
+
     #[test]
     fn remove_dot_segments_resolves_the_rfc_3986_examples() {
         let cases = [

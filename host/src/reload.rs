@@ -653,6 +653,11 @@ impl Fixed {
                 format!("{:?}", self.listen.drain_timeout.0),
                 format!("{:?}", new.listen.drain_timeout.0),
             ),
+            (
+                "listen.workers",
+                self.listen.worker_count().to_string(),
+                new.listen.worker_count().to_string(),
+            ),
             ("admin.addr", old_admin[0].clone(), new_admin[0].clone()),
             (
                 "admin.recent_requests",

@@ -206,6 +206,26 @@ pub fn check_host(parts: &Parts) -> Result<(), ProxyError> {
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2): an authority without userinfo, whose port,
 /// if any, is digits.
 fn is_host_and_port(value: &[u8]) -> bool {
+    is_plain_host_and_port(value) || is_parsed_host_and_port(value)
+}
+
+/// The usual `Host`, a DNS name or IPv4 address and maybe a port: checked with one scan
+/// and no parse. Every value it takes, [`is_parsed_host_and_port`] takes too.
+fn is_plain_host_and_port(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|&b| b == b':') {
+        Some(at) => (&value[..at], Some(&value[at + 1..])),
+        None => (value, None),
+    };
+    !host.is_empty()
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
+}
+
+/// Any other `Host`: what `http` parses as an authority, without userinfo, with a port
+/// that is digits.
+fn is_parsed_host_and_port(value: &[u8]) -> bool {
     if value.contains(&b'@') {
         return false;
     }
@@ -607,6 +627,40 @@ mod tests {
         }
         for bad in ["a b", "u@a.example", "a, b", "a:x", "a/b"] {
             assert!(with(Version::HTTP_11, &[bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_quick_host_check_takes_nothing_the_parse_refuses() {
+        let alphabet = b"a9.-:@[]_/ %";
+        let mut value = Vec::new();
+        // Every string of up to four characters of the alphabet.
+        let mut taken = 0;
+        for n in 0..=4u32 {
+            for mut i in 0..alphabet.len().pow(n) {
+                value.clear();
+                for _ in 0..n {
+                    value.push(alphabet[i % alphabet.len()]);
+                    i /= alphabet.len();
+                }
+                if is_plain_host_and_port(&value) {
+                    taken += 1;
+                    assert!(
+                        is_parsed_host_and_port(&value),
+                        "{:?}",
+                        String::from_utf8_lossy(&value)
+                    );
+                }
+            }
+        }
+        assert!(taken > 100, "the quick check took only {taken} values");
+        for usual in [
+            "api.example.com",
+            "127.0.0.1:8080",
+            "localhost:",
+            "x-y.z:443",
+        ] {
+            assert!(is_plain_host_and_port(usual.as_bytes()), "{usual}");
         }
     }
 

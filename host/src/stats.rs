@@ -115,9 +115,9 @@ pub struct RouteHandle {
 }
 
 impl RouteHandle {
-    /// Counts one answered request.
-    pub fn record(&self, status: u16, took: Duration) {
-        let second = self.start.elapsed().as_secs();
+    /// Counts one answered request, which ended at `ended`.
+    pub fn record(&self, status: u16, took: Duration, ended: Instant) {
+        let second = ended.saturating_duration_since(self.start).as_secs();
         self.stats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -151,7 +151,7 @@ impl Stats {
 
     /// Counts one answered request on `route`.
     pub fn record(&self, route: &str, status: u16, took: Duration) {
-        self.route(route).record(status, took);
+        self.route(route).record(status, took, Instant::now());
     }
 
     /// How many of `route`'s requests fell in each of [`LATENCY_BOUNDS_MS`]'s buckets.

@@ -4,6 +4,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use http::{Method, StatusCode};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -43,7 +45,7 @@ pub struct Telemetry {
     pub connections: prometheus::IntGauge,
     /// Client connections refused at `listen.max_connections`.
     pub connections_refused: prometheus::IntCounter,
-    /// The runtime's tasks alive, read when `/metrics` is scraped.
+    /// The tasks alive on every runtime, read when `/metrics` is scraped.
     alive_tasks: prometheus::IntGauge,
     /// The upstream client's series.
     pub upstreams: Arc<UpstreamMetrics>,
@@ -202,7 +204,7 @@ impl RouteMetrics {
     }
 
     /// Counts one answered request.
-    pub fn record(&self, method: &Method, status: StatusCode, took: Duration) {
+    pub fn record(&self, method: &Method, status: StatusCode, took: Duration, ended: Instant) {
         let class = status_class(status);
         let i = method_index(method);
         self.requests[i][class]
@@ -217,7 +219,7 @@ impl RouteMetrics {
         self.latency
             .get_or_init(|| self.latency_vec.with_label_values(&[&self.route]))
             .observe(took.as_secs_f64());
-        self.stats.record(status.as_u16(), took);
+        self.stats.record(status.as_u16(), took, ended);
     }
 
     /// Counts one request that failed by the client's fault; `code` is the error's code
@@ -298,7 +300,7 @@ impl Telemetry {
         registry.register(Box::new(connections_refused.clone()))?;
         let alive_tasks = prometheus::IntGauge::new(
             "weir_runtime_alive_tasks",
-            "Tokio tasks alive in weir's runtime when /metrics was read",
+            "Tokio tasks alive in weir's runtimes (the main one and every worker's) when /metrics was read",
         )?;
         registry.register(Box::new(alive_tasks.clone()))?;
         let upstreams = Arc::new(UpstreamMetrics::new(&registry)?);
@@ -351,11 +353,12 @@ impl Telemetry {
         // Read here, at the scrape, rather than kept up to date: no cost per request or
         // task. A leak of tasks (a connection or job task that never ends) shows as a
         // count that grows under steady load.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let alive = runtime.metrics().num_alive_tasks();
-            self.alive_tasks
-                .set(i64::try_from(alive).unwrap_or(i64::MAX));
-        }
+        // The main runtime's tasks (admin, jobs, reloads) and every worker's.
+        let main =
+            tokio::runtime::Handle::try_current().map_or(0, |r| r.metrics().num_alive_tasks());
+        let alive = main + crate::workers::alive_tasks();
+        self.alive_tasks
+            .set(i64::try_from(alive).unwrap_or(i64::MAX));
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
@@ -385,10 +388,15 @@ mod tests {
         for i in 0..1000 {
             let m = Method::from_bytes(format!("M{i:07}").as_bytes()).unwrap();
             t.record_request("", &m, StatusCode::NOT_FOUND, Duration::ZERO);
-            route.record(&m, StatusCode::OK, Duration::ZERO);
+            route.record(&m, StatusCode::OK, Duration::ZERO, Instant::now());
         }
-        route.record(&Method::GET, StatusCode::OK, Duration::ZERO);
-        route.record(&Method::PATCH, StatusCode::OK, Duration::ZERO);
+        route.record(&Method::GET, StatusCode::OK, Duration::ZERO, Instant::now());
+        route.record(
+            &Method::PATCH,
+            StatusCode::OK,
+            Duration::ZERO,
+            Instant::now(),
+        );
         assert_eq!(request_series(&t), 4);
         let text = t.render();
         assert!(

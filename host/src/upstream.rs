@@ -99,7 +99,9 @@ impl Upstream {
         self.host.as_ref()
     }
 
-    /// The full URI for `path_with_query` on this upstream.
+    /// The URI for `path_with_query` on this upstream: the path alone for a plain-HTTP
+    /// upstream (all its request line needs), the full URI for an HTTPS one (HTTP/2 by
+    /// ALPN sends the origin as `:scheme` and `:authority`).
     pub fn uri(&self, path_with_query: &str) -> Result<Uri, ProxyError> {
         let pq = if path_with_query.starts_with('/') {
             path_with_query
@@ -108,12 +110,21 @@ impl Upstream {
                 "path {path_with_query:?} does not start with /"
             )));
         };
+        let invalid =
+            |e: &dyn std::fmt::Display| ProxyError::BadRequest(format!("invalid path {pq:?}: {e}"));
+        if self.host.is_some() {
+            // A plain-HTTP upstream speaks HTTP/1 only, whose request line carries the
+            // path alone: no origin to add here and take off again in `origin_form`.
+            return http::uri::PathAndQuery::try_from(pq)
+                .map(Uri::from)
+                .map_err(|e| invalid(&e));
+        }
         Uri::builder()
             .scheme(self.uri_origin.scheme.clone())
             .authority(self.uri_origin.authority.clone())
             .path_and_query(pq)
             .build()
-            .map_err(|e| ProxyError::BadRequest(format!("invalid path {pq:?}: {e}")))
+            .map_err(|e| invalid(&e))
     }
 }
 
@@ -275,22 +286,31 @@ impl UpstreamPool {
         if now >= deadline {
             return Err(timed_out());
         }
-        let acquired =
-            tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned()).await;
-        let Ok(Ok(permit)) = acquired else {
-            return Err(UpstreamFailure {
-                kind: UpstreamError::Overloaded,
-                error: ProxyError::Overloaded {
-                    upstream: upstream.origin.clone(),
-                },
-            });
+        // A free slot (the common case) is taken with no timer; a wait for one is
+        // bounded by the deadline, and the clock is read again after it.
+        let (permit, now) = match upstream.permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, now),
+            Err(_) => {
+                let acquired =
+                    tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned())
+                        .await;
+                let Ok(Ok(permit)) = acquired else {
+                    return Err(UpstreamFailure {
+                        kind: UpstreamError::Overloaded,
+                        error: ProxyError::Overloaded {
+                            upstream: upstream.origin.clone(),
+                        },
+                    });
+                };
+                (permit, Instant::now())
+            }
         };
         upstream.in_flight.inc();
         let slot = Slot {
             _permit: permit,
             gauge: upstream.in_flight.clone(),
         };
-        match tokio::time::timeout_at(deadline, upstream.exchange(req, connect)).await {
+        match tokio::time::timeout_at(deadline, upstream.exchange(req, now, connect)).await {
             Err(_) => Err(timed_out()),
             Ok(Err(f)) => Err(f),
             Ok(Ok(resp)) => Ok(resp.map(|b| {
@@ -302,11 +322,12 @@ impl UpstreamPool {
 }
 
 impl Upstream {
-    /// Sends `req` on a pooled or new connection and waits for the response head. A new
-    /// connection's time to open goes to `connect`.
+    /// Sends `req` (sent at `now`) on a pooled or new connection and waits for the
+    /// response head. A new connection's time to open goes to `connect`.
     async fn exchange(
         &self,
         mut req: Request<ProxyBody>,
+        now: Instant,
         connect: &mut Option<ConnectTiming>,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
         let fail = |e: ConnectError| e.to_failure(self.origin.clone());
@@ -315,7 +336,7 @@ impl Upstream {
             let checkout = if fresh {
                 self.conns.connect().await
             } else {
-                self.conns.checkout().await
+                self.conns.checkout(now).await
             }
             .map_err(fail)?;
             let reused = checkout.connect.is_none();
@@ -327,12 +348,12 @@ impl Upstream {
                     Ok(resp) => return Ok(resp.map(body::boxed)),
                     Err(e) => e,
                 },
-                Sender::H1(mut s) => {
+                Sender::H1(mut s, home) => {
                     self.origin_form(&mut req);
                     match s.try_send_request(req).await {
                         Ok(resp) => {
-                            let conns = self.conns.clone();
-                            return Ok(resp.map(|b| body::boxed(Returning::new(b, s, conns))));
+                            let back = (s, home, self.conns.clone());
+                            return Ok(resp.map(|b| body::boxed(Returning::new(b, back))));
                         }
                         Err(e) => e,
                     }
@@ -437,14 +458,22 @@ impl Target {
 /// One upstream's connections.
 struct Conns {
     target: Target,
-    /// Idle HTTP/1 connections, the most recently used last.
-    idle: Mutex<Vec<Idle>>,
+    /// Idle HTTP/1 connections, the most recently used last: a stack per worker
+    /// ([`crate::workers`]), so that a worker reuses the connections its own runtime
+    /// drives, and slot 0 for every other thread (async jobs, span export).
+    idle: Box<[Stack]>,
     /// The HTTP/2 connection every request shares, once ALPN has chosen h2.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
     idle_timeout: Duration,
     /// Whether the task that closes expired idle connections runs.
     sweeping: AtomicBool,
 }
+
+/// One worker's idle connections, alone on its cache lines: workers on other cores
+/// never touch it.
+#[repr(align(128))]
+#[derive(Default)]
+struct Stack(Mutex<Vec<Idle>>);
 
 /// An idle HTTP/1 connection, and since when.
 struct Idle {
@@ -454,7 +483,9 @@ struct Idle {
 
 /// A connection to send one request on.
 enum Sender {
-    H1(http1::SendRequest<ProxyBody>),
+    /// An HTTP/1 connection, and the idle stack it goes back to: its home worker's,
+    /// whose runtime drives it.
+    H1(http1::SendRequest<ProxyBody>, usize),
     H2(http2::SendRequest<ProxyBody>),
 }
 
@@ -472,7 +503,9 @@ impl Conns {
     fn new(target: Target, idle_timeout: Duration) -> Conns {
         Conns {
             target,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::workers::slots())
+                .map(|_| Stack::default())
+                .collect(),
             h2: Mutex::new(None),
             idle_timeout,
             sweeping: AtomicBool::new(false),
@@ -480,8 +513,8 @@ impl Conns {
     }
 
     /// The shared HTTP/2 connection, else an idle HTTP/1 one that is ready, else a new
-    /// connection.
-    async fn checkout(&self) -> Result<Checkout, ConnectError> {
+    /// connection. `now` is the request's start: no clock read here.
+    async fn checkout(&self, now: Instant) -> Result<Checkout, ConnectError> {
         let shared = lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned();
         if let Some(sender) = shared {
             return Ok(Checkout {
@@ -489,12 +522,12 @@ impl Conns {
                 connect: None,
             });
         }
-        while let Some(mut sender) = self.pop_idle() {
+        while let Some((mut sender, home)) = self.pop_idle(now) {
             // A connection goes back when its last response ended; it is ready once its
             // task has seen that, or closed if the upstream ended it.
             if sender.ready().await.is_ok() {
                 return Ok(Checkout {
-                    sender: Sender::H1(sender),
+                    sender: Sender::H1(sender, home),
                     connect: None,
                 });
             }
@@ -502,23 +535,37 @@ impl Conns {
         self.connect().await
     }
 
-    /// The most recently used idle connection that has not expired or closed.
-    fn pop_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
-        let mut idle = lock(&self.idle);
-        while let Some(i) = idle.pop() {
-            if i.since.elapsed() < self.idle_timeout && !i.sender.is_closed() {
-                return Some(i.sender);
+    /// The most recently used idle connection that has not expired or closed, and the
+    /// stack it came from: the calling worker's own, else (rather than open a new
+    /// connection) another's.
+    fn pop_idle(&self, now: Instant) -> Option<(http1::SendRequest<ProxyBody>, usize)> {
+        let own = self.own_stack();
+        let others = (0..self.idle.len()).filter(|&i| i != own);
+        for home in std::iter::once(own).chain(others) {
+            let mut idle = lock(&self.idle[home].0);
+            while let Some(i) = idle.pop() {
+                if now.saturating_duration_since(i.since) < self.idle_timeout
+                    && !i.sender.is_closed()
+                {
+                    return Some((i.sender, home));
+                }
             }
         }
         None
     }
 
-    /// Puts an HTTP/1 connection whose response ended back for the next request.
-    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>) {
+    /// The calling thread's idle stack: its worker's, or slot 0.
+    fn own_stack(&self) -> usize {
+        crate::workers::current() % self.idle.len()
+    }
+
+    /// Puts an HTTP/1 connection whose response ended back on stack `home` for the next
+    /// request.
+    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>, home: usize) {
         if sender.is_closed() {
             return;
         }
-        lock(&self.idle).push(Idle {
+        lock(&self.idle[home].0).push(Idle {
             sender,
             since: Instant::now(),
         });
@@ -562,7 +609,7 @@ impl Conns {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Sender::H1(sender)
+            Sender::H1(sender, self.own_stack())
         };
         Ok(Checkout {
             sender,
@@ -582,7 +629,9 @@ async fn sweep(conns: Weak<Conns>) {
         let Some(c) = conns.upgrade() else {
             return;
         };
-        lock(&c.idle).retain(|i| i.since.elapsed() < c.idle_timeout && !i.sender.is_closed());
+        for stack in &c.idle {
+            lock(&stack.0).retain(|i| i.since.elapsed() < c.idle_timeout && !i.sender.is_closed());
+        }
     }
 }
 
@@ -590,14 +639,15 @@ async fn sweep(conns: Weak<Conns>) {
 /// body dropped before its end takes the connection with it (hyper closes it).
 struct Returning {
     inner: Incoming,
-    back: Option<(http1::SendRequest<ProxyBody>, Arc<Conns>)>,
+    /// The connection, its home stack, and the pool.
+    back: Option<(http1::SendRequest<ProxyBody>, usize, Arc<Conns>)>,
 }
 
 impl Returning {
-    fn new(inner: Incoming, sender: http1::SendRequest<ProxyBody>, conns: Arc<Conns>) -> Self {
+    fn new(inner: Incoming, back: (http1::SendRequest<ProxyBody>, usize, Arc<Conns>)) -> Self {
         let mut r = Returning {
             inner,
-            back: Some((sender, conns)),
+            back: Some(back),
         };
         // An empty body (a HEAD, a 204) may never be polled.
         if r.inner.is_end_stream() {
@@ -607,8 +657,8 @@ impl Returning {
     }
 
     fn give_back(&mut self) {
-        if let Some((sender, conns)) = self.back.take() {
-            conns.put_back(sender);
+        if let Some((sender, home, conns)) = self.back.take() {
+            conns.put_back(sender, home);
         }
     }
 }

@@ -434,8 +434,19 @@ async fn buffer_request_takes_no_upstream_connection_until_the_body_is_whole() {
 /// is counted; once a connection closes, a new one is served.
 #[tokio::test]
 async fn a_connection_past_max_connections_gets_503_and_the_next_is_served() {
+    past_max_connections("max_connections = 2").await;
+}
+
+/// The limit counts the connections of every worker thread together: with four workers
+/// accepting, the third connection is still refused.
+#[tokio::test]
+async fn max_connections_counts_the_connections_of_all_workers() {
+    past_max_connections("max_connections = 2\nworkers = 4").await;
+}
+
+async fn past_max_connections(listen: &str) {
     let up = Upstream::start(|_, _| Reply::ok().json(&serde_json::json!({"ok": true}))).await;
-    let weir = Weir::start(&one_route(&up.url(), "max_connections = 2", "")).await;
+    let weir = Weir::start(&one_route(&up.url(), listen, "")).await;
     let held: Vec<TcpStream> = vec![
         TcpStream::connect(weir.addr()).await.unwrap(),
         TcpStream::connect(weir.addr()).await.unwrap(),

@@ -47,3 +47,4 @@ mod state_faults;
 mod support;
 mod support_selftest;
 mod upstream_faults;
+mod workers;

@@ -24,6 +24,16 @@
 //! it running, since reading a clock at every entry would cost more than it tells; at
 //! most one tick of guest code per entry goes uncounted.
 //!
+//! The thread's CPU clock has no vDSO path: each reading is a system call, and reading it
+//! around every import cost several a call (7.5 a request for `cache` serving hits,
+//! about a quarter of that row's CPU). So a call's first [`UNTIMED_IMPORTS`] imports
+//! read no CPU clock. One made while no stretch is being timed (a short call's, before
+//! any tick) reads nothing at all: no stretch covers it. One made inside a timed stretch
+//! is timed by the monotonic clock (vDSO, tens of nanoseconds), and that elapsed time is
+//! taken off the stretch when it is added: elapsed time is at least the CPU time the
+//! import used, so the import never counts. Past those imports, each one pauses the
+//! clock as above.
+//!
 //! The state is atomics rather than store data because the future that polls a call
 //! shares it, and cannot reach the store while the call borrows it. One thread at a time
 //! touches it (the one polling the call; tokio orders a task's polls across threads), so
@@ -31,13 +41,16 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use rustix::time::{ClockId, clock_gettime};
 
 /// `since` when no stretch is being timed.
 const UNTIMED: u64 = u64::MAX;
+
+/// How many of a call's imports are timed without the CPU clock (see the module docs).
+pub const UNTIMED_IMPORTS: u32 = 64;
 
 /// One instance's call clock; [`GuestTime::begin`] resets it for each call.
 #[derive(Debug)]
@@ -49,11 +62,31 @@ pub struct GuestTime {
     /// The host has the thread: lowering, lifting, or running one of weir's imports.
     host: AtomicBool,
     timed_out: AtomicBool,
+    /// Imports the current call has made.
+    imports: AtomicU32,
+    /// The guest is in one of its untimed imports: the host's calls into the guest's
+    /// allocator to hand back the import's result change nothing.
+    in_untimed: AtomicBool,
+    /// The monotonic clock when the current untimed import began inside a timed
+    /// stretch, or `UNTIMED`.
+    import_began: AtomicU64,
+    /// Elapsed time of untimed imports inside the current stretch: taken off it.
+    credit: AtomicU64,
 }
 
 /// The calling thread's CPU time, in nanoseconds.
 fn thread_cpu() -> u64 {
-    let t = clock_gettime(ClockId::ThreadCPUTime);
+    read(ClockId::ThreadCPUTime)
+}
+
+/// The monotonic clock, in nanoseconds: read through the vDSO, no system call.
+fn monotonic() -> u64 {
+    read(ClockId::Monotonic)
+}
+
+/// `clock`, in nanoseconds.
+fn read(clock: ClockId) -> u64 {
+    let t = clock_gettime(clock);
     (t.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(t.tv_nsec as u64)
@@ -72,6 +105,10 @@ impl GuestTime {
             since: AtomicU64::new(UNTIMED),
             host: AtomicBool::new(true),
             timed_out: AtomicBool::new(false),
+            imports: AtomicU32::new(0),
+            in_untimed: AtomicBool::new(false),
+            import_began: AtomicU64::new(UNTIMED),
+            credit: AtomicU64::new(0),
         }
     }
 
@@ -82,6 +119,10 @@ impl GuestTime {
         self.since.store(UNTIMED, Relaxed);
         self.host.store(true, Relaxed);
         self.timed_out.store(false, Relaxed);
+        self.imports.store(0, Relaxed);
+        self.in_untimed.store(false, Relaxed);
+        self.import_began.store(UNTIMED, Relaxed);
+        self.credit.store(0, Relaxed);
     }
 
     /// The limit of the current call.
@@ -100,31 +141,53 @@ impl GuestTime {
         self.timed_out.load(Relaxed)
     }
 
-    /// Adds the stretch being timed, if any, and stops timing.
+    /// Adds the stretch being timed, if any, less its untimed imports, and stops timing.
     fn stop(&self) {
         let since = self.since.swap(UNTIMED, Relaxed);
         if since != UNTIMED {
-            let ran = thread_cpu().saturating_sub(since);
-            self.used.fetch_add(ran, Relaxed);
+            self.add(thread_cpu().saturating_sub(since));
         }
+    }
+
+    /// Adds `ran` of a stretch's CPU time, less the time of its untimed imports.
+    fn add(&self, ran: u64) {
+        let credit = self.credit.swap(0, Relaxed);
+        self.used.fetch_add(ran.saturating_sub(credit), Relaxed);
     }
 
     /// The host calls into guest code (the call, or the guest's allocator while the host
     /// lowers). Timed from the next tick; a stretch still timed (a WASI function that
     /// calls back in) is added first.
     pub fn entered_guest(&self) {
+        if self.in_untimed.load(Relaxed) {
+            return;
+        }
         self.stop();
         self.host.store(false, Relaxed);
     }
 
     /// Guest code returns to the host.
     pub fn left_guest(&self) {
+        if self.in_untimed.load(Relaxed) {
+            return;
+        }
         self.stop();
         self.host.store(true, Relaxed);
     }
 
     /// The guest called one of weir's imports: the host has the thread until it returns.
+    /// A call's first [`UNTIMED_IMPORTS`] read no CPU clock (see the module docs).
     pub fn import_called(&self) {
+        if self.imports.fetch_add(1, Relaxed) < UNTIMED_IMPORTS {
+            self.in_untimed.store(true, Relaxed);
+            let began = if self.since.load(Relaxed) == UNTIMED {
+                UNTIMED
+            } else {
+                monotonic()
+            };
+            self.import_began.store(began, Relaxed);
+            return;
+        }
         self.stop();
         self.host.store(true, Relaxed);
     }
@@ -132,6 +195,15 @@ impl GuestTime {
     /// A host function returns to guest code. After weir's imports the guest runs again
     /// from now; after anything else (a runtime call, WASI) it never stopped.
     pub fn host_returned(&self) {
+        if self.in_untimed.swap(false, Relaxed) {
+            // Back from an untimed import: the stretch goes on, less the import's time.
+            let began = self.import_began.swap(UNTIMED, Relaxed);
+            if began != UNTIMED {
+                self.credit
+                    .fetch_add(monotonic().saturating_sub(began), Relaxed);
+            }
+            return;
+        }
         if self.host.load(Relaxed) {
             self.host.store(false, Relaxed);
             self.since.store(thread_cpu(), Relaxed);
@@ -144,7 +216,7 @@ impl GuestTime {
         let now = thread_cpu();
         let since = self.since.swap(now, Relaxed);
         if since != UNTIMED {
-            self.used.fetch_add(now.saturating_sub(since), Relaxed);
+            self.add(now.saturating_sub(since));
         }
         if self.used.load(Relaxed) > self.limit.load(Relaxed) {
             self.timed_out.store(true, Relaxed);
@@ -193,7 +265,11 @@ mod tests {
         spin(Duration::from_millis(10));
         assert!(t.tick());
         assert!(t.used() >= Duration::from_millis(10), "{:?}", t.used());
-        // One of weir's imports, then back in the guest.
+        // Past the call's untimed imports, one of weir's imports, then back in the guest.
+        for _ in 0..UNTIMED_IMPORTS {
+            t.import_called();
+            t.host_returned();
+        }
         t.import_called();
         let used = t.used();
         spin(Duration::from_millis(20));
@@ -206,6 +282,42 @@ mod tests {
         t.begin(Duration::from_millis(30));
         assert_eq!(t.used(), Duration::ZERO);
         assert!(!t.timed_out());
+    }
+
+    #[test]
+    fn untimed_imports_read_no_cpu_clock_and_still_do_not_count() {
+        let t = GuestTime::new();
+        // A short call: no tick, so nothing is timed and no clock is read.
+        t.begin(Duration::from_secs(1));
+        t.entered_guest();
+        for _ in 0..3 {
+            t.import_called();
+            // The host hands the result back through the guest's allocator.
+            t.entered_guest();
+            t.left_guest();
+            t.host_returned();
+            assert_eq!(t.since.load(Relaxed), UNTIMED);
+            assert_eq!(t.import_began.load(Relaxed), UNTIMED);
+        }
+        t.left_guest();
+        assert_eq!(t.used(), Duration::ZERO);
+        // A long one: inside a timed stretch, an untimed import's 20 ms are taken off.
+        t.begin(Duration::from_secs(1));
+        t.entered_guest();
+        assert!(t.tick());
+        spin(Duration::from_millis(10));
+        t.import_called();
+        spin(Duration::from_millis(20));
+        t.host_returned();
+        spin(Duration::from_millis(10));
+        t.left_guest();
+        // 20 ms of guest code; the import's elapsed time, a little over its CPU time,
+        // may take a little more off.
+        let used = t.used();
+        assert!(
+            used >= Duration::from_millis(18) && used < Duration::from_millis(30),
+            "{used:?}"
+        );
     }
 
     #[test]
