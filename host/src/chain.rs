@@ -538,15 +538,21 @@ pub fn edit_request(
     remove_headers: &[String],
     path_with_query: Option<String>,
 ) -> Result<(), String> {
-    if let Some(pq) = &path_with_query
-        && (!pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err())
-    {
-        return Err(format!("invalid path {pq:?}"));
+    if let Some(pq) = &path_with_query {
+        check_path(pq)?;
     }
     // Checks every header before it changes any.
     headers::apply_edit(&mut req.headers, set_headers, remove_headers)?;
     if let Some(pq) = path_with_query {
         req.path_with_query = pq;
+    }
+    Ok(())
+}
+
+/// Checks a path and query a filter sends upstream: it starts with `/` and parses.
+pub(crate) fn check_path(pq: &str) -> Result<(), String> {
+    if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(format!("invalid path {pq:?}"));
     }
     Ok(())
 }
@@ -780,7 +786,7 @@ impl Walk<'_, '_> {
         while k > from {
             k -= 1;
             let f = &filters[k];
-            let Some(action) = self.on_response(f, k, &req, &mut reply).await else {
+            let Some(action) = self.on_response(f, k, &mut req, &mut reply).await else {
                 // No instance in time: this filter misses its `on-response`, and the
                 // request ends at its deadline; the filters before it see that.
                 if !reply.fixed {
@@ -800,14 +806,14 @@ impl Walk<'_, '_> {
                         Outcome::Error(_) => &mut reply.error_headers,
                     };
                     if let Err(e) = edit_response(fields, edit) {
-                        reply = self.misbehaved(f, &e, reply);
+                        self.misbehaved(f, &e, &mut reply);
                     }
                 }
                 ResponseAction::Respond(resp) => {
-                    reply = match Reply::respond(resp) {
-                        Ok(r) => r,
-                        Err(e) => self.misbehaved(f, &format!("invalid response: {e}"), reply),
-                    };
+                    match Reply::respond(resp) {
+                        Ok(r) => reply = r,
+                        Err(e) => self.misbehaved(f, &format!("invalid response: {e}"), &mut reply),
+                    }
                 }
                 ResponseAction::Retry(ms) => {
                     let Some((snapshot, body)) = snapshots[k].clone() else {
@@ -872,25 +878,27 @@ impl Walk<'_, '_> {
     }
 
     async fn on_request(&mut self, f: &FilterPool, req: &mut wasm::Request) -> Step {
-        if f.info().wants_request_body
-            && let ReqBody::Buffered(b) = &self.body
-        {
-            req.body = Some(b.to_vec());
+        if !f.phases().request {
+            return Step::Go(None);
         }
         let started = self.x.call_started();
         let mut calls = self.x.trace_spans.then(Vec::new);
         self.refresh_info();
+        let body = match &self.body {
+            ReqBody::Buffered(b) if f.info().wants_request_body => Some(b),
+            _ => None,
+        };
         let result = f
             .on_request_until(
-                &self.info,
+                &mut self.info,
                 req,
+                body,
                 self.x.instance_wait(self.x.deadline),
                 calls.as_mut(),
             )
             .await;
         self.x
             .time_filter(f, "on_request", self.attempt, started, calls);
-        req.body = None;
         match result {
             Ok(RequestAction::Continue((edit, memo))) => {
                 if let Some(edit) = edit
@@ -909,6 +917,9 @@ impl Walk<'_, '_> {
             // past an auth or a sanitizer whenever its pool is busy: the request ran
             // out of time, like any other wait.
             Err(Unanswered::Busy) => Step::Expired,
+            Err(Unanswered::Failed(CallError::Invalid(detail))) => {
+                self.invalid_request_answer(f, format!("invalid request change: {detail}"))
+            }
             Err(Unanswered::Failed(e)) => {
                 let detail = e.to_string();
                 self.x.note_failure(f, e);
@@ -961,19 +972,18 @@ impl Walk<'_, '_> {
 
     /// A filter's `on-response` answer was invalid: logged, counted, then fail open or
     /// closed, as configured.
-    fn misbehaved(&self, f: &FilterPool, detail: &str, reply: Reply) -> Reply {
+    fn misbehaved(&self, f: &FilterPool, detail: &str, reply: &mut Reply) {
         f.invalid_answer(Phase::Response, detail);
         self.x.note_invalid(f, detail.to_owned());
-        match f.on_error() {
-            OnError::FailOpen => reply,
-            OnError::FailClosed => Reply::error(
+        if f.on_error() == OnError::FailClosed {
+            *reply = Reply::error(
                 &ProxyError::FilterFailed {
                     filter: f.name().to_owned(),
                     detail: detail.to_owned(),
                 },
                 self.x.route,
                 self.x.id,
-            ),
+            );
         }
     }
 
@@ -983,9 +993,12 @@ impl Walk<'_, '_> {
         &mut self,
         f: &FilterPool,
         k: usize,
-        req: &wasm::Request,
+        req: &mut wasm::Request,
         reply: &mut Reply,
     ) -> Option<ResponseAction> {
+        if !f.phases().response {
+            return Some(ResponseAction::Continue(None));
+        }
         // Only filters that asked for the body get it.
         let hidden = match (&mut reply.outcome, f.info().wants_response_body) {
             (Outcome::Response(r), false) => r.body.take(),
@@ -995,15 +1008,14 @@ impl Walk<'_, '_> {
         let mut calls = self.x.trace_spans.then(Vec::new);
         self.refresh_info();
         let until = self.x.response_wait_until(f);
+        let returned = wasm::Returned {
+            memo: self.memos[k].as_deref(),
+            outcome: &mut reply.outcome,
+            error_headers: &mut reply.error_headers,
+            fixed: reply.fixed,
+        };
         let result = f
-            .on_response_until(
-                &self.info,
-                req,
-                self.memos[k].as_deref(),
-                &reply.outcome,
-                until,
-                calls.as_mut(),
-            )
+            .on_response_until(&mut self.info, req, returned, until, calls.as_mut())
             .await;
         self.x
             .time_filter(f, "on_response", self.attempt, started, calls);
@@ -1013,6 +1025,16 @@ impl Walk<'_, '_> {
         match result {
             Ok(action) => Some(action),
             Err(Unanswered::Busy) => None,
+            Err(Unanswered::Failed(CallError::Invalid(detail))) => {
+                let detail = format!("invalid response change: {detail}");
+                if reply.fixed {
+                    f.invalid_answer(Phase::Response, &detail);
+                    self.x.note_invalid(f, detail);
+                } else {
+                    self.misbehaved(f, &detail, reply);
+                }
+                Some(ResponseAction::Continue(None))
+            }
             Err(Unanswered::Failed(e)) => {
                 if !reply.fixed && f.on_error() == OnError::FailClosed {
                     *reply = Reply::error(

@@ -149,16 +149,22 @@ pub fn validate_response(status: Option<u16>, fields: &[(String, Vec<u8>)]) -> R
         }
     }
     for (n, v) in fields {
-        validate(n, v)?;
-        if NOT_IN_A_FILTER_RESPONSE
-            .iter()
-            .any(|h| n.eq_ignore_ascii_case(h.as_str()))
-        {
-            return Err(format!(
-                "hop-by-hop header {:?} in a response (weir frames responses itself)",
-                n.to_ascii_lowercase()
-            ));
-        }
+        validate_response_field(n, v)?;
+    }
+    Ok(())
+}
+
+/// Checks one header a filter sets on a response: valid, and not hop-by-hop or framing.
+pub fn validate_response_field(name: &str, value: &[u8]) -> Result<(), String> {
+    validate(name, value)?;
+    if NOT_IN_A_FILTER_RESPONSE
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+    {
+        return Err(format!(
+            "hop-by-hop header {:?} in a response (weir frames responses itself)",
+            name.to_ascii_lowercase()
+        ));
     }
     Ok(())
 }

@@ -3,9 +3,14 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use crate::{Filter, FilterInfo, Outcome, Request, RequestAction, RequestInfo, ResponseAction};
+use crate::bindings::weir::filter0_2_0::types as wit;
+use crate::{Filter, Outcome, Request, RequestAction, RequestInfo, ResponseAction};
 
-pub use crate::bindings::exports::weir::filter::filter::Guest;
+pub use crate::bindings::exports::weir::filter0_2_0::filter::Guest;
+pub use wit::{
+    FilterInfo, Request as RequestHandle, RequestAction as WitRequestAction,
+    Response as ResponseHandle, ResponseAction as WitResponseAction,
+};
 
 /// Where an instance keeps its filter between calls.
 pub type Slot<F> = LocalKey<RefCell<Option<F>>>;
@@ -19,33 +24,64 @@ pub fn init<F: Filter>(
     let filter = crate::build_filter::<F>(config)?;
     let info = filter.info();
     slot.with_borrow_mut(|s| *s = Some(filter));
+    let mut phases = wit::Phases::empty();
+    if info.phases.request {
+        phases |= wit::Phases::REQUEST;
+    }
+    if info.phases.response {
+        phases |= wit::Phases::RESPONSE;
+    }
     Ok(FilterInfo {
         name: F::NAME.to_owned(),
         version: version.to_owned(),
+        phases,
         wants_request_body: info.wants_request_body,
         wants_response_body: info.wants_response_body,
         may_retry: info.may_retry,
     })
 }
 
-/// `on-request`: hand the call to the filter `init` kept.
-pub fn on_request<F: Filter>(
-    slot: &'static Slot<F>,
-    info: RequestInfo,
-    req: Request,
-) -> RequestAction {
-    slot.with_borrow_mut(|s| initialised(s).on_request(&info, &req))
+/// `on-request`: hand the call to the filter `init` kept, then make its changes through
+/// the handle.
+pub fn on_request<F: Filter>(slot: &'static Slot<F>, handle: &RequestHandle) -> wit::RequestAction {
+    let (info, req) = (RequestInfo::lent(handle), Request::lent(handle));
+    match slot.with_borrow_mut(|s| initialised(s).on_request(&info, &req)) {
+        RequestAction::Continue((edit, memo)) => {
+            if let Some(edit) = edit {
+                edit.apply(handle);
+            }
+            if let Some(memo) = memo {
+                handle.set_memo(&memo);
+            }
+            wit::RequestAction::Continue
+        }
+        RequestAction::Respond(resp) => wit::RequestAction::Respond(crate::http::reply(resp)),
+        RequestAction::Wait(ms) => wit::RequestAction::Wait(ms),
+    }
 }
 
-/// `on-response`: hand the call to the filter `init` kept.
+/// `on-response`: hand the call to the filter `init` kept, then make its changes through
+/// the handle.
 pub fn on_response<F: Filter>(
     slot: &'static Slot<F>,
-    info: RequestInfo,
-    req: Request,
-    memo: Option<Vec<u8>>,
-    outcome: Outcome,
-) -> ResponseAction {
-    slot.with_borrow_mut(|s| initialised(s).on_response(&info, &req, memo, &outcome))
+    req: &RequestHandle,
+    resp: &ResponseHandle,
+) -> wit::ResponseAction {
+    let (info, request) = (RequestInfo::lent(req), Request::lent(req));
+    let outcome = Outcome::lent(resp);
+    let memo = req.memo();
+    let action =
+        slot.with_borrow_mut(|s| initialised(s).on_response(&info, &request, memo, &outcome));
+    match action {
+        ResponseAction::Continue(edit) => {
+            if let Some(edit) = edit {
+                edit.apply(resp);
+            }
+            wit::ResponseAction::Continue
+        }
+        ResponseAction::Respond(r) => wit::ResponseAction::Respond(crate::http::reply(r)),
+        ResponseAction::Retry(ms) => wit::ResponseAction::Retry(ms),
+    }
 }
 
 fn initialised<F: Filter>(slot: &mut Option<F>) -> &mut F {
@@ -90,6 +126,7 @@ mod tests {
         fn info(&self) -> crate::Info {
             crate::Info {
                 may_retry: true,
+                phases: crate::Phases::REQUEST,
                 ..Default::default()
             }
         }
@@ -103,26 +140,6 @@ mod tests {
         static SLOT: RefCell<Option<Hello>> = const { RefCell::new(None) };
     }
 
-    fn info() -> RequestInfo {
-        RequestInfo {
-            id: "r1".into(),
-            route: "test".into(),
-            attempt: 1,
-            remaining_ms: 1000,
-            client_addr: "127.0.0.1:1".into(),
-        }
-    }
-
-    fn request() -> Request {
-        Request {
-            method: "GET".into(),
-            upstream: "http://example.test".into(),
-            path_with_query: "/".into(),
-            headers: vec![],
-            body: None,
-        }
-    }
-
     #[test]
     fn init_keeps_the_filter_and_reports_info() {
         let got = init(&SLOT, r#"{"greeting":"hi"}"#, "1.2.3").unwrap();
@@ -131,25 +148,16 @@ mod tests {
             FilterInfo {
                 name: "hello".into(),
                 version: "1.2.3".into(),
+                phases: wit::Phases::REQUEST,
                 wants_request_body: false,
                 wants_response_body: false,
                 may_retry: true,
             }
         );
-        assert_eq!(
-            on_request(&SLOT, info(), request()),
-            RequestAction::Continue((None, Some(b"hi".to_vec())))
-        );
-        assert_eq!(
-            on_response(
-                &SLOT,
-                info(),
-                request(),
-                None,
-                Outcome::Error(crate::UpstreamError::Timeout)
-            ),
-            ResponseAction::Continue(None)
-        );
+        let action = SLOT.with_borrow_mut(|s| {
+            initialised(s).on_request(&RequestInfo::new("r1"), &Request::new("GET", "/"))
+        });
+        assert_eq!(action, RequestAction::Continue((None, Some(b"hi".to_vec()))));
     }
 
     #[test]
@@ -171,6 +179,8 @@ mod tests {
         thread_local! {
             static EMPTY: RefCell<Option<Hello>> = const { RefCell::new(None) };
         }
-        on_request(&EMPTY, info(), request());
+        EMPTY.with_borrow_mut(|s| {
+            initialised(s);
+        });
     }
 }

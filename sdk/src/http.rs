@@ -1,12 +1,19 @@
-//! Helpers on the generated HTTP types: header lookup, edit builders, responses and
-//! action shorthands.
+//! The request, the response and what a filter answers.
+//!
+//! In weir the request and the response stay in the host: a filter gets handles, and the
+//! [`Request`], [`RequestInfo`] and [`Response`] here read through them only what the
+//! filter asks for, once (a value read is kept for the rest of the call). Off wasm, and
+//! in a filter's unit tests, the same types hold their data themselves: build them with
+//! [`Request::new`], [`RequestInfo::new`] and [`Response::new`].
 
-use crate::{Outcome, Request, RequestAction, RequestEdit, Response, ResponseAction, ResponseEdit};
+use std::cell::OnceCell;
+use std::mem::ManuallyDrop;
 
-/// Header lookup on [`Fields`](crate::Fields) (`[(name, value)]`), by case-insensitive
-/// name.
-///
-/// [`Request`] and [`Response`] have the same `header` and `header_str` methods.
+use crate::bindings::weir::filter0_2_0::types as wit;
+use crate::bindings::{lend_request, lend_response};
+use crate::{Fields, UpstreamError};
+
+/// Header lookup on [`Fields`] (`[(name, value)]`), by case-insensitive name.
 pub trait FieldsExt {
     /// The first value of header `name`, if present.
     fn header(&self, name: &str) -> Option<&[u8]>;
@@ -42,17 +49,263 @@ fn header_name(name: impl Into<String>) -> String {
     name
 }
 
-// === impl Request ===
+fn utf8(v: Vec<u8>) -> Option<String> {
+    String::from_utf8(v).ok()
+}
 
-impl Request {
-    /// The first value of request header `name` (case-insensitive), if present.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.header(name)
+// === impl RequestInfo ===
+
+/// Facts about the current request that are not part of the HTTP message.
+pub struct RequestInfo {
+    src: InfoSrc,
+    id: OnceCell<String>,
+    route: OnceCell<String>,
+    client_addr: OnceCell<String>,
+}
+
+enum InfoSrc {
+    /// The request handle weir lent to this call (never dropped here: weir owns it).
+    Host(ManuallyDrop<wit::Request>),
+    Local { attempt: u32, remaining_ms: u64 },
+}
+
+impl RequestInfo {
+    /// Facts for a test: request `id`, route `"test"`, attempt 1, 30 s left, client
+    /// `127.0.0.1:40000`. Change them with the `with_*` methods.
+    pub fn new(id: impl Into<String>) -> RequestInfo {
+        RequestInfo {
+            src: InfoSrc::Local {
+                attempt: 1,
+                remaining_ms: 30_000,
+            },
+            id: OnceCell::from(id.into()),
+            route: OnceCell::from("test".to_owned()),
+            client_addr: OnceCell::from("127.0.0.1:40000".to_owned()),
+        }
     }
 
-    /// The first value of request header `name`, if present and valid UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.headers.header_str(name)
+    /// The same facts with another route name.
+    pub fn with_route(mut self, route: impl Into<String>) -> RequestInfo {
+        self.route = OnceCell::from(route.into());
+        self
+    }
+
+    /// The same facts with another attempt number.
+    pub fn with_attempt(mut self, attempt: u32) -> RequestInfo {
+        if let InfoSrc::Local { attempt: a, .. } = &mut self.src {
+            *a = attempt;
+        }
+        self
+    }
+
+    /// The same facts with another time left.
+    pub fn with_remaining_ms(mut self, remaining_ms: u64) -> RequestInfo {
+        if let InfoSrc::Local {
+            remaining_ms: r, ..
+        } = &mut self.src
+        {
+            *r = remaining_ms;
+        }
+        self
+    }
+
+    /// The same facts with another client address.
+    pub fn with_client_addr(mut self, addr: impl Into<String>) -> RequestInfo {
+        self.client_addr = OnceCell::from(addr.into());
+        self
+    }
+
+    pub(crate) fn lent(handle: &wit::Request) -> RequestInfo {
+        RequestInfo {
+            src: InfoSrc::Host(lend_request(handle)),
+            id: OnceCell::new(),
+            route: OnceCell::new(),
+            client_addr: OnceCell::new(),
+        }
+    }
+
+    fn host(&self) -> &wit::Request {
+        match &self.src {
+            InfoSrc::Host(h) => h,
+            InfoSrc::Local { .. } => unreachable!("a local RequestInfo has every string set"),
+        }
+    }
+
+    /// Unique per client request, made by weir (32 hex digits): key per-request state on
+    /// it (with [`attempt`](RequestInfo::attempt) for one try). The same for every
+    /// attempt. Not the client's `x-request-id` ([`Request::request_id`]).
+    pub fn id(&self) -> &str {
+        self.id.get_or_init(|| self.host().id())
+    }
+
+    /// The name of the route that matched.
+    pub fn route(&self) -> &str {
+        self.route.get_or_init(|| self.host().route())
+    }
+
+    /// 1 for the first try, 2 for the first retry, …
+    pub fn attempt(&self) -> u32 {
+        match &self.src {
+            InfoSrc::Host(h) => h.attempt(),
+            InfoSrc::Local { attempt, .. } => *attempt,
+        }
+    }
+
+    /// Milliseconds left before the route's deadline, from the start of this call.
+    pub fn remaining_ms(&self) -> u64 {
+        match &self.src {
+            InfoSrc::Host(h) => h.remaining_ms(),
+            InfoSrc::Local { remaining_ms, .. } => *remaining_ms,
+        }
+    }
+
+    /// The client's address, e.g. `"127.0.0.1:51234"`.
+    pub fn client_addr(&self) -> &str {
+        self.client_addr.get_or_init(|| self.host().client_addr())
+    }
+}
+
+impl std::fmt::Debug for RequestInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestInfo")
+            .field("id", &self.id())
+            .field("attempt", &self.attempt())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Request ===
+
+/// The request as it reaches this filter, earlier filters' changes applied.
+///
+/// In weir it is read through a handle, a part at a time, as the filter asks for it.
+/// Change it by answering [`RequestAction::Continue`] with a [`RequestEdit`].
+pub struct Request {
+    src: ReqSrc,
+    method: OnceCell<String>,
+    upstream: OnceCell<String>,
+    path_with_query: OnceCell<String>,
+    headers: OnceCell<Fields>,
+    body: OnceCell<Option<Vec<u8>>>,
+}
+
+enum ReqSrc {
+    Host(ManuallyDrop<wit::Request>),
+    Local,
+}
+
+impl Request {
+    /// A request for a test: `method` and `path_with_query` to upstream
+    /// `https://upstream.test`, no headers, no body.
+    pub fn new(method: impl Into<String>, path_with_query: impl Into<String>) -> Request {
+        Request {
+            src: ReqSrc::Local,
+            method: OnceCell::from(method.into()),
+            upstream: OnceCell::from("https://upstream.test".to_owned()),
+            path_with_query: OnceCell::from(path_with_query.into()),
+            headers: OnceCell::from(Vec::new()),
+            body: OnceCell::from(None),
+        }
+    }
+
+    /// Adds a header (the name is lowercased). Adding a name twice sends it twice.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Request {
+        let headers = self.headers.get_mut().expect("a local request has its headers");
+        headers.push((header_name(name), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Request {
+        self.body = OnceCell::from(Some(body.into()));
+        self
+    }
+
+    /// Sets the upstream origin.
+    pub fn with_upstream(mut self, upstream: impl Into<String>) -> Request {
+        self.upstream = OnceCell::from(upstream.into());
+        self
+    }
+
+    pub(crate) fn lent(handle: &wit::Request) -> Request {
+        Request {
+            src: ReqSrc::Host(lend_request(handle)),
+            method: OnceCell::new(),
+            upstream: OnceCell::new(),
+            path_with_query: OnceCell::new(),
+            headers: OnceCell::new(),
+            body: OnceCell::new(),
+        }
+    }
+
+    fn host(&self) -> &wit::Request {
+        match &self.src {
+            ReqSrc::Host(h) => h,
+            ReqSrc::Local => unreachable!("a local Request has every part set"),
+        }
+    }
+
+    /// The method, in upper case: `"GET"`, `"POST"`, …
+    pub fn method(&self) -> &str {
+        self.method.get_or_init(|| self.host().method())
+    }
+
+    /// The upstream origin chosen by the route, e.g. `"https://api.example.com"`.
+    pub fn upstream(&self) -> &str {
+        self.upstream.get_or_init(|| self.host().upstream())
+    }
+
+    /// The path and query that will be sent upstream (after `strip_prefix`).
+    pub fn path_with_query(&self) -> &str {
+        self.path_with_query
+            .get_or_init(|| self.host().path_with_query())
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        let pq = self.path_with_query();
+        pq.split_once('?').map_or(pq, |(p, _)| p)
+    }
+
+    /// The first value of header `name` (case-insensitive), if present. Asks weir for
+    /// that one header, unless [`headers`](Request::headers) already read them all.
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match self.headers.get() {
+            Some(all) => all.header(name).map(<[u8]>::to_vec),
+            None => self.host().header(name),
+        }
+    }
+
+    /// The first value of header `name`, if present and valid UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(utf8)
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        match self.headers.get() {
+            Some(all) => all.header_all(name).map(<[u8]>::to_vec).collect(),
+            None => self.host().header_values(name),
+        }
+    }
+
+    /// The names of the headers, lowercase, each once, in the order they first appear.
+    pub fn header_names(&self) -> Vec<String> {
+        match self.headers.get() {
+            Some(all) => names(all),
+            None => self.host().header_names(),
+        }
+    }
+
+    /// All the headers, read from weir once. Prefer [`header`](Request::header) for a
+    /// few names: this copies every header into the filter.
+    pub fn headers(&self) -> &Fields {
+        self.headers.get_or_init(|| self.host().headers())
+    }
+
+    /// The body, if the filter asked for it ([`Info::wants_request_body`](crate::Info)).
+    pub fn body(&self) -> Option<&[u8]> {
+        self.body.get_or_init(|| self.host().body()).as_deref()
     }
 
     /// The request's `x-request-id`: the id weir logs, returns to the client and sends
@@ -61,21 +314,55 @@ impl Request {
     /// without it.
     ///
     /// It may be the client's own, so it is not unique: key per-request state on
-    /// [`RequestInfo::id`](crate::RequestInfo::id) instead, which weir makes unique.
-    pub fn request_id(&self) -> Option<&str> {
+    /// [`RequestInfo::id`] instead, which weir makes unique.
+    pub fn request_id(&self) -> Option<String> {
         self.header_str("x-request-id")
+    }
+}
+
+fn names(fields: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (n, _) in fields {
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+            out.push(n.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("path_with_query", &self.path_with_query())
+            .finish_non_exhaustive()
     }
 }
 
 // === impl Response ===
 
+/// A response: one a filter makes ([`Response::new`], [`Response::json`], …) to answer
+/// with, or what came back, in [`Outcome::Response`], read from weir as the filter asks.
+pub struct Response {
+    src: RespSrc,
+    status: OnceCell<u16>,
+    headers: OnceCell<Fields>,
+    body: OnceCell<Option<Vec<u8>>>,
+}
+
+enum RespSrc {
+    Host(ManuallyDrop<wit::Response>),
+    Local,
+}
+
 impl Response {
     /// A response with this status, no headers and an empty body.
     pub fn new(status: u16) -> Self {
         Response {
-            status,
-            headers: Vec::new(),
-            body: None,
+            src: RespSrc::Local,
+            status: OnceCell::from(status),
+            headers: OnceCell::from(Vec::new()),
+            body: OnceCell::from(None),
         }
     }
 
@@ -93,47 +380,210 @@ impl Response {
             .with_body(body.into())
     }
 
+    pub(crate) fn lent(handle: &wit::Response) -> Response {
+        Response {
+            src: RespSrc::Host(lend_response(handle)),
+            status: OnceCell::new(),
+            headers: OnceCell::new(),
+            body: OnceCell::new(),
+        }
+    }
+
+    fn host(&self) -> &wit::Response {
+        match &self.src {
+            RespSrc::Host(h) => h,
+            RespSrc::Local => unreachable!("a local Response has every part set"),
+        }
+    }
+
+    /// This response as one the filter owns, every part read: to change and answer with.
+    fn into_local(self) -> Response {
+        let (status, headers, body) = self.into_parts();
+        Response {
+            src: RespSrc::Local,
+            status: OnceCell::from(status),
+            headers: OnceCell::from(headers),
+            body: OnceCell::from(body),
+        }
+    }
+
+    /// The status, the headers and the body, read from weir if they came from there.
+    pub fn into_parts(self) -> (u16, Fields, Option<Vec<u8>>) {
+        let (status, _, _) = (self.status(), self.headers(), self.body());
+        let Response {
+            status: s,
+            headers: h,
+            body: b,
+            ..
+        } = self;
+        (
+            s.into_inner().unwrap_or(status),
+            h.into_inner().unwrap_or_default(),
+            b.into_inner().flatten(),
+        )
+    }
+
     /// Adds a header (the name is lowercased). Adding a name twice sends it twice.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.push((header_name(name), value.into()));
-        self
+    pub fn with_header(self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        let mut r = self.into_local();
+        r.headers
+            .get_mut()
+            .expect("a local response has its headers")
+            .push((header_name(name), value.into()));
+        r
     }
 
     /// Sets the body. weir sets `content-length` to match.
-    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = Some(body.into());
-        self
+    pub fn with_body(self, body: impl Into<Vec<u8>>) -> Self {
+        let mut r = self.into_local();
+        r.body = OnceCell::from(Some(body.into()));
+        r
     }
 
-    /// The first value of response header `name` (case-insensitive), if present.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.header(name)
+    /// Sets the status.
+    pub fn with_status(self, status: u16) -> Self {
+        let mut r = self.into_local();
+        r.status = OnceCell::from(status);
+        r
     }
 
-    /// The first value of response header `name`, if present and valid UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.headers.header_str(name)
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        *self.status.get_or_init(|| self.host().status())
+    }
+
+    /// The first value of header `name` (case-insensitive), if present. Asks weir for
+    /// that one header, unless [`headers`](Response::headers) already read them all.
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match self.headers.get() {
+            Some(all) => all.header(name).map(<[u8]>::to_vec),
+            None => self.host().header(name),
+        }
+    }
+
+    /// The first value of header `name`, if present and valid UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(utf8)
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        match self.headers.get() {
+            Some(all) => all.header_all(name).map(<[u8]>::to_vec).collect(),
+            None => self.host().header_values(name),
+        }
+    }
+
+    /// The names of the headers, lowercase, each once, in the order they first appear.
+    pub fn header_names(&self) -> Vec<String> {
+        match self.headers.get() {
+            Some(all) => names(all),
+            None => self.host().header_names(),
+        }
+    }
+
+    /// All the headers, read from weir once. Prefer [`header`](Response::header) for a
+    /// few names: this copies every header into the filter.
+    pub fn headers(&self) -> &Fields {
+        self.headers.get_or_init(|| self.host().headers())
+    }
+
+    /// The body. From the upstream it is there only if the filter asked for it
+    /// ([`Info::wants_response_body`](crate::Info)); in a response a filter makes, `None`
+    /// means empty.
+    pub fn body(&self) -> Option<&[u8]> {
+        self.body.get_or_init(|| self.host().body()).as_deref()
+    }
+}
+
+impl Clone for Response {
+    /// A clone owns its parts: those of a response from weir are read first.
+    fn clone(&self) -> Response {
+        Response {
+            src: RespSrc::Local,
+            status: OnceCell::from(self.status()),
+            headers: OnceCell::from(self.headers().clone()),
+            body: OnceCell::from(self.body().map(<[u8]>::to_vec)),
+        }
+    }
+}
+
+impl PartialEq for Response {
+    fn eq(&self, other: &Response) -> bool {
+        self.status() == other.status()
+            && self.headers() == other.headers()
+            && self.body() == other.body()
+    }
+}
+
+impl Eq for Response {}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Response");
+        d.field("status", &self.status());
+        if let RespSrc::Local = self.src {
+            d.field("headers", &self.headers())
+                .field("body", &self.body().map(String::from_utf8_lossy));
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+// === impl Outcome ===
+
+/// What came back from the rest of the chain and the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An HTTP response, of any status.
+    Response(Response),
+    /// No response at all, and why.
+    Error(UpstreamError),
+}
+
+impl Outcome {
+    /// The response, if there is one.
+    pub fn response(&self) -> Option<&Response> {
+        match self {
+            Outcome::Response(r) => Some(r),
+            Outcome::Error(_) => None,
+        }
+    }
+
+    /// The response status, if there is a response.
+    pub fn status(&self) -> Option<u16> {
+        self.response().map(Response::status)
+    }
+
+    pub(crate) fn lent(handle: &wit::Response) -> Outcome {
+        match handle.error() {
+            Some(e) => Outcome::Error(e),
+            None => Outcome::Response(Response::lent(handle)),
+        }
     }
 }
 
 // === impl RequestEdit ===
 
-impl Default for RequestEdit {
-    fn default() -> Self {
-        RequestEdit::new()
-    }
+/// Changes a filter makes to the request before it goes on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestEdit {
+    /// Headers to set, replacing every existing value of the same name.
+    pub set_headers: Fields,
+    /// Header names to remove (case-insensitive).
+    pub remove_headers: Vec<String>,
+    /// A new path and query, if it changes.
+    pub path_with_query: Option<String>,
+    /// A new body, if it changes. weir fixes `content-length`.
+    pub body: Option<Vec<u8>>,
+    /// The most milliseconds this try may wait for the upstream's response head.
+    pub try_timeout_ms: Option<u32>,
 }
 
 impl RequestEdit {
     /// An edit that changes nothing; add changes with the builder methods.
     pub fn new() -> Self {
-        RequestEdit {
-            set_headers: Vec::new(),
-            remove_headers: Vec::new(),
-            path_with_query: None,
-            body: None,
-            try_timeout_ms: None,
-        }
+        RequestEdit::default()
     }
 
     /// Sets header `name` (lowercased) to `value`, replacing every existing value.
@@ -171,29 +621,52 @@ impl RequestEdit {
 
     /// Whether this edit changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.set_headers.is_empty()
-            && self.remove_headers.is_empty()
-            && self.path_with_query.is_none()
-            && self.body.is_none()
-            && self.try_timeout_ms.is_none()
+        *self == RequestEdit::default()
+    }
+
+    /// Makes the changes through weir's handle, each checked and applied at once:
+    /// removals, then sets (a name set twice gets both values), the path, the body and
+    /// the timeout. A change weir refuses makes the filter's answer invalid.
+    pub(crate) fn apply(self, req: &wit::Request) {
+        for name in &self.remove_headers {
+            req.remove_header(name);
+        }
+        for (i, (name, value)) in self.set_headers.iter().enumerate() {
+            let again = self.set_headers[..i].iter().any(|(n, _)| n == name);
+            // An error is weir's to report; the guest has nothing to add.
+            let _ = if again {
+                req.append_header(name, value)
+            } else {
+                req.set_header(name, value)
+            };
+        }
+        if let Some(pq) = &self.path_with_query {
+            let _ = req.set_path_with_query(pq);
+        }
+        if let Some(body) = &self.body {
+            req.set_body(body);
+        }
+        if let Some(ms) = self.try_timeout_ms {
+            req.set_try_timeout_ms(ms);
+        }
     }
 }
 
 // === impl ResponseEdit ===
 
-impl Default for ResponseEdit {
-    fn default() -> Self {
-        ResponseEdit::new()
-    }
+/// Changes a filter makes to the response on its way back to the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseEdit {
+    /// Headers to set, replacing every existing value of the same name.
+    pub set_headers: Fields,
+    /// Header names to remove (case-insensitive).
+    pub remove_headers: Vec<String>,
 }
 
 impl ResponseEdit {
     /// An edit that changes nothing; add changes with the builder methods.
     pub fn new() -> Self {
-        ResponseEdit {
-            set_headers: Vec::new(),
-            remove_headers: Vec::new(),
-        }
+        ResponseEdit::default()
     }
 
     /// Sets header `name` (lowercased) to `value`, replacing every existing value.
@@ -213,9 +686,38 @@ impl ResponseEdit {
     pub fn is_empty(&self) -> bool {
         self.set_headers.is_empty() && self.remove_headers.is_empty()
     }
+
+    /// Makes the changes through weir's handle, as [`RequestEdit`] does.
+    pub(crate) fn apply(self, resp: &wit::Response) {
+        for name in &self.remove_headers {
+            resp.remove_header(name);
+        }
+        for (i, (name, value)) in self.set_headers.iter().enumerate() {
+            let again = self.set_headers[..i].iter().any(|(n, _)| n == name);
+            let _ = if again {
+                resp.append_header(name, value)
+            } else {
+                resp.set_header(name, value)
+            };
+        }
+    }
 }
 
 // === impl RequestAction ===
+
+/// What [`Filter::on_request`](crate::Filter::on_request) decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestAction {
+    /// Go on to the next filter, after applying the edit. The memo comes back to this
+    /// filter's `on_response` for the same try.
+    Continue((Option<RequestEdit>, Option<Vec<u8>>)),
+    /// Answer the client now, without calling upstream: a cache hit, an open breaker, a
+    /// 429. Filters before this one still see `on_response`; later ones see nothing.
+    Respond(Response),
+    /// Call `on_request` again after this many milliseconds. The route deadline bounds
+    /// it: a wait past the deadline ends the request with 504.
+    Wait(u32),
+}
 
 impl RequestAction {
     /// Pass the request on unchanged, with no memo.
@@ -237,6 +739,19 @@ impl RequestAction {
 
 // === impl ResponseAction ===
 
+/// What [`Filter::on_response`](crate::Filter::on_response) decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseAction {
+    /// Pass the response on towards the client, after applying the edit.
+    Continue(Option<ResponseEdit>),
+    /// Answer with this response instead, e.g. serve a stale cached copy on error.
+    Respond(Response),
+    /// Send the request again, through the filters after this one and the upstream,
+    /// after this many milliseconds. Bounded by the route deadline and a hard cap. Only
+    /// honoured with [`Info::may_retry`](crate::Info).
+    Retry(u32),
+}
+
 impl ResponseAction {
     /// Pass the outcome on unchanged.
     pub fn proceed() -> Self {
@@ -249,27 +764,19 @@ impl ResponseAction {
     }
 }
 
-// === impl Outcome ===
-
-impl Outcome {
-    /// The response, if there is one.
-    pub fn response(&self) -> Option<&Response> {
-        match self {
-            Outcome::Response(r) => Some(r),
-            Outcome::Error(_) => None,
-        }
-    }
-
-    /// The response status, if there is a response.
-    pub fn status(&self) -> Option<u16> {
-        self.response().map(|r| r.status)
+/// A response a filter answers with, as the WIT carries it.
+pub(crate) fn reply(resp: Response) -> wit::Reply {
+    let (status, headers, body) = resp.into_parts();
+    wit::Reply {
+        status,
+        headers,
+        body,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::UpstreamError;
 
     fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         pairs
@@ -295,17 +802,23 @@ mod tests {
     }
 
     #[test]
-    fn request_and_response_delegate_header_lookup() {
-        let req = Request {
-            method: "GET".into(),
-            upstream: "https://api.example.com".into(),
-            path_with_query: "/".into(),
-            headers: fields(&[("authorization", "Bearer t")]),
-            body: None,
-        };
-        assert_eq!(req.header_str("Authorization"), Some("Bearer t"));
-        let resp = Response::new(200).with_header("ETag", "\"v1\"");
-        assert_eq!(resp.header("etag"), Some(&b"\"v1\""[..]));
+    fn a_local_request_answers_like_one_from_weir() {
+        let req = Request::new("POST", "/v1/items?limit=2")
+            .with_header("Authorization", "Bearer t")
+            .with_header("x-tag", "a")
+            .with_header("X-Tag", "b")
+            .with_body("{}");
+        assert_eq!(req.method(), "POST");
+        assert_eq!(req.path(), "/v1/items");
+        assert_eq!(req.path_with_query(), "/v1/items?limit=2");
+        assert_eq!(req.header_str("authorization").as_deref(), Some("Bearer t"));
+        assert_eq!(req.header_all("x-tag"), [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(req.header_names(), ["authorization", "x-tag"]);
+        assert_eq!(req.body(), Some(&b"{}"[..]));
+        assert_eq!(req.request_id(), None);
+        let info = RequestInfo::new("r1").with_attempt(3).with_remaining_ms(5);
+        assert_eq!((info.id(), info.attempt(), info.remaining_ms()), ("r1", 3, 5));
+        assert_eq!(info.route(), "test");
     }
 
     #[test]
@@ -331,7 +844,6 @@ mod tests {
             }
         );
         assert!(!edit.is_empty());
-        assert_eq!(RequestEdit::default(), RequestEdit::new());
     }
 
     #[test]
@@ -352,18 +864,25 @@ mod tests {
     #[test]
     fn response_constructors() {
         let r = Response::json(429, &serde_json::json!({"error": "slow down"}));
-        assert_eq!(r.status, 429);
-        assert_eq!(r.header_str("content-type"), Some("application/json"));
-        assert_eq!(r.body.as_deref(), Some(&br#"{"error":"slow down"}"#[..]));
-
-        let r = Response::text(503, "open");
+        assert_eq!(r.status(), 429);
         assert_eq!(
-            r.header_str("content-type"),
+            r.header_str("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(r.body(), Some(&br#"{"error":"slow down"}"#[..]));
+
+        let r = Response::text(503, "open").with_status(500);
+        assert_eq!(
+            r.header_str("Content-Type").as_deref(),
             Some("text/plain; charset=utf-8")
         );
-        assert_eq!(r.body.as_deref(), Some(&b"open"[..]));
+        assert_eq!((r.status(), r.body()), (500, Some(&b"open"[..])));
 
-        assert_eq!(Response::new(204).body, None);
+        assert_eq!(Response::new(204).body(), None);
+        assert_eq!(
+            Response::new(200).with_header("ETag", "v1").into_parts(),
+            (200, vec![("etag".into(), b"v1".to_vec())], None)
+        );
     }
 
     #[test]

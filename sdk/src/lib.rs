@@ -97,7 +97,9 @@
 //! # Testing without wasm
 //!
 //! The SDK builds on the host target too, so a filter's logic runs under plain `cargo
-//! test`. [`build_filter`] does what weir's `init` does (parse the JSON config, call
+//! test`. In weir, [`Request`], [`RequestInfo`] and the [`Response`] in an [`Outcome`]
+//! read from the host what the filter asks for; in a test, [`Request::new`],
+//! [`RequestInfo::new`] and [`Response::new`] build them with their data. [`build_filter`] does what weir's `init` does (parse the JSON config, call
 //! [`Filter::new`], prefix errors with [`Filter::NAME`]), and the trait methods are
 //! ordinary calls. Only the calls into weir ([`state`], [`log`], [`metrics`],
 //! [`outbound`]) need wasm: off wasm they panic, so keep them out of the code paths a
@@ -122,20 +124,8 @@
 //! # }
 //! use weir_filter::build_filter;
 //!
-//! let info = RequestInfo {
-//!     id: "req-1".into(),
-//!     route: "payments".into(),
-//!     attempt: 1,
-//!     remaining_ms: 10_000,
-//!     client_addr: "127.0.0.1:50000".into(),
-//! };
-//! let req = Request {
-//!     method: "GET".into(),
-//!     upstream: "https://api.example.com".into(),
-//!     path_with_query: "/charges".into(),
-//!     headers: vec![],
-//!     body: None,
-//! };
+//! let info = RequestInfo::new("req-1").with_route("payments");
+//! let req = Request::new("GET", "/charges").with_header("accept", "application/json");
 //!
 //! let mut stamp = build_filter::<Stamp>(r#"{"team": "payments"}"#).unwrap();
 //! assert_eq!(
@@ -300,12 +290,12 @@ pub mod units;
 #[doc(hidden)]
 pub mod __private;
 
-pub use bindings::weir::filter::types::{
-    Fields, FilterInfo, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response,
-    ResponseAction, ResponseEdit, UpstreamError,
-};
+pub use bindings::weir::filter0_1_2::types::{Fields, UpstreamError};
 pub use config::{NoConfig, build_filter, parse_config};
-pub use http::FieldsExt;
+pub use http::{
+    FieldsExt, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response,
+    ResponseAction, ResponseEdit,
+};
 /// Re-exported so filters can build JSON bodies (`serde_json::json!`) for
 /// [`Response::json`] without a dependency of their own.
 pub use serde_json;
@@ -316,6 +306,9 @@ pub use serde_json;
 /// `Cargo.toml`; these are the knobs that change how weir treats the filter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Info {
+    /// The phases weir calls. Default: both. A filter with nothing to do on the way back
+    /// says [`Phases::REQUEST`], and weir skips its `on_response` altogether.
+    pub phases: Phases,
     /// Buffer the whole request body and pass it in [`Request::body`] to `on_request`.
     /// Default `false`: the body streams past this filter and `body` is `None`. weir
     /// buffers up to its `[listen] max_body_bytes`; a larger body gets 413.
@@ -328,6 +321,39 @@ pub struct Info {
     /// This filter may answer [`ResponseAction::Retry`]; weir then keeps the request body
     /// so it can send it again. Default `false`: a retry from this filter is ignored.
     pub may_retry: bool,
+}
+
+/// The phases weir calls a filter in ([`Info::phases`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    /// [`Filter::on_request`].
+    pub request: bool,
+    /// [`Filter::on_response`].
+    pub response: bool,
+}
+
+impl Phases {
+    /// Both phases: the default.
+    pub const BOTH: Phases = Phases {
+        request: true,
+        response: true,
+    };
+    /// `on_request` only.
+    pub const REQUEST: Phases = Phases {
+        request: true,
+        response: false,
+    };
+    /// `on_response` only.
+    pub const RESPONSE: Phases = Phases {
+        request: false,
+        response: true,
+    };
+}
+
+impl Default for Phases {
+    fn default() -> Phases {
+        Phases::BOTH
+    }
 }
 
 /// A weir filter. Implement it, then call [`export_filter!`] with the type.
@@ -451,7 +477,7 @@ macro_rules! export_filter {
             impl $crate::__private::Guest for WeirFilterExport {
                 fn init(
                     config: ::std::string::String,
-                ) -> ::core::result::Result<$crate::FilterInfo, ::std::string::String> {
+                ) -> ::core::result::Result<$crate::__private::FilterInfo, ::std::string::String> {
                     $crate::__private::init(
                         &WEIR_FILTER,
                         &config,
@@ -460,23 +486,20 @@ macro_rules! export_filter {
                 }
 
                 fn on_request(
-                    info: $crate::RequestInfo,
-                    req: $crate::Request,
-                ) -> $crate::RequestAction {
-                    $crate::__private::on_request(&WEIR_FILTER, info, req)
+                    req: &$crate::__private::RequestHandle,
+                ) -> $crate::__private::WitRequestAction {
+                    $crate::__private::on_request(&WEIR_FILTER, req)
                 }
 
                 fn on_response(
-                    info: $crate::RequestInfo,
-                    req: $crate::Request,
-                    memo: ::core::option::Option<::std::vec::Vec<u8>>,
-                    outcome: $crate::Outcome,
-                ) -> $crate::ResponseAction {
-                    $crate::__private::on_response(&WEIR_FILTER, info, req, memo, outcome)
+                    req: &$crate::__private::RequestHandle,
+                    resp: &$crate::__private::ResponseHandle,
+                ) -> $crate::__private::WitResponseAction {
+                    $crate::__private::on_response(&WEIR_FILTER, req, resp)
                 }
             }
 
-            // Only a wasm linker takes export names like "weir:filter/filter@0.1.0#init";
+            // Only a wasm linker takes export names like "weir:filter/filter@0.2.0#init";
             // a native cdylib (`cargo test` of a filter crate) could not link them.
             #[cfg(target_arch = "wasm32")]
     $crate::bindings::export!(WeirFilterExport with_types_in $crate::bindings);

@@ -19,12 +19,12 @@
 //! use weir_filter::{Request, RequestInfo, log};
 //!
 //! fn refused(info: &RequestInfo, req: &Request, why: &str) {
-//!     let id = req.request_id().unwrap_or(&info.id);
+//!     let id = req.request_id().unwrap_or_else(|| info.id().to_owned());
 //!     log::warn(&format!("request {id} refused: {why}"));
 //! }
 //! ```
 
-use crate::bindings::weir::filter::log as wit;
+use crate::bindings::weir::filter0_1_2::log as wit;
 
 pub use wit::Level;
 

@@ -30,7 +30,7 @@
 //! }
 //! ```
 
-use crate::bindings::weir::filter::metrics as wit;
+use crate::bindings::weir::filter0_1_2::metrics as wit;
 
 /// Adds `value` to counter `name` (created at 0 on first use).
 pub fn counter_add(name: &str, labels: &[(&str, &str)], value: u64) {

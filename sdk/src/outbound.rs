@@ -24,7 +24,7 @@
 //!
 //! /// Fetches a token from the `oauth` upstream (listed in this filter's `outbound`).
 //! fn fetch_token(info: &RequestInfo) -> Option<Vec<u8>> {
-//!     let wait = Duration::from_millis(info.remaining_ms.min(2_000));
+//!     let wait = Duration::from_millis(info.remaining_ms().min(2_000));
 //!     let resp = outbound::send(
 //!         OutboundRequest::new("oauth", "POST", "/token")
 //!             .header("content-type", "application/x-www-form-urlencoded")
@@ -47,7 +47,7 @@
 
 use std::time::Duration;
 
-use crate::bindings::weir::filter::outbound as wit;
+use crate::bindings::weir::filter0_1_2::outbound as wit;
 
 pub use wit::{OutboundError, OutboundRequest, OutboundResponse};
 

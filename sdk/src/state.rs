@@ -64,10 +64,11 @@
 //!     }
 //!
 //!     fn on_request(&mut self, info: &RequestInfo, req: &Request) -> RequestAction {
-//!         let client = req.header_str("x-client-id").unwrap_or("anonymous");
+//!         let client = req.header_str("x-client-id");
+//!         let client = client.as_deref().unwrap_or("anonymous");
 //!         // One key per route and client. The window's first request creates it with
 //!         // a 60 s TTL (incr keeps the TTL of an existing key), so it resets by expiring.
-//!         let key = format!("{}/{client}", info.route);
+//!         let key = format!("{}/{client}", info.route());
 //!         match state::incr(&key, 1, Some(Duration::from_secs(60))) {
 //!             Ok(n) if n > self.0.per_minute => RequestAction::Respond(
 //!                 Response::json(429, &weir_filter::serde_json::json!({ "error": "rate_limited" }))
@@ -85,7 +86,7 @@
 
 use std::time::Duration;
 
-use crate::bindings::weir::filter::state as wit;
+use crate::bindings::weir::filter0_1_2::state as wit;
 
 pub use wit::{BucketPolicy, StateError, TakeOutcome, TakeResult, TimeWindow, Window};
 

@@ -8,6 +8,7 @@
 //! traps, overruns or runs out of memory loses its instance; the host logs it once,
 //! counts it, and the filter's `on_error` decides what the request gets.
 
+pub mod call;
 mod guest_time;
 mod log_impl;
 mod metrics_impl;
@@ -20,10 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use guest_time::GuestTime;
 
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{
     Cache, CacheConfig, CallHook, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
     ResourceLimiter, Store, UpdateDeadline,
@@ -37,7 +39,7 @@ pub use bindings::{
 pub use metrics_impl::FilterMetrics;
 pub use outbound_impl::Outbound;
 
-use crate::bindings;
+use crate::bindings::{self, v2};
 use crate::clock::VirtualClock;
 use crate::config::{FilterConfig, MAX_FILTER_MEMORY, OnError};
 use crate::state::StateBackend;
@@ -105,6 +107,10 @@ pub enum CallError {
     /// The guest tried to grow its memory past `max_memory`.
     #[error("exceeded its memory cap of {0} bytes")]
     Memory(u64),
+    /// The guest answered something weir cannot apply (a header HTTP does not allow, a
+    /// path without its `/`): the instance, which is healthy, stays in the pool.
+    #[error("answered something invalid: {0}")]
+    Invalid(String),
 }
 
 impl CallError {
@@ -114,6 +120,7 @@ impl CallError {
             CallError::Trap(_) => "trap",
             CallError::Timeout(_) => "timeout",
             CallError::Memory(_) => "memory",
+            CallError::Invalid(_) => "invalid",
         }
     }
 }
@@ -161,9 +168,34 @@ pub enum Unanswered {
     /// the guest was never called, so this is no failure of the filter's own.
     #[error("no instance of the filter became free in time")]
     Busy,
-    /// The call was made and failed; the instance is gone.
+    /// The call was made and failed; the instance is gone unless the failure is
+    /// [`CallError::Invalid`].
     #[error(transparent)]
     Failed(#[from] CallError),
+}
+
+/// The phases weir calls a filter in: both for a 0.1 filter, those its `filter-info`
+/// names for a 0.2 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    /// `on-request`.
+    pub request: bool,
+    /// `on-response`.
+    pub response: bool,
+}
+
+/// What `on-response` works on besides the request: the memo of this filter's
+/// `on-request`, and what came back.
+pub struct Returned<'a> {
+    /// The memo this filter's `on-request` kept for the try.
+    pub memo: Option<&'a [u8]>,
+    /// The outcome as the client would get it now.
+    pub outcome: &'a mut Outcome,
+    /// Headers for weir's error response (a 0.2 filter's header changes go here when
+    /// there is no response to change, or `fixed`).
+    pub error_headers: &'a mut Vec<(String, Vec<u8>)>,
+    /// weir ended the request itself: filters may add headers, nothing else.
+    pub fixed: bool,
 }
 
 /// Which export a call goes to.
@@ -287,6 +319,16 @@ impl Runtime {
             &mut s.host
         })
         .map_err(err)?;
+        // 0.2's world imports the same 0.1.2 interfaces linked above; only its handles'
+        // methods are new.
+        v2::weir::filter::types::add_to_linker::<_, HasSelf<GuestHost>>(
+            &mut linker,
+            |s: &mut GuestState| {
+                s.host.time.import_called();
+                &mut s.host
+            },
+        )
+        .map_err(err)?;
 
         let ticker = Arc::new(Ticker::default());
         {
@@ -343,7 +385,18 @@ impl Runtime {
         };
         let component = Component::new(&self.engine, bytes).map_err(invalid)?;
         let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = HttpFilterPre::new(pre).map_err(invalid)?;
+        // A component exports one version's `filter`; 0.2 is tried first.
+        let pre = match v2::HttpFilterPre::new(pre.clone()) {
+            Ok(v2) => Pre::V2(v2),
+            Err(e2) => match HttpFilterPre::new(pre) {
+                Ok(v1) => Pre::V1(v1),
+                Err(_) => {
+                    return Err(invalid(e2.context(
+                        "it exports neither weir:filter/filter@0.2.0 nor weir:filter/filter@0.1.x",
+                    )));
+                }
+            },
+        };
         Ok(Arc::new(Loaded { pre }))
     }
 
@@ -390,7 +443,7 @@ impl Runtime {
             route: route.to_owned(),
             detail,
         };
-        let (mut first, info) = maker.instantiate().await.map_err(init_err)?;
+        let (mut first, info, phases) = maker.instantiate().await.map_err(init_err)?;
         // Only `init` says whether the filter reads bodies; the first instance, which
         // has not had one yet, gets the room from now on like every later one.
         let cap = memory_cap(
@@ -418,6 +471,7 @@ impl Runtime {
             filter,
             guest = %info.name,
             version = %info.version,
+            wit = maker.loaded.wit_version(),
             instances = idle.len(),
             "filter ready"
         );
@@ -440,6 +494,7 @@ impl Runtime {
             slots: Arc::new(slots),
             on_error: settings.on_error,
             info,
+            phases,
             timers: [
                 self.metrics.call_timer(route, filter, "on_request"),
                 self.metrics.call_timer(route, filter, "on_response"),
@@ -465,7 +520,23 @@ fn memory_cap(own: u64, info: &FilterInfo, outbound: bool, max_body: u64) -> u64
 
 /// A compiled, linked component, ready to instantiate.
 pub struct Loaded {
-    pre: HttpFilterPre<GuestState>,
+    pre: Pre,
+}
+
+/// A component of either WIT version.
+enum Pre {
+    V1(HttpFilterPre<GuestState>),
+    V2(v2::HttpFilterPre<GuestState>),
+}
+
+impl Loaded {
+    /// The WIT version the component was built against: `"0.1"` or `"0.2"`.
+    pub fn wit_version(&self) -> &'static str {
+        match self.pre {
+            Pre::V1(_) => "0.1",
+            Pre::V2(_) => "0.2",
+        }
+    }
 }
 
 // === impl Ticker ===
@@ -543,7 +614,12 @@ struct FilterMeta {
 
 struct Instance {
     store: Store<GuestState>,
-    guest: HttpFilter,
+    guest: Guest,
+}
+
+enum Guest {
+    V1(HttpFilter),
+    V2(v2::HttpFilter),
 }
 
 /// Initialised instances of one filter for one route.
@@ -561,6 +637,7 @@ pub struct FilterPool {
     slots: Arc<Slots>,
     on_error: OnError,
     info: FilterInfo,
+    phases: Phases,
     /// Call-duration histograms for `on_request` and `on_response`.
     timers: [prometheus::Histogram; 2],
 }
@@ -651,7 +728,7 @@ impl Slots {
         let mut state = self.lock();
         state.building -= 1;
         match made {
-            Ok((instance, _)) => {
+            Ok((instance, ..)) => {
                 // Below the returned ones: a call keeps getting the instance it warmed.
                 state.idle.insert(0, instance);
                 self.ready.add_permits(1);
@@ -729,16 +806,49 @@ impl FilterPool {
         self.maker.meta.max_call_time
     }
 
+    /// The phases weir calls this filter in.
+    pub fn phases(&self) -> Phases {
+        self.phases
+    }
+
     /// Calls `on-request` on a pooled instance, waiting as long as it takes for one.
+    ///
+    /// The answer has 0.1's shape whatever the filter's version: a 0.2 filter's changes
+    /// come back as the edit that makes them, and its memo in `continue`. Meant for
+    /// tests and tools; the chain calls [`FilterPool::on_request_until`].
+    /// `req.body` is the body the filter gets if it asked for it.
     pub async fn on_request(
         &self,
         info: &RequestInfo,
         req: &Request,
     ) -> Result<RequestAction, CallError> {
-        unbounded(self.on_request_until(info, req, None, None).await)
+        let (mut info, mut edited) = (info.clone(), req.clone());
+        let body = edited.body.take().map(Bytes::from);
+        let action = unbounded(
+            self.on_request_until(&mut info, &mut edited, body.as_ref(), None, None)
+                .await,
+        )?;
+        Ok(match (action, self.maker.loaded.pre.is_v2()) {
+            (RequestAction::Continue((edit, memo)), true) => {
+                let mut edit = edit.unwrap_or_else(no_edit);
+                (edit.set_headers, edit.remove_headers) = diff(&req.headers, &edited.headers);
+                if edited.path_with_query != req.path_with_query {
+                    edit.path_with_query = Some(edited.path_with_query);
+                }
+                let changed = !edit.set_headers.is_empty()
+                    || !edit.remove_headers.is_empty()
+                    || edit.path_with_query.is_some()
+                    || edit.body.is_some()
+                    || edit.try_timeout_ms.is_some();
+                RequestAction::Continue((changed.then_some(edit), memo))
+            }
+            (action, _) => action,
+        })
     }
 
-    /// Calls `on-response` on a pooled instance, waiting as long as it takes for one.
+    /// Calls `on-response` on a pooled instance, waiting as long as it takes for one;
+    /// the answer has 0.1's shape, as [`FilterPool::on_request`]'s has (a 0.2 filter's
+    /// new status comes back as `respond` with the changed response).
     pub async fn on_response(
         &self,
         info: &RequestInfo,
@@ -746,22 +856,62 @@ impl FilterPool {
         memo: Option<&[u8]>,
         outcome: &Outcome,
     ) -> Result<ResponseAction, CallError> {
-        unbounded(
-            self.on_response_until(info, req, memo, outcome, None, None)
+        let (mut info, mut req) = (info.clone(), req.clone());
+        let (mut changed, mut error_headers) = (outcome.clone(), Vec::new());
+        let returned = Returned {
+            memo,
+            outcome: &mut changed,
+            error_headers: &mut error_headers,
+            fixed: false,
+        };
+        let action = unbounded(
+            self.on_response_until(&mut info, &mut req, returned, None, None)
                 .await,
-        )
+        )?;
+        if !matches!(action, ResponseAction::Continue(None)) || !self.maker.loaded.pre.is_v2() {
+            return Ok(action);
+        }
+        Ok(match (outcome, changed) {
+            (Outcome::Response(before), Outcome::Response(after)) if after.status != before.status => {
+                ResponseAction::Respond(after)
+            }
+            (Outcome::Response(before), Outcome::Response(after)) => {
+                let (set_headers, remove_headers) = diff(&before.headers, &after.headers);
+                let edit = ResponseEdit {
+                    set_headers,
+                    remove_headers,
+                };
+                let changed = !edit.set_headers.is_empty() || !edit.remove_headers.is_empty();
+                ResponseAction::Continue(changed.then_some(edit))
+            }
+            _ => {
+                let changed = !error_headers.is_empty();
+                ResponseAction::Continue(changed.then_some(ResponseEdit {
+                    set_headers: error_headers,
+                    remove_headers: Vec::new(),
+                }))
+            }
+        })
     }
 
     /// Calls `on-request` on a pooled instance; with every instance busy, waits for one
     /// until `until` at most (the request's deadline), then gives up with
     /// [`Unanswered::Busy`].
     ///
+    /// `body` is the request body, for a filter that asked for it. A 0.1 filter's answer
+    /// comes back as it gave it. A 0.2 filter changes `req` in place; its new body and
+    /// per-try timeout come back as the `continue` edit (which has no header or path
+    /// change), with its memo; a change the host refused makes the answer
+    /// [`CallError::Invalid`]. `info` and `req` are lent to the call: they are as they
+    /// were (but for the filter's changes) when it returns, whatever happened.
+    ///
     /// With `calls`, the state and outbound calls the guest makes are timed and put
     /// there (for a request whose spans are exported).
     pub async fn on_request_until(
         &self,
-        info: &RequestInfo,
-        req: &Request,
+        info: &mut RequestInfo,
+        req: &mut Request,
+        body: Option<&Bytes>,
         until: Option<tokio::time::Instant>,
         calls: Option<&mut Vec<HostCall>>,
     ) -> Result<RequestAction, Unanswered> {
@@ -772,23 +922,45 @@ impl FilterPool {
             .data_mut()
             .host
             .request_deadline(info, calls.is_some());
-        let call = inst
-            .guest
-            .weir_filter_filter()
-            .call_on_request(&mut inst.store, info, req);
-        let result = time.time(call).await;
+        let result = match &inst.guest {
+            Guest::V1(g) => {
+                req.body = body.map(|b| b.to_vec());
+                let call = g
+                    .weir_filter_filter()
+                    .call_on_request(&mut inst.store, info, req);
+                let result = time.time(call).await;
+                req.body = None;
+                result.map(Ok)
+            }
+            Guest::V2(g) => {
+                let lent = &mut inst.store.data_mut().host.call;
+                std::mem::swap(&mut lent.info, info);
+                std::mem::swap(&mut lent.req, req);
+                lent.req_body = body.cloned();
+                let call = g
+                    .weir_filter_filter()
+                    .call_on_request(&mut inst.store, Resource::new_borrow(0));
+                let result = time.time(call).await;
+                let lent = &mut inst.store.data_mut().host.call;
+                std::mem::swap(&mut lent.info, info);
+                std::mem::swap(&mut lent.req, req);
+                let lent = std::mem::take(lent);
+                result.map(|action| from_v2_request(action, lent))
+            }
+        };
         inst.store.data_mut().host.hand_over_calls(calls);
-        Ok(self.finish(Phase::Request, inst, started, result)?)
+        self.finish(Phase::Request, inst, started, result)
     }
 
     /// Calls `on-response` on a pooled instance; waits for an instance until `until` at
-    /// most, as [`FilterPool::on_request_until`] does.
+    /// most, as [`FilterPool::on_request_until`] does. A 0.2 filter changes
+    /// `returned.outcome` (or, with no response to change, `returned.error_headers`) in
+    /// place and answers `continue(none)` for them.
     pub async fn on_response_until(
         &self,
-        info: &RequestInfo,
-        req: &Request,
-        memo: Option<&[u8]>,
-        outcome: &Outcome,
+        info: &mut RequestInfo,
+        req: &mut Request,
+        returned: Returned<'_>,
         until: Option<tokio::time::Instant>,
         calls: Option<&mut Vec<HostCall>>,
     ) -> Result<ResponseAction, Unanswered> {
@@ -799,16 +971,45 @@ impl FilterPool {
             .data_mut()
             .host
             .request_deadline(info, calls.is_some());
-        let call = inst.guest.weir_filter_filter().call_on_response(
-            &mut inst.store,
-            info,
-            req,
-            memo,
-            outcome,
-        );
-        let result = time.time(call).await;
+        let result = match &inst.guest {
+            Guest::V1(g) => {
+                let call = g.weir_filter_filter().call_on_response(
+                    &mut inst.store,
+                    info,
+                    req,
+                    returned.memo,
+                    returned.outcome,
+                );
+                time.time(call).await.map(Ok)
+            }
+            Guest::V2(g) => {
+                let lent = &mut inst.store.data_mut().host.call;
+                std::mem::swap(&mut lent.info, info);
+                std::mem::swap(&mut lent.req, req);
+                lent.memo = returned.memo.map(<[u8]>::to_vec);
+                let outcome = std::mem::replace(returned.outcome, Outcome::Error(UpstreamError::Reset));
+                lent.outcome = Some(outcome);
+                std::mem::swap(&mut lent.error_headers, returned.error_headers);
+                lent.fixed = returned.fixed;
+                let call = g.weir_filter_filter().call_on_response(
+                    &mut inst.store,
+                    Resource::new_borrow(0),
+                    Resource::new_borrow(0),
+                );
+                let result = time.time(call).await;
+                let lent = &mut inst.store.data_mut().host.call;
+                std::mem::swap(&mut lent.info, info);
+                std::mem::swap(&mut lent.req, req);
+                std::mem::swap(&mut lent.error_headers, returned.error_headers);
+                let mut lent = std::mem::take(lent);
+                if let Some(outcome) = lent.outcome.take() {
+                    *returned.outcome = outcome;
+                }
+                result.map(|action| from_v2_response(action, lent))
+            }
+        };
         inst.store.data_mut().host.hand_over_calls(calls);
-        Ok(self.finish(Phase::Response, inst, started, result)?)
+        self.finish(Phase::Response, inst, started, result)
     }
 
     /// Logs and counts (`kind = "invalid"`) an answer the host could not apply: a header
@@ -910,20 +1111,21 @@ impl FilterPool {
     }
 
     /// Returns a healthy instance to the pool; a failed one is dropped, and a build
-    /// replaces it if the pool needs one.
+    /// replaces it if the pool needs one. `Ok(Err(why))` is an answer the host refused
+    /// (from a healthy instance).
     fn finish<R>(
         &self,
         phase: Phase,
         inst: Instance,
         started: Instant,
-        result: wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
+        result: wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, Unanswered> {
         self.timers[phase as usize].observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(r) => {
+            Ok(answer) => {
                 self.slots.lock().idle.push(inst);
                 self.slots.ready.add_permits(1);
-                Ok(r)
+                Ok(answer.map_err(CallError::Invalid)?)
             }
             Err(e) => {
                 let err = inst.store.data().classify(&e, &self.maker.meta);
@@ -934,7 +1136,7 @@ impl FilterPool {
                     self.slots.top_up(&self.maker, &mut state);
                 }
                 self.fail(phase, &err);
-                Err(err)
+                Err(err.into())
             }
         }
     }
@@ -956,6 +1158,122 @@ impl FilterPool {
     }
 }
 
+impl Pre {
+    fn is_v2(&self) -> bool {
+        matches!(self, Pre::V2(_))
+    }
+}
+
+/// A 0.2 `filter-info` as the host keeps it.
+fn from_v2_info(info: v2::FilterInfo) -> (FilterInfo, Phases) {
+    let phases = Phases {
+        request: info.phases.contains(v2::Phases::REQUEST),
+        response: info.phases.contains(v2::Phases::RESPONSE),
+    };
+    let info = FilterInfo {
+        name: info.name,
+        version: info.version,
+        wants_request_body: info.wants_request_body,
+        wants_response_body: info.wants_response_body,
+        may_retry: info.may_retry,
+    };
+    (info, phases)
+}
+
+fn from_v2_reply(reply: v2::Reply) -> Response {
+    Response {
+        status: reply.status,
+        headers: reply.headers,
+        body: reply.body,
+    }
+}
+
+/// A 0.2 `on-request` answer in 0.1's shape; `Err` when the guest made a change the
+/// host refused.
+fn from_v2_request(
+    action: v2::RequestAction,
+    lent: call::CallData,
+) -> Result<RequestAction, String> {
+    if let Some(why) = lent.invalid {
+        return Err(why);
+    }
+    Ok(match action {
+        v2::RequestAction::Continue => {
+            let edit = (lent.new_body.is_some() || lent.try_timeout_ms.is_some()).then(|| {
+                RequestEdit {
+                    body: lent.new_body,
+                    try_timeout_ms: lent.try_timeout_ms,
+                    ..no_edit()
+                }
+            });
+            RequestAction::Continue((edit, lent.memo))
+        }
+        v2::RequestAction::Respond(reply) => RequestAction::Respond(from_v2_reply(reply)),
+        v2::RequestAction::Wait(ms) => RequestAction::Wait(ms),
+    })
+}
+
+/// A 0.2 `on-response` answer in 0.1's shape, as [`from_v2_request`].
+fn from_v2_response(
+    action: v2::ResponseAction,
+    lent: call::CallData,
+) -> Result<ResponseAction, String> {
+    if let Some(why) = lent.invalid {
+        return Err(why);
+    }
+    Ok(match action {
+        v2::ResponseAction::Continue => ResponseAction::Continue(None),
+        v2::ResponseAction::Respond(reply) => ResponseAction::Respond(from_v2_reply(reply)),
+        v2::ResponseAction::Retry(ms) => ResponseAction::Retry(ms),
+    })
+}
+
+fn no_edit() -> RequestEdit {
+    RequestEdit {
+        set_headers: Vec::new(),
+        remove_headers: Vec::new(),
+        path_with_query: None,
+        body: None,
+        try_timeout_ms: None,
+    }
+}
+
+/// The header edit that turns `before` into `after`: every value of each name whose
+/// values changed, and the names that went.
+fn diff(
+    before: &[(String, Vec<u8>)],
+    after: &[(String, Vec<u8>)],
+) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+    let of = |fields: &[(String, Vec<u8>)], name: &str| -> Vec<Vec<u8>> {
+        fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let mut set = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (n, _) in after {
+        if seen.iter().any(|s| s.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        seen.push(n);
+        let now = of(after, n);
+        if now != of(before, n) {
+            set.extend(now.into_iter().map(|v| (n.clone(), v)));
+        }
+    }
+    let mut removed: Vec<String> = Vec::new();
+    for (n, _) in before {
+        if !after.iter().any(|(a, _)| a.eq_ignore_ascii_case(n))
+            && !removed.iter().any(|r| r.eq_ignore_ascii_case(n))
+        {
+            removed.push(n.clone());
+        }
+    }
+    (set, removed)
+}
+
 /// The answer of a call that waited without a bound, which therefore cannot be
 /// [`Unanswered::Busy`].
 fn unbounded<T>(r: Result<T, Unanswered>) -> Result<T, CallError> {
@@ -968,7 +1286,7 @@ fn unbounded<T>(r: Result<T, Unanswered>) -> Result<T, CallError> {
 impl Maker {
     /// Creates and initialises one instance. The error is the guest's `init` error or a
     /// trap, as text.
-    async fn instantiate(&self) -> Result<(Instance, FilterInfo), String> {
+    async fn instantiate(&self) -> Result<(Instance, FilterInfo, Phases), String> {
         #[cfg(test)]
         self.made_in
             .lock()
@@ -1009,19 +1327,34 @@ impl Maker {
         let describe = |store: &Store<GuestState>, e: wasmtime::Error| {
             store.data().classify(&e, meta).to_string()
         };
-        let guest = match time
-            .time(self.loaded.pre.instantiate_async(&mut store))
-            .await
-        {
+        let instantiated = match &self.loaded.pre {
+            Pre::V1(pre) => time.time(pre.instantiate_async(&mut store)).await.map(Guest::V1),
+            Pre::V2(pre) => time.time(pre.instantiate_async(&mut store)).await.map(Guest::V2),
+        };
+        let guest = match instantiated {
             Ok(g) => g,
             Err(e) => return Err(describe(&store, e)),
         };
-        let call = guest
-            .weir_filter_filter()
-            .call_init(&mut store, &self.config_json);
-        let result = time.time(call).await;
+        let result = match &guest {
+            Guest::V1(g) => {
+                let call = g.weir_filter_filter().call_init(&mut store, &self.config_json);
+                time.time(call).await.map(|r| {
+                    r.map(|info| {
+                        let both = Phases {
+                            request: true,
+                            response: true,
+                        };
+                        (info, both)
+                    })
+                })
+            }
+            Guest::V2(g) => {
+                let call = g.weir_filter_filter().call_init(&mut store, &self.config_json);
+                time.time(call).await.map(|r| r.map(from_v2_info))
+            }
+        };
         match result {
-            Ok(Ok(info)) => Ok((Instance { store, guest }, info)),
+            Ok(Ok((info, phases))) => Ok((Instance { store, guest }, info, phases)),
             Ok(Err(msg)) => {
                 // The SDK starts the message with the filter's own name; when that is the
                 // configured name too, the error already says it.
@@ -1085,6 +1418,8 @@ pub struct GuestHost {
     state_deadline: Option<tokio::time::Instant>,
     /// Whether the current call's state and outbound calls are timed into `calls`.
     record_calls: bool,
+    /// What a 0.2 call's handles stand for, while the call runs.
+    call: call::CallData,
     /// The current call's state and outbound calls, with `record_calls`. A lock, not a
     /// plain field, because state operations run on a shared borrow; it is only taken
     /// while recording.
@@ -1179,6 +1514,7 @@ impl GuestState {
                 deadline: None,
                 state_deadline: None,
                 record_calls: false,
+                call: call::CallData::default(),
                 calls: Mutex::new(Vec::new()),
             },
         }
