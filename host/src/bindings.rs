@@ -35,7 +35,7 @@ pub mod v2 {
         },
     });
 
-    pub use self::weir::filter::types::{
+    pub use self::weir::filter0_2_0::types::{
         FilterInfo, Phases, Reply, RequestAction, ResponseAction,
     };
 }

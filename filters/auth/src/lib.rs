@@ -139,7 +139,7 @@ use std::time::Duration;
 use weir_filter::outbound::{OutboundError, OutboundRequest, OutboundResponse};
 use weir_filter::serde_json::{Value, json};
 use weir_filter::{
-    Filter, Info, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response,
+    Filter, Info, Outcome, Phases, Request, RequestAction, RequestEdit, RequestInfo, Response,
     ResponseAction,
 };
 
@@ -187,12 +187,16 @@ impl Filter for Auth {
     }
 
     fn info(&self) -> Info {
+        let oauth2 = self.settings.oauth2.as_ref();
         Info {
-            wants_request_body: self
-                .settings
-                .oauth2
-                .as_ref()
-                .is_some_and(|o| o.reissue_upstream().is_some()),
+            // Only OAuth2 has anything to do on the way back (a 401 to its token); static
+            // credentials are done once the request goes on.
+            phases: if oauth2.is_some() {
+                Phases::BOTH
+            } else {
+                Phases::REQUEST
+            },
+            wants_request_body: oauth2.is_some_and(|o| o.reissue_upstream().is_some()),
             ..Info::default()
         }
     }
@@ -229,7 +233,7 @@ impl Auth {
             edit = edit.set_header(name.as_str(), value.clone());
         }
         if let Some((name, value)) = &self.settings.query {
-            edit = edit.path_with_query(with_query_param(&req.path_with_query, name, value));
+            edit = edit.path_with_query(with_query_param(req.path_with_query(), name, value));
         }
         let mut memo = None;
         if let Some(o) = &self.settings.oauth2 {
@@ -238,7 +242,7 @@ impl Auth {
                     // One copy of the body, in the memo: a body as large as the route
                     // allows must fit in the filter's memory twice, not three times.
                     let body = match o.reissue_upstream() {
-                        Some(_) => req.body.as_deref().unwrap_or_default(),
+                        Some(_) => req.body().unwrap_or_default(),
                         None => &[],
                     };
                     memo = Some(Memo::encode(oauth2::fingerprint(token.as_bytes()), body));
@@ -272,7 +276,7 @@ impl Auth {
         let Some(via) = o.reissue_upstream() else {
             return ResponseAction::proceed();
         };
-        if info.remaining_ms == 0 {
+        if info.remaining_ms() == 0 {
             return ResponseAction::proceed();
         }
         let token = match o.token(env, &owner(info), budget(info), false, Some(refused)) {
@@ -280,9 +284,9 @@ impl Auth {
             Token::Busy => return ResponseAction::proceed(),
             Token::Failed(why) => return ResponseAction::Respond(unavailable(info, req, &why)),
         };
-        let mut out = OutboundRequest::new(via, &req.method, &req.path_with_query)
+        let mut out = OutboundRequest::new(via, req.method(), req.path_with_query())
             .timeout(budget(info).min(MAX_OUTBOUND));
-        out.headers = copyable(&req.headers);
+        out.headers = copyable(req.headers());
         out = out.header("authorization", format!("Bearer {token}"));
         if !body.is_empty() {
             out = out.body(body);
@@ -324,12 +328,12 @@ impl Auth {
 /// Marks the fetch lock with the request that holds it: weir's own request id, unique
 /// per request (a client's `x-request-id` may repeat), and the try.
 fn owner(info: &RequestInfo) -> String {
-    format!("{}:{}", info.id, info.attempt)
+    format!("{}:{}", info.id(), info.attempt())
 }
 
 /// What is left of the route deadline.
 fn budget(info: &RequestInfo) -> Duration {
-    Duration::from_millis(info.remaining_ms.max(1))
+    Duration::from_millis(info.remaining_ms().max(1))
 }
 
 /// The 503 for a request that cannot get a token.
@@ -344,8 +348,8 @@ fn failure(status: u16, error: &str, info: &RequestInfo, req: &Request, message:
         &json!({
             "error": error,
             "message": format!("auth: {message}"),
-            "route": info.route,
-            "request_id": req.request_id().unwrap_or(&info.id),
+            "route": info.route(),
+            "request_id": req.request_id().as_deref().unwrap_or(info.id()),
         }),
     )
 }
@@ -365,11 +369,12 @@ fn reissued(resp: OutboundResponse) -> Response {
     // `copyable` drops `authorization`, which a response does not carry anyway; keep the
     // rest of the upstream's headers as they were.
     headers.retain(|(n, _)| !n.eq_ignore_ascii_case("proxy-authenticate"));
-    Response {
-        status: resp.status,
-        headers,
-        body: Some(resp.body),
-    }
+    headers
+        .into_iter()
+        .fold(Response::new(resp.status), |r, (name, value)| {
+            r.with_header(name, value)
+        })
+        .with_body(resp.body)
 }
 
 // === Memo ===
@@ -584,27 +589,25 @@ mod tests {
     }
 
     fn info(id: &str) -> RequestInfo {
-        RequestInfo {
-            id: id.into(),
-            route: "r".into(),
-            attempt: 1,
-            remaining_ms: 5_000,
-            client_addr: "127.0.0.1:5000".into(),
-        }
+        RequestInfo::new(id)
+            .with_route("r")
+            .with_attempt(1)
+            .with_remaining_ms(5_000)
+            .with_client_addr("127.0.0.1:5000")
     }
 
+    /// The client's request, with a forged `authorization` and a body.
     fn request(path: &str) -> Request {
-        Request {
-            method: "POST".into(),
-            upstream: "http://upstream.test".into(),
-            path_with_query: path.into(),
-            headers: vec![
-                ("authorization".into(), b"Bearer forged".to_vec()),
-                ("content-type".into(), b"application/json".to_vec()),
-                ("content-length".into(), b"7".to_vec()),
-            ],
-            body: Some(b"{\"a\":1}".to_vec()),
-        }
+        headed(path, "Bearer forged").with_body(b"{\"a\":1}".to_vec())
+    }
+
+    /// The test request's headers, with this `authorization`, and no body.
+    fn headed(path: &str, authorization: &str) -> Request {
+        Request::new("POST", path)
+            .with_upstream("http://upstream.test")
+            .with_header("authorization", authorization)
+            .with_header("content-type", "application/json")
+            .with_header("content-length", "7")
     }
 
     fn edit(action: &RequestAction) -> (&RequestEdit, Option<&Vec<u8>>) {
@@ -643,6 +646,7 @@ mod tests {
         );
         assert!(memo.is_none());
         assert!(!f.info().wants_request_body);
+        assert_eq!(f.info().phases, Phases::REQUEST);
         assert!(env.sent.borrow().is_empty());
         // A 401 without OAuth2 is just passed on.
         let r = f.response(&env, &info("a"), &request("/"), None, &status(401));
@@ -773,9 +777,8 @@ mod tests {
             let RequestAction::Respond(r) = action else {
                 panic!("expected a 503, got {action:?}");
             };
-            assert_eq!(r.status, 503);
-            let body: Value =
-                weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+            assert_eq!(r.status(), 503);
+            let body: Value = weir_filter::serde_json::from_slice(r.body().unwrap()).unwrap();
             assert_eq!(
                 body,
                 json!({"error": "token_unavailable", "message": want, "route": "r", "request_id": "a"})
@@ -800,17 +803,15 @@ mod tests {
         let action = f.request(&env, &info("a"), &req);
         let memo = edit(&action).1.cloned();
         // What the upstream saw: the request as the chain passed it on.
-        let mut sent_req = req.clone();
-        sent_req.headers[0].1 = b"Bearer tok-1".to_vec();
-        sent_req.body = None;
+        let sent_req = headed("/orders?x=1", "Bearer tok-1");
         let r = f.response(&env, &info("a"), &sent_req, memo, &status(401));
         let ResponseAction::Respond(resp) = r else {
             panic!("expected the re-sent answer, got {r:?}");
         };
-        assert_eq!(resp.status, 200);
-        assert_eq!(resp.body.as_deref(), Some(&b"second answer"[..]));
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.body(), Some(&b"second answer"[..]));
         assert!(
-            !resp.headers.iter().any(|(n, _)| n == "transfer-encoding"),
+            !resp.headers().iter().any(|(n, _)| n == "transfer-encoding"),
             "hop-by-hop headers of the re-sent answer are dropped"
         );
         assert_eq!(env.token_calls(), 2);
@@ -849,7 +850,7 @@ mod tests {
         let key = f.settings().oauth2.as_ref().unwrap().token_key().to_owned();
         env.set(&key, b"newer", Duration::from_secs(50)).unwrap();
         let r = f.response(&env, &info("a"), &request("/x"), memo, &status(401));
-        assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 200));
+        assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status() == 200));
         assert_eq!(env.token_calls(), 1, "no fetch: the newer token is used");
         assert_eq!(env.live(&key).as_deref(), Some(&b"newer"[..]));
         let sent = env.sent.borrow();
@@ -909,7 +910,7 @@ mod tests {
         let action = f.request(&env, &info("b"), &request("/x"));
         let memo = edit(&action).1.cloned();
         let r = f.response(&env, &info("b"), &request("/x"), memo, &status(401));
-        assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 502));
+        assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status() == 502));
     }
 
     #[test]
@@ -919,10 +920,36 @@ mod tests {
         let action = f.request(&env, &info("a"), &request("/x"));
         let memo = edit(&action).1.cloned();
         let r = f.response(&env, &info("a"), &request("/x"), memo, &status(401));
-        assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status == 503));
+        assert!(matches!(r, ResponseAction::Respond(ref resp) if resp.status() == 503));
         for w in env.warnings.borrow().iter() {
             assert!(!w.contains("s3cr") && !w.contains("tok-"), "{w}");
         }
+    }
+
+    #[test]
+    fn only_oauth2_asks_for_the_response_phase() {
+        for config in [
+            json!({"bearer": {"token": "t"}}),
+            json!({"basic": {"username": "u", "password": "p"}}),
+            json!({"api_key": {"query": "k", "value": "v"}, "headers": {"x-a": "b"}}),
+        ] {
+            assert_eq!(auth(config).info().phases, Phases::REQUEST);
+        }
+        for extra in [json!({}), json!({"reissue_upstream": "api"})] {
+            assert_eq!(oauth(extra).info().phases, Phases::BOTH);
+        }
+    }
+
+    #[test]
+    fn a_503_names_the_clients_request_id_when_there_is_one() {
+        let f = oauth(json!({}));
+        let env = Fake::new(&[(500, "oops")]);
+        let req = request("/x").with_header("x-request-id", "client-7");
+        let RequestAction::Respond(r) = f.request(&env, &info("a"), &req) else {
+            panic!("expected a 503");
+        };
+        let body: Value = weir_filter::serde_json::from_slice(r.body().unwrap()).unwrap();
+        assert_eq!(body["request_id"], "client-7");
     }
 
     #[test]

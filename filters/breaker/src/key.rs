@@ -62,13 +62,16 @@ impl KeySource {
     pub fn key_for(&self, req: &Request) -> String {
         let key = match self {
             KeySource::Origin => None,
-            KeySource::Header(name) => req
-                .header_str(name)
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned),
+            KeySource::Header(name) => {
+                let value = req.header_str(name);
+                value
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            }
             KeySource::Regex(re) => {
-                let url = format!("{}{}", req.upstream, req.path_with_query);
+                let url = format!("{}{}", req.upstream(), req.path_with_query());
                 re.captures(&url)
                     .and_then(|c| c.get(1).or_else(|| c.get(0)))
                     .map(|m| m.as_str())
@@ -76,7 +79,7 @@ impl KeySource {
                     .map(str::to_owned)
             }
         };
-        bounded(key.unwrap_or_else(|| req.upstream.clone()))
+        bounded(key.unwrap_or_else(|| req.upstream().to_owned()))
     }
 }
 
@@ -101,16 +104,10 @@ mod tests {
     use super::*;
 
     fn req(path: &str, headers: &[(&str, &str)]) -> Request {
-        Request {
-            method: "GET".into(),
-            upstream: "https://api.example.com".into(),
-            path_with_query: path.into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body: None,
-        }
+        headers.iter().fold(
+            Request::new("GET", path).with_upstream("https://api.example.com"),
+            |req, (n, v)| req.with_header(*n, *v),
+        )
     }
 
     fn source(header: Option<&str>, regex: Option<&str>) -> Result<KeySource, String> {

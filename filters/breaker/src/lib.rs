@@ -231,7 +231,7 @@ impl Filter for Breaker {
         let key = self.key.key_for(req);
         let now = now_ms();
         let expires = now
-            .saturating_add(info.remaining_ms)
+            .saturating_add(info.remaining_ms())
             .saturating_add(PROBE_GRACE_MS);
         match self.engine.admit(&SharedState, &key, now, expires) {
             Ok(Admitted::Pass { ticket, transition }) => {
@@ -332,7 +332,7 @@ pub fn classify(
 ) -> Call {
     Call {
         failed: match outcome {
-            Outcome::Response(r) => failures.is_failure(r.status),
+            Outcome::Response(r) => failures.is_failure(r.status()),
             Outcome::Error(_) => true,
         },
         slow: took_ms > slow_call_ms,
@@ -560,17 +560,20 @@ mod tests {
     #[test]
     fn rejection_names_the_key_and_says_when_to_retry() {
         let r = rejection("https://api.example.com", Phase::Open, 42);
-        assert_eq!(r.status, 503);
-        assert_eq!(r.header_str("retry-after"), Some("42"));
-        assert_eq!(r.header_str("content-type"), Some("application/json"));
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.header_str("retry-after").as_deref(), Some("42"));
+        assert_eq!(
+            r.header_str("content-type").as_deref(),
+            Some("application/json")
+        );
         let body: weir_filter::serde_json::Value =
-            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+            weir_filter::serde_json::from_slice(r.body().unwrap()).unwrap();
         assert_eq!(body["error"], "breaker_open");
         assert_eq!(body["key"], "https://api.example.com");
         assert_eq!(body["state"], "open");
         assert_eq!(body["retry_after"], 42);
         let r = rejection("k", Phase::HalfOpen, 1);
-        assert_eq!(r.header_str("retry-after"), Some("1"));
+        assert_eq!(r.header_str("retry-after").as_deref(), Some("1"));
     }
 
     #[test]
@@ -578,10 +581,10 @@ mod tests {
         let e =
             StoreFailure::Unavailable("redis at redis://r:6379: no answer within 250 ms".into());
         let r = state_unavailable("https://api.example.com", &e);
-        assert_eq!(r.status, 503);
-        assert_eq!(r.header_str("retry-after"), Some("1"));
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.header_str("retry-after").as_deref(), Some("1"));
         let body: weir_filter::serde_json::Value =
-            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+            weir_filter::serde_json::from_slice(r.body().unwrap()).unwrap();
         assert_eq!(body["error"], "state_unavailable");
         assert_eq!(body["key"], "https://api.example.com");
         assert_eq!(
@@ -594,6 +597,13 @@ mod tests {
             err,
             "breaker: on_state_error: expected \"allow\" or \"reject\", got \"deny\""
         );
+    }
+
+    #[test]
+    fn asks_for_both_phases() {
+        // `on_request` admits or rejects; `on_response` records the outcome.
+        let breaker = weir_filter::build_filter::<Breaker>("{}").unwrap();
+        assert_eq!(breaker.info().phases, weir_filter::Phases::BOTH);
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Cache {
         now: u64,
         remaining_ms: u64,
     ) -> (RequestAction, Option<Label>) {
-        let method = req.method.as_str();
+        let method = req.method();
         if !matches!(method, "GET" | "HEAD") {
             // RFC 9111 §4.4: unsafe methods invalidate; OPTIONS and TRACE are safe.
             if matches!(method, "OPTIONS" | "TRACE" | "CONNECT") {
@@ -127,13 +127,15 @@ impl Cache {
                 None,
             );
         }
-        if req.header("range").is_some() {
+        // The cache key's `Vary` values may name any header: read them all, once.
+        let req_headers = req.headers();
+        if req_headers.header("range").is_some() {
             return (RequestAction::proceed(), None);
         }
-        let rcc = CacheControl::parse(&req.headers);
+        let rcc = CacheControl::parse(req_headers);
         let head = method == "HEAD";
-        let primary = entry::primary_key(&req.upstream, &req.path_with_query);
-        let Some((key, stored)) = self.lookup(host, &primary, &req.headers) else {
+        let primary = entry::primary_key(req.upstream(), req.path_with_query());
+        let Some((key, stored)) = self.lookup(host, &primary, req_headers) else {
             if rcc.only_if_cached {
                 return (RequestAction::Respond(gateway_timeout()), Some(Label::Miss));
             }
@@ -197,7 +199,7 @@ impl Cache {
             }
         }
         (
-            self.fetch(now, Some((key, &stored)), Some(&req.headers), lock),
+            self.fetch(now, Some((key, &stored)), Some(req_headers), lock),
             None,
         )
     }
@@ -275,7 +277,7 @@ impl Cache {
             None => miss(outcome),
             Some(Memo::Invalidate) => {
                 if outcome.status().is_some_and(|s| (200..400).contains(&s)) {
-                    let primary = entry::primary_key(&req.upstream, &req.path_with_query);
+                    let primary = entry::primary_key(req.upstream(), req.path_with_query());
                     if let Err(e) = host.delete(&entry::index_key(&primary)) {
                         host.warn(&format!("invalidating {primary}: {e:?}"));
                     }
@@ -321,7 +323,7 @@ impl Cache {
         old_charge: Option<Charge>,
         conditional: bool,
     ) -> (ResponseAction, Option<Label>) {
-        let primary = entry::primary_key(&req.upstream, &req.path_with_query);
+        let primary = entry::primary_key(req.upstream(), req.path_with_query());
         let resp = match outcome {
             Outcome::Error(_) => {
                 return match old_key.and_then(|k| self.stale_if_error(host, k, &primary, now)) {
@@ -331,35 +333,36 @@ impl Cache {
             }
             Outcome::Response(r) => r,
         };
-        if matches!(resp.status, 500 | 502 | 503 | 504)
+        if matches!(resp.status(), 500 | 502 | 503 | 504)
             && let Some(r) = old_key.and_then(|k| self.stale_if_error(host, k, &primary, now))
         {
             return (ResponseAction::Respond(r), Some(Label::Stale));
         }
-        if resp.status == 304
+        if resp.status() == 304
             && conditional
             && let Some(key) = old_key
         {
             return self.merge_304(host, req, resp, key, &primary, request_time, now);
         }
-        if matches!(policy::vary(&resp.headers), Vary::Star) {
+        let resp_headers = resp.headers();
+        if matches!(policy::vary(resp_headers), Vary::Star) {
             // A `Vary: *` answer means no stored variant may be reused for this URL.
             let _ = host.delete(&entry::index_key(&primary));
         }
         match policy::storable(
-            &req.method,
-            &req.headers,
-            resp.status,
-            &resp.headers,
+            req.method(),
+            req.headers(),
+            resp.status(),
+            resp_headers,
             self.settings.default_ttl.is_some(),
         ) {
             Ok(()) => {
-                let values = match policy::vary(&resp.headers) {
-                    Vary::Names(names) => policy::vary_values(&req.headers, &names),
+                let values = match policy::vary(resp_headers) {
+                    Vary::Names(names) => policy::vary_values(req.headers(), &names),
                     Vary::Star => Vec::new(),
                 };
                 let key = entry::entry_key(&primary, &values);
-                let body = resp.body.as_deref().unwrap_or_default();
+                let body = resp.body().unwrap_or_default();
                 // The entry holds at least the body: one over the limit is refused before
                 // it is copied (twice: into the entry, then encoded).
                 if body.len() as u64 > self.settings.max_entry_bytes {
@@ -375,8 +378,8 @@ impl Cache {
                 let e = self.new_entry(
                     primary,
                     values,
-                    resp.status,
-                    &resp.headers,
+                    resp.status(),
+                    resp_headers,
                     body,
                     request_time,
                     now,
@@ -428,7 +431,7 @@ impl Cache {
         };
         let mut headers = old.headers.clone();
         let mut replaced: Vec<&str> = Vec::new();
-        for (name, value) in &not_modified.headers {
+        for (name, value) in not_modified.headers() {
             if matches!(name.as_str(), "content-length" | "age" | HEADER) {
                 continue;
             }
@@ -448,11 +451,12 @@ impl Cache {
             now,
         );
         // The age comes from the 304 itself: its Date and Age describe this exchange.
-        fresh.initial_age = policy::corrected_initial_age(&not_modified.headers, request_time, now);
+        fresh.initial_age =
+            policy::corrected_initial_age(not_modified.headers(), request_time, now);
         let served = serve(&fresh, fresh.initial_age, Label::Revalidated, false);
         let still_storable = policy::storable(
             "GET",
-            &req.headers,
+            req.headers(),
             fresh.status,
             &fresh.headers,
             self.settings.default_ttl.is_some(),
@@ -700,12 +704,15 @@ fn gateway_timeout() -> Response {
 /// The stored response as the client gets it, `age_ms` old.
 fn serve(e: &Entry, age_ms: u64, label: Label, head: bool) -> Response {
     let mut r = Response::new(e.status);
-    r.headers = e.headers.clone();
-    r.headers
-        .push(("age".into(), (age_ms / 1000).to_string().into_bytes()));
-    r.headers
-        .push((HEADER.into(), label.as_str().as_bytes().to_vec()));
-    r.body = (!head).then(|| e.body.clone());
+    for (name, value) in &e.headers {
+        r = r.with_header(name.as_str(), value.as_slice());
+    }
+    r = r
+        .with_header("age", (age_ms / 1000).to_string())
+        .with_header(HEADER, label.as_str());
+    if !head {
+        r = r.with_body(e.body.as_slice());
+    }
     r
 }
 
@@ -715,6 +722,7 @@ mod tests {
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
     use std::time::Duration;
+    use weir_filter::Fields;
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -793,16 +801,28 @@ mod tests {
     }
 
     fn get(path: &str, headers: &[(&str, &str)]) -> Request {
-        Request {
-            method: "GET".into(),
-            upstream: "http://up".into(),
-            path_with_query: path.into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body: None,
+        request("GET", path, headers)
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut r = Request::new(method, path).with_upstream("http://up");
+        for (n, v) in headers {
+            r = r.with_header(*n, *v);
         }
+        r
+    }
+
+    /// `req` as it goes upstream: its headers followed by `added`.
+    fn resend(req: &Request, added: Fields) -> Request {
+        let mut sent =
+            Request::new(req.method(), req.path_with_query()).with_upstream(req.upstream());
+        for (n, v) in req.headers().iter().cloned().chain(added) {
+            sent = sent.with_header(n, v);
+        }
+        if let Some(body) = req.body() {
+            sent = sent.with_body(body);
+        }
+        sent
     }
 
     fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Outcome {
@@ -828,17 +848,14 @@ mod tests {
                 (Some(r), label, false)
             }
             RequestAction::Continue((edit, memo)) => {
-                let mut sent = req.clone();
-                if let Some(e) = edit {
-                    sent.headers.extend(e.set_headers);
-                }
+                let sent = resend(req, edit.map(|e| e.set_headers).unwrap_or_default());
                 let outcome = upstream(&sent);
                 let (action, _) = c.on_response(m, &sent, memo.as_deref(), &outcome, m.now.get());
                 let r = match (action, outcome) {
                     (ResponseAction::Respond(r), _) => Some(r),
                     (ResponseAction::Continue(edit), Outcome::Response(mut r)) => {
-                        if let Some(e) = edit {
-                            r.headers.extend(e.set_headers);
+                        for (n, v) in edit.into_iter().flat_map(|e| e.set_headers) {
+                            r = r.with_header(n, v);
                         }
                         Some(r)
                     }
@@ -852,7 +869,7 @@ mod tests {
     }
 
     fn header(r: &Response) -> Option<Label> {
-        match r.header_str(HEADER)? {
+        match r.header_str(HEADER)?.as_str() {
             "hit" => Some(Label::Hit),
             "miss" => Some(Label::Miss),
             "stale" => Some(Label::Stale),
@@ -874,14 +891,14 @@ mod tests {
         });
         assert!(called);
         assert_eq!(label, Some(Label::Miss));
-        assert_eq!(r.unwrap().body.as_deref(), Some(&b"A"[..]));
+        assert_eq!(r.unwrap().body(), Some(&b"A"[..]));
         advance(&m, 7);
         let (r, label, called) = run(&c, &m, &req, |_| panic!("hit expected"));
         assert!(!called);
         assert_eq!(label, Some(Label::Hit));
         let r = r.unwrap();
-        assert_eq!(r.header_str("age"), Some("7"));
-        assert_eq!(r.body.as_deref(), Some(&b"A"[..]));
+        assert_eq!(r.header_str("age").as_deref(), Some("7"));
+        assert_eq!(r.body(), Some(&b"A"[..]));
         advance(&m, 54);
         let (_, label, called) = run(&c, &m, &req, |_| resp(200, &[], "B"));
         assert!(called, "stale after 61 s");
@@ -905,15 +922,15 @@ mod tests {
         });
         advance(&m, 11);
         let (r, label, _) = run(&c, &m, &req, |sent| {
-            assert_eq!(sent.header_str("if-none-match"), Some("\"v1\""));
+            assert_eq!(sent.header_str("if-none-match").as_deref(), Some("\"v1\""));
             resp(304, &[("cache-control", "max-age=100"), ("x-a", "new")], "")
         });
         let r = r.unwrap();
         assert_eq!(label, Some(Label::Revalidated));
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body.as_deref(), Some(&b"body"[..]));
-        assert_eq!(r.header_str("x-a"), Some("new"));
-        assert_eq!(r.header_str("etag"), Some("\"v1\""));
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body(), Some(&b"body"[..]));
+        assert_eq!(r.header_str("x-a").as_deref(), Some("new"));
+        assert_eq!(r.header_str("etag").as_deref(), Some("\"v1\""));
         advance(&m, 50);
         let (_, label, called) = run(&c, &m, &req, |_| panic!("refreshed for 100 s"));
         assert!(!called);
@@ -942,7 +959,7 @@ mod tests {
         let (r, label, called) = run(&c, &m, &req, |_| panic!("locked"));
         assert!(!called);
         assert_eq!(label, Some(Label::Stale));
-        assert_eq!(r.unwrap().header_str("age"), Some("15"));
+        assert_eq!(r.unwrap().header_str("age").as_deref(), Some("15"));
         let fresh = resp(
             200,
             &[("cache-control", "max-age=10, stale-while-revalidate=30")],
@@ -951,7 +968,7 @@ mod tests {
         c.on_response(&m, &req, Some(&memo), &fresh, now);
         let (r, label, _) = run(&c, &m, &req, |_| panic!("fresh again"));
         assert_eq!(label, Some(Label::Hit));
-        assert_eq!(r.unwrap().body.as_deref(), Some(&b"v2"[..]));
+        assert_eq!(r.unwrap().body(), Some(&b"v2"[..]));
         // Past the window the request waits for the upstream.
         advance(&m, 41);
         let (_, label, called) = run(&c, &m, &req, |_| resp(200, &[], "v3"));
@@ -976,14 +993,14 @@ mod tests {
         });
         assert!(called);
         assert_eq!(label, Some(Label::Stale));
-        assert_eq!(r.unwrap().body.as_deref(), Some(&b"ok"[..]));
+        assert_eq!(r.unwrap().body(), Some(&b"ok"[..]));
         let (r, label, _) = run(&c, &m, &req, |_| resp(503, &[], "down"));
         assert_eq!(label, Some(Label::Stale));
-        assert_eq!(r.unwrap().status, 200);
+        assert_eq!(r.unwrap().status(), 200);
         advance(&m, 6);
         let (r, label, _) = run(&c, &m, &req, |_| resp(503, &[], "down"));
         assert_eq!(label, Some(Label::Miss));
-        assert_eq!(r.unwrap().status, 503);
+        assert_eq!(r.unwrap().status(), 503);
     }
 
     #[test]
@@ -1004,12 +1021,12 @@ mod tests {
         run(&c, &m, &html, vary("html"));
         let (r, label, _) = run(&c, &m, &json, |_| panic!("hit"));
         assert_eq!(
-            (label, r.unwrap().body),
+            (label, r.unwrap().body().map(<[u8]>::to_vec)),
             (Some(Label::Hit), Some(b"json".to_vec()))
         );
         let (r, label, _) = run(&c, &m, &html, |_| panic!("hit"));
         assert_eq!(
-            (label, r.unwrap().body),
+            (label, r.unwrap().body().map(<[u8]>::to_vec)),
             (Some(Label::Hit), Some(b"html".to_vec()))
         );
         let (_, label, called) = run(&c, &m, &get("/v", &[]), vary("none"));
@@ -1024,8 +1041,7 @@ mod tests {
         run(&c, &m, &req, |_| {
             resp(200, &[("cache-control", "max-age=60")], "x")
         });
-        let mut post = req.clone();
-        post.method = "POST".into();
+        let post = request("POST", "/i", &[]);
         // A failed POST invalidates nothing.
         run(&c, &m, &post, |_| resp(500, &[], ""));
         assert_eq!(run(&c, &m, &req, |_| panic!("hit")).1, Some(Label::Hit));
@@ -1151,15 +1167,14 @@ mod tests {
             |_| panic!(),
         );
         assert!(!called);
-        assert_eq!(r.unwrap().status, 504);
+        assert_eq!(r.unwrap().status(), 504);
         run(&c, &m, &get("/o", &[]), |_| {
             resp(200, &[("cache-control", "max-age=60")], "body")
         });
-        let mut head = get("/o", &[]);
-        head.method = "HEAD".into();
+        let head = request("HEAD", "/o", &[]);
         let (r, label, called) = run(&c, &m, &head, |_| panic!());
         assert!(!called);
         assert_eq!(label, Some(Label::Hit));
-        assert_eq!(r.unwrap().body, None);
+        assert_eq!(r.unwrap().body(), None);
     }
 }

@@ -157,7 +157,9 @@ pub mod policy;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use weir_filter::state::StateError;
-use weir_filter::{Filter, Info, Outcome, Request, RequestAction, RequestInfo, ResponseAction};
+use weir_filter::{
+    Filter, Info, Outcome, Phases, Request, RequestAction, RequestInfo, ResponseAction,
+};
 
 pub use config::{Config, Settings};
 pub use engine::{Cache, Host, Label};
@@ -180,6 +182,8 @@ impl Filter for CacheFilter {
 
     fn info(&self) -> Info {
         Info {
+            // Hits are answered in `on_request`; responses are stored in `on_response`.
+            phases: Phases::BOTH,
             wants_response_body: true,
             ..Info::default()
         }
@@ -188,7 +192,7 @@ impl Filter for CacheFilter {
     fn on_request(&mut self, info: &RequestInfo, req: &Request) -> RequestAction {
         let (action, label) = self
             .cache
-            .on_request(&WeirState, req, now_ms(), info.remaining_ms);
+            .on_request(&WeirState, req, now_ms(), info.remaining_ms());
         count(label);
         action
     }
@@ -264,5 +268,24 @@ impl Host for WeirState {
 
     fn warn(&self, message: &str) {
         weir_filter::log::warn(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_in_both_phases_and_asks_for_the_response_body() {
+        let f = weir_filter::build_filter::<CacheFilter>("{}").unwrap();
+        assert_eq!(
+            f.info(),
+            Info {
+                phases: Phases::BOTH,
+                wants_request_body: false,
+                wants_response_body: true,
+                may_retry: false,
+            }
+        );
     }
 }

@@ -49,7 +49,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use weir_filter::{
-    Filter, Outcome, Request, RequestAction, RequestEdit, RequestInfo, ResponseAction, ResponseEdit,
+    Filter, Info, Outcome, Phases, Request, RequestAction, RequestEdit, RequestInfo,
+    ResponseAction, ResponseEdit,
 };
 
 /// The filter's config, as documented in the crate docs.
@@ -113,8 +114,19 @@ impl Filter for Headers {
         })
     }
 
+    /// weir calls only the phases the config changes something in.
+    fn info(&self) -> Info {
+        Info {
+            phases: Phases {
+                request: self.request.is_some(),
+                response: self.response.is_some(),
+            },
+            ..Info::default()
+        }
+    }
+
     fn on_request(&mut self, _: &RequestInfo, _: &Request) -> RequestAction {
-        // The WIT hands edits over by value, so each request gets its own copy.
+        // An action owns its edit, so each request gets its own copy.
         RequestAction::proceed_with(self.request.clone(), None)
     }
 
@@ -205,23 +217,11 @@ mod tests {
     }
 
     fn info() -> RequestInfo {
-        RequestInfo {
-            id: "r1".into(),
-            route: "payments".into(),
-            attempt: 1,
-            remaining_ms: 1000,
-            client_addr: "127.0.0.1:5000".into(),
-        }
+        RequestInfo::new("r1").with_route("payments")
     }
 
     fn request() -> Request {
-        Request {
-            method: "GET".into(),
-            upstream: "https://api.example.com".into(),
-            path_with_query: "/".into(),
-            headers: vec![("cookie".into(), b"a=b".to_vec())],
-            body: None,
-        }
+        Request::new("GET", "/").with_header("cookie", "a=b")
     }
 
     const EXAMPLE: &str = r#"{
@@ -251,6 +251,19 @@ mod tests {
             f.on_response(&info(), &request(), None, &outcome),
             ResponseAction::Continue(Some(response_edit))
         );
+    }
+
+    #[test]
+    fn weir_calls_only_the_phases_with_something_to_change() {
+        let phases = |json: &str| build(json).unwrap().info().phases;
+        assert_eq!(phases(EXAMPLE), Phases::BOTH);
+        assert_eq!(phases(r#"{"request": {"remove": ["cookie"]}}"#), Phases::REQUEST);
+        assert_eq!(phases(r#"{"response": {"remove": ["server"]}}"#), Phases::RESPONSE);
+        let none = Phases {
+            request: false,
+            response: false,
+        };
+        assert_eq!(phases("{}"), none);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use weir_filter::serde_json::json;
 use weir_filter::state::StateError;
 use weir_filter::{
-    FieldsExt, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response, ResponseAction,
+    Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response, ResponseAction,
 };
 
 use crate::config::{Settings, Tenant};
@@ -130,10 +130,11 @@ impl Idempotency {
         info: &RequestInfo,
         req: &Request,
     ) -> (RequestAction, Option<Label>) {
-        if !self.settings.methods.contains(&req.method) {
+        if !self.settings.methods.iter().any(|m| m == req.method()) {
             return (RequestAction::proceed(), None);
         }
-        let mut keys = req.headers.header_all(HEADER);
+        let keys = req.header_all(HEADER);
+        let mut keys = keys.iter();
         let Some(key) = keys.next() else {
             if !self.settings.generate_key {
                 return (RequestAction::proceed(), None);
@@ -160,18 +161,18 @@ impl Idempotency {
             return (RequestAction::Respond(r), Some(Label::Invalid));
         }
         let identity = Identity {
-            route: info.route.clone(),
+            route: info.route().to_owned(),
             tenant: match &self.settings.tenant {
                 Tenant::None => None,
-                Tenant::Header(name) => req.header(name).map(<[u8]>::to_vec),
+                Tenant::Header(name) => req.header(name),
             },
-            key: key.to_vec(),
+            key: key.clone(),
         };
-        let body = req.body.as_deref().unwrap_or_default();
+        let body = req.body().unwrap_or_default();
         let marker = Record {
             owner: owner(info),
             identity,
-            fingerprint: record::fingerprint(&req.method, &req.path_with_query, body),
+            fingerprint: record::fingerprint(req.method(), req.path_with_query(), body),
             response: None,
         };
         self.claim(host, info, req, marker)
@@ -188,7 +189,7 @@ impl Idempotency {
     ) -> (RequestAction, Option<Label>) {
         let state_key = record::record_key(&marker.identity);
         let encoded = marker.encode();
-        let ttl = info.remaining_ms.saturating_add(MARGIN_MS);
+        let ttl = info.remaining_ms().saturating_add(MARGIN_MS);
         for _ in 0..CLAIM_TRIES {
             let current = match host.get(&state_key) {
                 Ok(c) => c,
@@ -203,7 +204,7 @@ impl Idempotency {
                 }
                 // This request's own retry (a `retry` filter before this one): the
                 // outcome of its earlier try is replaced by the next.
-                Some(found) if found.owner == marker.owner && info.attempt > 1 => {}
+                Some(found) if found.owner == marker.owner && info.attempt() > 1 => {}
                 Some(found) if found.fingerprint != marker.fingerprint => {
                     let r = error(
                         422,
@@ -281,8 +282,9 @@ impl Idempotency {
             Outcome::Response(r) => {
                 // Measured before anything is copied: a response too large to store
                 // (tens of MiB, on a route that allows it) costs no memory.
-                let size = r.body.as_ref().map_or(0, |b| b.len() as u64)
-                    + r.headers
+                let headers = r.headers();
+                let size = r.body().map_or(0, |b| b.len() as u64)
+                    + headers
                         .iter()
                         .map(|(n, v)| (n.len() + v.len()) as u64)
                         .sum::<u64>();
@@ -292,9 +294,9 @@ impl Idempotency {
                 } else {
                     let done = Record {
                         response: Some(Stored {
-                            status: r.status,
-                            headers: r.headers.clone(),
-                            body: r.body.clone().unwrap_or_default(),
+                            status: r.status(),
+                            headers: headers.clone(),
+                            body: r.body().map(<[u8]>::to_vec).unwrap_or_default(),
                         }),
                         ..claimed
                     };
@@ -324,7 +326,7 @@ impl Idempotency {
 /// Who holds a key: weir's own request id (unique per request, whatever `x-request-id`
 /// the client sent) and the client's address.
 fn owner(info: &RequestInfo) -> String {
-    format!("{} {}", info.id, info.client_addr)
+    format!("{} {}", info.id(), info.client_addr())
 }
 
 /// The key added to a request without one: a random UUIDv4 on the request's first try,
@@ -334,13 +336,13 @@ fn owner(info: &RequestInfo) -> String {
 fn generate(host: &dyn Host, info: &RequestInfo) -> String {
     let derived = || {
         record::uuid(
-            record::request_hash(&info.route, &info.id, &info.client_addr),
+            record::request_hash(info.route(), info.id(), info.client_addr()),
             8,
         )
     };
-    let state_key = record::generated_key(&info.route, &info.id, &info.client_addr);
-    let ttl = info.remaining_ms.saturating_add(MARGIN_MS);
-    if info.attempt <= 1 {
+    let state_key = record::generated_key(info.route(), info.id(), info.client_addr());
+    let ttl = info.remaining_ms().saturating_add(MARGIN_MS);
+    if info.attempt() <= 1 {
         let Some(random) = host.random() else {
             return derived();
         };
@@ -398,7 +400,7 @@ impl Idempotency {
         host.warn(&format!(
             "state store: {why}; the request is refused with 503"
         ));
-        let mut r = error(
+        let r = error(
             503,
             "state_unavailable",
             &format!(
@@ -407,21 +409,20 @@ impl Idempotency {
             info,
             req,
         );
-        r.headers.push(("retry-after".to_owned(), b"1".to_vec()));
+        let r = r.with_header("retry-after", "1");
         (RequestAction::Respond(r), Some(Label::Unavailable))
     }
 }
 
 /// The stored response, byte for byte, marked as a replay.
 fn replay(stored: Stored) -> Response {
-    let mut headers = stored.headers;
-    headers.retain(|(n, _)| !n.eq_ignore_ascii_case(REPLAY_HEADER));
-    headers.push((REPLAY_HEADER.to_owned(), b"true".to_vec()));
-    Response {
-        status: stored.status,
-        headers,
-        body: Some(stored.body),
+    let mut r = Response::new(stored.status);
+    for (name, value) in stored.headers {
+        if !name.eq_ignore_ascii_case(REPLAY_HEADER) {
+            r = r.with_header(name, value);
+        }
     }
+    r.with_header(REPLAY_HEADER, "true").with_body(stored.body)
 }
 
 /// An error in the shape of weir's own error responses.
@@ -431,8 +432,8 @@ fn error(status: u16, code: &str, message: &str, info: &RequestInfo, req: &Reque
         &json!({
             "error": code,
             "message": message,
-            "route": info.route,
-            "request_id": req.request_id().unwrap_or(&info.id),
+            "route": info.route(),
+            "request_id": req.request_id().as_deref().unwrap_or(info.id()),
         }),
     )
 }
@@ -527,27 +528,26 @@ mod tests {
     }
 
     fn info(id: &str, attempt: u32) -> RequestInfo {
-        RequestInfo {
-            id: id.into(),
-            route: "pay".into(),
-            attempt,
-            remaining_ms: 10_000,
-            client_addr: "127.0.0.1:4000".into(),
-        }
+        RequestInfo::new(id)
+            .with_route("pay")
+            .with_attempt(attempt)
+            .with_remaining_ms(10_000)
+            .with_client_addr("127.0.0.1:4000")
     }
 
     fn post(key: Option<&str>, body: &str) -> Request {
-        let mut headers = vec![("content-type".to_string(), b"application/json".to_vec())];
+        request("POST", "/charges", key, body)
+    }
+
+    /// A request with `content-type: application/json`, then the key if any.
+    fn request(method: &str, path: &str, key: Option<&str>, body: &str) -> Request {
+        let mut r = Request::new(method, path)
+            .with_upstream("http://up")
+            .with_header("content-type", "application/json");
         if let Some(k) = key {
-            headers.push((HEADER.into(), k.as_bytes().to_vec()));
+            r = r.with_header(HEADER, k);
         }
-        Request {
-            method: "POST".into(),
-            upstream: "http://up".into(),
-            path_with_query: "/charges".into(),
-            headers,
-            body: Some(body.as_bytes().to_vec()),
-        }
+        r.with_body(body)
     }
 
     fn upstream(status: u16, body: &str) -> Outcome {
@@ -579,7 +579,7 @@ mod tests {
     }
 
     fn status_of(r: &Option<Response>) -> Option<u16> {
-        r.as_ref().map(|r| r.status)
+        r.as_ref().map(|r| r.status())
     }
 
     #[test]
@@ -592,15 +592,15 @@ mod tests {
         let (resp, label) = run(&f, &host, &info("b", 1), &req, &upstream(200, "never"));
         assert_eq!(label, Some(Label::Replayed));
         let resp = resp.expect("replayed");
-        assert_eq!(resp.status, 503);
+        assert_eq!(resp.status(), 503);
         assert_eq!(
-            resp.headers,
-            vec![
+            resp.headers(),
+            &vec![
                 ("x-up".to_string(), b"1".to_vec()),
                 (REPLAY_HEADER.to_string(), b"true".to_vec())
             ]
         );
-        assert_eq!(resp.body.as_deref(), Some(&b"busy"[..]));
+        assert_eq!(resp.body(), Some(&b"busy"[..]));
     }
 
     #[test]
@@ -613,10 +613,8 @@ mod tests {
             &post(Some("k"), "one"),
             &upstream(201, "ok"),
         );
-        let mut other_path = post(Some("k"), "one");
-        other_path.path_with_query = "/refunds".into();
-        let mut other_method = post(Some("k"), "one");
-        other_method.method = "PUT".into();
+        let other_path = request("POST", "/refunds", Some("k"), "one");
+        let other_method = request("PUT", "/charges", Some("k"), "one");
         for req in [post(Some("k"), "two"), other_path, other_method] {
             let (resp, label) = run(&f, &host, &info("b", 1), &req, &upstream(200, ""));
             assert_eq!(label, Some(Label::Mismatch));
@@ -688,11 +686,7 @@ mod tests {
             filter(r#"{"tenant": {"header": "x-tenant"}}"#),
             Mem::default(),
         );
-        let with_tenant = |t: &str, body: &str| {
-            let mut r = post(Some("k"), body);
-            r.headers.push(("x-tenant".into(), t.as_bytes().to_vec()));
-            r
-        };
+        let with_tenant = |t: &str, body: &str| post(Some("k"), body).with_header("x-tenant", t);
         run(
             &f,
             &host,
@@ -719,8 +713,7 @@ mod tests {
         );
         assert_eq!((resp, label), (None, Some(Label::New)));
         // Another route.
-        let mut other = info("d", 1);
-        other.route = "refunds".into();
+        let other = info("d", 1).with_route("refunds");
         let (resp, label) = run(
             &f,
             &host,
@@ -744,8 +737,7 @@ mod tests {
     fn invalid_keys_are_400() {
         let (f, host) = (filter("{}"), Mem::default());
         let long = "k".repeat(MAX_KEY_LEN + 1);
-        let mut twice = post(Some("a"), "");
-        twice.headers.push((HEADER.into(), b"b".to_vec()));
+        let twice = post(Some("a"), "").with_header(HEADER, "b");
         for req in [post(Some(""), ""), post(Some(&long), ""), twice] {
             let (resp, label) = run(&f, &host, &info("a", 1), &req, &upstream(200, ""));
             assert_eq!((status_of(&resp), label), (Some(400), Some(Label::Invalid)));
@@ -764,13 +756,15 @@ mod tests {
     #[test]
     fn other_methods_pass_untouched() {
         let (f, host) = (filter("{}"), Mem::default());
-        let mut get = post(Some("k"), "");
-        get.method = "GET".into();
+        let get = request("GET", "/charges", Some("k"), "");
         assert_eq!(
             f.on_request(&host, &info("a", 1), &get),
             (RequestAction::proceed(), None)
         );
-        get.headers.clear();
+        // The same request without headers.
+        let get = Request::new("GET", "/charges")
+            .with_upstream("http://up")
+            .with_body("");
         assert_eq!(
             f.on_request(&host, &info("a", 1), &get),
             (RequestAction::proceed(), None)
@@ -890,10 +884,10 @@ mod tests {
         let RequestAction::Respond(r) = action else {
             panic!("expected a 503, got {action:?}")
         };
-        assert_eq!(r.status, 503);
-        assert_eq!(r.header_str("retry-after"), Some("1"));
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.header_str("retry-after").as_deref(), Some("1"));
         let body: weir_filter::serde_json::Value =
-            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+            weir_filter::serde_json::from_slice(r.body().unwrap()).unwrap();
         assert_eq!(body["error"], "state_unavailable");
         let message = body["message"].as_str().unwrap();
         assert!(
@@ -949,9 +943,12 @@ mod tests {
             &info("r9", 1),
             &post(None, ""),
         );
-        assert_eq!(r.header_str("content-type"), Some("application/json"));
+        assert_eq!(
+            r.header_str("content-type").as_deref(),
+            Some("application/json")
+        );
         let v: weir_filter::serde_json::Value =
-            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+            weir_filter::serde_json::from_slice(r.body().unwrap()).unwrap();
         assert_eq!(
             v,
             json!({"error": "idempotency_key_in_use", "message": "busy", "route": "pay", "request_id": "r9"})

@@ -155,7 +155,9 @@ pub mod record;
 use std::time::Duration;
 
 use weir_filter::state::StateError;
-use weir_filter::{Filter, Info, Outcome, Request, RequestAction, RequestInfo, ResponseAction};
+use weir_filter::{
+    Filter, Info, Outcome, Phases, Request, RequestAction, RequestInfo, ResponseAction,
+};
 
 pub use config::{Config, Settings, Tenant};
 pub use engine::{HEADER, Host, Idempotency, Label, MAX_KEY_LEN, REPLAY_HEADER, Saved};
@@ -178,6 +180,9 @@ impl Filter for IdempotencyFilter {
 
     fn info(&self) -> Info {
         Info {
+            // Keys are added and claimed in `on_request`; responses are stored in
+            // `on_response`.
+            phases: Phases::BOTH,
             // The fingerprint covers the body; the stored response includes its body.
             wants_request_body: true,
             wants_response_body: true,
@@ -255,11 +260,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn init_validates_and_asks_for_both_bodies() {
+    fn init_validates_and_asks_for_both_phases_and_both_bodies() {
         let f = weir_filter::build_filter::<IdempotencyFilter>(r#"{"expiry": "1h"}"#).unwrap();
         assert_eq!(
             f.info(),
             Info {
+                phases: Phases::BOTH,
                 wants_request_body: true,
                 wants_response_body: true,
                 may_retry: false

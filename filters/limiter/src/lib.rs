@@ -235,8 +235,8 @@ impl Limiter {
                             "message": format!(
                                 "limiter: the state store is unavailable ({e}); the request was not sent"
                             ),
-                            "route": info.route,
-                            "request_id": req.request_id().unwrap_or(&info.id),
+                            "route": info.route(),
+                            "request_id": req.request_id().as_deref().unwrap_or(info.id()),
                         });
                         RequestAction::Respond(
                             Response::json(503, &body).with_header("retry-after", "1"),
@@ -258,10 +258,10 @@ impl Limiter {
         let (Some(memo), Some(resp)) = (memo.and_then(Memo::decode), outcome.response()) else {
             return ResponseAction::proceed();
         };
-        if resp.status == 429 {
+        if resp.status() == 429 {
             let until = resp
                 .header_str("retry-after")
-                .and_then(|v| bucket::retry_after_until(v, now));
+                .and_then(|v| bucket::retry_after_until(&v, now));
             if let Some(until) = until
                 && let Err(e) = pause(env, &memo.id, until, now)
             {
@@ -289,12 +289,14 @@ impl Limiter {
         let bucket_key = format!("b:{id}");
         let queue = self.settings.queue.map(|q| Queue {
             // Waiting past the route deadline would only turn the 429 into a 504.
-            max_wait: q.max_wait.min(info.remaining_ms.saturating_mul(1_000_000)),
+            max_wait: q
+                .max_wait
+                .min(info.remaining_ms().saturating_mul(1_000_000)),
             ..q
         });
         // `info.id` is weir's own, unique per request: a client that reuses an
         // `x-request-id` cannot take over another request's reservation.
-        let reservation_key = format!("q:{id}:{}:{}", info.id, info.attempt);
+        let reservation_key = format!("q:{id}:{}:{}", info.id(), info.attempt());
         if queue.is_some()
             && let Some(due) = env.get(&reservation_key)?.as_deref().and_then(parse_u64)
         {
@@ -317,7 +319,7 @@ impl Limiter {
                 // The marker only has to outlive the request, which the route deadline
                 // bounds.
                 let ttl = info
-                    .remaining_ms
+                    .remaining_ms()
                     .saturating_mul(1_000_000)
                     .max(taken.wait_ns)
                     .saturating_add(RESERVATION_SLACK_NS);
@@ -408,8 +410,8 @@ impl Limiter {
         let body = json!({
             "error": "rate_limited",
             "message": message,
-            "route": info.route,
-            "request_id": req.request_id().unwrap_or(&info.id),
+            "route": info.route(),
+            "request_id": req.request_id().as_deref().unwrap_or(info.id()),
         });
         RequestAction::Respond(
             Response::json(429, &body)
@@ -447,19 +449,19 @@ fn bucket_policy(policy: &Policy, queue: Option<Queue>) -> BucketPolicy {
 
 /// The bucket a request belongs to (see "State" in the crate docs).
 pub fn bucket_id(key: &Key, info: &RequestInfo, req: &Request) -> String {
-    let route = &info.route;
+    let route = info.route();
     match key {
         Key::Route => format!("{route}:route"),
         Key::Client => {
-            let ip = match info.client_addr.parse::<SocketAddr>() {
+            let ip = match info.client_addr().parse::<SocketAddr>() {
                 Ok(addr) => addr.ip().to_canonical().to_string(),
                 // Not an address weir would send; still keep such clients apart.
-                Err(_) => info.client_addr.clone(),
+                Err(_) => info.client_addr().to_owned(),
             };
             format!("{route}:client:{ip}")
         }
         Key::Header(name) => match req.header(name) {
-            Some(value) => format!("{route}:header:{name}:{:032x}", fnv1a_128(value)),
+            Some(value) => format!("{route}:header:{name}:{:032x}", fnv1a_128(&value)),
             None => format!("{route}:header:{name}:-"),
         },
     }
@@ -667,26 +669,18 @@ mod tests {
     }
 
     fn info(id: &str) -> RequestInfo {
-        RequestInfo {
-            id: id.into(),
-            route: "api".into(),
-            attempt: 1,
-            remaining_ms: 30_000,
-            client_addr: "192.0.2.7:40000".into(),
-        }
+        RequestInfo::new(id)
+            .with_route("api")
+            .with_attempt(1)
+            .with_remaining_ms(30_000)
+            .with_client_addr("192.0.2.7:40000")
     }
 
     fn request(headers: &[(&str, &str)]) -> Request {
-        Request {
-            method: "GET".into(),
-            upstream: "http://upstream.test".into(),
-            path_with_query: "/".into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body: None,
-        }
+        headers.iter().fold(
+            Request::new("GET", "/").with_upstream("http://upstream.test"),
+            |req, (n, v)| req.with_header(*n, *v),
+        )
     }
 
     fn memo(action: &RequestAction) -> Vec<u8> {
@@ -721,15 +715,18 @@ mod tests {
             .collect();
         let action = l.request(&env, T0 + 3200 * MS, &info("r3"), &req);
         let r = rejection(&action);
-        assert_eq!(r.status, 429);
-        assert_eq!(r.header_str("retry-after"), Some("2"));
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.header_str("retry-after").as_deref(), Some("2"));
         assert_eq!(
-            r.header_str("ratelimit-policy"),
+            r.header_str("ratelimit-policy").as_deref(),
             Some("\"default\";q=2;w=10")
         );
-        assert_eq!(r.header_str("ratelimit"), Some("\"default\";r=0;t=2"));
+        assert_eq!(
+            r.header_str("ratelimit").as_deref(),
+            Some("\"default\";r=0;t=2")
+        );
         let body: weir_filter::serde_json::Value =
-            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+            weir_filter::serde_json::from_slice(r.body().unwrap()).unwrap();
         assert_eq!(body["error"], "rate_limited");
         assert_eq!(body["route"], "api");
         assert_eq!(body["request_id"], "r3");
@@ -790,8 +787,7 @@ mod tests {
         );
         memo(&l.request(&env, T0 + 400 * MS, &info("c"), &req));
         // A retry of b (attempt 2) is a new try and needs a new token.
-        let mut retry = info("b");
-        retry.attempt = 2;
+        let retry = info("b").with_attempt(2);
         assert_eq!(
             l.request(&env, T0 + 400 * MS, &retry, &req),
             RequestAction::Wait(200)
@@ -813,7 +809,7 @@ mod tests {
         // and the queue full.
         let r = l.request(&env, T0 + 10 * MS, &info("h3"), &req);
         let body: weir_filter::serde_json::Value =
-            weir_filter::serde_json::from_slice(rejection(&r).body.as_deref().unwrap()).unwrap();
+            weir_filter::serde_json::from_slice(rejection(&r).body().unwrap()).unwrap();
         assert_eq!(*env.rejected.borrow(), [Reason::QueueFull]);
         // The 429 names the request by the id the client knows.
         assert_eq!(body["request_id"], "same");
@@ -825,10 +821,12 @@ mod tests {
         let env = Fake::default();
         let req = request(&[]);
         memo(&l.request(&env, T0, &info("a"), &req));
-        let mut short = info("b");
-        short.remaining_ms = 150;
+        let short = info("b").with_remaining_ms(150);
         let action = l.request(&env, T0, &short, &req);
-        assert_eq!(rejection(&action).header_str("retry-after"), Some("1"));
+        assert_eq!(
+            rejection(&action).header_str("retry-after").as_deref(),
+            Some("1")
+        );
         assert_eq!(*env.rejected.borrow(), [Reason::TooLong]);
         // The rejected request took nothing: the next one waits for the first free token.
         assert_eq!(
@@ -855,8 +853,11 @@ mod tests {
         );
         let action = l.request(&env, T0 + 200 * MS, &info("b"), &req);
         let r = rejection(&action);
-        assert_eq!(r.header_str("retry-after"), Some("3"));
-        assert_eq!(r.header_str("ratelimit"), Some("\"default\";r=0;t=3"));
+        assert_eq!(r.header_str("retry-after").as_deref(), Some("3"));
+        assert_eq!(
+            r.header_str("ratelimit").as_deref(),
+            Some("\"default\";r=0;t=3")
+        );
         assert_eq!(*env.rejected.borrow(), [Reason::Paused]);
         // The pause ends on time, and the key's tokens are still there.
         memo(&l.request(&env, T0 + 3 * S, &info("c"), &req));
@@ -869,12 +870,12 @@ mod tests {
     #[test]
     fn keys() {
         let req = request(&[("x-api-key", "k1")]);
-        let mut i = info("r");
+        let i = info("r");
         assert_eq!(bucket_id(&Key::Route, &i, &req), "api:route");
         assert_eq!(bucket_id(&Key::Client, &i, &req), "api:client:192.0.2.7");
-        i.client_addr = "[::ffff:192.0.2.7]:1".into();
+        let i = i.with_client_addr("[::ffff:192.0.2.7]:1");
         assert_eq!(bucket_id(&Key::Client, &i, &req), "api:client:192.0.2.7");
-        i.client_addr = "[2001:db8::1]:443".into();
+        let i = i.with_client_addr("[2001:db8::1]:443");
         assert_eq!(bucket_id(&Key::Client, &i, &req), "api:client:2001:db8::1");
         let h = Key::Header("x-api-key".into());
         let k1 = bucket_id(&h, &i, &req);
@@ -932,10 +933,10 @@ mod tests {
         };
         let action = l.request(&env, T0, &info("a"), &request(&[]));
         let r = rejection(&action);
-        assert_eq!(r.status, 503);
-        assert_eq!(r.header_str("retry-after"), Some("1"));
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.header_str("retry-after").as_deref(), Some("1"));
         let body: weir_filter::serde_json::Value =
-            weir_filter::serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+            weir_filter::serde_json::from_slice(r.body().unwrap()).unwrap();
         assert_eq!(body["error"], "state_unavailable");
         assert_eq!(
             body["message"],
@@ -965,6 +966,14 @@ mod tests {
         assert_eq!(Memo::decode(&m.encode()), Some(m));
         assert_eq!(Memo::decode(b"7 x id"), None);
         assert_eq!(Memo::decode(b"7 2"), None);
+    }
+
+    #[test]
+    fn asks_for_both_phases() {
+        // `on_request` takes the token; `on_response` adds the headers and honours an
+        // upstream 429.
+        let l = limiter(r#"{"rate": 1}"#);
+        assert_eq!(l.info().phases, weir_filter::Phases::BOTH);
     }
 
     #[test]

@@ -214,16 +214,16 @@ impl Retry {
         now: SystemTime,
     ) -> RequestAction {
         let start = budget::bucket(now);
-        let counted = budget::enter(store, Count::Active, &req.upstream, start, start).is_ok();
+        let counted = budget::enter(store, Count::Active, req.upstream(), start, start).is_ok();
         let memo = Memo {
-            first_attempt: info.attempt,
+            first_attempt: info.attempt(),
             start,
             counted,
         };
         let edit = self
             .policy
             .per_try_timeout
-            .filter(|t| t.as_millis() < u128::from(info.remaining_ms))
+            .filter(|t| t.as_millis() < u128::from(info.remaining_ms()))
             .map(|t| RequestEdit::new().try_timeout(t));
         RequestAction::proceed_with(edit, Some(memo.encode()))
     }
@@ -245,16 +245,16 @@ impl Retry {
             // to keep, so there is no budget to retry within.
             return (attempts(info), Decision::Final(Why::NotRetriable));
         };
-        let retries_done = info.attempt.saturating_sub(memo.first_attempt);
+        let retries_done = info.attempt().saturating_sub(memo.first_attempt);
         if retries_done > 0 {
             // The try this filter asked for is over: its retry slot is free again.
-            let _ = budget::leave(store, Count::Retrying, &req.upstream, memo.start, bucket);
+            let _ = budget::leave(store, Count::Retrying, req.upstream(), memo.start, bucket);
         }
         let t = Try {
-            method: &req.method,
+            method: req.method(),
             idempotency_key: req.header("idempotency-key").is_some(),
             retries_done,
-            remaining: Duration::from_millis(info.remaining_ms),
+            remaining: Duration::from_millis(info.remaining_ms()),
             now,
         };
         let decision = match policy::decide(&self.policy, outcome, &t, random) {
@@ -262,7 +262,7 @@ impl Retry {
                 let p = &self.policy;
                 match budget::try_acquire(
                     store,
-                    &req.upstream,
+                    req.upstream(),
                     memo.start,
                     bucket,
                     p.budget_percent,
@@ -283,7 +283,7 @@ impl Retry {
             }
             Decision::Final(_) | Decision::OverBudget => {
                 if memo.counted {
-                    let _ = budget::leave(store, Count::Active, &req.upstream, memo.start, bucket);
+                    let _ = budget::leave(store, Count::Active, req.upstream(), memo.start, bucket);
                 }
                 (attempts(info), decision)
             }
@@ -294,7 +294,7 @@ impl Retry {
 /// Pass the outcome on with the number of attempts.
 fn attempts(info: &RequestInfo) -> ResponseAction {
     ResponseAction::proceed_with_edit(
-        ResponseEdit::new().set_header(ATTEMPTS_HEADER, info.attempt.to_string()),
+        ResponseEdit::new().set_header(ATTEMPTS_HEADER, info.attempt().to_string()),
     )
 }
 
@@ -405,7 +405,7 @@ mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
 
-    use weir_filter::{Response, UpstreamError, build_filter};
+    use weir_filter::{Phases, Response, UpstreamError, build_filter};
 
     use crate::budget::tests::FakeStore;
 
@@ -416,23 +416,15 @@ mod tests {
     }
 
     fn req(method: &str) -> Request {
-        Request {
-            method: method.into(),
-            upstream: UP.into(),
-            path_with_query: "/x".into(),
-            headers: Vec::new(),
-            body: None,
-        }
+        Request::new(method, "/x").with_upstream(UP)
     }
 
     fn info(attempt: u32, remaining_ms: u64) -> RequestInfo {
-        RequestInfo {
-            id: "r1".into(),
-            route: "test".into(),
-            attempt,
-            remaining_ms,
-            client_addr: "127.0.0.1:1".into(),
-        }
+        RequestInfo::new("r1")
+            .with_route("test")
+            .with_attempt(attempt)
+            .with_remaining_ms(remaining_ms)
+            .with_client_addr("127.0.0.1:1")
     }
 
     fn now() -> SystemTime {
@@ -466,6 +458,8 @@ mod tests {
         let info = filter("{}").info();
         assert!(info.may_retry);
         assert!(!info.wants_request_body && !info.wants_response_body);
+        // on_request counts the request and sets the per-try timeout; on_response retries.
+        assert_eq!(info.phases, Phases::BOTH);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use weir_filter::{FieldsExt, Outcome, UpstreamError};
+use weir_filter::{Outcome, UpstreamError};
 
 use crate::config::{Condition, Policy};
 
@@ -93,8 +93,8 @@ pub fn decide(policy: &Policy, outcome: &Outcome, t: &Try<'_>, random: u64) -> V
 /// Whether `outcome` meets condition `c`.
 fn matches(policy: &Policy, c: Condition, outcome: &Outcome) -> bool {
     match (c, outcome) {
-        (Condition::FiveXx, Outcome::Response(r)) => (500..=599).contains(&r.status),
-        (Condition::GatewayError, Outcome::Response(r)) => matches!(r.status, 502..=504),
+        (Condition::FiveXx, Outcome::Response(r)) => (500..=599).contains(&r.status()),
+        (Condition::GatewayError, Outcome::Response(r)) => matches!(r.status(), 502..=504),
         // No response at all: weir answers the client 502, 503 or 504 itself.
         (Condition::FiveXx | Condition::GatewayError, Outcome::Error(_)) => true,
         (Condition::ConnectFailure, Outcome::Error(e)) => matches!(
@@ -107,9 +107,9 @@ fn matches(policy: &Policy, c: Condition, outcome: &Outcome) -> bool {
             e,
             UpstreamError::Reset | UpstreamError::Timeout | UpstreamError::Protocol
         ),
-        (Condition::Retriable4xx, Outcome::Response(r)) => r.status == 409,
+        (Condition::Retriable4xx, Outcome::Response(r)) => r.status() == 409,
         (Condition::RetriableStatusCodes, Outcome::Response(r)) => {
-            policy.retriable_status_codes.contains(&r.status)
+            policy.retriable_status_codes.contains(&r.status())
         }
         _ => false,
     }
@@ -150,10 +150,11 @@ pub fn backoff(policy: &Policy, n: u32, random: u64) -> Duration {
 /// header.
 pub fn retry_after(outcome: &Outcome, now: SystemTime) -> Option<Duration> {
     let r = outcome.response()?;
-    if r.status != 429 && r.status != 503 {
+    if r.status() != 429 && r.status() != 503 {
         return None;
     }
-    let value = r.headers.header_str("retry-after")?.trim();
+    let value = r.header_str("retry-after")?;
+    let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // A number too large for u64 seconds is "very long": longer than any route.
         let secs = value.parse::<u64>().unwrap_or(u64::MAX);

@@ -137,8 +137,8 @@
 
 use serde::Deserialize;
 use weir_filter::{
-    Filter, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response, ResponseAction,
-    ResponseEdit, serde_json,
+    Filter, Info, Outcome, Phases, Request, RequestAction, RequestEdit, RequestInfo, Response,
+    ResponseAction, ResponseEdit, serde_json,
 };
 
 /// The request headers stripped when `request.strip` is not set.
@@ -284,8 +284,23 @@ impl Filter for Sanitize {
         })
     }
 
+    fn info(&self) -> Info {
+        Info {
+            // The limits always apply to requests; with an empty response strip list
+            // `on_response` could never remove anything.
+            phases: if self.response.is_empty() {
+                Phases::REQUEST
+            } else {
+                Phases::BOTH
+            },
+            ..Info::default()
+        }
+    }
+
     fn on_request(&mut self, _: &RequestInfo, req: &Request) -> RequestAction {
-        if let Some(message) = self.limits.check(&req.headers) {
+        // The limits need every header's size, so read them all at once.
+        let headers = req.headers();
+        if let Some(message) = self.limits.check(headers) {
             let body = serde_json::json!({ "error": "headers_too_large", "message": message });
             return RequestAction::Respond(Response::json(431, &body));
         }
@@ -294,7 +309,7 @@ impl Filter for Sanitize {
             RequestRule::Allow(p) => !p.matches(name),
         };
         let mut edit = RequestEdit::new();
-        edit.remove_headers = names_where(&req.headers, drop);
+        edit.remove_headers = names_where(headers.iter().map(|(n, _)| n.as_str()), drop);
         if edit.is_empty() {
             RequestAction::proceed()
         } else {
@@ -315,7 +330,11 @@ impl Filter for Sanitize {
             return ResponseAction::proceed();
         };
         let mut edit = ResponseEdit::new();
-        edit.remove_headers = names_where(&resp.headers, |n| self.response.matches(n));
+        // Only the names matter here: no header values are copied from weir.
+        let names = resp.header_names();
+        edit.remove_headers = names_where(names.iter().map(String::as_str), |n| {
+            self.response.matches(n)
+        });
         if edit.is_empty() {
             ResponseAction::proceed()
         } else {
@@ -326,11 +345,15 @@ impl Filter for Sanitize {
 
 weir_filter::export_filter!(Sanitize);
 
-/// The names in `fields` for which `drop` holds, each once, in order of first appearance.
-/// The host removes names, not entries, so a pattern becomes the names it matched.
-fn names_where(fields: &[(String, Vec<u8>)], drop: impl Fn(&str) -> bool) -> Vec<String> {
+/// The header names in `header_names` for which `drop` holds, each once, lowercase, in
+/// order of first appearance. The host removes names, not entries, so a pattern becomes
+/// the names it matched.
+fn names_where<'a>(
+    header_names: impl IntoIterator<Item = &'a str>,
+    drop: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for (name, _) in fields {
+    for name in header_names {
         if drop(name) && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             names.push(name.to_ascii_lowercase());
         }
@@ -468,6 +491,11 @@ impl Patterns {
         Ok(patterns)
     }
 
+    /// Whether no name can match.
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
     fn extend(&mut self, other: Patterns) {
         for name in other.exact {
             if !self.exact.contains(&name) {
@@ -505,13 +533,11 @@ mod tests {
     }
 
     fn info() -> RequestInfo {
-        RequestInfo {
-            id: "r1".into(),
-            route: "api".into(),
-            attempt: 1,
-            remaining_ms: 1000,
-            client_addr: "127.0.0.1:5000".into(),
-        }
+        RequestInfo::new("r1")
+            .with_route("api")
+            .with_attempt(1)
+            .with_remaining_ms(1000)
+            .with_client_addr("127.0.0.1:5000")
     }
 
     fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
@@ -522,13 +548,15 @@ mod tests {
     }
 
     fn request(headers: &[(&str, &str)]) -> Request {
-        Request {
-            method: "GET".into(),
-            upstream: "https://api.example.com".into(),
-            path_with_query: "/".into(),
-            headers: fields(headers),
-            body: None,
-        }
+        request_with(fields(headers))
+    }
+
+    /// A `GET /` with these headers, in order.
+    fn request_with(headers: Vec<(String, Vec<u8>)>) -> Request {
+        headers.into_iter().fold(
+            Request::new("GET", "/").with_upstream("https://api.example.com"),
+            |req, (name, value)| req.with_header(name, value),
+        )
     }
 
     /// The request header names `f` removes from a request with these headers.
@@ -546,11 +574,13 @@ mod tests {
 
     /// The response header names `f` removes from a response with these headers.
     fn removed_from_response(f: &mut Sanitize, headers: &[(&str, &str)]) -> Vec<String> {
-        let outcome = Outcome::Response(Response {
-            status: 200,
-            headers: fields(headers),
-            body: None,
-        });
+        let outcome = Outcome::Response(
+            fields(headers)
+                .into_iter()
+                .fold(Response::new(200), |r, (name, value)| {
+                    r.with_header(name, value)
+                }),
+        );
         match f.on_response(&info(), &request(&[]), None, &outcome) {
             ResponseAction::Continue(None) => Vec::new(),
             ResponseAction::Continue(Some(edit)) => {
@@ -563,16 +593,16 @@ mod tests {
 
     /// The 431 message for a request with these headers.
     fn rejection(f: &mut Sanitize, headers: Vec<(String, Vec<u8>)>) -> String {
-        let req = Request {
-            headers,
-            ..request(&[])
-        };
+        let req = request_with(headers);
         let RequestAction::Respond(r) = f.on_request(&info(), &req) else {
             panic!("expected a 431");
         };
-        assert_eq!(r.status, 431);
-        assert_eq!(r.header_str("content-type"), Some("application/json"));
-        let body: serde_json::Value = serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(r.status(), 431);
+        assert_eq!(
+            r.header_str("content-type").as_deref(),
+            Some("application/json")
+        );
+        let body: serde_json::Value = serde_json::from_slice(r.body().unwrap()).unwrap();
         assert_eq!(body["error"], "headers_too_large");
         assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
         body["message"].as_str().unwrap().to_owned()
@@ -726,6 +756,27 @@ mod tests {
     }
 
     #[test]
+    fn the_response_phase_is_skipped_only_when_nothing_can_be_stripped() {
+        for json in [
+            "{}",
+            r#"{"response": {"strip": ["server"]}}"#,
+            r#"{"response": {"strip": [], "strip_extra": ["via"]}}"#,
+            r#"{"request": {"allow": []}}"#,
+        ] {
+            assert_eq!(build(json).unwrap().info().phases, Phases::BOTH, "{json}");
+        }
+        let mut f = build(r#"{"response": {"strip": []}}"#).unwrap();
+        assert_eq!(f.info().phases, Phases::REQUEST);
+        // What the skipped phase would have done: nothing.
+        assert!(
+            removed_from_response(&mut f, &[("server", "nginx"), ("set-cookie", "a=1")]).is_empty()
+        );
+        let mut f = build(r#"{"request": {"allow": []}, "response": {"strip": []}}"#).unwrap();
+        assert_eq!(f.info().phases, Phases::REQUEST);
+        assert_eq!(removed(&mut f, &[("accept", "*/*")]), ["accept"]);
+    }
+
+    #[test]
     fn no_edit_when_the_upstream_failed() {
         let mut f = build("{}").unwrap();
         let outcome = Outcome::Error(UpstreamError::ConnectFailed);
@@ -745,13 +796,7 @@ mod tests {
     fn header_count_limit() {
         let mut f = build("{}").unwrap();
         assert!(matches!(
-            f.on_request(
-                &info(),
-                &Request {
-                    headers: many(100),
-                    ..request(&[])
-                }
-            ),
+            f.on_request(&info(), &request_with(many(100))),
             RequestAction::Continue(_)
         ));
         assert_eq!(
@@ -771,13 +816,7 @@ mod tests {
         // "ab" + "cdefgh" = 8 bytes, then "x" + "y" = 10: exactly at the limit.
         let ok = fields(&[("ab", "cdefgh"), ("x", "y")]);
         assert!(matches!(
-            f.on_request(
-                &info(),
-                &Request {
-                    headers: ok,
-                    ..request(&[])
-                }
-            ),
+            f.on_request(&info(), &request_with(ok)),
             RequestAction::Continue(_)
         ));
         let over = fields(&[("ab", "cdefgh"), ("x", "y"), ("z", "")]);
@@ -792,13 +831,7 @@ mod tests {
         let mut f = build("{}").unwrap();
         let at = vec![("x-big".to_string(), vec![b'a'; 8192])];
         assert!(matches!(
-            f.on_request(
-                &info(),
-                &Request {
-                    headers: at,
-                    ..request(&[])
-                }
-            ),
+            f.on_request(&info(), &request_with(at)),
             RequestAction::Continue(_)
         ));
         let over = vec![

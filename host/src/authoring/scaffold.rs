@@ -17,8 +17,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// The WIT file filters are built against, as this weir has it.
+/// The WIT file filters are built against, as this weir has it: 0.1, which the
+/// JavaScript, Python and C templates still target.
 const WIT: &str = include_str!("../../../wit/filter.wit");
+
+/// The 0.2 WIT, which the Rust SDK targets; its world imports 0.1's unchanged
+/// interfaces from `deps/`.
+const WIT_V2: &str = include_str!("../../../wit/v0.2/filter.wit");
 
 /// A language a filter project can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,6 +96,18 @@ const COMMON: &[Template] = &[
 ];
 
 const RUST: &[Template] = &[
+    Template {
+        path: "wit/v0.2/filter.wit",
+        text: WIT_V2,
+        fill: false,
+        executable: false,
+    },
+    Template {
+        path: "wit/v0.2/deps/weir-filter-0.1.wit",
+        text: WIT,
+        fill: false,
+        executable: false,
+    },
     template("Cargo.toml", include_str!("templates/rust/Cargo.toml.tmpl")),
     template("src/lib.rs", include_str!("templates/rust/src/lib.rs")),
     script("build.sh", include_str!("templates/rust/build.sh")),
@@ -593,7 +610,7 @@ mod rust_sdk {
     /// The SDK as a project gets it.
     pub(super) struct Vendored {
         /// `weir-filter/Cargo.toml` and `weir-filter/src/*.rs`. The SDK finds the WIT
-        /// at `../wit`, the project's `wit/`.
+        /// at `../wit/v0.2`, the project's `wit/v0.2/`.
         pub files: Vec<(PathBuf, String)>,
         /// The workspace's `serde` dependency, as an inline TOML table.
         pub serde: String,

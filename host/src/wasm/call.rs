@@ -11,7 +11,7 @@ use bytes::Bytes;
 use wasmtime::component::Resource;
 
 use super::GuestHost;
-use super::bindings::v2::weir::filter::types::{Host, HostRequest, HostResponse};
+use super::bindings::v2::weir::filter0_2_0::types::{Host, HostRequest, HostResponse};
 use super::bindings::{Outcome, Request, RequestInfo, UpstreamError};
 use crate::headers;
 

@@ -321,7 +321,7 @@ impl Runtime {
         .map_err(err)?;
         // 0.2's world imports the same 0.1.2 interfaces linked above; only its handles'
         // methods are new.
-        v2::weir::filter::types::add_to_linker::<_, HasSelf<GuestHost>>(
+        v2::weir::filter0_2_0::types::add_to_linker::<_, HasSelf<GuestHost>>(
             &mut linker,
             |s: &mut GuestState| {
                 s.host.time.import_called();

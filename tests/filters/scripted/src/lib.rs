@@ -143,6 +143,7 @@ impl Filter for Scripted {
             wants_request_body: self.0.wants_request_body || self.0.append_body.is_some(),
             wants_response_body: false,
             may_retry: self.0.may_retry.unwrap_or(self.0.retry_on_status.is_some()),
+            ..Info::default()
         }
     }
 
@@ -151,11 +152,12 @@ impl Filter for Scripted {
         if let Some(text) = &c.log {
             log::info(&format!(
                 "{text} (request {}, attempt {})",
-                info.id, info.attempt
+                info.id(),
+                info.attempt()
             ));
         }
         if let Some(ms) = c.wait_ms {
-            let key = format!("wait/{}/{}", info.id, info.attempt);
+            let key = format!("wait/{}/{}", info.id(), info.attempt());
             let calls = state::incr(&key, 1, Some(WAIT_KEY_TTL))
                 .unwrap_or_else(|e| panic!("scripted: state incr {key}: {e:?}"));
             if calls == 1 {
@@ -165,8 +167,8 @@ impl Filter for Scripted {
         if let Some(resp) = self.response(Phase::Request) {
             return RequestAction::Respond(resp);
         }
-        let mut edit =
-            RequestEdit::new().set_header("x-order", append(req.header_str("x-order"), &c.tag));
+        let order = req.header_str("x-order");
+        let mut edit = RequestEdit::new().set_header("x-order", append(order.as_deref(), &c.tag));
         if let Some(upstream) = &c.call {
             let sent = outbound::send(
                 OutboundRequest::new(upstream, "GET", "/hook")
@@ -183,18 +185,17 @@ impl Filter for Scripted {
             edit = edit.path_with_query(path.as_str());
         }
         if let Some(suffix) = &c.append_body {
-            let mut body = req.body.clone().unwrap_or_default();
+            let mut body = req.body().unwrap_or_default().to_vec();
             body.extend_from_slice(suffix.as_bytes());
             edit = edit.body(body);
         }
         if c.wants_request_body {
             let len = req
-                .body
-                .as_ref()
+                .body()
                 .map_or_else(|| "none".to_owned(), |b| b.len().to_string());
             edit = edit.set_header(format!("x-body-len-{}", c.tag), len);
         }
-        let memo = format!("{}:{}", c.tag, info.attempt).into_bytes();
+        let memo = format!("{}:{}", c.tag, info.attempt()).into_bytes();
         RequestAction::proceed_with(Some(edit), Some(memo))
     }
 
@@ -212,22 +213,20 @@ impl Filter for Scripted {
         let Some(resp) = outcome.response() else {
             return ResponseAction::proceed();
         };
-        if c.retry_on_status == Some(resp.status) && info.attempt < c.max_attempts {
+        if c.retry_on_status == Some(resp.status()) && info.attempt() < c.max_attempts {
             return ResponseAction::Retry(c.retry_delay_ms);
         }
         let memo = memo.map_or_else(|| "none".to_owned(), |m| String::from_utf8_lossy(&m).into());
+        let order = resp.header_str("x-order-back");
         ResponseAction::proceed_with_edit(
             ResponseEdit::new()
-                .set_header(
-                    "x-order-back",
-                    append(resp.header_str("x-order-back"), &c.tag),
-                )
+                .set_header("x-order-back", append(order.as_deref(), &c.tag))
                 .set_header(format!("x-memo-{}", c.tag), memo)
-                .set_header(format!("x-attempt-{}", c.tag), info.attempt.to_string())
-                .set_header(format!("x-info-id-{}", c.tag), info.id.as_str())
+                .set_header(format!("x-attempt-{}", c.tag), info.attempt().to_string())
+                .set_header(format!("x-info-id-{}", c.tag), info.id())
                 .set_header(
                     format!("x-seen-request-id-{}", c.tag),
-                    req.request_id().unwrap_or("none"),
+                    req.request_id().unwrap_or_else(|| "none".to_owned()),
                 ),
         )
     }

@@ -22,7 +22,7 @@
 #![forbid(unsafe_code)]
 
 use serde::Deserialize;
-use weir_filter::{Filter, Request, RequestAction, RequestEdit, RequestInfo, log};
+use weir_filter::{Filter, Info, Phases, Request, RequestAction, RequestEdit, RequestInfo, log};
 
 /// The filter's config: what weir.toml's `config = { … }` holds, as JSON.
 #[derive(Debug, Deserialize)]
@@ -63,8 +63,17 @@ impl Filter for SetHeader {
         })
     }
 
+    /// Nothing to do on the way back: weir skips `on_response` altogether.
+    fn info(&self) -> Info {
+        Info {
+            phases: Phases::REQUEST,
+            ..Info::default()
+        }
+    }
+
     fn on_request(&mut self, _info: &RequestInfo, req: &Request) -> RequestAction {
-        // Logging crosses into weir: worth it here, where a client's own value is lost.
+        // `header` asks weir for that one header; logging crosses into weir too: worth it
+        // here, where a client's own value is lost.
         if req
             .header(&self.header)
             .is_some_and(|v| v != self.value.as_bytes())
@@ -92,26 +101,13 @@ mod tests {
     use super::*;
 
     fn request(headers: &[(&str, &str)]) -> Request {
-        Request {
-            method: "GET".into(),
-            upstream: "https://api.example.com".into(),
-            path_with_query: "/".into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body: None,
-        }
+        headers
+            .iter()
+            .fold(Request::new("GET", "/"), |r, (n, v)| r.with_header(*n, *v))
     }
 
     fn info() -> RequestInfo {
-        RequestInfo {
-            id: "req-1".into(),
-            route: "test".into(),
-            attempt: 1,
-            remaining_ms: 10_000,
-            client_addr: "127.0.0.1:50000".into(),
-        }
+        RequestInfo::new("req-1")
     }
 
     #[test]
