@@ -809,12 +809,10 @@ impl Walk<'_, '_> {
                         self.misbehaved(f, &e, &mut reply);
                     }
                 }
-                ResponseAction::Respond(resp) => {
-                    match Reply::respond(resp) {
-                        Ok(r) => reply = r,
-                        Err(e) => self.misbehaved(f, &format!("invalid response: {e}"), &mut reply),
-                    }
-                }
+                ResponseAction::Respond(resp) => match Reply::respond(resp) {
+                    Ok(r) => reply = r,
+                    Err(e) => self.misbehaved(f, &format!("invalid response: {e}"), &mut reply),
+                },
                 ResponseAction::Retry(ms) => {
                     let Some((snapshot, body)) = snapshots[k].clone() else {
                         continue;

@@ -157,7 +157,10 @@ mod tests {
         let action = SLOT.with_borrow_mut(|s| {
             initialised(s).on_request(&RequestInfo::new("r1"), &Request::new("GET", "/"))
         });
-        assert_eq!(action, RequestAction::Continue((None, Some(b"hi".to_vec()))));
+        assert_eq!(
+            action,
+            RequestAction::Continue((None, Some(b"hi".to_vec())))
+        );
     }
 
     #[test]

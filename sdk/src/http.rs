@@ -66,7 +66,10 @@ pub struct RequestInfo {
 enum InfoSrc {
     /// The request handle weir lent to this call (never dropped here: weir owns it).
     Host(ManuallyDrop<wit::Request>),
-    Local { attempt: u32, remaining_ms: u64 },
+    Local {
+        attempt: u32,
+        remaining_ms: u64,
+    },
 }
 
 impl RequestInfo {
@@ -210,7 +213,10 @@ impl Request {
 
     /// Adds a header (the name is lowercased). Adding a name twice sends it twice.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Request {
-        let headers = self.headers.get_mut().expect("a local request has its headers");
+        let headers = self
+            .headers
+            .get_mut()
+            .expect("a local request has its headers");
         headers.push((header_name(name), value.into()));
         self
     }
@@ -817,7 +823,10 @@ mod tests {
         assert_eq!(req.body(), Some(&b"{}"[..]));
         assert_eq!(req.request_id(), None);
         let info = RequestInfo::new("r1").with_attempt(3).with_remaining_ms(5);
-        assert_eq!((info.id(), info.attempt(), info.remaining_ms()), ("r1", 3, 5));
+        assert_eq!(
+            (info.id(), info.attempt(), info.remaining_ms()),
+            ("r1", 3, 5)
+        );
         assert_eq!(info.route(), "test");
     }
 

@@ -293,8 +293,8 @@ pub mod __private;
 pub use bindings::weir::filter0_1_2::types::{Fields, UpstreamError};
 pub use config::{NoConfig, build_filter, parse_config};
 pub use http::{
-    FieldsExt, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response,
-    ResponseAction, ResponseEdit,
+    FieldsExt, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response, ResponseAction,
+    ResponseEdit,
 };
 /// Re-exported so filters can build JSON bodies (`serde_json::json!`) for
 /// [`Response::json`] without a dependency of their own.
@@ -477,7 +477,8 @@ macro_rules! export_filter {
             impl $crate::__private::Guest for WeirFilterExport {
                 fn init(
                     config: ::std::string::String,
-                ) -> ::core::result::Result<$crate::__private::FilterInfo, ::std::string::String> {
+                ) -> ::core::result::Result<$crate::__private::FilterInfo, ::std::string::String>
+                {
                     $crate::__private::init(
                         &WEIR_FILTER,
                         &config,

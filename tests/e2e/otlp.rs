@@ -209,6 +209,8 @@ filters = [
     assert!(!a.contains_key("error.type"), "{a:?}");
 
     // Under it, in time order: each filter call and each try, and the retry's delay.
+    // `headers` (request changes only) and `auth` (a static key) ask for no response
+    // phase, so weir makes no `on_response` call, and no span, for them.
     let mut children: Vec<&Span> = spans
         .iter()
         .map(|(_, s)| s)
@@ -230,14 +232,11 @@ filters = [
         ("retry on_request", "1"),
         ("auth on_request", "1"),
         ("GET", "1"),
-        ("auth on_response", "1"),
         ("retry on_response", "1"),
         ("retry delay", "1"),
         ("auth on_request", "2"),
         ("GET", "2"),
-        ("auth on_response", "2"),
         ("retry on_response", "2"),
-        ("headers on_response", "2"),
     ]
     .iter()
     .map(|(n, a)| (n.to_string(), a.to_string()))

@@ -257,8 +257,14 @@ mod tests {
     fn weir_calls_only_the_phases_with_something_to_change() {
         let phases = |json: &str| build(json).unwrap().info().phases;
         assert_eq!(phases(EXAMPLE), Phases::BOTH);
-        assert_eq!(phases(r#"{"request": {"remove": ["cookie"]}}"#), Phases::REQUEST);
-        assert_eq!(phases(r#"{"response": {"remove": ["server"]}}"#), Phases::RESPONSE);
+        assert_eq!(
+            phases(r#"{"request": {"remove": ["cookie"]}}"#),
+            Phases::REQUEST
+        );
+        assert_eq!(
+            phases(r#"{"response": {"remove": ["server"]}}"#),
+            Phases::RESPONSE
+        );
         let none = Phases {
             request: false,
             response: false,

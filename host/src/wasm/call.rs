@@ -147,6 +147,69 @@ fn remove(fields: &mut Fields, name: &str) {
     fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
 }
 
+impl CallData {
+    /// `request.set-header` and `append-header`.
+    pub fn put_request_header(
+        &mut self,
+        name: String,
+        value: Vec<u8>,
+        replace: bool,
+    ) -> Result<(), String> {
+        if let Err(e) = headers::validate(&name, &value) {
+            return self.refuse(e);
+        }
+        put(&mut self.req.headers, name, value, replace);
+        Ok(())
+    }
+
+    /// `request.set-path-with-query`.
+    pub fn set_path(&mut self, path_with_query: String) -> Result<(), String> {
+        if let Err(e) = crate::chain::check_path(&path_with_query) {
+            return self.refuse(e);
+        }
+        self.req.path_with_query = path_with_query;
+        Ok(())
+    }
+
+    /// `request.body`: the body the guest set, or the one it asked for.
+    pub fn request_body(&self) -> Option<Vec<u8>> {
+        match &self.new_body {
+            Some(b) => Some(b.clone()),
+            None => self.req_body.as_ref().map(|b| b.to_vec()),
+        }
+    }
+
+    /// `response.set-header` and `append-header`.
+    pub fn put_response_header(
+        &mut self,
+        name: String,
+        value: Vec<u8>,
+        replace: bool,
+    ) -> Result<(), String> {
+        if let Err(e) = headers::validate_response_field(&name, &value) {
+            return self.refuse(e);
+        }
+        put(self.response_headers_mut(), name, value, replace);
+        Ok(())
+    }
+
+    /// `response.set-status`.
+    pub fn set_status(&mut self, status: u16) -> Result<(), String> {
+        if self.fixed || !matches!(self.outcome, Some(Outcome::Response(_))) {
+            return self.refuse(format!(
+                "set-status({status}): there is no upstream response to change (weir answers with its own error)"
+            ));
+        }
+        if let Err(e) = headers::validate_response(Some(status), &[]) {
+            return self.refuse(e);
+        }
+        if let Some(Outcome::Response(r)) = &mut self.outcome {
+            r.status = status;
+        }
+        Ok(())
+    }
+}
+
 impl Host for GuestHost {}
 
 impl HostRequest for GuestHost {
@@ -199,10 +262,7 @@ impl HostRequest for GuestHost {
     }
 
     fn body(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
-        match &self.call.new_body {
-            Some(b) => Some(b.clone()),
-            None => self.call.req_body.as_ref().map(|b| b.to_vec()),
-        }
+        self.call.request_body()
     }
 
     fn set_header(
@@ -211,11 +271,7 @@ impl HostRequest for GuestHost {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        if let Err(e) = headers::validate(&name, &value) {
-            return self.call.refuse(e);
-        }
-        put(&mut self.call.req.headers, name, value, true);
-        Ok(())
+        self.call.put_request_header(name, value, true)
     }
 
     fn append_header(
@@ -224,11 +280,7 @@ impl HostRequest for GuestHost {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        if let Err(e) = headers::validate(&name, &value) {
-            return self.call.refuse(e);
-        }
-        put(&mut self.call.req.headers, name, value, false);
-        Ok(())
+        self.call.put_request_header(name, value, false)
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
@@ -240,11 +292,7 @@ impl HostRequest for GuestHost {
         _: Resource<RequestHandle>,
         path_with_query: String,
     ) -> Result<(), String> {
-        if let Err(e) = crate::chain::check_path(&path_with_query) {
-            return self.call.refuse(e);
-        }
-        self.call.req.path_with_query = path_with_query;
-        Ok(())
+        self.call.set_path(path_with_query)
     }
 
     fn set_body(&mut self, _: Resource<RequestHandle>, body: Vec<u8>) {
@@ -310,19 +358,7 @@ impl HostResponse for GuestHost {
     }
 
     fn set_status(&mut self, _: Resource<ResponseHandle>, status: u16) -> Result<(), String> {
-        let call = &mut self.call;
-        match &mut call.outcome {
-            Some(Outcome::Response(r)) if !call.fixed => {
-                if let Err(e) = headers::validate_response(Some(status), &[]) {
-                    return call.refuse(e);
-                }
-                r.status = status;
-                Ok(())
-            }
-            _ => call.refuse(format!(
-                "set-status({status}): there is no upstream response to change (weir answers with its own error)"
-            )),
-        }
+        self.call.set_status(status)
     }
 
     fn set_header(
@@ -331,11 +367,7 @@ impl HostResponse for GuestHost {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        if let Err(e) = headers::validate_response_field(&name, &value) {
-            return self.call.refuse(e);
-        }
-        put(self.call.response_headers_mut(), name, value, true);
-        Ok(())
+        self.call.put_response_header(name, value, true)
     }
 
     fn append_header(
@@ -344,11 +376,7 @@ impl HostResponse for GuestHost {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), String> {
-        if let Err(e) = headers::validate_response_field(&name, &value) {
-            return self.call.refuse(e);
-        }
-        put(self.call.response_headers_mut(), name, value, false);
-        Ok(())
+        self.call.put_response_header(name, value, false)
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
@@ -358,5 +386,135 @@ impl HostResponse for GuestHost {
     fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
         // Lent for one call only, as `request` is.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasm::Response;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn with_headers(pairs: &[(&str, &str)]) -> CallData {
+        let mut call = CallData::default();
+        call.req.headers = fields(pairs);
+        call
+    }
+
+    #[test]
+    fn reads_find_names_in_any_case_and_keep_the_order() {
+        let h = fields(&[("accept", "a"), ("x-id", "1"), ("X-Id", "2")]);
+        assert_eq!(first(&h, "X-ID"), Some(b"1".to_vec()));
+        assert_eq!(values(&h, "x-id"), [b"1".to_vec(), b"2".to_vec()]);
+        assert_eq!(names(&h), ["accept", "x-id"]);
+        assert_eq!(first(&h, "missing"), None);
+    }
+
+    #[test]
+    fn set_replaces_every_value_and_append_adds_one() {
+        let mut call = with_headers(&[("x-a", "1"), ("accept", "*/*"), ("X-A", "2")]);
+        call.put_request_header("X-A".into(), b"3".to_vec(), true)
+            .unwrap();
+        assert_eq!(call.req.headers, fields(&[("accept", "*/*"), ("x-a", "3")]));
+        call.put_request_header("x-a".into(), b"4".to_vec(), false)
+            .unwrap();
+        assert_eq!(
+            values(&call.req.headers, "x-a"),
+            [b"3".to_vec(), b"4".to_vec()]
+        );
+        remove(&mut call.req.headers, "X-a");
+        assert_eq!(call.req.headers, fields(&[("accept", "*/*")]));
+        assert_eq!(call.invalid, None);
+    }
+
+    #[test]
+    fn a_refused_change_changes_nothing_and_the_first_reason_is_kept() {
+        let mut call = with_headers(&[("accept", "*/*")]);
+        let bad_value = call.put_request_header("x-a".into(), b"1\r\nx-evil: 1".to_vec(), true);
+        assert_eq!(bad_value, Err("invalid value for header \"x-a\"".into()));
+        let bad_path = call.set_path("no-slash".into());
+        assert_eq!(bad_path, Err("invalid path \"no-slash\"".into()));
+        assert_eq!(call.req.headers, fields(&[("accept", "*/*")]));
+        assert_eq!(call.req.path_with_query, "");
+        assert_eq!(
+            call.invalid.as_deref(),
+            Some("invalid value for header \"x-a\"")
+        );
+        // A valid change still applies after a refused one.
+        call.set_path("/v2?x=1".into()).unwrap();
+        assert_eq!(call.req.path_with_query, "/v2?x=1");
+    }
+
+    #[test]
+    fn the_body_read_is_the_one_set_or_else_the_one_asked_for() {
+        let mut call = CallData {
+            req_body: Some(Bytes::from_static(b"sent")),
+            ..CallData::default()
+        };
+        assert_eq!(call.request_body(), Some(b"sent".to_vec()));
+        call.new_body = Some(b"changed".to_vec());
+        assert_eq!(call.request_body(), Some(b"changed".to_vec()));
+    }
+
+    #[test]
+    fn response_changes_go_to_the_response_or_to_weirs_error_answer() {
+        let mut call = CallData {
+            outcome: Some(Outcome::Response(Response {
+                status: 200,
+                headers: fields(&[("server", "nginx")]),
+                body: None,
+            })),
+            ..CallData::default()
+        };
+        call.put_response_header("x-served-by".into(), b"weir".to_vec(), true)
+            .unwrap();
+        call.set_status(203).unwrap();
+        assert_eq!(
+            call.put_response_header("Transfer-Encoding".into(), b"chunked".to_vec(), true),
+            Err("hop-by-hop header \"transfer-encoding\" in a response (weir frames responses itself)".into())
+        );
+        assert_eq!(call.set_status(99), Err("invalid status 99".into()));
+        let Some(Outcome::Response(r)) = &call.outcome else {
+            unreachable!()
+        };
+        assert_eq!(
+            (r.status, &r.headers),
+            (
+                203,
+                &fields(&[("server", "nginx"), ("x-served-by", "weir")])
+            )
+        );
+        assert!(call.error_headers.is_empty());
+
+        // No response: header changes are for weir's error answer, and there is no
+        // status to change.
+        let mut call = CallData {
+            outcome: Some(Outcome::Error(UpstreamError::Timeout)),
+            ..CallData::default()
+        };
+        call.put_response_header("x-attempts".into(), b"2".to_vec(), true)
+            .unwrap();
+        assert_eq!(call.error_headers, fields(&[("x-attempts", "2")]));
+        assert!(call.set_status(200).is_err());
+        // weir ended the request itself: its error response keeps its status.
+        let mut call = CallData {
+            outcome: Some(Outcome::Response(Response {
+                status: 504,
+                headers: vec![],
+                body: None,
+            })),
+            fixed: true,
+            ..CallData::default()
+        };
+        assert!(call.set_status(200).is_err());
+        call.put_response_header("x-a".into(), b"1".to_vec(), true)
+            .unwrap();
+        assert_eq!(call.error_headers, fields(&[("x-a", "1")]));
     }
 }

@@ -147,12 +147,7 @@ impl FilterMetrics {
 
     /// Counts a failed call.
     pub fn count_failure(&self, route: &str, filter: &str, phase: &str, err: &CallError) {
-        let kind = match err {
-            CallError::Trap(_) => "trap",
-            CallError::Timeout(_) => "timeout",
-            CallError::Memory(_) => "memory",
-        };
-        self.count_failure_kind(route, filter, phase, kind);
+        self.count_failure_kind(route, filter, phase, err.kind());
     }
 
     /// Counts a call that went wrong without a failed guest call: `invalid` (an answer

@@ -872,7 +872,9 @@ impl FilterPool {
             return Ok(action);
         }
         Ok(match (outcome, changed) {
-            (Outcome::Response(before), Outcome::Response(after)) if after.status != before.status => {
+            (Outcome::Response(before), Outcome::Response(after))
+                if after.status != before.status =>
+            {
                 ResponseAction::Respond(after)
             }
             (Outcome::Response(before), Outcome::Response(after)) => {
@@ -938,7 +940,7 @@ impl FilterPool {
                 std::mem::swap(&mut lent.req, req);
                 lent.req_body = body.cloned();
                 let call = g
-                    .weir_filter_filter()
+                    .weir_filter0_2_0_filter()
                     .call_on_request(&mut inst.store, Resource::new_borrow(0));
                 let result = time.time(call).await;
                 let lent = &mut inst.store.data_mut().host.call;
@@ -987,11 +989,12 @@ impl FilterPool {
                 std::mem::swap(&mut lent.info, info);
                 std::mem::swap(&mut lent.req, req);
                 lent.memo = returned.memo.map(<[u8]>::to_vec);
-                let outcome = std::mem::replace(returned.outcome, Outcome::Error(UpstreamError::Reset));
+                let outcome =
+                    std::mem::replace(returned.outcome, Outcome::Error(UpstreamError::Reset));
                 lent.outcome = Some(outcome);
                 std::mem::swap(&mut lent.error_headers, returned.error_headers);
                 lent.fixed = returned.fixed;
-                let call = g.weir_filter_filter().call_on_response(
+                let call = g.weir_filter0_2_0_filter().call_on_response(
                     &mut inst.store,
                     Resource::new_borrow(0),
                     Resource::new_borrow(0),
@@ -1199,13 +1202,12 @@ fn from_v2_request(
     }
     Ok(match action {
         v2::RequestAction::Continue => {
-            let edit = (lent.new_body.is_some() || lent.try_timeout_ms.is_some()).then(|| {
-                RequestEdit {
+            let edit =
+                (lent.new_body.is_some() || lent.try_timeout_ms.is_some()).then(|| RequestEdit {
                     body: lent.new_body,
                     try_timeout_ms: lent.try_timeout_ms,
                     ..no_edit()
-                }
-            });
+                });
             RequestAction::Continue((edit, lent.memo))
         }
         v2::RequestAction::Respond(reply) => RequestAction::Respond(from_v2_reply(reply)),
@@ -1328,8 +1330,14 @@ impl Maker {
             store.data().classify(&e, meta).to_string()
         };
         let instantiated = match &self.loaded.pre {
-            Pre::V1(pre) => time.time(pre.instantiate_async(&mut store)).await.map(Guest::V1),
-            Pre::V2(pre) => time.time(pre.instantiate_async(&mut store)).await.map(Guest::V2),
+            Pre::V1(pre) => time
+                .time(pre.instantiate_async(&mut store))
+                .await
+                .map(Guest::V1),
+            Pre::V2(pre) => time
+                .time(pre.instantiate_async(&mut store))
+                .await
+                .map(Guest::V2),
         };
         let guest = match instantiated {
             Ok(g) => g,
@@ -1337,7 +1345,9 @@ impl Maker {
         };
         let result = match &guest {
             Guest::V1(g) => {
-                let call = g.weir_filter_filter().call_init(&mut store, &self.config_json);
+                let call = g
+                    .weir_filter_filter()
+                    .call_init(&mut store, &self.config_json);
                 time.time(call).await.map(|r| {
                     r.map(|info| {
                         let both = Phases {
@@ -1349,7 +1359,9 @@ impl Maker {
                 })
             }
             Guest::V2(g) => {
-                let call = g.weir_filter_filter().call_init(&mut store, &self.config_json);
+                let call = g
+                    .weir_filter0_2_0_filter()
+                    .call_init(&mut store, &self.config_json);
                 time.time(call).await.map(|r| r.map(from_v2_info))
             }
         };
@@ -2013,7 +2025,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let until = start + Duration::from_millis(250);
         let result = pool
-            .on_request_until(&info(), &request(), Some(until), None)
+            .on_request_until(&mut info(), &mut request(), None, Some(until), None)
             .await;
         assert!(matches!(result, Err(Unanswered::Busy)), "{result:?}");
         assert_eq!(
@@ -2023,15 +2035,15 @@ mod tests {
         );
         assert_eq!(failures(&registry, "on_request", "busy"), 1.0);
         let until = tokio::time::Instant::now() + Duration::from_millis(100);
+        let (mut outcome, mut error_headers) = (Outcome::Error(UpstreamError::Timeout), vec![]);
+        let returned = Returned {
+            memo: None,
+            outcome: &mut outcome,
+            error_headers: &mut error_headers,
+            fixed: false,
+        };
         let result = pool
-            .on_response_until(
-                &info(),
-                &request(),
-                None,
-                &Outcome::Error(UpstreamError::Timeout),
-                Some(until),
-                None,
-            )
+            .on_response_until(&mut info(), &mut request(), returned, Some(until), None)
             .await;
         assert!(matches!(result, Err(Unanswered::Busy)), "{result:?}");
         assert_eq!(failures(&registry, "on_response", "busy"), 1.0);
@@ -2044,14 +2056,14 @@ mod tests {
             let pool = pool.clone();
             let until = tokio::time::Instant::now() + Duration::from_millis(250);
             tokio::spawn(async move {
-                pool.on_request_until(&info(), &request(), Some(until), None)
+                pool.on_request_until(&mut info(), &mut request(), None, Some(until), None)
                     .await
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiter.is_finished());
         // Back to the pool, as at the end of a call.
-        pool.finish(Phase::Request, held, Instant::now(), Ok(()))
+        pool.finish(Phase::Request, held, Instant::now(), Ok(Ok(())))
             .unwrap();
         let result = waiter.await.unwrap();
         assert!(
