@@ -916,7 +916,7 @@ impl Walk<'_, '_> {
             // out of time, like any other wait.
             Err(Unanswered::Busy) => Step::Expired,
             Err(Unanswered::Failed(CallError::Invalid(detail))) => {
-                self.invalid_request_answer(f, format!("invalid request change: {detail}"))
+                self.invalid_request_answer(f, format!("invalid request edit: {detail}"))
             }
             Err(Unanswered::Failed(e)) => {
                 let detail = e.to_string();
@@ -1006,8 +1006,13 @@ impl Walk<'_, '_> {
         let mut calls = self.x.trace_spans.then(Vec::new);
         self.refresh_info();
         let until = self.x.response_wait_until(f);
+        let body = match &self.body {
+            ReqBody::Buffered(b) if f.info().wants_request_body => Some(b),
+            _ => None,
+        };
         let returned = wasm::Returned {
             memo: self.memos[k].as_deref(),
+            body,
             outcome: &mut reply.outcome,
             error_headers: &mut reply.error_headers,
             fixed: reply.fixed,
@@ -1024,7 +1029,7 @@ impl Walk<'_, '_> {
             Ok(action) => Some(action),
             Err(Unanswered::Busy) => None,
             Err(Unanswered::Failed(CallError::Invalid(detail))) => {
-                let detail = format!("invalid response change: {detail}");
+                let detail = format!("invalid response edit: {detail}");
                 if reply.fixed {
                     f.invalid_answer(Phase::Response, &detail);
                     self.x.note_invalid(f, detail);

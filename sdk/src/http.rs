@@ -310,8 +310,20 @@ impl Request {
     }
 
     /// The body, if the filter asked for it ([`Info::wants_request_body`](crate::Info)).
+    /// In `on_response`, the body as it went upstream.
     pub fn body(&self) -> Option<&[u8]> {
         self.body.get_or_init(|| self.host().body()).as_deref()
+    }
+
+    /// The body as a buffer of the filter's own, to send on (through
+    /// [`outbound`](crate::outbound)) or keep: in weir, a copy made straight from the
+    /// host, without the second copy `body().to_vec()` would make.
+    pub fn body_vec(&self) -> Option<Vec<u8>> {
+        match (self.body.get(), &self.src) {
+            (Some(b), _) => b.clone(),
+            (None, ReqSrc::Host(h)) => h.body(),
+            (None, ReqSrc::Local) => None,
+        }
     }
 
     /// The request's `x-request-id`: the id weir logs, returns to the client and sends

@@ -2,8 +2,9 @@
 //!
 //! weir is an egress HTTP proxy; every request it forwards runs through a chain of
 //! filters, and each filter is a WebAssembly component that implements the
-//! `weir:filter/http-filter` world in `wit/filter.wit`. This crate hides the component
-//! plumbing: you write an ordinary Rust type, and the SDK turns it into that component.
+//! `weir:filter/http-filter` world of `weir:filter@0.2.0` (`wit/v0.2/filter.wit`). This
+//! crate hides the component plumbing: you write an ordinary Rust type, and the SDK
+//! turns it into that component.
 //! weir's `docs/writing-filters.md` is the language-independent guide (the contract type
 //! by type, the lifecycle, limits, configuration); this page is its Rust side.
 //!
@@ -416,7 +417,8 @@ pub trait Filter: Sized + 'static {
     ///   its one `on_request`: a retry re-runs only the filters after the retrying one.
     /// - `req` is the request as the walk through the chain left it (what went upstream,
     ///   if it did): the edits of this filter and of the filters after it that ran are
-    ///   applied, and `body` is always `None`.
+    ///   applied, and [`Request::body`] is the body as it went upstream (only if
+    ///   [`Info::wants_request_body`]).
     /// - `outcome` is the upstream's response (its body only if [`Info::wants_response_body`]),
     ///   a response a later filter made, or [`Outcome::Error`] when there is no response.
     ///

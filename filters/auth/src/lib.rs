@@ -115,8 +115,8 @@
 //!    filters after the one that asked, so it would re-send the old token.
 //!
 //! `reissue_upstream` needs the request body on the way back, so with it the filter
-//! asks weir for request bodies (buffered up to the listener's `max_body_bytes`) and keeps
-//! the body in the memo. It must name the route's own upstream: the filter sees only the
+//! asks weir for request bodies (buffered up to the listener's `max_body_bytes`), and
+//! reads the body from weir only when it re-sends. It must name the route's own upstream: the filter sees only the
 //! upstream's origin, not its name.
 //!
 //! # State and metrics
@@ -239,13 +239,8 @@ impl Auth {
         if let Some(o) = &self.settings.oauth2 {
             match o.token(env, &owner(info), budget(info), true, None) {
                 Token::Ready(token) => {
-                    // One copy of the body, in the memo: a body as large as the route
-                    // allows must fit in the filter's memory twice, not three times.
-                    let body = match o.reissue_upstream() {
-                        Some(_) => req.body().unwrap_or_default(),
-                        None => &[],
-                    };
-                    memo = Some(Memo::encode(oauth2::fingerprint(token.as_bytes()), body));
+                    // The body stays in weir until a 401 needs it re-sent.
+                    memo = Some(Memo::encode(oauth2::fingerprint(token.as_bytes())));
                     edit = edit.set_header("authorization", format!("Bearer {token}"));
                 }
                 Token::Busy => return RequestAction::Wait(POLL_MS),
@@ -265,7 +260,7 @@ impl Auth {
         memo: Option<Vec<u8>>,
         outcome: &Outcome,
     ) -> ResponseAction {
-        let (Some(o), Some(401), Some((refused, body))) = (
+        let (Some(o), Some(401), Some(refused)) = (
             &self.settings.oauth2,
             outcome.status(),
             memo.and_then(Memo::decode),
@@ -288,7 +283,8 @@ impl Auth {
             .timeout(budget(info).min(MAX_OUTBOUND));
         out.headers = copyable(req.headers());
         out = out.header("authorization", format!("Bearer {token}"));
-        if !body.is_empty() {
+        // One copy of the body in the filter's memory, straight from weir.
+        if let Some(body) = req.body_vec().filter(|b| !b.is_empty()) {
             out = out.body(body);
         }
         match env.send(out) {
@@ -386,24 +382,20 @@ struct Memo;
 impl Memo {
     const TAG: u8 = b'a';
 
-    fn encode(fingerprint: u64, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + body.len());
+    /// The memo of a request sent with the token whose fingerprint this is.
+    fn encode(fingerprint: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9);
         out.push(Memo::TAG);
         out.extend_from_slice(&fingerprint.to_be_bytes());
-        out.extend_from_slice(body);
         out
     }
 
-    /// The fingerprint and the body, which keeps the memo's memory: no copy of a large
-    /// body is made to re-send it.
-    fn decode(mut bytes: Vec<u8>) -> Option<(u64, Vec<u8>)> {
-        let (&tag, rest) = bytes.split_first()?;
-        if tag != Memo::TAG || rest.len() < 8 {
-            return None;
+    /// The token's fingerprint.
+    fn decode(bytes: Vec<u8>) -> Option<u64> {
+        match bytes.split_first() {
+            Some((&Memo::TAG, rest)) => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+            _ => None,
         }
-        let fp = u64::from_be_bytes(rest[..8].try_into().ok()?);
-        bytes.drain(..9);
-        Some((fp, bytes))
     }
 }
 
@@ -802,8 +794,9 @@ mod tests {
         let req = request("/orders?x=1");
         let action = f.request(&env, &info("a"), &req);
         let memo = edit(&action).1.cloned();
-        // What the upstream saw: the request as the chain passed it on.
-        let sent_req = headed("/orders?x=1", "Bearer tok-1");
+        // What the upstream saw: the request as the chain passed it on, with the body
+        // weir kept (the memo holds only the token's fingerprint).
+        let sent_req = headed("/orders?x=1", "Bearer tok-1").with_body(b"{\"a\":1}".to_vec());
         let r = f.response(&env, &info("a"), &sent_req, memo, &status(401));
         let ResponseAction::Respond(resp) = r else {
             panic!("expected the re-sent answer, got {r:?}");
@@ -870,7 +863,7 @@ mod tests {
         assert_eq!(
             memo.as_ref().map(Vec::len),
             Some(9),
-            "no body kept without reissue"
+            "the memo is the token's fingerprint"
         );
         let r = f.response(&env, &info("a"), &request("/x"), memo, &status(401));
         assert_eq!(r, ResponseAction::proceed());
@@ -954,15 +947,10 @@ mod tests {
 
     #[test]
     fn memo_round_trip() {
-        assert_eq!(
-            Memo::decode(Memo::encode(7, b"body")),
-            Some((7, b"body".to_vec()))
-        );
-        assert_eq!(
-            Memo::decode(Memo::encode(u64::MAX, b"")),
-            Some((u64::MAX, Vec::new()))
-        );
+        assert_eq!(Memo::decode(Memo::encode(7)), Some(7));
+        assert_eq!(Memo::decode(Memo::encode(u64::MAX)), Some(u64::MAX));
         assert_eq!(Memo::decode(b"a1234567".to_vec()), None);
+        assert_eq!(Memo::decode(b"a123456789".to_vec()), None);
         assert_eq!(Memo::decode(b"x12345678".to_vec()), None);
         assert_eq!(Memo::decode(b"".to_vec()), None);
     }

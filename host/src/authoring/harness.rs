@@ -593,7 +593,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err,
-            CallError::Trap("invalid request change: invalid path \"no-slash\"".into())
+            CallError::Trap("invalid request edit: invalid path \"no-slash\"".into())
         );
     }
 

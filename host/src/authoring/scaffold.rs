@@ -17,11 +17,11 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// The WIT file filters are built against, as this weir has it: 0.1, which the
-/// JavaScript, Python and C templates still target.
+/// The 0.1 WIT, as this weir has it: what 0.1 components are built against, and what
+/// the 0.2 world imports its unchanged interfaces from.
 const WIT: &str = include_str!("../../../wit/filter.wit");
 
-/// The 0.2 WIT, which the Rust SDK targets; its world imports 0.1's unchanged
+/// The 0.2 WIT, which the templates target; its world imports 0.1's unchanged
 /// interfaces from `deps/`.
 const WIT_V2: &str = include_str!("../../../wit/v0.2/filter.wit");
 
@@ -93,9 +93,6 @@ const COMMON: &[Template] = &[
         fill: false,
         executable: false,
     },
-];
-
-const RUST: &[Template] = &[
     Template {
         path: "wit/v0.2/filter.wit",
         text: WIT_V2,
@@ -108,6 +105,9 @@ const RUST: &[Template] = &[
         fill: false,
         executable: false,
     },
+];
+
+const RUST: &[Template] = &[
     template("Cargo.toml", include_str!("templates/rust/Cargo.toml.tmpl")),
     template("src/lib.rs", include_str!("templates/rust/src/lib.rs")),
     script("build.sh", include_str!("templates/rust/build.sh")),

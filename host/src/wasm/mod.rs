@@ -189,6 +189,9 @@ pub struct Phases {
 pub struct Returned<'a> {
     /// The memo this filter's `on-request` kept for the try.
     pub memo: Option<&'a [u8]>,
+    /// The request body as it went upstream, for a 0.2 filter that asked for request
+    /// bodies (0.1's `on-response` gets none).
+    pub body: Option<&'a Bytes>,
     /// The outcome as the client would get it now.
     pub outcome: &'a mut Outcome,
     /// Headers for weir's error response (a 0.2 filter's header changes go here when
@@ -858,8 +861,10 @@ impl FilterPool {
     ) -> Result<ResponseAction, CallError> {
         let (mut info, mut req) = (info.clone(), req.clone());
         let (mut changed, mut error_headers) = (outcome.clone(), Vec::new());
+        let body = req.body.clone().map(Bytes::from);
         let returned = Returned {
             memo,
+            body: body.as_ref(),
             outcome: &mut changed,
             error_headers: &mut error_headers,
             fixed: false,
@@ -989,6 +994,7 @@ impl FilterPool {
                 std::mem::swap(&mut lent.info, info);
                 std::mem::swap(&mut lent.req, req);
                 lent.memo = returned.memo.map(<[u8]>::to_vec);
+                lent.req_body = returned.body.cloned();
                 let outcome =
                     std::mem::replace(returned.outcome, Outcome::Error(UpstreamError::Reset));
                 lent.outcome = Some(outcome);
@@ -2038,6 +2044,7 @@ mod tests {
         let (mut outcome, mut error_headers) = (Outcome::Error(UpstreamError::Timeout), vec![]);
         let returned = Returned {
             memo: None,
+            body: None,
             outcome: &mut outcome,
             error_headers: &mut error_headers,
             fixed: false,
