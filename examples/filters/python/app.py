@@ -1,7 +1,8 @@
 """A weir filter in Python: masks configured fields in JSON response bodies.
 
 Built into a WebAssembly component by `build.sh` (componentize-py, against weir's
-`wit/filter.wit`); the logic lives in `redact.py`. See README.md for the config.
+`wit/v0.2`, `weir:filter@0.2.0`); the logic lives in `redact.py`. See README.md for the
+config.
 """
 
 import json
@@ -9,12 +10,15 @@ import json
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import log, metrics
-from wit_world.imports.types import (
+
+# componentize-py names a versioned interface's module after its package and version
+# when the world sees two of that name: 0.2.0's `types` here (0.1.2's, which it uses for
+# `upstream-error` and `fields`, is `weir_filter_types_0_1_2`).
+from wit_world.imports.weir_filter_types_0_2_0 import (
     FilterInfo,
-    Outcome_Response,
+    Phases,
+    Reply,
     RequestAction_Continue,
-    RequestEdit,
-    Response,
     ResponseAction_Continue,
     ResponseAction_Respond,
 )
@@ -30,7 +34,12 @@ CONFIG = None
 
 
 class Filter(exports.Filter):
-    """The component's `filter` export."""
+    """The component's `filter` export.
+
+    `req` and `resp` are handles to the request and response, which stay in weir: each
+    method call reads (or changes) one thing there, and they are valid for the one call
+    they are passed to only.
+    """
 
     def init(self, config):
         global CONFIG
@@ -41,74 +50,73 @@ class Filter(exports.Filter):
         return FilterInfo(
             name=NAME,
             version=VERSION,
+            # on_request asks for an unencoded body; on_response redacts it.
+            phases=Phases.REQUEST | Phases.RESPONSE,
             wants_request_body=False,
             wants_response_body=True,
             may_retry=False,
         )
 
-    def on_request(self, info, req):
+    def on_request(self, req):
         # Ask for an unencoded response: a gzip body cannot be read as JSON. (On a route
         # with `compression = { response = true }` weir sets its own Accept-Encoding
         # afterwards and decodes the body before this filter sees it.)
-        edit = RequestEdit(
-            set_headers=[],
-            remove_headers=["accept-encoding"],
-            path_with_query=None,
-            body=None,
-            try_timeout_ms=None,
-        )
-        return RequestAction_Continue((edit, None))
+        req.remove_header("accept-encoding")
+        return RequestAction_Continue()
 
-    def on_response(self, info, req, memo, outcome):
-        if not isinstance(outcome, Outcome_Response):
-            return ResponseAction_Continue(None)
-        resp = outcome.value
-        if not resp.body:
-            count("skipped")
-            return ResponseAction_Continue(None)
-        content_type = header(resp.headers, "content-type")
+    def on_response(self, req, resp):
+        if resp.error() is not None:
+            # No upstream response: weir answers with its own error.
+            return ResponseAction_Continue()
+        # The content type first: the body of a response that is not JSON is never
+        # copied into the filter.
+        content_type = text(resp.header("content-type"))
         if not redact.is_json_type(CONFIG, content_type):
             log.log(
                 log.Level.DEBUG,
-                f"request {request_id(info, req)}: content-type {content_type!r} is not JSON; body passed on unchanged",
+                f"request {request_id(req)}: content-type {content_type!r} is not JSON; body passed on unchanged",
             )
             count("skipped")
-            return ResponseAction_Continue(None)
-        encoding = header(resp.headers, "content-encoding")
+            return ResponseAction_Continue()
+        body = resp.body()
+        if not body:
+            count("skipped")
+            return ResponseAction_Continue()
+        encoding = text(resp.header("content-encoding"))
         try:
             if encoding is not None and encoding.strip().lower() != "identity":
                 raise redact.BodyError(f"body is {encoding}-encoded")
-            body, masked = redact.redact_body(CONFIG, resp.body)
+            body, masked = redact.redact_body(CONFIG, body)
         except redact.BodyError as e:
-            return self.invalid(info, req, resp, str(e))
+            return self.invalid(req, str(e))
         if body is None:
             count("unchanged")
-            return ResponseAction_Continue(None)
+            return ResponseAction_Continue()
         count("redacted")
         metrics.counter_add("redactor_values_masked_total", [], masked)
-        # response-edit cannot carry a body: answer with the upstream's response, new
-        # body in. weir recomputes Content-Length.
-        return ResponseAction_Respond(Response(status=resp.status, headers=resp.headers, body=body))
+        # The response handle cannot change the body: answer with the upstream's
+        # response, new body in. weir recomputes Content-Length.
+        return ResponseAction_Respond(Reply(status=resp.status(), headers=resp.headers(), body=body))
 
-    def invalid(self, info, req, resp, why):
+    def invalid(self, req, why):
         """A JSON-typed body that cannot be redacted: pass it on or block it."""
-        rid = request_id(info, req)
+        rid = request_id(req)
         if CONFIG.on_invalid == "pass":
             log.log(log.Level.WARN, f"request {rid}: {why}; passed on unredacted")
             count("invalid")
-            return ResponseAction_Continue(None)
+            return ResponseAction_Continue()
         log.log(log.Level.WARN, f"request {rid}: {why}; blocked (on_invalid = \"block\")")
         count("blocked")
         body = json.dumps(
             {
                 "error": "redaction_failed",
                 "message": f"the upstream's response could not be redacted: {why}",
-                "route": info.route,
+                "route": req.route(),
                 "request_id": rid,
             }
         )
         return ResponseAction_Respond(
-            Response(
+            Reply(
                 status=502,
                 headers=[("content-type", b"application/json")],
                 body=body.encode("utf-8") + b"\n",
@@ -116,18 +124,15 @@ class Filter(exports.Filter):
         )
 
 
-def header(fields, name):
-    """The first value of header `name` (lowercase) as text, or `None`."""
-    for n, v in fields:
-        if n == name:
-            return v.decode("latin-1")
-    return None
+def text(value):
+    """A header value (bytes, or `None` when absent) as text."""
+    return None if value is None else value.decode("latin-1")
 
 
-def request_id(info, req):
-    """The request's `x-request-id`, the id weir logs and returns; `info.id` is weir's
+def request_id(req):
+    """The request's `x-request-id`, the id weir logs and returns; `req.id()` is weir's
     internal unique id, for keying state, and only a fallback here."""
-    return header(req.headers, "x-request-id") or info.id
+    return text(req.header("x-request-id")) or req.id()
 
 
 def count(result):

@@ -3,8 +3,9 @@
 #
 #   ./build.sh [OUT.wasm]     (default: redactor.wasm in this directory)
 #
-# componentize-py generates the Python bindings for weir's WIT world on the fly, so no
-# generated code is kept here. Install it first with ./setup.sh.
+# componentize-py generates the Python bindings for weir's WIT world on the fly (world
+# `http-filter` of `weir:filter@0.2.0`, in wit/v0.2 with the 0.1 interfaces it imports
+# in wit/v0.2/deps), so no generated code is kept here. Install it first with ./setup.sh.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,4 +23,4 @@ mkdir -p "$(dirname "$out")"
 src="$(mktemp -d)"
 trap 'rm -rf "$src"' EXIT
 cp "$here/app.py" "$here/redact.py" "$src/"
-componentize-py --quiet -d "$here/../../../wit" -w http-filter componentize -p "$src" app -o "$out"
+componentize-py --quiet -d "$here/../../../wit/v0.2" -w http-filter componentize -p "$src" app -o "$out"

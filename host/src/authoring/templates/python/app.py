@@ -1,10 +1,11 @@
 """{{name}}: a weir filter, in Python, that sets one header on every request it lets through.
 
 componentize-py builds this module into a WebAssembly component against weir's WIT
-(`wit/filter.wit`, world `http-filter`): see build.sh. The component carries its own
-CPython, so the standard library is there; the Python on your machine only runs the build
-tool. weir calls `init` once per instance with the filter's config as JSON, then
-`on_request` for each request on the routes that use the filter.
+(`wit/v0.2/filter.wit`, `weir:filter@0.2.0`, world `http-filter`): see build.sh. The
+component carries its own CPython, so the standard library is there; the Python on your
+machine only runs the build tool. weir calls `init` once per instance with the filter's
+config as JSON, then `on_request` for each request on the routes that use the filter.
+The filter declares only the request phase, so weir never calls `on_response`.
 
 Config (JSON: the filter's `config` table in weir.toml, config.json in the tests):
 
@@ -20,10 +21,14 @@ import json
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import log
-from wit_world.imports.types import (
+
+# componentize-py names a versioned interface's module after its package and version
+# when the world sees two of that name: this is 0.2.0's `types` (0.1.2's is
+# `weir_filter_types_0_1_2`).
+from wit_world.imports.weir_filter_types_0_2_0 import (
     FilterInfo,
+    Phases,
     RequestAction_Continue,
-    RequestEdit,
     ResponseAction_Continue,
 )
 
@@ -70,7 +75,11 @@ def parse_config(text):
 
 
 class Filter(exports.Filter):
-    """The component's `filter` export."""
+    """The component's `filter` export.
+
+    `req` (and, in `on_response`, `resp`) is a handle to what stays in weir: each method
+    reads or changes one thing there, and the handle is valid for that one call only.
+    """
 
     def init(self, config):
         global HEADER, VALUE
@@ -82,25 +91,27 @@ class Filter(exports.Filter):
         return FilterInfo(
             name=NAME,
             version=VERSION,
+            # Nothing to do on the way back: weir skips `on_response` altogether. Add
+            # Phases.RESPONSE when the filter needs it.
+            phases=Phases.REQUEST,
             wants_request_body=False,
             wants_response_body=False,
             may_retry=False,
         )
 
-    def on_request(self, info, req):
-        # Logging crosses into weir: worth it here, where a client's own value is lost.
-        if any(name == HEADER and value != VALUE for name, value in req.headers):
+    def on_request(self, req):
+        # `header_values` asks weir for that one header's values; logging crosses into
+        # weir too: worth it here, where a client's own value is lost.
+        if any(value != VALUE for value in req.header_values(HEADER)):
             log.log(log.Level.DEBUG, f"replacing the client's {HEADER} header")
-        edit = RequestEdit(
-            set_headers=[(HEADER, VALUE)],
-            remove_headers=[],
-            path_with_query=None,
-            body=None,
-            try_timeout_ms=None,
-        )
-        # No memo: on_response has nothing to do.
-        return RequestAction_Continue((edit, None))
+        try:
+            req.set_header(HEADER, VALUE)
+        except Err as e:
+            # weir refused the change (init checked the name and value, so it should
+            # not), and counts this call's answer as invalid whatever it returns.
+            log.log(log.Level.WARN, f"weir refused {HEADER}: {e.value}")
+        return RequestAction_Continue()
 
-    def on_response(self, info, req, memo, outcome):
-        # The response goes on unchanged.
-        return ResponseAction_Continue(None)
+    def on_response(self, req, resp):
+        # Not called: the filter asks only for the request phase.
+        return ResponseAction_Continue()
