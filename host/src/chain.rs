@@ -577,6 +577,16 @@ enum ReqBody {
     Stream(Option<ProxyBody>),
 }
 
+impl ReqBody {
+    /// The body a filter is lent: the buffered one, if it asked for bodies.
+    fn for_filter(&self, f: &FilterPool) -> Option<&Bytes> {
+        match self {
+            ReqBody::Buffered(b) if f.info().wants_request_body => Some(b),
+            _ => None,
+        }
+    }
+}
+
 /// What came back: the WIT outcome, the upstream body if it is still streaming, and the
 /// error the client gets if the outcome is an error.
 struct Reply {
@@ -882,10 +892,7 @@ impl Walk<'_, '_> {
         let started = self.x.call_started();
         let mut calls = self.x.trace_spans.then(Vec::new);
         self.refresh_info();
-        let body = match &self.body {
-            ReqBody::Buffered(b) if f.info().wants_request_body => Some(b),
-            _ => None,
-        };
+        let body = self.body.for_filter(f);
         let result = f
             .on_request_until(
                 &mut self.info,
@@ -1006,10 +1013,7 @@ impl Walk<'_, '_> {
         let mut calls = self.x.trace_spans.then(Vec::new);
         self.refresh_info();
         let until = self.x.response_wait_until(f);
-        let body = match &self.body {
-            ReqBody::Buffered(b) if f.info().wants_request_body => Some(b),
-            _ => None,
-        };
+        let body = self.body.for_filter(f);
         let returned = wasm::Returned {
             memo: self.memos[k].as_deref(),
             body,

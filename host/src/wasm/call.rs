@@ -78,6 +78,13 @@ impl Default for CallData {
 }
 
 impl CallData {
+    /// Lends the request and its facts to the call, or takes them back after it: the
+    /// caller's values and these trade places, so nothing is copied.
+    pub fn swap_request(&mut self, info: &mut RequestInfo, req: &mut Request) {
+        std::mem::swap(&mut self.info, info);
+        std::mem::swap(&mut self.req, req);
+    }
+
     /// Keeps the first refused change, and hands its error to the guest.
     fn refuse(&mut self, why: String) -> Result<(), String> {
         if self.invalid.is_none() {

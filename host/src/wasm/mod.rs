@@ -941,16 +941,14 @@ impl FilterPool {
             }
             Guest::V2(g) => {
                 let lent = &mut inst.store.data_mut().host.call;
-                std::mem::swap(&mut lent.info, info);
-                std::mem::swap(&mut lent.req, req);
+                lent.swap_request(info, req);
                 lent.req_body = body.cloned();
                 let call = g
                     .weir_filter0_2_0_filter()
                     .call_on_request(&mut inst.store, Resource::new_borrow(0));
                 let result = time.time(call).await;
                 let lent = &mut inst.store.data_mut().host.call;
-                std::mem::swap(&mut lent.info, info);
-                std::mem::swap(&mut lent.req, req);
+                lent.swap_request(info, req);
                 let lent = std::mem::take(lent);
                 result.map(|action| from_v2_request(action, lent))
             }
@@ -991,8 +989,7 @@ impl FilterPool {
             }
             Guest::V2(g) => {
                 let lent = &mut inst.store.data_mut().host.call;
-                std::mem::swap(&mut lent.info, info);
-                std::mem::swap(&mut lent.req, req);
+                lent.swap_request(info, req);
                 lent.memo = returned.memo.map(<[u8]>::to_vec);
                 lent.req_body = returned.body.cloned();
                 let outcome =
@@ -1007,8 +1004,7 @@ impl FilterPool {
                 );
                 let result = time.time(call).await;
                 let lent = &mut inst.store.data_mut().host.call;
-                std::mem::swap(&mut lent.info, info);
-                std::mem::swap(&mut lent.req, req);
+                lent.swap_request(info, req);
                 std::mem::swap(&mut lent.error_headers, returned.error_headers);
                 let mut lent = std::mem::take(lent);
                 if let Some(outcome) = lent.outcome.take() {
