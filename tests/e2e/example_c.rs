@@ -1,5 +1,5 @@
 //! The C example filter (`examples/filters/c`, a request-header allowlist), built from
-//! source with its own Makefile and run in a real weir.
+//! source with its own Makefile against `weir:filter@0.2.0` and run in a real weir.
 //!
 //! The build needs Debian's clang-16, lld-16 and wasi-libc plus `wit-bindgen` and
 //! `wasm-tools`; `examples/filters/c/setup.sh` installs them. Without them these tests
@@ -131,6 +131,11 @@ async fn upstream_sees_only_allowed_headers() {
     )
     .start()
     .await;
+    // Built against 0.2, as weir says when it loads the filter.
+    let ready = weir
+        .wait_for_log("filter ready", crate::support::WAIT)
+        .await;
+    assert!(ready.contains(r#"wit="0.2""#), "{ready}");
     // Title-case names on the wire, so the mixed case reaches weir as sent.
     let client = builder()
         .http1_title_case_headers()

@@ -13,11 +13,19 @@
 // counter `weir_filter_allowlist_dropped_headers_total` (weir adds the prefix and the
 // `route` and `filter` labels).
 //
-// Memory: the canonical ABI hands each export its arguments in memory this module owns,
-// so every export frees them with the generated `*_free` helpers before returning. What
-// an export returns is malloc'd here and freed by the generated post-return function
-// after weir has copied it out. The config lives from `init` to the next `init` (weir
-// calls it once per instance).
+// It is built against `weir:filter@0.2.0` (wit/v0.2): the request stays in weir, and
+// `on-request` gets a handle to it. The filter reads the header names, and the values
+// of only the headers it drops (to count them), and removes those through the handle.
+// It asks for the request phase only, so weir never calls its `on-response`.
+//
+// Memory and handles: what a call into weir returns (a string, a list) is malloc'd in
+// this module, and the filter frees it; what the filter passes to weir stays its own.
+// `init` frees the config string it is handed; what it returns is malloc'd here and freed
+// by the generated post-return function after weir has copied it out. Each export drops
+// the borrowed handles it is given (`*_drop_borrow`) before it returns: the component
+// model traps a call that returns with a borrow still held, and wit-bindgen's C bindings
+// leave that to the filter. The config lives from `init` to the next `init` (weir calls
+// it once per instance).
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -30,6 +38,14 @@
 #define FILTER_NAME "allowlist"
 #define FILTER_VERSION "0.1.0"
 #define DROPPED_METRIC "allowlist_dropped_headers_total"
+
+// wit-bindgen names weir's types and calls after their package and its version:
+// `weir_filter_0_2_0_*` for 0.2's `types` and `filter`, `weir_filter_0_1_2_*` for `log`
+// and `metrics`, which 0.2 imports unchanged from 0.1.2.
+typedef weir_filter_0_2_0_types_borrow_request_t request_t;
+typedef weir_filter_0_2_0_types_borrow_response_t response_t;
+typedef exports_weir_filter_0_2_0_filter_request_action_t request_action_t;
+typedef exports_weir_filter_0_2_0_filter_response_action_t response_action_t;
 
 // === growable byte buffer ===
 
@@ -497,9 +513,9 @@ static void read_config(reader_t *r, config_t *c) {
 
 // === exports ===
 
-bool exports_weir_filter_filter_init(http_filter_string_t *json,
-                                     exports_weir_filter_filter_filter_info_t *ret,
-                                     http_filter_string_t *err) {
+bool exports_weir_filter_0_2_0_filter_init(http_filter_string_t *json,
+                                           exports_weir_filter_0_2_0_filter_filter_info_t *ret,
+                                           http_filter_string_t *err) {
   config_free(&config);
   reader_t r = {json->ptr, json->ptr + json->len, json->ptr, {0}};
   read_config(&r, &config);
@@ -511,89 +527,65 @@ bool exports_weir_filter_filter_init(http_filter_string_t *json,
   }
   http_filter_string_dup(&ret->name, FILTER_NAME);
   http_filter_string_dup(&ret->version, FILTER_VERSION);
+  // Only on-request: weir never calls on-response, so the way back costs nothing.
+  ret->phases = WEIR_FILTER_0_2_0_TYPES_PHASES_REQUEST;
   ret->wants_request_body = false;
   ret->wants_response_body = false;
   ret->may_retry = false;
   return true;
 }
 
-static bool same_name(const http_filter_string_t *a, const http_filter_string_t *b) {
-  if (a->len != b->len) return false;
-  for (size_t i = 0; i < a->len; i++) {
-    if (ascii_lower(a->ptr[i]) != ascii_lower(b->ptr[i])) return false;
-  }
-  return true;
+// How many values `header-values` returned, freeing them. (wit-bindgen 0.61's
+// `http_filter_list_list_u8_free` frees only the outer array, so each value is freed
+// here.)
+static size_t count_and_free(http_filter_list_list_u8_t *values) {
+  size_t n = values->len;
+  for (size_t i = 0; i < n; i++) http_filter_list_u8_free(&values->ptr[i]);
+  free(values->ptr);
+  *values = (http_filter_list_list_u8_t){0};
+  return n;
 }
 
-// Whether `names[0..n]` already holds `name`. Names from weir are lowercase already;
-// comparing without case keeps one removal per name even if they were not.
-static bool listed(const http_filter_string_t *names, size_t n, const http_filter_string_t *name) {
-  for (size_t i = 0; i < n; i++) {
-    if (same_name(&names[i], name)) return true;
-  }
-  return false;
-}
-
-static void log_dropped(const http_filter_string_t *names, size_t n) {
-  buf_t msg = {0};
-  buf_puts(&msg, "dropped request headers not on the allowlist: ");
-  for (size_t i = 0; i < n; i++) {
-    if (i) buf_puts(&msg, ", ");
-    buf_append(&msg, names[i].ptr, names[i].len);
-  }
-  http_filter_string_t s = {msg.ptr, msg.len};
-  weir_filter_log_log(WEIR_FILTER_LOG_LEVEL_INFO, &s);
-  free(msg.ptr);
-}
-
-void exports_weir_filter_filter_on_request(exports_weir_filter_filter_request_info_t *info,
-                                           exports_weir_filter_filter_request_t *req,
-                                           exports_weir_filter_filter_request_action_t *ret) {
-  const weir_filter_types_fields_t *headers = &req->headers;
-  http_filter_string_t *drop = NULL;  // distinct names to remove, malloc'd for the result
-  size_t ndrop = 0;
-  uint64_t dropped_fields = 0;
-  for (size_t i = 0; i < headers->len; i++) {
-    const http_filter_string_t *name = &headers->ptr[i].f0;
+void exports_weir_filter_0_2_0_filter_on_request(request_t req, request_action_t *ret) {
+  // The names only (lowercase, each once, in the order they first appear): the values
+  // of the headers kept never cross into the filter.
+  http_filter_list_string_t names;
+  weir_filter_0_2_0_types_method_request_header_names(req, &names);
+  uint64_t dropped_fields = 0;  // one per header field: a name may come more than once
+  buf_t msg = {0};              // the log line, with log_dropped
+  for (size_t i = 0; i < names.len; i++) {
+    http_filter_string_t *name = &names.ptr[i];
     if (config_allows(&config, name->ptr, name->len)) continue;
-    dropped_fields++;
-    if (listed(drop, ndrop, name)) continue;
-    if (!drop) {
-      drop = malloc(headers->len * sizeof *drop);  // at most one per header
-      if (!drop) abort();
+    http_filter_list_list_u8_t values;
+    weir_filter_0_2_0_types_method_request_header_values(req, name, &values);
+    dropped_fields += count_and_free(&values);
+    weir_filter_0_2_0_types_method_request_remove_header(req, name);
+    if (config.log_dropped) {
+      buf_puts(&msg, msg.len ? ", " : "dropped request headers not on the allowlist: ");
+      buf_append(&msg, name->ptr, name->len);
     }
-    http_filter_string_dup_n(&drop[ndrop++], (const char *)name->ptr, name->len);
   }
+  http_filter_list_string_free(&names);
 
-  ret->tag = WEIR_FILTER_TYPES_REQUEST_ACTION_CONTINUE;
-  ret->val.continue_.f1.is_some = false;  // no memo: on-response has nothing to do
-  ret->val.continue_.f0.is_some = ndrop > 0;
-  if (ndrop > 0) {
-    if (config.log_dropped) log_dropped(drop, ndrop);
+  if (dropped_fields > 0) {
+    if (msg.len) {
+      http_filter_string_t line = {msg.ptr, msg.len};
+      weir_filter_0_1_2_log_log(WEIR_FILTER_0_1_2_LOG_LEVEL_INFO, &line);
+    }
     http_filter_string_t metric = {(uint8_t *)DROPPED_METRIC, strlen(DROPPED_METRIC)};
     http_filter_list_tuple2_string_string_t no_labels = {NULL, 0};
-    weir_filter_metrics_counter_add(&metric, &no_labels, dropped_fields);
-    ret->val.continue_.f0.val = (weir_filter_types_request_edit_t){
-        .set_headers = {NULL, 0},
-        .remove_headers = {drop, ndrop},
-        .path_with_query = {.is_some = false},
-        .body = {.is_some = false},
-        .try_timeout_ms = {.is_some = false},
-    };
+    weir_filter_0_1_2_metrics_counter_add(&metric, &no_labels, dropped_fields);
   }
-  exports_weir_filter_filter_request_info_free(info);
-  exports_weir_filter_filter_request_free(req);
+  free(msg.ptr);
+  // The removals are made: go on, with no memo (there is no on-response).
+  ret->tag = WEIR_FILTER_0_2_0_TYPES_REQUEST_ACTION_CONTINUE;
+  weir_filter_0_2_0_types_request_drop_borrow(req);
 }
 
-void exports_weir_filter_filter_on_response(exports_weir_filter_filter_request_info_t *info,
-                                            exports_weir_filter_filter_request_t *req,
-                                            http_filter_list_u8_t *maybe_memo,
-                                            exports_weir_filter_filter_outcome_t *outcome,
-                                            exports_weir_filter_filter_response_action_t *ret) {
-  exports_weir_filter_filter_request_info_free(info);
-  exports_weir_filter_filter_request_free(req);
-  if (maybe_memo) http_filter_list_u8_free(maybe_memo);
-  exports_weir_filter_filter_outcome_free(outcome);
-  ret->tag = WEIR_FILTER_TYPES_RESPONSE_ACTION_CONTINUE;
-  ret->val.continue_.is_some = false;
+// Not called: `init` declares only the request phase. The world exports it all the same.
+void exports_weir_filter_0_2_0_filter_on_response(request_t req, response_t resp,
+                                                  response_action_t *ret) {
+  ret->tag = WEIR_FILTER_0_2_0_TYPES_RESPONSE_ACTION_CONTINUE;
+  weir_filter_0_2_0_types_response_drop_borrow(resp);
+  weir_filter_0_2_0_types_request_drop_borrow(req);
 }

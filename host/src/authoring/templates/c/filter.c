@@ -6,13 +6,26 @@
 // Both are required. Anything else is refused at `init` with an error that says what is
 // wrong, so `weir check` and weir's start-up fail and name it.
 //
-// Memory: the canonical ABI hands each export its arguments in memory this module owns,
-// so every export frees them with the generated `*_free` helpers before returning. What
-// an export returns is malloc'd here and freed by the generated post-return function
-// after weir has copied it out.
+// It is built against weir's WIT `weir:filter@0.2.0` (`wit/v0.2`, world `http-filter`).
+// `on-request` gets a handle to the request, which stays in weir: the filter reads what
+// it needs through the handle's methods (`weir_filter_0_2_0_types_method_request_header`,
+// `..._header_values`, `..._method`, `..._path_with_query`, …) and changes the request
+// through others (`..._set_header`, `..._remove_header`, …), each applied at once. It
+// asks weir for the request phase only (`phases` in `init`), so weir never calls its
+// `on-response`.
+//
+// Memory and handles: what a call into weir returns (a string, a list) is malloc'd in
+// this module, and the filter frees it; what the filter passes to weir stays its own.
+// `init` frees the config string it is handed; what it returns is malloc'd here and
+// freed by the generated post-return function after weir has copied it out. Each export
+// drops the borrowed handles it is given (`*_drop_borrow`) before it returns: the
+// component model traps a call that returns with a borrow still held.
 //
 // `make` builds it (see Makefile); `build/bindings/http_filter.h` declares every type
-// and call of weir's WIT (`wit/filter.wit`).
+// and call of weir's WIT. wit-bindgen puts the package version in each name:
+// `weir_filter_0_2_0_*` for the request and response handles and the exports,
+// `weir_filter_0_1_2_*` for `log`, `metrics`, `state` and `outbound`, which 0.2 imports
+// unchanged from 0.1.2 (`wit/v0.2/deps/`).
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -24,6 +37,12 @@
 
 #define FILTER_NAME "{{name}}"
 #define FILTER_VERSION "0.1.0"
+
+// Shorter names for the generated types the exports use.
+typedef weir_filter_0_2_0_types_borrow_request_t request_t;
+typedef weir_filter_0_2_0_types_borrow_response_t response_t;
+typedef exports_weir_filter_0_2_0_filter_request_action_t request_action_t;
+typedef exports_weir_filter_0_2_0_filter_response_action_t response_action_t;
 
 // === a growable byte buffer, for strings and messages ===
 
@@ -305,8 +324,9 @@ static void read_config(reader_t *r, buf_t *h, buf_t *v) {
 
 // === exports ===
 
-bool exports_weir_filter_filter_init(http_filter_string_t *json, exports_weir_filter_filter_filter_info_t *ret,
-                                     http_filter_string_t *err) {
+bool exports_weir_filter_0_2_0_filter_init(http_filter_string_t *json,
+                                           exports_weir_filter_0_2_0_filter_filter_info_t *ret,
+                                           http_filter_string_t *err) {
   buf_t h = {0}, v = {0};
   reader_t r = {json->ptr, json->ptr + json->len, json->ptr, {0}};
   read_config(&r, &h, &v);
@@ -328,6 +348,9 @@ bool exports_weir_filter_filter_init(http_filter_string_t *json, exports_weir_fi
   value = v;
   http_filter_string_dup(&ret->name, FILTER_NAME);
   http_filter_string_dup(&ret->version, FILTER_VERSION);
+  // The phases weir calls. This filter has nothing to do on the way back, so weir never
+  // calls its on-response; add WEIR_FILTER_0_2_0_TYPES_PHASES_RESPONSE to see responses.
+  ret->phases = WEIR_FILTER_0_2_0_TYPES_PHASES_REQUEST;
   ret->wants_request_body = false;
   ret->wants_response_body = false;
   ret->may_retry = false;
@@ -335,61 +358,64 @@ bool exports_weir_filter_filter_init(http_filter_string_t *json, exports_weir_fi
 }
 
 // Writes one line to weir's log, tagged by weir with the route and the filter.
-static void log_line(weir_filter_log_level_t level, const buf_t *msg) {
+static void log_line(weir_filter_0_1_2_log_level_t level, const buf_t *msg) {
   http_filter_string_t s = {msg->ptr, msg->len};
-  weir_filter_log_log(level, &s);
+  weir_filter_0_1_2_log_log(level, &s);
 }
 
-void exports_weir_filter_filter_on_request(exports_weir_filter_filter_request_info_t *info,
-                                           exports_weir_filter_filter_request_t *req,
-                                           exports_weir_filter_filter_request_action_t *ret) {
+// Whether the client sent the header with a value other than the configured one. Only
+// that header's values cross from weir.
+static bool client_sent_another_value(request_t req, http_filter_string_t *name) {
+  http_filter_list_list_u8_t values;
+  weir_filter_0_2_0_types_method_request_header_values(req, name, &values);
+  bool other = false;
+  for (size_t i = 0; i < values.len; i++) {
+    const http_filter_list_u8_t *got = &values.ptr[i];
+    if (got->len != value.len || (value.len && memcmp(got->ptr, value.ptr, value.len) != 0)) other = true;
+    // wit-bindgen 0.61's `http_filter_list_list_u8_free` frees only the outer array, so
+    // each value is freed here, and the array below.
+    http_filter_list_u8_free(&values.ptr[i]);
+  }
+  free(values.ptr);
+  return other;
+}
+
+void exports_weir_filter_0_2_0_filter_on_request(request_t req, request_action_t *ret) {
+  // What the filter passes to weir stays its own: no copies needed.
+  http_filter_string_t name = {header.ptr, header.len};
+  http_filter_list_u8_t val = {value.ptr, value.len};
+
   // Logging crosses into weir: worth it here, where a client's own value is lost.
-  for (size_t i = 0; i < req->headers.len; i++) {
-    const http_filter_tuple2_string_list_u8_t *field = &req->headers.ptr[i];
-    bool same_name = field->f0.len == header.len && memcmp(field->f0.ptr, header.ptr, header.len) == 0;
-    bool same_value = field->f1.len == value.len && (value.len == 0 || memcmp(field->f1.ptr, value.ptr, value.len) == 0);
-    if (same_name && !same_value) {
-      buf_t msg = {0};
-      buf_puts(&msg, "replacing the client's ");
-      buf_append(&msg, header.ptr, header.len);
-      buf_puts(&msg, " header");
-      log_line(WEIR_FILTER_LOG_LEVEL_DEBUG, &msg);
-      buf_free(&msg);
-      break;
-    }
+  if (client_sent_another_value(req, &name)) {
+    buf_t msg = {0};
+    buf_puts(&msg, "replacing the client's ");
+    buf_append(&msg, header.ptr, header.len);
+    buf_puts(&msg, " header");
+    log_line(WEIR_FILTER_0_1_2_LOG_LEVEL_DEBUG, &msg);
+    buf_free(&msg);
   }
 
-  http_filter_tuple2_string_list_u8_t *set = malloc(sizeof *set);
-  if (!set) abort();
-  http_filter_string_dup_n(&set->f0, (const char *)header.ptr, header.len);
-  set->f1 = (http_filter_list_u8_t){NULL, value.len};
-  if (value.len) {
-    set->f1.ptr = malloc(value.len);
-    if (!set->f1.ptr) abort();
-    memcpy(set->f1.ptr, value.ptr, value.len);
+  // Applied at once, replacing every value the header had. weir refuses a change it
+  // cannot make (init has checked the name and value, so this one should not be): the
+  // call returns false with the reason, and weir counts the answer as invalid.
+  http_filter_string_t refused;
+  if (!weir_filter_0_2_0_types_method_request_set_header(req, &name, &val, &refused)) {
+    buf_t msg = {0};
+    buf_puts(&msg, "weir refused to set the header: ");
+    buf_append(&msg, refused.ptr, refused.len);
+    log_line(WEIR_FILTER_0_1_2_LOG_LEVEL_ERROR, &msg);
+    buf_free(&msg);
+    http_filter_string_free(&refused);
   }
-  ret->tag = WEIR_FILTER_TYPES_REQUEST_ACTION_CONTINUE;
-  ret->val.continue_.f0.is_some = true;
-  ret->val.continue_.f0.val = (weir_filter_types_request_edit_t){
-      .set_headers = {set, 1},
-      .remove_headers = {NULL, 0},
-      .path_with_query = {.is_some = false},
-      .body = {.is_some = false},
-      .try_timeout_ms = {.is_some = false},
-  };
-  ret->val.continue_.f1.is_some = false;  // no memo: on-response has nothing to do
-  exports_weir_filter_filter_request_info_free(info);
-  exports_weir_filter_filter_request_free(req);
+
+  ret->tag = WEIR_FILTER_0_2_0_TYPES_REQUEST_ACTION_CONTINUE;  // with the change made
+  weir_filter_0_2_0_types_request_drop_borrow(req);
 }
 
-void exports_weir_filter_filter_on_response(exports_weir_filter_filter_request_info_t *info,
-                                            exports_weir_filter_filter_request_t *req, http_filter_list_u8_t *maybe_memo,
-                                            exports_weir_filter_filter_outcome_t *outcome,
-                                            exports_weir_filter_filter_response_action_t *ret) {
-  exports_weir_filter_filter_request_info_free(info);
-  exports_weir_filter_filter_request_free(req);
-  if (maybe_memo) http_filter_list_u8_free(maybe_memo);
-  exports_weir_filter_filter_outcome_free(outcome);
-  ret->tag = WEIR_FILTER_TYPES_RESPONSE_ACTION_CONTINUE;
-  ret->val.continue_.is_some = false;  // the response goes on unchanged
+// Not called while `init` declares only the request phase; the world exports it all
+// the same.
+void exports_weir_filter_0_2_0_filter_on_response(request_t req, response_t resp, response_action_t *ret) {
+  ret->tag = WEIR_FILTER_0_2_0_TYPES_RESPONSE_ACTION_CONTINUE;  // the response goes on unchanged
+  weir_filter_0_2_0_types_response_drop_borrow(resp);
+  weir_filter_0_2_0_types_request_drop_borrow(req);
 }
