@@ -10,8 +10,10 @@
 // SHA-256 and HMAC are written out here in plain JavaScript: StarlingMonkey's
 // `crypto.subtle` is asynchronous, and a weir filter's exports are synchronous calls.
 //
-// Built with `npm run build` (componentize-js) against the repo's `wit/filter.wit`,
-// world `http-filter`. This one file is the whole filter; it imports nothing.
+// Built with `npm run build` (componentize-js) against the repo's `wit/v0.2` (package
+// `weir:filter@0.2.0`), world `http-filter`: weir lends `onRequest` a handle to the
+// request, which the filter reads and changes through its methods. This one file is the
+// whole filter; it imports nothing.
 
 const NAME = 'signer';
 const VERSION = '0.1.0';
@@ -330,7 +332,7 @@ function canonical(method, pathWithQuery, timestamp, body) {
 const EMPTY = new Uint8Array(0);
 
 export const filter = {
-  /** Checks the config and keeps the settings; asks for the request body. */
+  /** Checks the config and keeps the settings; asks for the request phase and body only. */
   init(config) {
     try {
       settings = parseConfig(config);
@@ -341,35 +343,37 @@ export const filter = {
     return {
       name: NAME,
       version: VERSION,
+      // Nothing to do on the way back: weir never calls `onResponse`.
+      phases: { request: true, response: false },
       wantsRequestBody: true,
       wantsResponseBody: false,
       mayRetry: false,
     };
   },
 
-  /** Adds the signature (and timestamp and key id) headers; changes nothing else. */
-  onRequest(_info, req) {
+  /**
+   * Adds the signature (and timestamp and key id) headers through the request handle;
+   * changes nothing else. Reads only the method, the path and the body from weir.
+   */
+  onRequest(req) {
     const timestamp = settings.timestampHeader === null ? '' : String(Math.floor(Date.now() / 1000));
-    const signed = canonical(req.method, req.pathWithQuery, timestamp, req.body || EMPTY);
-    const setHeaders = [[settings.header, utf8(hex(hmacSha256(settings.key, utf8(signed))))]];
+    const signed = canonical(req.method(), req.pathWithQuery(), timestamp, req.body() || EMPTY);
+    // weir applies each change at once. A change it refuses throws a `ComponentError`
+    // (its `payload` is weir's reason) and makes the call's answer invalid, caught or
+    // not; these are not refused: the names were checked in `init`, and the values are
+    // hex, digits and printable ASCII.
+    req.setHeader(settings.header, utf8(hex(hmacSha256(settings.key, utf8(signed)))));
     if (settings.timestampHeader !== null) {
-      setHeaders.push([settings.timestampHeader, utf8(timestamp)]);
+      req.setHeader(settings.timestampHeader, utf8(timestamp));
     }
     if (settings.keyIdHeader !== null) {
-      setHeaders.push([settings.keyIdHeader, utf8(settings.keyId)]);
+      req.setHeader(settings.keyIdHeader, utf8(settings.keyId));
     }
-    const edit = {
-      setHeaders,
-      removeHeaders: [],
-      pathWithQuery: undefined,
-      body: undefined,
-      tryTimeoutMs: undefined,
-    };
-    return { tag: 'continue', val: [edit, undefined] };
+    return { tag: 'continue' };
   },
 
-  /** The response passes through unchanged. */
-  onResponse(_info, _req, _memo, _outcome) {
-    return { tag: 'continue', val: undefined };
+  /** Never called (the filter declares the request phase only); passes the response on. */
+  onResponse(_req, _resp) {
+    return { tag: 'continue' };
   },
 };

@@ -2,9 +2,13 @@
 // through.
 //
 // componentize-js builds this module into a WebAssembly component against weir's WIT
-// (`wit/filter.wit`, world `http-filter`): `npm run build`. weir calls `init` once per
-// instance with the filter's config as JSON, then `onRequest` for each request on the
-// routes that use the filter. The exports are synchronous calls: no promises.
+// (`wit/v0.2`, package `weir:filter@0.2.0`, world `http-filter`): `npm run build`. weir
+// calls `init` once per instance with the filter's config as JSON, then `onRequest` for
+// each request on the routes that use the filter. `onRequest` gets a handle to the
+// request, which stays in weir: the filter reads what it needs through the handle's
+// methods (`req.header(name)`, `req.method()`, `req.pathWithQuery()`, …) and changes it
+// through others (`req.setHeader(name, value)`, …), each applied at once. The exports
+// are synchronous calls: no promises.
 //
 // Config (JSON: the filter's `config` table in weir.toml, config.json in the tests):
 //   header  the name of the header to set; an existing header of that name is replaced
@@ -70,31 +74,32 @@ export const filter = {
     return {
       name: NAME,
       version: VERSION,
+      // The phases weir calls. This filter has nothing to do on the way back, so weir
+      // never calls its `onResponse`; add `response: true` to see responses.
+      phases: { request: true, response: false },
       wantsRequestBody: false,
       wantsResponseBody: false,
       mayRetry: false,
     };
   },
 
-  onRequest(_info, req) {
+  onRequest(req) {
     const { header, value } = settings;
-    // Logging crosses into weir: worth it here, where a client's own value is lost.
-    if (req.headers.some(([name, v]) => name === header && !sameBytes(v, value))) {
+    // Each call on `req` crosses into weir and copies only what it returns: here the
+    // values of one header, not the whole request.
+    if (req.headerValues(header).some((v) => !sameBytes(v, value))) {
       log('debug', `replacing the client's ${header} header`);
     }
-    const edit = {
-      setHeaders: [[header, value]],
-      removeHeaders: [],
-      pathWithQuery: undefined,
-      body: undefined,
-      tryTimeoutMs: undefined,
-    };
-    // No memo: onResponse has nothing to do.
-    return { tag: 'continue', val: [edit, undefined] };
+    // Replaces every value the header had, at once. A change weir refuses (an invalid
+    // name or value) changes nothing and throws a `ComponentError` whose `payload` is
+    // weir's reason; the call's answer then counts as invalid even if the filter catches
+    // it, and the filter's `on_error` setting decides what happens to the request.
+    req.setHeader(header, value);
+    return { tag: 'continue' };
   },
 
-  onResponse(_info, _req, _memo, _outcome) {
-    // The response goes on unchanged.
-    return { tag: 'continue', val: undefined };
+  onResponse(_req, _resp) {
+    // Not called: `init` asks for the request phase only. The response goes on unchanged.
+    return { tag: 'continue' };
   },
 };
