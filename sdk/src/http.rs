@@ -289,18 +289,17 @@ impl Request {
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
-        match self.headers.get() {
-            Some(all) => all.header_all(name).map(<[u8]>::to_vec).collect(),
-            None => self.host().header_values(name),
-        }
+        self.headers.get().map_or_else(
+            || self.host().header_values(name),
+            |all| all.header_all(name).map(<[u8]>::to_vec).collect(),
+        )
     }
 
     /// The names of the headers, lowercase, each once, in the order they first appear.
     pub fn header_names(&self) -> Vec<String> {
-        match self.headers.get() {
-            Some(all) => names(all),
-            None => self.host().header_names(),
-        }
+        self.headers
+            .get()
+            .map_or_else(|| self.host().header_names(), |all| names(all))
     }
 
     /// All the headers, read from weir once. Prefer [`header`](Request::header) for a
@@ -486,18 +485,17 @@ impl Response {
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
-        match self.headers.get() {
-            Some(all) => all.header_all(name).map(<[u8]>::to_vec).collect(),
-            None => self.host().header_values(name),
-        }
+        self.headers.get().map_or_else(
+            || self.host().header_values(name),
+            |all| all.header_all(name).map(<[u8]>::to_vec).collect(),
+        )
     }
 
     /// The names of the headers, lowercase, each once, in the order they first appear.
     pub fn header_names(&self) -> Vec<String> {
-        match self.headers.get() {
-            Some(all) => names(all),
-            None => self.host().header_names(),
-        }
+        self.headers
+            .get()
+            .map_or_else(|| self.host().header_names(), |all| names(all))
     }
 
     /// All the headers, read from weir once. Prefer [`header`](Response::header) for a
