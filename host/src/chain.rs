@@ -713,7 +713,8 @@ struct Walk<'x, 'a> {
     /// Handed to the pool with each try, which reads it to blame the client for a body
     /// that failed.
     body_fault: BodyFault,
-    memos: Vec<Option<Vec<u8>>>,
+    /// Each filter's memo for the try, shared (not copied) with its `on-response`.
+    memos: Vec<Option<Bytes>>,
     attempt: u32,
     /// The smallest per-try timeout any filter asked for.
     try_timeout: Option<Duration>,
@@ -757,7 +758,7 @@ impl Walk<'_, '_> {
             loop {
                 match self.on_request(f, &mut req).await {
                     Step::Go(memo) => {
-                        self.memos[k] = memo;
+                        self.memos[k] = memo.map(Bytes::from);
                         break;
                     }
                     Step::Stop(reply) => {
@@ -1015,7 +1016,7 @@ impl Walk<'_, '_> {
         let until = self.x.response_wait_until(f);
         let body = self.body.for_filter(f);
         let returned = wasm::Returned {
-            memo: self.memos[k].as_deref(),
+            memo: self.memos[k].as_ref(),
             body,
             outcome: &mut reply.outcome,
             error_headers: &mut reply.error_headers,

@@ -35,7 +35,7 @@ pub(super) struct CallData {
     pub try_timeout_ms: Option<u32>,
     /// In: the memo of this filter's `on-request` (for `on-response`). Out: the memo the
     /// guest set in `on-request`.
-    pub memo: Option<Vec<u8>>,
+    pub memo: Option<Bytes>,
     /// In `on-response`: what came back. `None` in `on-request`.
     pub outcome: Option<Outcome>,
     /// The headers of weir's error response, which header changes go to when the outcome
@@ -312,11 +312,11 @@ impl HostRequest for GuestHost {
     }
 
     fn memo(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
-        self.call.memo.clone()
+        self.call.memo.as_deref().map(<[u8]>::to_vec)
     }
 
     fn set_memo(&mut self, _: Resource<RequestHandle>, memo: Vec<u8>) {
-        self.call.memo = Some(memo);
+        self.call.memo = Some(Bytes::from(memo));
     }
 
     fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {

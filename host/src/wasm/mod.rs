@@ -188,7 +188,7 @@ pub struct Phases {
 /// `on-request`, and what came back.
 pub struct Returned<'a> {
     /// The memo this filter's `on-request` kept for the try.
-    pub memo: Option<&'a [u8]>,
+    pub memo: Option<&'a Bytes>,
     /// The request body as it went upstream, for a 0.2 filter that asked for request
     /// bodies (0.1's `on-response` gets none).
     pub body: Option<&'a Bytes>,
@@ -862,8 +862,9 @@ impl FilterPool {
         let (mut info, mut req) = (info.clone(), req.clone());
         let (mut changed, mut error_headers) = (outcome.clone(), Vec::new());
         let body = req.body.clone().map(Bytes::from);
+        let memo = memo.map(Bytes::copy_from_slice);
         let returned = Returned {
-            memo,
+            memo: memo.as_ref(),
             body: body.as_ref(),
             outcome: &mut changed,
             error_headers: &mut error_headers,
@@ -982,7 +983,7 @@ impl FilterPool {
                     &mut inst.store,
                     info,
                     req,
-                    returned.memo,
+                    returned.memo.map(|m| &m[..]),
                     returned.outcome,
                 );
                 time.time(call).await.map(Ok)
@@ -990,7 +991,7 @@ impl FilterPool {
             Guest::V2(g) => {
                 let lent = &mut inst.store.data_mut().host.call;
                 lent.swap_request(info, req);
-                lent.memo = returned.memo.map(<[u8]>::to_vec);
+                lent.memo = returned.memo.cloned();
                 lent.req_body = returned.body.cloned();
                 let outcome =
                     std::mem::replace(returned.outcome, Outcome::Error(UpstreamError::Reset));
@@ -1210,7 +1211,7 @@ fn from_v2_request(
                     try_timeout_ms: lent.try_timeout_ms,
                     ..no_edit()
                 });
-            RequestAction::Continue((edit, lent.memo))
+            RequestAction::Continue((edit, lent.memo.map(Vec::from)))
         }
         v2::RequestAction::Respond(reply) => RequestAction::Respond(from_v2_reply(reply)),
         v2::RequestAction::Wait(ms) => RequestAction::Wait(ms),
