@@ -39,11 +39,13 @@
 //!
 //! # Primitives
 //!
-//! Buckets and windows are ordinary entries, holding the text forms that
-//! [`super::prims`] describes (a bucket: `"<tat> <paused_until>"`), charged and evicted
-//! like any other value and readable with `get`. Each call reads the entry, decides, and
-//! writes the new text back under the lock; a window costs time in proportion to the
-//! records (`Count`) or slots (`Time`) it holds.
+//! Buckets and windows are ordinary entries, charged and evicted like any other value
+//! and readable with `get` as the text forms that [`super::prims`] describes (a bucket:
+//! `"<tat> <paused_until>"`). The entry keeps them decoded ([`prims::Value`]), so a call
+//! changes the bucket or the window's records in place under the lock, and the text is
+//! printed only for `get`; it is charged the length of that text all the same. A window
+//! still costs time in proportion to the records (`Count`) or slots (`Time`) it holds,
+//! which are summed (and their text length counted) on every call.
 //!
 //! # Expiry
 //!
@@ -63,7 +65,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::prims::{self, Write};
+use super::prims::{self, Value, Write};
 use super::{BoxFuture, BucketPolicy, StateBackend, StateError, TakeResult, Window};
 use crate::clock::VirtualClock;
 
@@ -195,13 +197,17 @@ impl MemoryBackend {
     fn get_now(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         check_key(key)?;
         let now = self.now();
-        Ok(self.shard(key).live(key, now).map(|e| e.value.clone()))
+        let mut shard = self.shard(key);
+        Ok(shard
+            .live(key, now)
+            .map(|e| e.value.to_bytes().into_owned()))
     }
 
     fn set_now(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), StateError> {
         check_key(key)?;
         let now = self.now();
-        self.shard(key).store(key, value, deadline(now, ttl), now)
+        self.shard(key)
+            .store(key, Value::Bytes(value), deadline(now, ttl), now)
     }
 
     fn delete_now(&self, key: &str) -> Result<(), StateError> {
@@ -215,11 +221,16 @@ impl MemoryBackend {
         let now = self.now();
         let mut shard = self.shard(key);
         let (old, expires) = match shard.live(key, now) {
-            Some(entry) => (parse_integer(&entry.value)?, entry.expires),
+            Some(entry) => (parse_integer(&entry.value.to_bytes())?, entry.expires),
             None => (0, deadline(now, ttl)),
         };
         let new = old.checked_add(delta).ok_or(StateError::NotAnInteger)?;
-        shard.store(key, new.to_string().into_bytes(), expires, now)?;
+        shard.store(
+            key,
+            Value::Bytes(new.to_string().into_bytes()),
+            expires,
+            now,
+        )?;
         Ok(new)
     }
 
@@ -233,11 +244,12 @@ impl MemoryBackend {
         check_key(key)?;
         // Refuse an oversized value whatever the comparison, so the answer does not
         // depend on what another filter instance stored meanwhile.
+        let new = Value::Bytes(new);
         let mut shard = self.shard(key);
         shard.check_fits(key, &new)?;
         let now = self.now();
-        let current = shard.live(key, now).map(|e| e.value.as_slice());
-        if current != expected {
+        let current = shard.live(key, now).map(|e| e.value.to_bytes());
+        if current.as_deref() != expected {
             return Ok(false);
         }
         shard.store(key, new, deadline(now, ttl), now)?;
@@ -253,7 +265,7 @@ impl MemoryBackend {
         check_key(key)?;
         let now = self.now();
         let mut shard = self.shard(key);
-        let stored = shard.live(key, now).map(|e| e.value.as_slice());
+        let stored = shard.live(key, now).map(|e| &e.value);
         let (result, write) = prims::bucket_take(&policy, stored, now_ns);
         shard.write(key, write, now)?;
         Ok(result)
@@ -263,7 +275,7 @@ impl MemoryBackend {
         check_key(key)?;
         let now = self.now();
         let mut shard = self.shard(key);
-        let stored = shard.live(key, now).map(|e| e.value.as_slice());
+        let stored = shard.live(key, now).map(|e| &e.value);
         let write = prims::bucket_pause(stored, until_ns, now_ns);
         shard.write(key, write, now)
     }
@@ -280,8 +292,21 @@ impl MemoryBackend {
         check_key(key)?;
         let now = self.now();
         let mut shard = self.shard(key);
-        let stored = shard.live(key, now).map(|e| e.value.as_slice());
-        let (sums, write) = prims::window_add(stored, window, at_ns, now_ns, record, ttl);
+        let budget = shard.budget;
+        let Some(entry) = shard.live(key, now) else {
+            let (sums, write) = prims::window_add(None, window, at_ns, now_ns, record, ttl);
+            shard.write(key, write, now)?;
+            return Ok(sums);
+        };
+        // A write takes the records out of the entry. If the window could grow past what
+        // one entry may hold, it works on a copy, so that a refusal leaves the old one.
+        let growth = record.map_or(0, |r| 42 + 21 * r.len() as u64);
+        let mut copy = (entry.cost + growth > budget).then(|| entry.value.clone());
+        let stored = match &mut copy {
+            Some(copy) => copy,
+            None => &mut shard.map.get_mut(key).expect("live just now").value,
+        };
+        let (sums, write) = prims::window_add(Some(stored), window, at_ns, now_ns, record, ttl);
         shard.write(key, write, now)?;
         Ok(sums)
     }
@@ -415,7 +440,7 @@ fn parse_integer(value: &[u8]) -> Result<i64, StateError> {
         .ok_or(StateError::NotAnInteger)
 }
 
-fn charge(key: &str, value: &[u8]) -> u64 {
+fn charge(key: &str, value: &Value) -> u64 {
     key.len() as u64 + value.len() as u64 + MemoryBackend::ENTRY_OVERHEAD
 }
 
@@ -434,7 +459,9 @@ struct Shard {
 }
 
 struct Entry {
-    value: Vec<u8>,
+    value: Value,
+    /// What the entry is charged: [`charge`] of its key and value when stored.
+    cost: u64,
     expires: Option<Instant>,
     /// The entry's key in `lru`, moved on every use.
     tick: u64,
@@ -482,7 +509,7 @@ impl Shard {
         Some(entry)
     }
 
-    fn check_fits(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
+    fn check_fits(&self, key: &str, value: &Value) -> Result<(), StateError> {
         if charge(key, value) > self.budget {
             return Err(StateError::TooLarge);
         }
@@ -494,23 +521,50 @@ impl Shard {
     fn store(
         &mut self,
         key: &str,
-        value: Vec<u8>,
+        value: Value,
         expires: Option<Instant>,
         now: Instant,
     ) -> Result<(), StateError> {
-        self.check_fits(key, &value)?;
+        let cost = charge(key, &value);
+        if cost > self.budget {
+            return Err(StateError::TooLarge);
+        }
+        let tick = self.tick();
+        // A key written again (a window, a bucket, a counter) that fits without evicting
+        // anything is replaced where it is.
+        if let Some(entry) = self.map.get_mut(key)
+            && self.used - entry.cost + cost <= self.budget
+        {
+            self.used = self.used - entry.cost + cost;
+            let name = self
+                .lru
+                .remove(&entry.tick)
+                .expect("every entry is in `lru`");
+            if entry.expires != expires {
+                if let Some(at) = entry.expires {
+                    self.expiry.remove(&(at, entry.id));
+                }
+                if let Some(at) = expires {
+                    self.expiry.insert((at, entry.id), name.clone());
+                }
+            }
+            self.lru.insert(tick, name);
+            entry.value = value;
+            entry.cost = cost;
+            entry.expires = expires;
+            entry.tick = tick;
+            return Ok(());
+        }
         let key = match self.remove(key) {
             Some((key, _)) => key,
             None => Arc::from(key),
         };
-        let cost = charge(&key, &value);
         while self.used + cost > self.budget {
             // Expired entries are dead already: drop them before anything still live.
             if self.drop_expired(now, 1) == 0 {
                 self.evict_lru();
             }
         }
-        let tick = self.tick();
         if let Some(at) = expires {
             self.expiry.insert((at, tick), key.clone());
         }
@@ -518,6 +572,7 @@ impl Shard {
         self.used += cost;
         let entry = Entry {
             value,
+            cost,
             expires,
             tick,
             id: tick,
@@ -544,7 +599,7 @@ impl Shard {
         if let Some(at) = entry.expires {
             self.expiry.remove(&(at, entry.id));
         }
-        self.used -= charge(&key, &entry.value);
+        self.used -= entry.cost;
         Some((key, entry))
     }
 
@@ -584,6 +639,9 @@ mod tests {
                 let with_deadline = shard.map.values().filter(|e| e.expires.is_some());
                 assert_eq!(shard.expiry.len(), with_deadline.count());
                 let used: u64 = shard.map.iter().map(|(k, e)| charge(k, &e.value)).sum();
+                for (key, entry) in &shard.map {
+                    assert_eq!(entry.cost, charge(key, &entry.value), "{key}");
+                }
                 assert_eq!(shard.used, used);
                 assert!(shard.used <= shard.budget);
                 for (key, entry) in &shard.map {
@@ -874,6 +932,43 @@ mod tests {
         );
         let key = "k".repeat(MemoryBackend::MAX_KEY_BYTES);
         big.set(&key, vec![], None).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_that_would_outgrow_an_entry_is_refused_and_kept() {
+        let backend = MemoryBackend::new(1_000);
+        let add = |record: &'static [i64]| {
+            let backend = backend.clone();
+            async move {
+                let record = (!record.is_empty()).then_some(record);
+                backend
+                    .window_add("f/w", Window::Count(100), 0, 0, record, None)
+                    .await
+            }
+        };
+        // Records of 20 lanes of 19 digits: two fit in 1,000 bytes, a third does not.
+        const BIG: &[i64] = &[i64::MAX; 20];
+        assert_eq!(add(BIG).await.unwrap()[0], i64::MAX);
+        add(BIG).await.unwrap();
+        let before = get(&backend, "f/w").await.unwrap();
+        assert_eq!(add(BIG).await, Err(StateError::TooLarge));
+        assert_eq!(get(&backend, "f/w").await, Some(before));
+        assert_eq!(
+            add(&[]).await.unwrap(),
+            vec![i64::MAX; 20],
+            "both records kept"
+        );
+        // Small records are added in place, charged the length of their text.
+        backend.delete("f/w").await.unwrap();
+        for _ in 0..10 {
+            add(&[1, -2]).await.unwrap();
+        }
+        assert_eq!(add(&[]).await.unwrap(), [10, -20]);
+        let text = get(&backend, "f/w").await.unwrap();
+        assert_eq!(text, format!("n{}", " 1,-2".repeat(10)).into_bytes());
+        let charged = "f/w".len() + text.len() + OVERHEAD as usize;
+        assert_eq!(backend.used_bytes(), charged as u64);
+        backend.assert_consistent();
     }
 
     #[test]

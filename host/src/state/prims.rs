@@ -3,7 +3,9 @@
 //!
 //! Each function takes the value found under the key (if any) and returns the answer and
 //! what to write back, so a backend only has to run it atomically: the memory backend
-//! under its shard lock. The stored forms are text, readable with `get`:
+//! under its shard lock. A [`Value`] is the text a filter stored, or a primitive's state
+//! kept decoded, so that the memory backend does not parse and print a window's records
+//! on every call. Either way its stored form is text, readable with `get`:
 //!
 //! - **Bucket:** `"<tat> <paused_until>"`, both nanoseconds since the Unix epoch (the
 //!   form the limiter filter stored before the primitive existed). It is kept for
@@ -27,6 +29,7 @@
 //! [`StateBackend::bucket_pause`]: super::StateBackend::bucket_pause
 //! [`StateBackend::window_add`]: super::StateBackend::window_add
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -49,10 +52,90 @@ pub enum Write {
     /// `value` replaces the key's value, with this TTL (`None`: no expiry).
     Store {
         /// The new value.
-        value: Vec<u8>,
+        value: Value,
         /// How long it is kept.
         ttl: Option<Duration>,
     },
+}
+
+/// A value under a key: bytes, or a primitive's state kept decoded. Two values are
+/// equal when their stored forms are.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// What `set`, `incr` or `compare_and_swap` stored (or a primitive's text, set back).
+    Bytes(Vec<u8>),
+    /// A bucket.
+    Bucket(Bucket),
+    /// A window's records.
+    Window(Held),
+}
+
+impl Value {
+    /// The stored form, as `get` returns it.
+    pub fn to_bytes(&self) -> Cow<'_, [u8]> {
+        match self {
+            Value::Bytes(b) => Cow::Borrowed(b),
+            Value::Bucket(b) => Cow::Owned(b.encode()),
+            Value::Window(w) => Cow::Owned(w.encode()),
+        }
+    }
+
+    /// The length of the stored form, counted without printing it.
+    pub fn len(&self) -> usize {
+        match self {
+            Value::Bytes(b) => b.len(),
+            Value::Bucket(b) => digits(b.tat) + 1 + digits(b.paused_until),
+            Value::Window(w) => w.encoded_len(),
+        }
+    }
+
+    /// Whether the stored form is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bucket this value holds; `None` if it is not one.
+    fn bucket(&self) -> Option<Bucket> {
+        match self {
+            Value::Bucket(b) => Some(*b),
+            Value::Bytes(bytes) => Bucket::decode(bytes),
+            Value::Window(_) => None,
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        self.to_bytes() == other.to_bytes()
+    }
+}
+
+impl Eq for Value {}
+
+impl From<Vec<u8>> for Value {
+    fn from(bytes: Vec<u8>) -> Value {
+        Value::Bytes(bytes)
+    }
+}
+
+/// How many characters `n` takes in decimal.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// How many characters `n` takes in decimal, its sign included.
+fn signed_digits(n: i64) -> usize {
+    usize::from(n < 0) + digits(n.unsigned_abs())
+}
+
+/// The length of a record's stored form.
+fn record_len(record: &[i64]) -> usize {
+    let commas = record.len().saturating_sub(1);
+    commas
+        + record
+            .iter()
+            .map(|&lane| signed_digits(lane))
+            .sum::<usize>()
 }
 
 // === Buckets ===
@@ -91,7 +174,7 @@ impl Bucket {
             return Write::Delete;
         }
         Write::Store {
-            value: self.encode(),
+            value: Value::Bucket(*self),
             ttl: Some(Duration::from_nanos(ttl)),
         }
     }
@@ -100,10 +183,10 @@ impl Bucket {
 /// Takes one token at `now_ns` from the bucket stored as `stored` (`None`: absent).
 pub fn bucket_take(
     policy: &BucketPolicy,
-    stored: Option<&[u8]>,
+    stored: Option<&Value>,
     now_ns: u64,
 ) -> (TakeResult, Write) {
-    let b = stored.and_then(Bucket::decode).unwrap_or_default();
+    let b = stored.and_then(Value::bucket).unwrap_or_default();
     let refuse = |outcome, wait_ns| {
         let result = TakeResult {
             outcome,
@@ -149,8 +232,8 @@ pub fn bucket_take(
 }
 
 /// Pauses the bucket stored as `stored` until `until_ns`, keeping a longer pause.
-pub fn bucket_pause(stored: Option<&[u8]>, until_ns: u64, now_ns: u64) -> Write {
-    let b = stored.and_then(Bucket::decode).unwrap_or_default();
+pub fn bucket_pause(stored: Option<&Value>, until_ns: u64, now_ns: u64) -> Write {
+    let b = stored.and_then(Value::bucket).unwrap_or_default();
     let paused = Bucket {
         paused_until: b.paused_until.max(until_ns),
         ..b
@@ -175,6 +258,19 @@ pub enum Held {
 }
 
 impl Held {
+    /// The length of [`Held::encode`]'s text, counted without printing it.
+    fn encoded_len(&self) -> usize {
+        match self {
+            Held::Count(records) => 1 + records.iter().map(|r| 1 + record_len(r)).sum::<usize>(),
+            Held::Time { slot_ms, slots } => {
+                let records = slots
+                    .iter()
+                    .map(|(slot, r)| 2 + digits(*slot) + record_len(r));
+                2 + digits(u64::from(*slot_ms)) + records.sum::<usize>()
+            }
+        }
+    }
+
     /// The stored form: `"n <record> …"` or `"t <slot_ms> <slot>:<record> …"`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = String::new();
@@ -267,42 +363,51 @@ fn slot_of(at_ns: u64, slot_ms: u32) -> u64 {
 /// with what to write back. `ttl` is the caller's; a `Time` window is kept at least as
 /// long as it spans.
 ///
+/// A write takes the records out of `stored` rather than copying them (the `Write` holds
+/// them now), so a caller that may not carry the write out passes a copy.
+///
 /// A `Time` record whose slot is already out of the window is not added; one from a slot
 /// after `now_ns`'s (a clock ahead of this one) counts in `now_ns`'s slot, so the window
 /// never holds more than `slots` slots.
 pub fn window_add(
-    stored: Option<&[u8]>,
+    stored: Option<&mut Value>,
     window: Window,
     at_ns: u64,
     now_ns: u64,
     record: Option<&[i64]>,
     ttl: Option<Duration>,
 ) -> (Vec<i64>, Write) {
-    let held = stored.and_then(Held::decode);
+    let window = clamped(window);
+    let Some(record) = record else {
+        let held = match stored.as_deref() {
+            Some(Value::Window(held)) => Some(Cow::Borrowed(held)),
+            Some(Value::Bytes(bytes)) => Held::decode(bytes).map(Cow::Owned),
+            _ => None,
+        };
+        return (window_sums(held.as_deref(), window, now_ns), Write::Keep);
+    };
+    let held = match stored {
+        Some(Value::Window(held)) => Some(std::mem::replace(held, Held::Count(VecDeque::new()))),
+        Some(Value::Bytes(bytes)) => Held::decode(bytes),
+        _ => None,
+    };
     let mut sums = Vec::new();
-    let held = match clamped(window) {
+    let held = match window {
         Window::Count(n) => {
             let mut records = match held {
                 Some(Held::Count(records)) => records,
                 _ => VecDeque::new(),
             };
-            if let Some(record) = record {
-                records.push_back(record.to_vec());
-            }
-            let n = n as usize;
-            let excess = records.len().saturating_sub(n);
-            for kept in records.iter().skip(excess) {
+            records.push_back(record.to_vec());
+            let excess = records.len().saturating_sub(n as usize);
+            records.drain(..excess);
+            for kept in &records {
                 add_lanes(&mut sums, kept);
             }
-            if record.is_none() {
-                return (sums, Write::Keep);
-            }
-            records.drain(..excess);
             Held::Count(records)
         }
         Window::Time { slot_ms, slots: n } => {
             let now_slot = slot_of(now_ns, slot_ms);
-            let in_window = |slot: u64| slot <= now_slot && slot + u64::from(n) > now_slot;
             let mut slots = match held {
                 Some(Held::Time {
                     slot_ms: held_ms,
@@ -310,34 +415,63 @@ pub fn window_add(
                 }) if held_ms == slot_ms => slots,
                 _ => BTreeMap::new(),
             };
-            if let Some(record) = record {
-                let slot = slot_of(at_ns, slot_ms).min(now_slot);
-                if in_window(slot) {
-                    add_lanes(slots.entry(slot).or_default(), record);
-                }
+            let slot = slot_of(at_ns, slot_ms).min(now_slot);
+            if in_window(slot, now_slot, n) {
+                add_lanes(slots.entry(slot).or_default(), record);
             }
-            for (_, slot_sum) in slots.iter().filter(|(slot, _)| in_window(**slot)) {
+            slots.retain(|slot, _| in_window(*slot, now_slot, n));
+            for slot_sum in slots.values() {
                 add_lanes(&mut sums, slot_sum);
             }
-            if record.is_none() {
-                return (sums, Write::Keep);
-            }
-            slots.retain(|slot, _| in_window(*slot));
             if slots.is_empty() {
                 return (sums, Write::Delete);
             }
             Held::Time { slot_ms, slots }
         }
     };
-    let ttl = match (clamped(window), ttl) {
+    let ttl = match (window, ttl) {
         (Window::Time { slot_ms, slots }, Some(ttl)) => {
             let span = Duration::from_millis(u64::from(slot_ms) * u64::from(slots));
             Some(ttl.max(span))
         }
         (_, ttl) => ttl,
     };
-    let value = held.encode();
+    let value = Value::Window(held);
     (sums, Write::Store { value, ttl })
+}
+
+/// The sums per lane of the window `held` (`None`: absent), read at `now_ns` through
+/// `window` (clamped): the newest records of a `Count`, the slots in range of a `Time`.
+/// A window of another kind or slot width counts as empty.
+fn window_sums(held: Option<&Held>, window: Window, now_ns: u64) -> Vec<i64> {
+    let mut sums = Vec::new();
+    match (window, held) {
+        (Window::Count(n), Some(Held::Count(records))) => {
+            let excess = records.len().saturating_sub(n as usize);
+            for kept in records.iter().skip(excess) {
+                add_lanes(&mut sums, kept);
+            }
+        }
+        (
+            Window::Time { slot_ms, slots: n },
+            Some(Held::Time {
+                slot_ms: held_ms,
+                slots,
+            }),
+        ) if *held_ms == slot_ms => {
+            let now_slot = slot_of(now_ns, slot_ms);
+            for (_, slot_sum) in slots.iter().filter(|(s, _)| in_window(**s, now_slot, n)) {
+                add_lanes(&mut sums, slot_sum);
+            }
+        }
+        _ => {}
+    }
+    sums
+}
+
+/// Whether `slot` is one of the `n` slots that end with `now_slot`.
+fn in_window(slot: u64, now_slot: u64, n: u32) -> bool {
+    slot <= now_slot && slot + u64::from(n) > now_slot
 }
 
 #[cfg(test)]
@@ -348,6 +482,11 @@ mod tests {
     const MS: u64 = NS_PER_MS;
     /// Some wall-clock time, so that nothing depends on starting at 0.
     const T0: u64 = 1_700_000_000 * S + 123_456_789;
+
+    /// A value as a filter's `set` leaves it.
+    fn text_value(text: &str) -> Value {
+        Value::Bytes(text.as_bytes().to_vec())
+    }
 
     /// `rate` per second with `burst`, no queue.
     fn policy(rate: u64, burst: u64) -> BucketPolicy {
@@ -360,13 +499,13 @@ mod tests {
     }
 
     /// Applies a take to `value` as a backend would, and returns the result.
-    fn take(p: &BucketPolicy, value: &mut Option<Vec<u8>>, now: u64) -> TakeResult {
-        let (result, write) = bucket_take(p, value.as_deref(), now);
+    fn take(p: &BucketPolicy, value: &mut Option<Value>, now: u64) -> TakeResult {
+        let (result, write) = bucket_take(p, value.as_ref(), now);
         apply(value, write);
         result
     }
 
-    fn apply(value: &mut Option<Vec<u8>>, write: Write) {
+    fn apply(value: &mut Option<Value>, write: Write) {
         match write {
             Write::Keep => {}
             Write::Delete => *value = None,
@@ -374,10 +513,10 @@ mod tests {
         }
     }
 
-    fn stored(value: &Option<Vec<u8>>) -> Option<Bucket> {
+    fn stored(value: &Option<Value>) -> Option<Bucket> {
         value
-            .as_deref()
-            .map(|v| Bucket::decode(v).expect("a bucket"))
+            .as_ref()
+            .map(|v| Bucket::decode(&v.to_bytes()).expect("a bucket"))
     }
 
     #[test]
@@ -434,13 +573,13 @@ mod tests {
         assert_eq!(
             write,
             Write::Store {
-                value: format!("{} 0", T0 + 100 * MS).into_bytes(),
+                value: format!("{} 0", T0 + 100 * MS).into_bytes().into(),
                 ttl: Some(Duration::from_millis(100)),
             }
         );
         // A refusal reports the stored bucket as it is.
         let stored = format!("{} 0", T0 + S);
-        let (r, write) = bucket_take(&policy(1, 1), Some(stored.as_bytes()), T0);
+        let (r, write) = bucket_take(&policy(1, 1), Some(&text_value(&stored)), T0);
         assert_eq!(
             (r.outcome, r.tat_ns, r.wait_ns),
             (TakeOutcome::Empty, T0 + S, S)
@@ -535,7 +674,7 @@ mod tests {
         let p = policy(10, 10);
         let mut v = None;
         assert_eq!(take(&p, &mut v, T0).outcome, TakeOutcome::Admitted);
-        let paused = bucket_pause(v.as_deref(), T0 + 2 * S, T0);
+        let paused = bucket_pause(v.as_ref(), T0 + 2 * S, T0);
         apply(&mut v, paused);
         assert_eq!(
             stored(&v),
@@ -555,11 +694,13 @@ mod tests {
             }
         );
         // A shorter pause never cuts a longer one short, and keeps the key as long.
-        let write = bucket_pause(v.as_deref(), T0 + S, T0);
+        let write = bucket_pause(v.as_ref(), T0 + S, T0);
         assert_eq!(
             write,
             Write::Store {
-                value: format!("{} {}", T0 + 100 * MS, T0 + 2 * S).into_bytes(),
+                value: format!("{} {}", T0 + 100 * MS, T0 + 2 * S)
+                    .into_bytes()
+                    .into(),
                 ttl: Some(Duration::from_secs(2)),
             }
         );
@@ -574,7 +715,10 @@ mod tests {
         assert_eq!(bucket_pause(None, T0, T0), Write::Delete);
         assert_eq!(bucket_pause(None, T0 - 1, T0), Write::Delete);
         let full = format!("{} {}", T0 - S, T0 - S);
-        assert_eq!(bucket_pause(Some(full.as_bytes()), T0, T0), Write::Delete);
+        assert_eq!(
+            bucket_pause(Some(&text_value(&full)), T0, T0),
+            Write::Delete
+        );
         assert!(matches!(
             bucket_pause(None, T0 + 1, T0),
             Write::Store { ttl: Some(t), .. } if t == Duration::from_nanos(1)
@@ -584,10 +728,10 @@ mod tests {
     #[test]
     fn a_value_that_is_not_a_bucket_counts_as_a_full_one() {
         let p = policy(1, 1);
-        let (r, write) = bucket_take(&p, Some(b"n 1,2"), T0);
+        let (r, write) = bucket_take(&p, Some(&text_value("n 1,2")), T0);
         assert_eq!(r.outcome, TakeOutcome::Admitted);
         assert!(
-            matches!(write, Write::Store { value, .. } if value == format!("{} 0", T0 + S).into_bytes())
+            matches!(write, Write::Store { value, .. } if value == text_value(&format!("{} 0", T0 + S)))
         );
     }
 
@@ -653,12 +797,12 @@ mod tests {
             (TakeOutcome::Reserved, S, t + 2 * S)
         );
         // A pause until the end of time, and a take under it.
-        let paused = bucket_pause(v.as_deref(), u64::MAX, t);
+        let paused = bucket_pause(v.as_ref(), u64::MAX, t);
         apply(&mut v, paused);
         let r = take(&queued, &mut v, t);
         assert_eq!((r.outcome, r.wait_ns), (TakeOutcome::Paused, u64::MAX - t));
         assert!(matches!(
-            bucket_pause(v.as_deref(), 0, t),
+            bucket_pause(v.as_ref(), 0, t),
             Write::Store { ttl: Some(ttl), .. } if ttl == Duration::from_nanos(u64::MAX - t)
         ));
     }
@@ -666,19 +810,19 @@ mod tests {
     // --- windows ---
 
     fn add(
-        value: &mut Option<Vec<u8>>,
+        value: &mut Option<Value>,
         window: Window,
         at: u64,
         now: u64,
         record: Option<&[i64]>,
     ) -> Vec<i64> {
-        let (sums, write) = window_add(value.as_deref(), window, at, now, record, None);
+        let (sums, write) = window_add(value.as_mut(), window, at, now, record, None);
         apply(value, write);
         sums
     }
 
-    fn text(value: &Option<Vec<u8>>) -> &str {
-        std::str::from_utf8(value.as_deref().unwrap()).unwrap()
+    fn text(value: &Option<Value>) -> String {
+        String::from_utf8(value.as_ref().unwrap().to_bytes().into_owned()).unwrap()
     }
 
     #[test]
@@ -828,7 +972,7 @@ mod tests {
             b"\xff",
         ] {
             assert_eq!(Held::decode(bad), None, "{bad:?}");
-            let mut v = Some(bad.to_vec());
+            let mut v = Some(Value::Bytes(bad.to_vec()));
             assert_eq!(add(&mut v, Window::Count(2), 0, 0, Some(&[2])), [2]);
         }
     }
@@ -888,5 +1032,59 @@ mod tests {
         assert_eq!(add(&mut v, t, 0, end, None), [i64::MAX]);
         let slot = end / (u64::from(u32::MAX) * MS);
         assert_eq!(text(&v), format!("t {} {slot}:{}", u32::MAX, i64::MAX));
+    }
+
+    #[test]
+    fn a_value_kept_decoded_has_the_stored_form_and_length_of_its_text() {
+        let mut values = vec![
+            Value::Bucket(Bucket::default()),
+            Value::Bucket(Bucket {
+                tat: u64::MAX,
+                paused_until: 9,
+            }),
+        ];
+        let count = Window::Count(4);
+        let time = Window::Time {
+            slot_ms: 250,
+            slots: 8,
+        };
+        let mut v = None;
+        for record in [&[][..], &[0], &[-1, 10, i64::MIN], &[i64::MAX, 99, 100]] {
+            add(&mut v, count, 0, 0, Some(record));
+            values.push(v.clone().unwrap());
+        }
+        let mut v = None;
+        for (k, record) in [&[7][..], &[-70, 0], &[]].iter().enumerate() {
+            let at = T0 + k as u64 * 300 * MS;
+            add(&mut v, time, at, at, Some(record));
+            values.push(v.clone().unwrap());
+        }
+        for value in values {
+            let text = value.to_bytes().into_owned();
+            assert_eq!(value.len(), text.len(), "{value:?}");
+            let decoded = match &value {
+                Value::Bucket(b) => Value::Bucket(Bucket::decode(&text).expect("a bucket")),
+                Value::Window(h) => {
+                    assert_eq!(Held::decode(&text).as_ref(), Some(h));
+                    Value::Window(h.clone())
+                }
+                Value::Bytes(_) => unreachable!("only decoded values here"),
+            };
+            assert_eq!(decoded, Value::Bytes(text));
+        }
+    }
+
+    #[test]
+    fn a_window_set_as_text_reads_and_grows_as_the_decoded_one() {
+        let w = Window::Count(3);
+        let mut text = Some(text_value("n 1,2 3,4"));
+        assert_eq!(add(&mut text, w, 0, 0, None), [4, 6]);
+        assert!(
+            matches!(text, Some(Value::Bytes(_))),
+            "a read leaves the text"
+        );
+        assert_eq!(add(&mut text, w, 0, 0, Some(&[5, 6])), [9, 12]);
+        assert!(matches!(text, Some(Value::Window(_))));
+        assert_eq!(self::text(&text), "n 1,2 3,4 5,6");
     }
 }
