@@ -56,6 +56,10 @@ const IDLE_TICKS: u32 = 100;
 /// allocator's reservation (see `bench/profile.sh`, which runs weir under valgrind).
 pub const ON_DEMAND_ENV: &str = "WEIR_WASM_ON_DEMAND";
 
+/// Set to `1`, the engine writes `/tmp/perf-<pid>.map`, naming the guests' compiled
+/// functions for `perf report` (see `bench/README.md`, "Where a filter call's time goes").
+pub const PERF_MAP_ENV: &str = "WEIR_WASM_PERF_MAP";
+
 /// How many memories, tables and instances the pooling allocator keeps slots for, across
 /// all filters of all loaded configs.
 const POOL_SLOTS: u32 = 2000;
@@ -305,6 +309,9 @@ impl Runtime {
             cfg.memory_guard_size(0);
         } else {
             cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         if let Some(dir) = cache_dir {
             let mut cc = CacheConfig::new();
