@@ -66,8 +66,14 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// A bucket.
     Bucket(Bucket),
-    /// A window's records.
-    Window(Held),
+    /// A window's records, with the length of their stored form (kept up to date as
+    /// records come and go, so that charging the entry does not count every record).
+    Window {
+        /// The records.
+        held: Held,
+        /// `held.encode().len()`.
+        len: usize,
+    },
 }
 
 impl Value {
@@ -76,7 +82,7 @@ impl Value {
         match self {
             Value::Bytes(b) => Cow::Borrowed(b),
             Value::Bucket(b) => Cow::Owned(b.encode()),
-            Value::Window(w) => Cow::Owned(w.encode()),
+            Value::Window { held, .. } => Cow::Owned(held.encode()),
         }
     }
 
@@ -85,7 +91,7 @@ impl Value {
         match self {
             Value::Bytes(b) => b.len(),
             Value::Bucket(b) => digits(b.tat) + 1 + digits(b.paused_until),
-            Value::Window(w) => w.encoded_len(),
+            Value::Window { len, .. } => *len,
         }
     }
 
@@ -99,7 +105,7 @@ impl Value {
         match self {
             Value::Bucket(b) => Some(*b),
             Value::Bytes(bytes) => Bucket::decode(bytes),
-            Value::Window(_) => None,
+            Value::Window { .. } => None,
         }
     }
 }
@@ -380,39 +386,51 @@ pub fn window_add(
     let window = clamped(window);
     let Some(record) = record else {
         let held = match stored.as_deref() {
-            Some(Value::Window(held)) => Some(Cow::Borrowed(held)),
+            Some(Value::Window { held, .. }) => Some(Cow::Borrowed(held)),
             Some(Value::Bytes(bytes)) => Held::decode(bytes).map(Cow::Owned),
             _ => None,
         };
         return (window_sums(held.as_deref(), window, now_ns), Write::Keep);
     };
     let held = match stored {
-        Some(Value::Window(held)) => Some(std::mem::replace(held, Held::Count(VecDeque::new()))),
-        Some(Value::Bytes(bytes)) => Held::decode(bytes),
+        Some(Value::Window { held, len }) => {
+            Some((std::mem::replace(held, Held::Count(VecDeque::new())), *len))
+        }
+        Some(Value::Bytes(bytes)) => Held::decode(bytes).map(|held| {
+            let len = held.encoded_len();
+            (held, len)
+        }),
         _ => None,
     };
     let mut sums = Vec::new();
-    let held = match window {
+    let (held, len) = match window {
         Window::Count(n) => {
-            let mut records = match held {
-                Some(Held::Count(records)) => records,
-                _ => VecDeque::new(),
+            // "n", then " <record>" for each record.
+            let (mut records, mut len) = match held {
+                Some((Held::Count(records), len)) => (records, len),
+                _ => (VecDeque::new(), 1),
             };
             records.push_back(record.to_vec());
+            len += 1 + record_len(record);
             let excess = records.len().saturating_sub(n as usize);
-            records.drain(..excess);
+            for gone in records.drain(..excess) {
+                len -= 1 + record_len(&gone);
+            }
             for kept in &records {
                 add_lanes(&mut sums, kept);
             }
-            Held::Count(records)
+            (Held::Count(records), len)
         }
         Window::Time { slot_ms, slots: n } => {
             let now_slot = slot_of(now_ns, slot_ms);
             let mut slots = match held {
-                Some(Held::Time {
-                    slot_ms: held_ms,
-                    slots,
-                }) if held_ms == slot_ms => slots,
+                Some((
+                    Held::Time {
+                        slot_ms: held_ms,
+                        slots,
+                    },
+                    _,
+                )) if held_ms == slot_ms => slots,
                 _ => BTreeMap::new(),
             };
             let slot = slot_of(at_ns, slot_ms).min(now_slot);
@@ -426,7 +444,10 @@ pub fn window_add(
             if slots.is_empty() {
                 return (sums, Write::Delete);
             }
-            Held::Time { slot_ms, slots }
+            // A time window holds few slots (at most `slots`): its length is counted anew.
+            let held = Held::Time { slot_ms, slots };
+            let len = held.encoded_len();
+            (held, len)
         }
     };
     let ttl = match (window, ttl) {
@@ -436,7 +457,7 @@ pub fn window_add(
         }
         (_, ttl) => ttl,
     };
-    let value = Value::Window(held);
+    let value = Value::Window { held, len };
     (sums, Write::Store { value, ttl })
 }
 
@@ -1049,7 +1070,9 @@ mod tests {
             slots: 8,
         };
         let mut v = None;
-        for record in [&[][..], &[0], &[-1, 10, i64::MIN], &[i64::MAX, 99, 100]] {
+        // Twice round: the second adds push the first out of the window.
+        let records = [&[][..], &[0], &[-1, 10, i64::MIN], &[i64::MAX, 99, 100]];
+        for record in records.iter().chain(&records).chain(&records[..1]) {
             add(&mut v, count, 0, 0, Some(record));
             values.push(v.clone().unwrap());
         }
@@ -1064,9 +1087,12 @@ mod tests {
             assert_eq!(value.len(), text.len(), "{value:?}");
             let decoded = match &value {
                 Value::Bucket(b) => Value::Bucket(Bucket::decode(&text).expect("a bucket")),
-                Value::Window(h) => {
-                    assert_eq!(Held::decode(&text).as_ref(), Some(h));
-                    Value::Window(h.clone())
+                Value::Window { held, .. } => {
+                    assert_eq!(Held::decode(&text).as_ref(), Some(held));
+                    Value::Window {
+                        held: held.clone(),
+                        len: text.len(),
+                    }
                 }
                 Value::Bytes(_) => unreachable!("only decoded values here"),
             };
@@ -1084,7 +1110,7 @@ mod tests {
             "a read leaves the text"
         );
         assert_eq!(add(&mut text, w, 0, 0, Some(&[5, 6])), [9, 12]);
-        assert!(matches!(text, Some(Value::Window(_))));
+        assert!(matches!(text, Some(Value::Window { .. })));
         assert_eq!(self::text(&text), "n 1,2 3,4 5,6");
     }
 }
