@@ -512,7 +512,11 @@ fn unique_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(32);
     for n in [prefix, next] {
-        id.extend((0..16).rev().map(|k| char::from(HEX[(n >> (4 * k)) as usize & 0xf])));
+        id.extend(
+            (0..16)
+                .rev()
+                .map(|k| char::from(HEX[(n >> (4 * k)) as usize & 0xf])),
+        );
     }
     id
 }
@@ -1226,7 +1230,10 @@ mod tests {
     fn ids_are_32_hex_digits_and_unique() {
         let (a, b) = (unique_id(), unique_id());
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_eq!(a[..16], b[..16], "one prefix per process");
         let (na, nb) = (
             u64::from_str_radix(&a[16..], 16).unwrap(),
