@@ -1086,7 +1086,7 @@ mod tests {
             let text = value.to_bytes().into_owned();
             assert_eq!(value.len(), text.len(), "{value:?}");
             let decoded = match &value {
-                Value::Bucket(b) => Value::Bucket(Bucket::decode(&text).expect("a bucket")),
+                Value::Bucket(_) => Value::Bucket(Bucket::decode(&text).expect("a bucket")),
                 Value::Window { held, .. } => {
                     assert_eq!(Held::decode(&text).as_ref(), Some(held));
                     Value::Window {
