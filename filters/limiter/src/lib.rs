@@ -295,12 +295,14 @@ impl Limiter {
             ..q
         });
         // `info.id` is weir's own, unique per request: a client that reuses an
-        // `x-request-id` cannot take over another request's reservation.
-        let reservation_key = format!("q:{id}:{}:{}", info.id(), info.attempt());
-        if queue.is_some()
-            && let Some(due) = env.get(&reservation_key)?.as_deref().and_then(parse_u64)
-        {
-            return self.wake(env, now, info, req, id, &bucket_key, &reservation_key, due);
+        // `x-request-id` cannot take over another request's reservation. Only a queue
+        // has reservations: without one, neither fact is asked of weir.
+        let reservation_key = || format!("q:{id}:{}:{}", info.id(), info.attempt());
+        if queue.is_some() {
+            let key = reservation_key();
+            if let Some(due) = env.get(&key)?.as_deref().and_then(parse_u64) {
+                return self.wake(env, now, info, req, id, &bucket_key, &key, due);
+            }
         }
         // One atomic call decides: however many instances and processes take from this
         // bucket at once, none of them retries.
@@ -323,7 +325,7 @@ impl Limiter {
                     .saturating_mul(1_000_000)
                     .max(taken.wait_ns)
                     .saturating_add(RESERVATION_SLACK_NS);
-                env.set(&reservation_key, due.to_string().as_bytes(), ttl)?;
+                env.set(&reservation_key(), due.to_string().as_bytes(), ttl)?;
                 Ok(RequestAction::Wait(bucket::millis_ceil(taken.wait_ns)))
             }
             TakeOutcome::Paused => reject(Reason::Paused),
@@ -588,10 +590,13 @@ mod tests {
         rejected: RefCell<Vec<Reason>>,
         failing: bool,
         failures: RefCell<u32>,
+        /// Every key read, bucket takes included.
+        read: RefCell<Vec<String>>,
     }
 
     impl Env for Fake {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            self.read.borrow_mut().push(key.to_owned());
             if self.failing {
                 return Err("down".into());
             }
@@ -703,6 +708,22 @@ mod tests {
             r = r.with_header(*n, *v);
         }
         Outcome::Response(r)
+    }
+
+    #[test]
+    fn without_a_queue_no_reservation_is_looked_up() {
+        let env = Fake::default();
+        let req = request(&[]);
+        let l = limiter(r#"{"rate": 2, "per": "10s", "burst": 1}"#);
+        memo(&l.request(&env, T0, &info("r1"), &req));
+        rejection(&l.request(&env, T0, &info("r2"), &req));
+        assert_eq!(*env.read.borrow(), ["b:api:route", "b:api:route"]);
+        // With one, a request first asks whether it holds a reservation.
+        let queued =
+            limiter(r#"{"rate": 2, "per": "10s", "burst": 1, "mode": "queue", "max_wait": "10s"}"#);
+        let env = Fake::default();
+        memo(&queued.request(&env, T0, &info("r1"), &req));
+        assert_eq!(*env.read.borrow(), ["q:api:route:r1:1", "b:api:route"]);
     }
 
     #[test]
