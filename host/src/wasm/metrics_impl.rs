@@ -19,7 +19,16 @@
 //! `weir_filter_metric_series_dropped_total{filter,metric}` (`metric` is the full series
 //! name, or `*` for a name past the name limit), and logged at warn level once per
 //! metric name and filter (once in all for the name limit).
+//!
+//! # Per instance
+//!
+//! Each instance keeps the series it has written ([`SeriesCache`], up to
+//! [`MAX_CACHED_SERIES`] by name and label values), so a filter that sets the same gauge
+//! on every request pays one hash of its name and labels, not the shared map's lock,
+//! the bounds' hashes and prometheus' own lookup. Only a write the bounds admitted is
+//! kept, and guest series are never removed, so a kept series stays registered.
 
+use std::collections::hash_map::Entry;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -27,7 +36,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus::{
-    CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
+    Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
+    Opts, Registry,
 };
 
 use super::bindings::weir::filter::metrics::Host;
@@ -41,6 +51,30 @@ pub const MAX_SERIES_PER_METRIC: usize = 1000;
 
 /// The longest label value a guest series may have, in bytes; a longer one drops the call.
 pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// Most series one instance keeps at hand; past that it starts over.
+pub const MAX_CACHED_SERIES: usize = 64;
+
+/// One series, labels applied.
+enum Handle {
+    Counter(Counter),
+    Gauge(Gauge),
+    Histogram(Histogram),
+}
+
+impl Handle {
+    fn of(series: &GuestSeries, values: &[&str]) -> Handle {
+        match series {
+            GuestSeries::Counter(v, _) => Handle::Counter(v.with_label_values(values)),
+            GuestSeries::Gauge(v, _) => Handle::Gauge(v.with_label_values(values)),
+            GuestSeries::Histogram(v, _) => Handle::Histogram(v.with_label_values(values)),
+        }
+    }
+}
+
+/// The series one instance has written, by metric name and labels (see the module docs).
+#[derive(Default)]
+pub struct SeriesCache(HashMap<(String, Vec<(String, String)>), Handle>);
 
 enum GuestSeries {
     Counter(CounterVec, Vec<String>),
@@ -286,35 +320,65 @@ impl FilterMetrics {
     }
 }
 
+impl SeriesCache {
+    /// The series `name` with `labels` of `filter` on `route`: kept, or else made
+    /// through [`FilterMetrics::with_series`] and kept when the bounds admit it; `None`
+    /// if they dropped it.
+    fn get(
+        &mut self,
+        metrics: &FilterMetrics,
+        kind: &'static str,
+        name: String,
+        labels: Vec<(String, String)>,
+        (route, filter): (&str, &str),
+    ) -> Option<&Handle> {
+        let key = (name, labels);
+        if self.0.len() >= MAX_CACHED_SERIES && !self.0.contains_key(&key) {
+            self.0.clear();
+        }
+        match self.0.entry(key) {
+            Entry::Occupied(e) => Some(e.into_mut()),
+            Entry::Vacant(e) => {
+                let (name, labels) = e.key();
+                let mut made = None;
+                metrics.with_series(kind, name, labels, (route, filter), |s, v| {
+                    made = Some(Handle::of(s, v));
+                });
+                Some(e.insert(made?))
+            }
+        }
+    }
+}
+
+impl GuestHost {
+    fn series(
+        &mut self,
+        kind: &'static str,
+        name: String,
+        labels: Vec<(String, String)>,
+    ) -> Option<&Handle> {
+        let at = (self.meta.route.as_str(), self.meta.filter.as_str());
+        self.series.get(&self.metrics, kind, name, labels, at)
+    }
+}
+
 impl Host for GuestHost {
     fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, value: u64) {
-        let at = (self.meta.route.as_str(), self.meta.filter.as_str());
-        self.metrics
-            .with_series("counter", &name, &labels, at, |s, v| {
-                if let GuestSeries::Counter(c, _) = s {
-                    c.with_label_values(v).inc_by(value as f64);
-                }
-            });
+        if let Some(Handle::Counter(c)) = self.series("counter", name, labels) {
+            c.inc_by(value as f64);
+        }
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
-        let at = (self.meta.route.as_str(), self.meta.filter.as_str());
-        self.metrics
-            .with_series("gauge", &name, &labels, at, |s, v| {
-                if let GuestSeries::Gauge(g, _) = s {
-                    g.with_label_values(v).set(value);
-                }
-            });
+        if let Some(Handle::Gauge(g)) = self.series("gauge", name, labels) {
+            g.set(value);
+        }
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
-        let at = (self.meta.route.as_str(), self.meta.filter.as_str());
-        self.metrics
-            .with_series("histogram", &name, &labels, at, |s, v| {
-                if let GuestSeries::Histogram(h, _) = s {
-                    h.with_label_values(v).observe(value);
-                }
-            });
+        if let Some(Handle::Histogram(h)) = self.series("histogram", name, labels) {
+            h.observe(value);
+        }
     }
 }
 
@@ -349,6 +413,53 @@ mod tests {
     /// The dropped counter of (`filter`, `metric`).
     fn dropped(m: &FilterMetrics, filter: &str, metric: &str) -> u64 {
         m.dropped.with_label_values(&[filter, metric]).get()
+    }
+
+    #[test]
+    fn an_instance_keeps_the_series_it_wrote_and_only_those() {
+        let (registry, m) = metrics();
+        let mut cache = SeriesCache::default();
+        let labels = |k: &str| vec![("key".to_owned(), k.to_owned())];
+        let gauge = |cache: &mut SeriesCache, k: &str, value: f64| match cache.get(
+            &m,
+            "gauge",
+            "g".into(),
+            labels(k),
+            ("r", "f"),
+        ) {
+            Some(Handle::Gauge(g)) => g.set(value),
+            _ => panic!("the gauge g{{key={k}}} was dropped"),
+        };
+        gauge(&mut cache, "a", 1.0);
+        gauge(&mut cache, "a", 2.0);
+        assert_eq!(cache.0.len(), 1);
+        // The kept handle is the registered series: the second value is the one scraped.
+        let scraped = registry.gather();
+        let family = scraped
+            .iter()
+            .find(|f| f.name() == "weir_filter_g")
+            .unwrap();
+        assert_eq!(family.get_metric()[0].get_gauge().get_value(), 2.0);
+        // Another kind under the same name is dropped, as without the cache.
+        let counter = cache.get(&m, "counter", "g".into(), labels("a"), ("r", "f"));
+        assert!(!matches!(counter, Some(Handle::Counter(_))));
+        // A label value past the bound is dropped and counted every time, never kept.
+        let long = "x".repeat(MAX_LABEL_VALUE_BYTES + 1);
+        for _ in 0..2 {
+            assert!(
+                cache
+                    .get(&m, "gauge", "g".into(), labels(&long), ("r", "f"))
+                    .is_none()
+            );
+        }
+        assert_eq!(dropped(&m, "f", "weir_filter_g"), 2);
+        assert_eq!(cache.0.len(), 1);
+        // Past MAX_CACHED_SERIES it starts over, and every write still lands.
+        for k in 0..=MAX_CACHED_SERIES {
+            gauge(&mut cache, &k.to_string(), k as f64);
+        }
+        assert!(cache.0.len() <= MAX_CACHED_SERIES);
+        assert_eq!(count(&registry, "weir_filter_g"), MAX_CACHED_SERIES + 2);
     }
 
     #[test]

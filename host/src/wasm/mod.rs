@@ -1446,6 +1446,8 @@ pub struct GuestHost {
     /// plain field, because state operations run on a shared borrow; it is only taken
     /// while recording.
     calls: Mutex<Vec<HostCall>>,
+    /// The metric series this instance has written, so writing one again takes no lock.
+    series: metrics_impl::SeriesCache,
 }
 
 /// How long the state operations of a call that starts past its request's deadline may
@@ -1538,6 +1540,7 @@ impl GuestState {
                 record_calls: false,
                 call: call::CallData::default(),
                 calls: Mutex::new(Vec::new()),
+                series: metrics_impl::SeriesCache::default(),
             },
         }
     }
