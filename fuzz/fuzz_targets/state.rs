@@ -240,7 +240,9 @@ fn check_window(
         (Some(_), Write::Keep) => panic!("an add kept the old value"),
         (Some(_), Write::Delete) => assert!(sums.is_empty(), "{sums:?} from nothing"),
         (Some(_), Write::Store { value, .. }) => {
-            let held = Held::decode(value).expect("a window stores a window");
+            let text = value.to_bytes();
+            assert_eq!(value.len(), text.len(), "the charged length is the text's");
+            let held = Held::decode(&text).expect("a window stores a window");
             match (held, window) {
                 (Held::Count(records), Window::Count(n)) => {
                     assert!(records.len() <= n.clamp(1, prims::MAX_COUNT) as usize);
@@ -252,7 +254,8 @@ fn check_window(
                 (h, w) => panic!("{w:?} stored {h:?}"),
             }
             // What it stored reads back as the sums it answered.
-            let (again, w) = prims::window_add(Some(value), window, now, now, None, None);
+            let mut value = value.clone();
+            let (again, w) = prims::window_add(Some(&mut value), window, now, now, None, None);
             assert_eq!(again, sums, "{stored:?} then {record:?}");
             assert_eq!(w, Write::Keep);
         }
@@ -285,8 +288,9 @@ impl Model {
                 self.entries.remove(key);
             }
             Write::Store { value, ttl } => {
+                let text = value.to_bytes().into_owned();
                 self.entries
-                    .insert(key.to_owned(), (value, ttl.map(|t| now + t)));
+                    .insert(key.to_owned(), (text, ttl.map(|t| now + t)));
             }
         }
     }
@@ -330,7 +334,7 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
             model.write(
                 &key,
                 Write::Store {
-                    value: value.0,
+                    value: prims::Value::Bytes(value.0),
                     ttl,
                 },
                 now,
@@ -386,7 +390,14 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
             assert_eq!(got, Ok(swap), "cas {key}");
             if swap {
                 let ttl = ttl(ttl_ms);
-                model.write(&key, Write::Store { value: new.0, ttl }, now);
+                model.write(
+                    &key,
+                    Write::Store {
+                        value: prims::Value::Bytes(new.0),
+                        ttl,
+                    },
+                    now,
+                );
             }
         }
         Op::Take(key, policy, now_ns) => {
@@ -396,7 +407,8 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
                 return;
             }
             let stored = model.live(&key, now).map(<[u8]>::to_vec);
-            let (result, write) = prims::bucket_take(&policy, stored.as_deref(), now_ns);
+            let text = stored.clone().map(prims::Value::Bytes);
+            let (result, write) = prims::bucket_take(&policy, text.as_ref(), now_ns);
             assert_eq!(got, Ok(result), "take {key} from {stored:?}");
             match result.outcome {
                 TakeOutcome::Admitted => assert_eq!(result.wait_ns, 0),
@@ -405,8 +417,9 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
                 _ => assert_eq!(write, Write::Keep, "a refusal wrote"),
             }
             if let Write::Store { value, .. } = &write {
-                let b = Bucket::decode(value).expect("a bucket stores a bucket");
+                let b = Bucket::decode(&value.to_bytes()).expect("a bucket stores a bucket");
                 assert_eq!(b.tat, result.tat_ns);
+                assert_eq!(value.len(), value.to_bytes().len());
             }
             model.write(&key, write, now);
         }
@@ -418,9 +431,10 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
             }
             assert_eq!(got, Ok(()));
             let stored = model.live(&key, now).map(<[u8]>::to_vec);
-            let write = prims::bucket_pause(stored.as_deref(), until_ns, now_ns);
+            let text = stored.map(prims::Value::Bytes);
+            let write = prims::bucket_pause(text.as_ref(), until_ns, now_ns);
             if let Write::Store { value, .. } = &write {
-                let b = Bucket::decode(value).expect("a bucket stores a bucket");
+                let b = Bucket::decode(&value.to_bytes()).expect("a bucket stores a bucket");
                 assert!(b.paused_until >= until_ns);
             }
             model.write(&key, write, now);
@@ -440,8 +454,9 @@ fn step(backend: &Arc<MemoryBackend>, clock: &VirtualClock, model: &mut Model, o
                 return;
             }
             let stored = model.live(&key, now).map(<[u8]>::to_vec);
+            let mut text = stored.clone().map(prims::Value::Bytes);
             let (sums, write) = prims::window_add(
-                stored.as_deref(),
+                text.as_mut(),
                 window,
                 at,
                 now_ns,
