@@ -521,35 +521,22 @@ fn unique_id() -> String {
     id
 }
 
-/// `addr` as `Display` writes it; an IPv4 address (nearly every client's) written by
-/// hand, which costs a tenth of the formatter's padding-aware path.
+/// `addr` as `Display` writes it; an IPv4 address (nearly every client's) written
+/// through `itoa`, which costs a tenth of the formatter's padding-aware path.
 fn addr_text(addr: SocketAddr) -> String {
     let SocketAddr::V4(v4) = addr else {
         return addr.to_string();
     };
-    fn push_decimal(out: &mut String, n: u16) {
-        let mut digits = [0u8; 5];
-        let mut k = digits.len();
-        let mut n = n;
-        loop {
-            k -= 1;
-            digits[k] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend(digits[k..].iter().map(|&d| char::from(d)));
-    }
+    let mut digits = itoa::Buffer::new();
     let mut out = String::with_capacity(21);
     for (i, octet) in v4.ip().octets().into_iter().enumerate() {
         if i > 0 {
             out.push('.');
         }
-        push_decimal(&mut out, u16::from(octet));
+        out.push_str(digits.format(octet));
     }
     out.push(':');
-    push_decimal(&mut out, v4.port());
+    out.push_str(digits.format(v4.port()));
     out
 }
 

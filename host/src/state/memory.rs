@@ -300,7 +300,7 @@ impl MemoryBackend {
         };
         // A write takes the records out of the entry. If the window could grow past what
         // one entry may hold, it works on a copy, so that a refusal leaves the old one.
-        let growth = record.map_or(0, |r| 42 + 21 * r.len() as u64);
+        let growth = record.map_or(0, |r| prims::window_growth_bound(r) as u64);
         let mut copy = (entry.cost + growth > budget).then(|| entry.value.clone());
         let stored = match &mut copy {
             Some(copy) => copy,

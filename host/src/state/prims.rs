@@ -134,6 +134,14 @@ fn signed_digits(n: i64) -> usize {
     usize::from(n < 0) + digits(n.unsigned_abs())
 }
 
+/// The most that adding `record` can lengthen a window's stored form, whatever it held
+/// before (another kind of value, or nothing): a new `Time` window's `"t <slot_ms>"`
+/// (at most 12 characters, `slot_ms` being a `u32`), the slot's `" <slot>:"` (at most 22)
+/// and the record itself.
+pub fn window_growth_bound(record: &[i64]) -> usize {
+    12 + 22 + record_len(record)
+}
+
 /// The length of a record's stored form.
 fn record_len(record: &[i64]) -> usize {
     let commas = record.len().saturating_sub(1);
@@ -1097,6 +1105,32 @@ mod tests {
                 Value::Bytes(_) => unreachable!("only decoded values here"),
             };
             assert_eq!(decoded, Value::Bytes(text));
+        }
+    }
+
+    #[test]
+    fn no_add_lengthens_a_value_past_the_growth_bound() {
+        let time = Window::Time {
+            slot_ms: u32::MAX,
+            slots: MAX_SLOTS,
+        };
+        let records: [&[i64]; 3] = [&[], &[i64::MIN], &[i64::MIN, i64::MAX, -1]];
+        for record in records {
+            let before = [
+                None,
+                Some(text_value("x")),
+                Some(text_value("n 1,2")),
+                Some(text_value("t 1 5:1")),
+            ];
+            for (window, at) in [(Window::Count(10), 0), (time, u64::MAX)] {
+                for old in before.clone() {
+                    let old_len = old.as_ref().map_or(0, Value::len);
+                    let mut v = old;
+                    add(&mut v, window, at, at, Some(record));
+                    let grew = v.as_ref().map_or(0, Value::len).saturating_sub(old_len);
+                    assert!(grew <= window_growth_bound(record), "{window:?} {record:?}");
+                }
+            }
         }
     }
 
