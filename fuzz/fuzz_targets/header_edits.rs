@@ -9,6 +9,8 @@
 //! - after an accepted edit every field is a valid, lowercase header with no CR, LF or
 //!   NUL, removed names are gone and each set name has exactly the values set, in order;
 //! - `from_fields` drops nothing an edit let in: what was accepted is what is sent;
+//! - [`headers::apply_edit_map`], the same edit on a request's `HeaderMap`, accepts and
+//!   refuses what `apply_edit` does, and leaves each name with the same values in order;
 //! - `validate_response` accepts no hop-by-hop header and no status outside 200–999.
 #![no_main]
 
@@ -46,8 +48,18 @@ fuzz_target!(|input: Input| {
         status,
     } = input;
 
+    let mut map = headers::from_fields(&fields);
+    let map_before = map.clone();
+    let on_map = headers::apply_edit_map(&mut map, set.clone(), &remove);
+
     let mut edited = fields.clone();
-    match headers::apply_edit(&mut edited, set.clone(), &remove) {
+    let on_list = headers::apply_edit(&mut edited, set.clone(), &remove);
+    assert_eq!(on_map.is_ok(), on_list.is_ok(), "{on_map:?} / {on_list:?}");
+    if on_map.is_err() {
+        assert_eq!(map, map_before, "a refused edit changed the map");
+    }
+    assert_eq!(map, headers::from_fields(&edited), "the map and the list disagree");
+    match on_list {
         Err(_) => assert_eq!(edited, fields, "a refused edit changed the fields"),
         Ok(()) => {
             for (n, v) in &set {

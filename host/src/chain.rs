@@ -237,12 +237,11 @@ impl Exchange<'_> {
                 client_addr: addr_text(self.client),
             },
         };
-        let wreq = wasm::Request {
+        let wreq = wasm::ChainRequest {
             method: walk.method.as_str().to_owned(),
             upstream: self.upstream.origin.clone(),
             path_with_query,
-            headers: headers::to_fields(&headers),
-            body: None,
+            headers,
         };
         let reply = walk.pass(0, wreq).await;
         self.lock_trace().attempts = walk.attempt;
@@ -560,7 +559,7 @@ pub struct Failed {
 /// Public (and hidden) for the `wit_answers` fuzz target in `fuzz/`.
 #[doc(hidden)]
 pub fn edit_request(
-    req: &mut wasm::Request,
+    req: &mut wasm::ChainRequest,
     set_headers: Vec<(String, Vec<u8>)>,
     remove_headers: &[String],
     path_with_query: Option<String>,
@@ -569,7 +568,7 @@ pub fn edit_request(
         check_path(pq)?;
     }
     // Checks every header before it changes any.
-    headers::apply_edit(&mut req.headers, set_headers, remove_headers)?;
+    headers::apply_edit_map(&mut req.headers, set_headers, remove_headers)?;
     if let Some(pq) = path_with_query {
         req.path_with_query = pq;
     }
@@ -770,15 +769,16 @@ impl Walk<'_, '_> {
     fn pass(
         &mut self,
         from: usize,
-        req: wasm::Request,
+        req: wasm::ChainRequest,
     ) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
         Box::pin(self.pass_inner(from, req))
     }
 
-    async fn pass_inner(&mut self, from: usize, mut req: wasm::Request) -> Reply {
+    async fn pass_inner(&mut self, from: usize, mut req: wasm::ChainRequest) -> Reply {
         let filters = &self.x.chain.filters;
         // What each retrying filter passed on, body included, for its retries to re-send.
-        let mut snapshots: Vec<Option<(wasm::Request, Option<Bytes>)>> = vec![None; filters.len()];
+        let mut snapshots: Vec<Option<(wasm::ChainRequest, Option<Bytes>)>> =
+            vec![None; filters.len()];
         let mut passed = from;
         let mut early = None;
         'walk: for (k, f) in filters.iter().enumerate().skip(from) {
@@ -913,7 +913,7 @@ impl Walk<'_, '_> {
         }
     }
 
-    async fn on_request(&mut self, f: &FilterPool, req: &mut wasm::Request) -> Step {
+    async fn on_request(&mut self, f: &FilterPool, req: &mut wasm::ChainRequest) -> Step {
         if !f.phases().request {
             return Step::Go(None);
         }
@@ -963,7 +963,7 @@ impl Walk<'_, '_> {
 
     fn apply_request_edit(
         &mut self,
-        req: &mut wasm::Request,
+        req: &mut wasm::ChainRequest,
         edit: wasm::RequestEdit,
     ) -> Result<(), String> {
         edit_request(
@@ -1026,7 +1026,7 @@ impl Walk<'_, '_> {
         &mut self,
         f: &FilterPool,
         k: usize,
-        req: &mut wasm::Request,
+        req: &mut wasm::ChainRequest,
         reply: &mut Reply,
     ) -> Option<ResponseAction> {
         if !f.phases().response {
@@ -1090,7 +1090,7 @@ impl Walk<'_, '_> {
     /// Calls the upstream with the request as the chain left it. The reply is an
     /// upstream failure when no whole response came in time, and fixed when weir ends
     /// the request itself (see [`Reply::ended`]).
-    async fn send(&mut self, req: &wasm::Request) -> Reply {
+    async fn send(&mut self, req: &wasm::ChainRequest) -> Reply {
         let body = match &mut self.body {
             ReqBody::Buffered(b) => body::full(b.clone()),
             ReqBody::Stream(s) => s.take().unwrap_or_else(body::empty),
@@ -1104,7 +1104,7 @@ impl Walk<'_, '_> {
             Ok(u) => u,
             Err(e) => return self.ended(e),
         };
-        let mut h = headers::from_fields(&req.headers);
+        let mut h = req.headers.clone();
         headers::prepare_upstream(&mut h);
         *out.headers_mut() = h;
         self.x.finish_request(out.headers_mut());
@@ -1199,18 +1199,17 @@ enum Step {
 mod tests {
     use super::*;
 
-    fn request() -> wasm::Request {
-        wasm::Request {
+    fn request() -> wasm::ChainRequest {
+        wasm::ChainRequest {
             method: "GET".to_owned(),
             upstream: "http://upstream.test".to_owned(),
             path_with_query: "/a".to_owned(),
-            headers: vec![("x-a".to_owned(), b"1".to_vec())],
-            body: None,
+            headers: headers::from_fields(&[("x-a".to_owned(), b"1".to_vec())]),
         }
     }
 
-    fn parts(req: &wasm::Request) -> (&str, &[(String, Vec<u8>)]) {
-        (&req.path_with_query, &req.headers)
+    fn parts(req: &wasm::ChainRequest) -> (&str, Vec<(String, Vec<u8>)>) {
+        (&req.path_with_query, headers::to_fields(&req.headers))
     }
 
     #[test]
@@ -1283,7 +1282,7 @@ mod tests {
             Some("/b?c=d".to_owned()),
         )
         .unwrap();
-        let want: &[(String, Vec<u8>)] = &[("x-b".to_owned(), b"2".to_vec())];
+        let want = vec![("x-b".to_owned(), b"2".to_vec())];
         assert_eq!(parts(&req), ("/b?c=d", want));
     }
 

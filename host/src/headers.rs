@@ -120,6 +120,16 @@ pub fn validate(name: &str, value: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// One header a filter wants to set, checked as [`validate`] checks it and parsed; the
+/// value's bytes become the header's without a copy.
+pub fn parse(name: &str, value: Vec<u8>) -> Result<(HeaderName, HeaderValue), String> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
+    let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+        .map_err(|_| format!("invalid value for header {name:?}"))?;
+    Ok((n, v))
+}
+
 /// The headers that describe one connection or the message's framing (RFC 9110 §7.6.1,
 /// §7.8, §10.1.4; RFC 9112 §6.1) and so cannot be part of a response a filter makes: weir
 /// frames each response to the client itself. `proxy-authenticate` is not among them: a
@@ -169,6 +179,62 @@ pub fn validate_response_field(name: &str, value: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Removes every value of `name` (any case; an invalid name is in no map) and keeps the
+/// other headers in the order they were. `HeaderMap::remove` alone moves the last header
+/// into the removed one's place; this rebuilds the map when that would reorder it.
+pub fn remove_in_order(map: &mut HeaderMap, name: &str) {
+    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+        return;
+    };
+    let Some(at) = map.keys().position(|k| *k == name) else {
+        return;
+    };
+    if at + 1 == map.keys_len() {
+        map.remove(&name);
+        return;
+    }
+    let old = std::mem::take(map);
+    map.reserve(old.len());
+    let mut current: Option<HeaderName> = None;
+    for (key, value) in old {
+        if let Some(key) = key {
+            current = Some(key);
+        }
+        if let Some(key) = current.as_ref().filter(|k| **k != name) {
+            map.append(key.clone(), value);
+        }
+    }
+}
+
+/// Applies a filter's header edit to a request's `map`, as [`apply_edit`] does to a
+/// list: every set checked before anything changes, removals first, then sets, each
+/// replacing every existing value of its name.
+pub fn apply_edit_map(
+    map: &mut HeaderMap,
+    set: Vec<(String, Vec<u8>)>,
+    remove: &[String],
+) -> Result<(), String> {
+    let set = set
+        .into_iter()
+        .map(|(n, v)| parse(&n, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    for name in remove {
+        remove_in_order(map, name);
+    }
+    // The first set of a name replaces its values where they were; another set of the
+    // same name adds to them.
+    let mut replaced: Vec<HeaderName> = Vec::with_capacity(set.len());
+    for (name, value) in set {
+        if replaced.contains(&name) {
+            map.append(name, value);
+        } else {
+            map.insert(name.clone(), value);
+            replaced.push(name);
+        }
+    }
+    Ok(())
+}
+
 /// Applies a filter's header edit to `fields`: removals first, then sets, each replacing
 /// every existing value of its name.
 pub fn apply_edit(
@@ -190,6 +256,61 @@ pub fn apply_edit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let fields: Vec<(String, Vec<u8>)> = pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        from_fields(&fields)
+    }
+
+    fn listed(map: &HeaderMap) -> Vec<(String, String)> {
+        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        map.iter()
+            .map(|(n, v)| (n.as_str().to_owned(), text(v)))
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn removing_a_header_keeps_the_others_in_order() {
+        let mut h = map(&[("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("d", "5")]);
+        remove_in_order(&mut h, "A");
+        assert_eq!(listed(&h), pairs(&[("b", "2"), ("c", "4"), ("d", "5")]));
+        // The last one, a missing one and one no map can hold change nothing else.
+        remove_in_order(&mut h, "d");
+        remove_in_order(&mut h, "missing");
+        remove_in_order(&mut h, "bad name");
+        assert_eq!(listed(&h), pairs(&[("b", "2"), ("c", "4")]));
+    }
+
+    #[test]
+    fn a_request_edit_replaces_values_in_place_and_checks_everything_first() {
+        let mut h = map(&[("a", "1"), ("b", "2"), ("c", "3"), ("b", "4")]);
+        let set = vec![
+            ("B".to_owned(), b"x".to_vec()),
+            ("e".to_owned(), b"y".to_vec()),
+            ("b".to_owned(), b"z".to_vec()),
+        ];
+        apply_edit_map(&mut h, set, &["a".to_owned()]).unwrap();
+        let want = [("b", "x"), ("b", "z"), ("c", "3"), ("e", "y")];
+        assert_eq!(listed(&h), pairs(&want));
+
+        let before = h.clone();
+        let set = vec![
+            ("f".to_owned(), b"1".to_vec()),
+            ("g".to_owned(), b"a\r\nb".to_vec()),
+        ];
+        let refused = apply_edit_map(&mut h, set, &["c".to_owned()]);
+        assert_eq!(refused, Err("invalid value for header \"g\"".to_owned()));
+        assert_eq!(listed(&h), listed(&before));
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -10,9 +10,10 @@
 use bytes::Bytes;
 use wasmtime::component::Resource;
 
+use super::ChainRequest;
 use super::GuestHost;
 use super::bindings::v2::weir::filter0_2_0::types::{Host, HostRequest, HostResponse};
-use super::bindings::{Outcome, Request, RequestInfo, UpstreamError};
+use super::bindings::{Outcome, RequestInfo, UpstreamError};
 use crate::headers;
 
 /// What a guest's `request` handle stands for: the request of the call in progress.
@@ -26,7 +27,7 @@ type Fields = Vec<(String, Vec<u8>)>;
 /// What one 0.2 call works on: moved into the store before the call, out after it.
 pub(super) struct CallData {
     pub info: RequestInfo,
-    pub req: Request,
+    pub req: ChainRequest,
     /// The request body, for a filter that asked for it; copied only if it reads it.
     pub req_body: Option<Bytes>,
     /// A body the guest set.
@@ -58,13 +59,7 @@ impl Default for CallData {
                 remaining_ms: 0,
                 client_addr: String::new(),
             },
-            req: Request {
-                method: String::new(),
-                upstream: String::new(),
-                path_with_query: String::new(),
-                headers: Vec::new(),
-                body: None,
-            },
+            req: ChainRequest::default(),
             req_body: None,
             new_body: None,
             try_timeout_ms: None,
@@ -80,7 +75,7 @@ impl Default for CallData {
 impl CallData {
     /// Lends the request and its facts to the call, or takes them back after it: the
     /// caller's values and these trade places, so nothing is copied.
-    pub fn swap_request(&mut self, info: &mut RequestInfo, req: &mut Request) {
+    pub fn swap_request(&mut self, info: &mut RequestInfo, req: &mut ChainRequest) {
         std::mem::swap(&mut self.info, info);
         std::mem::swap(&mut self.req, req);
     }
@@ -162,10 +157,15 @@ impl CallData {
         value: Vec<u8>,
         replace: bool,
     ) -> Result<(), String> {
-        if let Err(e) = headers::validate(&name, &value) {
-            return self.refuse(e);
+        let (name, value) = match headers::parse(&name, value) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.refuse(e),
+        };
+        if replace {
+            self.req.headers.insert(name, value);
+        } else {
+            self.req.headers.append(name, value);
         }
-        put(&mut self.req.headers, name, value, replace);
         Ok(())
     }
 
@@ -253,19 +253,22 @@ impl HostRequest for GuestHost {
     }
 
     fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<Vec<u8>> {
-        first(&self.call.req.headers, &name)
+        let value = self.call.req.headers.get(name.as_str());
+        value.map(|v| v.as_bytes().to_vec())
     }
 
     fn header_values(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<Vec<u8>> {
-        values(&self.call.req.headers, &name)
+        let values = self.call.req.headers.get_all(name.as_str());
+        values.iter().map(|v| v.as_bytes().to_vec()).collect()
     }
 
     fn header_names(&mut self, _: Resource<RequestHandle>) -> Vec<String> {
-        names(&self.call.req.headers)
+        let names = self.call.req.headers.keys();
+        names.map(|n| n.as_str().to_owned()).collect()
     }
 
     fn headers(&mut self, _: Resource<RequestHandle>) -> Fields {
-        self.call.req.headers.clone()
+        headers::to_fields(&self.call.req.headers)
     }
 
     fn body(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
@@ -291,7 +294,7 @@ impl HostRequest for GuestHost {
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
-        remove(&mut self.call.req.headers, &name);
+        headers::remove_in_order(&mut self.call.req.headers, &name);
     }
 
     fn set_path_with_query(
@@ -410,8 +413,12 @@ mod tests {
 
     fn with_headers(pairs: &[(&str, &str)]) -> CallData {
         let mut call = CallData::default();
-        call.req.headers = fields(pairs);
+        call.req.headers = headers::from_fields(&fields(pairs));
         call
+    }
+
+    fn request_fields(call: &CallData) -> Fields {
+        headers::to_fields(&call.req.headers)
     }
 
     #[test]
@@ -428,15 +435,18 @@ mod tests {
         let mut call = with_headers(&[("x-a", "1"), ("accept", "*/*"), ("X-A", "2")]);
         call.put_request_header("X-A".into(), b"3".to_vec(), true)
             .unwrap();
-        assert_eq!(call.req.headers, fields(&[("accept", "*/*"), ("x-a", "3")]));
+        assert_eq!(
+            request_fields(&call),
+            fields(&[("x-a", "3"), ("accept", "*/*")])
+        );
         call.put_request_header("x-a".into(), b"4".to_vec(), false)
             .unwrap();
         assert_eq!(
-            values(&call.req.headers, "x-a"),
-            [b"3".to_vec(), b"4".to_vec()]
+            request_fields(&call),
+            fields(&[("x-a", "3"), ("x-a", "4"), ("accept", "*/*")])
         );
-        remove(&mut call.req.headers, "X-a");
-        assert_eq!(call.req.headers, fields(&[("accept", "*/*")]));
+        call.req.headers.remove("x-a");
+        assert_eq!(request_fields(&call), fields(&[("accept", "*/*")]));
         assert_eq!(call.invalid, None);
     }
 
@@ -447,7 +457,7 @@ mod tests {
         assert_eq!(bad_value, Err("invalid value for header \"x-a\"".into()));
         let bad_path = call.set_path("no-slash".into());
         assert_eq!(bad_path, Err("invalid path \"no-slash\"".into()));
-        assert_eq!(call.req.headers, fields(&[("accept", "*/*")]));
+        assert_eq!(request_fields(&call), fields(&[("accept", "*/*")]));
         assert_eq!(call.req.path_with_query, "");
         assert_eq!(
             call.invalid.as_deref(),

@@ -24,11 +24,10 @@
 //!
 //! Each instance keeps the series it has written ([`SeriesCache`], up to
 //! [`MAX_CACHED_SERIES`] by name and label values), so a filter that sets the same gauge
-//! on every request pays one hash of its name and labels, not the shared map's lock,
+//! on every request pays a comparison of its name and labels, not the shared map's lock,
 //! the bounds' hashes and prometheus' own lookup. Only a write the bounds admitted is
 //! kept, and guest series are never removed, so a kept series stays registered.
 
-use std::collections::hash_map::Entry;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -73,8 +72,12 @@ impl Handle {
 }
 
 /// The series one instance has written, by metric name and labels (see the module docs).
+/// A list searched in order: an instance writes a few series, and comparing a few strings
+/// costs less than hashing the name and every label.
 #[derive(Default)]
-pub struct SeriesCache(HashMap<(String, Vec<(String, String)>), Handle>);
+pub struct SeriesCache(Vec<(SeriesKey, Handle)>);
+
+type SeriesKey = (String, Vec<(String, String)>);
 
 enum GuestSeries {
     Counter(CounterVec, Vec<String>),
@@ -332,21 +335,25 @@ impl SeriesCache {
         labels: Vec<(String, String)>,
         (route, filter): (&str, &str),
     ) -> Option<&Handle> {
-        let key = (name, labels);
-        if self.0.len() >= MAX_CACHED_SERIES && !self.0.contains_key(&key) {
-            self.0.clear();
-        }
-        match self.0.entry(key) {
-            Entry::Occupied(e) => Some(e.into_mut()),
-            Entry::Vacant(e) => {
-                let (name, labels) = e.key();
+        let at = self
+            .0
+            .iter()
+            .position(|((n, l), _)| *n == name && *l == labels);
+        let at = match at {
+            Some(at) => at,
+            None => {
+                if self.0.len() >= MAX_CACHED_SERIES {
+                    self.0.clear();
+                }
                 let mut made = None;
-                metrics.with_series(kind, name, labels, (route, filter), |s, v| {
+                metrics.with_series(kind, &name, &labels, (route, filter), |s, v| {
                     made = Some(Handle::of(s, v));
                 });
-                Some(e.insert(made?))
+                self.0.push(((name, labels), made?));
+                self.0.len() - 1
             }
-        }
+        };
+        Some(&self.0[at].1)
     }
 }
 

@@ -188,6 +188,45 @@ pub struct Phases {
     pub response: bool,
 }
 
+/// The request as the chain carries it from filter to filter and sends it upstream. Its
+/// headers stay the `HeaderMap` they came in as: a 0.2 filter reads and changes them in
+/// place, so a call converts nothing, and only a 0.1 filter's call copies them into the
+/// WIT's list ([`ChainRequest::to_wit`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChainRequest {
+    /// The method, in upper case.
+    pub method: String,
+    /// The upstream's origin.
+    pub upstream: String,
+    /// The path and query to send upstream.
+    pub path_with_query: String,
+    /// The headers, hop-by-hop ones removed.
+    pub headers: http::HeaderMap,
+}
+
+impl ChainRequest {
+    /// The request in the WIT's shape, with `body`: what a 0.1 call gets.
+    pub fn to_wit(&self, body: Option<Vec<u8>>) -> Request {
+        Request {
+            method: self.method.clone(),
+            upstream: self.upstream.clone(),
+            path_with_query: self.path_with_query.clone(),
+            headers: crate::headers::to_fields(&self.headers),
+            body,
+        }
+    }
+
+    /// The request a WIT `request` describes (its body aside).
+    pub fn from_wit(req: &Request) -> ChainRequest {
+        ChainRequest {
+            method: req.method.clone(),
+            upstream: req.upstream.clone(),
+            path_with_query: req.path_with_query.clone(),
+            headers: crate::headers::from_fields(&req.headers),
+        }
+    }
+}
+
 /// What `on-response` works on besides the request: the memo of this filter's
 /// `on-request`, and what came back.
 pub struct Returned<'a> {
@@ -832,8 +871,8 @@ impl FilterPool {
         info: &RequestInfo,
         req: &Request,
     ) -> Result<RequestAction, CallError> {
-        let (mut info, mut edited) = (info.clone(), req.clone());
-        let body = edited.body.take().map(Bytes::from);
+        let (mut info, mut edited) = (info.clone(), ChainRequest::from_wit(req));
+        let body = req.body.clone().map(Bytes::from);
         let action = unbounded(
             self.on_request_until(&mut info, &mut edited, body.as_ref(), None, None)
                 .await,
@@ -841,7 +880,8 @@ impl FilterPool {
         Ok(match (action, self.maker.loaded.pre.is_v2()) {
             (RequestAction::Continue((edit, memo)), true) => {
                 let mut edit = edit.unwrap_or_else(no_edit);
-                (edit.set_headers, edit.remove_headers) = diff(&req.headers, &edited.headers);
+                let after = crate::headers::to_fields(&edited.headers);
+                (edit.set_headers, edit.remove_headers) = diff(&req.headers, &after);
                 if edited.path_with_query != req.path_with_query {
                     edit.path_with_query = Some(edited.path_with_query);
                 }
@@ -866,7 +906,7 @@ impl FilterPool {
         memo: Option<&[u8]>,
         outcome: &Outcome,
     ) -> Result<ResponseAction, CallError> {
-        let (mut info, mut req) = (info.clone(), req.clone());
+        let (mut info, mut chained) = (info.clone(), ChainRequest::from_wit(req));
         let (mut changed, mut error_headers) = (outcome.clone(), Vec::new());
         let body = req.body.clone().map(Bytes::from);
         let memo = memo.map(Bytes::copy_from_slice);
@@ -878,7 +918,7 @@ impl FilterPool {
             fixed: false,
         };
         let action = unbounded(
-            self.on_response_until(&mut info, &mut req, returned, None, None)
+            self.on_response_until(&mut info, &mut chained, returned, None, None)
                 .await,
         )?;
         if !matches!(action, ResponseAction::Continue(None)) || !self.maker.loaded.pre.is_v2() {
@@ -925,7 +965,7 @@ impl FilterPool {
     pub async fn on_request_until(
         &self,
         info: &mut RequestInfo,
-        req: &mut Request,
+        req: &mut ChainRequest,
         body: Option<&Bytes>,
         until: Option<tokio::time::Instant>,
         calls: Option<&mut Vec<HostCall>>,
@@ -939,13 +979,11 @@ impl FilterPool {
             .request_deadline(info, calls.is_some());
         let result = match &inst.guest {
             Guest::V1(g) => {
-                req.body = body.map(|b| b.to_vec());
+                let wit = req.to_wit(body.map(|b| b.to_vec()));
                 let call = g
                     .weir_filter_filter()
-                    .call_on_request(&mut inst.store, info, req);
-                let result = time.time(call).await;
-                req.body = None;
-                result.map(Ok)
+                    .call_on_request(&mut inst.store, info, &wit);
+                time.time(call).await.map(Ok)
             }
             Guest::V2(g) => {
                 let lent = &mut inst.store.data_mut().host.call;
@@ -972,7 +1010,7 @@ impl FilterPool {
     pub async fn on_response_until(
         &self,
         info: &mut RequestInfo,
-        req: &mut Request,
+        req: &mut ChainRequest,
         returned: Returned<'_>,
         until: Option<tokio::time::Instant>,
         calls: Option<&mut Vec<HostCall>>,
@@ -986,10 +1024,11 @@ impl FilterPool {
             .request_deadline(info, calls.is_some());
         let result = match &inst.guest {
             Guest::V1(g) => {
+                let wit = req.to_wit(None);
                 let call = g.weir_filter_filter().call_on_response(
                     &mut inst.store,
                     info,
-                    req,
+                    &wit,
                     returned.memo.map(|m| &m[..]),
                     returned.outcome,
                 );
@@ -2038,7 +2077,13 @@ mod tests {
         let start = tokio::time::Instant::now();
         let until = start + Duration::from_millis(250);
         let result = pool
-            .on_request_until(&mut info(), &mut request(), None, Some(until), None)
+            .on_request_until(
+                &mut info(),
+                &mut ChainRequest::from_wit(&request()),
+                None,
+                Some(until),
+                None,
+            )
             .await;
         assert!(matches!(result, Err(Unanswered::Busy)), "{result:?}");
         assert_eq!(
@@ -2057,7 +2102,13 @@ mod tests {
             fixed: false,
         };
         let result = pool
-            .on_response_until(&mut info(), &mut request(), returned, Some(until), None)
+            .on_response_until(
+                &mut info(),
+                &mut ChainRequest::from_wit(&request()),
+                returned,
+                Some(until),
+                None,
+            )
             .await;
         assert!(matches!(result, Err(Unanswered::Busy)), "{result:?}");
         assert_eq!(failures(&registry, "on_response", "busy"), 1.0);
@@ -2070,8 +2121,14 @@ mod tests {
             let pool = pool.clone();
             let until = tokio::time::Instant::now() + Duration::from_millis(250);
             tokio::spawn(async move {
-                pool.on_request_until(&mut info(), &mut request(), None, Some(until), None)
-                    .await
+                pool.on_request_until(
+                    &mut info(),
+                    &mut ChainRequest::from_wit(&request()),
+                    None,
+                    Some(until),
+                    None,
+                )
+                .await
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;

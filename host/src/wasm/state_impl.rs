@@ -17,7 +17,14 @@ impl GuestHost {
         if key.len() > MAX_KEY_BYTES {
             return Err(StateError::TooLarge);
         }
-        Ok(format!("{}/{}", self.meta.filter, key))
+        // Not `format!`: this runs on every state call, and core::fmt costs more than the
+        // two copies.
+        let filter = &self.meta.filter;
+        let mut namespaced = String::with_capacity(filter.len() + 1 + key.len());
+        namespaced.push_str(filter);
+        namespaced.push('/');
+        namespaced.push_str(key);
+        Ok(namespaced)
     }
 }
 
