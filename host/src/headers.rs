@@ -114,10 +114,28 @@ pub fn from_fields(fields: &[(String, Vec<u8>)]) -> HeaderMap {
 }
 
 /// Checks one header a filter wants to set; the error says what is wrong with it.
+///
+/// The same rules as `HeaderName::from_bytes` and `HeaderValue::from_bytes`, without
+/// building either (each copies the bytes it is given).
 pub fn validate(name: &str, value: &[u8]) -> Result<(), String> {
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
-    HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header {name:?}"))?;
+    if !valid_name(name.as_bytes()) {
+        return Err(format!("invalid header name {name:?}"));
+    }
+    if !valid_value(value) {
+        return Err(format!("invalid value for header {name:?}"));
+    }
     Ok(())
+}
+
+/// A name `http` takes: 1 to 65,535 token characters (RFC 9110 §5.6.2), any case.
+fn valid_name(name: &[u8]) -> bool {
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    (1..=0xffff).contains(&name.len()) && name.iter().all(token)
+}
+
+/// A value `http` takes: visible characters, spaces and tabs; no control character.
+fn valid_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b >= 0x20 && b != 0x7f || b == b'\t')
 }
 
 /// One header a filter wants to set, checked as [`validate`] checks it and parsed; the
@@ -276,6 +294,26 @@ mod tests {
         list.iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn validation_takes_what_http_takes() {
+        for b in 0..=u8::MAX {
+            for name in [vec![b], vec![b'x', b, b'y']] {
+                let http = HeaderName::from_bytes(&name).is_ok();
+                assert_eq!(valid_name(&name), http, "name {name:?}");
+            }
+            for value in [vec![b], vec![b'x', b, b'y']] {
+                let http = HeaderValue::from_bytes(&value).is_ok();
+                assert_eq!(valid_value(&value), http, "value {value:?}");
+            }
+        }
+        for len in [0, 1, 0xffff, 0x10000] {
+            let name = vec![b'a'; len];
+            let http = HeaderName::from_bytes(&name).is_ok();
+            assert_eq!(valid_name(&name), http, "a name of {len} bytes");
+        }
+        assert!(valid_value(b""));
     }
 
     #[test]

@@ -61,15 +61,15 @@ pub struct RequestInfo {
     id: OnceCell<String>,
     route: OnceCell<String>,
     client_addr: OnceCell<String>,
+    /// Each read from weir is a call into the host: the numbers are kept too.
+    attempt: OnceCell<u32>,
+    remaining_ms: OnceCell<u64>,
 }
 
 enum InfoSrc {
     /// The request handle weir lent to this call (never dropped here: weir owns it).
     Host(ManuallyDrop<wit::Request>),
-    Local {
-        attempt: u32,
-        remaining_ms: u64,
-    },
+    Local,
 }
 
 impl RequestInfo {
@@ -77,13 +77,12 @@ impl RequestInfo {
     /// `127.0.0.1:40000`. Change them with the `with_*` methods.
     pub fn new(id: impl Into<String>) -> RequestInfo {
         RequestInfo {
-            src: InfoSrc::Local {
-                attempt: 1,
-                remaining_ms: 30_000,
-            },
+            src: InfoSrc::Local,
             id: OnceCell::from(id.into()),
             route: OnceCell::from("test".to_owned()),
             client_addr: OnceCell::from("127.0.0.1:40000".to_owned()),
+            attempt: OnceCell::from(1),
+            remaining_ms: OnceCell::from(30_000),
         }
     }
 
@@ -95,20 +94,13 @@ impl RequestInfo {
 
     /// The same facts with another attempt number.
     pub fn with_attempt(mut self, attempt: u32) -> RequestInfo {
-        if let InfoSrc::Local { attempt: a, .. } = &mut self.src {
-            *a = attempt;
-        }
+        self.attempt = OnceCell::from(attempt);
         self
     }
 
     /// The same facts with another time left.
     pub fn with_remaining_ms(mut self, remaining_ms: u64) -> RequestInfo {
-        if let InfoSrc::Local {
-            remaining_ms: r, ..
-        } = &mut self.src
-        {
-            *r = remaining_ms;
-        }
+        self.remaining_ms = OnceCell::from(remaining_ms);
         self
     }
 
@@ -124,13 +116,15 @@ impl RequestInfo {
             id: OnceCell::new(),
             route: OnceCell::new(),
             client_addr: OnceCell::new(),
+            attempt: OnceCell::new(),
+            remaining_ms: OnceCell::new(),
         }
     }
 
     fn host(&self) -> &wit::Request {
         match &self.src {
             InfoSrc::Host(h) => h,
-            InfoSrc::Local { .. } => unreachable!("a local RequestInfo has every string set"),
+            InfoSrc::Local => unreachable!("a local RequestInfo has every part set"),
         }
     }
 
@@ -148,18 +142,12 @@ impl RequestInfo {
 
     /// 1 for the first try, 2 for the first retry, …
     pub fn attempt(&self) -> u32 {
-        match &self.src {
-            InfoSrc::Host(h) => h.attempt(),
-            InfoSrc::Local { attempt, .. } => *attempt,
-        }
+        *self.attempt.get_or_init(|| self.host().attempt())
     }
 
     /// Milliseconds left before the route's deadline, from the start of this call.
     pub fn remaining_ms(&self) -> u64 {
-        match &self.src {
-            InfoSrc::Host(h) => h.remaining_ms(),
-            InfoSrc::Local { remaining_ms, .. } => *remaining_ms,
-        }
+        *self.remaining_ms.get_or_init(|| self.host().remaining_ms())
     }
 
     /// The client's address, e.g. `"127.0.0.1:51234"`.

@@ -1,8 +1,7 @@
 //! The cache's decisions, with the state store and the clock passed in, so the whole
 //! request path runs natively in unit tests against an in-memory [`Host`].
 
-use serde::{Deserialize, Serialize};
-use weir_filter::serde_json;
+use weir_filter::codec::{Reader, put_bytes};
 use weir_filter::state::StateError;
 use weir_filter::{
     FieldsExt, Outcome, Request, RequestAction, RequestEdit, Response, ResponseAction, ResponseEdit,
@@ -72,9 +71,9 @@ impl Label {
     }
 }
 
-/// What `on-request` hands to `on-response`, as JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "snake_case")]
+/// What `on-request` hands to `on-response`, in the SDK's binary codec
+/// ([`Memo::encode`]): JSON cost more than the rest of a miss.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Memo {
     /// A successful unsafe request invalidates the URL's stored responses.
     Invalidate,
@@ -272,7 +271,7 @@ impl Cache {
         outcome: &Outcome,
         now: u64,
     ) -> (ResponseAction, Option<Label>) {
-        let memo = memo.and_then(|m| serde_json::from_slice::<Memo>(m).ok());
+        let memo = memo.and_then(Memo::decode);
         match memo {
             None => miss(outcome),
             Some(Memo::Invalidate) => {
@@ -676,7 +675,90 @@ fn read(host: &dyn Host, key: &str) -> Option<Vec<u8>> {
 }
 
 fn memo(m: &Memo) -> Vec<u8> {
-    serde_json::to_vec(m).unwrap_or_default()
+    m.encode()
+}
+
+impl Memo {
+    const INVALIDATE: u8 = 0;
+    const FETCH: u8 = 1;
+
+    /// `Invalidate`: one byte, 0. `Fetch`: 1, `t`, then a flag byte (1 conditional,
+    /// 2 entry, 4 charge, 8 lock) and the parts it names, in that order.
+    fn encode(&self) -> Vec<u8> {
+        let Memo::Fetch {
+            t,
+            entry,
+            charge,
+            conditional,
+            lock,
+        } = self
+        else {
+            return vec![Memo::INVALIDATE];
+        };
+        let mut w = Vec::with_capacity(32);
+        w.push(Memo::FETCH);
+        w.extend_from_slice(&t.to_be_bytes());
+        let flags = u8::from(*conditional)
+            | u8::from(entry.is_some()) << 1
+            | u8::from(charge.is_some()) << 2
+            | u8::from(lock.is_some()) << 3;
+        w.push(flags);
+        if let Some(entry) = entry {
+            put_bytes(&mut w, entry.as_bytes());
+        }
+        if let Some(c) = charge {
+            w.push(c.class);
+            w.extend_from_slice(&c.bucket.to_be_bytes());
+            w.extend_from_slice(&c.bytes.to_be_bytes());
+        }
+        if let Some(lock) = lock {
+            put_bytes(&mut w, lock.as_bytes());
+        }
+        w
+    }
+
+    /// The memo [`Memo::encode`] wrote, or `None` (another version's, or damaged).
+    fn decode(bytes: &[u8]) -> Option<Memo> {
+        let mut r = Reader::new(bytes);
+        let memo = match r.u8()? {
+            Memo::INVALIDATE => Memo::Invalidate,
+            Memo::FETCH => {
+                let t = r.u64()?;
+                let flags = r.u8()?;
+                if flags > 0b1111 {
+                    return None;
+                }
+                let entry = if flags & 2 != 0 {
+                    Some(r.string()?)
+                } else {
+                    None
+                };
+                let charge = if flags & 4 != 0 {
+                    Some(Charge {
+                        class: r.u8()?,
+                        bucket: r.u64()?,
+                        bytes: r.u64()?,
+                    })
+                } else {
+                    None
+                };
+                let lock = if flags & 8 != 0 {
+                    Some(r.string()?)
+                } else {
+                    None
+                };
+                Memo::Fetch {
+                    t,
+                    entry,
+                    charge,
+                    conditional: flags & 1 != 0,
+                    lock,
+                }
+            }
+            _ => return None,
+        };
+        r.is_empty().then_some(memo)
+    }
 }
 
 /// Pass the outcome on, tagged `miss` when there is a response to tag.
@@ -880,6 +962,43 @@ mod tests {
 
     fn advance(m: &Mem, secs: u64) {
         m.now.set(m.now.get() + secs * 1000);
+    }
+
+    #[test]
+    fn memos_read_back_as_written_and_damaged_ones_are_refused() {
+        let fetch = |entry: Option<&str>, charge: Option<Charge>, lock: Option<&str>| Memo::Fetch {
+            t: 1_700_000_000_123,
+            entry: entry.map(str::to_owned),
+            charge,
+            conditional: entry.is_some(),
+            lock: lock.map(str::to_owned),
+        };
+        let charge = Charge {
+            class: 7,
+            bucket: 13_280_000,
+            bytes: 4096,
+        };
+        let memos = [
+            Memo::Invalidate,
+            fetch(None, None, None),
+            fetch(Some("e/https://a.test/x"), Some(charge), None),
+            fetch(Some("e/k"), None, Some("l/e/k")),
+            fetch(None, Some(charge), Some("l")),
+        ];
+        for m in memos {
+            let bytes = m.encode();
+            assert_eq!(Memo::decode(&bytes), Some(m.clone()), "{m:?}");
+            assert_eq!(
+                Memo::decode(&bytes[..bytes.len() - 1]),
+                None,
+                "{m:?} cut short"
+            );
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(Memo::decode(&longer), None, "{m:?} with a byte more");
+        }
+        assert_eq!(Memo::decode(b"{\"k\":\"invalidate\"}"), None);
+        assert_eq!(Memo::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0b1_0000]), None);
     }
 
     #[test]

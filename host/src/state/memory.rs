@@ -304,7 +304,7 @@ impl MemoryBackend {
         let mut copy = (entry.cost + growth > budget).then(|| entry.value.clone());
         let stored = match &mut copy {
             Some(copy) => copy,
-            None => &mut shard.map.get_mut(key).expect("live just now").value,
+            None => &mut entry.value,
         };
         let (sums, write) = prims::window_add(Some(stored), window, at_ns, now_ns, record, ttl);
         shard.write(key, write, now)?;
@@ -495,13 +495,14 @@ impl Shard {
 
     /// The entry under `key` if it has not expired, marked as just used. An expired entry
     /// found here is dropped.
-    fn live(&mut self, key: &str, now: Instant) -> Option<&Entry> {
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
         if self.map.get(key)?.is_expired(now) {
             self.remove(key);
             return None;
         }
-        let tick = self.tick();
         let entry = self.map.get_mut(key)?;
+        self.next_tick += 1;
+        let tick = self.next_tick;
         if let Some(key) = self.lru.remove(&entry.tick) {
             self.lru.insert(tick, key);
         }
@@ -529,18 +530,14 @@ impl Shard {
         if cost > self.budget {
             return Err(StateError::TooLarge);
         }
-        let tick = self.tick();
         // A key written again (a window, a bucket, a counter) that fits without evicting
         // anything is replaced where it is.
         if let Some(entry) = self.map.get_mut(key)
             && self.used - entry.cost + cost <= self.budget
         {
             self.used = self.used - entry.cost + cost;
-            let name = self
-                .lru
-                .remove(&entry.tick)
-                .expect("every entry is in `lru`");
             if entry.expires != expires {
+                let name = self.lru.get(&entry.tick).expect("every entry is in `lru`");
                 if let Some(at) = entry.expires {
                     self.expiry.remove(&(at, entry.id));
                 }
@@ -548,13 +545,22 @@ impl Shard {
                     self.expiry.insert((at, entry.id), name.clone());
                 }
             }
-            self.lru.insert(tick, name);
+            // An entry just read (`live`) is the most recently used one already.
+            if entry.tick != self.next_tick {
+                self.next_tick += 1;
+                let name = self
+                    .lru
+                    .remove(&entry.tick)
+                    .expect("every entry is in `lru`");
+                self.lru.insert(self.next_tick, name);
+                entry.tick = self.next_tick;
+            }
             entry.value = value;
             entry.cost = cost;
             entry.expires = expires;
-            entry.tick = tick;
             return Ok(());
         }
+        let tick = self.tick();
         let key = match self.remove(key) {
             Some((key, _)) => key,
             None => Arc::from(key),
