@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::Body as _;
 use tokio::time::Instant;
@@ -46,8 +46,8 @@ use crate::recent::{FilterFailure, FilterTiming, Trace, UpstreamTiming, WaitTimi
 use crate::telemetry::RouteMetrics;
 use crate::upstream::{Upstream, UpstreamFailure, UpstreamPool};
 use crate::wasm::{
-    self, CallError, FilterPool, HostCall, Outcome, Phase, RequestAction, RequestInfo,
-    ResponseAction, Unanswered, UpstreamError,
+    self, CallError, ChainOutcome, ChainResponse, FilterPool, HostCall, Phase, RequestAction,
+    RequestInfo, ResponseAction, Unanswered, UpstreamError,
 };
 
 /// The most tries one request gets, whatever the filters ask.
@@ -589,12 +589,9 @@ pub(crate) fn check_path(pq: &str) -> Result<(), String> {
 ///
 /// Public (and hidden) for the `wit_answers` fuzz target in `fuzz/`.
 #[doc(hidden)]
-pub fn edit_response(
-    fields: &mut Vec<(String, Vec<u8>)>,
-    edit: wasm::ResponseEdit,
-) -> Result<(), String> {
+pub fn edit_response(headers: &mut HeaderMap, edit: wasm::ResponseEdit) -> Result<(), String> {
     headers::validate_response(None, &edit.set_headers)?;
-    headers::apply_edit(fields, edit.set_headers, &edit.remove_headers)
+    headers::apply_edit_map(headers, edit.set_headers, &edit.remove_headers)
 }
 
 enum ReqBody {
@@ -616,12 +613,12 @@ impl ReqBody {
 /// What came back: the WIT outcome, the upstream body if it is still streaming, and the
 /// error the client gets if the outcome is an error.
 struct Reply {
-    outcome: Outcome,
+    outcome: ChainOutcome,
     stream: Option<ProxyBody>,
     error: Option<ProxyError>,
     /// Headers filters set on the way back while the outcome is an error (e.g. retry's
     /// `x-weir-attempts`): they go on weir's error response.
-    error_headers: Vec<(String, Vec<u8>)>,
+    error_headers: HeaderMap,
     /// weir ended the request with `error` itself: the filters are told, but cannot
     /// change it (see the module docs).
     fixed: bool,
@@ -631,10 +628,10 @@ impl Reply {
     fn respond(resp: wasm::Response) -> Result<Reply, String> {
         headers::validate_response(Some(resp.status), &resp.headers)?;
         Ok(Reply {
-            outcome: Outcome::Response(resp),
+            outcome: ChainOutcome::Response(ChainResponse::from_wit(resp)),
             stream: None,
             error: None,
-            error_headers: Vec::new(),
+            error_headers: HeaderMap::new(),
             fixed: false,
         })
     }
@@ -644,10 +641,10 @@ impl Reply {
     /// of them responds.
     fn upstream_failed(kind: UpstreamError, err: ProxyError) -> Reply {
         Reply {
-            outcome: Outcome::Error(kind),
+            outcome: ChainOutcome::Error(kind),
             stream: None,
             error: Some(err),
-            error_headers: Vec::new(),
+            error_headers: HeaderMap::new(),
             fixed: false,
         }
     }
@@ -656,14 +653,14 @@ impl Reply {
     /// deadline, and weir's JSON error response for anything else, as the client will.
     fn ended(err: ProxyError, route: &str, id: &str) -> Reply {
         let outcome = match err {
-            ProxyError::Timeout { .. } => Outcome::Error(UpstreamError::Timeout),
+            ProxyError::Timeout { .. } => ChainOutcome::Error(UpstreamError::Timeout),
             _ => Reply::error(&err, route, id).outcome,
         };
         Reply {
             outcome,
             stream: None,
             error: Some(err),
-            error_headers: Vec::new(),
+            error_headers: HeaderMap::new(),
             fixed: true,
         }
     }
@@ -680,21 +677,24 @@ impl Reply {
         let mut text = serde_json::to_vec(&body).unwrap_or_default();
         text.push(b'\n');
         Reply {
-            outcome: Outcome::Response(wasm::Response {
+            outcome: ChainOutcome::Response(ChainResponse {
                 status: err.status().as_u16(),
-                headers: vec![("content-type".into(), b"application/json".to_vec())],
+                headers: HeaderMap::from_iter([(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )]),
                 body: Some(text),
             }),
             stream: None,
             error: None,
-            error_headers: Vec::new(),
+            error_headers: HeaderMap::new(),
             fixed: false,
         }
     }
 
     fn into_response(self, route: &str, id: &str) -> Result<Response<ProxyBody>, ProxyError> {
         match self.outcome {
-            Outcome::Response(r) if !self.fixed => {
+            ChainOutcome::Response(r) if !self.fixed => {
                 let body = match (self.stream, r.body) {
                     (Some(s), _) => s,
                     (None, Some(b)) => body::full(Bytes::from(b)),
@@ -703,7 +703,7 @@ impl Reply {
                 let mut resp = Response::new(body);
                 *resp.status_mut() =
                     StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                *resp.headers_mut() = headers::from_fields(&r.headers);
+                *resp.headers_mut() = r.headers;
                 if resp.body().size_hint().exact().is_some() {
                     // The filters may have changed the body; let hyper set the length.
                     resp.headers_mut().remove(header::CONTENT_LENGTH);
@@ -719,8 +719,7 @@ impl Reply {
                     return Err(err);
                 }
                 let mut resp = err.to_response(Some(route), id);
-                resp.headers_mut()
-                    .extend(headers::from_fields(&self.error_headers));
+                resp.headers_mut().extend(self.error_headers);
                 resp.extensions_mut().insert(Failed {
                     code: err.code(),
                     origin: err.origin(),
@@ -789,7 +788,7 @@ impl Walk<'_, '_> {
                         break;
                     }
                     Step::Stop(reply) => {
-                        early = Some(reply);
+                        early = Some(*reply);
                         break 'walk;
                     }
                     Step::Wait(ms) => {
@@ -840,8 +839,8 @@ impl Walk<'_, '_> {
                 ResponseAction::Continue(None) => {}
                 ResponseAction::Continue(Some(edit)) => {
                     let fields = match &mut reply.outcome {
-                        Outcome::Response(r) => &mut r.headers,
-                        Outcome::Error(_) => &mut reply.error_headers,
+                        ChainOutcome::Response(r) => &mut r.headers,
+                        ChainOutcome::Error(_) => &mut reply.error_headers,
                     };
                     if let Err(e) = edit_response(fields, edit) {
                         self.misbehaved(f, &e, &mut reply);
@@ -942,7 +941,7 @@ impl Walk<'_, '_> {
                 Step::Go(memo)
             }
             Ok(RequestAction::Respond(resp)) => match Reply::respond(resp) {
-                Ok(r) => Step::Stop(r),
+                Ok(r) => Step::Stop(Box::new(r)),
                 Err(e) => self.invalid_request_answer(f, format!("invalid response: {e}")),
             },
             Ok(RequestAction::Wait(ms)) => Step::Wait(ms),
@@ -992,14 +991,14 @@ impl Walk<'_, '_> {
     fn failed_request(&self, f: &FilterPool, detail: String) -> Step {
         match f.on_error() {
             OnError::FailOpen => Step::Go(None),
-            OnError::FailClosed => Step::Stop(Reply::error(
+            OnError::FailClosed => Step::Stop(Box::new(Reply::error(
                 &ProxyError::FilterFailed {
                     filter: f.name().to_owned(),
                     detail,
                 },
                 self.x.route,
                 self.x.id,
-            )),
+            ))),
         }
     }
 
@@ -1034,7 +1033,7 @@ impl Walk<'_, '_> {
         }
         // Only filters that asked for the body get it.
         let hidden = match (&mut reply.outcome, f.info().wants_response_body) {
-            (Outcome::Response(r), false) => r.body.take(),
+            (ChainOutcome::Response(r), false) => r.body.take(),
             _ => None,
         };
         let started = self.x.call_started();
@@ -1054,7 +1053,7 @@ impl Walk<'_, '_> {
             .await;
         self.x
             .time_filter(f, "on_response", self.attempt, started, calls);
-        if let (Outcome::Response(r), Some(b)) = (&mut reply.outcome, hidden) {
+        if let (ChainOutcome::Response(r), Some(b)) = (&mut reply.outcome, hidden) {
             r.body = Some(b);
         }
         match result {
@@ -1170,14 +1169,14 @@ impl Walk<'_, '_> {
             (None, Some(stream))
         };
         Reply {
-            outcome: Outcome::Response(wasm::Response {
+            outcome: ChainOutcome::Response(ChainResponse {
                 status: parts.status.as_u16(),
-                headers: headers::to_fields(&parts.headers),
+                headers: parts.headers,
                 body,
             }),
             stream,
             error: None,
-            error_headers: Vec::new(),
+            error_headers: HeaderMap::new(),
             fixed: false,
         }
     }
@@ -1187,8 +1186,8 @@ impl Walk<'_, '_> {
 enum Step {
     /// Go on, with this memo.
     Go(Option<Vec<u8>>),
-    /// Stop the walk with this reply.
-    Stop(Reply),
+    /// Stop the walk with this reply (boxed: a reply is large, and rare here).
+    Stop(Box<Reply>),
     /// Ask again after this many milliseconds.
     Wait(u32),
     /// No instance became free before the deadline.
@@ -1288,7 +1287,7 @@ mod tests {
 
     #[test]
     fn a_response_edit_with_a_hop_by_hop_header_changes_nothing() {
-        let before = vec![("x-a".to_owned(), b"1".to_vec())];
+        let before = headers::from_fields(&[("x-a".to_owned(), b"1".to_vec())]);
         let mut fields = before.clone();
         let edit = wasm::ResponseEdit {
             set_headers: vec![

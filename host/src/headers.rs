@@ -183,18 +183,32 @@ pub fn validate_response(status: Option<u16>, fields: &[(String, Vec<u8>)]) -> R
 }
 
 /// Checks one header a filter sets on a response: valid, and not hop-by-hop or framing.
-pub fn validate_response_field(name: &str, value: &[u8]) -> Result<(), String> {
+fn validate_response_field(name: &str, value: &[u8]) -> Result<(), String> {
     validate(name, value)?;
     if NOT_IN_A_FILTER_RESPONSE
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h.as_str()))
     {
-        return Err(format!(
-            "hop-by-hop header {:?} in a response (weir frames responses itself)",
-            name.to_ascii_lowercase()
-        ));
+        return Err(hop_by_hop_in_response(name));
     }
     Ok(())
+}
+
+/// One header a filter sets on a response, checked as [`validate_response_field`] checks
+/// it and parsed as [`parse`] parses it.
+pub fn parse_response(name: &str, value: Vec<u8>) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = parse(name, value)?;
+    if NOT_IN_A_FILTER_RESPONSE.contains(&name) {
+        return Err(hop_by_hop_in_response(name.as_str()));
+    }
+    Ok((name, value))
+}
+
+fn hop_by_hop_in_response(name: &str) -> String {
+    format!(
+        "hop-by-hop header {:?} in a response (weir frames responses itself)",
+        name.to_ascii_lowercase()
+    )
 }
 
 /// Removes every value of `name` (any case; an invalid name is in no map) and keeps the
@@ -224,9 +238,9 @@ pub fn remove_in_order(map: &mut HeaderMap, name: &str) {
     }
 }
 
-/// Applies a filter's header edit to a request's `map`, as [`apply_edit`] does to a
-/// list: every set checked before anything changes, removals first, then sets, each
-/// replacing every existing value of its name.
+/// Applies a filter's header edit (a 0.1 `continue` edit, on a request or a response) to
+/// `map`: every set checked before anything changes, removals first, then sets, each
+/// replacing every existing value of its name where it was.
 pub fn apply_edit_map(
     map: &mut HeaderMap,
     set: Vec<(String, Vec<u8>)>,
@@ -250,24 +264,6 @@ pub fn apply_edit_map(
             replaced.push(name);
         }
     }
-    Ok(())
-}
-
-/// Applies a filter's header edit to `fields`: removals first, then sets, each replacing
-/// every existing value of its name.
-pub fn apply_edit(
-    fields: &mut Vec<(String, Vec<u8>)>,
-    set: Vec<(String, Vec<u8>)>,
-    remove: &[String],
-) -> Result<(), String> {
-    for (n, v) in &set {
-        validate(n, v)?;
-    }
-    fields.retain(|(n, _)| {
-        !remove.iter().any(|r| r.eq_ignore_ascii_case(n))
-            && !set.iter().any(|(s, _)| s.eq_ignore_ascii_case(n))
-    });
-    fields.extend(set.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)));
     Ok(())
 }
 
@@ -314,6 +310,29 @@ mod tests {
             assert_eq!(valid_name(&name), http, "a name of {len} bytes");
         }
         assert!(valid_value(b""));
+    }
+
+    #[test]
+    fn a_response_header_is_parsed_with_the_checks_a_listed_one_gets() {
+        let cases: [(&str, &[u8]); 6] = [
+            ("X-Served-By", b"weir"),
+            ("Transfer-Encoding", b"chunked"),
+            ("keep-alive", b"timeout=5"),
+            ("proxy-authenticate", b"Basic"),
+            ("bad name", b"1"),
+            ("x-a", b"1\r\nx-evil: 1"),
+        ];
+        for (name, value) in cases {
+            let listed = validate_response(None, &[(name.to_owned(), value.to_vec())]);
+            let parsed = parse_response(name, value.to_vec()).map(|_| ());
+            assert_eq!(parsed, listed, "{name}");
+        }
+        assert_eq!(
+            parse_response("Upgrade", b"h2c".to_vec()),
+            Err(
+                "hop-by-hop header \"upgrade\" in a response (weir frames responses itself)".into()
+            )
+        );
     }
 
     #[test]
@@ -385,20 +404,19 @@ mod tests {
 
     #[test]
     fn edits_replace_and_remove_case_insensitively() {
-        let mut f = vec![
-            ("x-a".to_owned(), b"1".to_vec()),
-            ("x-a".to_owned(), b"2".to_vec()),
-            ("cookie".to_owned(), b"c".to_vec()),
-        ];
-        apply_edit(
-            &mut f,
-            vec![("X-A".into(), b"3".to_vec())],
-            &["COOKIE".into()],
-        )
-        .unwrap();
-        assert_eq!(f, vec![("x-a".to_owned(), b"3".to_vec())]);
-        assert!(apply_edit(&mut f, vec![("bad name".into(), b"v".to_vec())], &[]).is_err());
-        assert!(apply_edit(&mut f, vec![("x-b".into(), b"a\r\nb".to_vec())], &[]).is_err());
+        let mut h = map(&[("x-a", "1"), ("x-a", "2"), ("cookie", "c")]);
+        let set = vec![("X-A".into(), b"3".to_vec())];
+        apply_edit_map(&mut h, set, &["COOKIE".into()]).unwrap();
+        assert_eq!(listed(&h), pairs(&[("x-a", "3")]));
+        let bad_name = vec![("bad name".into(), b"v".to_vec())];
+        assert!(apply_edit_map(&mut h, bad_name, &[]).is_err());
+        let bad_value = vec![("x-b".into(), b"a\r\nb".to_vec())];
+        assert!(apply_edit_map(&mut h, bad_value, &["x-a".into()]).is_err());
+        assert_eq!(
+            listed(&h),
+            pairs(&[("x-a", "3")]),
+            "a refused edit changes nothing"
+        );
     }
 
     #[test]

@@ -10,10 +10,12 @@
 use bytes::Bytes;
 use wasmtime::component::Resource;
 
-use super::ChainRequest;
+use http::HeaderMap;
+
 use super::GuestHost;
 use super::bindings::v2::weir::filter0_2_0::types::{Host, HostRequest, HostResponse};
-use super::bindings::{Outcome, RequestInfo, UpstreamError};
+use super::bindings::{RequestInfo, UpstreamError};
+use super::{ChainOutcome, ChainRequest};
 use crate::headers;
 
 /// What a guest's `request` handle stands for: the request of the call in progress.
@@ -38,10 +40,10 @@ pub(super) struct CallData {
     /// guest set in `on-request`.
     pub memo: Option<Bytes>,
     /// In `on-response`: what came back. `None` in `on-request`.
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<ChainOutcome>,
     /// The headers of weir's error response, which header changes go to when the outcome
     /// is an error or `fixed`.
-    pub error_headers: Fields,
+    pub error_headers: HeaderMap,
     /// weir ended the request itself: header changes go to its error response, and the
     /// status cannot change.
     pub fixed: bool,
@@ -65,7 +67,7 @@ impl Default for CallData {
             try_timeout_ms: None,
             memo: None,
             outcome: None,
-            error_headers: Vec::new(),
+            error_headers: HeaderMap::new(),
             fixed: false,
             invalid: None,
         }
@@ -91,62 +93,45 @@ impl CallData {
     /// The headers the guest reads on the response side: the response's (the upstream's,
     /// a filter's, or weir's own error response), or, with no response, those set for
     /// weir's error response.
-    fn response_headers(&self) -> &Fields {
+    fn response_headers(&self) -> &HeaderMap {
         match &self.outcome {
-            Some(Outcome::Response(r)) => &r.headers,
+            Some(ChainOutcome::Response(r)) => &r.headers,
             _ => &self.error_headers,
         }
     }
 
     /// The headers response-side changes go to.
-    fn response_headers_mut(&mut self) -> &mut Fields {
+    fn response_headers_mut(&mut self) -> &mut HeaderMap {
         match &mut self.outcome {
-            Some(Outcome::Response(r)) if !self.fixed => &mut r.headers,
+            Some(ChainOutcome::Response(r)) if !self.fixed => &mut r.headers,
             _ => &mut self.error_headers,
         }
     }
 }
 
-fn first(fields: &Fields, name: &str) -> Option<Vec<u8>> {
-    fields
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
+/// `header`: the first value of `name` (any case).
+fn first(map: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    map.get(name).map(|v| v.as_bytes().to_vec())
 }
 
-fn values(fields: &Fields, name: &str) -> Vec<Vec<u8>> {
-    fields
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
-        .collect()
+/// `header-values`: every value of `name`, in order.
+fn values(map: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    let values = map.get_all(name);
+    values.iter().map(|v| v.as_bytes().to_vec()).collect()
 }
 
-fn names(fields: &Fields) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(fields.len());
-    for (n, _) in fields {
-        if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
-            out.push(n.to_ascii_lowercase());
-        }
-    }
-    out
+/// `header-names`: each name once, in lower case, in order.
+fn names(map: &HeaderMap) -> Vec<String> {
+    map.keys().map(|n| n.as_str().to_owned()).collect()
 }
 
 /// Replaces (`replace`) or adds to the values of `name`.
-fn put(fields: &mut Fields, name: String, value: Vec<u8>, replace: bool) {
+fn put(map: &mut HeaderMap, (name, value): (http::HeaderName, http::HeaderValue), replace: bool) {
     if replace {
-        fields.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
-    }
-    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        name.to_ascii_lowercase()
+        map.insert(name, value);
     } else {
-        name
-    };
-    fields.push((name, value));
-}
-
-fn remove(fields: &mut Fields, name: &str) {
-    fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        map.append(name, value);
+    }
 }
 
 impl CallData {
@@ -157,15 +142,11 @@ impl CallData {
         value: Vec<u8>,
         replace: bool,
     ) -> Result<(), String> {
-        let (name, value) = match headers::parse(&name, value) {
+        let parsed = match headers::parse(&name, value) {
             Ok(parsed) => parsed,
             Err(e) => return self.refuse(e),
         };
-        if replace {
-            self.req.headers.insert(name, value);
-        } else {
-            self.req.headers.append(name, value);
-        }
+        put(&mut self.req.headers, parsed, replace);
         Ok(())
     }
 
@@ -193,16 +174,17 @@ impl CallData {
         value: Vec<u8>,
         replace: bool,
     ) -> Result<(), String> {
-        if let Err(e) = headers::validate_response_field(&name, &value) {
-            return self.refuse(e);
-        }
-        put(self.response_headers_mut(), name, value, replace);
+        let parsed = match headers::parse_response(&name, value) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.refuse(e),
+        };
+        put(self.response_headers_mut(), parsed, replace);
         Ok(())
     }
 
     /// `response.set-status`.
     pub fn set_status(&mut self, status: u16) -> Result<(), String> {
-        if self.fixed || !matches!(self.outcome, Some(Outcome::Response(_))) {
+        if self.fixed || !matches!(self.outcome, Some(ChainOutcome::Response(_))) {
             return self.refuse(format!(
                 "set-status({status}): there is no upstream response to change (weir answers with its own error)"
             ));
@@ -210,7 +192,7 @@ impl CallData {
         if let Err(e) = headers::validate_response(Some(status), &[]) {
             return self.refuse(e);
         }
-        if let Some(Outcome::Response(r)) = &mut self.outcome {
+        if let Some(ChainOutcome::Response(r)) = &mut self.outcome {
             r.status = status;
         }
         Ok(())
@@ -253,18 +235,15 @@ impl HostRequest for GuestHost {
     }
 
     fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<Vec<u8>> {
-        let value = self.call.req.headers.get(name.as_str());
-        value.map(|v| v.as_bytes().to_vec())
+        first(&self.call.req.headers, &name)
     }
 
     fn header_values(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<Vec<u8>> {
-        let values = self.call.req.headers.get_all(name.as_str());
-        values.iter().map(|v| v.as_bytes().to_vec()).collect()
+        values(&self.call.req.headers, &name)
     }
 
     fn header_names(&mut self, _: Resource<RequestHandle>) -> Vec<String> {
-        let names = self.call.req.headers.keys();
-        names.map(|n| n.as_str().to_owned()).collect()
+        names(&self.call.req.headers)
     }
 
     fn headers(&mut self, _: Resource<RequestHandle>) -> Fields {
@@ -332,14 +311,14 @@ impl HostRequest for GuestHost {
 impl HostResponse for GuestHost {
     fn error(&mut self, _: Resource<ResponseHandle>) -> Option<UpstreamError> {
         match &self.call.outcome {
-            Some(Outcome::Error(kind)) => Some(*kind),
+            Some(ChainOutcome::Error(kind)) => Some(*kind),
             _ => None,
         }
     }
 
     fn status(&mut self, _: Resource<ResponseHandle>) -> u16 {
         match &self.call.outcome {
-            Some(Outcome::Response(r)) => r.status,
+            Some(ChainOutcome::Response(r)) => r.status,
             _ => 0,
         }
     }
@@ -357,12 +336,12 @@ impl HostResponse for GuestHost {
     }
 
     fn headers(&mut self, _: Resource<ResponseHandle>) -> Fields {
-        self.call.response_headers().clone()
+        headers::to_fields(self.call.response_headers())
     }
 
     fn body(&mut self, _: Resource<ResponseHandle>) -> Option<Vec<u8>> {
         match &self.call.outcome {
-            Some(Outcome::Response(r)) => r.body.clone(),
+            Some(ChainOutcome::Response(r)) => r.body.clone(),
             _ => None,
         }
     }
@@ -390,7 +369,7 @@ impl HostResponse for GuestHost {
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
-        remove(self.call.response_headers_mut(), &name);
+        headers::remove_in_order(self.call.response_headers_mut(), &name);
     }
 
     fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
@@ -402,7 +381,7 @@ impl HostResponse for GuestHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wasm::Response;
+    use crate::wasm::ChainResponse;
 
     fn fields(pairs: &[(&str, &str)]) -> Fields {
         pairs
@@ -423,7 +402,7 @@ mod tests {
 
     #[test]
     fn reads_find_names_in_any_case_and_keep_the_order() {
-        let h = fields(&[("accept", "a"), ("x-id", "1"), ("X-Id", "2")]);
+        let h = headers::from_fields(&fields(&[("accept", "a"), ("x-id", "1"), ("X-Id", "2")]));
         assert_eq!(first(&h, "X-ID"), Some(b"1".to_vec()));
         assert_eq!(values(&h, "x-id"), [b"1".to_vec(), b"2".to_vec()]);
         assert_eq!(names(&h), ["accept", "x-id"]);
@@ -482,14 +461,16 @@ mod tests {
     #[test]
     fn response_changes_go_to_the_response_or_to_weirs_error_answer() {
         let mut call = CallData {
-            outcome: Some(Outcome::Response(Response {
+            outcome: Some(ChainOutcome::Response(ChainResponse {
                 status: 200,
-                headers: fields(&[("server", "nginx")]),
+                headers: headers::from_fields(&fields(&[("server", "nginx"), ("x-a", "1")])),
                 body: None,
             })),
             ..CallData::default()
         };
         call.put_response_header("x-served-by".into(), b"weir".to_vec(), true)
+            .unwrap();
+        call.put_response_header("X-A".into(), b"2".to_vec(), false)
             .unwrap();
         call.set_status(203).unwrap();
         assert_eq!(
@@ -497,14 +478,19 @@ mod tests {
             Err("hop-by-hop header \"transfer-encoding\" in a response (weir frames responses itself)".into())
         );
         assert_eq!(call.set_status(99), Err("invalid status 99".into()));
-        let Some(Outcome::Response(r)) = &call.outcome else {
+        let Some(ChainOutcome::Response(r)) = &call.outcome else {
             unreachable!()
         };
         assert_eq!(
-            (r.status, &r.headers),
+            (r.status, headers::to_fields(&r.headers)),
             (
                 203,
-                &fields(&[("server", "nginx"), ("x-served-by", "weir")])
+                fields(&[
+                    ("server", "nginx"),
+                    ("x-a", "1"),
+                    ("x-a", "2"),
+                    ("x-served-by", "weir")
+                ])
             )
         );
         assert!(call.error_headers.is_empty());
@@ -512,19 +498,21 @@ mod tests {
         // No response: header changes are for weir's error answer, and there is no
         // status to change.
         let mut call = CallData {
-            outcome: Some(Outcome::Error(UpstreamError::Timeout)),
+            outcome: Some(ChainOutcome::Error(UpstreamError::Timeout)),
             ..CallData::default()
         };
         call.put_response_header("x-attempts".into(), b"2".to_vec(), true)
             .unwrap();
-        assert_eq!(call.error_headers, fields(&[("x-attempts", "2")]));
+        assert_eq!(
+            headers::to_fields(&call.error_headers),
+            fields(&[("x-attempts", "2")])
+        );
         assert!(call.set_status(200).is_err());
         // weir ended the request itself: its error response keeps its status.
         let mut call = CallData {
-            outcome: Some(Outcome::Response(Response {
+            outcome: Some(ChainOutcome::Response(ChainResponse {
                 status: 504,
-                headers: vec![],
-                body: None,
+                ..ChainResponse::default()
             })),
             fixed: true,
             ..CallData::default()
@@ -532,6 +520,9 @@ mod tests {
         assert!(call.set_status(200).is_err());
         call.put_response_header("x-a".into(), b"1".to_vec(), true)
             .unwrap();
-        assert_eq!(call.error_headers, fields(&[("x-a", "1")]));
+        assert_eq!(
+            headers::to_fields(&call.error_headers),
+            fields(&[("x-a", "1")])
+        );
     }
 }

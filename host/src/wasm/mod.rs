@@ -227,6 +227,78 @@ impl ChainRequest {
     }
 }
 
+/// What came back, as the chain carries it through the filters' `on-response`: a
+/// response keeps the `HeaderMap` it came in as, as [`ChainRequest`] does, and only a
+/// 0.1 filter's call copies it into the WIT's shape ([`ChainOutcome::lend_wit`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChainOutcome {
+    /// A response: the upstream's, a filter's, or weir's own error response.
+    Response(ChainResponse),
+    /// No response.
+    Error(UpstreamError),
+}
+
+/// A response in the chain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChainResponse {
+    /// The status.
+    pub status: u16,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body, when it was buffered for the filters.
+    pub body: Option<Vec<u8>>,
+}
+
+impl ChainResponse {
+    /// A response in the WIT's shape, taken over (its headers were checked).
+    pub fn from_wit(resp: Response) -> ChainResponse {
+        ChainResponse {
+            status: resp.status,
+            headers: crate::headers::from_fields(&resp.headers),
+            body: resp.body,
+        }
+    }
+
+    /// In the WIT's shape.
+    pub fn into_wit(self) -> Response {
+        Response {
+            status: self.status,
+            headers: crate::headers::to_fields(&self.headers),
+            body: self.body,
+        }
+    }
+}
+
+impl ChainOutcome {
+    /// The outcome a WIT `outcome` describes.
+    pub fn from_wit(outcome: &Outcome) -> ChainOutcome {
+        match outcome {
+            Outcome::Response(r) => ChainOutcome::Response(ChainResponse::from_wit(r.clone())),
+            Outcome::Error(kind) => ChainOutcome::Error(*kind),
+        }
+    }
+
+    /// The outcome in the WIT's shape, for a 0.1 call: the body moves into it, and back
+    /// with [`ChainOutcome::take_back`], rather than being copied.
+    fn lend_wit(&mut self) -> Outcome {
+        match self {
+            ChainOutcome::Response(r) => Outcome::Response(Response {
+                status: r.status,
+                headers: crate::headers::to_fields(&r.headers),
+                body: r.body.take(),
+            }),
+            ChainOutcome::Error(kind) => Outcome::Error(*kind),
+        }
+    }
+
+    /// Takes back the body [`ChainOutcome::lend_wit`] lent.
+    fn take_back(&mut self, lent: Outcome) {
+        if let (ChainOutcome::Response(r), Outcome::Response(lent)) = (self, lent) {
+            r.body = lent.body;
+        }
+    }
+}
+
 /// What `on-response` works on besides the request: the memo of this filter's
 /// `on-request`, and what came back.
 pub struct Returned<'a> {
@@ -236,10 +308,10 @@ pub struct Returned<'a> {
     /// bodies (0.1's `on-response` gets none).
     pub body: Option<&'a Bytes>,
     /// The outcome as the client would get it now.
-    pub outcome: &'a mut Outcome,
+    pub outcome: &'a mut ChainOutcome,
     /// Headers for weir's error response (a 0.2 filter's header changes go here when
     /// there is no response to change, or `fixed`).
-    pub error_headers: &'a mut Vec<(String, Vec<u8>)>,
+    pub error_headers: &'a mut http::HeaderMap,
     /// weir ended the request itself: filters may add headers, nothing else.
     pub fixed: bool,
 }
@@ -907,7 +979,8 @@ impl FilterPool {
         outcome: &Outcome,
     ) -> Result<ResponseAction, CallError> {
         let (mut info, mut chained) = (info.clone(), ChainRequest::from_wit(req));
-        let (mut changed, mut error_headers) = (outcome.clone(), Vec::new());
+        let mut changed = ChainOutcome::from_wit(outcome);
+        let mut error_headers = http::HeaderMap::new();
         let body = req.body.clone().map(Bytes::from);
         let memo = memo.map(Bytes::copy_from_slice);
         let returned = Returned {
@@ -925,13 +998,14 @@ impl FilterPool {
             return Ok(action);
         }
         Ok(match (outcome, changed) {
-            (Outcome::Response(before), Outcome::Response(after))
+            (Outcome::Response(before), ChainOutcome::Response(after))
                 if after.status != before.status =>
             {
-                ResponseAction::Respond(after)
+                ResponseAction::Respond(after.into_wit())
             }
-            (Outcome::Response(before), Outcome::Response(after)) => {
-                let (set_headers, remove_headers) = diff(&before.headers, &after.headers);
+            (Outcome::Response(before), ChainOutcome::Response(after)) => {
+                let after = crate::headers::to_fields(&after.headers);
+                let (set_headers, remove_headers) = diff(&before.headers, &after);
                 let edit = ResponseEdit {
                     set_headers,
                     remove_headers,
@@ -942,7 +1016,7 @@ impl FilterPool {
             _ => {
                 let changed = !error_headers.is_empty();
                 ResponseAction::Continue(changed.then_some(ResponseEdit {
-                    set_headers: error_headers,
+                    set_headers: crate::headers::to_fields(&error_headers),
                     remove_headers: Vec::new(),
                 }))
             }
@@ -1025,14 +1099,17 @@ impl FilterPool {
         let result = match &inst.guest {
             Guest::V1(g) => {
                 let wit = req.to_wit(None);
+                let outcome = returned.outcome.lend_wit();
                 let call = g.weir_filter_filter().call_on_response(
                     &mut inst.store,
                     info,
                     &wit,
                     returned.memo.map(|m| &m[..]),
-                    returned.outcome,
+                    &outcome,
                 );
-                time.time(call).await.map(Ok)
+                let result = time.time(call).await.map(Ok);
+                returned.outcome.take_back(outcome);
+                result
             }
             Guest::V2(g) => {
                 let lent = &mut inst.store.data_mut().host.call;
@@ -1040,7 +1117,7 @@ impl FilterPool {
                 lent.memo = returned.memo.cloned();
                 lent.req_body = returned.body.cloned();
                 let outcome =
-                    std::mem::replace(returned.outcome, Outcome::Error(UpstreamError::Reset));
+                    std::mem::replace(returned.outcome, ChainOutcome::Error(UpstreamError::Reset));
                 lent.outcome = Some(outcome);
                 std::mem::swap(&mut lent.error_headers, returned.error_headers);
                 lent.fixed = returned.fixed;
@@ -2093,7 +2170,8 @@ mod tests {
         );
         assert_eq!(failures(&registry, "on_request", "busy"), 1.0);
         let until = tokio::time::Instant::now() + Duration::from_millis(100);
-        let (mut outcome, mut error_headers) = (Outcome::Error(UpstreamError::Timeout), vec![]);
+        let mut outcome = ChainOutcome::Error(UpstreamError::Timeout);
+        let mut error_headers = http::HeaderMap::new();
         let returned = Returned {
             memo: None,
             body: None,
