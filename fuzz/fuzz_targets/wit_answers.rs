@@ -100,7 +100,16 @@ fuzz_target!(|input: Input| {
             };
             let mut req = before.clone();
             match chain::edit_request(&mut req, set, &remove, path) {
-                Err(_) => assert_eq!(req, before, "a refused request edit changed it"),
+                Err(_) => {
+                    // `HeaderMap`'s `==` ignores the order of different names; the
+                    // lists do not.
+                    let listed = |r: &ChainRequest| (r.clone(), headers::to_fields(&r.headers));
+                    assert_eq!(
+                        listed(&req),
+                        listed(&before),
+                        "a refused request edit changed it"
+                    );
+                }
                 Ok(()) => {
                     assert_sendable(&headers::to_fields(&req.headers));
                     let uri = upstream().uri(&req.path_with_query);
@@ -136,7 +145,11 @@ fuzz_target!(|input: Input| {
                 remove_headers: remove,
             };
             match chain::edit_response(&mut map, edit) {
-                Err(_) => assert_eq!(map, before, "a refused response edit changed it"),
+                Err(_) => assert_eq!(
+                    headers::to_fields(&map),
+                    headers::to_fields(&before),
+                    "a refused response edit changed it"
+                ),
                 Ok(()) => {
                     assert_sendable(&headers::to_fields(&map));
                     for n in &names {

@@ -583,7 +583,7 @@ pub(crate) fn check_path(pq: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a filter's `on-response` edit and applies it to `fields`, the headers of the
+/// Checks a filter's `on-response` edit and applies it to `headers`, those of the
 /// response the client gets (or of weir's error response). What it sets goes to the
 /// client, so it is held to [`headers::validate_response`]: no hop-by-hop headers either.
 ///

@@ -99,18 +99,46 @@ pub fn to_fields(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Back to a `HeaderMap`. Entries were validated when they entered the chain.
+/// The most header names a filter may leave on one message. A `HeaderMap` holds at most
+/// 24,576 and panics past that; no real message comes near either.
+pub const MAX_NAMES: usize = 8192;
+
+/// Back to a `HeaderMap`. Callers check what a filter made first ([`validate_response`],
+/// [`apply_edit_map`]); a field `http` refuses, or one past [`MAX_NAMES`] names, is
+/// dropped.
 pub fn from_fields(fields: &[(String, Vec<u8>)]) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(fields.len());
+    let mut map = HeaderMap::with_capacity(fields.len().min(MAX_NAMES));
     for (n, v) in fields {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(n.as_bytes()),
             HeaderValue::from_bytes(v),
-        ) {
+        ) && (map.keys_len() < MAX_NAMES || map.contains_key(&n))
+        {
             map.append(n, v);
         }
     }
     map
+}
+
+/// Sets (`replace`) or adds one header a filter made, refusing a name past [`MAX_NAMES`].
+pub fn put(
+    map: &mut HeaderMap,
+    (name, value): (HeaderName, HeaderValue),
+    replace: bool,
+) -> Result<(), String> {
+    if map.keys_len() >= MAX_NAMES && !map.contains_key(&name) {
+        return Err(too_many_names());
+    }
+    if replace {
+        map.insert(name, value);
+    } else {
+        map.append(name, value);
+    }
+    Ok(())
+}
+
+fn too_many_names() -> String {
+    format!("too many header names (weir keeps at most {MAX_NAMES} on one message)")
 }
 
 /// Checks one header a filter wants to set; the error says what is wrong with it.
@@ -166,6 +194,9 @@ const NOT_IN_A_FILTER_RESPONSE: [HeaderName; 7] = [
 /// the client gets: a final status (200–999; a 1xx is interim, and the client would wait
 /// for another), and no hop-by-hop or framing header. The error says what is wrong.
 pub fn validate_response(status: Option<u16>, fields: &[(String, Vec<u8>)]) -> Result<(), String> {
+    if fields.len() > MAX_NAMES {
+        return Err(too_many_names());
+    }
     if let Some(status) = status {
         if !(100..=999).contains(&status) {
             return Err(format!("invalid status {status}"));
@@ -226,7 +257,7 @@ pub fn remove_in_order(map: &mut HeaderMap, name: &str) {
         return;
     }
     let old = std::mem::take(map);
-    map.reserve(old.len());
+    map.reserve(old.keys_len());
     let mut current: Option<HeaderName> = None;
     for (key, value) in old {
         if let Some(key) = key {
@@ -246,6 +277,9 @@ pub fn apply_edit_map(
     set: Vec<(String, Vec<u8>)>,
     remove: &[String],
 ) -> Result<(), String> {
+    if map.keys_len() + set.len() > MAX_NAMES {
+        return Err(too_many_names());
+    }
     let set = set
         .into_iter()
         .map(|(n, v)| parse(&n, v))
@@ -310,6 +344,41 @@ mod tests {
             assert_eq!(valid_name(&name), http, "a name of {len} bytes");
         }
         assert!(valid_value(b""));
+    }
+
+    #[test]
+    fn a_message_holds_a_bounded_number_of_names_and_nothing_panics_past_it() {
+        let name = |i: usize| HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap();
+        let value = || HeaderValue::from_static("v");
+        let mut h = HeaderMap::new();
+        for i in 0..MAX_NAMES {
+            put(&mut h, (name(i), value()), true).unwrap();
+        }
+        let refused = put(&mut h, (name(MAX_NAMES), value()), false);
+        assert_eq!(
+            refused,
+            Err("too many header names (weir keeps at most 8192 on one message)".into())
+        );
+        // A name already there takes more values; removing one keeps the others.
+        for _ in 0..30_000 {
+            put(&mut h, (name(1), value()), false).unwrap();
+        }
+        remove_in_order(&mut h, "x-0");
+        assert_eq!(h.keys_len(), MAX_NAMES - 1);
+        assert_eq!(h.get_all("x-1").iter().count(), 30_001);
+        assert_eq!(h.keys().next(), Some(&name(1)));
+
+        // A 0.1 edit or a filter's reply past the bound is refused as a whole.
+        let set = vec![("x-new".to_owned(), b"1".to_vec()); 2];
+        let before = h.clone();
+        assert!(apply_edit_map(&mut h, set, &[]).is_err());
+        assert_eq!(h, before);
+        let fields = vec![("x-a".to_owned(), b"1".to_vec()); MAX_NAMES + 1];
+        assert!(validate_response(Some(200), &fields).is_err());
+        let many: Vec<_> = (0..30_000)
+            .map(|i| (format!("x-{i}"), b"v".to_vec()))
+            .collect();
+        assert_eq!(from_fields(&many).keys_len(), MAX_NAMES);
     }
 
     #[test]

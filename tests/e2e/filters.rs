@@ -332,6 +332,11 @@ wasm = "filters/misbehave.wasm"
 max_memory = "32MiB"
 config = {{ mode = "alloc" }}
 
+[filters.flood]
+wasm = "filters/misbehave.wasm"
+max_call_time = "10s"
+config = {{ mode = "flood" }}
+
 [filters.mark]
 wasm = "filters/scripted.wasm"
 config = {{ tag = "m", log = "entering the slow loop" }}
@@ -377,9 +382,40 @@ name = "hog"
 match = {{ path_prefix = "/hog/" }}
 upstream = "up"
 filters = ["hog"]
+
+[[routes]]
+name = "flood"
+match = {{ path_prefix = "/flood/" }}
+upstream = "up"
+filters = ["flood"]
 "#,
         up.url()
     )
+}
+
+#[tokio::test]
+async fn a_filter_that_sets_too_many_headers_is_refused_and_weir_keeps_serving() {
+    let up = Upstream::start(|_, _| Reply::ok().body("upstream")).await;
+    let weir = start(misbehave_config(&up)).await;
+    let c = client();
+
+    let resp = c.get(weir.url("/flood/1")).send().await.unwrap();
+    let json = expect_error(resp, 503, "filter_failed", "flood").await;
+    assert_eq!(
+        message(&json),
+        "filter `flood` failed: invalid request edit: \
+         too many header names (weir keeps at most 8192 on one message)",
+        "{json}"
+    );
+    assert_eq!(up.count(), 0, "a refused edit sends nothing upstream");
+    assert_eq!(
+        failures(&weir, "flood", "flood", "on_request", "invalid").await,
+        Some(1.0)
+    );
+
+    let resp = c.get(weir.url("/ok/after")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.wait_for(1).await[0].path, "/ok/after");
 }
 
 #[tokio::test]

@@ -125,15 +125,6 @@ fn names(map: &HeaderMap) -> Vec<String> {
     map.keys().map(|n| n.as_str().to_owned()).collect()
 }
 
-/// Replaces (`replace`) or adds to the values of `name`.
-fn put(map: &mut HeaderMap, (name, value): (http::HeaderName, http::HeaderValue), replace: bool) {
-    if replace {
-        map.insert(name, value);
-    } else {
-        map.append(name, value);
-    }
-}
-
 impl CallData {
     /// `request.set-header` and `append-header`.
     pub fn put_request_header(
@@ -142,12 +133,9 @@ impl CallData {
         value: Vec<u8>,
         replace: bool,
     ) -> Result<(), String> {
-        let parsed = match headers::parse(&name, value) {
-            Ok(parsed) => parsed,
-            Err(e) => return self.refuse(e),
-        };
-        put(&mut self.req.headers, parsed, replace);
-        Ok(())
+        let done = headers::parse(&name, value)
+            .and_then(|parsed| headers::put(&mut self.req.headers, parsed, replace));
+        done.or_else(|e| self.refuse(e))
     }
 
     /// `request.set-path-with-query`.
@@ -174,12 +162,9 @@ impl CallData {
         value: Vec<u8>,
         replace: bool,
     ) -> Result<(), String> {
-        let parsed = match headers::parse_response(&name, value) {
-            Ok(parsed) => parsed,
-            Err(e) => return self.refuse(e),
-        };
-        put(self.response_headers_mut(), parsed, replace);
-        Ok(())
+        let done = headers::parse_response(&name, value)
+            .and_then(|parsed| headers::put(self.response_headers_mut(), parsed, replace));
+        done.or_else(|e| self.refuse(e))
     }
 
     /// `response.set-status`.
@@ -424,7 +409,7 @@ mod tests {
             request_fields(&call),
             fields(&[("x-a", "3"), ("x-a", "4"), ("accept", "*/*")])
         );
-        call.req.headers.remove("x-a");
+        headers::remove_in_order(&mut call.req.headers, "X-A");
         assert_eq!(request_fields(&call), fields(&[("accept", "*/*")]));
         assert_eq!(call.invalid, None);
     }

@@ -250,7 +250,9 @@ pub struct ChainResponse {
 }
 
 impl ChainResponse {
-    /// A response in the WIT's shape, taken over (its headers were checked).
+    /// A response in the WIT's shape, taken over. A filter's reply is checked before it
+    /// gets here ([`crate::headers::validate_response`]); anything else drops what
+    /// [`crate::headers::from_fields`] drops.
     pub fn from_wit(resp: Response) -> ChainResponse {
         ChainResponse {
             status: resp.status,

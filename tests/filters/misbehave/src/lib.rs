@@ -11,6 +11,7 @@
 //! | `loop` | spins forever, until weir's CPU deadline stops it |
 //! | `alloc` | allocates and touches 1 MiB chunks forever, until weir's memory cap stops it |
 //! | `init-error` | `init` fails with `misbehave: init refused` |
+//! | `flood` | `on_request` sets 9,000 headers of different names, more than weir keeps on one message |
 
 // The SDK keeps all the unsafe ABI glue in its own crate; a filter needs none.
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ enum Mode {
     Loop,
     Alloc,
     InitError,
+    Flood,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Default)]
@@ -68,7 +70,7 @@ impl Misbehave {
             return;
         }
         match self.mode {
-            Mode::Ok | Mode::InitError => {}
+            Mode::Ok | Mode::InitError | Mode::Flood => {}
             Mode::Trap => panic!("misbehave: trapping in {}, as configured", phase.call()),
             Mode::Loop => {
                 // black_box keeps the optimiser from proving the loop side-effect free.
@@ -110,7 +112,13 @@ impl Filter for Misbehave {
 
     fn on_request(&mut self, _: &RequestInfo, _: &Request) -> RequestAction {
         self.act(Phase::Request);
-        RequestAction::proceed_with_edit(RequestEdit::new().set_header("x-misbehave", "ok"))
+        let mut edit = RequestEdit::new().set_header("x-misbehave", "ok");
+        if self.mode == Mode::Flood {
+            for i in 0..9_000 {
+                edit = edit.set_header(format!("x-flood-{i}"), "1");
+            }
+        }
+        RequestAction::proceed_with_edit(edit)
     }
 
     fn on_response(
