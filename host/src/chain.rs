@@ -568,7 +568,12 @@ pub fn edit_request(
         check_path(pq)?;
     }
     // Checks every header before it changes any.
-    headers::apply_edit_map(&mut req.headers, set_headers, remove_headers)?;
+    headers::apply_edit_map(
+        &mut req.headers,
+        set_headers,
+        remove_headers,
+        headers::parse,
+    )?;
     if let Some(pq) = path_with_query {
         req.path_with_query = pq;
     }
@@ -583,15 +588,15 @@ pub(crate) fn check_path(pq: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a filter's `on-response` edit and applies it to `headers`, those of the
+/// Checks a filter's `on-response` edit and applies it to `map`, the headers of the
 /// response the client gets (or of weir's error response). What it sets goes to the
-/// client, so it is held to [`headers::validate_response`]: no hop-by-hop headers either.
+/// client, so it is held to [`headers::parse_response`]: no hop-by-hop headers either.
 ///
 /// Public (and hidden) for the `wit_answers` fuzz target in `fuzz/`.
 #[doc(hidden)]
-pub fn edit_response(headers: &mut HeaderMap, edit: wasm::ResponseEdit) -> Result<(), String> {
-    headers::validate_response(None, &edit.set_headers)?;
-    headers::apply_edit_map(headers, edit.set_headers, &edit.remove_headers)
+pub fn edit_response(map: &mut HeaderMap, edit: wasm::ResponseEdit) -> Result<(), String> {
+    let (set, remove) = (edit.set_headers, &edit.remove_headers);
+    headers::apply_edit_map(map, set, remove, headers::parse_response)
 }
 
 enum ReqBody {

@@ -269,13 +269,18 @@ pub fn remove_in_order(map: &mut HeaderMap, name: &str) {
     }
 }
 
+/// How a side checks one header a filter sets: [`parse`] on a request,
+/// [`parse_response`] on a response.
+pub type Parse = fn(&str, Vec<u8>) -> Result<(HeaderName, HeaderValue), String>;
+
 /// Applies a filter's header edit (a 0.1 `continue` edit, on a request or a response) to
-/// `map`: every set checked before anything changes, removals first, then sets, each
-/// replacing every existing value of its name where it was.
+/// `map`: every set checked with `parse` before anything changes, removals first, then
+/// sets, each replacing every existing value of its name where it was.
 pub fn apply_edit_map(
     map: &mut HeaderMap,
     set: Vec<(String, Vec<u8>)>,
     remove: &[String],
+    parse: Parse,
 ) -> Result<(), String> {
     if map.keys_len() + set.len() > MAX_NAMES {
         return Err(too_many_names());
@@ -371,7 +376,7 @@ mod tests {
         // A 0.1 edit or a filter's reply past the bound is refused as a whole.
         let set = vec![("x-new".to_owned(), b"1".to_vec()); 2];
         let before = h.clone();
-        assert!(apply_edit_map(&mut h, set, &[]).is_err());
+        assert!(apply_edit_map(&mut h, set, &[], parse).is_err());
         assert_eq!(h, before);
         let fields = vec![("x-a".to_owned(), b"1".to_vec()); MAX_NAMES + 1];
         assert!(validate_response(Some(200), &fields).is_err());
@@ -424,7 +429,7 @@ mod tests {
             ("e".to_owned(), b"y".to_vec()),
             ("b".to_owned(), b"z".to_vec()),
         ];
-        apply_edit_map(&mut h, set, &["a".to_owned()]).unwrap();
+        apply_edit_map(&mut h, set, &["a".to_owned()], parse).unwrap();
         let want = [("b", "x"), ("b", "z"), ("c", "3"), ("e", "y")];
         assert_eq!(listed(&h), pairs(&want));
 
@@ -433,7 +438,7 @@ mod tests {
             ("f".to_owned(), b"1".to_vec()),
             ("g".to_owned(), b"a\r\nb".to_vec()),
         ];
-        let refused = apply_edit_map(&mut h, set, &["c".to_owned()]);
+        let refused = apply_edit_map(&mut h, set, &["c".to_owned()], parse);
         assert_eq!(refused, Err("invalid value for header \"g\"".to_owned()));
         assert_eq!(listed(&h), listed(&before));
     }
@@ -475,12 +480,12 @@ mod tests {
     fn edits_replace_and_remove_case_insensitively() {
         let mut h = map(&[("x-a", "1"), ("x-a", "2"), ("cookie", "c")]);
         let set = vec![("X-A".into(), b"3".to_vec())];
-        apply_edit_map(&mut h, set, &["COOKIE".into()]).unwrap();
+        apply_edit_map(&mut h, set, &["COOKIE".into()], parse).unwrap();
         assert_eq!(listed(&h), pairs(&[("x-a", "3")]));
         let bad_name = vec![("bad name".into(), b"v".to_vec())];
-        assert!(apply_edit_map(&mut h, bad_name, &[]).is_err());
+        assert!(apply_edit_map(&mut h, bad_name, &[], parse).is_err());
         let bad_value = vec![("x-b".into(), b"a\r\nb".to_vec())];
-        assert!(apply_edit_map(&mut h, bad_value, &["x-a".into()]).is_err());
+        assert!(apply_edit_map(&mut h, bad_value, &["x-a".into()], parse).is_err());
         assert_eq!(
             listed(&h),
             pairs(&[("x-a", "3")]),
