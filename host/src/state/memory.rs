@@ -476,6 +476,18 @@ impl Entry {
     }
 }
 
+/// Marks `entry` as the most recently used one in `lru`. One just read (`live`, then
+/// written back) already is, and stays where it is.
+fn touch(lru: &mut BTreeMap<u64, Arc<str>>, next_tick: &mut u64, entry: &mut Entry) {
+    if entry.tick == *next_tick {
+        return;
+    }
+    *next_tick += 1;
+    let name = lru.remove(&entry.tick).expect("every entry is in `lru`");
+    lru.insert(*next_tick, name);
+    entry.tick = *next_tick;
+}
+
 impl Shard {
     fn new(budget: u64) -> Shard {
         Shard {
@@ -501,12 +513,7 @@ impl Shard {
             return None;
         }
         let entry = self.map.get_mut(key)?;
-        self.next_tick += 1;
-        let tick = self.next_tick;
-        if let Some(key) = self.lru.remove(&entry.tick) {
-            self.lru.insert(tick, key);
-        }
-        entry.tick = tick;
+        touch(&mut self.lru, &mut self.next_tick, entry);
         Some(entry)
     }
 
@@ -545,16 +552,7 @@ impl Shard {
                     self.expiry.insert((at, entry.id), name.clone());
                 }
             }
-            // An entry just read (`live`) is the most recently used one already.
-            if entry.tick != self.next_tick {
-                self.next_tick += 1;
-                let name = self
-                    .lru
-                    .remove(&entry.tick)
-                    .expect("every entry is in `lru`");
-                self.lru.insert(self.next_tick, name);
-                entry.tick = self.next_tick;
-            }
+            touch(&mut self.lru, &mut self.next_tick, entry);
             entry.value = value;
             entry.cost = cost;
             entry.expires = expires;
