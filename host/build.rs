@@ -20,6 +20,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("weir-test-misbehave", "WEIR_TEST_MISBEHAVE"),
     ("weir-test-scripted", "WEIR_TEST_SCRIPTED"),
     ("weir-test-legacy", "WEIR_TEST_LEGACY"),
+    ("weir-test-v020", "WEIR_TEST_V020"),
 ];
 
 fn main() {

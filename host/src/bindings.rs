@@ -17,7 +17,7 @@ pub use self::weir::filter::types::{
     ResponseEdit, UpstreamError,
 };
 
-/// `weir:filter@0.2.0`. Only `types` and `filter` are new; the world imports 0.1.2's
+/// `weir:filter@0.2.1` (a 0.2.0 component links to it too). Only `types` and `filter` are new; the world imports 0.1.2's
 /// `state`, `log`, `metrics` and `outbound`, whose bindings above serve both versions.
 pub mod v2 {
     wasmtime::component::bindgen!({
@@ -35,7 +35,7 @@ pub mod v2 {
         },
     });
 
-    pub use self::weir::filter0_2_0::types::{
+    pub use self::weir::filter0_2_1::types::{
         FilterInfo, Phases, Reply, RequestAction, ResponseAction,
     };
 }

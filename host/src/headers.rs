@@ -99,6 +99,24 @@ pub fn to_fields(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// `header-block`: the headers as HTTP/1 writes them, `name: value` and CRLF for each
+/// field, in order. A `HeaderName` has no `:` and a `HeaderValue` no CR or LF, so the
+/// guest splits each line at its first `: `.
+pub fn to_block(headers: &HeaderMap) -> Vec<u8> {
+    let len = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut block = Vec::with_capacity(len);
+    for (name, value) in headers {
+        block.extend_from_slice(name.as_str().as_bytes());
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    block
+}
+
 /// The most header names a filter may leave on one message. A `HeaderMap` holds at most
 /// 24,576 and panics past that; no real message comes near either.
 pub const MAX_NAMES: usize = 8192;
@@ -273,9 +291,10 @@ pub fn remove_in_order(map: &mut HeaderMap, name: &str) {
 /// [`parse_response`] on a response.
 pub type Parse = fn(&str, Vec<u8>) -> Result<(HeaderName, HeaderValue), String>;
 
-/// Applies a filter's header edit (a 0.1 `continue` edit, on a request or a response) to
-/// `map`: every set checked with `parse` before anything changes, removals first, then
-/// sets, each replacing every existing value of its name where it was.
+/// Applies a filter's header edit (a 0.1 `continue` edit, or 0.2.1's `change-headers`, on
+/// a request or a response) to `map`: every set checked with `parse` before anything
+/// changes, removals first, then sets, each replacing every existing value of its name
+/// where it was.
 pub fn apply_edit_map(
     map: &mut HeaderMap,
     set: Vec<(String, Vec<u8>)>,

@@ -3,10 +3,10 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use crate::bindings::weir::filter0_2_0::types as wit;
+use crate::bindings::weir::filter0_2_1::types as wit;
 use crate::{Filter, Outcome, Request, RequestAction, RequestInfo, ResponseAction};
 
-pub use crate::bindings::exports::weir::filter0_2_0::filter::Guest;
+pub use crate::bindings::exports::weir::filter0_2_1::filter::Guest;
 pub use wit::{
     FilterInfo, Request as RequestHandle, RequestAction as WitRequestAction,
     Response as ResponseHandle, ResponseAction as WitResponseAction,
@@ -68,8 +68,10 @@ pub fn on_response<F: Filter>(
     resp: &ResponseHandle,
 ) -> wit::ResponseAction {
     let (info, request) = (RequestInfo::lent(req), Request::lent(req));
-    let outcome = Outcome::lent(resp);
-    let memo = req.memo();
+    // The error, the status and the memo in one call into weir.
+    let facts = resp.facts();
+    let outcome = Outcome::lent(resp, &facts);
+    let memo = facts.memo;
     let action =
         slot.with_borrow_mut(|s| initialised(s).on_response(&info, &request, memo, &outcome));
     match action {

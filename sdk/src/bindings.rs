@@ -19,7 +19,7 @@ wit_bindgen::generate!({
 
 use std::mem::ManuallyDrop;
 
-use weir::filter0_2_0::types::{Request, Response};
+use weir::filter0_2_1::types::{Request, Response};
 
 /// A second value for a request handle weir lent to the current call, for the SDK's
 /// views to keep. `ManuallyDrop`: dropping it would give back a handle this component

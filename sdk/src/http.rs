@@ -9,7 +9,7 @@
 use std::cell::OnceCell;
 use std::mem::ManuallyDrop;
 
-use crate::bindings::weir::filter0_2_0::types as wit;
+use crate::bindings::weir::filter0_2_1::types as wit;
 use crate::bindings::{lend_request, lend_response};
 use crate::{Fields, UpstreamError};
 
@@ -293,7 +293,8 @@ impl Request {
     /// All the headers, read from weir once. Prefer [`header`](Request::header) for a
     /// few names: this copies every header into the filter.
     pub fn headers(&self) -> &Fields {
-        self.headers.get_or_init(|| self.host().headers())
+        self.headers
+            .get_or_init(|| parse_block(&self.host().header_block()))
     }
 
     /// The body, if the filter asked for it ([`Info::wants_request_body`](crate::Info)).
@@ -323,6 +324,22 @@ impl Request {
     pub fn request_id(&self) -> Option<String> {
         self.header_str("x-request-id")
     }
+}
+
+/// The fields of a `header-block`: `name: value` and CRLF for each, in order (a name has
+/// no `:`, a value no CR or LF). weir writes the block, so a line it could not have
+/// written (no `: `, a name that is not UTF-8) is skipped rather than guessed at.
+fn parse_block(block: &[u8]) -> Fields {
+    block
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = std::str::from_utf8(&line[..colon]).ok()?;
+            let value = line[colon..].strip_prefix(b": ")?;
+            Some((name.to_owned(), value.to_vec()))
+        })
+        .collect()
 }
 
 fn names(fields: &[(String, Vec<u8>)]) -> Vec<String> {
@@ -489,7 +506,8 @@ impl Response {
     /// All the headers, read from weir once. Prefer [`header`](Response::header) for a
     /// few names: this copies every header into the filter.
     pub fn headers(&self) -> &Fields {
-        self.headers.get_or_init(|| self.host().headers())
+        self.headers
+            .get_or_init(|| parse_block(&self.host().header_block()))
     }
 
     /// The body. From the upstream it is there only if the filter asked for it
@@ -559,10 +577,15 @@ impl Outcome {
         self.response().map(Response::status)
     }
 
-    pub(crate) fn lent(handle: &wit::Response) -> Outcome {
-        match handle.error() {
+    /// The outcome behind `handle`, from the `facts` the SDK read for the call.
+    pub(crate) fn lent(handle: &wit::Response, facts: &wit::ResponseFacts) -> Outcome {
+        match facts.error {
             Some(e) => Outcome::Error(e),
-            None => Outcome::Response(Response::lent(handle)),
+            None => {
+                let response = Response::lent(handle);
+                let _ = response.status.set(facts.status);
+                Outcome::Response(response)
+            }
         }
     }
 }
@@ -628,21 +651,15 @@ impl RequestEdit {
         *self == RequestEdit::default()
     }
 
-    /// Makes the changes through weir's handle, each checked and applied at once:
-    /// removals, then sets (a name set twice gets both values), the path, the body and
-    /// the timeout. A change weir refuses makes the filter's answer invalid.
+    /// Makes the changes through weir's handle: the header changes in one call, checked
+    /// as a whole (removals, then sets; a name set twice gets both values), then the
+    /// path, the body and the timeout. A change weir refuses makes the filter's answer
+    /// invalid.
     pub(crate) fn apply(self, req: &wit::Request) {
-        for name in &self.remove_headers {
-            req.remove_header(name);
-        }
-        for (i, (name, value)) in self.set_headers.iter().enumerate() {
-            let again = self.set_headers[..i].iter().any(|(n, _)| n == name);
-            // An error is weir's to report; the guest has nothing to add.
-            let _ = if again {
-                req.append_header(name, value)
-            } else {
-                req.set_header(name, value)
-            };
+        // One call for every header change. An error is weir's to report; the guest
+        // has nothing to add.
+        if !self.remove_headers.is_empty() || !self.set_headers.is_empty() {
+            let _ = req.change_headers(&self.remove_headers, &self.set_headers);
         }
         if let Some(pq) = &self.path_with_query {
             let _ = req.set_path_with_query(pq);
@@ -693,16 +710,8 @@ impl ResponseEdit {
 
     /// Makes the changes through weir's handle, as [`RequestEdit`] does.
     pub(crate) fn apply(self, resp: &wit::Response) {
-        for name in &self.remove_headers {
-            resp.remove_header(name);
-        }
-        for (i, (name, value)) in self.set_headers.iter().enumerate() {
-            let again = self.set_headers[..i].iter().any(|(n, _)| n == name);
-            let _ = if again {
-                resp.append_header(name, value)
-            } else {
-                resp.set_header(name, value)
-            };
+        if !self.is_empty() {
+            let _ = resp.change_headers(&self.remove_headers, &self.set_headers);
         }
     }
 }
@@ -787,6 +796,24 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn a_header_block_reads_back_every_field_in_order() {
+        let block = b"accept: */*\r\nx-a:  two spaces: and a colon\r\nx-a: \r\nx-bin: \xff\t1\r\n";
+        let mut want = fields(&[
+            ("accept", "*/*"),
+            ("x-a", " two spaces: and a colon"),
+            ("x-a", ""),
+        ]);
+        want.push(("x-bin".into(), b"\xff\t1".to_vec()));
+        assert_eq!(parse_block(block), want);
+        assert_eq!(parse_block(b""), Fields::new());
+        // Lines weir never writes are skipped, not guessed at.
+        assert_eq!(
+            parse_block(b"no-colon\r\nx-a:no-space\r\nx-b: 1\nx-c: 2\r\n\xff: 3\r\n"),
+            fields(&[("x-c", "2")])
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! weir is an egress HTTP proxy; every request it forwards runs through a chain of
 //! filters, and each filter is a WebAssembly component that implements the
-//! `weir:filter/http-filter` world of `weir:filter@0.2.0` (`wit/v0.2/filter.wit`). This
+//! `weir:filter/http-filter` world of `weir:filter@0.2.1` (`wit/v0.2/filter.wit`). This
 //! crate hides the component plumbing: you write an ordinary Rust type, and the SDK
 //! turns it into that component.
 //! weir's `docs/writing-filters.md` is the language-independent guide (the contract type
@@ -502,7 +502,7 @@ macro_rules! export_filter {
                 }
             }
 
-            // Only a wasm linker takes export names like "weir:filter/filter@0.2.0#init";
+            // Only a wasm linker takes export names like "weir:filter/filter@0.2.1#init";
             // a native cdylib (`cargo test` of a filter crate) could not link them.
             #[cfg(target_arch = "wasm32")]
     $crate::bindings::export!(WeirFilterExport with_types_in $crate::bindings);

@@ -1,5 +1,5 @@
 //! The C example filter (`examples/filters/c`, a request-header allowlist), built from
-//! source with its own Makefile against `weir:filter@0.2.0` and run in a real weir.
+//! source with its own Makefile against `weir:filter@0.2.1` and run in a real weir.
 //!
 //! The build needs Debian's clang-16, lld-16 and wasi-libc plus `wit-bindgen` and
 //! `wasm-tools`; `examples/filters/c/setup.sh` installs them. Without them these tests

@@ -154,3 +154,57 @@ filters = ["legacy", "headers"]
         Some("0.1.0")
     );
 }
+
+/// 0.2.1 only added methods: a component built against 0.2.0 links to weir's 0.2.1 and
+/// runs beside the standard filters (built against 0.2.1), its memo and changes intact.
+#[tokio::test]
+async fn a_component_built_against_wit_0_2_0_still_runs() {
+    let main = Upstream::start(|_, _| Reply::ok()).await;
+    let weir = WeirBuilder::new(format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+
+[upstreams.main]
+url = "{}"
+
+[upstreams.gone]
+url = "http://127.0.0.1:{}"
+
+[filters.v020]
+wasm = "filters/v020.wasm"
+
+[[routes]]
+name = "gone"
+match = {{ path_prefix = "/gone" }}
+upstream = "gone"
+filters = ["v020"]
+
+[[routes]]
+name = "r"
+upstream = "main"
+filters = ["v020", {{ use = "headers", config = {{ request = {{ set = {{ "x-std" = "0.2.1" }} }} }} }}]
+"#,
+        main.url(),
+        crate::support::upstream::closed_port()
+    ))
+    .copy("filters/v020.wasm", env!("WEIR_TEST_V020"))
+    .start()
+    .await;
+    let r = client()
+        .get(weir.url("/x?q=1"))
+        .header("x-drop", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-v020-memo"], "/x?q=1");
+    let seen = &main.wait_for(1).await[0];
+    assert_eq!(seen.header_str("x-v020"), Some("0.2.0"));
+    assert_eq!(seen.header_str("x-std"), Some("0.2.1"));
+    assert_eq!(seen.header_str("x-drop"), None);
+
+    // No upstream response: the 0.2.0 `error` import still says why.
+    let r = client().get(weir.url("/gone")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-v020-error"], "connect-failed");
+}

@@ -13,7 +13,7 @@
 // counter `weir_filter_allowlist_dropped_headers_total` (weir adds the prefix and the
 // `route` and `filter` labels).
 //
-// It is built against `weir:filter@0.2.0` (wit/v0.2): the request stays in weir, and
+// It is built against `weir:filter@0.2.1` (wit/v0.2): the request stays in weir, and
 // `on-request` gets a handle to it. The filter reads the header names, and the values
 // of only the headers it drops (to count them), and removes those through the handle.
 // It asks for the request phase only, so weir never calls its `on-response`.
@@ -40,12 +40,12 @@
 #define DROPPED_METRIC "allowlist_dropped_headers_total"
 
 // wit-bindgen names weir's types and calls after their package and its version:
-// `weir_filter_0_2_0_*` for 0.2's `types` and `filter`, `weir_filter_0_1_2_*` for `log`
+// `weir_filter_0_2_1_*` for 0.2's `types` and `filter`, `weir_filter_0_1_2_*` for `log`
 // and `metrics`, which 0.2 imports unchanged from 0.1.2.
-typedef weir_filter_0_2_0_types_borrow_request_t request_t;
-typedef weir_filter_0_2_0_types_borrow_response_t response_t;
-typedef exports_weir_filter_0_2_0_filter_request_action_t request_action_t;
-typedef exports_weir_filter_0_2_0_filter_response_action_t response_action_t;
+typedef weir_filter_0_2_1_types_borrow_request_t request_t;
+typedef weir_filter_0_2_1_types_borrow_response_t response_t;
+typedef exports_weir_filter_0_2_1_filter_request_action_t request_action_t;
+typedef exports_weir_filter_0_2_1_filter_response_action_t response_action_t;
 
 // === growable byte buffer ===
 
@@ -513,8 +513,8 @@ static void read_config(reader_t *r, config_t *c) {
 
 // === exports ===
 
-bool exports_weir_filter_0_2_0_filter_init(http_filter_string_t *json,
-                                           exports_weir_filter_0_2_0_filter_filter_info_t *ret,
+bool exports_weir_filter_0_2_1_filter_init(http_filter_string_t *json,
+                                           exports_weir_filter_0_2_1_filter_filter_info_t *ret,
                                            http_filter_string_t *err) {
   config_free(&config);
   reader_t r = {json->ptr, json->ptr + json->len, json->ptr, {0}};
@@ -528,7 +528,7 @@ bool exports_weir_filter_0_2_0_filter_init(http_filter_string_t *json,
   http_filter_string_dup(&ret->name, FILTER_NAME);
   http_filter_string_dup(&ret->version, FILTER_VERSION);
   // Only on-request: weir never calls on-response, so the way back costs nothing.
-  ret->phases = WEIR_FILTER_0_2_0_TYPES_PHASES_REQUEST;
+  ret->phases = WEIR_FILTER_0_2_1_TYPES_PHASES_REQUEST;
   ret->wants_request_body = false;
   ret->wants_response_body = false;
   ret->may_retry = false;
@@ -546,20 +546,20 @@ static size_t count_and_free(http_filter_list_list_u8_t *values) {
   return n;
 }
 
-void exports_weir_filter_0_2_0_filter_on_request(request_t req, request_action_t *ret) {
+void exports_weir_filter_0_2_1_filter_on_request(request_t req, request_action_t *ret) {
   // The names only (lowercase, each once, in the order they first appear): the values
   // of the headers kept never cross into the filter.
   http_filter_list_string_t names;
-  weir_filter_0_2_0_types_method_request_header_names(req, &names);
+  weir_filter_0_2_1_types_method_request_header_names(req, &names);
   uint64_t dropped_fields = 0;  // one per header field: a name may come more than once
   buf_t msg = {0};              // the log line, with log_dropped
   for (size_t i = 0; i < names.len; i++) {
     http_filter_string_t *name = &names.ptr[i];
     if (config_allows(&config, name->ptr, name->len)) continue;
     http_filter_list_list_u8_t values;
-    weir_filter_0_2_0_types_method_request_header_values(req, name, &values);
+    weir_filter_0_2_1_types_method_request_header_values(req, name, &values);
     dropped_fields += count_and_free(&values);
-    weir_filter_0_2_0_types_method_request_remove_header(req, name);
+    weir_filter_0_2_1_types_method_request_remove_header(req, name);
     if (config.log_dropped) {
       buf_puts(&msg, msg.len ? ", " : "dropped request headers not on the allowlist: ");
       buf_append(&msg, name->ptr, name->len);
@@ -578,14 +578,14 @@ void exports_weir_filter_0_2_0_filter_on_request(request_t req, request_action_t
   }
   free(msg.ptr);
   // The removals are made: go on, with no memo (there is no on-response).
-  ret->tag = WEIR_FILTER_0_2_0_TYPES_REQUEST_ACTION_CONTINUE;
-  weir_filter_0_2_0_types_request_drop_borrow(req);
+  ret->tag = WEIR_FILTER_0_2_1_TYPES_REQUEST_ACTION_CONTINUE;
+  weir_filter_0_2_1_types_request_drop_borrow(req);
 }
 
 // Not called: `init` declares only the request phase. The world exports it all the same.
-void exports_weir_filter_0_2_0_filter_on_response(request_t req, response_t resp,
+void exports_weir_filter_0_2_1_filter_on_response(request_t req, response_t resp,
                                                   response_action_t *ret) {
-  ret->tag = WEIR_FILTER_0_2_0_TYPES_RESPONSE_ACTION_CONTINUE;
-  weir_filter_0_2_0_types_response_drop_borrow(resp);
-  weir_filter_0_2_0_types_request_drop_borrow(req);
+  ret->tag = WEIR_FILTER_0_2_1_TYPES_RESPONSE_ACTION_CONTINUE;
+  weir_filter_0_2_1_types_response_drop_borrow(resp);
+  weir_filter_0_2_1_types_request_drop_borrow(req);
 }

@@ -11,7 +11,7 @@
 // `crypto.subtle` is asynchronous, and a weir filter's exports are synchronous calls.
 //
 // Built with `npm run build` (componentize-js) against the repo's `wit/v0.2` (package
-// `weir:filter@0.2.0`), world `http-filter`: weir lends `onRequest` a handle to the
+// `weir:filter@0.2.1`), world `http-filter`: weir lends `onRequest` a handle to the
 // request, which the filter reads and changes through its methods. This one file is the
 // whole filter; it imports nothing.
 

@@ -1,7 +1,7 @@
 """A weir filter in Python: masks configured fields in JSON response bodies.
 
 Built into a WebAssembly component by `build.sh` (componentize-py, against weir's
-`wit/v0.2`, `weir:filter@0.2.0`); the logic lives in `redact.py`. See README.md for the
+`wit/v0.2`, `weir:filter@0.2.1`); the logic lives in `redact.py`. See README.md for the
 config.
 """
 
@@ -12,9 +12,9 @@ from wit_world import exports
 from wit_world.imports import log, metrics
 
 # componentize-py names a versioned interface's module after its package and version
-# when the world sees two of that name: 0.2.0's `types` here (0.1.2's, which it uses for
+# when the world sees two of that name: 0.2.1's `types` here (0.1.2's, which it uses for
 # `upstream-error` and `fields`, is `weir_filter_types_0_1_2`).
-from wit_world.imports.weir_filter_types_0_2_0 import (
+from wit_world.imports.weir_filter_types_0_2_1 import (
     FilterInfo,
     Phases,
     Reply,

@@ -4,7 +4,7 @@
 #   ./build.sh [OUT.wasm]     (default: redactor.wasm in this directory)
 #
 # componentize-py generates the Python bindings for weir's WIT world on the fly (world
-# `http-filter` of `weir:filter@0.2.0`, in wit/v0.2 with the 0.1 interfaces it imports
+# `http-filter` of `weir:filter@0.2.1`, in wit/v0.2 with the 0.1 interfaces it imports
 # in wit/v0.2/deps), so no generated code is kept here. Install it first with ./setup.sh.
 set -euo pipefail
 

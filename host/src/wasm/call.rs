@@ -1,4 +1,4 @@
-//! The host side of `weir:filter@0.2.0`'s `request` and `response` handles.
+//! The host side of `weir:filter@0.2.1`'s `request` and `response` handles.
 //!
 //! A 0.2 call does not copy the request into the guest. The chain's request (and, in
 //! `on-response`, what came back) moves into the instance's store for the one call, as
@@ -13,7 +13,9 @@ use wasmtime::component::Resource;
 use http::HeaderMap;
 
 use super::GuestHost;
-use super::bindings::v2::weir::filter0_2_0::types::{Host, HostRequest, HostResponse};
+use super::bindings::v2::weir::filter0_2_1::types::{
+    Host, HostRequest, HostResponse, ResponseFacts,
+};
 use super::bindings::{RequestInfo, UpstreamError};
 use super::{ChainOutcome, ChainRequest};
 use crate::headers;
@@ -100,6 +102,31 @@ impl CallData {
         }
     }
 
+    /// `response.error`: why there is no response, if there is none.
+    fn error(&self) -> Option<UpstreamError> {
+        match &self.outcome {
+            Some(ChainOutcome::Error(kind)) => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// `response.status`: 0 without a response.
+    fn status(&self) -> u16 {
+        match &self.outcome {
+            Some(ChainOutcome::Response(r)) => r.status,
+            _ => 0,
+        }
+    }
+
+    /// `response.facts`: the error, the status and the memo, in one call.
+    fn facts(&self) -> ResponseFacts {
+        ResponseFacts {
+            error: self.error(),
+            status: self.status(),
+            memo: self.memo.as_deref().map(<[u8]>::to_vec),
+        }
+    }
+
     /// The headers response-side changes go to.
     fn response_headers_mut(&mut self) -> &mut HeaderMap {
         match &mut self.outcome {
@@ -164,6 +191,27 @@ impl CallData {
     ) -> Result<(), String> {
         let done = headers::parse_response(&name, value)
             .and_then(|parsed| headers::put(self.response_headers_mut(), parsed, replace));
+        done.or_else(|e| self.refuse(e))
+    }
+
+    /// `request.change-headers`: every change checked first, then made.
+    pub fn change_request_headers(
+        &mut self,
+        remove: Vec<String>,
+        set: Fields,
+    ) -> Result<(), String> {
+        let done = headers::apply_edit_map(&mut self.req.headers, set, &remove, headers::parse);
+        done.or_else(|e| self.refuse(e))
+    }
+
+    /// `response.change-headers`, as [`CallData::change_request_headers`].
+    pub fn change_response_headers(
+        &mut self,
+        remove: Vec<String>,
+        set: Fields,
+    ) -> Result<(), String> {
+        let map = self.response_headers_mut();
+        let done = headers::apply_edit_map(map, set, &remove, headers::parse_response);
         done.or_else(|e| self.refuse(e))
     }
 
@@ -235,6 +283,10 @@ impl HostRequest for GuestHost {
         headers::to_fields(&self.call.req.headers)
     }
 
+    fn header_block(&mut self, _: Resource<RequestHandle>) -> Vec<u8> {
+        headers::to_block(&self.call.req.headers)
+    }
+
     fn body(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
         self.call.request_body()
     }
@@ -259,6 +311,15 @@ impl HostRequest for GuestHost {
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
         headers::remove_in_order(&mut self.call.req.headers, &name);
+    }
+
+    fn change_headers(
+        &mut self,
+        _: Resource<RequestHandle>,
+        remove: Vec<String>,
+        set: Fields,
+    ) -> Result<(), String> {
+        self.call.change_request_headers(remove, set)
     }
 
     fn set_path_with_query(
@@ -295,17 +356,15 @@ impl HostRequest for GuestHost {
 
 impl HostResponse for GuestHost {
     fn error(&mut self, _: Resource<ResponseHandle>) -> Option<UpstreamError> {
-        match &self.call.outcome {
-            Some(ChainOutcome::Error(kind)) => Some(*kind),
-            _ => None,
-        }
+        self.call.error()
     }
 
     fn status(&mut self, _: Resource<ResponseHandle>) -> u16 {
-        match &self.call.outcome {
-            Some(ChainOutcome::Response(r)) => r.status,
-            _ => 0,
-        }
+        self.call.status()
+    }
+
+    fn facts(&mut self, _: Resource<ResponseHandle>) -> ResponseFacts {
+        self.call.facts()
     }
 
     fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<Vec<u8>> {
@@ -322,6 +381,10 @@ impl HostResponse for GuestHost {
 
     fn headers(&mut self, _: Resource<ResponseHandle>) -> Fields {
         headers::to_fields(self.call.response_headers())
+    }
+
+    fn header_block(&mut self, _: Resource<ResponseHandle>) -> Vec<u8> {
+        headers::to_block(self.call.response_headers())
     }
 
     fn body(&mut self, _: Resource<ResponseHandle>) -> Option<Vec<u8>> {
@@ -355,6 +418,15 @@ impl HostResponse for GuestHost {
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
         headers::remove_in_order(self.call.response_headers_mut(), &name);
+    }
+
+    fn change_headers(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        remove: Vec<String>,
+        set: Fields,
+    ) -> Result<(), String> {
+        self.call.change_response_headers(remove, set)
     }
 
     fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
@@ -430,6 +502,97 @@ mod tests {
         // A valid change still applies after a refused one.
         call.set_path("/v2?x=1".into()).unwrap();
         assert_eq!(call.req.path_with_query, "/v2?x=1");
+    }
+
+    #[test]
+    fn change_headers_checks_every_change_before_making_any() {
+        let mut call = with_headers(&[("cookie", "a=1"), ("accept", "*/*"), ("x-a", "0")]);
+        call.change_request_headers(
+            vec!["Cookie".into(), "absent".into()],
+            fields(&[("X-A", "1"), ("x-new", "n"), ("x-a", "2")]),
+        )
+        .unwrap();
+        // Removals first, then sets; a set replaces the name's values where they were,
+        // and a name set twice keeps both.
+        assert_eq!(
+            request_fields(&call),
+            fields(&[
+                ("accept", "*/*"),
+                ("x-a", "1"),
+                ("x-a", "2"),
+                ("x-new", "n")
+            ])
+        );
+        let before = request_fields(&call);
+        let refused = call.change_request_headers(
+            vec!["accept".into()],
+            fields(&[("x-ok", "1"), ("bad name", "2")]),
+        );
+        assert_eq!(refused, Err("invalid header name \"bad name\"".into()));
+        assert_eq!(request_fields(&call), before, "a refused change makes none");
+        assert_eq!(
+            call.invalid.as_deref(),
+            Some("invalid header name \"bad name\"")
+        );
+
+        // On the response, what `set-header` refuses there is refused here too.
+        let mut call = CallData {
+            outcome: Some(ChainOutcome::Response(ChainResponse {
+                status: 200,
+                headers: headers::from_fields(&fields(&[("server", "nginx")])),
+                body: None,
+            })),
+            ..CallData::default()
+        };
+        assert_eq!(
+            call.change_response_headers(vec![], fields(&[("connection", "close")])),
+            Err(
+                "hop-by-hop header \"connection\" in a response (weir frames responses itself)"
+                    .into()
+            )
+        );
+        call.change_response_headers(vec!["server".into()], fields(&[("x-served-by", "weir")]))
+            .unwrap();
+        assert_eq!(
+            headers::to_fields(call.response_headers()),
+            fields(&[("x-served-by", "weir")])
+        );
+    }
+
+    #[test]
+    fn a_header_block_is_every_field_as_http_1_writes_it() {
+        let mut h =
+            headers::from_fields(&fields(&[("accept", "*/*"), ("x-a", " 1: b"), ("x-a", "")]));
+        h.append("x-bin", http::HeaderValue::from_bytes(b"\xff\t").unwrap());
+        assert_eq!(
+            headers::to_block(&h),
+            b"accept: */*\r\nx-a:  1: b\r\nx-a: \r\nx-bin: \xff\t\r\n".to_vec()
+        );
+        assert_eq!(headers::to_block(&HeaderMap::new()), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn facts_are_the_error_the_status_and_the_memo() {
+        let facts = |call: &CallData| {
+            let f = call.facts();
+            (f.error, f.status, f.memo)
+        };
+        let mut call = CallData {
+            outcome: Some(ChainOutcome::Error(UpstreamError::Timeout)),
+            memo: Some(Bytes::from_static(b"m")),
+            ..CallData::default()
+        };
+        assert_eq!(
+            facts(&call),
+            (Some(UpstreamError::Timeout), 0, Some(b"m".to_vec()))
+        );
+        call.outcome = Some(ChainOutcome::Response(ChainResponse {
+            status: 201,
+            headers: HeaderMap::new(),
+            body: None,
+        }));
+        call.memo = None;
+        assert_eq!(facts(&call), (None, 201, None));
     }
 
     #[test]

@@ -444,7 +444,7 @@ impl Runtime {
         .map_err(err)?;
         // 0.2's world imports the same 0.1.2 interfaces linked above; only its handles'
         // methods are new.
-        v2::weir::filter0_2_0::types::add_to_linker::<_, HasSelf<GuestHost>>(
+        v2::weir::filter0_2_1::types::add_to_linker::<_, HasSelf<GuestHost>>(
             &mut linker,
             |s: &mut GuestState| {
                 s.host.time.import_called();
@@ -515,7 +515,7 @@ impl Runtime {
                 Ok(v1) => Pre::V1(v1),
                 Err(_) => {
                     return Err(invalid(e2.context(
-                        "it exports neither weir:filter/filter@0.2.0 nor weir:filter/filter@0.1.x",
+                        "it exports neither weir:filter/filter@0.2.x nor weir:filter/filter@0.1.x",
                     )));
                 }
             },
@@ -1066,7 +1066,7 @@ impl FilterPool {
                 lent.swap_request(info, req);
                 lent.req_body = body.cloned();
                 let call = g
-                    .weir_filter0_2_0_filter()
+                    .weir_filter0_2_1_filter()
                     .call_on_request(&mut inst.store, Resource::new_borrow(0));
                 let result = time.time(call).await;
                 let lent = &mut inst.store.data_mut().host.call;
@@ -1123,7 +1123,7 @@ impl FilterPool {
                 lent.outcome = Some(outcome);
                 std::mem::swap(&mut lent.error_headers, returned.error_headers);
                 lent.fixed = returned.fixed;
-                let call = g.weir_filter0_2_0_filter().call_on_response(
+                let call = g.weir_filter0_2_1_filter().call_on_response(
                     &mut inst.store,
                     Resource::new_borrow(0),
                     Resource::new_borrow(0),
@@ -1488,7 +1488,7 @@ impl Maker {
             }
             Guest::V2(g) => {
                 let call = g
-                    .weir_filter0_2_0_filter()
+                    .weir_filter0_2_1_filter()
                     .call_init(&mut store, &self.config_json);
                 time.time(call).await.map(|r| r.map(from_v2_info))
             }

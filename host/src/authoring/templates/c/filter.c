@@ -6,9 +6,9 @@
 // Both are required. Anything else is refused at `init` with an error that says what is
 // wrong, so `weir check` and weir's start-up fail and name it.
 //
-// It is built against weir's WIT `weir:filter@0.2.0` (`wit/v0.2`, world `http-filter`).
+// It is built against weir's WIT `weir:filter@0.2.1` (`wit/v0.2`, world `http-filter`).
 // `on-request` gets a handle to the request, which stays in weir: the filter reads what
-// it needs through the handle's methods (`weir_filter_0_2_0_types_method_request_header`,
+// it needs through the handle's methods (`weir_filter_0_2_1_types_method_request_header`,
 // `..._header_values`, `..._method`, `..._path_with_query`, …) and changes the request
 // through others (`..._set_header`, `..._remove_header`, …), each applied at once. It
 // asks weir for the request phase only (`phases` in `init`), so weir never calls its
@@ -23,7 +23,7 @@
 //
 // `make` builds it (see Makefile); `build/bindings/http_filter.h` declares every type
 // and call of weir's WIT. wit-bindgen puts the package version in each name:
-// `weir_filter_0_2_0_*` for the request and response handles and the exports,
+// `weir_filter_0_2_1_*` for the request and response handles and the exports,
 // `weir_filter_0_1_2_*` for `log`, `metrics`, `state` and `outbound`, which 0.2 imports
 // unchanged from 0.1.2 (`wit/v0.2/deps/`).
 
@@ -39,10 +39,10 @@
 #define FILTER_VERSION "0.1.0"
 
 // Shorter names for the generated types the exports use.
-typedef weir_filter_0_2_0_types_borrow_request_t request_t;
-typedef weir_filter_0_2_0_types_borrow_response_t response_t;
-typedef exports_weir_filter_0_2_0_filter_request_action_t request_action_t;
-typedef exports_weir_filter_0_2_0_filter_response_action_t response_action_t;
+typedef weir_filter_0_2_1_types_borrow_request_t request_t;
+typedef weir_filter_0_2_1_types_borrow_response_t response_t;
+typedef exports_weir_filter_0_2_1_filter_request_action_t request_action_t;
+typedef exports_weir_filter_0_2_1_filter_response_action_t response_action_t;
 
 // === a growable byte buffer, for strings and messages ===
 
@@ -324,8 +324,8 @@ static void read_config(reader_t *r, buf_t *h, buf_t *v) {
 
 // === exports ===
 
-bool exports_weir_filter_0_2_0_filter_init(http_filter_string_t *json,
-                                           exports_weir_filter_0_2_0_filter_filter_info_t *ret,
+bool exports_weir_filter_0_2_1_filter_init(http_filter_string_t *json,
+                                           exports_weir_filter_0_2_1_filter_filter_info_t *ret,
                                            http_filter_string_t *err) {
   buf_t h = {0}, v = {0};
   reader_t r = {json->ptr, json->ptr + json->len, json->ptr, {0}};
@@ -349,8 +349,8 @@ bool exports_weir_filter_0_2_0_filter_init(http_filter_string_t *json,
   http_filter_string_dup(&ret->name, FILTER_NAME);
   http_filter_string_dup(&ret->version, FILTER_VERSION);
   // The phases weir calls. This filter has nothing to do on the way back, so weir never
-  // calls its on-response; add WEIR_FILTER_0_2_0_TYPES_PHASES_RESPONSE to see responses.
-  ret->phases = WEIR_FILTER_0_2_0_TYPES_PHASES_REQUEST;
+  // calls its on-response; add WEIR_FILTER_0_2_1_TYPES_PHASES_RESPONSE to see responses.
+  ret->phases = WEIR_FILTER_0_2_1_TYPES_PHASES_REQUEST;
   ret->wants_request_body = false;
   ret->wants_response_body = false;
   ret->may_retry = false;
@@ -367,7 +367,7 @@ static void log_line(weir_filter_0_1_2_log_level_t level, const buf_t *msg) {
 // that header's values cross from weir.
 static bool client_sent_another_value(request_t req, http_filter_string_t *name) {
   http_filter_list_list_u8_t values;
-  weir_filter_0_2_0_types_method_request_header_values(req, name, &values);
+  weir_filter_0_2_1_types_method_request_header_values(req, name, &values);
   bool other = false;
   for (size_t i = 0; i < values.len; i++) {
     const http_filter_list_u8_t *got = &values.ptr[i];
@@ -380,7 +380,7 @@ static bool client_sent_another_value(request_t req, http_filter_string_t *name)
   return other;
 }
 
-void exports_weir_filter_0_2_0_filter_on_request(request_t req, request_action_t *ret) {
+void exports_weir_filter_0_2_1_filter_on_request(request_t req, request_action_t *ret) {
   // What the filter passes to weir stays its own: no copies needed.
   http_filter_string_t name = {header.ptr, header.len};
   http_filter_list_u8_t val = {value.ptr, value.len};
@@ -399,7 +399,7 @@ void exports_weir_filter_0_2_0_filter_on_request(request_t req, request_action_t
   // cannot make (init has checked the name and value, so this one should not be): the
   // call returns false with the reason, and weir counts the answer as invalid.
   http_filter_string_t refused;
-  if (!weir_filter_0_2_0_types_method_request_set_header(req, &name, &val, &refused)) {
+  if (!weir_filter_0_2_1_types_method_request_set_header(req, &name, &val, &refused)) {
     buf_t msg = {0};
     buf_puts(&msg, "weir refused to set the header: ");
     buf_append(&msg, refused.ptr, refused.len);
@@ -408,14 +408,14 @@ void exports_weir_filter_0_2_0_filter_on_request(request_t req, request_action_t
     http_filter_string_free(&refused);
   }
 
-  ret->tag = WEIR_FILTER_0_2_0_TYPES_REQUEST_ACTION_CONTINUE;  // with the change made
-  weir_filter_0_2_0_types_request_drop_borrow(req);
+  ret->tag = WEIR_FILTER_0_2_1_TYPES_REQUEST_ACTION_CONTINUE;  // with the change made
+  weir_filter_0_2_1_types_request_drop_borrow(req);
 }
 
 // Not called while `init` declares only the request phase; the world exports it all
 // the same.
-void exports_weir_filter_0_2_0_filter_on_response(request_t req, response_t resp, response_action_t *ret) {
-  ret->tag = WEIR_FILTER_0_2_0_TYPES_RESPONSE_ACTION_CONTINUE;  // the response goes on unchanged
-  weir_filter_0_2_0_types_response_drop_borrow(resp);
-  weir_filter_0_2_0_types_request_drop_borrow(req);
+void exports_weir_filter_0_2_1_filter_on_response(request_t req, response_t resp, response_action_t *ret) {
+  ret->tag = WEIR_FILTER_0_2_1_TYPES_RESPONSE_ACTION_CONTINUE;  // the response goes on unchanged
+  weir_filter_0_2_1_types_response_drop_borrow(resp);
+  weir_filter_0_2_1_types_request_drop_borrow(req);
 }

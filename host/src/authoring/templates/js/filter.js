@@ -2,7 +2,7 @@
 // through.
 //
 // componentize-js builds this module into a WebAssembly component against weir's WIT
-// (`wit/v0.2`, package `weir:filter@0.2.0`, world `http-filter`): `npm run build`. weir
+// (`wit/v0.2`, package `weir:filter@0.2.1`, world `http-filter`): `npm run build`. weir
 // calls `init` once per instance with the filter's config as JSON, then `onRequest` for
 // each request on the routes that use the filter. `onRequest` gets a handle to the
 // request, which stays in weir: the filter reads what it needs through the handle's

@@ -1,7 +1,7 @@
 """{{name}}: a weir filter, in Python, that sets one header on every request it lets through.
 
 componentize-py builds this module into a WebAssembly component against weir's WIT
-(`wit/v0.2/filter.wit`, `weir:filter@0.2.0`, world `http-filter`): see build.sh. The
+(`wit/v0.2/filter.wit`, `weir:filter@0.2.1`, world `http-filter`): see build.sh. The
 component carries its own CPython, so the standard library is there; the Python on your
 machine only runs the build tool. weir calls `init` once per instance with the filter's
 config as JSON, then `on_request` for each request on the routes that use the filter.
@@ -23,9 +23,9 @@ from wit_world import exports
 from wit_world.imports import log
 
 # componentize-py names a versioned interface's module after its package and version
-# when the world sees two of that name: this is 0.2.0's `types` (0.1.2's is
+# when the world sees two of that name: this is 0.2.1's `types` (0.1.2's is
 # `weir_filter_types_0_1_2`).
-from wit_world.imports.weir_filter_types_0_2_0 import (
+from wit_world.imports.weir_filter_types_0_2_1 import (
     FilterInfo,
     Phases,
     RequestAction_Continue,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds {{name}}.wasm, the component weir loads, from app.py with componentize-py.
 # componentize-py generates the Python bindings for weir's WIT world on the fly (world
-# `http-filter` of `weir:filter@0.2.0`: wit/v0.2, with the 0.1 interfaces it imports in
+# `http-filter` of `weir:filter@0.2.1`: wit/v0.2, with the 0.1 interfaces it imports in
 # wit/v0.2/deps), so no generated code is kept here. ./setup.sh installs it.
 set -euo pipefail
 cd "$(dirname "$0")"
