@@ -9,7 +9,9 @@
 //! - after an accepted edit every header is valid, with a lowercase name and no CR, LF or
 //!   NUL; removed names are gone, each set name has exactly the values set, in order, and
 //!   every other name keeps its values and its place among the names not set;
-//! - `validate_response` accepts no hop-by-hop header and no status outside 200–999.
+//! - `validate_response` accepts no hop-by-hop header and no status outside 200–999;
+//! - 0.2.1's `header-block` of any map reads back, line by line split at the first `: `,
+//!   as exactly the map's fields in order.
 #![no_main]
 
 mod common;
@@ -90,6 +92,8 @@ fuzz_target!(|input: Input| {
         }
     }
 
+    assert_eq!(read_block(&headers::to_block(&map)), headers::to_fields(&map));
+
     if headers::validate_response(status, &set).is_ok() {
         if let Some(status) = status {
             assert!((200..=999).contains(&status), "{status}");
@@ -104,3 +108,19 @@ fuzz_target!(|input: Input| {
         }
     }
 });
+
+/// Splits a header block as a guest does: lines end in CRLF, and each splits at its
+/// first `: ` into a name and a value.
+fn read_block(mut rest: &[u8]) -> Fields {
+    let mut fields = Fields::new();
+    while !rest.is_empty() {
+        let end = rest.windows(2).position(|w| w == b"\r\n").expect("every line ends in CRLF");
+        let line = &rest[..end];
+        rest = &rest[end + 2..];
+        let colon = line.iter().position(|&b| b == b':').expect("a colon");
+        let value = line[colon..].strip_prefix(b": ").expect("`: ` after the name");
+        let name = String::from_utf8(line[..colon].to_vec()).expect("an ASCII name");
+        fields.push((name, value.to_vec()));
+    }
+    fields
+}

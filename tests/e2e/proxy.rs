@@ -472,6 +472,61 @@ filters = [{{ use = "headers", config = {{ request = {{ set = {{ "x-api-key" = "
     assert_eq!(up.count(), 1);
 }
 
+/// More than three changes on one side go to weir in one `change-headers` (fewer go one
+/// call each): the same edits, made in the same order.
+#[tokio::test]
+async fn headers_filter_makes_many_changes_in_one_call() {
+    let up = Upstream::start(|_, _| {
+        Reply::ok()
+            .header("server", "up")
+            .header("x-powered-by", "php")
+            .header("x-upstream-kept", "1")
+            .header("x-tier", "old")
+    })
+    .await;
+    let weir = Weir::start(&format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{}"
+
+[[routes]]
+name = "api"
+upstream = "api"
+filters = [{{ use = "headers", config = {{ request = {{ set = {{ "x-api-key" = "k1", "x-team" = "payments", "x-env" = "prod" }}, remove = ["cookie", "x-forwarded-for"] }}, response = {{ set = {{ "x-served-by" = "weir", "x-tier" = "gold" }}, remove = ["server", "x-powered-by"] }} }} }}]
+"#,
+        up.url()
+    ))
+    .await;
+    let resp = client()
+        .get(weir.url("/many"))
+        .header("cookie", "session=abc")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("x-team", "client-supplied")
+        .header("x-client-kept", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["x-served-by"], "weir");
+    assert_eq!(h.get_all("x-tier").iter().collect::<Vec<_>>(), ["gold"]);
+    assert!(
+        h.get("server").is_none() && h.get("x-powered-by").is_none(),
+        "{h:?}"
+    );
+    assert_eq!(h["x-upstream-kept"], "1");
+
+    let r = up.request(0);
+    assert_eq!(r.header_all("x-api-key"), [&b"k1"[..]]);
+    assert_eq!(r.header_all("x-team"), [&b"payments"[..]]);
+    assert_eq!(r.header_str("x-env"), Some("prod"));
+    assert!(!r.has_header("cookie") && !r.has_header("x-forwarded-for"));
+    assert_eq!(r.header_str("x-client-kept"), Some("2"));
+}
+
 // === streaming ===
 
 #[tokio::test]
