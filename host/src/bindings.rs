@@ -17,8 +17,9 @@ pub use self::weir::filter::types::{
     ResponseEdit, UpstreamError,
 };
 
-/// `weir:filter@0.2.1` (a 0.2.0 component links to it too). Only `types` and `filter` are new; the world imports 0.1.2's
-/// `state`, `log`, `metrics` and `outbound`, whose bindings above serve both versions.
+/// `weir:filter@0.2.1`, which a 0.2.0 component links to as well (0.2.1 only adds
+/// methods). Only `types` and `filter` are new; the world imports 0.1.2's `state`, `log`,
+/// `metrics` and `outbound`, whose bindings above serve both versions.
 pub mod v2 {
     wasmtime::component::bindgen!({
         path: "../wit/v0.2",

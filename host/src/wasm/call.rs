@@ -123,8 +123,13 @@ impl CallData {
         ResponseFacts {
             error: self.error(),
             status: self.status(),
-            memo: self.memo.as_deref().map(<[u8]>::to_vec),
+            memo: self.memo(),
         }
+    }
+
+    /// `request.memo`: a copy for the guest.
+    fn memo(&self) -> Option<Vec<u8>> {
+        self.memo.as_deref().map(<[u8]>::to_vec)
     }
 
     /// The headers response-side changes go to.
@@ -340,7 +345,7 @@ impl HostRequest for GuestHost {
     }
 
     fn memo(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
-        self.call.memo.as_deref().map(<[u8]>::to_vec)
+        self.call.memo()
     }
 
     fn set_memo(&mut self, _: Resource<RequestHandle>, memo: Vec<u8>) {

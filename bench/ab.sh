@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Two builds of weir side by side on one row, interleaved: CPU-µs per request and req/s.
+# For a change too small to see across two runs of run.sh on a shared machine.
+#
+#   bench/ab.sh OLD_WEIR NEW_WEIR [ROW] [REPEATS]     ROW defaults to weir-headers, REPEATS to 3
+#
+# Build the old binary from a worktree, e.g.
+#   git worktree add /tmp/old COMMIT && (cd /tmp/old && cargo build --release -p weir --bin weir)
+# Each binary runs the row's config (bench/configs/ROW.toml) pinned to CPU 0 with
+# RUST_LOG=warn and TOKIO_WORKER_THREADS=1, as in run.sh; wrk -t1 -c64 and the bench
+# upstream share CPU 1. After 3 s of warm-up, 10 s are measured; the CPU is the proxy's
+# utime + stime from /proc. Prints one line per run; compare the medians.
+set -euo pipefail
+
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
+OLD="$1"; NEW="$2"; ROW="${3:-weir-headers}"; REPEATS="${4:-3}"
+UPSTREAM="$BENCH/target/release/weir-bench-upstream"
+[ -x "$UPSTREAM" ] || (cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
+command -v wrk >/dev/null || { echo "ab.sh: wrk is missing (bench/run.sh installs it)" >&2; exit 1; }
+
+taskset -c 1 "$UPSTREAM" 127.0.0.1:18080 >/dev/null 2>&1 &
+UP=$!
+WEIR_PID=
+trap 'kill $UP $WEIR_PID 2>/dev/null || true' EXIT
+sleep 1
+TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+for i in $(seq 1 "$REPEATS"); do
+    for side in old new; do
+        bin=$OLD; [ "$side" = new ] && bin=$NEW
+        RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin" run "$BENCH/configs/$ROW.toml" >/dev/null 2>&1 &
+        WEIR_PID=$!
+        for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:18084/ && break; sleep 0.1; done
+        taskset -c 1 wrk -t1 -c64 -d3s http://127.0.0.1:18084/ >/dev/null
+        c0=$(cpu_ticks "$WEIR_PID")
+        out=$(taskset -c 1 wrk -t1 -c64 -d10s http://127.0.0.1:18084/)
+        c1=$(cpu_ticks "$WEIR_PID")
+        reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+        rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+        python3 -c "print(f'$side $ROW #$i: {float($rps):,.0f} req/s, {($c1 - $c0) / $TCK * 1e6 / $reqs:.2f} CPU-us/req')"
+        kill "$WEIR_PID"; wait "$WEIR_PID" 2>/dev/null || true
+    done
+done
