@@ -9,15 +9,26 @@
 # Each binary runs the row's config (bench/configs/ROW.toml) pinned to CPU 0 with
 # RUST_LOG=warn and TOKIO_WORKER_THREADS=1, as in run.sh; wrk -t1 -c64 and the bench
 # upstream share CPU 1. After 3 s of warm-up, 10 s are measured; the CPU is the proxy's
-# utime + stime from /proc. Prints one line per run; compare the medians.
+# utime + stime from /proc. The two alternate which goes first in each round. Prints one
+# line per run; compare the medians. It works for the rows whose weir listens on 18084,
+# with the upstream on 18080 and no other server: every weir row but weir-otlp and
+# weir-full-redis.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
 OLD="$1"; NEW="$2"; ROW="${3:-weir-headers}"; REPEATS="${4:-3}"
 UPSTREAM="$BENCH/target/release/weir-bench-upstream"
 [ -x "$UPSTREAM" ] || (cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
-command -v wrk >/dev/null || { echo "ab.sh: wrk is missing (bench/run.sh installs it)" >&2; exit 1; }
+for tool in wrk curl python3 taskset; do
+    command -v "$tool" >/dev/null || { echo "ab.sh: $tool is missing (bench/run.sh installs what it needs)" >&2; exit 1; }
+done
+for port in 18080 18084; do
+    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+        echo "ab.sh: something already answers on 127.0.0.1:$port; stop it first" >&2
+        exit 1
+    fi
+done
 
 taskset -c 1 "$UPSTREAM" 127.0.0.1:18080 >/dev/null 2>&1 &
 UP=$!
@@ -28,11 +39,18 @@ TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 for i in $(seq 1 "$REPEATS"); do
-    for side in old new; do
+    order="old new"
+    [ $((i % 2)) -eq 0 ] && order="new old"
+    for side in $order; do
         bin=$OLD; [ "$side" = new ] && bin=$NEW
-        RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin" run "$BENCH/configs/$ROW.toml" >/dev/null 2>&1 &
+        RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin" run "$BENCH/configs/$ROW.toml" >"/tmp/ab-$side.log" 2>&1 &
         WEIR_PID=$!
-        for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:18084/ && break; sleep 0.1; done
+        ready=
+        for _ in $(seq 1 100); do
+            curl -s -o /dev/null http://127.0.0.1:18084/ && { ready=1; break; }
+            sleep 0.1
+        done
+        [ -n "$ready" ] || { echo "ab.sh: $side weir did not answer on 18084 within 10 s (its log: /tmp/ab-$side.log)" >&2; exit 1; }
         taskset -c 1 wrk -t1 -c64 -d3s http://127.0.0.1:18084/ >/dev/null
         c0=$(cpu_ticks "$WEIR_PID")
         out=$(taskset -c 1 wrk -t1 -c64 -d10s http://127.0.0.1:18084/)
@@ -41,5 +59,6 @@ for i in $(seq 1 "$REPEATS"); do
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
         python3 -c "print(f'$side $ROW #$i: {float($rps):,.0f} req/s, {($c1 - $c0) / $TCK * 1e6 / $reqs:.2f} CPU-us/req')"
         kill "$WEIR_PID"; wait "$WEIR_PID" 2>/dev/null || true
+        WEIR_PID=
     done
 done

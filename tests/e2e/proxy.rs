@@ -472,10 +472,11 @@ filters = [{{ use = "headers", config = {{ request = {{ set = {{ "x-api-key" = "
     assert_eq!(up.count(), 1);
 }
 
-/// More than three changes on one side go to weir in one `change-headers` (fewer go one
-/// call each): the same edits, made in the same order.
+/// An edit of more than three changes: the SDK sends it in one `change-headers` (fewer
+/// go one call each; the SDK's unit tests check which path an edit takes). The client
+/// and the upstream see the same edits either way.
 #[tokio::test]
-async fn headers_filter_makes_many_changes_in_one_call() {
+async fn headers_filter_makes_many_changes_each_way() {
     let up = Upstream::start(|_, _| {
         Reply::ok()
             .header("server", "up")

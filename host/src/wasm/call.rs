@@ -315,7 +315,7 @@ impl HostRequest for GuestHost {
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
-        headers::remove_in_order(&mut self.call.req.headers, &name);
+        headers::remove_in_order(&mut self.call.req.headers, &[name]);
     }
 
     fn change_headers(
@@ -422,7 +422,7 @@ impl HostResponse for GuestHost {
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
-        headers::remove_in_order(self.call.response_headers_mut(), &name);
+        headers::remove_in_order(self.call.response_headers_mut(), &[name]);
     }
 
     fn change_headers(
@@ -486,7 +486,7 @@ mod tests {
             request_fields(&call),
             fields(&[("x-a", "3"), ("x-a", "4"), ("accept", "*/*")])
         );
-        headers::remove_in_order(&mut call.req.headers, "X-A");
+        headers::remove_in_order(&mut call.req.headers, &["X-A"]);
         assert_eq!(request_fields(&call), fields(&[("accept", "*/*")]));
         assert_eq!(call.invalid, None);
     }
