@@ -1,6 +1,8 @@
 //! Header plumbing shared by the request path: hop-by-hop removal and conversion between
 //! `http::HeaderMap` and the WIT `fields` list.
 
+use std::collections::HashSet;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The request id weir keeps or makes, sends upstream and answers with.
@@ -265,15 +267,11 @@ fn hop_by_hop_in_response(name: &str) -> String {
 /// last header into the removed one's place; this rebuilds the map, once however many
 /// names go, when that would reorder it. A name not in the map costs one hash lookup.
 pub fn remove_in_order<S: AsRef<str>>(map: &mut HeaderMap, names: &[S]) {
-    let mut gone: Vec<HeaderName> = Vec::new();
-    for name in names {
-        if let Ok(name) = HeaderName::from_bytes(name.as_ref().as_bytes())
-            && map.contains_key(&name)
-            && !gone.contains(&name)
-        {
-            gone.push(name);
-        }
-    }
+    let gone: Vec<HeaderName> = names
+        .iter()
+        .filter_map(|n| HeaderName::from_bytes(n.as_ref().as_bytes()).ok())
+        .filter(|n| map.contains_key(n))
+        .collect();
     match gone.as_slice() {
         [] => return,
         [only] if map.keys().last() == Some(only) => {
@@ -282,12 +280,19 @@ pub fn remove_in_order<S: AsRef<str>>(map: &mut HeaderMap, names: &[S]) {
         }
         _ => {}
     }
+    // A few names are compared one by one; many (up to `MAX_NAMES`) are hashed, so a
+    // long list costs one pass, not one pass per name.
+    let hashed: Option<HashSet<&HeaderName>> = (gone.len() > 16).then(|| gone.iter().collect());
+    let is_gone = |key: &HeaderName| match &hashed {
+        Some(set) => set.contains(key),
+        None => gone.contains(key),
+    };
     let old = std::mem::take(map);
     map.reserve(old.keys_len());
     let mut current: Option<(HeaderName, bool)> = None;
     for (key, value) in old {
         if let Some(key) = key {
-            let keep = !gone.contains(&key);
+            let keep = !is_gone(&key);
             current = Some((key, keep));
         }
         if let Some((key, true)) = &current {
@@ -460,6 +465,15 @@ mod tests {
         let mut h = map(&[("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("d", "5")]);
         remove_in_order(&mut h, &["C", "a", "A", "zz"]);
         assert_eq!(listed(&h), pairs(&[("b", "2"), ("d", "5")]));
+        // Many names (looked up by hash): every other one of 40 goes.
+        let all: Vec<(String, String)> =
+            (0..40).map(|i| (format!("x-{i}"), i.to_string())).collect();
+        let as_str: Vec<(&str, &str)> = all.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let mut h = map(&as_str);
+        let odd: Vec<String> = (1..40).step_by(2).map(|i| format!("X-{i}")).collect();
+        remove_in_order(&mut h, &odd);
+        let even: Vec<(&str, &str)> = as_str.iter().copied().step_by(2).collect();
+        assert_eq!(listed(&h), pairs(&even));
     }
 
     #[test]
