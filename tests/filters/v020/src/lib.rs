@@ -49,17 +49,16 @@ impl Guest for V020 {
 }
 
 /// The WIT name of `kind`, e.g. `connect-failed`.
-fn error_name(kind: UpstreamError) -> String {
-    let debug = format!("{kind:?}");
-    let variant = debug.rsplit("::").next().unwrap_or(&debug);
-    let mut name = String::new();
-    for (i, c) in variant.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('-');
-        }
-        name.push(c.to_ascii_lowercase());
+fn error_name(kind: UpstreamError) -> &'static str {
+    match kind {
+        UpstreamError::ConnectFailed => "connect-failed",
+        UpstreamError::ConnectTimeout => "connect-timeout",
+        UpstreamError::Timeout => "timeout",
+        UpstreamError::Reset => "reset",
+        UpstreamError::Tls => "tls",
+        UpstreamError::Protocol => "protocol",
+        UpstreamError::Overloaded => "overloaded",
     }
-    name
 }
 
 bindings::export!(V020 with_types_in bindings);
