@@ -34,6 +34,7 @@ use crate::jobs::{self, CallOutcome, JobOutput, Jobs};
 use crate::otlp::{Finished, Otlp, SpanIds};
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::{Router, check_host};
+use crate::slow_heads::{Marked, Sweep};
 use crate::telemetry::Telemetry;
 use crate::workers::Workers;
 
@@ -1324,8 +1325,8 @@ async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(listen.header_read_timeout.0)
+        // `header_read_timeout` is kept by `sweep`, not by a hyper timer per request.
+        .header_read_timeout(None)
         // hyper's floor for the read buffer is 8 KiB; heads past it get 431.
         .max_buf_size((listen.max_header_bytes.0 as usize).max(8192));
     builder
@@ -1334,7 +1335,8 @@ async fn serve(
         .max_header_list_size(listen.max_header_bytes.0.min(u32::MAX as u64) as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let handshake_timeout = listen.header_read_timeout.0;
+    let sweep = Sweep::new(listen.header_read_timeout.0);
+    let sweeping = tokio::spawn(sweep.clone().run());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -1362,11 +1364,20 @@ async fn serve(
         let builder = builder.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let watch = sweep.begin();
+        let conn_watch = watch.clone();
+        let task = tokio::spawn(async move {
             let _open = open;
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(peer, req).await) }
+                let watch = conn_watch.clone();
+                let http2 = req.version() == http::Version::HTTP_2;
+                watch.busy(http2);
+                async move {
+                    let resp = proxy.handle(peer, req).await;
+                    let watch = (!http2).then_some(watch);
+                    Ok::<_, Infallible>(resp.map(|b| Marked::new(b, watch)))
+                }
             });
             let result = match tls {
                 None => {
@@ -1376,15 +1387,13 @@ async fn serve(
                     watcher.watch(conn).await
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
+                    // The sweep bounds the handshake too: the wait began at the accept.
+                    let tls = match acceptor.accept(stream).await {
+                        Ok(s) => s,
+                        Err(e) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
                             return;
                         }
-                        Err(_) => return,
                     };
                     let conn = builder
                         .serve_connection(TokioIo::new(tls), svc)
@@ -1396,6 +1405,7 @@ async fn serve(
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
         });
+        sweep.watch(watch, task.abort_handle());
     }
     drop(listener);
     if tokio::time::timeout(listen.drain_timeout.0, graceful.shutdown())
@@ -1404,6 +1414,7 @@ async fn serve(
     {
         tracing::warn!("drain timeout passed with requests still in flight");
     }
+    sweeping.abort();
 }
 
 #[cfg(test)]

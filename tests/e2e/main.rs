@@ -41,6 +41,7 @@ mod proxy;
 mod reload;
 mod retry;
 mod sanitize;
+mod slow_heads;
 mod secrets;
 mod soak;
 mod state_faults;
