@@ -1,5 +1,5 @@
-# Shared by run.sh and profile.sh, which source it after setting BENCH, ROOT, TOOLS and
-# say(). Stops the processes they start when they exit, installs what is missing and
+# Shared by run.sh and profile.sh, which source it after setting BENCH, ROOT and say()
+# (profile.sh also TOOLS). Stops the processes they start when they exit, installs what is missing and
 # builds the binaries under test.
 
 # The pids of the processes the script starts: all are stopped when it exits.
@@ -20,10 +20,14 @@ apt_install() {
     "$ROOT/scripts/apt-install.sh" bench "$@" >/dev/null
 }
 
-# Sets NGINX, HAPROXY and OHA; installs oha into $TOOLS with cargo when none is on PATH.
-find_peers_and_oha() {
+# Sets NGINX and HAPROXY.
+find_peers() {
     NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
     HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
+}
+
+# Sets OHA (profile.sh's client); installs oha into $TOOLS with cargo when none is on PATH.
+find_oha() {
     OHA="$(command -v oha || true)"
     if [ -z "$OHA" ]; then
         OHA="$TOOLS/bin/oha"
@@ -34,17 +38,18 @@ find_peers_and_oha() {
     fi
 }
 
-# Builds weir, the upstream and the pingora peer in release; sets WEIR, UPSTREAM and
-# PINGORA. The upstream and the pingora peer are bench/'s own workspace with its own
-# target dir, so their dependencies never change a feature of weir's build.
+# Builds weir, the upstream, the open-loop client and the pingora peer in release; sets
+# WEIR, UPSTREAM, OPENLOOP and PINGORA. All but weir are bench/'s own workspace with its
+# own target dir, so their dependencies never change a feature of weir's build.
 build_binaries() {
     say "building weir (release)"
     (cd "$ROOT" && cargo build --release -q -p weir --bin weir)
     local target
     target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
     WEIR="$target/release/weir"
-    say "building the upstream and the pingora peer (release, bench/target)"
+    say "building the upstream, the open-loop client and the pingora peer (release, bench/target)"
     (cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
     UPSTREAM="$BENCH/target/release/weir-bench-upstream"
+    OPENLOOP="$BENCH/target/release/weir-bench-openloop"
     PINGORA="$BENCH/target/release/weir-bench-pingora"
 }

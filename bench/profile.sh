@@ -47,7 +47,8 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null || missing+=(curl)
 command -v cmake >/dev/null || missing+=(cmake)
 apt_install "${missing[@]}"
-find_peers_and_oha
+find_peers
+find_oha
 
 build_binaries
 

@@ -1,0 +1,337 @@
+//! bench/run.sh's open-loop client: requests at a fixed rate over a pool of keep-alive
+//! connections, each request's latency counted from the time it was due.
+//!
+//! ```text
+//! weir-bench-openloop HOST:PORT PATH RATE CONNECTIONS SECONDS
+//! ```
+//!
+//! Request k is due at start + k/RATE. At that time it goes out on an idle connection;
+//! when every connection is busy, it waits for the first to come free. Its latency runs
+//! from its due time to the end of its response, so a server that falls behind is
+//! charged for the wait it caused (no coordinated omission). Requests still waiting for
+//! a connection when the SECONDS are over are never sent, and count with the time they
+//! had waited by then (a lower bound), so an overloaded server's tail is not hidden.
+//!
+//! Why not oha (which `profile.sh` still uses): the open-loop client shares its CPU with
+//! the bench upstream, so what it costs per request and how exactly it keeps time are
+//! in every latency it reports. oha runs on tokio, whose timers tick in milliseconds:
+//! requests due within a millisecond go out together, a burst the server then queues.
+//! This client is one thread with epoll and a timerfd armed at the next due time, so a
+//! request goes out within microseconds of its time, for a few system calls.
+//!
+//! Prints one JSON line: `due`, `completed`, `unsent`, `errors` (non-2xx responses and
+//! connections lost), `rps` (completed per second of the schedule), and the latency
+//! percentiles `p50_us`, `p90_us`, `p99_us`, `p999_us` and `max_us`.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::process::exit;
+
+/// The epoll token of the timer; connections use their index.
+const TIMER: u64 = u64::MAX;
+/// How long to wait for the responses in flight once the schedule is over.
+const DRAIN_NS: u64 = 5_000_000_000;
+
+/// One keep-alive connection.
+struct Conn {
+    stream: TcpStream,
+    /// What has come and is not yet a whole response.
+    buf: Vec<u8>,
+    /// The due time of the request in flight, if one is.
+    due: Option<u64>,
+    /// Closed by the server: no longer used.
+    lost: bool,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 6 {
+        eprintln!("usage: weir-bench-openloop HOST:PORT PATH RATE CONNECTIONS SECONDS");
+        exit(2);
+    }
+    let addr = &args[1];
+    let path = &args[2];
+    let rate: f64 = parse(&args[3], "RATE");
+    let connections: usize = parse(&args[4], "CONNECTIONS");
+    let seconds: f64 = parse(&args[5], "SECONDS");
+    if rate <= 0.0 || connections == 0 || seconds <= 0.0 {
+        eprintln!("RATE, CONNECTIONS and SECONDS must be more than zero");
+        exit(2);
+    }
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").into_bytes();
+
+    let epoll = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    );
+    let timer = check(
+        unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        },
+        "timerfd_create",
+    );
+    watch(epoll, timer, TIMER);
+    let mut conns: Vec<Conn> = (0..connections)
+        .map(|i| {
+            let stream = TcpStream::connect(addr).unwrap_or_else(|e| {
+                eprintln!("cannot connect to {addr}: {e}");
+                exit(1);
+            });
+            stream.set_nodelay(true).expect("TCP_NODELAY");
+            stream.set_nonblocking(true).expect("O_NONBLOCK");
+            watch(epoll, stream.as_raw_fd(), i as u64);
+            Conn {
+                stream,
+                buf: Vec::with_capacity(4096),
+                due: None,
+                lost: false,
+            }
+        })
+        .collect();
+
+    let interval = 1e9 / rate;
+    let start = now_ns() + 1_000_000;
+    let end = start + (seconds * 1e9) as u64;
+    let due_of = |k: u64| start + (k as f64 * interval) as u64;
+    let mut next = 0u64;
+    let mut idle: Vec<usize> = (0..connections).rev().collect();
+    let mut waiting: VecDeque<u64> = VecDeque::new();
+    let mut latencies: Vec<u64> = Vec::with_capacity((rate * seconds) as usize + 1);
+    let (mut completed, mut errors, mut unsent) = (0u64, 0u64, 0u64);
+    let mut in_flight = 0usize;
+    let mut armed = 0u64;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; connections + 1];
+    let mut chunk = vec![0u8; 64 * 1024];
+
+    loop {
+        let now = now_ns();
+        while due_of(next) <= now && due_of(next) < end {
+            waiting.push_back(due_of(next));
+            next += 1;
+        }
+        while let (Some(&due), Some(&i)) = (waiting.front(), idle.last()) {
+            waiting.pop_front();
+            idle.pop();
+            let conn = &mut conns[i];
+            if send(&mut conn.stream, &request) {
+                conn.due = Some(due);
+                in_flight += 1;
+            } else {
+                conn.lost = true;
+                errors += 1;
+            }
+        }
+        let schedule_over = due_of(next) >= end;
+        if schedule_over {
+            for due in waiting.drain(..) {
+                latencies.push(now.max(end) - due);
+                unsent += 1;
+            }
+            if in_flight == 0 || now >= end + DRAIN_NS {
+                errors += in_flight as u64;
+                break;
+            }
+        }
+        if in_flight == 0 && idle.is_empty() {
+            eprintln!("every connection was closed by the server");
+            exit(1);
+        }
+        // Wake at the next due time (or the end of the drain), or when a response comes.
+        let wake = if schedule_over {
+            end + DRAIN_NS
+        } else {
+            due_of(next)
+        };
+        if wake != armed {
+            arm(timer, wake);
+            armed = wake;
+        }
+        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            check(n, "epoll_wait");
+        }
+        for ev in &events[..n as usize] {
+            let token = ev.u64;
+            if token == TIMER {
+                let mut expirations = [0u8; 8];
+                let _ = unsafe { libc::read(timer, expirations.as_mut_ptr().cast(), 8) };
+                continue;
+            }
+            let i = token as usize;
+            let conn = &mut conns[i];
+            if conn.lost {
+                continue;
+            }
+            let closed = loop {
+                match conn.stream.read(&mut chunk) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        conn.buf.extend_from_slice(&chunk[..n]);
+                        // A short read emptied the socket; epoll reports anything later.
+                        if n < chunk.len() {
+                            break false;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break true,
+                }
+            };
+            while let Some((len, ok)) = response(&conn.buf) {
+                conn.buf.drain(..len);
+                let Some(due) = conn.due.take() else {
+                    eprintln!("a response came with no request in flight");
+                    exit(1);
+                };
+                latencies.push(now_ns().saturating_sub(due));
+                in_flight -= 1;
+                completed += 1;
+                if !ok {
+                    errors += 1;
+                }
+                idle.push(i);
+            }
+            if closed {
+                conn.lost = true;
+                idle.retain(|&j| j != i);
+                if conn.due.take().is_some() {
+                    in_flight -= 1;
+                    errors += 1;
+                }
+            }
+        }
+    }
+
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let at = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[at] as f64 / 1e3
+    };
+    println!(
+        "{{\"due\": {}, \"completed\": {completed}, \"unsent\": {unsent}, \"errors\": {errors}, \
+         \"rps\": {:.1}, \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \
+         \"p999_us\": {:.1}, \"max_us\": {:.1}}}",
+        next,
+        completed as f64 / seconds,
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0),
+    );
+}
+
+fn parse<T: std::str::FromStr>(text: &str, what: &str) -> T {
+    text.parse().unwrap_or_else(|_| {
+        eprintln!("{what} is not a number: {text:?}");
+        exit(2);
+    })
+}
+
+/// Writes a whole request; false if the connection is gone.
+fn send(stream: &mut TcpStream, request: &[u8]) -> bool {
+    // A request is far smaller than a socket buffer with nothing else in flight on it,
+    // so a write that would block means something is badly wrong: count it as lost.
+    matches!(stream.write(request), Ok(n) if n == request.len())
+}
+
+/// The length of the whole response at the start of `buf` and whether it is a 2xx, or
+/// `None` while it is incomplete. Responses must carry a `content-length`.
+fn response(buf: &[u8]) -> Option<(usize, bool)> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..head_end]).unwrap_or_else(|_| {
+        eprintln!("a response head is not UTF-8");
+        exit(1);
+    });
+    let ok = head.as_bytes().get(9) == Some(&b'2');
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or_else(|| {
+            eprintln!("a response without a content-length: {head:?}");
+            exit(1);
+        });
+    (buf.len() >= head_end + len).then_some((head_end + len, ok))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the timerfd's clock.
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sets the timer to fire once at `at` (CLOCK_MONOTONIC nanoseconds).
+fn arm(timer: i32, at: u64) {
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: (at / 1_000_000_000) as libc::time_t,
+            tv_nsec: (at % 1_000_000_000) as libc::c_long,
+        },
+    };
+    let r = unsafe {
+        libc::timerfd_settime(timer, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+    };
+    check(r, "timerfd_settime");
+}
+
+/// Adds `fd` to `epoll` for reading, level-triggered, with `token`.
+fn watch(epoll: i32, fd: i32, token: u64) {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    check(
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) },
+        "epoll_ctl",
+    );
+}
+
+fn check(r: i32, what: &str) -> i32 {
+    if r < 0 {
+        eprintln!("{what}: {}", std::io::Error::last_os_error());
+        exit(1);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_is_whole_once_its_content_length_has_come() {
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(response(&resp[..20]), None);
+        assert_eq!(response(&resp[..resp.len() - 1]), None);
+        assert_eq!(response(resp), Some((resp.len(), true)));
+        let two = [&resp[..], b"HTTP/1.1 503 No\r\ncontent-length: 0\r\n\r\n"].concat();
+        assert_eq!(response(&two), Some((resp.len(), true)));
+        assert_eq!(
+            response(&two[resp.len()..]),
+            Some((two.len() - resp.len(), false))
+        );
+    }
+}
