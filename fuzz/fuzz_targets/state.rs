@@ -15,7 +15,7 @@
 //!   clock moves), and refuses a key over its limit.
 #![no_main]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -24,7 +24,7 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use weir::clock::VirtualClock;
-use weir::state::prims::{self, Bucket, Held, Write};
+use weir::state::prims::{self, Bucket, Held, Records, Write};
 use weir::state::{BucketPolicy, MemoryBackend, StateBackend, StateError, TakeOutcome, Window};
 
 /// Some wall-clock time in nanoseconds, so times near it are the usual case.
@@ -73,9 +73,9 @@ fn record(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<i64>> {
 fn held(u: &mut Unstructured<'_>) -> arbitrary::Result<Held> {
     let n = u.int_in_range(0..=8)?;
     Ok(if u.arbitrary()? {
-        let mut records = VecDeque::new();
+        let mut records = Records::default();
         for _ in 0..n {
-            records.push_back(record(u)?);
+            records.push(record(u)?);
         }
         Held::Count(records)
     } else {

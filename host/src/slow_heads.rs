@@ -232,7 +232,10 @@ mod tests {
         let (watch, task) = parked(&sweep);
         watch.busy(false);
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(!task.is_finished(), "a request in hand has no head to wait for");
+        assert!(
+            !task.is_finished(),
+            "a request in hand has no head to wait for"
+        );
         // The response goes to hyper and is dropped: the wait starts over from here.
         drop(Marked::new((), Some(watch.clone())));
         let idle_from = Instant::now();

@@ -80,10 +80,7 @@ async fn read_response(conn: &mut TcpStream) -> String {
             let text = String::from_utf8_lossy(&buf).to_string();
             if let Some(end) = text.find("\r\n\r\n") {
                 let head = text[..end].to_ascii_lowercase();
-                let whole = match head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                {
+                let whole = match head.lines().find_map(|l| l.strip_prefix("content-length:")) {
                     Some(len) => text.len() >= end + 4 + len.trim().parse::<usize>().unwrap(),
                     None => text.ends_with("0\r\n\r\n"),
                 };
@@ -123,7 +120,10 @@ async fn a_connection_without_a_whole_head_is_closed_after_the_timeout_and_not_b
         assert!(got.is_empty(), "no answer to no request: {got:?}");
     }
     let waited = accepted.elapsed();
-    assert!(waited >= TIMEOUT, "closed after {waited:?}, before the timeout");
+    assert!(
+        waited >= TIMEOUT,
+        "closed after {waited:?}, before the timeout"
+    );
     assert_eq!(up.count(), 0, "nothing reached the upstream");
 
     // weir goes on serving new connections.

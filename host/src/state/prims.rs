@@ -22,7 +22,8 @@
 //! is replaced by the next write.
 //!
 //! Arithmetic saturates: times near `u64::MAX` and sums near `i64::MAX` stay at the
-//! bound instead of wrapping. Arguments outside the documented ranges are brought into
+//! bound instead of wrapping (a count window's sums are exact, then held to `i64`'s
+//! range). Arguments outside the documented ranges are brought into
 //! them (an interval or burst of 0 counts as 1; window sizes are clamped).
 //!
 //! [`StateBackend::bucket_take`]: super::StateBackend::bucket_take
@@ -261,7 +262,7 @@ pub fn bucket_pause(stored: Option<&Value>, until_ns: u64, now_ns: u64) -> Write
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Held {
     /// A [`Window::Count`]'s records, oldest first.
-    Count(VecDeque<Vec<i64>>),
+    Count(Records),
     /// A [`Window::Time`]'s slots.
     Time {
         /// The width of one slot.
@@ -291,7 +292,7 @@ impl Held {
         match self {
             Held::Count(records) => {
                 out.push('n');
-                for record in records {
+                for record in records.iter() {
                     out.push(' ');
                     push_record(&mut out, record);
                 }
@@ -314,8 +315,12 @@ impl Held {
         match parts.next()? {
             "n" => parts
                 .map(parse_record)
-                .collect::<Option<_>>()
-                .map(Held::Count),
+                .collect::<Option<VecDeque<_>>>()
+                .map(|held| {
+                    let mut records = Records::default();
+                    held.into_iter().for_each(|r| records.push(r));
+                    Held::Count(records)
+                }),
             "t" => {
                 let slot_ms = parts.next()?.parse().ok()?;
                 let slots = parts
@@ -401,9 +406,10 @@ pub fn window_add(
         return (window_sums(held.as_deref(), window, now_ns), Write::Keep);
     };
     let held = match stored {
-        Some(Value::Window { held, len }) => {
-            Some((std::mem::replace(held, Held::Count(VecDeque::new())), *len))
-        }
+        Some(Value::Window { held, len }) => Some((
+            std::mem::replace(held, Held::Count(Records::default())),
+            *len,
+        )),
         Some(Value::Bytes(bytes)) => Held::decode(bytes).map(|held| {
             let len = held.encoded_len();
             (held, len)
@@ -416,17 +422,16 @@ pub fn window_add(
             // "n", then " <record>" for each record.
             let (mut records, mut len) = match held {
                 Some((Held::Count(records), len)) => (records, len),
-                _ => (VecDeque::new(), 1),
+                _ => (Records::default(), 1),
             };
-            records.push_back(record.to_vec());
+            records.push(record.to_vec());
             len += 1 + record_len(record);
-            let excess = records.len().saturating_sub(n as usize);
-            for gone in records.drain(..excess) {
-                len -= 1 + record_len(&gone);
+            while records.len() > n as usize {
+                if let Some(gone) = records.pop_front() {
+                    len -= 1 + record_len(&gone);
+                }
             }
-            for kept in &records {
-                add_lanes(&mut sums, kept);
-            }
+            sums = records.sums();
             (Held::Count(records), len)
         }
         Window::Time { slot_ms, slots: n } => {
@@ -469,6 +474,70 @@ pub fn window_add(
     (sums, Write::Store { value, ttl })
 }
 
+/// A count window's records, oldest first, with their running sums per lane, so that
+/// adding a record costs its own lanes rather than a pass over the whole window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    held: VecDeque<Vec<i64>>,
+    /// The exact sums per lane of the records held: a window of at most [`MAX_COUNT`]
+    /// records cannot overflow an `i128`, so taking a record out is exact too.
+    sums: Vec<i128>,
+    /// `lanes[i]`: how many records held have lane `i`. The sums have as many lanes as
+    /// the longest record held.
+    lanes: Vec<u32>,
+}
+
+impl Records {
+    /// Adds `record` as the newest.
+    pub fn push(&mut self, record: Vec<i64>) {
+        if self.sums.len() < record.len() {
+            self.sums.resize(record.len(), 0);
+            self.lanes.resize(record.len(), 0);
+        }
+        for (i, &lane) in record.iter().enumerate() {
+            self.sums[i] += i128::from(lane);
+            self.lanes[i] += 1;
+        }
+        self.held.push_back(record);
+    }
+
+    /// Takes out the oldest record.
+    pub fn pop_front(&mut self) -> Option<Vec<i64>> {
+        let record = self.held.pop_front()?;
+        for (i, &lane) in record.iter().enumerate() {
+            self.sums[i] -= i128::from(lane);
+            self.lanes[i] -= 1;
+        }
+        let longest = self.lanes.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+        self.sums.truncate(longest);
+        self.lanes.truncate(longest);
+        Some(record)
+    }
+
+    /// The sums per lane, each held to `i64`'s range.
+    pub fn sums(&self) -> Vec<i64> {
+        self.sums
+            .iter()
+            .map(|&s| s.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+            .collect()
+    }
+
+    /// How many records are held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The records, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Vec<i64>> {
+        self.held.iter()
+    }
+}
+
 /// The sums per lane of the window `held` (`None`: absent), read at `now_ns` through
 /// `window` (clamped): the newest records of a `Count`, the slots in range of a `Time`.
 /// A window of another kind or slot width counts as empty.
@@ -477,6 +546,10 @@ fn window_sums(held: Option<&Held>, window: Window, now_ns: u64) -> Vec<i64> {
     match (window, held) {
         (Window::Count(n), Some(Held::Count(records))) => {
             let excess = records.len().saturating_sub(n as usize);
+            if excess == 0 {
+                return records.sums();
+            }
+            // Read through a shorter window than the one written: sum its part.
             for kept in records.iter().skip(excess) {
                 add_lanes(&mut sums, kept);
             }
@@ -875,6 +948,49 @@ mod tests {
             [1, 0, 0]
         );
         assert_eq!(text(&v), "n 1,0,0 0,0,0");
+    }
+
+    #[test]
+    fn running_sums_match_a_fresh_sum_of_the_records_held() {
+        // Records of 0 to 3 lanes from a fixed pseudo-random sequence, through a window
+        // of 5: after every add, the running sums are what summing the records gives.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut records = Records::default();
+        for _ in 0..500 {
+            let lanes = (next() % 4) as usize;
+            let record: Vec<i64> = (0..lanes).map(|_| (next() % 2001) as i64 - 1000).collect();
+            records.push(record);
+            while records.len() > 5 {
+                records.pop_front();
+            }
+            let mut fresh = Vec::new();
+            for r in records.iter() {
+                add_lanes(&mut fresh, r);
+            }
+            assert_eq!(records.sums(), fresh);
+        }
+    }
+
+    #[test]
+    fn running_sums_are_exact_and_held_to_the_i64_range() {
+        let mut records = Records::default();
+        records.push(vec![i64::MAX, i64::MIN]);
+        records.push(vec![i64::MAX, i64::MIN]);
+        assert_eq!(records.sums(), [i64::MAX, i64::MIN]);
+        // Taking a record out leaves the exact rest, not a value stuck at the bound.
+        records.push(vec![-1, 1]);
+        records.pop_front();
+        assert_eq!(records.sums(), [i64::MAX - 1, i64::MIN + 1]);
+        records.pop_front();
+        records.pop_front();
+        assert!(records.is_empty());
+        assert_eq!(records.sums(), Vec::<i64>::new());
     }
 
     #[test]
