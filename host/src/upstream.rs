@@ -334,7 +334,10 @@ impl Upstream {
         let mut fresh = false;
         loop {
             let checkout = if fresh {
-                self.conns.connect().await
+                // Boxed, here and in `checkout`: opening a connection (TCP, TLS, the
+                // handshake) is a large future that most requests never run, and every
+                // request would otherwise copy its space along with the rest.
+                Box::pin(self.conns.connect()).await
             } else {
                 self.conns.checkout(now).await
             }
@@ -532,7 +535,7 @@ impl Conns {
                 });
             }
         }
-        self.connect().await
+        Box::pin(self.connect()).await
     }
 
     /// The most recently used idle connection that has not expired or closed, and the
