@@ -436,18 +436,24 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// [`DRAIN_TIME`], before the connection closes. Closing a socket with unread data makes
 /// the kernel send a reset, and the client can lose the response it was about to read
 /// (the "lingering close" nginx does for the same reason).
-pub struct Drain {
+pub struct Drain<H: Send + 'static> {
     inner: Option<hyper::body::Incoming>,
+    /// Kept until the body has been read to its end (here or in the background), then
+    /// dropped: what tells the connection that its request is no longer in hand.
+    held: Option<H>,
 }
 
-impl Drain {
-    /// Wraps a client's request body.
-    pub fn new(inner: hyper::body::Incoming) -> Drain {
-        Drain { inner: Some(inner) }
+impl<H: Send + 'static> Drain<H> {
+    /// Wraps a client's request body, keeping `held` until it has been read to its end.
+    pub fn holding(inner: hyper::body::Incoming, held: H) -> Drain<H> {
+        Drain {
+            inner: Some(inner),
+            held: Some(held),
+        }
     }
 }
 
-impl Body for Drain {
+impl<H: Send + Unpin + 'static> Body for Drain<H> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -455,10 +461,14 @@ impl Body for Drain {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.inner.as_mut() {
+        let poll = match self.inner.as_mut() {
             Some(b) => Pin::new(b).poll_frame(cx),
             None => Poll::Ready(None),
+        };
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.held = None;
         }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -472,7 +482,7 @@ impl Body for Drain {
     }
 }
 
-impl Drop for Drain {
+impl<H: Send + 'static> Drop for Drain<H> {
     fn drop(&mut self) {
         let Some(mut body) = self.inner.take() else {
             return;
@@ -483,6 +493,7 @@ impl Drop for Drain {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let held = self.held.take();
         handle.spawn(async move {
             let drain = async {
                 let mut read = 0u64;
@@ -496,6 +507,7 @@ impl Drop for Drain {
                 }
             };
             let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            drop(held);
         });
     }
 }

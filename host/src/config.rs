@@ -369,10 +369,11 @@ pub struct Listen {
     /// The largest request body accepted; larger gets 413. Also the most weir buffers.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: ByteSize,
-    /// How long an HTTP/1 connection may wait for a request head: from its accept (the
-    /// TLS handshake included) and, on a keep-alive connection, from each response. A
-    /// connection still without a head is closed soon after: a check runs every quarter
-    /// of the timeout, and at least once a second.
+    /// How long a connection may wait for a request head: from its accept (the TLS
+    /// handshake included) and, on a keep-alive connection, from the end of each
+    /// response. A connection still without a head is closed soon after: a check runs
+    /// every quarter of the timeout, and at least once a second. An HTTP/2 connection is
+    /// watched only until it is known to be one (ALPN, or its first request).
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: HumanDuration,
     /// How long weir waits for the next piece of a request body; a client that stalls
@@ -1329,11 +1330,12 @@ fn validate(
             *dir = cwd.join(&*dir);
         }
     }
-    if raw.listen.header_read_timeout.0.is_zero() {
-        // Zero would close every connection before its first request.
+    if raw.listen.header_read_timeout.0 < std::time::Duration::from_millis(1) {
+        // Zero would close every connection before its first request; the wait is kept
+        // in whole milliseconds.
         err(
             place(&["listen", "header_read_timeout"], 0..0),
-            "listen.header_read_timeout must be more than zero".to_owned(),
+            "listen.header_read_timeout must be at least 1ms".to_owned(),
         );
     }
     if raw.listen.body_read_timeout.0.is_zero() {

@@ -34,7 +34,7 @@ use crate::jobs::{self, CallOutcome, JobOutput, Jobs};
 use crate::otlp::{Finished, Otlp, SpanIds};
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::{Router, check_host};
-use crate::slow_heads::{Marked, Sweep};
+use crate::slow_heads::{Flushes, InHand, Sweep};
 use crate::telemetry::Telemetry;
 use crate::workers::Workers;
 
@@ -144,8 +144,14 @@ impl Proxy {
         &self.recent
     }
 
-    /// Handles one request; never fails: every error becomes a JSON response.
-    pub async fn handle(&self, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Handles one request; never fails: every error becomes a JSON response. `in_hand`
+    /// is kept until the request's body has been read to its end.
+    pub async fn handle(
+        &self,
+        client: SocketAddr,
+        req: Request<Incoming>,
+        in_hand: Option<InHand>,
+    ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         let id = request_id(&parts.headers);
         let origin = Origin {
@@ -158,7 +164,7 @@ impl Proxy {
         let body = if body.is_end_stream() {
             body::empty()
         } else {
-            body::boxed(body::Drain::new(body))
+            body::boxed(body::Drain::holding(body, in_hand))
         };
         if let Some(batch) = &self.batch
             && parts.uri.path() == batch::PATH
@@ -1368,22 +1374,20 @@ async fn serve(
         let conn_watch = watch.clone();
         let task = tokio::spawn(async move {
             let _open = open;
+            let svc_watch = conn_watch.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
-                let watch = conn_watch.clone();
                 let http2 = req.version() == http::Version::HTTP_2;
-                watch.busy(http2);
+                let (response, body) = svc_watch.request(http2, !req.body().is_end_stream());
                 async move {
-                    let resp = proxy.handle(peer, req).await;
-                    let watch = (!http2).then_some(watch);
-                    Ok::<_, Infallible>(resp.map(|b| Marked::new(b, watch)))
+                    let resp = proxy.handle(peer, req, body).await;
+                    Ok::<_, Infallible>(resp.map(|b| body::Holding::new(b, response)))
                 }
             });
             let result = match tls {
                 None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .into_owned();
+                    let io = Flushes::new(TokioIo::new(stream), conn_watch);
+                    let conn = builder.serve_connection(io, svc).into_owned();
                     watcher.watch(conn).await
                 }
                 Some(acceptor) => {
@@ -1395,9 +1399,11 @@ async fn serve(
                             return;
                         }
                     };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .into_owned();
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        conn_watch.leave();
+                    }
+                    let io = Flushes::new(TokioIo::new(tls), conn_watch);
+                    let conn = builder.serve_connection(io, svc).into_owned();
                     watcher.watch(conn).await
                 }
             };

@@ -1,10 +1,12 @@
 //! `listen.header_read_timeout` on real connections: a connection that has not sent a
-//! whole request head within the timeout (from its accept, or from its last response on
-//! keep-alive) is closed, and one with a request in hand is not, however long the
-//! upstream or the response body takes.
+//! whole request head within the timeout (from its accept, TLS handshake included, or
+//! from its last response on keep-alive) is closed, and one with a request in hand is
+//! not, however long the upstream, the request body or the response's delivery takes.
 //!
 //! Each assertion on time is a lower bound (weir never closes a connection before the
-//! timeout) or a generous upper one ([`WAIT`]): nothing depends on how busy the machine is.
+//! timeout) or a generous upper one ([`WAIT`]). The one thing timed on the client's side
+//! is that it sends its next request well within [`TIMEOUT`] (a second) of the last
+//! response.
 
 use std::time::{Duration, Instant};
 
@@ -13,29 +15,52 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::WAIT;
+use crate::support::tls::Pki;
 use crate::support::upstream::{Reply, Upstream};
-use crate::support::weir::Weir;
+use crate::support::weir::{Weir, WeirBuilder};
 
-/// The configured `header_read_timeout`.
-const TIMEOUT: Duration = Duration::from_millis(400);
+/// The configured `header_read_timeout` (the sweep checks every quarter of it).
+const TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Longer than [`TIMEOUT`]: how long the upstream takes on `/slow` and `/stream`.
-const LONG: Duration = Duration::from_millis(1500);
+/// Longer than [`TIMEOUT`] and the three checks after it: how long the upstream takes
+/// on `/slow` and `/stream`, and the client to send `/upload`'s body.
+const LONG: Duration = Duration::from_millis(2500);
 
-async fn start() -> (Upstream, Weir) {
-    let up = Upstream::start(|req, _| match req.path.as_str() {
+/// The size of `/big`'s body: more than a socket's largest send buffer here (4 MiB,
+/// `net.ipv4.tcp_wmem`), so part of a response handed over whole stays in weir.
+const BIG: u64 = 6 << 20;
+
+fn upstream() -> impl Fn(&crate::support::upstream::Recorded, usize) -> Reply + Send + Sync {
+    |req, _| match req.path.as_str() {
         "/slow" => Reply::ok().delay(LONG).body("slow"),
         "/stream" => Reply::ok().chunks(vec![
             (Duration::ZERO, Bytes::from_static(b"first,")),
             (LONG, Bytes::from_static(b"last")),
         ]),
+        "/big" => Reply::ok()
+            .header("cache-control", "max-age=600")
+            .pattern(BIG),
+        "/upload" => Reply::ok().body(format!("got {}", req.body_len)),
         _ => Reply::ok().body("quick"),
-    })
-    .await;
-    let weir = Weir::start(&format!(
+    }
+}
+
+/// weir with `header_read_timeout = timeout` (and `listen_extra` in `[listen]`) in front
+/// of an upstream that answers as [`upstream`] says, through `filters`; `tail` ends the
+/// config.
+async fn start_with(
+    timeout: Duration,
+    listen_extra: &str,
+    filters: &str,
+    tail: &str,
+    pki: Option<&Pki>,
+) -> (Upstream, Weir) {
+    let up = Upstream::start(upstream()).await;
+    let mut weir = WeirBuilder::new(format!(
         r#"[listen]
 addr = "127.0.0.1:0"
 header_read_timeout = "{}ms"
+{listen_extra}
 
 [upstreams.api]
 url = "{}"
@@ -44,12 +69,20 @@ url = "{}"
 name = "all"
 upstream = "api"
 timeout = "30s"
+filters = [{filters}]
+{tail}
 "#,
-        TIMEOUT.as_millis(),
+        timeout.as_millis(),
         up.url()
-    ))
-    .await;
-    (up, weir)
+    ));
+    if let Some(pki) = pki {
+        weir = weir.files(pki.files());
+    }
+    (up, weir.start().await)
+}
+
+async fn start() -> (Upstream, Weir) {
+    start_with(TIMEOUT, "", "", "", None).await
 }
 
 /// Reads until weir closes the connection; returns what came.
@@ -167,4 +200,95 @@ async fn a_request_in_hand_is_never_cut_and_the_wait_restarts_after_its_response
 
     let seen: Vec<String> = up.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(seen, ["/slow", "/stream", "/quick"]);
+}
+
+#[tokio::test]
+async fn a_request_body_sent_slowly_is_never_cut() {
+    let (up, weir) = start().await;
+    let mut conn = TcpStream::connect(weir.addr()).await.unwrap();
+    const PIECES: u32 = 20;
+    let piece = [b'x'; 100];
+    conn.write_all(
+        format!(
+            "PUT /upload HTTP/1.1\r\nhost: weir.test\r\ncontent-length: {}\r\n\r\n",
+            PIECES as usize * piece.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..PIECES {
+        tokio::time::sleep(LONG / PIECES).await;
+        conn.write_all(&piece).await.unwrap();
+    }
+    let resp = read_response(&mut conn).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("got 2000"), "{resp}");
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn a_response_read_slowly_is_never_cut() {
+    // A short timeout, and a response weir hands to hyper whole (a cache hit, 6 MiB in
+    // one piece): when the response has ended, megabytes of it are still in weir's
+    // buffer, and take the slow reader below many timeouts to take. The wait starts
+    // when the last of it has been written, not when it was handed over.
+    let timeout = Duration::from_millis(100);
+    let cache = r#"{ use = "cache", config = { max_entry_bytes = "7MiB" } }"#;
+    // One shard of state, so that the 6 MiB entry fits in it.
+    let state = "[state]\nmax_bytes = \"7MiB\"";
+    let (up, weir) = start_with(timeout, "", cache, state, None).await;
+    // A small receive buffer of the client's own, so that the kernel holds little of it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut conn = socket.connect(weir.addr()).await.unwrap();
+    for (i, status) in ["miss", "hit"].into_iter().enumerate() {
+        conn.write_all(get("/big").as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let read = async {
+            loop {
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+                    && got.len() as u64 >= end as u64 + 4 + BIG
+                {
+                    return;
+                }
+                // At most 6.4 MB/s on the hit: a second or more to read it.
+                if i == 1 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let n = conn.read(&mut chunk).await.expect("read the response");
+                assert!(
+                    n > 0,
+                    "weir closed the connection after {} bytes",
+                    got.len()
+                );
+                got.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .expect("the whole response within WAIT");
+        let head = String::from_utf8_lossy(&got[..200]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains(&format!("x-weir-cache: {status}")), "{head}");
+    }
+    assert_eq!(up.count(), 1, "the second came from the cache");
+}
+
+#[tokio::test]
+async fn a_tls_connection_without_a_handshake_is_closed_after_the_timeout() {
+    let pki = Pki::new();
+    let tls = r#"tls = { cert = "certs/server.pem", key = "certs/server.key" }"#;
+    let (_up, weir) = start_with(TIMEOUT, tls, "", "", Some(&pki)).await;
+    let accepted = Instant::now();
+    // A TCP connection that never says hello.
+    let mut silent = TcpStream::connect(weir.addr()).await.unwrap();
+    let got = read_to_close(&mut silent).await;
+    assert!(got.is_empty(), "{got:?}");
+    let waited = accepted.elapsed();
+    assert!(
+        waited >= TIMEOUT,
+        "closed after {waited:?}, before the timeout"
+    );
 }
