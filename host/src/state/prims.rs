@@ -314,13 +314,11 @@ impl Held {
         let mut parts = text.split(' ');
         match parts.next()? {
             "n" => parts
-                .map(parse_record)
-                .collect::<Option<VecDeque<_>>>()
-                .map(|held| {
-                    let mut records = Records::default();
-                    held.into_iter().for_each(|r| records.push(r));
-                    Held::Count(records)
-                }),
+                .try_fold(Records::default(), |mut records, part| {
+                    records.push(parse_record(part)?);
+                    Some(records)
+                })
+                .map(Held::Count),
             "t" => {
                 let slot_ms = parts.next()?.parse().ok()?;
                 let slots = parts
@@ -516,10 +514,7 @@ impl Records {
 
     /// The sums per lane, each held to `i64`'s range.
     pub fn sums(&self) -> Vec<i64> {
-        self.sums
-            .iter()
-            .map(|&s| s.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
-            .collect()
+        self.sums.iter().copied().map(held_to_i64).collect()
     }
 
     /// How many records are held.
@@ -538,6 +533,11 @@ impl Records {
     }
 }
 
+/// An exact sum held to `i64`'s range.
+fn held_to_i64(sum: i128) -> i64 {
+    sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
 /// The sums per lane of the window `held` (`None`: absent), read at `now_ns` through
 /// `window` (clamped): the newest records of a `Count`, the slots in range of a `Time`.
 /// A window of another kind or slot width counts as empty.
@@ -549,10 +549,18 @@ fn window_sums(held: Option<&Held>, window: Window, now_ns: u64) -> Vec<i64> {
             if excess == 0 {
                 return records.sums();
             }
-            // Read through a shorter window than the one written: sum its part.
+            // Read through a shorter window than the one written: sum its part, exactly
+            // as the running sums are.
+            let mut exact: Vec<i128> = Vec::new();
             for kept in records.iter().skip(excess) {
-                add_lanes(&mut sums, kept);
+                if exact.len() < kept.len() {
+                    exact.resize(kept.len(), 0);
+                }
+                for (s, &lane) in exact.iter_mut().zip(kept) {
+                    *s += i128::from(lane);
+                }
             }
+            return exact.into_iter().map(held_to_i64).collect();
         }
         (
             Window::Time { slot_ms, slots: n },
@@ -987,6 +995,14 @@ mod tests {
         records.push(vec![-1, 1]);
         records.pop_front();
         assert_eq!(records.sums(), [i64::MAX - 1, i64::MIN + 1]);
+        // Read through a shorter window, the newest two are summed exactly too.
+        records.push(vec![i64::MAX, 0]);
+        let held = Held::Count(records.clone());
+        assert_eq!(
+            window_sums(Some(&held), Window::Count(2), 0),
+            [i64::MAX - 1, 1]
+        );
+        records.pop_front();
         records.pop_front();
         records.pop_front();
         assert!(records.is_empty());
