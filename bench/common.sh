@@ -38,15 +38,22 @@ find_oha() {
     fi
 }
 
-# Builds weir, the upstream, the open-loop client and the pingora peer in release; sets
-# WEIR, UPSTREAM, OPENLOOP and PINGORA. All but weir are bench/'s own workspace with its
+# Builds weir (unless WEIR_BIN names a build to use), the upstream, the open-loop client
+# and the pingora peer in release; sets WEIR, UPSTREAM, OPENLOOP and PINGORA. All but weir are bench/'s own workspace with its
 # own target dir, so their dependencies never change a feature of weir's build.
 build_binaries() {
-    say "building weir (release)"
-    (cd "$ROOT" && cargo build --release -q -p weir --bin weir)
-    local target
-    target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-    WEIR="$target/release/weir"
+    if [ -n "${WEIR_BIN:-}" ]; then
+        # Another build of weir (an older commit's, for a before-and-after): used as is.
+        [ -x "$WEIR_BIN" ] || { echo "WEIR_BIN=$WEIR_BIN is not an executable" >&2; exit 2; }
+        say "using weir from WEIR_BIN: $WEIR_BIN"
+        WEIR="$WEIR_BIN"
+    else
+        say "building weir (release)"
+        (cd "$ROOT" && cargo build --release -q -p weir --bin weir)
+        local target
+        target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+        WEIR="$target/release/weir"
+    fi
     say "building the upstream, the open-loop client and the pingora peer (release, bench/target)"
     (cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
     UPSTREAM="$BENCH/target/release/weir-bench-upstream"

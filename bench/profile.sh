@@ -6,6 +6,7 @@
 #   bench/profile.sh                                  weir-empty, weir-headers, weir-full, nginx
 #   bench/profile.sh --rows weir-empty,haproxy        any rows of run.sh except direct
 #   bench/profile.sh --requests 5000 --top 30         more requests, longer function lists
+#   WEIR_BIN=/tmp/weir-old bench/profile.sh           another build of weir (before/after)
 #
 # Writes bench/.profile/ROW.txt (the top functions, by their own instructions and with
 # their callees, per request) and the callgrind files ROW.cg.1-THREAD; prints one line
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
         --requests) REQUESTS="$2"; shift ;;
         --connections) CONNECTIONS="$2"; shift ;;
         --top) TOP="$2"; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
