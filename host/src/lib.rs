@@ -56,6 +56,12 @@ pub mod upstream;
 pub mod wasm;
 pub mod workers;
 
+/// Locks `m`, taking the data of a mutex that a panicking thread poisoned: the locks this
+/// is for guard plain lists and stacks, which a panic leaves whole.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -33,6 +33,8 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::lock;
+
 /// `since` of a connection the sweep no longer watches (HTTP/2).
 const LEFT: u64 = u64::MAX;
 
@@ -299,10 +301,6 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

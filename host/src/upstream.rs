@@ -15,7 +15,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use crate::bindings::UpstreamError;
 use crate::body::{self, BodyFault, ProxyBody};
 use crate::config::{Origin, UpstreamConfig};
 use crate::error::{self, ProxyError};
+use crate::lock;
 use crate::telemetry::UpstreamMetrics;
 use crate::tls::{self, TlsError};
 
@@ -496,10 +497,6 @@ enum Sender {
 struct Checkout {
     sender: Sender,
     connect: Option<ConnectTiming>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Conns {

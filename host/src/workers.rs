@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::{Handle, Runtime};
 
+use crate::lock;
+
 thread_local! {
     /// This thread's worker number: 1..=N on a worker, 0 elsewhere.
     static INDEX: Cell<usize> = const { Cell::new(0) };
@@ -126,10 +128,6 @@ impl Workers {
         }
         Ok(threads)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Workers {

@@ -488,13 +488,12 @@ pub struct Records {
 impl Records {
     /// Adds `record` as the newest.
     pub fn push(&mut self, record: Vec<i64>) {
-        if self.sums.len() < record.len() {
-            self.sums.resize(record.len(), 0);
+        add_exact(&mut self.sums, &record);
+        if self.lanes.len() < record.len() {
             self.lanes.resize(record.len(), 0);
         }
-        for (i, &lane) in record.iter().enumerate() {
-            self.sums[i] += i128::from(lane);
-            self.lanes[i] += 1;
+        for held in &mut self.lanes[..record.len()] {
+            *held += 1;
         }
         self.held.push_back(record);
     }
@@ -533,6 +532,16 @@ impl Records {
     }
 }
 
+/// Adds `record` to the exact sums per lane `sums`, lengthening them to its lanes.
+fn add_exact(sums: &mut Vec<i128>, record: &[i64]) {
+    if sums.len() < record.len() {
+        sums.resize(record.len(), 0);
+    }
+    for (s, &lane) in sums.iter_mut().zip(record) {
+        *s += i128::from(lane);
+    }
+}
+
 /// An exact sum held to `i64`'s range.
 fn held_to_i64(sum: i128) -> i64 {
     sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
@@ -551,14 +560,9 @@ fn window_sums(held: Option<&Held>, window: Window, now_ns: u64) -> Vec<i64> {
             }
             // Read through a shorter window than the one written: sum its part, exactly
             // as the running sums are.
-            let mut exact: Vec<i128> = Vec::new();
+            let mut exact = Vec::new();
             for kept in records.iter().skip(excess) {
-                if exact.len() < kept.len() {
-                    exact.resize(kept.len(), 0);
-                }
-                for (s, &lane) in exact.iter_mut().zip(kept) {
-                    *s += i128::from(lane);
-                }
+                add_exact(&mut exact, kept);
             }
             return exact.into_iter().map(held_to_i64).collect();
         }
