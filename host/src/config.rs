@@ -376,6 +376,12 @@ pub struct Listen {
     /// watched only until it is known to be one (ALPN, or its first request).
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: HumanDuration,
+    /// How long a connection may take none of the bytes weir is sending it (a response
+    /// the client does not read); one that takes none for longer is closed, which frees
+    /// the upstream connection its response holds. A client reading slowly but steadily
+    /// is never closed by it. Checked as `header_read_timeout` is.
+    #[serde(default = "defaults::send_timeout")]
+    pub send_timeout: HumanDuration,
     /// How long weir waits for the next piece of a request body; a client that stalls
     /// longer gets 408. The clock runs only while weir is waiting for the client.
     #[serde(default = "defaults::body_read_timeout")]
@@ -917,6 +923,9 @@ pub(crate) mod defaults {
     pub fn header_read_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
     }
+    pub fn send_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
     pub fn body_read_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
     }
@@ -1336,6 +1345,13 @@ fn validate(
         err(
             place(&["listen", "header_read_timeout"], 0..0),
             "listen.header_read_timeout must be at least 1ms".to_owned(),
+        );
+    }
+    if raw.listen.send_timeout.0 < std::time::Duration::from_millis(1) {
+        // Zero would close a connection at the first write its client's window delays.
+        err(
+            place(&["listen", "send_timeout"], 0..0),
+            "listen.send_timeout must be at least 1ms".to_owned(),
         );
     }
     if raw.listen.body_read_timeout.0.is_zero() {

@@ -47,7 +47,7 @@ pub mod path;
 pub mod recent;
 pub mod reload;
 pub mod router;
-pub mod slow_heads;
+pub mod slow_clients;
 pub mod state;
 pub mod stats;
 pub mod telemetry;

@@ -34,7 +34,7 @@ use crate::jobs::{self, CallOutcome, JobOutput, Jobs};
 use crate::otlp::{Finished, Otlp, SpanIds};
 use crate::recent::{NewRecord, Recent, Tee, Trace};
 use crate::router::{Router, check_host};
-use crate::slow_heads::{Flushes, InHand, Sweep};
+use crate::slow_clients::{Flushes, InHand, Sweep, Timeouts};
 use crate::telemetry::Telemetry;
 use crate::workers::Workers;
 
@@ -1341,7 +1341,11 @@ async fn serve(
         .max_header_list_size(listen.max_header_bytes.0.min(u32::MAX as u64) as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let sweep = Sweep::new(listen.header_read_timeout.0);
+    let timeouts = Timeouts {
+        head: listen.header_read_timeout.0,
+        send: listen.send_timeout.0,
+    };
+    let sweep = Sweep::new(timeouts, proxy.telemetry.connections_cut.clone());
     let sweeping = tokio::spawn(sweep.clone().run());
     tokio::pin!(shutdown);
     loop {

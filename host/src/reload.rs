@@ -634,6 +634,11 @@ impl Fixed {
                 format!("{:?}", new.listen.header_read_timeout.0),
             ),
             (
+                "listen.send_timeout",
+                format!("{:?}", self.listen.send_timeout.0),
+                format!("{:?}", new.listen.send_timeout.0),
+            ),
+            (
                 "listen.body_read_timeout",
                 format!("{:?}", self.listen.body_read_timeout.0),
                 format!("{:?}", new.listen.body_read_timeout.0),

@@ -45,6 +45,8 @@ pub struct Telemetry {
     pub connections: prometheus::IntGauge,
     /// Client connections refused at `listen.max_connections`.
     pub connections_refused: prometheus::IntCounter,
+    /// Client connections closed for being too slow, by the timeout they ran past.
+    pub connections_cut: crate::slow_clients::Cuts,
     /// The tasks alive on every runtime, read when `/metrics` is scraped.
     alive_tasks: prometheus::IntGauge,
     /// The upstream client's series.
@@ -296,8 +298,20 @@ impl Telemetry {
             "weir_client_connections_refused_total",
             "Client connections refused because listen.max_connections were open",
         )?;
+        let cut = IntCounterVec::new(
+            prometheus::Opts::new(
+                "weir_client_connections_cut_total",
+                "Client connections closed by weir for running past listen.header_read_timeout (waiting for a request head) or listen.send_timeout (taking none of a response)",
+            ),
+            &["reason"],
+        )?;
+        let connections_cut = crate::slow_clients::Cuts {
+            head: cut.with_label_values(&["header_read_timeout"]),
+            send: cut.with_label_values(&["send_timeout"]),
+        };
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(cut))?;
         let alive_tasks = prometheus::IntGauge::new(
             "weir_runtime_alive_tasks",
             "Tokio tasks alive in weir's runtimes (the main one and every worker's) when /metrics was read",
@@ -313,6 +327,7 @@ impl Telemetry {
             fanout_targets,
             connections,
             connections_refused,
+            connections_cut,
             alive_tasks,
             upstreams,
             stats: Stats::default(),

@@ -42,7 +42,7 @@ mod reload;
 mod retry;
 mod sanitize;
 mod secrets;
-mod slow_heads;
+mod slow_clients;
 mod soak;
 mod state_faults;
 mod support;

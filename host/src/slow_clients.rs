@@ -1,27 +1,40 @@
-//! `listen.header_read_timeout`: how long an HTTP/1 connection may wait for its next
-//! request head, kept by one sweep per worker instead of a timer per request.
+//! Slow clients, kept by one sweep per worker instead of a timer per request:
+//! `listen.header_read_timeout`, how long an HTTP/1 connection may wait for its next
+//! request head, and `listen.send_timeout`, how long any connection may take no bytes
+//! of what weir is sending it.
 //!
 //! hyper's own header-read timeout arms a boxed tokio `Sleep` for every request head: a
 //! clock read, an allocation, a timer-wheel insert and removal, about 1.5k instructions
 //! and 4 % of the empty chain's per request (`bench/README.md`). Here each connection
 //! keeps a [`Watch`]: how many of its requests weir holds (a request's response until
 //! hyper is done with it, and its body until read to its end), whether its last
-//! response's bytes are still being flushed, and since when it has been waiting. A
-//! request costs a few uncontended atomic operations on it: no lock, no timer, no clock
-//! read. The wait starts once nothing is held and the last response is flushed, as
-//! hyper's timer did, so a slow reader of a large response is not cut.
+//! response's bytes are still being flushed, since when it has been waiting, and since
+//! when its writes have been blocked. A request costs a few uncontended atomic
+//! operations on it: no lock, no timer, no clock read. The wait for a head starts once
+//! nothing is held and the last response is flushed, as hyper's timer did, so a slow
+//! reader of a large response is not cut by it.
 //!
-//! Each worker's [`Sweep`] runs every quarter of the timeout (between 10 ms and 1 s).
-//! A connection found waiting longer than the timeout is marked, and cut (its task
-//! aborted) at the next run if it is still in the same wait: a head already in the
-//! socket when the worker was busy gets read in between. So a connection is never cut
-//! before the timeout (unless the worker runs the sweep more than a period late), and
-//! at most about three periods after it.
+//! A client that reads nothing at all is another matter: hyper stops pulling the
+//! response body, and the body holds its upstream connection and its slot of the
+//! upstream's `max_connections` for as long as the client likes, so a few such clients
+//! would starve everyone else of that upstream. So a write (or flush) that the socket
+//! cannot take starts a stall, and the next one it takes ends it; a stall longer than
+//! `send_timeout` is cut, as nginx's `send_timeout` does. A slow reader that takes some
+//! bytes now and then is never cut by it.
 //!
-//! The wait covers the TLS handshake (it starts at the accept), an idle keep-alive
-//! connection, and a head sent slowly. An HTTP/2 connection leaves the sweep once it is
-//! known to be one (ALPN, or its first request): its streams overlap, so there is no one
-//! head to wait for, and hyper's timeout was HTTP/1-only as well.
+//! Each worker's [`Sweep`] runs every quarter of the shorter timeout (between 10 ms and
+//! 1 s). A connection found waiting or stalled longer than its timeout is marked, and
+//! cut (its task aborted, which drops its requests and their upstream connections) at
+//! the next run if it is still in the same wait or stall: a head already in the socket,
+//! or a socket drained, while the worker was busy gets its turn in between. So a
+//! connection is never cut before its timeout (unless the worker runs the sweep more
+//! than a period late), and at most about three periods after it.
+//!
+//! The wait for a head covers the TLS handshake (it starts at the accept), an idle
+//! keep-alive connection, and a head sent slowly. An HTTP/2 connection leaves that part
+//! of the sweep once it is known to be one (ALPN, or its first request): its streams
+//! overlap, so there is no one head to wait for, and hyper's timeout was HTTP/1-only as
+//! well. Its writes are watched like any other connection's.
 
 use std::io;
 use std::pin::Pin;
@@ -35,17 +48,47 @@ use tokio::time::Instant;
 
 use crate::lock;
 
-/// `since` of a connection the sweep no longer watches (HTTP/2).
+/// `since` of a connection whose heads the sweep no longer times (HTTP/2).
 const LEFT: u64 = u64::MAX;
+
+/// `stalled` of a connection whose writes are going through.
+const FLOWING: u64 = u64::MAX;
+
+/// The two timeouts a sweep keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// `listen.header_read_timeout`.
+    pub head: Duration,
+    /// `listen.send_timeout`.
+    pub send: Duration,
+}
+
+/// What the sweep counts as it cuts: one counter for each timeout.
+#[derive(Clone)]
+pub struct Cuts {
+    /// Connections cut for waiting too long for a request head.
+    pub head: prometheus::IntCounter,
+    /// Connections cut for taking none of weir's bytes for too long.
+    pub send: prometheus::IntCounter,
+}
 
 /// One worker's watched connections and the clock they read.
 pub struct Sweep {
     start: Instant,
     /// Milliseconds from `start` at the last run: the connections' clock.
     clock: Arc<AtomicU64>,
-    timeout_ms: u64,
+    head_ms: u64,
+    send_ms: u64,
     period: Duration,
+    cuts: Cuts,
     conns: Mutex<Watched>,
+}
+
+/// A connection's wait or stall past its timeout, by its start: what a mark remembers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overdue {
+    Head(u64),
+    Send(u64),
 }
 
 /// The connections a sweep watches.
@@ -59,8 +102,8 @@ struct Watched {
 struct Entry {
     watch: Arc<Watch>,
     task: AbortHandle,
-    /// The wait's start seen past the timeout at the last run: cut if it is still so.
-    marked: Option<u64>,
+    /// What the last run found past its timeout: cut if it still is.
+    marked: Option<Overdue>,
 }
 
 /// One connection's state, shared by its task and its worker's sweep. One thread
@@ -73,6 +116,9 @@ pub struct Watch {
     held: AtomicU32,
     /// A response ended and hyper has not yet flushed its last bytes.
     unflushed: AtomicBool,
+    /// When the socket last refused a write or flush that it has not taken since, in the
+    /// clock's milliseconds, or [`FLOWING`].
+    stalled: AtomicU64,
     clock: Arc<AtomicU64>,
 }
 
@@ -85,14 +131,19 @@ pub struct InHand {
 }
 
 impl Sweep {
-    /// A sweep cutting connections that wait more than `timeout` for a head.
-    pub fn new(timeout: Duration) -> Arc<Sweep> {
-        let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    /// A sweep cutting connections that wait more than `timeouts.head` for a head, or
+    /// whose writes stall more than `timeouts.send`, counting each cut in `cuts`.
+    pub fn new(timeouts: Timeouts, cuts: Cuts) -> Arc<Sweep> {
+        let shorter = timeouts.head.min(timeouts.send);
+        let period = (shorter / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
         Arc::new(Sweep {
             start: Instant::now(),
             clock: Arc::new(AtomicU64::new(0)),
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX / 4),
+            head_ms: ms(timeouts.head),
+            send_ms: ms(timeouts.send),
             period,
+            cuts,
             conns: Mutex::new(Watched {
                 list: Vec::new(),
                 compact_at: 64,
@@ -107,11 +158,13 @@ impl Sweep {
             since: AtomicU64::new(self.clock.load(Relaxed)),
             held: AtomicU32::new(0),
             unflushed: AtomicBool::new(false),
+            stalled: AtomicU64::new(FLOWING),
             clock: self.clock.clone(),
         })
     }
 
-    /// Watches a connection's task: the sweep aborts it once its wait is too long.
+    /// Watches a connection's task: the sweep aborts it once its wait or a stall is too
+    /// long.
     pub fn watch(&self, watch: Arc<Watch>, task: AbortHandle) {
         let mut conns = lock(&self.conns);
         if conns.list.len() >= conns.compact_at {
@@ -133,47 +186,53 @@ impl Sweep {
             tick.tick().await;
             let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(LEFT - 1);
             self.clock.store(now, Relaxed);
-            let cut = self.sweep(now);
-            if cut > 0 {
-                tracing::debug!(
-                    connections = cut,
-                    "closed connections that sent no request head within listen.header_read_timeout"
-                );
-            }
+            self.sweep(now);
         }
     }
 
-    /// Marks the connections that have waited too long at `now`, aborts those marked at
-    /// the last run in the same wait, and forgets those that ended or left; returns how
-    /// many it aborted.
-    fn sweep(&self, now: u64) -> usize {
-        // A wait's start is read from the clock, which is up to a period old.
-        let limit = self.timeout_ms + self.period.as_millis() as u64;
-        let mut cut = 0;
+    /// Marks the connections found past a timeout at `now`, aborts those marked at the
+    /// last run for the same wait or stall, counts and logs what it cut, and forgets the
+    /// connections that ended.
+    fn sweep(&self, now: u64) {
+        // A wait's or stall's start is read from the clock, which is up to a period old.
+        let period = self.period.as_millis() as u64;
+        let (mut heads, mut sends) = (0, 0);
         lock(&self.conns).list.retain_mut(|c| {
             if c.task.is_finished() {
                 return false;
             }
-            let Some(since) = c.watch.waiting_since() else {
-                c.marked = None;
-                return true;
-            };
-            if since == LEFT {
-                return false;
+            let overdue = c
+                .watch
+                .overdue(now, self.head_ms + period, self.send_ms + period);
+            match overdue {
+                Some(o) if c.marked == Some(o) => {
+                    c.task.abort();
+                    match o {
+                        Overdue::Head(_) => heads += 1,
+                        Overdue::Send(_) => sends += 1,
+                    }
+                    false
+                }
+                _ => {
+                    c.marked = overdue;
+                    true
+                }
             }
-            if now.saturating_sub(since) <= limit {
-                c.marked = None;
-                return true;
-            }
-            if c.marked == Some(since) {
-                c.task.abort();
-                cut += 1;
-                return false;
-            }
-            c.marked = Some(since);
-            true
         });
-        cut
+        if heads > 0 {
+            self.cuts.head.inc_by(heads);
+            tracing::debug!(
+                connections = heads,
+                "closed connections that sent no request head within listen.header_read_timeout"
+            );
+        }
+        if sends > 0 {
+            self.cuts.send.inc_by(sends);
+            tracing::debug!(
+                connections = sends,
+                "closed connections that took none of their response within listen.send_timeout"
+            );
+        }
     }
 
     /// How many connections it watches (ended ones go at its next run).
@@ -200,7 +259,7 @@ impl Watch {
         (Some(in_hand(true)), body.then(|| in_hand(false)))
     }
 
-    /// The connection is HTTP/2: the sweep forgets it.
+    /// The connection is HTTP/2: the sweep no longer times its heads.
     pub fn leave(&self) {
         self.since.store(LEFT, Relaxed);
     }
@@ -223,12 +282,32 @@ impl Watch {
         }
     }
 
-    /// When the connection began waiting for a head, if it is waiting ([`LEFT`] if it
-    /// left the sweep).
-    fn waiting_since(&self) -> Option<u64> {
+    /// What of this connection is past its limit at `now`: its stall (more than
+    /// `send_limit` ms), or else its wait for a head (more than `head_limit` ms).
+    fn overdue(&self, now: u64, head_limit: u64, send_limit: u64) -> Option<Overdue> {
+        let stalled = self.stalled.load(Relaxed);
+        if stalled != FLOWING && now.saturating_sub(stalled) > send_limit {
+            return Some(Overdue::Send(stalled));
+        }
         let since = self.since.load(Relaxed);
         let busy = self.held.load(Relaxed) > 0 || self.unflushed.load(Relaxed);
-        (since == LEFT || !busy).then_some(since)
+        (since != LEFT && !busy && now.saturating_sub(since) > head_limit)
+            .then_some(Overdue::Head(since))
+    }
+
+    /// The socket refused a write or flush: a stall starts, unless one is on.
+    fn refused(&self) {
+        if self.stalled.load(Relaxed) == FLOWING {
+            self.stalled.store(self.clock.load(Relaxed), Relaxed);
+        }
+    }
+
+    /// The socket took a write or flush: any stall is over.
+    fn took(&self) {
+        // A load first: nearly every write goes through at once.
+        if self.stalled.load(Relaxed) != FLOWING {
+            self.stalled.store(FLOWING, Relaxed);
+        }
     }
 }
 
@@ -244,8 +323,9 @@ impl Drop for InHand {
     }
 }
 
-/// A client connection's transport, telling its [`Watch`] when hyper flushes: a
-/// response's wait starts once its last bytes have left, not when hyper took them.
+/// A client connection's transport, telling its [`Watch`] when hyper flushes (a
+/// response's wait starts once its last bytes have left, not when hyper took them), and
+/// when the socket refuses or takes what hyper writes.
 pub struct Flushes<I> {
     io: I,
     watch: Arc<Watch>,
@@ -268,13 +348,26 @@ impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Flushes<I> {
     }
 }
 
+impl<I> Flushes<I> {
+    /// Tells the watch whether a write, flush or shutdown went through.
+    fn note<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match &poll {
+            Poll::Pending => self.watch.refused(),
+            Poll::Ready(_) => self.watch.took(),
+        }
+        poll
+    }
+}
+
 impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.note(poll)
     }
 
     fn poll_write_vectored(
@@ -282,7 +375,9 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.note(poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -295,11 +390,13 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
         if let Poll::Ready(Ok(())) = poll {
             this.watch.flushed();
         }
-        poll
+        this.note(poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.note(poll)
     }
 }
 
@@ -308,7 +405,20 @@ mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_millis(400);
+    const SEND: Duration = Duration::from_millis(600);
     const PERIOD: Duration = Duration::from_millis(100);
+
+    fn counters() -> Cuts {
+        let counter = |name| prometheus::IntCounter::new(name, "test").unwrap();
+        Cuts {
+            head: counter("heads"),
+            send: counter("sends"),
+        }
+    }
+
+    fn sweep_of(head: Duration, send: Duration) -> Arc<Sweep> {
+        Sweep::new(Timeouts { head, send }, counters())
+    }
 
     /// A watched task that runs until aborted.
     fn parked(sweep: &Arc<Sweep>) -> (Arc<Watch>, tokio::task::JoinHandle<()>) {
@@ -318,15 +428,19 @@ mod tests {
         (watch, task)
     }
 
-    /// Waits for `task` to be cut; returns how long after `from` it was.
+    /// Waits for `task` to be cut (a minute at most); returns how long after `from` it
+    /// was.
     async fn cut_after(task: tokio::task::JoinHandle<()>, from: Instant) -> Duration {
-        let ended = task.await.unwrap_err();
+        let ended = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("cut within a minute")
+            .unwrap_err();
         assert!(ended.is_cancelled());
         from.elapsed()
     }
 
     fn started() -> Arc<Sweep> {
-        let sweep = Sweep::new(TIMEOUT);
+        let sweep = sweep_of(TIMEOUT, SEND);
         assert_eq!(sweep.period, PERIOD);
         tokio::spawn(sweep.clone().run());
         sweep
@@ -343,6 +457,54 @@ mod tests {
             "cut after {waited:?}"
         );
         assert_eq!(sweep.watched(), 0);
+        assert_eq!(sweep.cuts.head.get(), 1);
+        assert_eq!(sweep.cuts.send.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_connection_is_cut_after_the_send_timeout_and_never_before() {
+        let sweep = started();
+        let (watch, task) = parked(&sweep);
+        // A request whose response the client does not read: the socket refuses it.
+        let (_response, _) = watch.request(false, false);
+        watch.refused();
+        let from = Instant::now();
+        let waited = cut_after(task, from).await;
+        assert!(
+            waited >= SEND && waited <= SEND + 3 * PERIOD,
+            "cut {waited:?} into the stall"
+        );
+        assert_eq!(sweep.cuts.send.get(), 1);
+        assert_eq!(sweep.cuts.head.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_takes_bytes_now_and_then_is_never_cut() {
+        let sweep = started();
+        let (watch, task) = parked(&sweep);
+        let (response, _) = watch.request(false, false);
+        // Each stall is shorter than the send timeout, and a refusal in a stall does
+        // not restart it.
+        for _ in 0..50 {
+            watch.refused();
+            tokio::time::sleep(SEND / 4).await;
+            watch.refused();
+            tokio::time::sleep(SEND / 4).await;
+            watch.took();
+        }
+        assert!(!task.is_finished(), "cut though every stall was short");
+        // The same goes for an HTTP/2 connection, whose heads are not timed.
+        drop(response);
+        watch.leave();
+        watch.flushed();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!task.is_finished());
+        // A stall there is cut like any other.
+        watch.refused();
+        let from = Instant::now();
+        let waited = cut_after(task, from).await;
+        assert!(waited >= SEND, "cut {waited:?} into the stall");
+        assert_eq!(sweep.cuts.send.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -403,7 +565,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn http2_connections_leave_the_sweep_and_ended_ones_are_forgotten() {
+    async fn http2_heads_are_not_timed_and_ended_connections_are_forgotten() {
         let sweep = started();
         let (h2, h2_task) = parked(&sweep);
         assert!(matches!(h2.request(true, true), (None, None)));
@@ -412,12 +574,12 @@ mod tests {
         let _ = ended_task.await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!h2_task.is_finished());
-        assert_eq!(sweep.watched(), 0, "neither is watched any more");
+        assert_eq!(sweep.watched(), 1, "only the HTTP/2 one, for its writes");
     }
 
     #[tokio::test(start_paused = true)]
     async fn watching_drops_ended_connections_once_the_list_doubles() {
-        let sweep = Sweep::new(TIMEOUT);
+        let sweep = sweep_of(TIMEOUT, SEND);
         for _ in 0..200 {
             let (_, task) = parked(&sweep);
             task.abort();
@@ -428,10 +590,12 @@ mod tests {
     }
 
     #[test]
-    fn the_period_is_a_quarter_of_the_timeout_within_bounds() {
-        let period = |ms| Sweep::new(Duration::from_millis(ms)).period;
-        assert_eq!(period(10_000), Duration::from_secs(1));
-        assert_eq!(period(2_000), Duration::from_millis(500));
-        assert_eq!(period(1), Duration::from_millis(10));
+    fn the_period_is_a_quarter_of_the_shorter_timeout_within_bounds() {
+        let period =
+            |head, send| sweep_of(Duration::from_millis(head), Duration::from_millis(send)).period;
+        assert_eq!(period(10_000, 60_000), Duration::from_secs(1));
+        assert_eq!(period(2_000, 60_000), Duration::from_millis(500));
+        assert_eq!(period(60_000, 2_000), Duration::from_millis(500));
+        assert_eq!(period(1, 60_000), Duration::from_millis(10));
     }
 }

@@ -1,7 +1,12 @@
-//! `listen.header_read_timeout` on real connections: a connection that has not sent a
-//! whole request head within the timeout (from its accept, TLS handshake included, or
-//! from its last response on keep-alive) is closed, and one with a request in hand is
-//! not, however long the upstream, the request body or the response's delivery takes.
+//! Slow clients on real connections.
+//!
+//! `listen.header_read_timeout`: a connection that has not sent a whole request head
+//! within the timeout (from its accept, TLS handshake included, or from its last
+//! response on keep-alive) is closed, and one with a request in hand is not, however
+//! long the upstream, the request body or the response's delivery takes.
+//!
+//! `listen.send_timeout`: a connection that takes none of its response for longer is
+//! closed, and the upstream connection the response held goes to the next request.
 //!
 //! Each assertion on time is a lower bound (weir never closes a connection before the
 //! timeout) or a generous upper one ([`WAIT`]). The one thing timed on the client's side
@@ -15,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::WAIT;
+use crate::support::client::{client, metrics};
 use crate::support::tls::Pki;
 use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::{Weir, WeirBuilder};
@@ -30,6 +36,10 @@ const LONG: Duration = Duration::from_millis(2500);
 /// `net.ipv4.tcp_wmem`), so part of a response handed over whole stays in weir.
 const BIG: u64 = 6 << 20;
 
+/// The size of `/huge`'s body: many times what weir's send buffer holds (at most 4 MiB
+/// here), so that a reader takes most of it after weir's first stalled write.
+const HUGE: u64 = 24 << 20;
+
 fn upstream() -> impl Fn(&crate::support::upstream::Recorded, usize) -> Reply + Send + Sync {
     |req, _| match req.path.as_str() {
         "/slow" => Reply::ok().delay(LONG).body("slow"),
@@ -40,6 +50,7 @@ fn upstream() -> impl Fn(&crate::support::upstream::Recorded, usize) -> Reply + 
         "/big" => Reply::ok()
             .header("cache-control", "max-age=600")
             .pattern(BIG),
+        "/huge" => Reply::ok().pattern(HUGE),
         "/upload" => Reply::ok().body(format!("got {}", req.body_len)),
         _ => Reply::ok().body("quick"),
     }
@@ -137,7 +148,8 @@ fn get(path: &str) -> String {
 
 #[tokio::test]
 async fn a_connection_without_a_whole_head_is_closed_after_the_timeout_and_not_before() {
-    let (up, weir) = start().await;
+    let admin = "[admin]\naddr = \"127.0.0.1:0\"";
+    let (up, weir) = start_with(TIMEOUT, "", "", admin, None).await;
 
     // One connection sends nothing at all, another half a head.
     let accepted = Instant::now();
@@ -158,6 +170,11 @@ async fn a_connection_without_a_whole_head_is_closed_after_the_timeout_and_not_b
         "closed after {waited:?}, before the timeout"
     );
     assert_eq!(up.count(), 0, "nothing reached the upstream");
+    let counted = metrics(&weir).await;
+    assert!(
+        counted.contains(r#"weir_client_connections_cut_total{reason="header_read_timeout"} 2"#),
+        "{counted}"
+    );
 
     // weir goes on serving new connections.
     let mut conn = TcpStream::connect(weir.addr()).await.unwrap();
@@ -291,4 +308,116 @@ async fn a_tls_connection_without_a_handshake_is_closed_after_the_timeout() {
         waited >= TIMEOUT,
         "closed after {waited:?}, before the timeout"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_reads_none_of_its_response_is_closed_and_frees_its_upstream_connection() {
+    let send_timeout = Duration::from_millis(500);
+    let up = Upstream::start(upstream()).await;
+    // The upstream takes one connection at a time: a response that holds it holds up
+    // every other request to it.
+    let weir = WeirBuilder::new(format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+send_timeout = "{}ms"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{}"
+max_connections = 1
+
+[[routes]]
+name = "all"
+upstream = "api"
+timeout = "30s"
+"#,
+        send_timeout.as_millis(),
+        up.url()
+    ))
+    .start()
+    .await;
+
+    // A client asks for 6 MiB and reads none of it; its receive buffer is small, so
+    // weir's writes to it stall at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut stuck = socket.connect(weir.addr()).await.unwrap();
+    stuck.write_all(get("/big").as_bytes()).await.unwrap();
+    let asked = Instant::now();
+    let deadline = asked + WAIT;
+    while up.count() == 0 {
+        assert!(Instant::now() < deadline, "the upstream got the request");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Another client's request waits for the upstream's one connection, and gets it
+    // once weir has closed the stuck client.
+    let resp = client()
+        .get(format!("http://{}/quick", weir.addr()))
+        .send()
+        .await
+        .expect("the second request is answered");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "quick");
+    let waited = asked.elapsed();
+    assert!(
+        waited >= send_timeout,
+        "answered after {waited:?}: the first response still held the connection"
+    );
+
+    let got = read_to_close(&mut stuck).await;
+    assert!(
+        (got.len() as u64) < BIG,
+        "closed before the whole response: {} bytes came",
+        got.len()
+    );
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let counted = metrics(&weir).await;
+    assert!(
+        counted.contains(r#"weir_client_connections_cut_total{reason="send_timeout"} 1"#),
+        "{counted}"
+    );
+    assert!(
+        counted.contains(r#"weir_client_connections_cut_total{reason="header_read_timeout"} 0"#),
+        "{counted}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_reading_slowly_but_steadily_outlasts_the_send_timeout() {
+    // This client takes 64 KiB every 10 ms, so the 24 MiB take it about four seconds,
+    // twice the send timeout. The kernel wakes a stalled writer once half of what it
+    // queued has gone, at most 2 MiB here, a third of a second at that pace: each of
+    // weir's stalls stays far below the timeout.
+    let (up, weir) = start_with(TIMEOUT, r#"send_timeout = "2s""#, "", "", None).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut conn = socket.connect(weir.addr()).await.unwrap();
+    conn.write_all(get("/huge").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let read = async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+                && got.len() as u64 >= end as u64 + 4 + HUGE
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let n = conn.read(&mut chunk).await.expect("read the response");
+            assert!(
+                n > 0,
+                "weir closed the connection after {} bytes",
+                got.len()
+            );
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the whole response within WAIT");
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(up.count(), 1);
 }
