@@ -376,10 +376,11 @@ pub struct Listen {
     /// watched only until it is known to be one (ALPN, or its first request).
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: HumanDuration,
-    /// How long a connection may take none of the bytes weir is sending it (a response
-    /// the client does not read); one that takes none for longer is closed, which frees
-    /// the upstream connection its response holds. A client reading slowly but steadily
-    /// is never closed by it. Checked as `header_read_timeout` is.
+    /// How long a connection's socket may take none of the bytes weir is sending it (a
+    /// response the client does not read); one that takes none for longer is closed,
+    /// which frees the upstream connection its response holds. A client still reading,
+    /// at more than about a third of weir's send buffer per timeout, is not closed by it.
+    /// Checked as `header_read_timeout` is.
     #[serde(default = "defaults::send_timeout")]
     pub send_timeout: HumanDuration,
     /// How long weir waits for the next piece of a request body; a client that stalls

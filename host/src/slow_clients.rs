@@ -19,8 +19,10 @@
 //! upstream's `max_connections` for as long as the client likes, so a few such clients
 //! would starve everyone else of that upstream. So a write (or flush) that the socket
 //! cannot take starts a stall, and the next one it takes ends it; a stall longer than
-//! `send_timeout` is cut, as nginx's `send_timeout` does. A slow reader that takes some
-//! bytes now and then is never cut by it.
+//! `send_timeout` is cut, as nginx's `send_timeout` does. It bounds the time between two
+//! writes, not the whole response; but the kernel wakes a stalled writer only once a
+//! third of its send buffer (at most 4 MiB here) has drained, so a client reading
+//! slower than that per timeout is cut while still reading (see `docs/design-notes.md`).
 //!
 //! Each worker's [`Sweep`] runs every quarter of the shorter timeout (between 10 ms and
 //! 1 s). A connection found waiting or stalled longer than its timeout is marked, and
@@ -34,7 +36,9 @@
 //! keep-alive connection, and a head sent slowly. An HTTP/2 connection leaves that part
 //! of the sweep once it is known to be one (ALPN, or its first request): its streams
 //! overlap, so there is no one head to wait for, and hyper's timeout was HTTP/1-only as
-//! well. Its writes are watched like any other connection's.
+//! well. Its socket's writes are watched like any other connection's; but a stream
+//! whose response the client holds back with HTTP/2's own flow control leaves nothing
+//! unwritten in the socket, so it is not a stall here.
 
 use std::io;
 use std::pin::Pin;

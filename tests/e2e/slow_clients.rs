@@ -36,9 +36,17 @@ const LONG: Duration = Duration::from_millis(2500);
 /// `net.ipv4.tcp_wmem`), so part of a response handed over whole stays in weir.
 const BIG: u64 = 6 << 20;
 
-/// The size of `/huge`'s body: many times what weir's send buffer holds (at most 4 MiB
-/// here), so that a reader takes most of it after weir's first stalled write.
-const HUGE: u64 = 24 << 20;
+/// The size of `/huge`'s body: 24 MiB, or four times the most a socket's send buffer
+/// may hold on this machine (`net.ipv4.tcp_wmem`, 4 MiB by default) if that is more. A
+/// client that reads none of it leaves most of it unsent, and a reader takes most of it
+/// after weir's first stalled write.
+fn huge() -> u64 {
+    let send_buffer_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .unwrap_or(4 << 20);
+    (24 << 20).max(4 * send_buffer_max)
+}
 
 fn upstream() -> impl Fn(&crate::support::upstream::Recorded, usize) -> Reply + Send + Sync {
     |req, _| match req.path.as_str() {
@@ -50,7 +58,7 @@ fn upstream() -> impl Fn(&crate::support::upstream::Recorded, usize) -> Reply + 
         "/big" => Reply::ok()
             .header("cache-control", "max-age=600")
             .pattern(BIG),
-        "/huge" => Reply::ok().pattern(HUGE),
+        "/huge" => Reply::ok().pattern(huge()),
         "/upload" => Reply::ok().body(format!("got {}", req.body_len)),
         _ => Reply::ok().body("quick"),
     }
@@ -172,7 +180,7 @@ async fn a_connection_without_a_whole_head_is_closed_after_the_timeout_and_not_b
     assert_eq!(up.count(), 0, "nothing reached the upstream");
     let counted = metrics(&weir).await;
     assert!(
-        counted.contains(r#"weir_client_connections_cut_total{reason="header_read_timeout"} 2"#),
+        counted.contains("weir_client_connections_cut_total{reason=\"header_read_timeout\"} 2\n"),
         "{counted}"
     );
 
@@ -339,12 +347,12 @@ timeout = "30s"
     .start()
     .await;
 
-    // A client asks for 6 MiB and reads none of it; its receive buffer is small, so
+    // A client asks for `/huge` and reads none of it; its receive buffer is small, so
     // weir's writes to it stall at once.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 << 10).unwrap();
     let mut stuck = socket.connect(weir.addr()).await.unwrap();
-    stuck.write_all(get("/big").as_bytes()).await.unwrap();
+    stuck.write_all(get("/huge").as_bytes()).await.unwrap();
     let asked = Instant::now();
     let deadline = asked + WAIT;
     while up.count() == 0 {
@@ -369,18 +377,18 @@ timeout = "30s"
 
     let got = read_to_close(&mut stuck).await;
     assert!(
-        (got.len() as u64) < BIG,
+        (got.len() as u64) < huge(),
         "closed before the whole response: {} bytes came",
         got.len()
     );
     assert!(got.starts_with(b"HTTP/1.1 200"));
     let counted = metrics(&weir).await;
     assert!(
-        counted.contains(r#"weir_client_connections_cut_total{reason="send_timeout"} 1"#),
+        counted.contains("weir_client_connections_cut_total{reason=\"send_timeout\"} 1\n"),
         "{counted}"
     );
     assert!(
-        counted.contains(r#"weir_client_connections_cut_total{reason="header_read_timeout"} 0"#),
+        counted.contains("weir_client_connections_cut_total{reason=\"header_read_timeout\"} 0\n"),
         "{counted}"
     );
 }
@@ -388,9 +396,9 @@ timeout = "30s"
 #[tokio::test]
 async fn a_client_reading_slowly_but_steadily_outlasts_the_send_timeout() {
     // This client takes 64 KiB every 10 ms, so the 24 MiB take it about four seconds,
-    // twice the send timeout. The kernel wakes a stalled writer once half of what it
-    // queued has gone, at most 2 MiB here, a third of a second at that pace: each of
-    // weir's stalls stays far below the timeout.
+    // twice the send timeout. The kernel wakes a stalled writer once a third of its send
+    // buffer has drained, at most 1.3 MiB here, a fifth of a second at that pace: each
+    // of weir's stalls stays far below the timeout.
     let (up, weir) = start_with(TIMEOUT, r#"send_timeout = "2s""#, "", "", None).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 << 10).unwrap();
@@ -401,7 +409,7 @@ async fn a_client_reading_slowly_but_steadily_outlasts_the_send_timeout() {
     let read = async {
         loop {
             if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
-                && got.len() as u64 >= end as u64 + 4 + HUGE
+                && got.len() as u64 >= end as u64 + 4 + huge()
             {
                 return;
             }
