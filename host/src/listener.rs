@@ -1383,8 +1383,14 @@ async fn serve(
                 let proxy = proxy.clone();
                 let http2 = req.version() == http::Version::HTTP_2;
                 let (response, body) = svc_watch.request(http2, !req.body().is_end_stream());
+                let stream_watch = http2.then(|| svc_watch.clone());
                 async move {
                     let resp = proxy.handle(peer, req, body).await;
+                    let resp = match stream_watch {
+                        None => resp,
+                        // A stream can stall without the socket doing so: see `Pulled`.
+                        Some(w) => resp.map(|b| body::boxed(w.pulled(b))),
+                    };
                     Ok::<_, Infallible>(resp.map(|b| body::Holding::new(b, response)))
                 }
             });

@@ -36,14 +36,16 @@
 //! keep-alive connection, and a head sent slowly. An HTTP/2 connection leaves that part
 //! of the sweep once it is known to be one (ALPN, or its first request): its streams
 //! overlap, so there is no one head to wait for, and hyper's timeout was HTTP/1-only as
-//! well. Its socket's writes are watched like any other connection's; but a stream
-//! whose response the client holds back with HTTP/2's own flow control leaves nothing
-//! unwritten in the socket, so it is not a stall here.
+//! well. Its socket's writes are watched like any other connection's, and so is each of
+//! its streams' responses ([`Pulled`]): a client can hold a stream back with HTTP/2's own
+//! flow control and leave nothing unwritten in the socket, so a response that hyper
+//! has been handed, or took a frame of, and has not asked for more of since is a stall
+//! too.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -123,7 +125,23 @@ pub struct Watch {
     /// When the socket last refused a write or flush that it has not taken since, in the
     /// clock's milliseconds, or [`FLOWING`].
     stalled: AtomicU64,
+    /// An HTTP/2 connection's responses in progress (none on HTTP/1).
+    streams: Mutex<Vec<Weak<Pulls>>>,
     clock: Arc<AtomicU64>,
+}
+
+/// How hyper pulls one HTTP/2 response: since when it has left a frame it could have
+/// (the response's start, or its last frame) unasked for, in the clock's milliseconds,
+/// or [`FLOWING`] while it waits on the response itself.
+pub struct Pulls {
+    since: AtomicU64,
+    clock: Arc<AtomicU64>,
+}
+
+/// An HTTP/2 response body that tells its [`Pulls`] how hyper pulls it.
+pub struct Pulled<B> {
+    inner: B,
+    pulls: Arc<Pulls>,
 }
 
 /// One request, or one request body, in weir's hands: the connection is not waiting for
@@ -163,6 +181,7 @@ impl Sweep {
             held: AtomicU32::new(0),
             unflushed: AtomicBool::new(false),
             stalled: AtomicU64::new(FLOWING),
+            streams: Mutex::new(Vec::new()),
             clock: self.clock.clone(),
         })
     }
@@ -268,6 +287,36 @@ impl Watch {
         self.since.store(LEFT, Relaxed);
     }
 
+    /// Watches an HTTP/2 stream's response `body` as hyper pulls it, from now.
+    pub fn pulled<B>(&self, body: B) -> Pulled<B> {
+        let pulls = Arc::new(Pulls {
+            since: AtomicU64::new(self.clock.load(Relaxed)),
+            clock: self.clock.clone(),
+        });
+        let mut streams = lock(&self.streams);
+        if streams.len() >= 64 && streams.len().is_power_of_two() {
+            streams.retain(|s| s.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(&pulls));
+        Pulled { inner: body, pulls }
+    }
+
+    /// Since when the longest-stalled of its HTTP/2 responses has been stalled, if one is.
+    fn oldest_stream_stall(&self) -> Option<u64> {
+        let mut oldest = None;
+        lock(&self.streams).retain(|s| {
+            let Some(pulls) = s.upgrade() else {
+                return false;
+            };
+            let since = pulls.since.load(Relaxed);
+            if since != FLOWING {
+                oldest = Some(oldest.map_or(since, |o: u64| o.min(since)));
+            }
+            true
+        });
+        oldest
+    }
+
     /// hyper flushed what it had written.
     fn flushed(&self) {
         // A load first: hyper flushes on every turn of a connection, with a response
@@ -294,6 +343,12 @@ impl Watch {
             return Some(Overdue::Send(stalled));
         }
         let since = self.since.load(Relaxed);
+        if since == LEFT
+            && let Some(stalled) = self.oldest_stream_stall()
+            && now.saturating_sub(stalled) > send_limit
+        {
+            return Some(Overdue::Send(stalled));
+        }
         let busy = self.held.load(Relaxed) > 0 || self.unflushed.load(Relaxed);
         (since != LEFT && !busy && now.saturating_sub(since) > head_limit)
             .then_some(Overdue::Head(since))
@@ -324,6 +379,35 @@ impl Drop for InHand {
         if w.held.fetch_sub(1, Relaxed) == 1 && !w.unflushed.load(Relaxed) {
             w.start_wait();
         }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Pulled<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        let p = &self.pulls;
+        let since = match &poll {
+            // The next frame is hyper's to ask for.
+            Poll::Ready(Some(Ok(_))) => p.clock.load(Relaxed),
+            // Waiting on the response itself, or done.
+            _ => FLOWING,
+        };
+        p.since.store(since, Relaxed);
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -566,6 +650,79 @@ mod tests {
         let from = Instant::now();
         let waited = cut_after(task, from).await;
         assert!(waited >= TIMEOUT);
+    }
+
+    /// A response body that answers each poll with the next of its steps: a frame
+    /// (`Some`), or a wait on the upstream (`None`, and no wake); then its end.
+    struct Steps(std::collections::VecDeque<Option<&'static str>>);
+
+    impl hyper::body::Body for Steps {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+            match self.0.pop_front() {
+                Some(Some(data)) => Poll::Ready(Some(Ok(hyper::body::Frame::data(
+                    bytes::Bytes::from_static(data.as_bytes()),
+                )))),
+                Some(None) => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    /// Polls `body` once, as hyper does when it has room for a frame.
+    fn pull(body: &mut Pulled<Steps>) -> Poll<bool> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        hyper::body::Body::poll_frame(Pin::new(body), &mut cx).map(|f| f.is_some())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_response_hyper_stops_pulling_is_cut_and_one_waiting_on_its_upstream_is_not() {
+        let sweep = started();
+        let (watch, task) = parked(&sweep);
+        assert!(matches!(watch.request(true, false), (None, None)));
+        let mut body = watch.pulled(Steps([None, Some("first,"), None, Some("last")].into()));
+        // hyper asks at once; the upstream takes its time, longer than the timeout.
+        assert!(pull(&mut body).is_pending());
+        tokio::time::sleep(SEND * 5).await;
+        assert_eq!(pull(&mut body), Poll::Ready(true));
+        assert!(pull(&mut body).is_pending());
+        tokio::time::sleep(SEND * 5).await;
+        assert!(!task.is_finished(), "cut while waiting on the upstream");
+        // The last frame, and then hyper asks for nothing more: the client's window
+        // for the stream is shut.
+        assert_eq!(pull(&mut body), Poll::Ready(true));
+        let from = Instant::now();
+        let waited = cut_after(task, from).await;
+        assert!(
+            waited >= SEND && waited <= SEND + 3 * PERIOD,
+            "cut {waited:?} after the last frame"
+        );
+        assert_eq!(sweep.cuts.send.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_response_never_pulled_is_cut_and_an_ended_one_forgotten() {
+        let sweep = started();
+        let (watch, task) = parked(&sweep);
+        watch.leave();
+        // A stream that ended is no stall, however long ago.
+        let mut done = watch.pulled(Steps([Some("all")].into()));
+        assert_eq!(pull(&mut done), Poll::Ready(true));
+        assert_eq!(pull(&mut done), Poll::Ready(false));
+        tokio::time::sleep(SEND * 5).await;
+        drop(done);
+        assert!(!task.is_finished());
+        // One whose head went out, and whose body hyper never asks for (the client's
+        // initial window is zero).
+        let _never = watch.pulled(Steps([Some("body")].into()));
+        let from = Instant::now();
+        let waited = cut_after(task, from).await;
+        assert!(waited >= SEND, "cut {waited:?} after the head");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! Abusive HTTP/2 clients, written frame by frame over h2c: rapid reset
-//! (CVE-2023-44487), a CONTINUATION flood, a PING flood, and more streams than
-//! `max_concurrent_streams`. In each, weir keeps serving a normal client on another
+//! (CVE-2023-44487), a CONTINUATION flood, a PING flood, more streams than
+//! `max_concurrent_streams`, and a stream held back by a shut flow-control window
+//! (`send_timeout`). In each, weir keeps serving a normal client on another
 //! connection, its memory stays bounded, and the abusive connection is cut or refused
 //! where the protocol says so.
 
@@ -244,4 +245,80 @@ async fn streams_over_max_concurrent_streams_are_refused() {
         "1,000 concurrent streams were all taken: {kinds:?}"
     );
     expect_served(&weir).await;
+}
+
+#[tokio::test]
+async fn a_stream_held_back_by_a_shut_window_is_cut_and_frees_its_upstream_connection() {
+    // The upstream takes one connection at a time, so a response that holds it holds up
+    // every other request to it.
+    let up = Upstream::start(|_, _| Reply::ok().body(vec![b'x'; 256 << 10])).await;
+    let weir = Weir::start(&format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+send_timeout = "500ms"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{}"
+max_connections = 1
+
+[[routes]]
+name = "h2"
+upstream = "api"
+timeout = "30s"
+"#,
+        up.url()
+    ))
+    .await;
+    // A client whose streams start with no window at all (SETTINGS_INITIAL_WINDOW_SIZE,
+    // 0x4, set to 0) and which never opens one: weir may send the response's head, and
+    // not a byte of its body. The client reads everything that comes.
+    let mut conn = TcpStream::connect(weir.addr()).await.unwrap();
+    conn.write_all(PREFACE).await.unwrap();
+    conn.write_all(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    conn.write_all(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &request_block(),
+    ))
+    .await
+    .unwrap();
+    let asked = Instant::now();
+    let deadline = asked + WAIT;
+    while up.count() == 0 {
+        assert!(Instant::now() < deadline, "the upstream got the request");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another client's request gets the upstream's connection once weir has cut the
+    // held-back stream's.
+    let resp = tokio::time::timeout(WAIT, client().get(weir.url("/h2/normal")).send())
+        .await
+        .expect("the normal client waited past WAIT")
+        .expect("the normal client's request");
+    assert_eq!(resp.status(), 200);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered after {waited:?}: the held-back response still held the connection"
+    );
+    // The held-back connection ends, without a byte of the body (DATA is type 0).
+    let (_, kinds) = read_until(&mut conn, |_, _, _| false).await;
+    assert!(
+        kinds.contains(&HEADERS),
+        "the response's head came: {kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&0),
+        "no DATA through a shut window: {kinds:?}"
+    );
+    let counted = crate::support::client::metrics(&weir).await;
+    assert!(
+        counted.contains("weir_client_connections_cut_total{reason=\"send_timeout\"} 1\n"),
+        "{counted}"
+    );
 }
