@@ -150,6 +150,37 @@ async fn read_response(conn: &mut TcpStream) -> String {
         .expect("weir answered within WAIT")
 }
 
+/// Reads one response with a body of `len` bytes, at most 64 KiB a read and with
+/// `pause` before each (none: as fast as it comes); panics if weir closes the
+/// connection first.
+async fn read_paced(conn: &mut TcpStream, len: u64, pause: Option<Duration>) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let read = async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+                && got.len() as u64 >= end as u64 + 4 + len
+            {
+                return;
+            }
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+            let n = conn.read(&mut chunk).await.expect("read the response");
+            assert!(
+                n > 0,
+                "weir closed the connection after {} bytes",
+                got.len()
+            );
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the whole response within WAIT");
+    got
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nhost: weir.test\r\n\r\n")
 }
@@ -269,31 +300,9 @@ async fn a_response_read_slowly_is_never_cut() {
     let mut conn = socket.connect(weir.addr()).await.unwrap();
     for (i, status) in ["miss", "hit"].into_iter().enumerate() {
         conn.write_all(get("/big").as_bytes()).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = vec![0u8; 64 << 10];
-        let read = async {
-            loop {
-                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
-                    && got.len() as u64 >= end as u64 + 4 + BIG
-                {
-                    return;
-                }
-                // At most 6.4 MB/s on the hit: a second or more to read it.
-                if i == 1 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                let n = conn.read(&mut chunk).await.expect("read the response");
-                assert!(
-                    n > 0,
-                    "weir closed the connection after {} bytes",
-                    got.len()
-                );
-                got.extend_from_slice(&chunk[..n]);
-            }
-        };
-        tokio::time::timeout(WAIT, read)
-            .await
-            .expect("the whole response within WAIT");
+        // At most 6.4 MB/s on the hit: a second or more to read it.
+        let pause = (i == 1).then_some(Duration::from_millis(10));
+        let got = read_paced(&mut conn, BIG, pause).await;
         let head = String::from_utf8_lossy(&got[..200]).to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert!(head.contains(&format!("x-weir-cache: {status}")), "{head}");
@@ -354,11 +363,7 @@ timeout = "30s"
     let mut stuck = socket.connect(weir.addr()).await.unwrap();
     stuck.write_all(get("/huge").as_bytes()).await.unwrap();
     let asked = Instant::now();
-    let deadline = asked + WAIT;
-    while up.count() == 0 {
-        assert!(Instant::now() < deadline, "the upstream got the request");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    up.wait_for(1).await;
 
     // Another client's request waits for the upstream's one connection, and gets it
     // once weir has closed the stuck client.
@@ -404,28 +409,7 @@ async fn a_client_reading_slowly_but_steadily_outlasts_the_send_timeout() {
     socket.set_recv_buffer_size(64 << 10).unwrap();
     let mut conn = socket.connect(weir.addr()).await.unwrap();
     conn.write_all(get("/huge").as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    let read = async {
-        loop {
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
-                && got.len() as u64 >= end as u64 + 4 + huge()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let n = conn.read(&mut chunk).await.expect("read the response");
-            assert!(
-                n > 0,
-                "weir closed the connection after {} bytes",
-                got.len()
-            );
-            got.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("the whole response within WAIT");
+    let got = read_paced(&mut conn, huge(), Some(Duration::from_millis(10))).await;
     assert!(got.starts_with(b"HTTP/1.1 200"));
     assert_eq!(up.count(), 1);
 }
