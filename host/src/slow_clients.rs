@@ -38,9 +38,10 @@
 //! overlap, so there is no one head to wait for, and hyper's timeout was HTTP/1-only as
 //! well. Its socket's writes are watched like any other connection's, and so is each of
 //! its streams' responses ([`Pulled`]): a client can hold a stream back with HTTP/2's own
-//! flow control and leave nothing unwritten in the socket, so a response that hyper
-//! has been handed, or took a frame of, and has not asked for more of since is a stall
-//! too.
+//! flow control and leave nothing unwritten in the socket. A response that hyper was
+//! handed, or took a frame of, and has not asked for more of since is held back if the
+//! socket has meanwhile taken less than [`STREAM_PROGRESS`] a timeout: h2 sends the
+//! streams' frames in turn, so on a busy connection a stream also waits its share.
 
 use std::io;
 use std::pin::Pin;
@@ -59,6 +60,13 @@ const LEFT: u64 = u64::MAX;
 
 /// `stalled` of a connection whose writes are going through.
 const FLOWING: u64 = u64::MAX;
+
+/// How much an HTTP/2 connection's socket must take in each `send_timeout` for its
+/// responses' waits for hyper to ask for more to count as their share of a slow client
+/// (h2 sends the streams' frames in turn) rather than a stream held back: about what a
+/// stalled HTTP/1 writer needs drained before the kernel wakes it, a third of a 4 MiB
+/// send buffer.
+const STREAM_PROGRESS: u64 = 1 << 20;
 
 /// The two timeouts a sweep keeps.
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +118,9 @@ struct Entry {
     task: AbortHandle,
     /// What the last run found past its timeout: cut if it still is.
     marked: Option<Overdue>,
+    /// The run at which the socket had last taken [`STREAM_PROGRESS`] more bytes since
+    /// the one before, and its count of bytes then.
+    progress: (u64, u64),
 }
 
 /// One connection's state, shared by its task and its worker's sweep. One thread
@@ -125,14 +136,16 @@ pub struct Watch {
     /// When the socket last refused a write or flush that it has not taken since, in the
     /// clock's milliseconds, or [`FLOWING`].
     stalled: AtomicU64,
+    /// The bytes the socket has taken.
+    written: AtomicU64,
     /// An HTTP/2 connection's responses in progress (none on HTTP/1).
     streams: Mutex<Vec<Weak<Pulls>>>,
     clock: Arc<AtomicU64>,
 }
 
-/// How hyper pulls one HTTP/2 response: since when it has left a frame it could have
-/// (the response's start, or its last frame) unasked for, in the clock's milliseconds,
-/// or [`FLOWING`] while it waits on the response itself.
+/// How hyper pulls one HTTP/2 response: since when it has left the next frame unasked
+/// for (from the response's start, or its last frame), in the clock's milliseconds, or
+/// [`FLOWING`] while it waits on the response itself.
 pub struct Pulls {
     since: AtomicU64,
     clock: Arc<AtomicU64>,
@@ -181,6 +194,7 @@ impl Sweep {
             held: AtomicU32::new(0),
             unflushed: AtomicBool::new(false),
             stalled: AtomicU64::new(FLOWING),
+            written: AtomicU64::new(0),
             streams: Mutex::new(Vec::new()),
             clock: self.clock.clone(),
         })
@@ -194,10 +208,12 @@ impl Sweep {
             conns.list.retain(|c| !c.task.is_finished());
             conns.compact_at = (conns.list.len() * 2).max(64);
         }
+        let now = self.clock.load(Relaxed);
         conns.list.push(Entry {
             watch,
             task,
             marked: None,
+            progress: (now, 0),
         });
     }
 
@@ -224,9 +240,14 @@ impl Sweep {
             if c.task.is_finished() {
                 return false;
             }
+            let written = c.watch.written.load(Relaxed);
+            if written.wrapping_sub(c.progress.1) >= STREAM_PROGRESS {
+                c.progress = (now, written);
+            }
+            let send_limit = self.send_ms + period;
             let overdue = c
                 .watch
-                .overdue(now, self.head_ms + period, self.send_ms + period);
+                .overdue(now, self.head_ms + period, send_limit, c.progress.0);
             match overdue {
                 Some(o) if c.marked == Some(o) => {
                     c.task.abort();
@@ -301,8 +322,9 @@ impl Watch {
         Pulled { inner: body, pulls }
     }
 
-    /// Since when the longest-stalled of its HTTP/2 responses has been stalled, if one is.
-    fn oldest_stream_stall(&self) -> Option<u64> {
+    /// Since when hyper has asked for nothing more of the longest-waiting of its HTTP/2
+    /// responses, if it has left one so.
+    fn stream_wait(&self) -> Option<u64> {
         let mut oldest = None;
         lock(&self.streams).retain(|s| {
             let Some(pulls) = s.upgrade() else {
@@ -335,19 +357,29 @@ impl Watch {
         }
     }
 
-    /// What of this connection is past its limit at `now`: its stall (more than
-    /// `send_limit` ms), or else its wait for a head (more than `head_limit` ms).
-    fn overdue(&self, now: u64, head_limit: u64, send_limit: u64) -> Option<Overdue> {
+    /// What of this connection is past its limit at `now`: its socket's stall (more than
+    /// `send_limit` ms), an HTTP/2 response held back as long while the socket has taken
+    /// too little since `slow_since`, or else its wait for a head (more than
+    /// `head_limit` ms).
+    fn overdue(
+        &self,
+        now: u64,
+        head_limit: u64,
+        send_limit: u64,
+        slow_since: u64,
+    ) -> Option<Overdue> {
         let stalled = self.stalled.load(Relaxed);
         if stalled != FLOWING && now.saturating_sub(stalled) > send_limit {
             return Some(Overdue::Send(stalled));
         }
         let since = self.since.load(Relaxed);
         if since == LEFT
-            && let Some(stalled) = self.oldest_stream_stall()
-            && now.saturating_sub(stalled) > send_limit
+            && let Some(waiting) = self.stream_wait()
         {
-            return Some(Overdue::Send(stalled));
+            let held_back = waiting.max(slow_since);
+            if now.saturating_sub(held_back) > send_limit {
+                return Some(Overdue::Send(held_back));
+            }
         }
         let busy = self.held.load(Relaxed) > 0 || self.unflushed.load(Relaxed);
         (since != LEFT && !busy && now.saturating_sub(since) > head_limit)
@@ -359,6 +391,13 @@ impl Watch {
         if self.stalled.load(Relaxed) == FLOWING {
             self.stalled.store(self.clock.load(Relaxed), Relaxed);
         }
+    }
+
+    /// The socket took `n` bytes.
+    fn wrote(&self, n: usize) {
+        // One thread: no read-modify-write needed.
+        let written = self.written.load(Relaxed);
+        self.written.store(written.wrapping_add(n as u64), Relaxed);
     }
 
     /// The socket took a write or flush: any stall is over.
@@ -392,13 +431,12 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Pulled<B> {
     ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         let p = &self.pulls;
-        let since = match &poll {
+        match &poll {
             // The next frame is hyper's to ask for.
-            Poll::Ready(Some(Ok(_))) => p.clock.load(Relaxed),
+            Poll::Ready(Some(Ok(_))) => p.since.store(p.clock.load(Relaxed), Relaxed),
             // Waiting on the response itself, or done.
-            _ => FLOWING,
-        };
-        p.since.store(since, Relaxed);
+            _ => p.since.store(FLOWING, Relaxed),
+        }
         poll
     }
 
@@ -455,6 +493,9 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            this.watch.wrote(n);
+        }
         this.note(poll)
     }
 
@@ -465,6 +506,9 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = poll {
+            this.watch.wrote(n);
+        }
         this.note(poll)
     }
 
@@ -672,6 +716,10 @@ mod tests {
                 None => Poll::Ready(None),
             }
         }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
     }
 
     /// Polls `body` once, as hyper does when it has room for a frame.
@@ -710,19 +758,60 @@ mod tests {
         let sweep = started();
         let (watch, task) = parked(&sweep);
         watch.leave();
-        // A stream that ended is no stall, however long ago.
+        // A response whose last frame hyper took (its end told by `is_end_stream`, so
+        // hyper asks no more) and then dropped is no stall.
         let mut done = watch.pulled(Steps([Some("all")].into()));
         assert_eq!(pull(&mut done), Poll::Ready(true));
-        assert_eq!(pull(&mut done), Poll::Ready(false));
-        tokio::time::sleep(SEND * 5).await;
+        assert!(hyper::body::Body::is_end_stream(&done));
         drop(done);
+        tokio::time::sleep(SEND * 5).await;
         assert!(!task.is_finished());
         // One whose head went out, and whose body hyper never asks for (the client's
         // initial window is zero).
         let _never = watch.pulled(Steps([Some("body")].into()));
         let from = Instant::now();
         let waited = cut_after(task, from).await;
-        assert!(waited >= SEND, "cut {waited:?} after the head");
+        assert!(
+            waited >= SEND && waited <= SEND + 3 * PERIOD,
+            "cut {waited:?} after the head"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_response_waiting_its_turn_on_a_busy_socket_is_no_stall() {
+        let sweep = started();
+        let (watch, task) = parked(&sweep);
+        watch.leave();
+        // hyper took a frame and asks for no more while h2 sends the other streams'
+        // frames: the socket keeps taking bytes, more than STREAM_PROGRESS a timeout.
+        let mut body = watch.pulled(Steps([Some("frame"), Some("last")].into()));
+        assert_eq!(pull(&mut body), Poll::Ready(true));
+        for _ in 0..20 {
+            tokio::time::sleep(SEND / 2).await;
+            watch.wrote(STREAM_PROGRESS as usize);
+        }
+        assert!(!task.is_finished(), "cut while the socket took its bytes");
+        // The socket takes little from now on: the stream is held back.
+        watch.wrote(100);
+        let from = Instant::now();
+        let waited = cut_after(task, from).await;
+        assert!(
+            waited <= SEND + 3 * PERIOD,
+            "cut {waited:?} after the socket slowed"
+        );
+        assert_eq!(sweep.cuts.send.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_list_is_pruned_as_it_grows() {
+        let sweep = sweep_of(TIMEOUT, SEND);
+        let watch = sweep.begin();
+        watch.leave();
+        for _ in 0..1000 {
+            drop(watch.pulled(Steps([].into())));
+        }
+        let kept = lock(&watch.streams).len();
+        assert!(kept <= 64, "{kept} entries for no live stream");
     }
 
     #[tokio::test(start_paused = true)]

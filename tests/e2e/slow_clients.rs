@@ -413,3 +413,24 @@ async fn a_client_reading_slowly_but_steadily_outlasts_the_send_timeout() {
     assert!(got.starts_with(b"HTTP/1.1 200"));
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn an_http2_response_waiting_on_a_slow_upstream_is_not_cut() {
+    // Each response on an HTTP/2 connection is watched for being held back; one that
+    // hyper waits on, because the upstream is slow to send its next piece (`/stream`:
+    // 2.5 s), is not, however short the send timeout.
+    let (up, weir) = start_with(TIMEOUT, r#"send_timeout = "300ms""#, "", "", None).await;
+    let client = crate::support::client::h2_client();
+    let (slow, quick) = tokio::join!(
+        client.get(format!("http://{}/stream", weir.addr())).send(),
+        client.get(format!("http://{}/quick", weir.addr())).send(),
+    );
+    let (slow, quick) = (
+        slow.expect("/stream answered"),
+        quick.expect("/quick answered"),
+    );
+    assert_eq!(slow.version(), reqwest::Version::HTTP_2);
+    assert_eq!(quick.text().await.unwrap(), "quick");
+    assert_eq!(slow.text().await.expect("the whole body"), "first,last");
+    assert_eq!(up.count(), 2);
+}
