@@ -372,8 +372,8 @@ pub struct Listen {
     /// How long a connection may wait for a request head: from its accept (the TLS
     /// handshake included) and, on a keep-alive connection, from the end of each
     /// response. A connection still without a head is closed soon after: a check runs
-    /// every quarter of the timeout, and at least once a second. An HTTP/2 connection is
-    /// watched only until it is known to be one (ALPN, or its first request).
+    /// every quarter of the timeout, and at least once a second. On HTTP/2 it is the wait
+    /// for the next stream: a connection with no stream in hand for this long is closed.
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: HumanDuration,
     /// How long a connection's socket may take none of the bytes weir is sending it (a

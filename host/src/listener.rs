@@ -1410,7 +1410,7 @@ async fn serve(
                         }
                     };
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        conn_watch.leave();
+                        conn_watch.speaks_http2();
                     }
                     let io = Flushes::new(TokioIo::new(tls), conn_watch);
                     let conn = builder.serve_connection(io, svc).into_owned();

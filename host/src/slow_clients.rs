@@ -1,7 +1,7 @@
 //! Slow clients, kept by one sweep per worker instead of a timer per request:
-//! `listen.header_read_timeout`, how long an HTTP/1 connection may wait for its next
-//! request head, and `listen.send_timeout`, how long any connection may take no bytes
-//! of what weir is sending it.
+//! `listen.header_read_timeout`, how long a connection may wait for its next request
+//! head (on HTTP/2, its next stream), and `listen.send_timeout`, how long a connection
+//! may take none of what weir is sending it.
 //!
 //! hyper's own header-read timeout arms a boxed tokio `Sleep` for every request head: a
 //! clock read, an allocation, a timer-wheel insert and removal, about 1.5k instructions
@@ -33,11 +33,12 @@
 //! than a period late), and at most about three periods after it.
 //!
 //! The wait for a head covers the TLS handshake (it starts at the accept), an idle
-//! keep-alive connection, and a head sent slowly. An HTTP/2 connection leaves that part
-//! of the sweep once it is known to be one (ALPN, or its first request): its streams
-//! overlap, so there is no one head to wait for, and hyper's timeout was HTTP/1-only as
-//! well. Its socket's writes are watched like any other connection's, and so is each of
-//! its streams' responses ([`Pulled`]): a client can hold a stream back with HTTP/2's own
+//! keep-alive connection, and a head sent slowly. On HTTP/2 it is the wait for the next
+//! stream: an HTTP/2 connection with no stream in weir's hands for that long is idle,
+//! and is closed as an idle HTTP/1 one is (hyper's timeout never applied to HTTP/2, so
+//! such a connection stayed open for good, holding a slot of `max_connections`). Its
+//! socket's writes are watched like any other connection's, and so is each of its
+//! streams' responses ([`Pulled`]): a client can hold a stream back with HTTP/2's own
 //! flow control and leave nothing unwritten in the socket. A response that hyper was
 //! handed, or took a frame of, and has not asked for more of since is held back if the
 //! socket has meanwhile taken less than [`STREAM_PROGRESS`] a timeout: h2 sends the
@@ -54,9 +55,6 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::lock;
-
-/// `since` of a connection whose heads the sweep no longer times (HTTP/2).
-const LEFT: u64 = u64::MAX;
 
 /// `stalled` of a connection whose writes are going through.
 const FLOWING: u64 = u64::MAX;
@@ -126,9 +124,11 @@ struct Entry {
 /// One connection's state, shared by its task and its worker's sweep. One thread
 /// touches it (the worker's), so relaxed ordering is enough.
 pub struct Watch {
-    /// When the connection began waiting for a head, in the clock's milliseconds, or
-    /// [`LEFT`]. Meaningless while `held` is not zero or `unflushed` is set.
+    /// When the connection began waiting for a head, in the clock's milliseconds.
+    /// Meaningless while `held` is not zero or `unflushed` is set.
     since: AtomicU64,
+    /// The connection speaks HTTP/2: its responses are watched as hyper pulls them.
+    http2: AtomicBool,
     /// Requests and request bodies weir holds ([`InHand`]s alive).
     held: AtomicU32,
     /// A response ended and hyper has not yet flushed its last bytes.
@@ -191,6 +191,7 @@ impl Sweep {
     pub fn begin(&self) -> Arc<Watch> {
         Arc::new(Watch {
             since: AtomicU64::new(self.clock.load(Relaxed)),
+            http2: AtomicBool::new(false),
             held: AtomicU32::new(0),
             unflushed: AtomicBool::new(false),
             stalled: AtomicU64::new(FLOWING),
@@ -223,7 +224,7 @@ impl Sweep {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(LEFT - 1);
+            let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(FLOWING - 1);
             self.clock.store(now, Relaxed);
             self.sweep(now);
         }
@@ -287,13 +288,12 @@ impl Sweep {
 }
 
 impl Watch {
-    /// A request head arrived. Returns what keeps the connection out of its wait: one
-    /// for the response, and one for the request's body if it has one. An HTTP/2
-    /// connection leaves the sweep instead, and gets neither.
+    /// A request head (or an HTTP/2 stream) arrived. Returns what keeps the connection
+    /// out of its wait: one for the response, and one for the request's body if it has
+    /// one.
     pub fn request(self: &Arc<Self>, http2: bool, body: bool) -> (Option<InHand>, Option<InHand>) {
         if http2 {
-            self.leave();
-            return (None, None);
+            self.speaks_http2();
         }
         self.held.fetch_add(1 + u32::from(body), Relaxed);
         let in_hand = |response| InHand {
@@ -303,9 +303,11 @@ impl Watch {
         (Some(in_hand(true)), body.then(|| in_hand(false)))
     }
 
-    /// The connection is HTTP/2: the sweep no longer times its heads.
-    pub fn leave(&self) {
-        self.since.store(LEFT, Relaxed);
+    /// The connection speaks HTTP/2 (by ALPN, or its first request says so).
+    pub fn speaks_http2(&self) {
+        if !self.http2.load(Relaxed) {
+            self.http2.store(true, Relaxed);
+        }
     }
 
     /// Watches an HTTP/2 stream's response `body` as hyper pulls it, from now.
@@ -352,9 +354,7 @@ impl Watch {
     }
 
     fn start_wait(&self) {
-        if self.since.load(Relaxed) != LEFT {
-            self.since.store(self.clock.load(Relaxed), Relaxed);
-        }
+        self.since.store(self.clock.load(Relaxed), Relaxed);
     }
 
     /// What of this connection is past its limit at `now`: its socket's stall (more than
@@ -372,8 +372,7 @@ impl Watch {
         if stalled != FLOWING && now.saturating_sub(stalled) > send_limit {
             return Some(Overdue::Send(stalled));
         }
-        let since = self.since.load(Relaxed);
-        if since == LEFT
+        if self.http2.load(Relaxed)
             && let Some(waiting) = self.stream_wait()
         {
             let held_back = waiting.max(slow_since);
@@ -381,9 +380,9 @@ impl Watch {
                 return Some(Overdue::Send(held_back));
             }
         }
+        let since = self.since.load(Relaxed);
         let busy = self.held.load(Relaxed) > 0 || self.unflushed.load(Relaxed);
-        (since != LEFT && !busy && now.saturating_sub(since) > head_limit)
-            .then_some(Overdue::Head(since))
+        (!busy && now.saturating_sub(since) > head_limit).then_some(Overdue::Head(since))
     }
 
     /// The socket refused a write or flush: a stall starts, unless one is on.
@@ -625,13 +624,9 @@ mod tests {
             watch.took();
         }
         assert!(!task.is_finished(), "cut though every stall was short");
-        // The same goes for an HTTP/2 connection, whose heads are not timed.
+        // A long stall is cut, on HTTP/2 as well.
+        let (_stream, _) = watch.request(true, false);
         drop(response);
-        watch.leave();
-        watch.flushed();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(!task.is_finished());
-        // A stall there is cut like any other.
         watch.refused();
         let from = Instant::now();
         let waited = cut_after(task, from).await;
@@ -732,7 +727,7 @@ mod tests {
     async fn an_http2_response_hyper_stops_pulling_is_cut_and_one_waiting_on_its_upstream_is_not() {
         let sweep = started();
         let (watch, task) = parked(&sweep);
-        assert!(matches!(watch.request(true, false), (None, None)));
+        let (_stream, _) = watch.request(true, false);
         let mut body = watch.pulled(Steps([None, Some("first,"), None, Some("last")].into()));
         // hyper asks at once; the upstream takes its time, longer than the timeout.
         assert!(pull(&mut body).is_pending());
@@ -757,7 +752,7 @@ mod tests {
     async fn an_http2_response_never_pulled_is_cut_and_an_ended_one_forgotten() {
         let sweep = started();
         let (watch, task) = parked(&sweep);
-        watch.leave();
+        let (_stream, _) = watch.request(true, false);
         // A response whose last frame hyper took (its end told by `is_end_stream`, so
         // hyper asks no more) and then dropped is no stall.
         let mut done = watch.pulled(Steps([Some("all")].into()));
@@ -781,7 +776,7 @@ mod tests {
     async fn an_http2_response_waiting_its_turn_on_a_busy_socket_is_no_stall() {
         let sweep = started();
         let (watch, task) = parked(&sweep);
-        watch.leave();
+        let (_stream, _) = watch.request(true, false);
         // hyper took a frame and asks for no more while h2 sends the other streams'
         // frames: the socket keeps taking bytes, more than STREAM_PROGRESS a timeout.
         let mut body = watch.pulled(Steps([Some("frame"), Some("last")].into()));
@@ -806,7 +801,7 @@ mod tests {
     async fn the_stream_list_is_pruned_as_it_grows() {
         let sweep = sweep_of(TIMEOUT, SEND);
         let watch = sweep.begin();
-        watch.leave();
+        watch.speaks_http2();
         for _ in 0..1000 {
             drop(watch.pulled(Steps([].into())));
         }
@@ -815,16 +810,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn http2_heads_are_not_timed_and_ended_connections_are_forgotten() {
+    async fn an_idle_http2_connection_is_cut_and_one_with_a_stream_in_hand_is_not() {
         let sweep = started();
         let (h2, h2_task) = parked(&sweep);
-        assert!(matches!(h2.request(true, true), (None, None)));
         let (_, ended_task) = parked(&sweep);
         ended_task.abort();
         let _ = ended_task.await;
+        // Two streams at once, one with a request body; they end in any order.
+        let (first, first_body) = h2.request(true, true);
+        let (second, _) = h2.request(true, false);
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(!h2_task.is_finished());
-        assert_eq!(sweep.watched(), 1, "only the HTTP/2 one, for its writes");
+        assert!(!h2_task.is_finished(), "cut with streams in hand");
+        assert_eq!(sweep.watched(), 1, "the ended one is forgotten");
+        drop(second);
+        drop(first);
+        h2.flushed();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !h2_task.is_finished(),
+            "the first stream's body is still coming"
+        );
+        drop(first_body);
+        // No stream left: the connection waits for its next, as an idle HTTP/1 one does.
+        let from = Instant::now();
+        let waited = cut_after(h2_task, from).await;
+        assert!(
+            waited >= TIMEOUT && waited <= TIMEOUT + 3 * PERIOD,
+            "cut {waited:?} after its last stream"
+        );
+        assert_eq!(sweep.cuts.head.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,8 @@
 //! Abusive HTTP/2 clients, written frame by frame over h2c: rapid reset
 //! (CVE-2023-44487), a CONTINUATION flood, a PING flood, more streams than
-//! `max_concurrent_streams`, and a stream held back by a shut flow-control window
-//! (`send_timeout`). In each, weir keeps serving a normal client on another
+//! `max_concurrent_streams`, a stream held back by a shut flow-control window
+//! (`send_timeout`), and an idle connection (`header_read_timeout`). In each, weir keeps
+//! serving a normal client on another
 //! connection, its memory stays bounded, and the abusive connection is cut or refused
 //! where the protocol says so.
 
@@ -16,6 +17,7 @@ use crate::support::upstream::{Reply, Upstream};
 use crate::support::weir::Weir;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -35,11 +37,17 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// An HPACK block for `GET /h2/x` with `:authority` `weir.test`: indexed `:method GET`
-/// and `:scheme http`, then literal `:path` and `:authority` (without indexing).
+/// An HPACK block for `GET /h2/x` with `:authority` `weir.test`.
 fn request_block() -> Vec<u8> {
-    let mut block = vec![0x82, 0x86, 0x04, 5];
-    block.extend_from_slice(b"/h2/x");
+    request_block_for("/h2/x")
+}
+
+/// An HPACK block for `GET path` (shorter than 127 bytes) with `:authority`
+/// `weir.test`: indexed `:method GET` and `:scheme http`, then literal `:path` and
+/// `:authority` (without indexing).
+fn request_block_for(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
     block.extend_from_slice(&[0x01, 9]);
     block.extend_from_slice(b"weir.test");
     block
@@ -302,7 +310,7 @@ timeout = "30s"
         waited >= Duration::from_millis(500),
         "answered after {waited:?}: the held-back response still held the connection"
     );
-    // The held-back connection ends, without a byte of the body (DATA is type 0).
+    // The held-back connection ends, without a byte of the body.
     let (_, kinds) = read_until(&mut conn, |_, _, _| false).await;
     assert!(
         kinds.contains(&HEADERS),
@@ -317,4 +325,62 @@ timeout = "30s"
         counted.contains("weir_client_connections_cut_total{reason=\"send_timeout\"} 1\n"),
         "{counted}"
     );
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_header_read_timeout_and_a_slow_stream_is_not() {
+    // An HTTP/2 connection holds a slot of `listen.max_connections` as an HTTP/1 one
+    // does: idle for `header_read_timeout` (no stream in weir's hands), it is closed.
+    let timeout = Duration::from_secs(1);
+    let up = Upstream::start(|req, _| match req.path.as_str() {
+        "/h2/slow" => Reply::ok().delay(Duration::from_millis(2500)).body("slow"),
+        _ => Reply::ok().body("ok"),
+    })
+    .await;
+    let weir = Weir::start(&format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+header_read_timeout = "{}ms"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{}"
+
+[[routes]]
+name = "h2"
+upstream = "api"
+"#,
+        timeout.as_millis(),
+        up.url()
+    ))
+    .await;
+    let mut conn = connect(&weir).await;
+    // A stream whose upstream takes longer than the timeout: answered, not cut.
+    conn.write_all(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &request_block_for("/h2/slow"),
+    ))
+    .await
+    .unwrap();
+    let (answered, kinds) =
+        read_until(&mut conn, |kind, stream, _| kind == DATA && stream == 1).await;
+    assert!(answered, "the slow stream's body came: {kinds:?}");
+    let idle_from = Instant::now();
+    // Then nothing: the connection ends, no sooner than the timeout after its stream.
+    let (_, kinds) = read_until(&mut conn, |_, _, _| false).await;
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= timeout,
+        "closed {idle:?} after the stream, frames {kinds:?}"
+    );
+    let counted = crate::support::client::metrics(&weir).await;
+    assert!(
+        counted.contains("weir_client_connections_cut_total{reason=\"header_read_timeout\"} 1\n"),
+        "{counted}"
+    );
+    expect_served(&weir).await;
 }
