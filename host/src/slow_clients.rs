@@ -46,7 +46,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +58,11 @@ use crate::lock;
 
 /// `stalled` of a connection whose writes are going through.
 const FLOWING: u64 = u64::MAX;
+
+/// The least a write to an HTTP/2 connection's socket takes for the connection to count
+/// as busy: a response's frames (its head, its data) are more, a PING's answer (17
+/// bytes), a window update or a settings acknowledgement are less.
+const ACTIVE_WRITE: usize = 64;
 
 /// How much an HTTP/2 connection's socket must take in each `send_timeout` for its
 /// responses' waits for hyper to ask for more to count as their share of a slow client
@@ -121,8 +126,12 @@ struct Entry {
     progress: (u64, u64),
 }
 
-/// One connection's state, shared by its task and its worker's sweep. One thread
-/// touches it (the worker's), so relaxed ordering is enough.
+/// One connection's state, shared by its task and its worker's sweep, which run on the
+/// worker's thread, so relaxed ordering is enough, but for one thing: a request body
+/// can be read, and its [`InHand`] dropped, by an upstream connection's task on another
+/// worker. So the flush and the drop of the last [`InHand`] order `held` and
+/// `unflushed` sequentially, which makes one of the two see the other's change and
+/// start the wait.
 pub struct Watch {
     /// When the connection began waiting for a head, in the clock's milliseconds.
     /// Meaningless while `held` is not zero or `unflushed` is set.
@@ -346,8 +355,8 @@ impl Watch {
         // A load first: hyper flushes on every turn of a connection, with a response
         // to end or not.
         if self.unflushed.load(Relaxed) {
-            self.unflushed.store(false, Relaxed);
-            if self.held.load(Relaxed) == 0 {
+            self.unflushed.store(false, SeqCst);
+            if self.held.load(SeqCst) == 0 {
                 self.start_wait();
             }
         }
@@ -394,9 +403,15 @@ impl Watch {
 
     /// The socket took `n` bytes.
     fn wrote(&self, n: usize) {
-        // One thread: no read-modify-write needed.
+        // Only the connection's task writes: no read-modify-write needed.
         let written = self.written.load(Relaxed);
         self.written.store(written.wrapping_add(n as u64), Relaxed);
+        // On HTTP/2 the last of a response can leave long after hyper let go of it (h2
+        // keeps what the client's window does not take yet, and hyper hands it a whole
+        // chunk at once): while it goes, the connection is not idle.
+        if n >= ACTIVE_WRITE && self.http2.load(Relaxed) {
+            self.start_wait();
+        }
     }
 
     /// The socket took a write or flush: any stall is over.
@@ -414,7 +429,7 @@ impl Drop for InHand {
         if self.response {
             w.unflushed.store(true, Relaxed);
         }
-        if w.held.fetch_sub(1, Relaxed) == 1 && !w.unflushed.load(Relaxed) {
+        if w.held.fetch_sub(1, SeqCst) == 1 && !w.unflushed.load(SeqCst) {
             w.start_wait();
         }
     }
@@ -807,6 +822,40 @@ mod tests {
         }
         let kept = lock(&watch.streams).len();
         assert!(kept <= 64, "{kept} entries for no live stream");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_still_sending_a_response_hyper_let_go_of_is_not_idle() {
+        let sweep = started();
+        let (h2, task) = parked(&sweep);
+        let (stream, _) = h2.request(true, false);
+        // hyper handed h2 the whole response and dropped it; h2 sends it as the client
+        // opens its window, a frame at a time, for longer than the timeout.
+        drop(stream);
+        h2.flushed();
+        for _ in 0..20 {
+            tokio::time::sleep(TIMEOUT / 2).await;
+            h2.wrote(16 << 10);
+        }
+        assert!(
+            !task.is_finished(),
+            "cut while its response was still going out"
+        );
+        // Then only a PING's answer now and then: no sign of life.
+        let pinged = h2.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TIMEOUT / 4).await;
+                pinged.wrote(17);
+            }
+        });
+        let from = Instant::now();
+        let waited = cut_after(task, from).await;
+        assert!(
+            waited <= TIMEOUT + 3 * PERIOD,
+            "cut {waited:?} after its last bytes"
+        );
+        assert_eq!(sweep.cuts.head.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

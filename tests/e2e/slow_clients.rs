@@ -434,3 +434,40 @@ async fn an_http2_response_waiting_on_a_slow_upstream_is_not_cut() {
     assert_eq!(slow.text().await.expect("the whole body"), "first,last");
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test]
+async fn an_http2_response_read_slowly_after_hyper_let_go_of_it_is_never_cut() {
+    // As `a_response_read_slowly_is_never_cut`, over HTTP/2 with small windows: hyper
+    // hands h2 the 6 MiB cache hit whole and ends the stream at once, and h2 sends it
+    // as the client opens its window, for many timeouts. The connection is busy all the
+    // while, with no stream in weir's hands.
+    let timeout = Duration::from_millis(100);
+    let cache = r#"{ use = "cache", config = { max_entry_bytes = "7MiB" } }"#;
+    let state = "[state]\nmax_bytes = \"7MiB\"";
+    let (up, weir) = start_with(timeout, "", cache, state, None).await;
+    let client = crate::support::client::builder()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(64 << 10)
+        .http2_initial_connection_window_size(64 << 10)
+        .build()
+        .unwrap();
+    for status in ["miss", "hit"] {
+        let mut resp = client
+            .get(format!("http://{}/big", weir.addr()))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-weir-cache"], status);
+        let mut got = 0;
+        while let Some(chunk) = resp.chunk().await.expect("the body, to its end") {
+            got += chunk.len() as u64;
+            if status == "hit" {
+                // About 1.6 MB/s: four seconds, forty timeouts.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(got, BIG);
+    }
+    assert_eq!(up.count(), 1, "the second came from the cache");
+}
