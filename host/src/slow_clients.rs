@@ -489,6 +489,14 @@ impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Flushes<I> {
 }
 
 impl<I> Flushes<I> {
+    /// Tells the watch whether a write went through, and how much it took.
+    fn note_write(&self, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = poll {
+            self.watch.wrote(n);
+        }
+        self.note(poll)
+    }
+
     /// Tells the watch whether a write, flush or shutdown went through.
     fn note<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match &poll {
@@ -507,10 +515,7 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            this.watch.wrote(n);
-        }
-        this.note(poll)
+        this.note_write(poll)
     }
 
     fn poll_write_vectored(
@@ -520,10 +525,7 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = poll {
-            this.watch.wrote(n);
-        }
-        this.note(poll)
+        this.note_write(poll)
     }
 
     fn is_write_vectored(&self) -> bool {

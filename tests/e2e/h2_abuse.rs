@@ -99,12 +99,24 @@ async fn read_until(
 /// weir (h2c on its listener) routing `/h2/` to an upstream that answers 200.
 async fn start() -> (Weir, Upstream) {
     let up = Upstream::start(|_, _| Reply::ok().body(&b"ok"[..])).await;
-    let weir = Weir::start(&format!(
+    let weir = start_weir(&up, "", "").await;
+    (weir, up)
+}
+
+/// weir (h2c on its listener, and an admin API) routing everything to `up`, with
+/// `listen` and `upstream` added to those tables.
+async fn start_weir(up: &Upstream, listen: &str, upstream: &str) -> Weir {
+    Weir::start(&format!(
         r#"[listen]
+addr = "127.0.0.1:0"
+{listen}
+
+[admin]
 addr = "127.0.0.1:0"
 
 [upstreams.api]
 url = "{}"
+{upstream}
 
 [[routes]]
 name = "h2"
@@ -112,8 +124,7 @@ upstream = "api"
 "#,
         up.url()
     ))
-    .await;
-    (weir, up)
+    .await
 }
 
 /// A normal client on its own connection is answered.
@@ -260,26 +271,7 @@ async fn a_stream_held_back_by_a_shut_window_is_cut_and_frees_its_upstream_conne
     // The upstream takes one connection at a time, so a response that holds it holds up
     // every other request to it.
     let up = Upstream::start(|_, _| Reply::ok().body(vec![b'x'; 256 << 10])).await;
-    let weir = Weir::start(&format!(
-        r#"[listen]
-addr = "127.0.0.1:0"
-send_timeout = "500ms"
-
-[admin]
-addr = "127.0.0.1:0"
-
-[upstreams.api]
-url = "{}"
-max_connections = 1
-
-[[routes]]
-name = "h2"
-upstream = "api"
-timeout = "30s"
-"#,
-        up.url()
-    ))
-    .await;
+    let weir = start_weir(&up, r#"send_timeout = "500ms""#, "max_connections = 1").await;
     // A client whose streams start with no window at all (SETTINGS_INITIAL_WINDOW_SIZE,
     // 0x4, set to 0) and which never opens one: weir may send the response's head, and
     // not a byte of its body. The client reads everything that comes.
@@ -317,7 +309,7 @@ timeout = "30s"
         "the response's head came: {kinds:?}"
     );
     assert!(
-        !kinds.contains(&0),
+        !kinds.contains(&DATA),
         "no DATA through a shut window: {kinds:?}"
     );
     let counted = crate::support::client::metrics(&weir).await;
@@ -337,25 +329,8 @@ async fn an_idle_connection_is_closed_after_header_read_timeout_and_a_slow_strea
         _ => Reply::ok().body("ok"),
     })
     .await;
-    let weir = Weir::start(&format!(
-        r#"[listen]
-addr = "127.0.0.1:0"
-header_read_timeout = "{}ms"
-
-[admin]
-addr = "127.0.0.1:0"
-
-[upstreams.api]
-url = "{}"
-
-[[routes]]
-name = "h2"
-upstream = "api"
-"#,
-        timeout.as_millis(),
-        up.url()
-    ))
-    .await;
+    let listen = format!("header_read_timeout = \"{}ms\"", timeout.as_millis());
+    let weir = start_weir(&up, &listen, "").await;
     let mut conn = connect(&weir).await;
     // A stream whose upstream takes longer than the timeout: answered, not cut.
     conn.write_all(&frame(

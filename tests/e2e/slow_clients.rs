@@ -100,6 +100,14 @@ filters = [{filters}]
     (up, weir.start().await)
 }
 
+/// As [`start_with`], through the cache with room for `/big` (one shard of state, so
+/// that the 6 MiB entry fits in it).
+async fn start_cached(timeout: Duration) -> (Upstream, Weir) {
+    let cache = r#"{ use = "cache", config = { max_entry_bytes = "7MiB" } }"#;
+    let state = "[state]\nmax_bytes = \"7MiB\"";
+    start_with(timeout, "", cache, state, None).await
+}
+
 async fn start() -> (Upstream, Weir) {
     start_with(TIMEOUT, "", "", "", None).await
 }
@@ -289,11 +297,7 @@ async fn a_response_read_slowly_is_never_cut() {
     // one piece): when the response has ended, megabytes of it are still in weir's
     // buffer, and take the slow reader below many timeouts to take. The wait starts
     // when the last of it has been written, not when it was handed over.
-    let timeout = Duration::from_millis(100);
-    let cache = r#"{ use = "cache", config = { max_entry_bytes = "7MiB" } }"#;
-    // One shard of state, so that the 6 MiB entry fits in it.
-    let state = "[state]\nmax_bytes = \"7MiB\"";
-    let (up, weir) = start_with(timeout, "", cache, state, None).await;
+    let (up, weir) = start_cached(Duration::from_millis(100)).await;
     // A small receive buffer of the client's own, so that the kernel holds little of it.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 << 10).unwrap();
@@ -441,10 +445,7 @@ async fn an_http2_response_read_slowly_after_hyper_let_go_of_it_is_never_cut() {
     // hands h2 the 6 MiB cache hit whole and ends the stream at once, and h2 sends it
     // as the client opens its window, for many timeouts. The connection is busy all the
     // while, with no stream in weir's hands.
-    let timeout = Duration::from_millis(100);
-    let cache = r#"{ use = "cache", config = { max_entry_bytes = "7MiB" } }"#;
-    let state = "[state]\nmax_bytes = \"7MiB\"";
-    let (up, weir) = start_with(timeout, "", cache, state, None).await;
+    let (up, weir) = start_cached(Duration::from_millis(100)).await;
     let client = crate::support::client::builder()
         .http2_prior_knowledge()
         .http2_initial_stream_window_size(64 << 10)
