@@ -62,12 +62,20 @@ upstream = "api"
         up.url()
     ))
     .await;
-    let workers: Vec<String> = thread_names(weir.pid())
-        .into_iter()
-        .filter(|n| n.starts_with("weir-worker-"))
-        .collect();
+    // A new thread names itself once it runs: weir may answer before the last worker
+    // has, so its name is waited for (at most WAIT).
+    let workers = || -> Vec<String> {
+        thread_names(weir.pid())
+            .into_iter()
+            .filter(|n| n.starts_with("weir-worker-"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while workers().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(
-        workers,
+        workers(),
         ["weir-worker-1", "weir-worker-2", "weir-worker-3"],
         "{:?}",
         thread_names(weir.pid())
