@@ -55,4 +55,7 @@ impl Guest for Legacy {
     }
 }
 
+// Only a wasm linker takes export names like "weir:filter/filter@0.1.0#init"; a native
+// cdylib (`cargo build --workspace --all-targets`) could not link them.
+#[cfg(target_arch = "wasm32")]
 bindings::export!(Legacy with_types_in bindings);

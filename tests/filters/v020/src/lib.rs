@@ -61,4 +61,7 @@ fn error_name(kind: UpstreamError) -> &'static str {
     }
 }
 
+// Only a wasm linker takes export names like "weir:filter/filter@0.1.0#init"; a native
+// cdylib (`cargo build --workspace --all-targets`) could not link them.
+#[cfg(target_arch = "wasm32")]
 bindings::export!(V020 with_types_in bindings);
