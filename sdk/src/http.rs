@@ -25,6 +25,9 @@ pub trait FieldsExt {
 
     /// Every value of header `name`, in order.
     fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    /// Every field, `(name, value)`, in order.
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])>;
 }
 
 impl FieldsExt for [(String, Vec<u8>)] {
@@ -38,6 +41,170 @@ impl FieldsExt for [(String, Vec<u8>)] {
         self.iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+}
+
+/// [`Fields`] as it is, so that code generic over [`FieldsExt`] takes `&Fields` too.
+impl FieldsExt for Vec<(String, Vec<u8>)> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.as_slice().header(name)
+    }
+
+    fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.as_slice().header_all(name)
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.as_slice().fields()
+    }
+}
+
+// === impl HeaderBlock ===
+
+/// A message's headers as weir hands them over in one buffer (its `header-block`), each
+/// field read where it lies.
+///
+/// Reading every header this way costs two allocations, where
+/// [`Request::headers`] makes two for each field: a filter that walks the headers or
+/// looks up many of them (a cache, a sanitizer) should read them here, through
+/// [`FieldsExt`] (`header`, `header_str`, `header_all`, `fields`). Names are lowercase,
+/// as weir sends them; lookups ignore case.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HeaderBlock {
+    /// `name: value` and CRLF for each field.
+    block: Vec<u8>,
+    fields: Vec<Span>,
+}
+
+/// Where one field lies in the block: its name is `start..colon`, its value
+/// `colon + 2..end`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    colon: u32,
+    end: u32,
+}
+
+impl HeaderBlock {
+    /// Indexes a `header-block`. weir writes the block, so a line it could not have
+    /// written (no `: `, no CR before its LF, a name that is not ASCII) is skipped rather
+    /// than guessed at.
+    pub(crate) fn parse(block: Vec<u8>) -> HeaderBlock {
+        // A field is rarely shorter than 16 bytes: one allocation for the index.
+        let mut fields = Vec::with_capacity(block.len() / 16 + 1);
+        let mut start = 0;
+        while start < block.len() {
+            let line = &block[start..];
+            // Each byte is looked at once, a word at a time: the name up to its `:`, then
+            // the value up to the LF.
+            let stop = memchr::memchr2(b':', b'\n', line);
+            let lf = match stop {
+                Some(colon) if line[colon] == b':' => {
+                    memchr::memchr(b'\n', &line[colon..]).map_or(line.len(), |k| colon + k)
+                }
+                Some(lf) => lf,
+                None => line.len(),
+            };
+            if let Some(colon) = stop
+                && let Some(span) = Self::span(&line[..lf], colon, start)
+            {
+                fields.push(span);
+            }
+            start += lf + 1;
+        }
+        HeaderBlock { block, fields }
+    }
+
+    /// The field on `line` (its LF cut off), which starts at `start` in the block, if it
+    /// is one weir writes: a name of ASCII, `: `, a value, CR.
+    fn span(line: &[u8], colon: usize, start: usize) -> Option<Span> {
+        let line = line.strip_suffix(b"\r")?;
+        if colon >= line.len() || !line[..colon].is_ascii() {
+            return None;
+        }
+        line[colon..].strip_prefix(b": ")?;
+        // A block is far below 4 GiB: weir caps a message's headers.
+        let at = |i: usize| u32::try_from(start + i).ok();
+        Some(Span {
+            start: at(0)?,
+            colon: at(colon)?,
+            end: at(line.len())?,
+        })
+    }
+
+    /// The same fields as a block, for a message a test built.
+    fn from_fields(fields: &[(String, Vec<u8>)]) -> HeaderBlock {
+        let mut block = Vec::new();
+        for (name, value) in fields {
+            block.extend_from_slice(name.as_bytes());
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(value);
+            block.extend_from_slice(b"\r\n");
+        }
+        HeaderBlock::parse(block)
+    }
+
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Every field as an owned `(name, value)`: what [`Request::headers`] holds.
+    pub fn to_fields(&self) -> Fields {
+        self.fields()
+            .map(|(n, v)| (n.to_owned(), v.to_vec()))
+            .collect()
+    }
+
+    fn name(&self, s: &Span) -> &[u8] {
+        &self.block[s.start as usize..s.colon as usize]
+    }
+
+    fn value(&self, s: &Span) -> &[u8] {
+        &self.block[s.colon as usize + 2..s.end as usize]
+    }
+
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Span> + 'a {
+        // Lengths first: most names are told apart without reading them.
+        self.fields.iter().filter(move |s| {
+            (s.colon - s.start) as usize == name.len()
+                && self.name(s).eq_ignore_ascii_case(name.as_bytes())
+        })
+    }
+}
+
+impl FieldsExt for HeaderBlock {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.named(name).next().map(|s| self.value(s))
+    }
+
+    fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.named(name).map(|s| self.value(s))
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        // `parse` kept only names of ASCII.
+        self.fields.iter().map(|s| {
+            let name = std::str::from_utf8(self.name(s)).unwrap_or_default();
+            (name, self.value(s))
+        })
+    }
+}
+
+impl std::fmt::Debug for HeaderBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.fields().map(|(n, v)| (n, String::from_utf8_lossy(v))))
+            .finish()
     }
 }
 
@@ -177,6 +344,7 @@ pub struct Request {
     upstream: OnceCell<String>,
     path_with_query: OnceCell<String>,
     headers: OnceCell<Fields>,
+    block: OnceCell<HeaderBlock>,
     body: OnceCell<Option<Vec<u8>>>,
 }
 
@@ -195,6 +363,7 @@ impl Request {
             upstream: OnceCell::from("https://upstream.test".to_owned()),
             path_with_query: OnceCell::from(path_with_query.into()),
             headers: OnceCell::from(Vec::new()),
+            block: OnceCell::new(),
             body: OnceCell::from(None),
         }
     }
@@ -206,6 +375,7 @@ impl Request {
             .get_mut()
             .expect("a local request has its headers");
         headers.push((header_name(name), value.into()));
+        self.block = OnceCell::new();
         self
     }
 
@@ -228,6 +398,7 @@ impl Request {
             upstream: OnceCell::new(),
             path_with_query: OnceCell::new(),
             headers: OnceCell::new(),
+            block: OnceCell::new(),
             body: OnceCell::new(),
         }
     }
@@ -262,8 +433,12 @@ impl Request {
     }
 
     /// The first value of header `name` (case-insensitive), if present. Asks weir for
-    /// that one header, unless [`headers`](Request::headers) already read them all.
+    /// that one header, unless [`header_block`](Request::header_block) or
+    /// [`headers`](Request::headers) already read them all.
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        if let Some(all) = self.block.get() {
+            return all.header(name).map(<[u8]>::to_vec);
+        }
         match self.headers.get() {
             Some(all) => all.header(name).map(<[u8]>::to_vec),
             None => self.host().header(name),
@@ -277,6 +452,9 @@ impl Request {
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        if let Some(all) = self.block.get() {
+            return all.header_all(name).map(<[u8]>::to_vec).collect();
+        }
         self.headers.get().map_or_else(
             || self.host().header_values(name),
             |all| all.header_all(name).map(<[u8]>::to_vec).collect(),
@@ -285,16 +463,28 @@ impl Request {
 
     /// The names of the headers, lowercase, each once, in the order they first appear.
     pub fn header_names(&self) -> Vec<String> {
+        if let Some(all) = self.block.get() {
+            return names(all);
+        }
         self.headers
             .get()
             .map_or_else(|| self.host().header_names(), |all| names(all))
     }
 
-    /// All the headers, read from weir once. Prefer [`header`](Request::header) for a
-    /// few names: this copies every header into the filter.
+    /// All the headers, read from weir once, each name and value a copy of its own.
+    /// Prefer [`header`](Request::header) for a few names, and
+    /// [`header_block`](Request::header_block) to walk them or look up many.
     pub fn headers(&self) -> &Fields {
-        self.headers
-            .get_or_init(|| parse_block(&self.host().header_block()))
+        self.headers.get_or_init(|| self.header_block().to_fields())
+    }
+
+    /// All the headers in one buffer, read from weir once, each field read in place:
+    /// look them up and walk them with [`FieldsExt`].
+    pub fn header_block(&self) -> &HeaderBlock {
+        self.block.get_or_init(|| match &self.src {
+            ReqSrc::Host(h) => HeaderBlock::parse(h.header_block()),
+            ReqSrc::Local => HeaderBlock::from_fields(self.headers()),
+        })
     }
 
     /// The body, if the filter asked for it ([`Info::wants_request_body`](crate::Info)).
@@ -326,25 +516,9 @@ impl Request {
     }
 }
 
-/// The fields of a `header-block`: `name: value` and CRLF for each, in order (a name has
-/// no `:`, a value no CR or LF). weir writes the block, so a line it could not have
-/// written (no `: `, a name that is not UTF-8) is skipped rather than guessed at.
-fn parse_block(block: &[u8]) -> Fields {
-    block
-        .split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let line = line.strip_suffix(b"\r")?;
-            let colon = line.iter().position(|&b| b == b':')?;
-            let name = std::str::from_utf8(&line[..colon]).ok()?;
-            let value = line[colon..].strip_prefix(b": ")?;
-            Some((name.to_owned(), value.to_vec()))
-        })
-        .collect()
-}
-
-fn names(fields: &[(String, Vec<u8>)]) -> Vec<String> {
+fn names(fields: &(impl FieldsExt + ?Sized)) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for (n, _) in fields {
+    for (n, _) in fields.fields() {
         if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
             out.push(n.to_ascii_lowercase());
         }
@@ -369,6 +543,7 @@ pub struct Response {
     src: RespSrc,
     status: OnceCell<u16>,
     headers: OnceCell<Fields>,
+    block: OnceCell<HeaderBlock>,
     body: OnceCell<Option<Vec<u8>>>,
 }
 
@@ -384,6 +559,7 @@ impl Response {
             src: RespSrc::Local,
             status: OnceCell::from(status),
             headers: OnceCell::from(Vec::new()),
+            block: OnceCell::new(),
             body: OnceCell::from(None),
         }
     }
@@ -407,6 +583,7 @@ impl Response {
             src: RespSrc::Host(lend_response(handle)),
             status: OnceCell::new(),
             headers: OnceCell::new(),
+            block: OnceCell::new(),
             body: OnceCell::new(),
         }
     }
@@ -425,6 +602,7 @@ impl Response {
             src: RespSrc::Local,
             status: OnceCell::from(status),
             headers: OnceCell::from(headers),
+            block: OnceCell::new(),
             body: OnceCell::from(body),
         }
     }
@@ -475,8 +653,12 @@ impl Response {
     }
 
     /// The first value of header `name` (case-insensitive), if present. Asks weir for
-    /// that one header, unless [`headers`](Response::headers) already read them all.
+    /// that one header, unless [`header_block`](Response::header_block) or
+    /// [`headers`](Response::headers) already read them all.
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        if let Some(all) = self.block.get() {
+            return all.header(name).map(<[u8]>::to_vec);
+        }
         match self.headers.get() {
             Some(all) => all.header(name).map(<[u8]>::to_vec),
             None => self.host().header(name),
@@ -490,6 +672,9 @@ impl Response {
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        if let Some(all) = self.block.get() {
+            return all.header_all(name).map(<[u8]>::to_vec).collect();
+        }
         self.headers.get().map_or_else(
             || self.host().header_values(name),
             |all| all.header_all(name).map(<[u8]>::to_vec).collect(),
@@ -498,16 +683,28 @@ impl Response {
 
     /// The names of the headers, lowercase, each once, in the order they first appear.
     pub fn header_names(&self) -> Vec<String> {
+        if let Some(all) = self.block.get() {
+            return names(all);
+        }
         self.headers
             .get()
             .map_or_else(|| self.host().header_names(), |all| names(all))
     }
 
-    /// All the headers, read from weir once. Prefer [`header`](Response::header) for a
-    /// few names: this copies every header into the filter.
+    /// All the headers, read from weir once, each name and value a copy of its own.
+    /// Prefer [`header`](Response::header) for a few names, and
+    /// [`header_block`](Response::header_block) to walk them or look up many.
     pub fn headers(&self) -> &Fields {
-        self.headers
-            .get_or_init(|| parse_block(&self.host().header_block()))
+        self.headers.get_or_init(|| self.header_block().to_fields())
+    }
+
+    /// All the headers in one buffer, read from weir once, each field read in place:
+    /// look them up and walk them with [`FieldsExt`].
+    pub fn header_block(&self) -> &HeaderBlock {
+        self.block.get_or_init(|| match &self.src {
+            RespSrc::Host(h) => HeaderBlock::parse(h.header_block()),
+            RespSrc::Local => HeaderBlock::from_fields(self.headers()),
+        })
     }
 
     /// The body. From the upstream it is there only if the filter asked for it
@@ -525,6 +722,7 @@ impl Clone for Response {
             src: RespSrc::Local,
             status: OnceCell::from(self.status()),
             headers: OnceCell::from(self.headers().clone()),
+            block: OnceCell::new(),
             body: OnceCell::from(self.body().map(<[u8]>::to_vec)),
         }
     }
@@ -923,13 +1121,52 @@ mod tests {
             ("x-a", ""),
         ]);
         want.push(("x-bin".into(), b"\xff\t1".to_vec()));
-        assert_eq!(parse_block(block), want);
-        assert_eq!(parse_block(b""), Fields::new());
+        assert_eq!(HeaderBlock::parse(block.to_vec()).to_fields(), want);
+        assert_eq!(HeaderBlock::parse(Vec::new()).to_fields(), Fields::new());
         // Lines weir never writes are skipped, not guessed at.
         assert_eq!(
-            parse_block(b"no-colon\r\nx-a:no-space\r\nx-b: 1\nx-c: 2\r\n\xff: 3\r\n"),
+            HeaderBlock::parse(
+                b"no-colon\r\nx-a:no-space\r\nx-b: 1\nx-c: 2\r\n\xff: 3\r\n".to_vec()
+            )
+            .to_fields(),
             fields(&[("x-c", "2")])
         );
+    }
+
+    #[test]
+    fn a_header_block_is_looked_up_and_walked_in_place() {
+        let block = HeaderBlock::parse(
+            b"accept: */*\r\nx-id: 1\r\nbad line\r\nx-id: 2\r\nx-empty: \r\nx-bin: \xff\r\n"
+                .to_vec(),
+        );
+        assert_eq!(block.len(), 5);
+        assert_eq!(block.header("X-ID"), Some(&b"1"[..]));
+        assert_eq!(block.header_all("x-id").collect::<Vec<_>>(), [b"1", b"2"]);
+        assert_eq!(block.header("x-empty"), Some(&b""[..]));
+        assert_eq!(block.header_str("x-bin"), None);
+        assert_eq!(block.header("x-i"), None);
+        assert_eq!(
+            block.fields().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["accept", "x-id", "x-id", "x-empty", "x-bin"]
+        );
+        assert_eq!(names(&block), ["accept", "x-id", "x-empty", "x-bin"]);
+        assert!(HeaderBlock::parse(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn a_local_message_has_a_header_block_of_its_headers() {
+        let req = Request::new("GET", "/").with_header("X-A", "1");
+        assert_eq!(req.header_block().to_fields(), *req.headers());
+        // A header added after the block was read is in the next one.
+        let req = req.with_header("x-b", "2");
+        assert_eq!(req.header_block().header("x-b"), Some(&b"2"[..]));
+        assert_eq!(req.header_all("x-a"), [b"1"]);
+        assert_eq!(req.header_names(), ["x-a", "x-b"]);
+
+        let resp = Response::new(200).with_header("x-a", "1");
+        assert_eq!(resp.header_block().header("X-A"), Some(&b"1"[..]));
+        let resp = resp.with_header("x-a", "2");
+        assert_eq!(resp.header_block().header_all("x-a").count(), 2);
     }
 
     #[test]

@@ -294,8 +294,8 @@ pub mod __private;
 pub use bindings::weir::filter0_1_2::types::{Fields, UpstreamError};
 pub use config::{NoConfig, build_filter, parse_config};
 pub use http::{
-    FieldsExt, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response, ResponseAction,
-    ResponseEdit,
+    FieldsExt, HeaderBlock, Outcome, Request, RequestAction, RequestEdit, RequestInfo, Response,
+    ResponseAction, ResponseEdit,
 };
 /// Re-exported so filters can build JSON bodies (`serde_json::json!`) for
 /// [`Response::json`] without a dependency of their own.

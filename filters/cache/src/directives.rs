@@ -38,7 +38,7 @@ pub struct CacheControl {
 impl CacheControl {
     /// Parses every `Cache-Control` field in `headers`. Without one, a request's
     /// `Pragma: no-cache` counts as `no-cache` (RFC 9111 §5.4 allows this for requests).
-    pub fn parse(headers: &[(String, Vec<u8>)]) -> CacheControl {
+    pub fn parse(headers: &(impl FieldsExt + ?Sized)) -> CacheControl {
         let mut cc = CacheControl::default();
         let mut seen = false;
         for value in headers.header_all("cache-control") {

@@ -4,7 +4,8 @@
 use weir_filter::codec::{Reader, put_bytes};
 use weir_filter::state::StateError;
 use weir_filter::{
-    FieldsExt, Outcome, Request, RequestAction, RequestEdit, Response, ResponseAction, ResponseEdit,
+    FieldsExt, HeaderBlock, Outcome, Request, RequestAction, RequestEdit, Response, ResponseAction,
+    ResponseEdit,
 };
 
 use crate::config::Settings;
@@ -126,8 +127,9 @@ impl Cache {
                 None,
             );
         }
-        // The cache key's `Vary` values may name any header: read them all, once.
-        let req_headers = req.headers();
+        // The cache key's `Vary` values may name any header: read them all, once, in
+        // place.
+        let req_headers = req.header_block();
         if req_headers.header("range").is_some() {
             return (RequestAction::proceed(), None);
         }
@@ -209,7 +211,7 @@ impl Cache {
         &self,
         now: u64,
         stored: Option<(String, &Entry)>,
-        req_headers: Option<&[(String, Vec<u8>)]>,
+        req_headers: Option<&HeaderBlock>,
         lock: Option<String>,
     ) -> RequestAction {
         let mut edit = RequestEdit::new();
@@ -250,7 +252,7 @@ impl Cache {
         &self,
         host: &dyn Host,
         primary: &str,
-        req_headers: &[(String, Vec<u8>)],
+        req_headers: &HeaderBlock,
     ) -> Option<(String, Entry)> {
         let index = read(host, &entry::index_key(primary))?;
         let (names, _) = parse_index(&index)?;
@@ -343,21 +345,21 @@ impl Cache {
         {
             return self.merge_304(host, req, resp, key, &primary, request_time, now);
         }
-        let resp_headers = resp.headers();
+        let resp_headers = resp.header_block();
         if matches!(policy::vary(resp_headers), Vary::Star) {
             // A `Vary: *` answer means no stored variant may be reused for this URL.
             let _ = host.delete(&entry::index_key(&primary));
         }
         match policy::storable(
             req.method(),
-            req.headers(),
+            req.header_block(),
             resp.status(),
             resp_headers,
             self.settings.default_ttl.is_some(),
         ) {
             Ok(()) => {
                 let values = match policy::vary(resp_headers) {
-                    Vary::Names(names) => policy::vary_values(req.headers(), &names),
+                    Vary::Names(names) => policy::vary_values(req.header_block(), &names),
                     Vary::Star => Vec::new(),
                 };
                 let key = entry::entry_key(&primary, &values);
@@ -451,11 +453,11 @@ impl Cache {
         );
         // The age comes from the 304 itself: its Date and Age describe this exchange.
         fresh.initial_age =
-            policy::corrected_initial_age(not_modified.headers(), request_time, now);
+            policy::corrected_initial_age(not_modified.header_block(), request_time, now);
         let served = serve(&fresh, fresh.initial_age, Label::Revalidated, false);
         let still_storable = policy::storable(
             "GET",
-            req.headers(),
+            req.header_block(),
             fresh.status,
             &fresh.headers,
             self.settings.default_ttl.is_some(),
@@ -503,7 +505,7 @@ impl Cache {
         primary: String,
         vary: Vec<(String, Option<String>)>,
         status: u16,
-        headers: &[(String, Vec<u8>)],
+        headers: &(impl FieldsExt + ?Sized),
         body: Vec<u8>,
         request_time: u64,
         now: u64,
@@ -515,9 +517,9 @@ impl Cache {
             vary,
             status,
             headers: headers
-                .iter()
-                .filter(|(n, _)| n != "age" && n != HEADER)
-                .cloned()
+                .fields()
+                .filter(|(n, _)| !matches!(*n, "age" | HEADER))
+                .map(|(n, v)| (n.to_owned(), v.to_vec()))
                 .collect(),
             body,
             response_time: now,

@@ -67,9 +67,9 @@ impl NotStored {
 /// operator's default TTL is on.
 pub fn storable(
     method: &str,
-    req: &[(String, Vec<u8>)],
+    req: &(impl FieldsExt + ?Sized),
     status: u16,
-    resp: &[(String, Vec<u8>)],
+    resp: &(impl FieldsExt + ?Sized),
     default_ttl: bool,
 ) -> Result<(), NotStored> {
     if method != "GET" {
@@ -136,7 +136,7 @@ pub enum Source {
 /// missing `Date`.
 pub fn freshness_lifetime(
     status: u16,
-    resp: &[(String, Vec<u8>)],
+    resp: &(impl FieldsExt + ?Sized),
     response_time: u64,
     default_ttl: Option<Duration>,
 ) -> (u64, Source) {
@@ -168,7 +168,7 @@ pub fn freshness_lifetime(
 /// The response's age when it arrived, corrected for the time it spent on the way
 /// (RFC 9111 §4.2.3: `corrected_initial_age`), in milliseconds.
 pub fn corrected_initial_age(
-    resp: &[(String, Vec<u8>)],
+    resp: &(impl FieldsExt + ?Sized),
     request_time: u64,
     response_time: u64,
 ) -> u64 {
@@ -190,7 +190,7 @@ pub fn current_age(corrected_initial_age: u64, response_time: u64, now: u64) -> 
 }
 
 /// A header holding an HTTP date, in milliseconds since the epoch.
-pub fn http_date(headers: &[(String, Vec<u8>)], name: &str) -> Option<u64> {
+pub fn http_date(headers: &(impl FieldsExt + ?Sized), name: &str) -> Option<u64> {
     let text = headers.header_str(name)?;
     let t = httpdate::parse_http_date(text.trim()).ok()?;
     Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
@@ -206,7 +206,7 @@ pub enum Vary {
 }
 
 /// The `Vary` of a response, from all its `Vary` fields.
-pub fn vary(resp: &[(String, Vec<u8>)]) -> Vary {
+pub fn vary(resp: &(impl FieldsExt + ?Sized)) -> Vary {
     let mut names = Vec::new();
     for value in resp.header_all("vary") {
         for name in split_list(&String::from_utf8_lossy(value)) {
@@ -224,7 +224,10 @@ pub fn vary(resp: &[(String, Vec<u8>)]) -> Vary {
 /// The request's values of the `names` headers, normalised so that whitespace around
 /// commas and the split into several fields do not matter (RFC 9111 §4.1). An absent
 /// header is `None`, which matches only another absent header.
-pub fn vary_values(req: &[(String, Vec<u8>)], names: &[String]) -> Vec<(String, Option<String>)> {
+pub fn vary_values(
+    req: &(impl FieldsExt + ?Sized),
+    names: &[String],
+) -> Vec<(String, Option<String>)> {
     names
         .iter()
         .map(|name| {
@@ -266,11 +269,11 @@ mod tests {
         let ok = [("cache-control", "max-age=60")];
         assert_eq!(store(&[], 200, &ok), Ok(()));
         assert_eq!(
-            storable("POST", &[], 200, &h(&ok), false),
+            storable("POST", &h(&[]), 200, &h(&ok), false),
             Err(NotStored::Method)
         );
         assert_eq!(
-            storable("HEAD", &[], 200, &h(&ok), false),
+            storable("HEAD", &h(&[]), 200, &h(&ok), false),
             Err(NotStored::Method)
         );
         assert_eq!(
@@ -326,9 +329,9 @@ mod tests {
         assert_eq!(store(&[], 500, &lm), Err(NotStored::NoFreshness));
         assert_eq!(store(&[], 302, &lm), Err(NotStored::NoFreshness));
         // default_ttl opens heuristic statuses only.
-        assert_eq!(storable("GET", &[], 200, &[], true), Ok(()));
+        assert_eq!(storable("GET", &h(&[]), 200, &h(&[]), true), Ok(()));
         assert_eq!(
-            storable("GET", &[], 500, &[], true),
+            storable("GET", &h(&[]), 500, &h(&[]), true),
             Err(NotStored::NoFreshness)
         );
     }
