@@ -468,7 +468,7 @@ impl Request {
         }
         self.headers
             .get()
-            .map_or_else(|| self.host().header_names(), |all| names(all))
+            .map_or_else(|| self.host().header_names(), names)
     }
 
     /// All the headers, read from weir once, each name and value a copy of its own.
@@ -688,7 +688,7 @@ impl Response {
         }
         self.headers
             .get()
-            .map_or_else(|| self.host().header_names(), |all| names(all))
+            .map_or_else(|| self.host().header_names(), names)
     }
 
     /// All the headers, read from weir once, each name and value a copy of its own.
