@@ -137,8 +137,8 @@
 
 use serde::Deserialize;
 use weir_filter::{
-    Filter, Info, Outcome, Phases, Request, RequestAction, RequestEdit, RequestInfo, Response,
-    ResponseAction, ResponseEdit, serde_json,
+    FieldsExt, Filter, Info, Outcome, Phases, Request, RequestAction, RequestEdit, RequestInfo,
+    Response, ResponseAction, ResponseEdit, serde_json,
 };
 
 /// The request headers stripped when `request.strip` is not set.
@@ -298,8 +298,8 @@ impl Filter for Sanitize {
     }
 
     fn on_request(&mut self, _: &RequestInfo, req: &Request) -> RequestAction {
-        // The limits need every header's size, so read them all at once.
-        let headers = req.headers();
+        // The limits need every header's size, so read them all at once, in place.
+        let headers = req.header_block();
         if let Some(message) = self.limits.check(headers) {
             let body = serde_json::json!({ "error": "headers_too_large", "message": message });
             return RequestAction::Respond(Response::json(431, &body));
@@ -309,7 +309,7 @@ impl Filter for Sanitize {
             RequestRule::Allow(p) => !p.matches(name),
         };
         let mut edit = RequestEdit::new();
-        edit.remove_headers = names_where(headers.iter().map(|(n, _)| n.as_str()), drop);
+        edit.remove_headers = names_where(headers.fields().map(|(n, _)| n), drop);
         if edit.is_empty() {
             RequestAction::proceed()
         } else {
@@ -400,11 +400,11 @@ impl Limits {
 
     /// Why `headers` break a limit, naming the limit and the first header that breaks
     /// it; `None` if they are within every limit.
-    fn check(&self, headers: &[(String, Vec<u8>)]) -> Option<String> {
+    fn check(&self, headers: &(impl FieldsExt + ?Sized)) -> Option<String> {
         let mut total = 0u64;
         let counted = headers
-            .iter()
-            .filter(|(name, _)| !HOST_SET_REQUEST.contains(&name.as_str()));
+            .fields()
+            .filter(|(name, _)| !HOST_SET_REQUEST.contains(name));
         for (i, (name, value)) in counted.enumerate() {
             let value_len = value.len() as u64;
             if value_len > self.max_value_bytes {
