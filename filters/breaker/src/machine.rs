@@ -296,7 +296,7 @@ impl Engine {
 
     /// The state key of breaker `key`'s machine.
     pub fn state_key(key: &str) -> String {
-        format!("circuit/{key}")
+        ["circuit/", key].concat()
     }
 
     /// The state key of breaker `key`'s window in generation `generation` (the

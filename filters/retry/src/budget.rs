@@ -52,7 +52,7 @@ pub fn key(count: Count, upstream: &str) -> String {
         Count::Active => "active",
         Count::Retrying => "retrying",
     };
-    format!("budget:{name}:{upstream}")
+    ["budget:", name, ":", upstream].concat()
 }
 
 /// How many retries may be in flight at once with `active` requests.

@@ -170,31 +170,32 @@ pub struct Memo {
 }
 
 impl Memo {
-    /// `"<first_attempt> <start> <0|1>"`.
+    /// `first_attempt`, `start` and `counted` in the SDK's binary [`codec`]: a memo is
+    /// made and read on every request, and printing and parsing it as text cost about
+    /// ten times as much.
+    ///
+    /// [`codec`]: weir_filter::codec
     pub fn encode(&self) -> Vec<u8> {
-        format!(
-            "{} {} {}",
-            self.first_attempt,
-            self.start,
-            u8::from(self.counted)
-        )
-        .into_bytes()
+        let mut w = Vec::with_capacity(17);
+        w.extend_from_slice(&u64::from(self.first_attempt).to_be_bytes());
+        w.extend_from_slice(&self.start.to_be_bytes());
+        w.push(u8::from(self.counted));
+        w
     }
 
     /// The memo `encode` made, or `None`.
     pub fn decode(bytes: &[u8]) -> Option<Memo> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut parts = text.split(' ');
+        let mut r = weir_filter::codec::Reader::new(bytes);
         let memo = Memo {
-            first_attempt: parts.next()?.parse().ok()?,
-            start: parts.next()?.parse().ok()?,
-            counted: match parts.next()? {
-                "0" => false,
-                "1" => true,
+            first_attempt: u32::try_from(r.u64()?).ok()?,
+            start: r.u64()?,
+            counted: match r.u8()? {
+                0 => false,
+                1 => true,
                 _ => return None,
             },
         };
-        parts.next().is_none().then_some(memo)
+        r.is_empty().then_some(memo)
     }
 }
 
@@ -476,7 +477,20 @@ mod tests {
             counted: true,
         };
         assert_eq!(Memo::decode(&m.encode()), Some(m));
-        for bad in [&b""[..], b"1 2", b"1 2 3", b"1 2 1 4", b"x 2 1", b"\xff"] {
+        let good = m.encode();
+        let mut longer = good.clone();
+        longer.push(0);
+        let mut not_a_flag = good.clone();
+        *not_a_flag.last_mut().unwrap() = 2;
+        let huge_attempt = [&u64::MAX.to_be_bytes()[..], &good[8..]].concat();
+        for bad in [
+            &b""[..],
+            b"1 2 1",
+            &good[..good.len() - 1],
+            &longer,
+            &not_a_flag,
+            &huge_attempt,
+        ] {
             assert_eq!(Memo::decode(bad), None, "{bad:?}");
         }
     }
