@@ -7,6 +7,7 @@
 #   bench/profile.sh --rows weir-empty,haproxy        any rows of run.sh except direct
 #   bench/profile.sh --requests 5000 --top 30         more requests, longer function lists
 #   WEIR_BIN=/tmp/weir-old bench/profile.sh           another build of weir (before/after)
+#   WEIR_WASM_PERF_MAP=1 bench/profile.sh --rows weir-full   guest functions by name
 #
 # Writes bench/.profile/ROW.txt (the top functions, by their own instructions and with
 # their callees, per request) and the callgrind files ROW.cg.1-THREAD; prints one line
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
         --requests) REQUESTS="$2"; shift ;;
         --connections) CONNECTIONS="$2"; shift ;;
         --top) TOP="$2"; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -131,7 +132,10 @@ for row in $ROWS; do
     [ "$ok" = "$REQUESTS" ] || say "warning: $row answered $ok of $REQUESTS requests with 200"
     # One file per thread; every thread counts (weir's epoch ticker, which follows the
     # clock rather than the requests, comes to about 100 instructions a request).
-    python3 "$BENCH/callgrind_top.py" "$REQUESTS" "$out".1-* --top "$TOP" >"$OUTDIR/$row.txt"
+    # Under WEIR_WASM_PERF_MAP=1 weir names its compiled guest code in a perf map.
+    jit=()
+    [ -f "/tmp/perf-$pid.map" ] && [ "${WEIR_WASM_PERF_MAP:-}" = 1 ] && jit=(--jit-map "/tmp/perf-$pid.map")
+    python3 "$BENCH/callgrind_top.py" "$REQUESTS" "$out".1-* --top "$TOP" "${jit[@]}" >"$OUTDIR/$row.txt"
     per="$(awk 'NR == 1 { gsub(",", "", $2); print $2 }' "$OUTDIR/$row.txt")"
     printf '%-16s %12s\n' "$row" "$per"
 done
