@@ -195,10 +195,11 @@ impl Filter for Limiter {
         memo: Option<Vec<u8>>,
         outcome: &Outcome,
     ) -> ResponseAction {
+        let memo = memo.as_deref().and_then(Memo::decode);
         // Only the route's one bucket: a client or header key is chosen by clients, and
         // a label per bucket would grow weir's metrics with every new one.
         if self.settings.key == Key::Route
-            && let Some(m) = memo.as_deref().and_then(Memo::decode)
+            && let Some(m) = &memo
         {
             weir_filter::metrics::gauge_set(
                 "limiter_tokens",
@@ -206,7 +207,7 @@ impl Filter for Limiter {
                 m.status.remaining as f64,
             );
         }
-        self.response(&Host, now_ns(), memo.as_deref(), outcome)
+        self.respond(&Host, now_ns(), memo, outcome)
     }
 }
 
@@ -261,7 +262,18 @@ impl Limiter {
         memo: Option<&[u8]>,
         outcome: &Outcome,
     ) -> ResponseAction {
-        let (Some(memo), Some(resp)) = (memo.and_then(Memo::decode), outcome.response()) else {
+        self.respond(env, now, memo.and_then(Memo::decode), outcome)
+    }
+
+    /// [`Limiter::response`] with the memo decoded.
+    fn respond(
+        &self,
+        env: &impl Env,
+        now: u64,
+        memo: Option<Memo>,
+        outcome: &Outcome,
+    ) -> ResponseAction {
+        let (Some(memo), Some(resp)) = (memo, outcome.response()) else {
             return ResponseAction::proceed();
         };
         if resp.status() == 429 {
