@@ -180,10 +180,11 @@ pub fn bytes_key(class: u8, bucket: u64) -> String {
     format!("b:{class}:{bucket}")
 }
 
-/// 128 bits as hex: FNV-1a 64 forwards and backwards over the bytes. Not cryptographic;
-/// reads verify what they find.
-/// `prefix` and then the hash. Made on every request, so written out by hand: `format!`
-/// with `{:016x}` and an iterator behind `dyn` cost several times as much.
+/// `prefix`, then 128 bits of hash as hex: FNV-1a 64 forwards and backwards over the
+/// bytes. Not cryptographic; reads verify what they find.
+///
+/// Made on every request, so written out by hand: `format!` with `{:016x}` and an
+/// iterator behind `dyn` cost several times as much.
 fn hashed(prefix: &str, bytes: &[u8]) -> String {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
