@@ -357,76 +357,6 @@ impl std::fmt::Debug for RequestInfo {
     }
 }
 
-// === impl HeaderCells ===
-
-/// What a [`Request`] or a [`Response`] has read of its headers: the block, the owned
-/// fields, or both. One from weir reads the block first and makes the fields from it;
-/// one a test built holds its fields and makes a block of them when asked. Each method
-/// takes the host call that reads what is missing; a message a test built never makes
-/// it.
-#[derive(Default)]
-struct HeaderCells {
-    fields: OnceCell<Fields>,
-    block: OnceCell<HeaderBlock>,
-}
-
-impl HeaderCells {
-    fn local(fields: Fields) -> HeaderCells {
-        HeaderCells {
-            fields: OnceCell::from(fields),
-            block: OnceCell::new(),
-        }
-    }
-
-    /// Adds a field to a message a test built; the next block has it.
-    fn push(&mut self, name: String, value: Vec<u8>) {
-        self.fields
-            .get_mut()
-            .expect("a local message has its headers")
-            .push((name, value));
-        self.block = OnceCell::new();
-    }
-
-    fn header(&self, name: &str, host: impl FnOnce() -> Option<Vec<u8>>) -> Option<Vec<u8>> {
-        if let Some(all) = self.block.get() {
-            return all.header(name).map(<[u8]>::to_vec);
-        }
-        match self.fields.get() {
-            Some(all) => all.header(name).map(<[u8]>::to_vec),
-            None => host(),
-        }
-    }
-
-    fn header_all(&self, name: &str, host: impl FnOnce() -> Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-        if let Some(all) = self.block.get() {
-            return all.header_all(name).map(<[u8]>::to_vec).collect();
-        }
-        match self.fields.get() {
-            Some(all) => all.header_all(name).map(<[u8]>::to_vec).collect(),
-            None => host(),
-        }
-    }
-
-    fn names(&self, host: impl FnOnce() -> Vec<String>) -> Vec<String> {
-        if let Some(all) = self.block.get() {
-            return names(all);
-        }
-        self.fields.get().map_or_else(host, names)
-    }
-
-    fn fields(&self, host: impl FnOnce() -> Vec<u8>) -> &Fields {
-        self.fields.get_or_init(|| self.block(host).to_fields())
-    }
-
-    fn block(&self, host: impl FnOnce() -> Vec<u8>) -> &HeaderBlock {
-        // Fields before a block are a built message's: weir's are made from the block.
-        self.block.get_or_init(|| match self.fields.get() {
-            Some(fields) => HeaderBlock::from_fields(fields),
-            None => HeaderBlock::parse(host()),
-        })
-    }
-}
-
 // === impl Request ===
 
 /// The request as it reaches this filter, earlier filters' changes applied.
@@ -438,7 +368,8 @@ pub struct Request {
     method: OnceCell<String>,
     upstream: OnceCell<String>,
     path_with_query: OnceCell<String>,
-    headers: HeaderCells,
+    headers: OnceCell<Fields>,
+    block: OnceCell<HeaderBlock>,
     body: OnceCell<Option<Vec<u8>>>,
 }
 
@@ -456,14 +387,20 @@ impl Request {
             method: OnceCell::from(method.into()),
             upstream: OnceCell::from("https://upstream.test".to_owned()),
             path_with_query: OnceCell::from(path_with_query.into()),
-            headers: HeaderCells::local(Vec::new()),
+            headers: OnceCell::from(Vec::new()),
+            block: OnceCell::new(),
             body: OnceCell::from(None),
         }
     }
 
     /// Adds a header (the name is lowercased). Adding a name twice sends it twice.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Request {
-        self.headers.push(header_name(name), value.into());
+        let headers = self
+            .headers
+            .get_mut()
+            .expect("a local request has its headers");
+        headers.push((header_name(name), value.into()));
+        self.block = OnceCell::new();
         self
     }
 
@@ -485,7 +422,8 @@ impl Request {
             method: OnceCell::new(),
             upstream: OnceCell::new(),
             path_with_query: OnceCell::new(),
-            headers: HeaderCells::default(),
+            headers: OnceCell::new(),
+            block: OnceCell::new(),
             body: OnceCell::new(),
         }
     }
@@ -523,7 +461,13 @@ impl Request {
     /// that one header, unless [`header_block`](Request::header_block) or
     /// [`headers`](Request::headers) already read them all.
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.header(name, || self.host().header(name))
+        if let Some(all) = self.block.get() {
+            return all.header(name).map(<[u8]>::to_vec);
+        }
+        match self.headers.get() {
+            Some(all) => all.header(name).map(<[u8]>::to_vec),
+            None => self.host().header(name),
+        }
     }
 
     /// The first value of header `name`, if present and valid UTF-8.
@@ -533,26 +477,39 @@ impl Request {
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
-        self.headers
-            .header_all(name, || self.host().header_values(name))
+        if let Some(all) = self.block.get() {
+            return all.header_all(name).map(<[u8]>::to_vec).collect();
+        }
+        self.headers.get().map_or_else(
+            || self.host().header_values(name),
+            |all| all.header_all(name).map(<[u8]>::to_vec).collect(),
+        )
     }
 
     /// The names of the headers, lowercase, each once, in the order they first appear.
     pub fn header_names(&self) -> Vec<String> {
-        self.headers.names(|| self.host().header_names())
+        if let Some(all) = self.block.get() {
+            return names(all);
+        }
+        self.headers
+            .get()
+            .map_or_else(|| self.host().header_names(), names)
     }
 
     /// All the headers, read from weir once, each name and value a copy of its own.
     /// Prefer [`header`](Request::header) for a few names, and
     /// [`header_block`](Request::header_block) to walk them or look up many.
     pub fn headers(&self) -> &Fields {
-        self.headers.fields(|| self.host().header_block())
+        self.headers.get_or_init(|| self.header_block().to_fields())
     }
 
     /// All the headers in one buffer, read from weir once, each field read in place:
     /// look them up and walk them with [`FieldsExt`].
     pub fn header_block(&self) -> &HeaderBlock {
-        self.headers.block(|| self.host().header_block())
+        self.block.get_or_init(|| match &self.src {
+            ReqSrc::Host(h) => HeaderBlock::parse(h.header_block()),
+            ReqSrc::Local => HeaderBlock::from_fields(self.headers()),
+        })
     }
 
     /// The body, if the filter asked for it ([`Info::wants_request_body`](crate::Info)).
@@ -610,7 +567,8 @@ impl std::fmt::Debug for Request {
 pub struct Response {
     src: RespSrc,
     status: OnceCell<u16>,
-    headers: HeaderCells,
+    headers: OnceCell<Fields>,
+    block: OnceCell<HeaderBlock>,
     body: OnceCell<Option<Vec<u8>>>,
 }
 
@@ -625,7 +583,8 @@ impl Response {
         Response {
             src: RespSrc::Local,
             status: OnceCell::from(status),
-            headers: HeaderCells::local(Vec::new()),
+            headers: OnceCell::from(Vec::new()),
+            block: OnceCell::new(),
             body: OnceCell::from(None),
         }
     }
@@ -648,7 +607,8 @@ impl Response {
         Response {
             src: RespSrc::Host(lend_response(handle)),
             status: OnceCell::new(),
-            headers: HeaderCells::default(),
+            headers: OnceCell::new(),
+            block: OnceCell::new(),
             body: OnceCell::new(),
         }
     }
@@ -666,7 +626,8 @@ impl Response {
         Response {
             src: RespSrc::Local,
             status: OnceCell::from(status),
-            headers: HeaderCells::local(headers),
+            headers: OnceCell::from(headers),
+            block: OnceCell::new(),
             body: OnceCell::from(body),
         }
     }
@@ -682,7 +643,7 @@ impl Response {
         } = self;
         (
             s.into_inner().unwrap_or(status),
-            h.fields.into_inner().unwrap_or_default(),
+            h.into_inner().unwrap_or_default(),
             b.into_inner().flatten(),
         )
     }
@@ -690,7 +651,10 @@ impl Response {
     /// Adds a header (the name is lowercased). Adding a name twice sends it twice.
     pub fn with_header(self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         let mut r = self.into_local();
-        r.headers.push(header_name(name), value.into());
+        r.headers
+            .get_mut()
+            .expect("a local response has its headers")
+            .push((header_name(name), value.into()));
         r
     }
 
@@ -717,7 +681,13 @@ impl Response {
     /// that one header, unless [`header_block`](Response::header_block) or
     /// [`headers`](Response::headers) already read them all.
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.header(name, || self.host().header(name))
+        if let Some(all) = self.block.get() {
+            return all.header(name).map(<[u8]>::to_vec);
+        }
+        match self.headers.get() {
+            Some(all) => all.header(name).map(<[u8]>::to_vec),
+            None => self.host().header(name),
+        }
     }
 
     /// The first value of header `name`, if present and valid UTF-8.
@@ -727,26 +697,39 @@ impl Response {
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
-        self.headers
-            .header_all(name, || self.host().header_values(name))
+        if let Some(all) = self.block.get() {
+            return all.header_all(name).map(<[u8]>::to_vec).collect();
+        }
+        self.headers.get().map_or_else(
+            || self.host().header_values(name),
+            |all| all.header_all(name).map(<[u8]>::to_vec).collect(),
+        )
     }
 
     /// The names of the headers, lowercase, each once, in the order they first appear.
     pub fn header_names(&self) -> Vec<String> {
-        self.headers.names(|| self.host().header_names())
+        if let Some(all) = self.block.get() {
+            return names(all);
+        }
+        self.headers
+            .get()
+            .map_or_else(|| self.host().header_names(), names)
     }
 
     /// All the headers, read from weir once, each name and value a copy of its own.
     /// Prefer [`header`](Response::header) for a few names, and
     /// [`header_block`](Response::header_block) to walk them or look up many.
     pub fn headers(&self) -> &Fields {
-        self.headers.fields(|| self.host().header_block())
+        self.headers.get_or_init(|| self.header_block().to_fields())
     }
 
     /// All the headers in one buffer, read from weir once, each field read in place:
     /// look them up and walk them with [`FieldsExt`].
     pub fn header_block(&self) -> &HeaderBlock {
-        self.headers.block(|| self.host().header_block())
+        self.block.get_or_init(|| match &self.src {
+            RespSrc::Host(h) => HeaderBlock::parse(h.header_block()),
+            RespSrc::Local => HeaderBlock::from_fields(self.headers()),
+        })
     }
 
     /// The body. From the upstream it is there only if the filter asked for it
@@ -763,7 +746,8 @@ impl Clone for Response {
         Response {
             src: RespSrc::Local,
             status: OnceCell::from(self.status()),
-            headers: HeaderCells::local(self.headers().clone()),
+            headers: OnceCell::from(self.headers().clone()),
+            block: OnceCell::new(),
             body: OnceCell::from(self.body().map(<[u8]>::to_vec)),
         }
     }
