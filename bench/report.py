@@ -32,6 +32,7 @@ ROWS = [
     ("weir-empty", "weir, empty chain"),
     ("weir-otlp", "weir, empty chain, every request's spans exported over OTLP"),
     ("weir-async", "weir, async acceptance (202s, journal fsync'd)"),
+    ("weir-noop", "weir, a filter that does nothing"),
     ("weir-headers", "weir, headers"),
     ("weir-retry", "weir, retry"),
     ("weir-limiter", "weir, limiter"),

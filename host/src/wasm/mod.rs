@@ -1847,6 +1847,52 @@ mod tests {
         assert_eq!(ticker.active.load(Ordering::SeqCst), 0);
     }
 
+    /// `misbehave`'s `pass` mode, the bench's no-op filter (`bench/configs/weir-noop.toml`):
+    /// both calls happen, and neither changes anything.
+    #[tokio::test]
+    async fn the_pass_mode_calls_both_phases_and_changes_nothing() {
+        let pool = pool_of(
+            MISBEHAVE,
+            serde_json::json!({ "mode": "pass" }),
+            FilterConfig::default(),
+        )
+        .await;
+        assert_eq!(
+            pool.phases(),
+            Phases {
+                request: true,
+                response: true
+            }
+        );
+        let answer = pool.on_request(&info(), &request()).await.unwrap();
+        assert!(
+            matches!(answer, RequestAction::Continue((None, None))),
+            "{answer:?}"
+        );
+        let outcome = Outcome::Response(Response {
+            status: 200,
+            headers: vec![("server".into(), b"up".to_vec())],
+            body: None,
+        });
+        let answer = pool
+            .on_response(&info(), &request(), None, &outcome)
+            .await
+            .unwrap();
+        assert!(matches!(answer, ResponseAction::Continue(None)), "{answer:?}");
+        // `ok`, by contrast, edits the request: the two modes are told apart.
+        let ok = pool_of(
+            MISBEHAVE,
+            serde_json::json!({ "mode": "ok" }),
+            FilterConfig::default(),
+        )
+        .await;
+        let answer = ok.on_request(&info(), &request()).await.unwrap();
+        assert!(
+            matches!(answer, RequestAction::Continue((Some(_), None))),
+            "{answer:?}"
+        );
+    }
+
     #[test]
     fn body_readers_get_room_for_two_bodies_within_the_pool_slot() {
         let info = |request, response| FilterInfo {

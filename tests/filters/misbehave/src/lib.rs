@@ -7,6 +7,7 @@
 //! | mode | what it does |
 //! | --- | --- |
 //! | `ok` | behaves: `on_request` sets `x-misbehave: ok`, `on_response` passes |
+//! | `pass` | does nothing in either call: the floor of a filter call (`bench/configs/weir-noop.toml`) |
 //! | `trap` | panics, which traps the instance |
 //! | `loop` | spins forever, until weir's CPU deadline stops it |
 //! | `alloc` | allocates and touches 1 MiB chunks forever, until weir's memory cap stops it |
@@ -35,6 +36,7 @@ struct Config {
 #[serde(rename_all = "kebab-case")]
 enum Mode {
     Ok,
+    Pass,
     Trap,
     Loop,
     Alloc,
@@ -70,7 +72,7 @@ impl Misbehave {
             return;
         }
         match self.mode {
-            Mode::Ok | Mode::InitError | Mode::Flood => {}
+            Mode::Ok | Mode::Pass | Mode::InitError | Mode::Flood => {}
             Mode::Trap => panic!("misbehave: trapping in {}, as configured", phase.call()),
             Mode::Loop => {
                 // black_box keeps the optimiser from proving the loop side-effect free.
@@ -112,6 +114,9 @@ impl Filter for Misbehave {
 
     fn on_request(&mut self, _: &RequestInfo, _: &Request) -> RequestAction {
         self.act(Phase::Request);
+        if self.mode == Mode::Pass {
+            return RequestAction::proceed();
+        }
         let mut edit = RequestEdit::new().set_header("x-misbehave", "ok");
         if self.mode == Mode::Flood {
             for i in 0..9_000 {
