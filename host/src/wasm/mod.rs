@@ -1878,7 +1878,10 @@ mod tests {
             .on_response(&info(), &request(), None, &outcome)
             .await
             .unwrap();
-        assert!(matches!(answer, ResponseAction::Continue(None)), "{answer:?}");
+        assert!(
+            matches!(answer, ResponseAction::Continue(None)),
+            "{answer:?}"
+        );
         // `ok`, by contrast, edits the request: the two modes are told apart.
         let ok = pool_of(
             MISBEHAVE,
