@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Where a proxy's CPU per request goes: user space against the kernel, and how many system
+# calls a request makes. Instruction counts (profile.sh) see only user space, and on this
+# kind of VM a path's instructions do not all cost the same, so the split says which side
+# a difference between two rows is on.
+#
+#   bench/cpusplit.sh                          nginx, weir-empty, weir-noop, weir-headers
+#   bench/cpusplit.sh nginx weir-empty 3       any rows of run.sh that listen on 18084
+#                                              (every weir row but weir-otlp and
+#                                              weir-full-redis) and nginx; the last
+#                                              argument, if a number, is the repeats
+#   WEIR_BIN=/tmp/weir-old bench/cpusplit.sh   another build of weir
+#
+# Each row runs pinned to CPU 0 (weir with RUST_LOG=warn and TOKIO_WORKER_THREADS=1, as in
+# run.sh); wrk -t1 -c64 and the bench upstream share CPU 1. After 3 s of warm-up, 10 s are
+# measured: utime and stime of the proxy's processes from /proc, and, when `perf` can
+# count the `raw_syscalls:sys_enter` tracepoint, the system calls. The rows run in turn,
+# once per repeat; prints one line per run.
+set -euo pipefail
+
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(dirname "$BENCH")"
+say() { echo "[cpusplit] $*" >&2; }
+
+ROWS=()
+REPEATS=2
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *[!0-9]*) ROWS+=("$arg") ;;
+        *) REPEATS="$arg" ;;
+    esac
+done
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(nginx weir-empty weir-noop weir-headers)
+
+for tool in wrk curl python3 taskset; do
+    command -v "$tool" >/dev/null || { say "$tool is missing (bench/run.sh installs what it needs)"; exit 1; }
+done
+for port in 18080 18081 18084; do
+    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
+        say "something already answers on 127.0.0.1:$port; stop it first"
+        exit 1
+    fi
+done
+
+# shellcheck source=common.sh
+. "$BENCH/common.sh"
+find_peers
+build_binaries
+
+# A perf that cannot read tracepoints (no permission, no tracefs) leaves the column out.
+PERF=""
+if command -v perf >/dev/null &&
+    perf stat -e raw_syscalls:sys_enter -o /dev/null -- true >/dev/null 2>&1; then
+    PERF=perf
+else
+    say "perf cannot count system calls here: that column is left out"
+fi
+
+RUN="$BENCH/.run/cpusplit"
+rm -rf "$RUN"
+mkdir -p "$RUN/nginx/tmp"
+taskset -c 1 "$UPSTREAM" 127.0.0.1:18080 >"$RUN/upstream.log" 2>&1 &
+STARTED+=("$!")
+sleep 1
+TCK=$(getconf CLK_TCK)
+
+# utime and stime, in clock ticks, summed over the process and its children.
+ticks() {
+    local u=0 s=0 pid stat
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        stat="$(cat /proc/"$pid"/stat 2>/dev/null)" || continue
+        stat="${stat##*) }"
+        # shellcheck disable=SC2086
+        set -- $stat
+        u=$((u + ${12})); s=$((s + ${13}))
+    done
+    echo "$u $s"
+}
+
+for i in $(seq 1 "$REPEATS"); do
+    for row in "${ROWS[@]}"; do
+        case "$row" in
+            nginx)
+                port=18081
+                taskset -c 0 "$NGINX" -p "$RUN/nginx/" -e stderr -c "$BENCH/peers/nginx.conf" \
+                    >"$RUN/$row.log" 2>&1 &
+                ;;
+            weir-*)
+                port=18084
+                RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 \
+                    "$WEIR" run "$BENCH/configs/$row.toml" >"$RUN/$row.log" 2>&1 &
+                ;;
+            *) say "unknown row $row"; exit 2 ;;
+        esac
+        pid=$!
+        STARTED+=("$pid")
+        url="http://127.0.0.1:$port/bench"
+        ready=
+        for _ in $(seq 1 100); do
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ] && { ready=1; break; }
+            sleep 0.1
+        done
+        [ -n "$ready" ] || { say "$row did not answer on $port within 10 s (its log: $RUN/$row.log)"; exit 1; }
+        taskset -c 1 wrk -t1 -c64 -d3s "$url" >/dev/null
+        # nginx's master forks its workers: count them all.
+        pids="$(echo "$pid" $(pgrep -P "$pid" || true) | tr ' ' ',')"
+        read -r u0 s0 <<<"$(ticks "$pid")"
+        if [ -n "$PERF" ]; then
+            perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$RUN/$row.perf" -- sleep 10.5 &
+            perf_pid=$!
+        fi
+        out="$(taskset -c 1 wrk -t1 -c64 -d10s "$url")"
+        read -r u1 s1 <<<"$(ticks "$pid")"
+        [ -n "$PERF" ] && wait "$perf_pid"
+        reqs="$(echo "$out" | awk '/requests in/ {print $1}')"
+        rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+        calls=""
+        [ -n "$PERF" ] && calls="$(awk -F, '/raw_syscalls/ {print $1}' "$RUN/$row.perf")"
+        python3 - "$row" "$i" "$rps" "$reqs" "$u0" "$u1" "$s0" "$s1" "$TCK" "$calls" <<'EOF'
+import sys
+row, i, rps, reqs, u0, u1, s0, s1, tck, calls = sys.argv[1:]
+reqs, tck = int(reqs), int(tck)
+user = (int(u1) - int(u0)) * 1e6 / tck / reqs
+system = (int(s1) - int(s0)) * 1e6 / tck / reqs
+line = (f"{row} #{i}: {float(rps):,.0f} req/s; CPU-us/req {user + system:.2f} = "
+        f"user {user:.2f} + system {system:.2f}")
+if calls:
+    # perf counts half a second past wrk's 10 s, when the proxy idles in epoll_wait.
+    line += f"; system calls/req {int(calls) / reqs:.2f}"
+print(line)
+EOF
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+done
