@@ -60,3 +60,16 @@ build_binaries() {
     OPENLOOP="$BENCH/target/release/weir-bench-openloop"
     PINGORA="$BENCH/target/release/weir-bench-pingora"
 }
+
+# weir-noop's config names the test component `misbehave` by its path under the default
+# target dir, where building weir puts it (host/build.rs). Stops with a clear message when
+# the rows include weir-noop and the file is not there (another CARGO_TARGET_DIR, or a
+# WEIR_BIN build on a tree never built).
+check_noop_component() {
+    case " $* " in *" weir-noop "*) ;; *) return 0 ;; esac
+    local wasm="$ROOT/target/wasm-filters/wasm32-wasip2/release/weir_test_misbehave.wasm"
+    [ -f "$wasm" ] || {
+        echo "weir-noop needs $wasm: build weir in $ROOT with the default target dir (cargo build --release -p weir), or leave the row out" >&2
+        exit 2
+    }
+}

@@ -5,10 +5,11 @@
 # a difference between two rows is on.
 #
 #   bench/cpusplit.sh                          nginx, weir-empty, weir-noop, weir-headers
-#   bench/cpusplit.sh nginx weir-empty 3       any rows of run.sh that listen on 18084
-#                                              (every weir row but weir-otlp and
-#                                              weir-full-redis) and nginx; the last
-#                                              argument, if a number, is the repeats
+#   bench/cpusplit.sh nginx weir-empty 3       nginx and the weir rows of run.sh that
+#                                              answer 200 on 18084 from
+#                                              configs/ROW.toml (all but weir-otlp,
+#                                              weir-full-redis, weir-async and
+#                                              weir-fanout); a number is the repeats
 #   WEIR_BIN=/tmp/weir-old bench/cpusplit.sh   another build of weir
 #
 # Each row runs pinned to CPU 0 (weir with RUST_LOG=warn and TOKIO_WORKER_THREADS=1, as in
@@ -26,12 +27,24 @@ ROWS=()
 REPEATS=2
 for arg in "$@"; do
     case "$arg" in
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-        *[!0-9]*) ROWS+=("$arg") ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        ''|*[!0-9]*) ROWS+=("$arg") ;;
         *) REPEATS="$arg" ;;
     esac
 done
 [ ${#ROWS[@]} -gt 0 ] || ROWS=(nginx weir-empty weir-noop weir-headers)
+[ "$REPEATS" -ge 1 ] || { say "repeats must be at least 1"; exit 2; }
+# Every row checked before anything is built or run.
+for row in "${ROWS[@]}"; do
+    case "$row" in
+        nginx) ;;
+        weir-otlp|weir-full-redis|weir-async|weir-fanout)
+            say "$row needs what only run.sh sets up (an OTLP receiver, redis, a fresh journal that answers 202, or 500 upstreams)"
+            exit 2 ;;
+        weir-*) [ -f "$BENCH/configs/$row.toml" ] || { say "no config for $row: $BENCH/configs/$row.toml"; exit 2; } ;;
+        *) say "unknown row $row (nginx or weir-*)"; exit 2 ;;
+    esac
+done
 
 for tool in wrk curl python3 taskset; do
     command -v "$tool" >/dev/null || { say "$tool is missing (bench/run.sh installs what it needs)"; exit 1; }
@@ -47,6 +60,7 @@ done
 . "$BENCH/common.sh"
 find_peers
 build_binaries
+check_noop_component "${ROWS[@]}"
 
 # A perf that cannot read tracepoints (no permission, no tracefs) leaves the column out.
 PERF=""
@@ -62,7 +76,10 @@ rm -rf "$RUN"
 mkdir -p "$RUN/nginx/tmp"
 taskset -c 1 "$UPSTREAM" 127.0.0.1:18080 >"$RUN/upstream.log" 2>&1 &
 STARTED+=("$!")
-sleep 1
+for _ in $(seq 1 50); do
+    curl -s -o /dev/null --max-time 1 http://127.0.0.1:18080/ && break
+    sleep 0.1
+done
 TCK=$(getconf CLK_TCK)
 
 # utime and stime, in clock ticks, summed over the process and its children.
@@ -91,43 +108,59 @@ for i in $(seq 1 "$REPEATS"); do
                 RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 \
                     "$WEIR" run "$BENCH/configs/$row.toml" >"$RUN/$row.log" 2>&1 &
                 ;;
-            *) say "unknown row $row"; exit 2 ;;
         esac
         pid=$!
         STARTED+=("$pid")
         url="http://127.0.0.1:$port/bench"
         ready=
         for _ in $(seq 1 100); do
-            [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ] && { ready=1; break; }
+            kill -0 "$pid" 2>/dev/null || { say "$row exited at start (its log: $RUN/$row.log)"; exit 1; }
+            [ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "$url" || true)" = 200 ] && { ready=1; break; }
             sleep 0.1
         done
-        [ -n "$ready" ] || { say "$row did not answer on $port within 10 s (its log: $RUN/$row.log)"; exit 1; }
+        [ -n "$ready" ] || { say "$row did not answer 200 on $port within 10 s (its log: $RUN/$row.log)"; exit 1; }
         taskset -c 1 wrk -t1 -c64 -d3s "$url" >/dev/null
         # nginx's master forks its workers: count them all.
         pids="$(echo "$pid" $(pgrep -P "$pid" || true) | tr ' ' ',')"
         read -r u0 s0 <<<"$(ticks "$pid")"
+        perf_pid=""
         if [ -n "$PERF" ]; then
-            perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$RUN/$row.perf" -- sleep 10.5 &
+            # Counts until stopped, so that it spans all of wrk's 10 s.
+            perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$RUN/$row.perf" &
             perf_pid=$!
+            sleep 0.2
         fi
         out="$(taskset -c 1 wrk -t1 -c64 -d10s "$url")"
         read -r u1 s1 <<<"$(ticks "$pid")"
-        [ -n "$PERF" ] && wait "$perf_pid"
+        calls=""
+        if [ -n "$perf_pid" ]; then
+            kill -INT "$perf_pid" 2>/dev/null || true
+            # perf stat ends with 130 when stopped by SIGINT, having written its counts.
+            rc=0
+            wait "$perf_pid" || rc=$?
+            if [ "$rc" = 0 ] || [ "$rc" = 130 ]; then
+                calls="$(awk -F, '/raw_syscalls/ {print $1}' "$RUN/$row.perf")"
+            else
+                say "perf stat failed on $row (see $RUN/$row.perf): no system calls for this run"
+            fi
+        fi
         reqs="$(echo "$out" | awk '/requests in/ {print $1}')"
         rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
-        calls=""
-        [ -n "$PERF" ] && calls="$(awk -F, '/raw_syscalls/ {print $1}' "$RUN/$row.perf")"
-        python3 - "$row" "$i" "$rps" "$reqs" "$u0" "$u1" "$s0" "$s1" "$TCK" "$calls" <<'EOF'
+        # Any answer but a 2xx or 3xx, or a socket error, makes the run's numbers suspect.
+        bad="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+        python3 - "$row" "$i" "$rps" "$reqs" "$u0" "$u1" "$s0" "$s1" "$TCK" "$calls" "$bad" <<'EOF'
 import sys
-row, i, rps, reqs, u0, u1, s0, s1, tck, calls = sys.argv[1:]
+row, i, rps, reqs, u0, u1, s0, s1, tck, calls, bad = sys.argv[1:]
 reqs, tck = int(reqs), int(tck)
 user = (int(u1) - int(u0)) * 1e6 / tck / reqs
 system = (int(s1) - int(s0)) * 1e6 / tck / reqs
 line = (f"{row} #{i}: {float(rps):,.0f} req/s; CPU-us/req {user + system:.2f} = "
         f"user {user:.2f} + system {system:.2f}")
-if calls:
-    # perf counts half a second past wrk's 10 s, when the proxy idles in epoll_wait.
+if calls.isdigit():
+    # perf also counts the 0.2 s before wrk starts, when the proxy idles in epoll_wait.
     line += f"; system calls/req {int(calls) / reqs:.2f}"
+if int(bad):
+    line += f"; WARNING: {bad} failed answers or socket errors"
 print(line)
 EOF
         kill "$pid" 2>/dev/null || true

@@ -53,6 +53,8 @@ find_peers
 find_oha
 
 build_binaries
+# shellcheck disable=SC2086
+check_noop_component $ROWS
 
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/nginx/tmp"

@@ -100,6 +100,8 @@ find_peers
 # === build ===
 
 build_binaries
+# shellcheck disable=SC2086
+check_noop_component $ROWS
 
 # === processes ===
 

@@ -1848,9 +1848,9 @@ mod tests {
     }
 
     /// `misbehave`'s `pass` mode, the bench's no-op filter (`bench/configs/weir-noop.toml`):
-    /// both calls happen, and neither changes anything.
+    /// it asks for both calls, and each returns `continue` with nothing changed.
     #[tokio::test]
-    async fn the_pass_mode_calls_both_phases_and_changes_nothing() {
+    async fn the_pass_mode_declares_both_phases_and_neither_call_changes_anything() {
         let pool = pool_of(
             MISBEHAVE,
             serde_json::json!({ "mode": "pass" }),
