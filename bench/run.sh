@@ -3,7 +3,7 @@
 # weir's start-up time and the quickstart's memory, checked against issue #6's targets,
 # with one command. See bench/README.md for what it measures and how to read it.
 #
-#   bench/run.sh            the full run (about 20 minutes), writes bench/RESULTS.md
+#   bench/run.sh            the full run (about 30 minutes), writes bench/RESULTS.md
 #   bench/run.sh --quick    one short repeat, to check the script works (numbers are rough)
 #   bench/run.sh --rows direct,nginx,weir-empty    only these rows
 #   bench/run.sh --rows weir-empty,weir-fanout     fan-out to 500 targets, beside the
