@@ -73,3 +73,32 @@ check_noop_component() {
         exit 2
     }
 }
+
+# The pid and all its descendants (nginx's worker is the master's child).
+proc_tree() {
+    local c
+    echo "$1"
+    for c in $(pgrep -P "$1" || true); do
+        proc_tree "$c"
+    done
+}
+
+# "USER SYSTEM": utime and stime, in clock ticks, of the process tree (all threads).
+cpu_ticks_split() {
+    local user=0 system=0 pid stat
+    for pid in $(proc_tree "$1"); do
+        # Fields 14 and 15 after the ")" that ends the command name.
+        stat="$(cat /proc/"$pid"/stat 2>/dev/null)" || continue
+        stat="${stat##*) }"
+        # shellcheck disable=SC2086
+        set -- $stat
+        user=$((user + ${12}))
+        system=$((system + ${13}))
+    done
+    echo "$user $system"
+}
+
+# Failed answers (not 2xx or 3xx) and socket errors in wrk's output, $1.
+wrk_errors() {
+    awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$1"
+}

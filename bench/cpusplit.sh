@@ -82,19 +82,6 @@ for _ in $(seq 1 50); do
 done
 TCK=$(getconf CLK_TCK)
 
-# utime and stime, in clock ticks, summed over the process and its children.
-ticks() {
-    local u=0 s=0 pid stat
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        stat="$(cat /proc/"$pid"/stat 2>/dev/null)" || continue
-        stat="${stat##*) }"
-        # shellcheck disable=SC2086
-        set -- $stat
-        u=$((u + ${12})); s=$((s + ${13}))
-    done
-    echo "$u $s"
-}
-
 for i in $(seq 1 "$REPEATS"); do
     for row in "${ROWS[@]}"; do
         case "$row" in
@@ -121,8 +108,8 @@ for i in $(seq 1 "$REPEATS"); do
         [ -n "$ready" ] || { say "$row did not answer 200 on $port within 10 s (its log: $RUN/$row.log)"; exit 1; }
         taskset -c 1 wrk -t1 -c64 -d3s "$url" >/dev/null
         # nginx's master forks its workers: count them all.
-        pids="$(echo "$pid" $(pgrep -P "$pid" || true) | tr ' ' ',')"
-        read -r u0 s0 <<<"$(ticks "$pid")"
+        pids="$(proc_tree "$pid" | paste -sd,)"
+        read -r u0 s0 <<<"$(cpu_ticks_split "$pid")"
         perf_pid=""
         if [ -n "$PERF" ]; then
             # Counts until stopped, so that it spans all of wrk's 10 s.
@@ -131,7 +118,7 @@ for i in $(seq 1 "$REPEATS"); do
             sleep 0.2
         fi
         out="$(taskset -c 1 wrk -t1 -c64 -d10s "$url")"
-        read -r u1 s1 <<<"$(ticks "$pid")"
+        read -r u1 s1 <<<"$(cpu_ticks_split "$pid")"
         calls=""
         if [ -n "$perf_pid" ]; then
             kill -INT "$perf_pid" 2>/dev/null || true
@@ -147,7 +134,7 @@ for i in $(seq 1 "$REPEATS"); do
         reqs="$(echo "$out" | awk '/requests in/ {print $1}')"
         rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
         # Any answer but a 2xx or 3xx, or a socket error, makes the run's numbers suspect.
-        bad="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+        bad="$(wrk_errors "$out")"
         python3 - "$row" "$i" "$rps" "$reqs" "$u0" "$u1" "$s0" "$s1" "$TCK" "$calls" "$bad" <<'EOF'
 import sys
 row, i, rps, reqs, u0, u1, s0, s1, tck, calls, bad = sys.argv[1:]

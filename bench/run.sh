@@ -197,34 +197,17 @@ check_port_free() {
     fi
 }
 
-# The pid and all its descendants (nginx's worker is the master's child).
-tree() {
-    local pid="$1"
-    echo "$pid"
-    for c in $(pgrep -P "$pid" || true); do
-        tree "$c"
-    done
-}
-
 # utime + stime, in clock ticks, of the process tree (all threads).
 cpu_ticks() {
-    local total=0 pid
-    for pid in $(tree "$1"); do
-        # Fields 14 and 15 after the ")" that ends the command name.
-        local stat
-        stat="$(cat /proc/"$pid"/stat 2>/dev/null)" || continue
-        stat="${stat##*) }"
-        # shellcheck disable=SC2086
-        set -- $stat
-        total=$((total + ${12} + ${13}))
-    done
-    echo "$total"
+    local user system
+    read -r user system <<<"$(cpu_ticks_split "$1")"
+    echo $((user + system))
 }
 
 # Peak resident set (VmHWM), in KiB, summed over the process tree.
 peak_rss_kib() {
     local total=0 pid kib
-    for pid in $(tree "$1"); do
+    for pid in $(proc_tree "$1"); do
         kib="$(awk '/^VmHWM:/ { print $2 }' /proc/"$pid"/status 2>/dev/null || true)"
         total=$((total + ${kib:-0}))
     done
@@ -277,7 +260,7 @@ closed_loop() {
     requests="$(awk '/requests in/ { print $1 }' <<<"$out")"
     p50="$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
     p99="$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
-    errors="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+    errors="$(wrk_errors "$out")"
     if [ -n "$PEER_PID" ]; then
         cpu="$(python3 -c "print(round(($t1 - $t0) * 1e6 / $CLK_TCK / $requests, 2))")"
         rss="$(peak_rss_kib "$PEER_PID")"
@@ -422,7 +405,7 @@ case " $ROWS " in
             requests="$(awk '/requests in/ { print $1 }' <<<"$out")"
             p50="$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
             p99="$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
-            errors="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+            errors="$(wrk_errors "$out")"
             errors=$((errors + f1 - f0))
             # CPU-µs per target call: the request's cost spread over its targets.
             cpu="$(python3 -c "print(round(($t1 - $t0) * 1e6 / $CLK_TCK / $requests / $FANOUT_TARGETS, 2))")"
@@ -505,7 +488,7 @@ out="$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$QUICK_
 echo "$out" >"$RUN/wrk-quickstart.txt"
 rss="$(peak_rss_kib "$PEER_PID")"
 rps="$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")"
-errors="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+errors="$(wrk_errors "$out")"
 printf 'quickstart\tquickstart\t1\t%s\t\t\t\t%s\t%s\n' "$rps" "$rss" "$errors" >>"$RESULTS"
 say "  quickstart: $rps req/s, peak RSS $((rss / 1024)) MiB, errors $errors"
 stop_peer
