@@ -38,9 +38,10 @@ find_oha() {
     fi
 }
 
-# Builds weir (unless WEIR_BIN names a build to use), the upstream, the open-loop client
-# and the pingora peer in release; sets WEIR, UPSTREAM, OPENLOOP and PINGORA. All but weir are bench/'s own workspace with its
-# own target dir, so their dependencies never change a feature of weir's build.
+# Builds weir (unless WEIR_BIN names a build to use), the upstream, the open-loop client,
+# the pingora peer and the bare hyper proxy in release; sets WEIR, UPSTREAM, OPENLOOP,
+# PINGORA and HYPER. All but weir are bench/'s own workspace with its own target dir, so
+# their dependencies never change a feature of weir's build.
 build_binaries() {
     if [ -n "${WEIR_BIN:-}" ]; then
         # Another build of weir (an older commit's, for a before-and-after): used as is.
@@ -54,11 +55,12 @@ build_binaries() {
         target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
         WEIR="$target/release/weir"
     fi
-    say "building the upstream, the open-loop client and the pingora peer (release, bench/target)"
+    say "building the upstream, the open-loop client, the pingora peer and the bare hyper proxy (release, bench/target)"
     (cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
     UPSTREAM="$BENCH/target/release/weir-bench-upstream"
     OPENLOOP="$BENCH/target/release/weir-bench-openloop"
     PINGORA="$BENCH/target/release/weir-bench-pingora"
+    HYPER="$BENCH/target/release/weir-bench-hyper"
 }
 
 # weir-noop's config names the test component `misbehave` by its path under the default

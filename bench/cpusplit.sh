@@ -5,8 +5,9 @@
 # a difference between two rows is on.
 #
 #   bench/cpusplit.sh                          nginx, weir-empty, weir-noop, weir-headers
-#   bench/cpusplit.sh nginx weir-empty 3       nginx and the weir rows of run.sh that
-#                                              answer 200 on 18084 from
+#   bench/cpusplit.sh nginx weir-empty 3       nginx, hyper (the bare hyper proxy: the
+#                                              floor under weir), and the weir rows of
+#                                              run.sh that answer 200 on 18084 from
 #                                              configs/ROW.toml (all but weir-otlp,
 #                                              weir-full-redis, weir-async and
 #                                              weir-fanout); a number is the repeats
@@ -27,7 +28,7 @@ ROWS=()
 REPEATS=2
 for arg in "$@"; do
     case "$arg" in
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         ''|*[!0-9]*) ROWS+=("$arg") ;;
         *) REPEATS="$arg" ;;
     esac
@@ -37,19 +38,19 @@ done
 # Every row checked before anything is built or run.
 for row in "${ROWS[@]}"; do
     case "$row" in
-        nginx) ;;
+        nginx|hyper) ;;
         weir-otlp|weir-full-redis|weir-async|weir-fanout)
             say "$row needs what only run.sh sets up (an OTLP receiver, redis, a fresh journal that answers 202, or 500 upstreams)"
             exit 2 ;;
         weir-*) [ -f "$BENCH/configs/$row.toml" ] || { say "no config for $row: $BENCH/configs/$row.toml"; exit 2; } ;;
-        *) say "unknown row $row (nginx or weir-*)"; exit 2 ;;
+        *) say "unknown row $row (nginx, hyper or weir-*)"; exit 2 ;;
     esac
 done
 
 for tool in wrk curl python3 taskset; do
     command -v "$tool" >/dev/null || { say "$tool is missing (bench/run.sh installs what it needs)"; exit 1; }
 done
-for port in 18080 18081 18084; do
+for port in 18080 18081 18084 18093; do
     if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
         say "something already answers on 127.0.0.1:$port; stop it first"
         exit 1
@@ -89,6 +90,10 @@ for i in $(seq 1 "$REPEATS"); do
                 port=18081
                 taskset -c 0 "$NGINX" -p "$RUN/nginx/" -e stderr -c "$BENCH/peers/nginx.conf" \
                     >"$RUN/$row.log" 2>&1 &
+                ;;
+            hyper)
+                port=18093
+                taskset -c 0 "$HYPER" "127.0.0.1:$port" 127.0.0.1:18080 >"$RUN/$row.log" 2>&1 &
                 ;;
             weir-*)
                 port=18084

@@ -61,7 +61,7 @@ mkdir -p "$OUTDIR/nginx/tmp"
 
 UPSTREAM_PORT=18080
 # As in run.sh.
-declare -A PORT=([nginx]=18081 [haproxy]=18082 [pingora]=18083 [weir-full-redis]=18087 [weir-otlp]=18091)
+declare -A PORT=([nginx]=18081 [haproxy]=18082 [pingora]=18083 [hyper]=18093 [weir-full-redis]=18087 [weir-otlp]=18091)
 port_of() { echo "${PORT[$1]:-18084}"; }
 
 wait_ready() {
@@ -101,6 +101,9 @@ for row in $ROWS; do
             ;;
         pingora)
             "${vg[@]}" "$PINGORA" "127.0.0.1:$port" "127.0.0.1:$UPSTREAM_PORT" >"$OUTDIR/$row.log" 2>&1 &
+            ;;
+        hyper)
+            "${vg[@]}" "$HYPER" "127.0.0.1:$port" "127.0.0.1:$UPSTREAM_PORT" >"$OUTDIR/$row.log" 2>&1 &
             ;;
         weir-*)
             # valgrind cannot map the pooling allocator's reservation: see ON_DEMAND_ENV
