@@ -16,7 +16,7 @@ more kinds of line feed the targets:
 - `otlp  weir-otlp  N  EXPORTED  QUEUE_FULL  EXPORT_FAILED  ...`: the spans the weir-otlp
   row's process exported and dropped by the end of closed-loop run N (warm-up included).
 
-After the tables it checks the targets: issue #6's (a)–(f) and issue #13's (g), each
+After the tables it checks the targets: issue #6's (a)–(f), issue #13's (g) and issue #16's, each
 with its measured value and whether it is met; see bench/README.md, "Targets".
 """
 
@@ -29,6 +29,7 @@ ROWS = [
     ("nginx", "nginx"),
     ("haproxy", "HAProxy"),
     ("pingora", "pingora"),
+    ("hyper", "hyper, bare (the floor under weir's HTTP path)"),
     ("weir-empty", "weir, empty chain"),
     ("weir-otlp", "weir, empty chain, every request's spans exported over OTLP"),
     ("weir-async", "weir, async acceptance (202s, journal fsync'd)"),
@@ -42,7 +43,8 @@ ROWS = [
     ("weir-full-redis", "weir, full chain (miss), state in Redis"),
     ("weir-cache-hit", "weir, cache (hit)"),
 ]
-REFERENCES = [("nginx", "nginx"), ("haproxy", "HAProxy"), ("pingora", "pingora"), ("weir-empty", "weir empty")]
+REFERENCES = [("nginx", "nginx"), ("haproxy", "HAProxy"), ("pingora", "pingora"), ("hyper", "bare hyper"),
+              ("weir-empty", "weir empty")]
 
 
 def median(values):
@@ -122,8 +124,8 @@ def main():
     w(f"- open-loop rate: {a.rate} req/s (half of {a.rate_base}'s median closed-loop maximum)")
     w("")
     w(f"| row | req/s | p50 | p99 | added p99 @ {a.rate} req/s | CPU-µs/req | peak RSS MiB "
-      "| req/s vs nginx | vs HAProxy | vs pingora | vs weir empty |")
-    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+      "| req/s vs nginx | vs HAProxy | vs pingora | vs bare hyper | vs weir empty |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     errors_seen = []
     for key, label in rows:
         rps = med("closed", key, 0)
@@ -154,8 +156,8 @@ def main():
     w("")
     w("CPU-µs per request, as a ratio (lower is cheaper; 2.00 means twice the CPU per request):")
     w("")
-    w("| row | vs nginx | vs HAProxy | vs pingora | vs weir empty |")
-    w("| --- | ---: | ---: | ---: | ---: |")
+    w("| row | vs nginx | vs HAProxy | vs pingora | vs bare hyper | vs weir empty |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: |")
     for key, label in rows:
         if key == "direct":
             continue
@@ -308,6 +310,23 @@ def targets(w, med, runs_of, ready, direct_open_p99, rate):
                  f"p99 of the 202 {latency(med('closed', 'weir-async', 2))})")
     rows.append(("(g) async acceptance (202/s, each job fsync'd) ≥ 0.25× weir empty's req/s",
                  value, verdict(g >= 0.25 if g else None)))
+
+    # Issue #16: the empty chain against nginx on one core, with the bare hyper proxy
+    # (the same crates, none of weir's work) beside it as the floor.
+    cpu = {key: med("closed", key, 3) for key in ("nginx", "hyper", "weir-empty")}
+    speed = {key: rps(key) for key in ("nginx", "hyper", "weir-empty")}
+    if speed["nginx"] and cpu["nginx"] and speed["weir-empty"] and cpu["weir-empty"]:
+        r_rps = speed["weir-empty"] / speed["nginx"]
+        r_cpu = cpu["weir-empty"] / cpu["nginx"]
+        value = f"{r_rps:.2f}× nginx's req/s, {r_cpu:.2f}× its CPU-µs per request"
+        if speed["hyper"] and cpu["hyper"]:
+            value += (f"; the bare hyper proxy: {speed['hyper'] / speed['nginx']:.2f}× and "
+                      f"{cpu['hyper'] / cpu['nginx']:.2f}×")
+        rows.append(("(#16) weir empty chain ≥ 0.80× nginx's req/s and ≤ 1.30× its CPU-µs "
+                     "per request", value, verdict(r_rps >= 0.8 and r_cpu <= 1.3)))
+    else:
+        rows.append(("(#16) weir empty chain ≥ 0.80× nginx's req/s and ≤ 1.30× its CPU-µs "
+                     "per request", "–", verdict(None)))
 
     w("## Targets")
     w("")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# weir's benchmark: weir against nginx, HAProxy and pingora, on one core each, plus
+# weir's benchmark: weir against nginx, HAProxy, pingora and a bare hyper proxy, on one core each, plus
 # weir's start-up time and the quickstart's memory, checked against issue #6's targets,
 # with one command. See bench/README.md for what it measures and how to read it.
 #
@@ -17,7 +17,7 @@ BENCH="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(dirname "$BENCH")"
 RUN="$BENCH/.run"        # logs, pid files, raw results of the last run
 
-ALL_ROWS="direct nginx haproxy pingora weir-empty weir-otlp weir-async weir-fanout weir-noop weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
+ALL_ROWS="direct nginx haproxy pingora hyper weir-empty weir-otlp weir-async weir-fanout weir-noop weir-headers weir-retry weir-limiter weir-breaker weir-cache-miss weir-full weir-full-redis weir-cache-hit"
 STARTS=11                # `weir run` starts timed for target (f), after one that fills the cache
 QUICKSTART_PORT=18085    # the quickstart's listener and admin API, moved off 8080 and 9901
 QUICKSTART_ADMIN_PORT=18086
@@ -114,7 +114,7 @@ RESULTS="$RUN/results.tsv"
 
 UPSTREAM_PORT=18080
 declare -A PORT=(
-    [direct]=$UPSTREAM_PORT [nginx]=18081 [haproxy]=18082 [pingora]=18083
+    [direct]=$UPSTREAM_PORT [nginx]=18081 [haproxy]=18082 [pingora]=18083 [hyper]=18093
     [weir-full-redis]=18087 [weir-otlp]=18091
 )
 REDIS_PORT=18090         # the weir-full-redis row's state
@@ -153,6 +153,9 @@ start_peer() {
             ;;
         pingora)
             taskset -c "$PROXY_CPU" "$PINGORA" "127.0.0.1:${PORT[pingora]}" "127.0.0.1:$UPSTREAM_PORT" >"$log" 2>&1 &
+            ;;
+        hyper)
+            taskset -c "$PROXY_CPU" "$HYPER" "127.0.0.1:${PORT[hyper]}" "127.0.0.1:$UPSTREAM_PORT" >"$log" 2>&1 &
             ;;
         weir-async)
             # As the other weir rows, with an empty journal at each start: the jobs of
