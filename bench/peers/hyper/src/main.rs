@@ -37,8 +37,10 @@ fn main() -> Result<(), Error> {
     };
     let listen: SocketAddr = listen.parse().map_err(|e| format!("{listen}: {e}"))?;
     let upstream: SocketAddr = upstream.parse().map_err(|e| format!("{upstream}: {e}"))?;
+    // The clock and timer driver too, as weir's runtimes have: a proxy needs timeouts,
+    // and the driver is consulted each time the runtime parks.
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
+        .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
