@@ -208,10 +208,13 @@ impl Exchange<'_> {
         let Incoming {
             method,
             path_with_query,
-            headers,
+            mut headers,
             body,
             body_fault,
         } = req;
+        // Filters read the id weir logs and returns: `request-info.id` is a different,
+        // host-made one. `send` sets it again after them, as `direct` does.
+        headers.insert(headers::X_REQUEST_ID, self.id_header.clone());
         let body = if self.chain.buffer_request {
             // No filter has run yet: a client whose body fails here gets its 4xx before
             // any filter could take it for the upstream's failure.

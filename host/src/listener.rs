@@ -732,10 +732,9 @@ impl Proxy {
                         (body, fault)
                     };
                     let mut hdrs = parts.headers;
+                    // `x-request-id` is set by the exchange (`Exchange::run`): on the
+                    // headers the filters read, and on the upstream request.
                     headers::prepare_upstream(&mut hdrs);
-                    // Filters read the id weir logs and returns here: `request-info.id`
-                    // is a different, host-made one.
-                    hdrs.insert(headers::X_REQUEST_ID, id.clone());
                     let x = Exchange {
                         route: &route.name,
                         chain: &route.chain,
