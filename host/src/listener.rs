@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -27,6 +26,7 @@ use crate::body::{self, ProxyBody};
 use crate::chain::{self, Exchange};
 use crate::config::BatchConfig;
 use crate::config::{Admin as AdminConfig, AsyncMode, FanoutMode, Listen};
+use crate::drain::Drain;
 use crate::error::{Origin as ErrorOrigin, ProxyError, json_response};
 use crate::fanout::{self, Fanout};
 use crate::headers::{self, hex_into};
@@ -1339,7 +1339,7 @@ async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(listen.max_header_bytes.0.min(u32::MAX as u64) as u32);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let timeouts = Timeouts {
         head: listen.header_read_timeout.0,
         send: listen.send_timeout.0,
@@ -1372,7 +1372,7 @@ async fn serve(
         let proxy = proxy.clone();
         let builder = builder.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let draining = drain.watch();
         let watch = sweep.begin();
         let conn_watch = watch.clone();
         let task = tokio::spawn(async move {
@@ -1397,7 +1397,7 @@ async fn serve(
                 None => {
                     let io = Flushes::new(TokioIo::new(stream), conn_watch);
                     let conn = builder.serve_connection(io, svc).into_owned();
-                    watcher.watch(conn).await
+                    draining.serve(conn, |c| c.graceful_shutdown()).await
                 }
                 Some(acceptor) => {
                     // The sweep bounds the handshake too: the wait began at the accept.
@@ -1413,7 +1413,7 @@ async fn serve(
                     }
                     let io = Flushes::new(TokioIo::new(tls), conn_watch);
                     let conn = builder.serve_connection(io, svc).into_owned();
-                    watcher.watch(conn).await
+                    draining.serve(conn, |c| c.graceful_shutdown()).await
                 }
             };
             if let Err(e) = result {
@@ -1423,7 +1423,7 @@ async fn serve(
         sweep.watch(watch, task.abort_handle());
     }
     drop(listener);
-    if tokio::time::timeout(listen.drain_timeout.0, graceful.shutdown())
+    if tokio::time::timeout(listen.drain_timeout.0, drain.shutdown())
         .await
         .is_err()
     {
