@@ -212,7 +212,7 @@ def main():
 
 
 def targets(w, med, runs_of, ready, direct_open_p99, rate):
-    """The targets (a)-(g): each with what was measured and met / not met."""
+    """The targets (a)-(g) and issue #16's: each with what was measured and met / not met."""
 
     def verdict(ok):
         if ok is None:

@@ -179,7 +179,8 @@ start_peer() {
 }
 
 # Stops the peer at once: its numbers are already taken. pingora drains on SIGTERM (for
-# minutes by default) but stops on SIGINT; nginx, HAProxy and weir stop on either.
+# minutes by default) but stops on SIGINT; nginx, HAProxy, the bare hyper proxy and weir
+# stop on either.
 stop_peer() {
     [ -z "${PEER_PID:-}" ] && return 0
     kill -INT "$PEER_PID" 2>/dev/null || true

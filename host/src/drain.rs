@@ -2,9 +2,9 @@
 //! what it is serving and close, and the worker waits until all of them have.
 //!
 //! hyper-util's `GracefulShutdown` does the same with a watch channel whose `changed()`
-//! is polled at every poll of every connection: four atomic read-modify-writes and about
-//! 450 instructions a request (bench/README.md, "The eighth round"). Here a connection
-//! reads one flag at each poll, and hands its task's waker over once.
+//! is polled at every poll of every connection: about 450 instructions and two or three
+//! atomic read-modify-writes a request (bench/README.md, "The eighth round"). Here a
+//! connection reads one flag at each poll, and hands its task's waker over once.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -67,9 +67,9 @@ impl Drain {
             waker.wake();
         }
         loop {
+            // Made before the check: `notify_waiters` reaches a `Notified` made before it
+            // is called, polled or not.
             let closed = self.shared.closed.notified();
-            tokio::pin!(closed);
-            closed.as_mut().enable();
             if lock(&self.shared.open).is_empty() {
                 return;
             }
@@ -91,8 +91,8 @@ pub struct Watch {
 impl Watch {
     /// Polls `conn` until it ends, calling `graceful` on it once, at its first poll after
     /// the drain began.
-    pub fn serve<C: Future, G: Fn(Pin<&mut C>)>(self, conn: C, graceful: G) -> Serving<C, G> {
-        Serving {
+    pub fn serve<C: Future, G: Fn(Pin<&mut C>)>(self, conn: C, graceful: G) -> Draining<C, G> {
+        Draining {
             conn,
             watch: self,
             graceful,
@@ -124,7 +124,7 @@ pin_project_lite::pin_project! {
     /// A connection served until it ends, told to finish once its worker drains: see
     /// [`Watch::serve`]. (A named future, not an `async fn`: the compiler cannot prove an
     /// `async fn` over hyper-util's connection `Send`.)
-    pub struct Serving<C, G> {
+    pub struct Draining<C, G> {
         #[pin]
         conn: C,
         watch: Watch,
@@ -132,7 +132,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<C: Future, G: Fn(Pin<&mut C>)> Future for Serving<C, G> {
+impl<C: Future, G: Fn(Pin<&mut C>)> Future for Draining<C, G> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
@@ -146,9 +146,12 @@ impl<C: Future, G: Fn(Pin<&mut C>)> Future for Serving<C, G> {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut open = lock(&self.shared.open);
-        open.remove(&self.id);
-        if open.is_empty() {
+        let empty = {
+            let mut open = lock(&self.shared.open);
+            open.remove(&self.id);
+            open.is_empty()
+        };
+        if empty {
             self.shared.closed.notify_waiters();
         }
     }
@@ -219,6 +222,25 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), shutdown)
             .await
             .expect("the drain ends once the connection has");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_aborted_connection_no_longer_holds_the_drain() {
+        let drain = Drain::new();
+        let conn = Conn {
+            stopping: false,
+            polls: 0,
+        };
+        // Never ends by itself, told or not: as a connection the sweep cuts.
+        let served = tokio::spawn(drain.watch().serve(conn, |_| {}));
+        tokio::task::yield_now().await;
+        let mut shutdown = Box::pin(drain.shutdown());
+        assert!((&mut shutdown).now_or_never().is_none());
+        served.abort();
+        assert!(served.await.expect_err("aborted").is_cancelled());
+        tokio::time::timeout(Duration::from_secs(5), shutdown)
+            .await
+            .expect("the drain ends once the aborted connection's watch is dropped");
     }
 
     #[tokio::test]

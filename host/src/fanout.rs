@@ -56,7 +56,7 @@ pub struct Request {
     pub method: Method,
     /// The path and query to send upstream.
     pub path_with_query: String,
-    /// The headers, prepared for upstreams (`x-request-id` set).
+    /// The headers, prepared for upstreams (each target's exchange sets `x-request-id`).
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,

@@ -615,7 +615,6 @@ impl Proxy {
             let mut hdrs = probe.headers;
             let traceparent = TraceContext::from_headers(&hdrs).next_hop();
             headers::prepare_upstream(&mut hdrs);
-            hdrs.insert(headers::X_REQUEST_ID, id.clone());
             let fanout = Fanout::new(
                 router.clone(),
                 route,

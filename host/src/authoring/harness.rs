@@ -243,9 +243,8 @@ impl Harness {
         let id_header = http::HeaderValue::from_str(id)
             .map_err(|e| CallError::Trap(format!("invalid request id {id:?}: {e}")))?;
         let mut headers = crate::headers::from_fields(&req.headers);
+        // As the listener does; the exchange sets `x-request-id` from `id_header`.
         crate::headers::prepare_upstream(&mut headers);
-        // As the listener does: filters read the id weir logs from the request.
-        headers.insert(crate::headers::X_REQUEST_ID, id_header.clone());
         let body = req
             .body
             .take()
