@@ -315,6 +315,7 @@ def targets(w, med, runs_of, ready, direct_open_p99, rate):
     # (the same crates, none of weir's work) beside it as the floor.
     cpu = {key: med("closed", key, 3) for key in ("nginx", "hyper", "weir-empty")}
     speed = {key: rps(key) for key in ("nginx", "hyper", "weir-empty")}
+    value, ok = "–", None
     if speed["nginx"] and cpu["nginx"] and speed["weir-empty"] and cpu["weir-empty"]:
         r_rps = speed["weir-empty"] / speed["nginx"]
         r_cpu = cpu["weir-empty"] / cpu["nginx"]
@@ -322,11 +323,9 @@ def targets(w, med, runs_of, ready, direct_open_p99, rate):
         if speed["hyper"] and cpu["hyper"]:
             value += (f"; the bare hyper proxy: {speed['hyper'] / speed['nginx']:.2f}× and "
                       f"{cpu['hyper'] / cpu['nginx']:.2f}×")
-        rows.append(("(#16) weir empty chain ≥ 0.80× nginx's req/s and ≤ 1.30× its CPU-µs "
-                     "per request", value, verdict(r_rps >= 0.8 and r_cpu <= 1.3)))
-    else:
-        rows.append(("(#16) weir empty chain ≥ 0.80× nginx's req/s and ≤ 1.30× its CPU-µs "
-                     "per request", "–", verdict(None)))
+        ok = r_rps >= 0.8 and r_cpu <= 1.3
+    rows.append(("(#16) weir empty chain ≥ 0.80× nginx's req/s and ≤ 1.30× its CPU-µs per request",
+                 value, verdict(ok)))
 
     w("## Targets")
     w("")
