@@ -84,11 +84,12 @@ fi
 STARTED+=("$!")
 wait_ready "$UPSTREAM_PORT" "$!" upstream
 
-printf '%-16s %12s\n' row "Ir/request"
+printf '%-16s %12s %16s\n' row "Ir/request" "atomics/request"
 for row in $ROWS; do
     port="$(port_of "$row")"
     out="$OUTDIR/$row.cg"
-    vg=(valgrind --tool=callgrind --separate-threads=yes --compress-strings=no --compress-pos=no
+    # --collect-bus counts the atomic read-modify-write instructions (event Ge).
+    vg=(valgrind --tool=callgrind --collect-bus=yes --separate-threads=yes --compress-strings=no --compress-pos=no
         --callgrind-out-file="$out")
     case "$row" in
         nginx)
@@ -142,6 +143,7 @@ for row in $ROWS; do
     [ -f "/tmp/perf-$pid.map" ] && [ "${WEIR_WASM_PERF_MAP:-}" = 1 ] && jit=(--jit-map "/tmp/perf-$pid.map")
     python3 "$BENCH/callgrind_top.py" "$REQUESTS" "$out".1-* --top "$TOP" "${jit[@]}" >"$OUTDIR/$row.txt"
     per="$(awk 'NR == 1 { gsub(",", "", $2); print $2 }' "$OUTDIR/$row.txt")"
-    printf '%-16s %12s\n' "$row" "$per"
+    atomics="$(awk -v n="$REQUESTS" '/^summary:/ { g += $3 } END { printf "%.1f", g / n }' "$out".1-*)"
+    printf '%-16s %12s %16s\n' "$row" "$per" "$atomics"
 done
 say "the top functions of each row: $OUTDIR/ROW.txt"

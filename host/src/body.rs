@@ -1,6 +1,5 @@
 //! Body types: what weir streams between client and upstream.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -147,10 +146,11 @@ impl BodyFault {
 }
 
 /// A timer for one wait for a body's next frame: set when the wait begins, kept while
-/// it lasts, dropped when a frame comes. Its `Sleep` is made once and reset after.
+/// it lasts, dropped when a frame comes. Its timer is taken once (on a worker, one it
+/// kept: [`crate::deadline`]) and reset after.
 #[derive(Default)]
 struct WaitTimer {
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer: crate::deadline::Timer,
     armed: bool,
 }
 
@@ -158,14 +158,11 @@ impl WaitTimer {
     /// Whether the wait has run past `until`, arming the timer for it if this wait has
     /// none yet (a wait's `until` is the one it began with).
     fn expired(&mut self, until: tokio::time::Instant, cx: &mut Context<'_>) -> bool {
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
         if !self.armed {
-            sleep.as_mut().reset(until);
+            self.timer.set(until);
             self.armed = true;
         }
-        sleep.as_mut().poll(cx).is_ready()
+        self.timer.poll(cx).is_ready()
     }
 
     /// Ends the wait.

@@ -179,7 +179,21 @@ pub struct Incoming {
 
 impl Exchange<'_> {
     /// Runs the chain and the upstream call; the error is what the client gets.
-    pub async fn run(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
+    pub fn run(
+        &self,
+        req: Incoming,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + '_ {
+        use futures_util::future::Either;
+        // The common case, no filters and no compression: the forward itself, with no
+        // future of this function's own around it.
+        if self.chain.filters.is_empty() && self.chain.compression.is_none() {
+            Either::Left(self.direct(req))
+        } else {
+            Either::Right(self.run_other(req))
+        }
+    }
+
+    async fn run_other(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
         if self.chain.compression.is_some_and(|c| c.response) {
             // What the client accepts must be read before its headers go upstream.
             let accept = compress::Accept::from_headers(&req.headers);
@@ -197,7 +211,6 @@ impl Exchange<'_> {
             return Ok(compress::to_client(resp, &accept, head));
         }
         if self.chain.filters.is_empty() {
-            // The common case, no filters: no boxed future.
             return self.direct(req).await;
         }
         // A chain's walk is a large future: boxed, so that the request's own stays small.
@@ -253,7 +266,7 @@ impl Exchange<'_> {
 
     /// No filters: forward as it is, with no conversion.
     async fn direct(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut out = http::Request::new(req.body);
+        let mut out = Box::new(http::Request::new(req.body));
         // The pool reads it to blame the client for a body that failed; a request with no
         // body (most) has none to fail, and skips the extension map's allocations.
         if !out.body().is_end_stream() {
@@ -290,14 +303,14 @@ impl Exchange<'_> {
     /// response head and any new connection took, and how the try ended.
     async fn send_upstream(
         &self,
-        mut out: http::Request<ProxyBody>,
+        mut out: Box<http::Request<ProxyBody>>,
         deadline: Instant,
         timeout_ms: u64,
         attempt: u32,
     ) -> Result<Response<ProxyBody>, UpstreamFailure> {
         let pool = match self.transport {
             Transport::Pool(pool) => pool,
-            Transport::Scripted(script) => return script.answer(out).await,
+            Transport::Scripted(script) => return script.answer(*out).await,
         };
         if !self.record_timings {
             return pool.send(self.upstream, out, deadline, timeout_ms).await;
@@ -425,7 +438,7 @@ impl Exchange<'_> {
     /// client's 4xx: what `fault` says the body did, else 400.
     pub async fn read_body(&self, body: ProxyBody, fault: &BodyFault) -> Result<Bytes, ProxyError> {
         let collected =
-            tokio::time::timeout_at(self.deadline, body::collect_limited(body, self.max_body))
+            crate::deadline::within(self.deadline, body::collect_limited(body, self.max_body))
                 .await
                 .map_err(|_| ProxyError::ClientTimeout {
                     detail: format!(
@@ -1102,7 +1115,7 @@ impl Walk<'_, '_> {
             ReqBody::Buffered(b) => body::full(b.clone()),
             ReqBody::Stream(s) => s.take().unwrap_or_else(body::empty),
         };
-        let mut out = http::Request::new(body);
+        let mut out = Box::new(http::Request::new(body));
         if !out.body().is_end_stream() {
             out.extensions_mut().insert(self.body_fault.clone());
         }
@@ -1147,7 +1160,7 @@ impl Walk<'_, '_> {
             // A body that does not come whole in time, or breaks off, is an upstream
             // failure like a head that does not come: the filters may answer it as
             // such (a cache's stale copy, a retry).
-            match tokio::time::timeout_at(self.x.deadline, body::collect_limited(stream, limit))
+            match crate::deadline::within(self.x.deadline, body::collect_limited(stream, limit))
                 .await
             {
                 Err(_) => return Reply::upstream_failed(UpstreamError::Timeout, self.x.timeout()),

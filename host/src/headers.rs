@@ -11,12 +11,34 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The W3C trace context header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// Writes the low `out.len()` hex digits of `n`, lowercase, most significant first.
-pub fn hex_into(mut n: u128, out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
+/// Lowercase hex digits.
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// The two hex digits of every byte.
+const PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
+
+/// Writes the low `out.len()` hex digits of `n` (32 at most), lowercase, most
+/// significant first.
+pub fn hex_into(n: u128, out: &mut [u8]) {
+    assert!(out.len() <= 32, "a u128 has 32 hex digits");
+    // Two digits a byte from a table: ids are made on every request, and a digit at a
+    // time costs a shift of the whole u128 each.
+    let bytes = n.to_be_bytes();
+    let (odd, even) = out.split_at_mut(out.len() % 2);
+    let whole = even.len() / 2;
+    for (pair, &byte) in even.chunks_exact_mut(2).zip(&bytes[16 - whole..]) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
+    }
+    if let [digit] = odd {
+        *digit = DIGITS[usize::from(bytes[15 - whole] & 0xf)];
     }
 }
 

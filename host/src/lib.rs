@@ -37,6 +37,7 @@ pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod dashboard;
+pub mod deadline;
 pub mod drain;
 pub mod error;
 pub mod fanout;

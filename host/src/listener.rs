@@ -153,6 +153,9 @@ impl Proxy {
         in_hand: Option<InHand>,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
+        // Boxed: the head goes down through several futures, and a box moves as a
+        // pointer where the head would be copied into each.
+        let parts = Box::new(parts);
         let id = request_id(&parts.headers);
         let origin = Origin {
             client,
@@ -169,7 +172,7 @@ impl Proxy {
         if let Some(batch) = &self.batch
             && parts.uri.path() == batch::PATH
         {
-            let mut resp = self.serve_batch(batch, client, &id, parts, body).await;
+            let mut resp = Box::pin(self.serve_batch(batch, client, &id, *parts, body)).await;
             resp.headers_mut().insert(headers::X_REQUEST_ID, id);
             return resp;
         }
@@ -177,7 +180,7 @@ impl Proxy {
             && let Some(rest) = parts.uri.path().strip_prefix(jobs::PREFIX)
         {
             let id_text = id.to_str().unwrap_or_default();
-            let mut resp = jobs.serve_get(&parts.method, rest, id_text).await;
+            let mut resp = Box::pin(jobs.serve_get(&parts.method, rest, id_text)).await;
             resp.headers_mut().insert(headers::X_REQUEST_ID, id.clone());
             return resp;
         }
@@ -190,13 +193,13 @@ impl Proxy {
         &self,
         origin: Origin<'_>,
         id: HeaderValue,
-        parts: http::request::Parts,
+        parts: Box<http::request::Parts>,
         body: ProxyBody,
     ) -> Response<ProxyBody> {
         if let Some(jobs) = &self.jobs
             && let Some(route) = self.async_route(&parts)
         {
-            return self.accept_job(jobs, id, parts, body, route).await;
+            return Box::pin(self.accept_job(jobs, id, *parts, body, route)).await;
         }
         self.serve(origin, id, parts, body).await
     }
@@ -314,7 +317,7 @@ impl Proxy {
                 let id = HeaderValue::from_str(&format!("{batch_id}-{i}"))
                     .unwrap_or_else(|_| new_request_id());
                 let resp = self
-                    .dispatch(origin, id, parts, body::full(call.body))
+                    .dispatch(origin, id, Box::new(parts), body::full(call.body))
                     .await;
                 let info = resp.extensions().get::<CallInfo>().copied();
                 CallOutcome::read(
@@ -649,7 +652,7 @@ impl Proxy {
             .serve(
                 origin,
                 id,
-                parts()?,
+                Box::new(parts()?),
                 body::full(Bytes::from(job.body.0.clone())),
             )
             .await;
@@ -668,7 +671,7 @@ impl Proxy {
         &self,
         origin: Origin<'_>,
         id: HeaderValue,
-        mut parts: http::request::Parts,
+        mut parts: Box<http::request::Parts>,
         body: ProxyBody,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -754,7 +757,9 @@ impl Proxy {
                     };
                     // A fan-out reads the whole body itself.
                     let body = if route.buffer_request && route.fanout.is_none() {
-                        x.read_body(body, &body_fault).await.map(body::full)
+                        Box::pin(x.read_body(body, &body_fault))
+                            .await
+                            .map(body::full)
                     } else {
                         Ok(body)
                     };
@@ -771,14 +776,14 @@ impl Proxy {
                             match &route.fanout {
                                 None => x.run(incoming).await,
                                 Some((_, mode)) => {
-                                    self.fan_out(
+                                    Box::pin(self.fan_out(
                                         &router,
                                         route,
                                         &x,
                                         incoming,
                                         *mode,
                                         &traceparent.header,
-                                    )
+                                    ))
                                     .await
                                 }
                             }
@@ -984,7 +989,7 @@ impl Proxy {
             batch: None,
         };
         let resp = self
-            .serve(origin, new_id.clone(), parts, body::full(body))
+            .serve(origin, new_id.clone(), Box::new(parts), body::full(body))
             .await;
         let new_id = new_id.to_str().unwrap_or_default();
         let (resp_parts, resp_body) = resp.into_parts();
@@ -1098,7 +1103,7 @@ impl TraceContext {
             });
         parsed.unwrap_or_else(|| {
             let mut trace_id = [0; 32];
-            hex_into(rand::random::<u128>() | 1, &mut trace_id);
+            hex_into(id_bits() | 1, &mut trace_id);
             TraceContext {
                 trace_id,
                 parent: None,
@@ -1114,7 +1119,7 @@ impl TraceContext {
         text[..3].copy_from_slice(b"00-");
         text[3..35].copy_from_slice(&self.trace_id);
         text[35] = b'-';
-        let span = rand::random::<u64>() | 1;
+        let span = id_bits() as u64 | 1;
         hex_into(u128::from(span), &mut text[36..52]);
         text[52] = b'-';
         text[53..].copy_from_slice(&self.flags);
@@ -1159,8 +1164,23 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 /// A new random request id: 32 hex digits.
 fn new_request_id() -> HeaderValue {
     let mut text = [0u8; 32];
-    hex_into(rand::random::<u128>(), &mut text);
+    hex_into(id_bits(), &mut text);
     HeaderValue::from_bytes(&text).expect("hex digits")
+}
+
+thread_local! {
+    /// The generator of request ids, trace ids and span ids, seeded from the OS on each
+    /// thread: a few instructions an id, where `rand::random` costs about a hundred.
+    /// These ids must be unique, not secret (a client sees its own, and may send any):
+    /// nothing that needs a secret id uses them (job ids and the ids filters key their
+    /// reservations on come from `rand::random`).
+    static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_os_rng());
+}
+
+/// 128 random bits for an id.
+fn id_bits() -> u128 {
+    IDS.with(|rng| rand::Rng::random(&mut *rng.borrow_mut()))
 }
 
 /// How many refused connections may be getting their 503 at once.
@@ -1527,5 +1547,13 @@ mod tests {
         assert_eq!(&out, b"abcdef");
         hex_into(0x12_3456_789a, &mut out);
         assert_eq!(&out, b"56789a");
+        // Every length an id uses, and odd ones, against `format!`.
+        let n = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        for len in 1..=32 {
+            let mut out = [0u8; 32];
+            hex_into(n, &mut out[..len]);
+            let all = format!("{n:032x}");
+            assert_eq!(std::str::from_utf8(&out[..len]).unwrap(), &all[32 - len..]);
+        }
     }
 }

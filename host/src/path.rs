@@ -93,9 +93,10 @@ pub enum PathError {
 
 /// A path as weir routes and forwards it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Normalised {
-    /// The path with unreserved characters decoded and dot segments removed.
-    pub path: String,
+pub struct Normalised<'a> {
+    /// The path with unreserved characters decoded and dot segments removed: borrowed
+    /// when the request's own path is already so (most are), so that it is not copied.
+    pub path: std::borrow::Cow<'a, str>,
     /// The first thing in the path that `escaped_paths = "reject"` refuses.
     pub escaped: Option<Escaped>,
 }
@@ -103,11 +104,11 @@ pub struct Normalised {
 /// Normalises `path` (a request's path, without the query) as the module docs say.
 /// A path that does not start with `/` (`*`, or the empty path of a CONNECT) is returned
 /// as it is: it has no segments to resolve.
-pub fn normalise(path: &str) -> Result<Normalised, PathError> {
+pub fn normalise(path: &str) -> Result<Normalised<'_>, PathError> {
     // Most paths have nothing to decode or resolve: one scan instead of the rebuild.
     if !path.starts_with('/') || is_plain(path) {
         return Ok(Normalised {
-            path: path.to_owned(),
+            path: std::borrow::Cow::Borrowed(path),
             escaped: None,
         });
     }
@@ -116,7 +117,7 @@ pub fn normalise(path: &str) -> Result<Normalised, PathError> {
 
 /// [`normalise`] for a path that starts with `/`: decodes each segment and removes the
 /// dot segments.
-fn rebuild(path: &str) -> Result<Normalised, PathError> {
+fn rebuild(path: &str) -> Result<Normalised<'static>, PathError> {
     let mut decoded = String::with_capacity(path.len());
     let mut escaped = None;
     for (i, segment) in path.split('/').enumerate() {
@@ -140,7 +141,7 @@ fn rebuild(path: &str) -> Result<Normalised, PathError> {
         escaped = escaped.or(what);
     }
     Ok(Normalised {
-        path: remove_dot_segments(&decoded),
+        path: remove_dot_segments(&decoded).into(),
         escaped,
     })
 }
@@ -372,7 +373,7 @@ mod tests {
 
     fn ok(path: &str) -> (String, Option<Escaped>) {
         let n = normalise(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        (n.path, n.escaped)
+        (n.path.into_owned(), n.escaped)
     }
 
     #[test]

@@ -252,10 +252,14 @@ impl Router {
     /// normalised path. The query is left as it came.
     pub fn route(&self, parts: &mut Parts) -> Result<&Route, ProxyError> {
         let normal = path::normalise(parts.uri.path())?;
-        if normal.path != parts.uri.path() {
-            parts.uri = with_path(&parts.uri, &normal.path)?;
+        let escaped = normal.escaped;
+        // A borrowed path is the request's own, already normal.
+        if let std::borrow::Cow::Owned(path) = normal.path
+            && path != parts.uri.path()
+        {
+            parts.uri = with_path(&parts.uri, &path)?;
         }
-        match (normal.escaped, self.find(parts)) {
+        match (escaped, self.find(parts)) {
             (Some(what), Some(route)) if route.escaped_paths == EscapedPaths::Reject => {
                 Err(PathError::Refused {
                     what,
@@ -266,13 +270,13 @@ impl Router {
             // No route to say otherwise: the default, "reject", applies.
             (Some(what), None) => Err(PathError::RefusedWithoutRoute {
                 what,
-                path: normal.path,
+                path: parts.uri.path().to_owned(),
             }
             .into()),
             (_, Some(route)) => Ok(route),
             (None, None) => Err(ProxyError::NoRoute {
                 method: parts.method.to_string(),
-                path: normal.path,
+                path: parts.uri.path().to_owned(),
             }),
         }
     }

@@ -219,21 +219,25 @@ impl UpstreamPool {
     }
 
     /// Sends `req` to `upstream`, waiting for a connection slot and the response head no
-    /// later than `deadline`. The slot is held until the response body ends.
+    /// later than `deadline`. The slot is held until the response body ends. The request
+    /// is boxed: it goes down through several futures, and a box moves as a pointer.
     ///
     /// A client's request carries its body's [`BodyFault`] in its extensions. When the
     /// call failed because of that body (it broke, or the deadline passed while weir was
     /// waiting for it), the failure's error is the client's ([`error::Origin::Client`]) and it
     /// is not counted as the upstream's: over HTTP/2 the upstream side sees only a reset
     /// stream, so the error itself cannot say.
-    pub async fn send(
-        &self,
-        upstream: &Upstream,
-        req: Request<ProxyBody>,
+    pub fn send<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+        req: Box<Request<ProxyBody>>,
         deadline: Instant,
         timeout_ms: u64,
-    ) -> Result<Response<ProxyBody>, UpstreamFailure> {
-        self.send_timed(upstream, req, deadline, timeout_ms).await.0
+    ) -> impl Future<Output = Result<Response<ProxyBody>, UpstreamFailure>> + Send + 'a {
+        use futures_util::FutureExt as _;
+        // Not an `async fn`: no future of its own around `send_timed`'s.
+        self.send_timed(upstream, req, deadline, timeout_ms)
+            .map(|(sent, _)| sent)
     }
 
     /// Like [`UpstreamPool::send`], and also says when and how long opening a new
@@ -241,7 +245,7 @@ impl UpstreamPool {
     pub async fn send_timed(
         &self,
         upstream: &Upstream,
-        req: Request<ProxyBody>,
+        req: Box<Request<ProxyBody>>,
         deadline: Instant,
         timeout_ms: u64,
     ) -> (
@@ -271,7 +275,7 @@ impl UpstreamPool {
     async fn send_inner(
         &self,
         upstream: &Upstream,
-        req: Request<ProxyBody>,
+        req: Box<Request<ProxyBody>>,
         now: Instant,
         deadline: Instant,
         timeout_ms: u64,
@@ -292,9 +296,12 @@ impl UpstreamPool {
         let (permit, now) = match upstream.permits.clone().try_acquire_owned() {
             Ok(permit) => (permit, now),
             Err(_) => {
-                let acquired =
-                    tokio::time::timeout_at(deadline, upstream.permits.clone().acquire_owned())
-                        .await;
+                // Boxed: the wait is rare, and its future large.
+                let acquired = Box::pin(crate::deadline::within(
+                    deadline,
+                    upstream.permits.clone().acquire_owned(),
+                ))
+                .await;
                 let Ok(Ok(permit)) = acquired else {
                     return Err(UpstreamFailure {
                         kind: UpstreamError::Overloaded,
@@ -311,12 +318,14 @@ impl UpstreamPool {
             _permit: permit,
             gauge: upstream.in_flight.clone(),
         };
-        match tokio::time::timeout_at(deadline, upstream.exchange(req, now, connect)).await {
+        // `within` reuses the worker's timers: no timer wheel lock on most requests.
+        match crate::deadline::within(deadline, upstream.exchange(req, now, connect)).await {
             Err(_) => Err(timed_out()),
             Ok(Err(f)) => Err(f),
-            Ok(Ok(resp)) => Ok(resp.map(|b| {
-                let b = body::ReadTimeout::new(b, upstream.read_timeout);
-                body::boxed(body::Holding::new(b, slot))
+            // One box for the body, whatever it carries.
+            Ok(Ok((resp, back))) => Ok(resp.map(|b| {
+                let b = Returning::new(b, back, slot);
+                body::boxed(body::ReadTimeout::new(b, upstream.read_timeout))
             })),
         }
     }
@@ -324,13 +333,14 @@ impl UpstreamPool {
 
 impl Upstream {
     /// Sends `req` (sent at `now`) on a pooled or new connection and waits for the
-    /// response head. A new connection's time to open goes to `connect`.
+    /// response head; an HTTP/1 connection comes back with it, to be given back when
+    /// the body ends. A new connection's time to open goes to `connect`.
     async fn exchange(
         &self,
-        mut req: Request<ProxyBody>,
+        mut req: Box<Request<ProxyBody>>,
         now: Instant,
         connect: &mut Option<ConnectTiming>,
-    ) -> Result<Response<ProxyBody>, UpstreamFailure> {
+    ) -> Result<(Response<Incoming>, Option<Back>), UpstreamFailure> {
         let fail = |e: ConnectError| e.to_failure(self.origin.clone());
         let mut fresh = false;
         loop {
@@ -348,17 +358,14 @@ impl Upstream {
                 *connect = checkout.connect;
             }
             let unsent = match checkout.sender {
-                Sender::H2(mut s) => match s.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp.map(body::boxed)),
+                Sender::H2(mut s) => match s.try_send_request(*req).await {
+                    Ok(resp) => return Ok((resp, None)),
                     Err(e) => e,
                 },
                 Sender::H1(mut s, home) => {
                     self.origin_form(&mut req);
-                    match s.try_send_request(req).await {
-                        Ok(resp) => {
-                            let back = (s, home, self.conns.clone());
-                            return Ok(resp.map(|b| body::boxed(Returning::new(b, back))));
-                        }
+                    match s.try_send_request(*req).await {
+                        Ok(resp) => return Ok((resp, Some((s, home, self.conns.clone())))),
                         Err(e) => e,
                     }
                 }
@@ -368,7 +375,7 @@ impl Upstream {
             // request was not written, so it goes once more, on a new connection.
             match unsent.take_message() {
                 Some(again) if reused && !fresh => {
-                    req = again;
+                    req = Box::new(again);
                     fresh = true;
                 }
                 _ => return Err(classify(unsent.error(), &self.origin)),
@@ -635,19 +642,25 @@ async fn sweep(conns: Weak<Conns>) {
     }
 }
 
-/// An HTTP/1 response body that puts its connection back in the pool when it ends. A
-/// body dropped before its end takes the connection with it (hyper closes it).
+/// An HTTP/1 connection to give back when its response ends: the connection, its home
+/// stack, and the pool.
+type Back = (http1::SendRequest<ProxyBody>, usize, Arc<Conns>);
+
+/// An upstream's response body: when it ends, it gives its connection slot up and puts
+/// its HTTP/1 connection back in the pool. A body dropped before its end gives the slot
+/// up and takes the connection with it (hyper closes it).
 struct Returning {
     inner: Incoming,
-    /// The connection, its home stack, and the pool.
-    back: Option<(http1::SendRequest<ProxyBody>, usize, Arc<Conns>)>,
+    back: Option<Back>,
+    slot: Option<Slot>,
 }
 
 impl Returning {
-    fn new(inner: Incoming, back: (http1::SendRequest<ProxyBody>, usize, Arc<Conns>)) -> Self {
+    fn new(inner: Incoming, back: Option<Back>, slot: Slot) -> Self {
         let mut r = Returning {
             inner,
-            back: Some(back),
+            back,
+            slot: Some(slot),
         };
         // An empty body (a HEAD, a 204) may never be polled.
         if r.inner.is_end_stream() {
@@ -657,6 +670,7 @@ impl Returning {
     }
 
     fn give_back(&mut self) {
+        self.slot = None;
         if let Some((sender, home, conns)) = self.back.take() {
             conns.put_back(sender, home);
         }
@@ -675,7 +689,10 @@ impl Body for Returning {
         match &poll {
             Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
+            Poll::Ready(Some(Err(_))) => {
+                self.back = None;
+                self.slot = None;
+            }
             _ => {}
         }
         poll
@@ -885,7 +902,9 @@ mod tests {
         let mut req = Request::new(crate::body::empty());
         *req.uri_mut() = upstream.uri("/x").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (resp, connect) = pool.send_timed(upstream, req, deadline, 5000).await;
+        let (resp, connect) = pool
+            .send_timed(upstream, Box::new(req), deadline, 5000)
+            .await;
         let resp = resp.expect("an answer");
         let status = resp.status().as_u16();
         resp.into_body().collect().await.unwrap();

@@ -41,6 +41,12 @@ pub fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
+/// Makes the calling thread count as worker `index`, for tests of what a worker does.
+#[cfg(test)]
+pub(crate) fn act_as_worker(index: usize) {
+    INDEX.with(|c| c.set(index));
+}
+
 /// How many per-worker slots a structure kept per worker needs: one per worker and one
 /// (slot 0) for every other thread. Index it with [`current`].
 pub fn slots() -> usize {
@@ -116,6 +122,8 @@ impl Workers {
                     INDEX.with(|c| c.set(index));
                     let id = runtime.handle().id();
                     runtime.block_on(async move { work().await });
+                    // Its kept timers belong to the runtime: they go before it does.
+                    crate::deadline::stop_keeping();
                     // Tasks still on it (idle connections) are dropped, not waited for.
                     runtime.shutdown_background();
                     lock(&HANDLES).retain(|h| h.id() != id);

@@ -221,7 +221,11 @@ impl Webhooks {
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        match self.pool.send(upstream, req, deadline, timeout_ms).await {
+        match self
+            .pool
+            .send(upstream, Box::new(req), deadline, timeout_ms)
+            .await
+        {
             Err(f) => failed(f.error.to_string()),
             Ok(resp) => {
                 let (parts, resp_body) = resp.into_parts();

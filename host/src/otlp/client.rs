@@ -105,7 +105,7 @@ impl Collector {
         let timeout_ms = EXPORT_TIMEOUT.as_millis() as u64;
         let resp = self
             .pool
-            .send(&self.upstream, req, deadline, timeout_ms)
+            .send(&self.upstream, Box::new(req), deadline, timeout_ms)
             .await
             .map_err(|f| Box::new(f.error) as HttpError)?;
         let (parts, stream) = resp.into_parts();

@@ -86,7 +86,12 @@ impl Outbound {
         let deadline = now + timeout;
         let resp = self
             .pool
-            .send(&upstream, out, deadline, timeout.as_millis() as u64)
+            .send(
+                &upstream,
+                Box::new(out),
+                deadline,
+                timeout.as_millis() as u64,
+            )
             .await
             .map_err(|f| OutboundError::Upstream(f.kind))?;
         let (parts, stream) = resp.into_parts();
