@@ -378,7 +378,8 @@ where
     }
 }
 
-/// A body that keeps something alive (a connection permit) until it ends or is dropped.
+/// A body that keeps something alive (the slow-client watch's hold on a response) until
+/// it ends or is dropped.
 pub struct Holding<B, T> {
     inner: B,
     held: Option<T>,

@@ -198,8 +198,10 @@ impl Exchange<'_> {
             // What the client accepts must be read before its headers go upstream.
             let accept = compress::Accept::from_headers(&req.headers);
             let head = req.method == Method::HEAD;
+            // Boxed, as the chain's walk below: `run` is `direct`'s future or this one's,
+            // so this one stays small.
             let resp = if self.chain.filters.is_empty() {
-                self.direct(req).await
+                Box::pin(self.direct(req)).await
             } else {
                 Box::pin(self.run_chain(req)).await
             }?;
@@ -211,7 +213,7 @@ impl Exchange<'_> {
             return Ok(compress::to_client(resp, &accept, head));
         }
         if self.chain.filters.is_empty() {
-            return self.direct(req).await;
+            return Box::pin(self.direct(req)).await;
         }
         // A chain's walk is a large future: boxed, so that the request's own stays small.
         Box::pin(self.run_chain(req)).await
@@ -301,7 +303,25 @@ impl Exchange<'_> {
 
     /// Sends `out` upstream as try `attempt`; with `record_timings`, notes how long the
     /// response head and any new connection took, and how the try ended.
-    async fn send_upstream(
+    fn send_upstream(
+        &self,
+        out: Box<http::Request<ProxyBody>>,
+        deadline: Instant,
+        timeout_ms: u64,
+        attempt: u32,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, UpstreamFailure>> + Send + '_ {
+        use futures_util::future::Either;
+        match self.transport {
+            // The common case: the pool's own future, with none of this function's.
+            Transport::Pool(pool) if !self.record_timings => {
+                Either::Left(pool.send(self.upstream, out, deadline, timeout_ms))
+            }
+            _ => Either::Right(self.send_noted(out, deadline, timeout_ms, attempt)),
+        }
+    }
+
+    /// [`Exchange::send_upstream`] by a script, or with `record_timings`.
+    async fn send_noted(
         &self,
         mut out: Box<http::Request<ProxyBody>>,
         deadline: Instant,
@@ -312,9 +332,6 @@ impl Exchange<'_> {
             Transport::Pool(pool) => pool,
             Transport::Scripted(script) => return script.answer(*out).await,
         };
-        if !self.record_timings {
-            return pool.send(self.upstream, out, deadline, timeout_ms).await;
-        }
         let span = self.trace_spans.then(|| {
             // This try's span is the upstream's parent.
             let id = rand::random::<u64>() | 1;

@@ -8,32 +8,43 @@
 //!
 //! [`within`] does the same job, and on a worker thread ([`crate::workers`]) it keeps
 //! the timers its calls are done with and hands them to the next calls; a body's wait
-//! for its next frame takes its [`Timer`] the same way. tokio moves a
-//! timer that is still in the wheel to a later deadline with one compare-and-swap and no
-//! lock (`Sleep::reset`: the wheel finds the new deadline when the old one comes round),
-//! and the next call's deadline is nearly always later: the same route's timeout from a
-//! later start. A kept timer whose old deadline comes before it is reused fires once and
-//! wakes the task that last waited on it, which finds nothing to do.
+//! for its next frame takes its [`Timer`] the same way, from a stock of its own. tokio
+//! moves a timer that is still in the wheel to a later time with one compare-and-swap
+//! and no lock (`Sleep::reset`: the wheel finds the new time when the old one comes
+//! round). Within each stock the next time is usually the later one (the same timeout
+//! from a later start); an earlier one, or a timer that already fired, is moved under
+//! the lock, as a new timer would be.
+//!
+//! A kept timer keeps the waker of the task that last waited on it until it is reused
+//! or its old time comes: then it fires once and wakes that task, which finds nothing to
+//! do (a task that has ended is only kept in memory until then). At most [`KEEP`] timers
+//! of each stock are kept.
 //!
 //! Only worker threads keep timers, and a timer goes back only to the thread it came
 //! from: a worker runs one runtime for its whole life, so a kept timer always belongs to
 //! the runtime of the call that takes it. On any other thread (the main runtime's, a
-//! test's) each call makes its own timer, as `timeout_at` does.
+//! test's) each call makes its own timer.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::thread::LocalKey;
 
 use tokio::time::{Instant, Sleep};
 
-/// How many finished timers a worker keeps, at most: about as many calls as it has
-/// waiting on their upstreams at once.
+/// How many finished timers a worker keeps of each stock, at most: about as many calls
+/// as it has waiting at once.
 const KEEP: usize = 256;
 
+/// A worker's finished timers; `None` once the worker has stopped keeping them.
+type Stock = RefCell<Option<Vec<Pin<Box<Sleep>>>>>;
+
 thread_local! {
-    /// This worker's finished timers; `None` once the worker has stopped keeping them.
-    static KEPT: RefCell<Option<Vec<Pin<Box<Sleep>>>>> = const { RefCell::new(Some(Vec::new())) };
+    /// The timers of [`within`]'s deadlines.
+    static DEADLINES: Stock = const { RefCell::new(Some(Vec::new())) };
+    /// The timers of bodies' waits for their next frame.
+    static WAITS: Stock = const { RefCell::new(Some(Vec::new())) };
 }
 
 /// The deadline passed before the future finished.
@@ -46,7 +57,11 @@ pub fn within<F: Future>(until: Instant, fut: F) -> Within<F> {
     Within {
         fut,
         until,
-        timer: Timer::new(),
+        timer: Timer {
+            sleep: None,
+            home: 0,
+            stock: &DEADLINES,
+        },
     }
 }
 
@@ -65,6 +80,7 @@ impl<F: Future> Future for Within<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
@@ -72,31 +88,41 @@ impl<F: Future> Future for Within<F> {
         if !this.timer.is_set() {
             this.timer.set(*this.until);
         }
-        match this.timer.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Passed)),
-            Poll::Pending => Poll::Pending,
-        }
+        // As tokio's `Timeout` does: a future that used up the task's budget must not
+        // also keep its deadline from being seen.
+        let passed = if had_budget && !tokio::task::coop::has_budget_remaining() {
+            let timer = &mut *this.timer;
+            let mut unconstrained =
+                tokio::task::coop::unconstrained(std::future::poll_fn(|cx| timer.poll(cx)));
+            Pin::new(&mut unconstrained).poll(cx)
+        } else {
+            this.timer.poll(cx)
+        };
+        passed.map(|()| Err(Passed))
     }
 }
 
 /// A timer that takes a kept one when first set on a worker, and gives it back when
 /// dropped. Unset, it holds nothing.
-#[derive(Default)]
 pub struct Timer {
     sleep: Option<Pin<Box<Sleep>>>,
     /// The worker it came from; 0: none, it is not kept.
     home: usize,
+    stock: &'static LocalKey<Stock>,
 }
 
-impl Timer {
-    /// An unset timer.
-    pub const fn new() -> Timer {
+impl Default for Timer {
+    /// An unset timer for a body's wait for its next frame.
+    fn default() -> Timer {
         Timer {
             sleep: None,
             home: 0,
+            stock: &WAITS,
         }
     }
+}
 
+impl Timer {
     /// Whether it has been set.
     pub fn is_set(&self) -> bool {
         self.sleep.is_some()
@@ -108,7 +134,7 @@ impl Timer {
             Some(sleep) => sleep.as_mut().reset(until),
             None => {
                 self.home = crate::workers::current();
-                self.sleep = Some(take(self.home, until));
+                self.sleep = Some(take(self.stock, self.home, until));
             }
         }
     }
@@ -131,7 +157,7 @@ impl Drop for Timer {
             return;
         }
         // A thread-local being torn down drops the timer instead.
-        let _ = KEPT.try_with(|kept| {
+        let _ = self.stock.try_with(|kept| {
             if let Some(kept) = kept.borrow_mut().as_mut()
                 && kept.len() < KEEP
             {
@@ -141,10 +167,11 @@ impl Drop for Timer {
     }
 }
 
-/// A timer set for `until`: one this worker kept, moved to `until`, or a new one.
-fn take(home: usize, until: Instant) -> Pin<Box<Sleep>> {
+/// A timer set for `until`: one this worker kept in `stock`, moved to `until`, or a new
+/// one.
+fn take(stock: &'static LocalKey<Stock>, home: usize, until: Instant) -> Pin<Box<Sleep>> {
     if home != 0
-        && let Some(mut sleep) = KEPT
+        && let Some(mut sleep) = stock
             .try_with(|kept| kept.borrow_mut().as_mut().and_then(Vec::pop))
             .ok()
             .flatten()
@@ -158,12 +185,14 @@ fn take(home: usize, until: Instant) -> Pin<Box<Sleep>> {
 /// Drops this worker's kept timers and keeps none from now on: called before its
 /// runtime shuts down, so that no timer outlives the runtime it belongs to.
 pub fn stop_keeping() {
-    let _ = KEPT.try_with(|kept| kept.borrow_mut().take());
+    for stock in [&DEADLINES, &WAITS] {
+        let _ = stock.try_with(|kept| kept.borrow_mut().take());
+    }
 }
 
 #[cfg(test)]
 fn kept() -> usize {
-    KEPT.with(|kept| kept.borrow().as_ref().map_or(0, Vec::len))
+    DEADLINES.with(|kept| kept.borrow().as_ref().map_or(0, Vec::len))
 }
 
 #[cfg(test)]
@@ -177,14 +206,16 @@ mod tests {
     fn on_a_worker<Fut: Future<Output = ()>>(test: impl FnOnce() -> Fut + Send + 'static) {
         std::thread::spawn(move || {
             crate::workers::act_as_worker(1);
-            tokio::runtime::Builder::new_current_thread()
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .start_paused(true)
                 .build()
-                .unwrap()
-                .block_on(test());
+                .unwrap();
+            runtime.block_on(test());
+            // As a worker does: the kept timers go before the runtime.
             stop_keeping();
             assert_eq!(kept(), 0);
+            drop(runtime);
         })
         .join()
         .unwrap();

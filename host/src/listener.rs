@@ -1172,8 +1172,9 @@ thread_local! {
     /// The generator of request ids, trace ids and span ids, seeded from the OS on each
     /// thread: a few instructions an id, where `rand::random` costs about a hundred.
     /// These ids must be unique, not secret (a client sees its own, and may send any):
-    /// nothing that needs a secret id uses them (job ids and the ids filters key their
-    /// reservations on come from `rand::random`).
+    /// nothing that needs a secret id uses them (job ids come from `rand::random`, and
+    /// the ids filters key their reservations on from a random per-process prefix and a
+    /// counter).
     static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
         std::cell::RefCell::new(rand::SeedableRng::from_os_rng());
 }

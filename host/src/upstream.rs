@@ -285,8 +285,8 @@ impl UpstreamPool {
             kind: UpstreamError::Timeout,
             error: ProxyError::Timeout { timeout_ms },
         };
-        // The timer wheel fires up to a millisecond past `deadline`, and `timeout_at`
-        // polls the call first, so a fast upstream could still answer a request sent
+        // The timer wheel fires up to a millisecond past `deadline`, and `within` polls
+        // the call first, so a fast upstream could still answer a request sent
         // after its deadline. Such a request is not sent.
         if now >= deadline {
             return Err(timed_out());
@@ -322,10 +322,11 @@ impl UpstreamPool {
         match crate::deadline::within(deadline, upstream.exchange(req, now, connect)).await {
             Err(_) => Err(timed_out()),
             Ok(Err(f)) => Err(f),
-            // One box for the body, whatever it carries.
+            // One box for the body, whatever it carries. `Returning` is outermost, so
+            // that a body that stalls past `read_timeout` gives its slot up at once.
             Ok(Ok((resp, back))) => Ok(resp.map(|b| {
-                let b = Returning::new(b, back, slot);
-                body::boxed(body::ReadTimeout::new(b, upstream.read_timeout))
+                let b = body::ReadTimeout::new(b, upstream.read_timeout);
+                body::boxed(Returning::new(b, back, slot))
             })),
         }
     }
@@ -650,13 +651,13 @@ type Back = (http1::SendRequest<ProxyBody>, usize, Arc<Conns>);
 /// its HTTP/1 connection back in the pool. A body dropped before its end gives the slot
 /// up and takes the connection with it (hyper closes it).
 struct Returning {
-    inner: Incoming,
+    inner: body::ReadTimeout<Incoming>,
     back: Option<Back>,
     slot: Option<Slot>,
 }
 
 impl Returning {
-    fn new(inner: Incoming, back: Option<Back>, slot: Slot) -> Self {
+    fn new(inner: body::ReadTimeout<Incoming>, back: Option<Back>, slot: Slot) -> Self {
         let mut r = Returning {
             inner,
             back,
@@ -670,21 +671,22 @@ impl Returning {
     }
 
     fn give_back(&mut self) {
-        self.slot = None;
+        // The connection first: a request the freed slot lets in finds it idle.
         if let Some((sender, home, conns)) = self.back.take() {
             conns.put_back(sender, home);
         }
+        self.slot = None;
     }
 }
 
 impl Body for Returning {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, body::BoxError>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         match &poll {
             Poll::Ready(None) => self.give_back(),
@@ -982,7 +984,7 @@ mod tests {
         let mut req = Request::new(crate::body::empty());
         *req.uri_mut() = upstream.uri("/").unwrap();
         let failed = pool
-            .send(upstream, req, Instant::now(), 500)
+            .send(upstream, Box::new(req), Instant::now(), 500)
             .await
             .expect_err("sent after its deadline");
         assert_eq!(failed.kind, UpstreamError::Timeout);
