@@ -55,8 +55,9 @@ pub fn with_parent_id(traceparent: &HeaderValue, span: u64) -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| traceparent.clone())
 }
 
-/// The hop-by-hop headers of RFC 9110 §7.6.1, which a proxy never forwards.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// The hop-by-hop headers of RFC 9110 §7.6.1, which a proxy never forwards. A static,
+/// not a const: a const array is built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -98,6 +99,17 @@ fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
 /// Prepares client request headers for the upstream: no hop-by-hop headers, no `Host`
 /// (the client sets the upstream's), no `Content-Length` (recomputed from the body).
 pub fn prepare_upstream(headers: &mut HeaderMap) {
+    prepare(headers, false);
+}
+
+/// [`prepare_upstream`], but the client's `Host` stays, for a caller that puts the
+/// upstream's in its place: an insert over it is one lookup, where a removal here and an
+/// insert later are two, and move the other entries.
+pub fn prepare_upstream_keeping_host(headers: &mut HeaderMap) {
+    prepare(headers, true);
+}
+
+fn prepare(headers: &mut HeaderMap, keep_host: bool) {
     let (mut hop, mut host, mut length) = (false, false, false);
     for name in headers.keys() {
         hop |= is_hop_by_hop(name);
@@ -107,7 +119,7 @@ pub fn prepare_upstream(headers: &mut HeaderMap) {
     if hop {
         strip_present_hop_by_hop(headers);
     }
-    if host {
+    if host && !keep_host {
         headers.remove(header::HOST);
     }
     if length {
@@ -222,7 +234,7 @@ pub fn parse(name: &str, value: Vec<u8>) -> Result<(HeaderName, HeaderValue), St
 /// §7.8, §10.1.4; RFC 9112 §6.1) and so cannot be part of a response a filter makes: weir
 /// frames each response to the client itself. `proxy-authenticate` is not among them: a
 /// 407 a filter makes may carry it.
-const NOT_IN_A_FILTER_RESPONSE: [HeaderName; 7] = [
+static NOT_IN_A_FILTER_RESPONSE: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -735,8 +735,18 @@ impl Proxy {
                     };
                     let mut hdrs = parts.headers;
                     // `x-request-id` is set by the exchange (`Exchange::run`): on the
-                    // headers the filters read, and on the upstream request.
-                    headers::prepare_upstream(&mut hdrs);
+                    // headers the filters read, and on the upstream request. Where
+                    // nothing but the exchange reads the headers (no filters, no
+                    // fan-out to other upstreams) and it sets the upstream's `Host`
+                    // itself, that replaces the client's.
+                    if route.chain.filters().is_empty()
+                        && route.fanout.is_none()
+                        && route.upstream.host_header().is_some()
+                    {
+                        headers::prepare_upstream_keeping_host(&mut hdrs);
+                    } else {
+                        headers::prepare_upstream(&mut hdrs);
+                    }
                     let x = Exchange {
                         route: &route.name,
                         chain: &route.chain,

@@ -409,8 +409,14 @@ upstream = "billing"
     assert_eq!(counts, [2, 1, 3, 1]);
     let paths: Vec<String> = ups[2].requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/m/5", "/m/6", "/m/12"]);
-    // The upstream gets its own authority, whatever host the client asked for.
-    assert_eq!(ups[0].request(0).authority, Some(ups[0].addr().to_string()));
+    // Each upstream gets its own authority, once, whatever host the client asked for.
+    for up in &ups {
+        for r in up.requests() {
+            assert_eq!(r.authority, Some(up.addr().to_string()), "{}", r.path);
+            let hosts = r.headers.iter().filter(|(n, _)| n == "host").count();
+            assert_eq!(hosts, 1, "{}: {:?}", r.path, r.headers);
+        }
+    }
 }
 
 // === the built-in headers filter ===
