@@ -55,6 +55,16 @@ pub fn with_parent_id(traceparent: &HeaderValue, span: u64) -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| traceparent.clone())
 }
 
+/// The first value of `name`, as `HeaderMap::get` finds it. A request's few headers are
+/// scanned instead: hashing a name that is not a standard one (`x-request-id`,
+/// `traceparent`) costs more than comparing it with a handful of others.
+pub fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if headers.len() > 8 {
+        return headers.get(name);
+    }
+    headers.iter().find(|&(n, _)| n == name).map(|(_, v)| v)
+}
+
 /// The hop-by-hop headers of RFC 9110 §7.6.1, which a proxy never forwards. A static,
 /// not a const: a const array is built and dropped again at every use.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -380,6 +390,26 @@ pub fn apply_edit_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_finds_what_get_finds_in_small_and_large_maps() {
+        for extra in [0, 3, 12] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("a"));
+            for i in 0..extra {
+                h.insert(
+                    HeaderName::from_bytes(format!("x-n{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            h.append(X_REQUEST_ID, HeaderValue::from_static("one"));
+            h.append(X_REQUEST_ID, HeaderValue::from_static("two"));
+            for name in [X_REQUEST_ID, TRACEPARENT, header::HOST, header::ACCEPT] {
+                assert_eq!(first(&h, &name), h.get(&name), "{name} among {extra} more");
+            }
+            assert_eq!(first(&h, &X_REQUEST_ID).unwrap(), "one");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let fields: Vec<(String, Vec<u8>)> = pairs

@@ -1088,8 +1088,7 @@ impl NextHop {
 impl TraceContext {
     /// The client's `traceparent` when it is valid (version 00), else a new sampled trace.
     fn from_headers(headers: &http::HeaderMap) -> TraceContext {
-        let parsed = headers
-            .get(headers::TRACEPARENT)
+        let parsed = headers::first(headers, &headers::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 let mut parts = v.split('-');
@@ -1161,7 +1160,7 @@ fn authority(parts: &http::request::Parts) -> Option<String> {
 
 /// The client's `x-request-id` when it is sane, or a new random one.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(headers::X_REQUEST_ID)
+    if let Some(v) = headers::first(headers, &headers::X_REQUEST_ID)
         && !v.is_empty()
         && v.len() <= MAX_REQUEST_ID
         && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
