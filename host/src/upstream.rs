@@ -577,7 +577,8 @@ impl Conns {
             sender,
             since: Instant::now(),
         });
-        if !self.sweeping.swap(true, Ordering::Relaxed) {
+        // A load first: a swap is an atomic write on every request's hand-back.
+        if !self.sweeping.load(Ordering::Relaxed) && !self.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
     }
