@@ -376,7 +376,7 @@ impl Upstream {
             // request was not written, so it goes once more, on a new connection.
             match unsent.take_message() {
                 Some(again) if reused && !fresh => {
-                    req = Box::new(again);
+                    *req = again;
                     fresh = true;
                 }
                 _ => return Err(classify(unsent.error(), &self.origin)),
