@@ -168,7 +168,9 @@ pub struct Incoming {
     pub method: Method,
     /// The path and query to send upstream.
     pub path_with_query: String,
-    /// The headers, hop-by-hop headers already removed.
+    /// The headers, hop-by-hop headers already removed. On a route without filters or
+    /// fan-out whose upstream sets its own `Host`, the client's `Host` may still be here
+    /// (`headers::prepare_upstream_keeping_host`): [`Exchange::finish_request`] replaces it.
     pub headers: http::HeaderMap,
     /// The body, streaming.
     pub body: ProxyBody,
@@ -266,7 +268,8 @@ impl Exchange<'_> {
         reply.into_response(self.route, self.id)
     }
 
-    /// No filters: forward as it is, with no conversion.
+    /// No filters: forward as it is, with no conversion. `finish_request` must stay on
+    /// this path: it is what replaces a client's `Host` that `Proxy::serve` left in place.
     async fn direct(&self, req: Incoming) -> Result<Response<ProxyBody>, ProxyError> {
         let mut out = Box::new(http::Request::new(req.body));
         // The pool reads it to blame the client for a body that failed; a request with no

@@ -410,6 +410,32 @@ mod tests {
         for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
             assert!(is_hop_by_hop(name), "{name}");
         }
+        // And nothing else: every standard header http knows, and near misses.
+        let standard = [
+            header::ACCEPT,
+            header::ACCEPT_ENCODING,
+            header::AUTHORIZATION,
+            header::CACHE_CONTROL,
+            header::CONTENT_ENCODING,
+            header::CONTENT_TYPE,
+            header::COOKIE,
+            header::DATE,
+            header::ETAG,
+            header::EXPECT,
+            header::FORWARDED,
+            header::LOCATION,
+            header::ORIGIN,
+            header::RANGE,
+            header::RETRY_AFTER,
+            header::SERVER,
+            header::SET_COOKIE,
+            header::USER_AGENT,
+            header::VARY,
+            header::VIA,
+        ];
+        for name in &standard {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
         for name in [
             "host",
             "content-length",
