@@ -65,23 +65,10 @@ pub fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Header
     headers.iter().find(|&(n, _)| n == name).map(|(_, v)| v)
 }
 
-/// The hop-by-hop headers of RFC 9110 §7.6.1, which a proxy never forwards. A static,
-/// not a const: a const array is built and dropped again at every use.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection` says: one of
-/// [`HOP_BY_HOP`], or `Upgrade`. Asked of every header of every request and response,
-/// so it matches the text (a jump on its length, then one comparison) rather than
-/// comparing nine `HeaderName`s.
+/// Whether `name` is one of the hop-by-hop headers of RFC 9110 §7.6.1, which a proxy
+/// never forwards whatever `Connection` says (`Upgrade` among them). Asked of every
+/// header of every request and response, so it matches the text (a jump on its length,
+/// then one comparison) rather than comparing `HeaderName`s.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -113,11 +100,11 @@ fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .chain(headers.keys().filter(|n| is_hop_by_hop(n)).cloned())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in &named {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// Prepares client request headers for the upstream: no hop-by-hop headers, no `Host`
@@ -406,10 +393,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_hop_by_hop_test_names_the_list_and_upgrade_only() {
-        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+    fn the_hop_by_hop_test_names_rfc_9110s_list_only() {
+        let hop_by_hop = [
+            header::CONNECTION,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+            header::PROXY_AUTHENTICATE,
+            header::PROXY_AUTHORIZATION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+        ];
+        for name in &hop_by_hop {
             assert!(is_hop_by_hop(name), "{name}");
         }
+        // And stripping takes every one of them, multiple values included.
+        let mut h = HeaderMap::new();
+        for name in &hop_by_hop {
+            h.append(name.clone(), HeaderValue::from_static("a"));
+            h.append(name.clone(), HeaderValue::from_static("b"));
+        }
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
         // And nothing else: every standard header http knows, and near misses.
         let standard = [
             header::ACCEPT,
