@@ -1,7 +1,7 @@
 //! Logs and metrics: the tracing subscriber, and the Prometheus registry every series
 //! lives in.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -60,6 +60,15 @@ pub struct UpstreamMetrics {
     duration: HistogramVec,
     errors: IntCounterVec,
     in_flight: IntGaugeVec,
+    /// Where each upstream's requests in flight are counted, read at the scrape: an
+    /// upstream a reload replaced counts until its last request ends.
+    in_flight_of: Mutex<Vec<(String, Weak<dyn InFlight>)>>,
+}
+
+/// What counts an upstream's requests in flight, for `weir_upstream_in_flight`.
+pub trait InFlight: Send + Sync {
+    /// The requests in flight now.
+    fn in_flight(&self) -> usize;
 }
 
 impl UpstreamMetrics {
@@ -94,6 +103,7 @@ impl UpstreamMetrics {
             duration,
             errors,
             in_flight,
+            in_flight_of: Mutex::new(Vec::new()),
         })
     }
 
@@ -104,9 +114,30 @@ impl UpstreamMetrics {
             .inc();
     }
 
-    /// The in-flight gauge of `upstream`.
-    pub fn in_flight(&self, upstream: &str) -> prometheus::IntGauge {
-        self.in_flight.with_label_values(&[upstream])
+    /// Shows what `count` counts as `upstream`'s requests in flight, from the next scrape
+    /// on, for as long as it lives. The series exists, at 0, from now.
+    pub fn watch_in_flight(&self, upstream: &str, count: Weak<dyn InFlight>) {
+        self.in_flight.with_label_values(&[upstream]);
+        // Reloads add counts: the ones of upstreams that are gone go now, scraped or not,
+        // and not before their gauges are set without them.
+        self.read_in_flight();
+        crate::lock(&self.in_flight_of).push((upstream.to_owned(), count));
+    }
+
+    /// Sets each upstream's in-flight gauge from its counts, and forgets the counts of
+    /// upstreams that are gone.
+    fn read_in_flight(&self) {
+        let mut counts = crate::lock(&self.in_flight_of);
+        let mut sums: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (name, count) in counts.iter() {
+            *sums.entry(name).or_default() += count.upgrade().map_or(0, |c| c.in_flight());
+        }
+        for (name, n) in sums {
+            self.in_flight
+                .with_label_values(&[name])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        counts.retain(|(_, count)| count.strong_count() > 0);
     }
 
     /// Records a call to `upstream` that got a response head after `took`. `cached`
@@ -374,6 +405,7 @@ impl Telemetry {
         let alive = main + crate::workers::alive_tasks();
         self.alive_tasks
             .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        self.upstreams.read_in_flight();
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {

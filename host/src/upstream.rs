@@ -14,7 +14,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,7 +29,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -39,7 +38,7 @@ use crate::body::{self, BodyFault, ProxyBody};
 use crate::config::{Origin, UpstreamConfig};
 use crate::error::{self, ProxyError};
 use crate::lock;
-use crate::telemetry::UpstreamMetrics;
+use crate::telemetry::{InFlight, UpstreamMetrics};
 use crate::tls::{self, TlsError};
 
 /// A new upstream connection: TCP, then TLS for an https upstream.
@@ -66,8 +65,6 @@ pub struct Upstream {
     /// The origin, as text: `https://api.example.com`.
     pub origin: String,
     uri_origin: Origin,
-    permits: Arc<Semaphore>,
-    in_flight: prometheus::IntGauge,
     /// Time to the response head: the series, once the first answer made it.
     duration: OnceLock<prometheus::Histogram>,
     /// How long a response body may go without a frame.
@@ -82,15 +79,92 @@ pub struct Upstream {
     conns: Arc<Conns>,
 }
 
-/// A connection slot: its permit, and the in-flight gauge it keeps up while held.
-struct Slot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    gauge: prometheus::IntGauge,
-}
+/// A request's connection slot under `max_connections`, from its checkout until its
+/// response body ends; it frees itself when dropped.
+struct Slot(Arc<Conns>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.gauge.dec();
+        self.0.slots.free();
+    }
+}
+
+/// An upstream's connection slots: `max_connections` of them, one per request in flight.
+///
+/// A count and a queue, not a [`tokio::sync::Semaphore`]: taking a free slot is one
+/// compare-and-swap and freeing it one subtraction, where the semaphore's release also
+/// takes its waiters' lock on every request. The count is also what
+/// `weir_upstream_in_flight` shows, read at the scrape ([`InFlight`]).
+struct Slots {
+    max: usize,
+    /// Slots taken: the requests in flight.
+    taken: AtomicUsize,
+    /// Requests waiting for a slot. While there are any, a new request waits behind them
+    /// rather than take the slot a waiter was woken for.
+    waiting: AtomicUsize,
+    /// Wakes the longest waiter when a slot is freed.
+    freed: tokio::sync::Notify,
+}
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots {
+            max,
+            taken: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Takes a slot now, if one is free and no request is waiting for one.
+    fn take_now(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) == 0 && self.take()
+    }
+
+    fn take(&self) -> bool {
+        // SeqCst here and in `free` and `wait`: a waiter counts itself and then looks at
+        // the slots, a freer frees a slot and then looks at the waiters; each must see
+        // the other's write, or the waiter sleeps past a free slot.
+        self.taken
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Waits for a slot, in the order requests began to wait; `false` when `deadline`
+    /// passes first.
+    async fn wait(&self, deadline: Instant) -> bool {
+        /// Counts a waiter for as long as it waits, however its wait ends.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        let waited = crate::deadline::within(deadline, async {
+            loop {
+                let freed = self.freed.notified();
+                tokio::pin!(freed);
+                // Registered before the look: a slot freed after it wakes this waiter.
+                freed.as_mut().enable();
+                if self.take() {
+                    return;
+                }
+                freed.await;
+            }
+        });
+        waited.await.is_ok()
+    }
+
+    fn free(&self) {
+        self.taken.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            // A waiter dropped after this wakes it passes the wake on (`Notify`).
+            self.freed.notify_one();
+        }
     }
 }
 
@@ -191,21 +265,25 @@ impl UpstreamPool {
                 tls,
                 connect_timeout: cfg.connect_timeout.0,
             };
+            let conns = Arc::new(Conns::new(
+                target,
+                POOL_IDLE_TIMEOUT,
+                cfg.max_connections as usize,
+            ));
             by_name.insert(
                 name.clone(),
                 Arc::new(Upstream {
                     name: name.clone(),
                     origin: cfg.url.to_string(),
                     uri_origin: cfg.url.clone(),
-                    permits: Arc::new(Semaphore::new(cfg.max_connections as usize)),
-                    in_flight: metrics.in_flight(name),
                     duration: OnceLock::new(),
                     read_timeout: cfg.read_timeout.0,
                     host: host_header(&cfg.url),
                     authority: authority_header(&cfg.url),
-                    conns: Arc::new(Conns::new(target, POOL_IDLE_TIMEOUT)),
+                    conns: conns.clone(),
                 }),
             );
+            metrics.watch_in_flight(name, Arc::downgrade(&conns) as Weak<dyn InFlight>);
         }
         Ok(UpstreamPool {
             upstreams: by_name,
@@ -293,31 +371,22 @@ impl UpstreamPool {
         }
         // A free slot (the common case) is taken with no timer; a wait for one is
         // bounded by the deadline, and the clock is read again after it.
-        let (permit, now) = match upstream.permits.clone().try_acquire_owned() {
-            Ok(permit) => (permit, now),
-            Err(_) => {
-                // Boxed: the wait is rare, and its future large.
-                let acquired = Box::pin(crate::deadline::within(
-                    deadline,
-                    upstream.permits.clone().acquire_owned(),
-                ))
-                .await;
-                let Ok(Ok(permit)) = acquired else {
-                    return Err(UpstreamFailure {
-                        kind: UpstreamError::Overloaded,
-                        error: ProxyError::Overloaded {
-                            upstream: upstream.origin.clone(),
-                        },
-                    });
-                };
-                (permit, Instant::now())
+        let slots = &upstream.conns.slots;
+        let now = if slots.take_now() {
+            now
+        } else {
+            // Boxed: the wait is rare, and its future large.
+            if !Box::pin(slots.wait(deadline)).await {
+                return Err(UpstreamFailure {
+                    kind: UpstreamError::Overloaded,
+                    error: ProxyError::Overloaded {
+                        upstream: upstream.origin.clone(),
+                    },
+                });
             }
+            Instant::now()
         };
-        upstream.in_flight.inc();
-        let slot = Slot {
-            _permit: permit,
-            gauge: upstream.in_flight.clone(),
-        };
+        let slot = Slot(upstream.conns.clone());
         // `within` reuses the worker's timers: no timer wheel lock on most requests.
         match crate::deadline::within(deadline, upstream.exchange(req, now, connect)).await {
             Err(_) => Err(timed_out()),
@@ -366,7 +435,7 @@ impl Upstream {
                 Sender::H1(mut s, home) => {
                     self.origin_form(&mut req);
                     match s.try_send_request(*req).await {
-                        Ok(resp) => return Ok((resp, Some((s, home, self.conns.clone())))),
+                        Ok(resp) => return Ok((resp, Some((s, home)))),
                         Err(e) => e,
                     }
                 }
@@ -476,6 +545,10 @@ struct Conns {
     idle: Box<[Stack]>,
     /// The HTTP/2 connection every request shares, once ALPN has chosen h2.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// Whether `h2` was ever set: until then a checkout does not take its lock.
+    any_h2: AtomicBool,
+    /// The connection slots under `max_connections`.
+    slots: Slots,
     idle_timeout: Duration,
     /// Whether the task that closes expired idle connections runs.
     sweeping: AtomicBool,
@@ -507,14 +580,22 @@ struct Checkout {
     connect: Option<ConnectTiming>,
 }
 
+impl InFlight for Conns {
+    fn in_flight(&self) -> usize {
+        self.slots.taken.load(Ordering::Relaxed)
+    }
+}
+
 impl Conns {
-    fn new(target: Target, idle_timeout: Duration) -> Conns {
+    fn new(target: Target, idle_timeout: Duration, max_connections: usize) -> Conns {
         Conns {
             target,
             idle: (0..crate::workers::slots())
                 .map(|_| Stack::default())
                 .collect(),
             h2: Mutex::new(None),
+            any_h2: AtomicBool::new(false),
+            slots: Slots::new(max_connections),
             idle_timeout,
             sweeping: AtomicBool::new(false),
         }
@@ -523,7 +604,11 @@ impl Conns {
     /// The shared HTTP/2 connection, else an idle HTTP/1 one that is ready, else a new
     /// connection. `now` is the request's start: no clock read here.
     async fn checkout(&self, now: Instant) -> Result<Checkout, ConnectError> {
-        let shared = lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned();
+        let shared = if self.any_h2.load(Ordering::Acquire) {
+            lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned()
+        } else {
+            None
+        };
         if let Some(sender) = shared {
             return Ok(Checkout {
                 sender: Sender::H2(sender),
@@ -609,6 +694,7 @@ impl Conns {
                 let _ = conn.await;
             });
             *lock(&self.h2) = Some(sender.clone());
+            self.any_h2.store(true, Ordering::Release);
             Sender::H2(sender)
         } else {
             let (sender, conn) = http1::Builder::new()
@@ -644,9 +730,9 @@ async fn sweep(conns: Weak<Conns>) {
     }
 }
 
-/// An HTTP/1 connection to give back when its response ends: the connection, its home
-/// stack, and the pool.
-type Back = (http1::SendRequest<ProxyBody>, usize, Arc<Conns>);
+/// An HTTP/1 connection to give back when its response ends, and its home stack (in the
+/// pool its [`Slot`] holds).
+type Back = (http1::SendRequest<ProxyBody>, usize);
 
 /// An upstream's response body: when it ends, it gives its connection slot up and puts
 /// its HTTP/1 connection back in the pool. A body dropped before its end gives the slot
@@ -673,8 +759,8 @@ impl Returning {
 
     fn give_back(&mut self) {
         // The connection first: a request the freed slot lets in finds it idle.
-        if let Some((sender, home, conns)) = self.back.take() {
-            conns.put_back(sender, home);
+        if let (Some((sender, home)), Some(slot)) = (self.back.take(), &self.slot) {
+            slot.0.put_back(sender, home);
         }
         self.slot = None;
     }
@@ -914,6 +1000,81 @@ mod tests {
         (status, connect.is_some())
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_is_waited_for_until_the_deadline() {
+        let slots = Slots::new(1);
+        assert!(slots.take_now());
+        assert!(!slots.take_now(), "the one slot is taken");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        assert!(!slots.wait(deadline).await, "no slot was freed");
+        assert_eq!(Instant::now(), deadline);
+        assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(slots.taken.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_slot_goes_to_the_waiter_before_a_newcomer() {
+        let slots = Arc::new(Slots::new(1));
+        assert!(slots.take_now());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.wait(deadline).await }
+        });
+        while slots.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        slots.free();
+        // The waiter has not run since: the free slot is its, not a newcomer's.
+        assert!(!slots.take_now(), "a newcomer took the waiter's slot");
+        assert!(waiter.await.unwrap(), "the waiter got the freed slot");
+        assert_eq!(slots.taken.load(Ordering::SeqCst), 1);
+        assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
+        slots.free();
+        assert!(slots.take_now(), "no one waits: a slot is taken at once");
+    }
+
+    #[tokio::test]
+    async fn the_in_flight_gauge_counts_requests_until_their_bodies_end() {
+        use http_body_util::BodyExt as _;
+        let (url, _) = server(200, false).await;
+        let telemetry = crate::telemetry::Telemetry::new().unwrap();
+        let config = UpstreamConfig {
+            url: crate::config::Origin::try_from(url).unwrap(),
+            connect_timeout: crate::config::defaults::connect_timeout(),
+            max_connections: crate::config::defaults::max_connections(),
+            read_timeout: crate::config::defaults::upstream_read_timeout(),
+            tls: None,
+        };
+        let pool =
+            UpstreamPool::new(&[("u".to_owned(), config)], telemetry.upstreams.clone()).unwrap();
+        let gauge = |t: &crate::telemetry::Telemetry| {
+            t.render()
+                .lines()
+                .find_map(|l| l.strip_prefix("weir_upstream_in_flight{upstream=\"u\"} "))
+                .map(str::to_owned)
+        };
+        assert_eq!(gauge(&telemetry).as_deref(), Some("0"));
+        let upstream = pool.get("u").unwrap();
+        let mut req = Request::new(crate::body::empty());
+        *req.uri_mut() = upstream.uri("/x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let resp = pool
+            .send(upstream, Box::new(req), deadline, 5000)
+            .await
+            .unwrap();
+        assert_eq!(
+            gauge(&telemetry).as_deref(),
+            Some("1"),
+            "the body has not ended"
+        );
+        // A pool a reload replaced counts its requests until they end.
+        drop(pool);
+        assert_eq!(gauge(&telemetry).as_deref(), Some("1"));
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(gauge(&telemetry).as_deref(), Some("0"));
+    }
+
     #[tokio::test]
     async fn one_connection_carries_requests_one_after_another() {
         let (url, accepted) = server(200, false).await;
@@ -958,6 +1119,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(5),
             },
             Duration::ZERO,
+            1,
         ));
         Arc::get_mut(upstream).unwrap().conns = conns;
         assert_eq!(get(&pool).await, (200, true));
