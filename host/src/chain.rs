@@ -278,7 +278,7 @@ impl Exchange<'_> {
             out.extensions_mut().insert(req.body_fault);
         }
         *out.method_mut() = req.method;
-        *out.uri_mut() = self.upstream.uri(&req.path_with_query)?;
+        *out.uri_mut() = self.upstream.uri_owned(req.path_with_query)?;
         *out.headers_mut() = req.headers;
         self.finish_request(out.headers_mut());
         self.compress_request(&mut out);

@@ -154,17 +154,26 @@ impl Route {
             Some(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or(path),
             None => path,
         };
-        let mut out = String::with_capacity(rest.len() + 1 + uri.query().map_or(0, str::len));
-        if !rest.starts_with('/') {
-            out.push('/');
-        }
-        out.push_str(rest);
-        if let Some(q) = uri.query() {
-            out.push('?');
-            out.push_str(q);
-        }
-        out
+        path_and_query(rest, uri.query())
     }
+}
+
+/// `rest` (with a `/` put before it if it has none) and `query`, in a buffer of exactly
+/// their length: the upstream URI takes it over as it is (`Upstream::uri_owned`), and
+/// one with spare room would cost a second allocation.
+fn path_and_query(rest: &str, query: Option<&str>) -> String {
+    let slash = !rest.starts_with('/');
+    let mut out =
+        String::with_capacity(usize::from(slash) + rest.len() + query.map_or(0, |q| q.len() + 1));
+    if slash {
+        out.push('/');
+    }
+    out.push_str(rest);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 /// The routes of one config, in order, and the upstream client they share.
@@ -569,6 +578,21 @@ mod tests {
             "{}",
             problems[1]
         );
+    }
+
+    #[test]
+    fn the_upstream_path_fills_its_buffer_exactly() {
+        for (rest, query, want) in [
+            ("/a/b", None, "/a/b"),
+            ("a/b", None, "/a/b"),
+            ("", None, "/"),
+            ("/a", Some("x=1"), "/a?x=1"),
+            ("a", Some(""), "/a?"),
+        ] {
+            let got = path_and_query(rest, query);
+            assert_eq!(got, want);
+            assert_eq!(got.capacity(), got.len(), "{want}");
+        }
     }
 
     fn parts(method: &str, uri: &str, host: &str) -> Parts {

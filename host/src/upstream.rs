@@ -178,28 +178,44 @@ impl Upstream {
     /// upstream (all its request line needs), the full URI for an HTTPS one (HTTP/2 by
     /// ALPN sends the origin as `:scheme` and `:authority`).
     pub fn uri(&self, path_with_query: &str) -> Result<Uri, ProxyError> {
-        let pq = if path_with_query.starts_with('/') {
-            path_with_query
-        } else {
-            return Err(ProxyError::BadRequest(format!(
-                "path {path_with_query:?} does not start with /"
-            )));
-        };
-        let invalid =
-            |e: &dyn std::fmt::Display| ProxyError::BadRequest(format!("invalid path {pq:?}: {e}"));
+        starts_with_slash(path_with_query)?;
+        let pq = http::uri::PathAndQuery::try_from(path_with_query).map_err(|e| {
+            ProxyError::BadRequest(format!("invalid path {path_with_query:?}: {e}"))
+        })?;
+        self.uri_of(pq)
+    }
+
+    /// [`Upstream::uri`] for a path the caller gives up, such as one made from the
+    /// client's already valid URI: its bytes become the URI's, with no copy.
+    pub fn uri_owned(&self, path_with_query: String) -> Result<Uri, ProxyError> {
+        starts_with_slash(&path_with_query)?;
+        let pq = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(path_with_query))
+            .map_err(|e| ProxyError::BadRequest(format!("invalid path: {e}")))?;
+        self.uri_of(pq)
+    }
+
+    fn uri_of(&self, pq: http::uri::PathAndQuery) -> Result<Uri, ProxyError> {
         if self.host.is_some() {
             // A plain-HTTP upstream speaks HTTP/1 only, whose request line carries the
             // path alone: no origin to add here and take off again in `origin_form`.
-            return http::uri::PathAndQuery::try_from(pq)
-                .map(Uri::from)
-                .map_err(|e| invalid(&e));
+            return Ok(Uri::from(pq));
         }
         Uri::builder()
             .scheme(self.uri_origin.scheme.clone())
             .authority(self.uri_origin.authority.clone())
             .path_and_query(pq)
             .build()
-            .map_err(|e| invalid(&e))
+            .map_err(|e| ProxyError::BadRequest(format!("invalid path: {e}")))
+    }
+}
+
+fn starts_with_slash(path_with_query: &str) -> Result<(), ProxyError> {
+    if path_with_query.starts_with('/') {
+        Ok(())
+    } else {
+        Err(ProxyError::BadRequest(format!(
+            "path {path_with_query:?} does not start with /"
+        )))
     }
 }
 
@@ -998,6 +1014,30 @@ mod tests {
         let status = resp.status().as_u16();
         resp.into_body().collect().await.unwrap();
         (status, connect.is_some())
+    }
+
+    #[test]
+    fn an_owned_path_makes_the_same_uri() {
+        for origin in ["http://127.0.0.1:9", "https://api.example.com"] {
+            let pool = pool_for(origin.to_owned());
+            let u = pool.get("u").unwrap();
+            for pq in ["/", "/a/b?x=1&y"] {
+                let owned = u.uri_owned(pq.to_owned()).unwrap();
+                assert_eq!(owned, u.uri(pq).unwrap(), "{origin}{pq}");
+                assert_eq!(owned.path_and_query().unwrap().as_str(), pq);
+                assert_eq!(owned.scheme().is_some(), origin.starts_with("https"));
+            }
+            for bad in ["no-slash", ""] {
+                let ProxyError::BadRequest(e) = u.uri_owned(bad.to_owned()).unwrap_err() else {
+                    panic!("not a bad request")
+                };
+                assert_eq!(e, format!("path {bad:?} does not start with /"));
+            }
+            let ProxyError::BadRequest(e) = u.uri_owned("/a b".to_owned()).unwrap_err() else {
+                panic!("not a bad request")
+            };
+            assert!(e.starts_with("invalid path: "), "{e}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
