@@ -95,15 +95,37 @@ impl Drop for Slot {
 /// compare-and-swap and freeing it one subtraction, where the semaphore's release also
 /// takes its waiters' lock on every request. The count is also what
 /// `weir_upstream_in_flight` shows, read at the scrape ([`InFlight`]).
+///
+/// While requests wait, a freed slot is handed to the one that has waited longest, as
+/// the semaphore did: a new request queues behind them rather than take it.
 struct Slots {
     max: usize,
-    /// Slots taken: the requests in flight.
+    /// Slots taken: the requests in flight, and slots being handed to a waiter.
     taken: AtomicUsize,
-    /// Requests waiting for a slot. While there are any, a new request waits behind them
-    /// rather than take the slot a waiter was woken for.
+    /// The queue's length: read without its lock by every request, and by every freed
+    /// slot.
     waiting: AtomicUsize,
-    /// Wakes the longest waiter when a slot is freed.
-    freed: tokio::sync::Notify,
+    /// The waiting requests, longest first; each is sent its slot.
+    queue: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// A request in [`Slots`]' queue. However its wait ends, it leaves the queue; a slot
+/// sent to it too late (past its deadline, or after its request went away) is passed on.
+struct Waiter<'a> {
+    slots: &'a Slots,
+    handed: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.handed.close();
+        if self.handed.try_recv().is_ok() {
+            self.slots.free();
+        }
+        let mut queue = lock(&self.slots.queue);
+        queue.retain(|w| !w.is_closed());
+        self.slots.waiting.store(queue.len(), Ordering::SeqCst);
+    }
 }
 
 impl Slots {
@@ -112,7 +134,7 @@ impl Slots {
             max,
             taken: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            freed: tokio::sync::Notify::new(),
+            queue: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -122,9 +144,9 @@ impl Slots {
     }
 
     fn take(&self) -> bool {
-        // SeqCst here and in `free` and `wait`: a waiter counts itself and then looks at
-        // the slots, a freer frees a slot and then looks at the waiters; each must see
-        // the other's write, or the waiter sleeps past a free slot.
+        // SeqCst here, in `free` and in `wait`: a waiter counts itself and then looks at
+        // the slots, a freer frees its slot and then looks at the waiters; one of the
+        // two must see the other's write, or the waiter sleeps past a free slot.
         self.taken
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max).then_some(n + 1)
@@ -132,38 +154,50 @@ impl Slots {
             .is_ok()
     }
 
-    /// Waits for a slot, in the order requests began to wait; `false` when `deadline`
+    /// Waits for a slot, behind the requests already waiting; `false` when `deadline`
     /// passes first.
     async fn wait(&self, deadline: Instant) -> bool {
-        /// Counts a waiter for as long as it waits, however its wait ends.
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut waiter = {
+            let mut queue = lock(&self.queue);
+            let (to_me, handed) = tokio::sync::oneshot::channel();
+            queue.push_back(to_me);
+            self.waiting.store(queue.len(), Ordering::SeqCst);
+            // First in line: a slot freed before this request counted itself is free.
+            if queue.len() == 1 && self.take() {
+                queue.clear();
+                self.waiting.store(0, Ordering::SeqCst);
+                return true;
             }
-        }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.waiting);
-        let waited = crate::deadline::within(deadline, async {
-            loop {
-                let freed = self.freed.notified();
-                tokio::pin!(freed);
-                // Registered before the look: a slot freed after it wakes this waiter.
-                freed.as_mut().enable();
-                if self.take() {
-                    return;
-                }
-                freed.await;
+            Waiter {
+                slots: self,
+                handed,
             }
-        });
-        waited.await.is_ok()
+        };
+        matches!(
+            crate::deadline::within(deadline, &mut waiter.handed).await,
+            Ok(Ok(()))
+        )
     }
 
     fn free(&self) {
         self.taken.fetch_sub(1, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
-            // A waiter dropped after this wakes it passes the wake on (`Notify`).
-            self.freed.notify_one();
+            self.hand_over();
+        }
+    }
+
+    /// Gives the slot just freed to the longest waiter still waiting, unless another
+    /// request took it first.
+    fn hand_over(&self) {
+        let mut queue = lock(&self.queue);
+        while !queue.is_empty() && self.take() {
+            let waiter = queue.pop_front().expect("not empty");
+            self.waiting.store(queue.len(), Ordering::SeqCst);
+            if waiter.send(()).is_ok() {
+                return;
+            }
+            // That one gave up: the slot goes back, for the next in line.
+            self.taken.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -1052,26 +1086,59 @@ mod tests {
         assert_eq!(slots.taken.load(Ordering::SeqCst), 1);
     }
 
+    /// Waiters for `slots` until `deadline`, each in its own task.
+    fn waiter(slots: &Arc<Slots>, deadline: Instant) -> tokio::task::JoinHandle<bool> {
+        let slots = slots.clone();
+        tokio::spawn(async move { slots.wait(deadline).await })
+    }
+
+    /// Runs other tasks until `n` requests wait for one of `slots`.
+    async fn until_waiting(slots: &Slots, n: usize) {
+        while slots.waiting.load(Ordering::SeqCst) != n {
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_freed_slot_goes_to_the_waiter_before_a_newcomer() {
+    async fn a_freed_slot_goes_to_the_longest_waiter_before_any_newcomer() {
         let slots = Arc::new(Slots::new(1));
         assert!(slots.take_now());
         let deadline = Instant::now() + Duration::from_secs(10);
-        let waiter = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.wait(deadline).await }
-        });
-        while slots.waiting.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let first = waiter(&slots, deadline);
+        until_waiting(&slots, 1).await;
         slots.free();
-        // The waiter has not run since: the free slot is its, not a newcomer's.
+        // The first waiter has not run since, but the slot is already its own: neither a
+        // newcomer's fast path nor a newcomer that waits gets it.
         assert!(!slots.take_now(), "a newcomer took the waiter's slot");
-        assert!(waiter.await.unwrap(), "the waiter got the freed slot");
+        let second = waiter(&slots, deadline);
+        until_waiting(&slots, 1).await;
+        assert!(first.await.unwrap(), "the first waiter got the freed slot");
+        assert!(!second.is_finished(), "the second waiter got a slot too");
+        assert_eq!(slots.taken.load(Ordering::SeqCst), 1);
+        slots.free();
+        assert!(second.await.unwrap(), "the second waiter got the next slot");
+        slots.free();
+        assert_eq!(slots.taken.load(Ordering::SeqCst), 0);
+        assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
+        assert!(slots.take_now(), "no one waits: a slot is taken at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_sent_to_a_waiter_that_went_away_goes_to_the_next() {
+        let slots = Arc::new(Slots::new(1));
+        assert!(slots.take_now());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let gone = waiter(&slots, deadline);
+        until_waiting(&slots, 1).await;
+        let next = waiter(&slots, deadline);
+        until_waiting(&slots, 2).await;
+        slots.free();
+        // Its request ends before it sees the slot it was sent.
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        assert!(next.await.unwrap(), "the slot was lost with the waiter");
         assert_eq!(slots.taken.load(Ordering::SeqCst), 1);
         assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
-        slots.free();
-        assert!(slots.take_now(), "no one waits: a slot is taken at once");
     }
 
     #[tokio::test]
