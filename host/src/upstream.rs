@@ -1022,6 +1022,12 @@ mod tests {
     }
 
     fn pool_for(url: String) -> UpstreamPool {
+        pool_reporting_to(url, &crate::telemetry::Telemetry::new().unwrap())
+    }
+
+    /// A pool of one upstream `u` at `url`, with default settings, whose series are in
+    /// `telemetry`.
+    fn pool_reporting_to(url: String, telemetry: &crate::telemetry::Telemetry) -> UpstreamPool {
         let config = UpstreamConfig {
             url: crate::config::Origin::try_from(url).unwrap(),
             connect_timeout: crate::config::defaults::connect_timeout(),
@@ -1029,7 +1035,6 @@ mod tests {
             read_timeout: crate::config::defaults::upstream_read_timeout(),
             tls: None,
         };
-        let telemetry = crate::telemetry::Telemetry::new().unwrap();
         UpstreamPool::new(&[("u".to_owned(), config)], telemetry.upstreams.clone()).unwrap()
     }
 
@@ -1092,6 +1097,13 @@ mod tests {
         tokio::spawn(async move { slots.wait(deadline).await })
     }
 
+    /// One slot, taken, and a deadline ten seconds away.
+    fn one_slot_taken() -> (Arc<Slots>, Instant) {
+        let slots = Arc::new(Slots::new(1));
+        assert!(slots.take_now());
+        (slots, Instant::now() + Duration::from_secs(10))
+    }
+
     /// Runs other tasks until `n` requests wait for one of `slots`.
     async fn until_waiting(slots: &Slots, n: usize) {
         while slots.waiting.load(Ordering::SeqCst) != n {
@@ -1101,9 +1113,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_freed_slot_goes_to_the_longest_waiter_before_any_newcomer() {
-        let slots = Arc::new(Slots::new(1));
-        assert!(slots.take_now());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let (slots, deadline) = one_slot_taken();
         let first = waiter(&slots, deadline);
         until_waiting(&slots, 1).await;
         slots.free();
@@ -1125,9 +1135,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slot_sent_to_a_waiter_that_went_away_goes_to_the_next() {
-        let slots = Arc::new(Slots::new(1));
-        assert!(slots.take_now());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let (slots, deadline) = one_slot_taken();
         let gone = waiter(&slots, deadline);
         until_waiting(&slots, 1).await;
         let next = waiter(&slots, deadline);
@@ -1146,15 +1154,7 @@ mod tests {
         use http_body_util::BodyExt as _;
         let (url, _) = server(200, false).await;
         let telemetry = crate::telemetry::Telemetry::new().unwrap();
-        let config = UpstreamConfig {
-            url: crate::config::Origin::try_from(url).unwrap(),
-            connect_timeout: crate::config::defaults::connect_timeout(),
-            max_connections: crate::config::defaults::max_connections(),
-            read_timeout: crate::config::defaults::upstream_read_timeout(),
-            tls: None,
-        };
-        let pool =
-            UpstreamPool::new(&[("u".to_owned(), config)], telemetry.upstreams.clone()).unwrap();
+        let pool = pool_reporting_to(url, &telemetry);
         let gauge = |t: &crate::telemetry::Telemetry| {
             t.render()
                 .lines()
