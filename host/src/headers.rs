@@ -65,20 +65,6 @@ pub fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Header
     headers.iter().find(|&(n, _)| n == name).map(|(_, v)| v)
 }
 
-/// The first two values of `name`, found as [`first`] finds one: enough to tell none,
-/// one, and more than one apart.
-pub fn first_two<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> (Option<&'a HeaderValue>, Option<&'a HeaderValue>) {
-    if headers.len() > 8 {
-        let mut all = headers.get_all(name).iter();
-        return (all.next(), all.next());
-    }
-    let mut all = headers.iter().filter(|&(n, _)| n == name).map(|(_, v)| v);
-    (all.next(), all.next())
-}
-
 /// Whether `name` is one of the hop-by-hop headers of RFC 9110 §7.6.1, which a proxy
 /// never forwards whatever `Connection` says (`Upgrade` among them). Asked of every
 /// header of every request and response, so it matches the text (a jump on its length,
@@ -471,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn first_and_first_two_find_what_get_finds_in_small_and_large_maps() {
+    fn first_finds_what_get_finds_in_small_and_large_maps() {
         for extra in [0, 3, 12] {
             let mut h = HeaderMap::new();
             h.insert(header::HOST, HeaderValue::from_static("a"));
@@ -485,19 +471,8 @@ mod tests {
             h.append(X_REQUEST_ID, HeaderValue::from_static("two"));
             for name in [X_REQUEST_ID, TRACEPARENT, header::HOST, header::ACCEPT] {
                 assert_eq!(first(&h, &name), h.get(&name), "{name} among {extra} more");
-                let mut all = h.get_all(&name).iter();
-                assert_eq!(
-                    first_two(&h, &name),
-                    (all.next(), all.next()),
-                    "{name} among {extra} more"
-                );
             }
             assert_eq!(first(&h, &X_REQUEST_ID).unwrap(), "one");
-            let (one, two) = first_two(&h, &X_REQUEST_ID);
-            assert_eq!(
-                (one.unwrap().as_bytes(), two.unwrap().as_bytes()),
-                (&b"one"[..], &b"two"[..])
-            );
         }
     }
 

@@ -190,7 +190,8 @@ pub struct Router {
 /// whatever the version; an HTTP/1.1 request must have one (HTTP/1.0 may omit it, and
 /// HTTP/2 carries `:authority` instead). An empty `Host` is allowed, as the RFC allows it.
 pub fn check_host(parts: &Parts) -> Result<(), ProxyError> {
-    match crate::headers::first_two(&parts.headers, &http::header::HOST) {
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(ProxyError::BadRequest(
             "more than one Host header".to_owned(),
         )),
