@@ -338,6 +338,11 @@ impl<B> ReadTimeout<B> {
             timer: WaitTimer::default(),
         }
     }
+
+    /// The body it wraps.
+    pub fn get_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
 }
 
 impl<B> Body for ReadTimeout<B>

@@ -5,10 +5,16 @@
 //! Each [`Upstream`] keeps its connections: idle HTTP/1 connections on a stack (the most
 //! recently used on top, so the warmest is reused and the rest expire), and at most one
 //! HTTP/2 connection that every request shares. A request takes an idle connection or
-//! opens one; one task per connection drives it. An HTTP/1 connection goes back on the
-//! stack from its response body's own poll when the body ends: no task, channel or
-//! hashed pool key per request. (hyper-util's legacy client, which weir used before,
-//! spawned a task per request to do that, and looked its pool up by a SipHashed key.)
+//! opens one. An HTTP/1 connection goes back on the stack from its response body's own
+//! poll when the body ends: no task, channel or hashed pool key per request.
+//! (hyper-util's legacy client, which weir used before, spawned a task per request to
+//! do that, and looked its pool up by a SipHashed key.)
+//!
+//! A request with no body goes over HTTP/1 by weir's own exchange ([`h1`]): the
+//! request's task writes the head and reads the response itself, and no task drives
+//! the connection. A request with a body, and every HTTP/2 connection, go through
+//! hyper's client, with one task per connection; an idle connection of the own
+//! exchange is handed to hyper when a request with a body takes it.
 //!
 //! weir is never an open proxy: a pool only ever dials its own upstream's origin.
 
@@ -24,10 +30,10 @@ use http::{Request, Response, Uri, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -40,6 +46,8 @@ use crate::error::{self, ProxyError};
 use crate::lock;
 use crate::telemetry::{InFlight, UpstreamMetrics};
 use crate::tls::{self, TlsError};
+
+mod h1;
 
 /// A new upstream connection: TCP, then TLS for an https upstream.
 #[derive(Debug, Clone, Copy)]
@@ -460,17 +468,18 @@ impl Upstream {
         mut req: Box<Request<ProxyBody>>,
         now: Instant,
         connect: &mut Option<ConnectTiming>,
-    ) -> Result<(Response<Incoming>, Option<Back>), UpstreamFailure> {
+    ) -> Result<(Response<Answer>, Option<Back>), UpstreamFailure> {
         let fail = |e: ConnectError| e.to_failure(self.origin.clone());
+        let own = h1::fits(&req);
         let mut fresh = false;
         loop {
             let checkout = if fresh {
                 // Boxed, here and in `checkout`: opening a connection (TCP, TLS, the
                 // handshake) is a large future that most requests never run, and every
                 // request would otherwise copy its space along with the rest.
-                Box::pin(self.conns.connect()).await
+                Box::pin(self.conns.connect(own)).await
             } else {
-                self.conns.checkout(now).await
+                self.conns.checkout(now, own).await
             }
             .map_err(fail)?;
             let reused = checkout.connect.is_none();
@@ -479,14 +488,27 @@ impl Upstream {
             }
             let unsent = match checkout.sender {
                 Sender::H2(mut s) => match s.try_send_request(*req).await {
-                    Ok(resp) => return Ok((resp, None)),
+                    Ok(resp) => return Ok((resp.map(Answer::Hyper), None)),
                     Err(e) => e,
                 },
                 Sender::H1(mut s, home) => {
                     self.origin_form(&mut req);
                     match s.try_send_request(*req).await {
-                        Ok(resp) => return Ok((resp, Some((s, home)))),
+                        Ok(resp) => return Ok((resp.map(Answer::Hyper), Some(Back::H1(s, home)))),
                         Err(e) => e,
+                    }
+                }
+                Sender::Own(mut conn, home) => {
+                    self.origin_form(&mut req);
+                    let asked = conn.prepare(&req);
+                    match conn.send(asked).await {
+                        Ok(resp) => return Ok((resp.map(Answer::Own), Some(Back::Own(home)))),
+                        // As below: a pooled connection that could not take the head.
+                        Err(h1::H1Error::Unsent(_)) if reused && !fresh => {
+                            fresh = true;
+                            continue;
+                        }
+                        Err(e) => return Err(own_failure(&e, &self.origin)),
                     }
                 }
             };
@@ -534,6 +556,21 @@ fn authority_header(origin: &Origin) -> http::HeaderValue {
     value.unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
 }
 
+/// Maps an error of the own HTTP/1 exchange to the WIT kind and the client's error.
+fn own_failure(e: &h1::H1Error, origin: &str) -> UpstreamFailure {
+    UpstreamFailure {
+        kind: if e.is_protocol() {
+            UpstreamError::Protocol
+        } else {
+            UpstreamError::Reset
+        },
+        error: ProxyError::UpstreamBroken {
+            upstream: origin.to_owned(),
+            detail: e.to_string(),
+        },
+    }
+}
+
 /// Maps an error of a request on a connection to the WIT kind and the client's error.
 fn classify(e: &hyper::Error, origin: &str) -> UpstreamFailure {
     let kind = if e.is_timeout() {
@@ -574,7 +611,7 @@ impl Target {
         let _ = tcp.set_nodelay(true);
         let took = started.elapsed();
         let Some(cfg) = &self.tls else {
-            return Ok((Conn::Plain(TokioIo::new(tcp)), took));
+            return Ok((Conn::Plain(tcp), took));
         };
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| ConnectError::Tls(format!("invalid server name {:?}: {e}", self.host)))?;
@@ -582,7 +619,7 @@ impl Target {
             .connect(name, tcp)
             .await
             .map_err(|e| ConnectError::Tls(e.to_string()))?;
-        Ok((Conn::Tls(Box::new(TokioIo::new(tls))), took))
+        Ok((Conn::Tls(Box::new(tls)), took))
     }
 }
 
@@ -612,15 +649,33 @@ struct Stack(Mutex<Vec<Idle>>);
 
 /// An idle HTTP/1 connection, and since when.
 struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
+    conn: IdleConn,
     since: Instant,
 }
 
-/// A connection to send one request on.
+/// An idle HTTP/1 connection: hyper's, driven by its task, or the own exchange's.
+enum IdleConn {
+    Hyper(http1::SendRequest<ProxyBody>),
+    Own(h1::Conn1<Conn>),
+}
+
+impl IdleConn {
+    /// Whether the upstream closed it (or sent bytes nobody asked for) while it was idle.
+    fn is_closed(&mut self) -> bool {
+        match self {
+            IdleConn::Hyper(sender) => sender.is_closed(),
+            IdleConn::Own(conn) => !conn.looks_open(),
+        }
+    }
+}
+
+/// A connection to send one request on. An HTTP/1 one comes with the idle stack it goes
+/// back to: its home worker's, whose runtime drove it.
 enum Sender {
-    /// An HTTP/1 connection, and the idle stack it goes back to: its home worker's,
-    /// whose runtime drives it.
+    /// hyper's HTTP/1 client, for a request with a body.
     H1(http1::SendRequest<ProxyBody>, usize),
+    /// The own exchange, for a request with none.
+    Own(h1::Conn1<Conn>, usize),
     H2(http2::SendRequest<ProxyBody>),
 }
 
@@ -652,8 +707,10 @@ impl Conns {
     }
 
     /// The shared HTTP/2 connection, else an idle HTTP/1 one that is ready, else a new
-    /// connection. `now` is the request's start: no clock read here.
-    async fn checkout(&self, now: Instant) -> Result<Checkout, ConnectError> {
+    /// connection. `now` is the request's start: no clock read here. `own`: the request
+    /// can take the own HTTP/1 exchange; otherwise an own idle connection goes to
+    /// hyper's client first.
+    async fn checkout(&self, now: Instant, own: bool) -> Result<Checkout, ConnectError> {
         let shared = if self.any_h2.load(Ordering::Acquire) {
             lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned()
         } else {
@@ -665,7 +722,20 @@ impl Conns {
                 connect: None,
             });
         }
-        while let Some((mut sender, home)) = self.pop_idle(now) {
+        while let Some((idle, home)) = self.pop_idle(now) {
+            let mut sender = match idle {
+                IdleConn::Own(conn) if own => {
+                    return Ok(Checkout {
+                        sender: Sender::Own(conn, home),
+                        connect: None,
+                    });
+                }
+                IdleConn::Own(conn) => match Box::pin(hyper_h1(conn.into_io())).await {
+                    Ok(sender) => sender,
+                    Err(_) => continue,
+                },
+                IdleConn::Hyper(sender) => sender,
+            };
             // A connection goes back when its last response ended; it is ready once its
             // task has seen that, or closed if the upstream ended it.
             if sender.ready().await.is_ok() {
@@ -675,22 +745,21 @@ impl Conns {
                 });
             }
         }
-        Box::pin(self.connect()).await
+        Box::pin(self.connect(own)).await
     }
 
     /// The most recently used idle connection that has not expired or closed, and the
     /// stack it came from: the calling worker's own, else (rather than open a new
     /// connection) another's.
-    fn pop_idle(&self, now: Instant) -> Option<(http1::SendRequest<ProxyBody>, usize)> {
+    fn pop_idle(&self, now: Instant) -> Option<(IdleConn, usize)> {
         let own = self.own_stack();
         let others = (0..self.idle.len()).filter(|&i| i != own);
         for home in std::iter::once(own).chain(others) {
             let mut idle = lock(&self.idle[home].0);
-            while let Some(i) = idle.pop() {
-                if now.saturating_duration_since(i.since) < self.idle_timeout
-                    && !i.sender.is_closed()
+            while let Some(mut i) = idle.pop() {
+                if now.saturating_duration_since(i.since) < self.idle_timeout && !i.conn.is_closed()
                 {
-                    return Some((i.sender, home));
+                    return Some((i.conn, home));
                 }
             }
         }
@@ -704,12 +773,14 @@ impl Conns {
 
     /// Puts an HTTP/1 connection whose response ended back on stack `home` for the next
     /// request.
-    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>, home: usize) {
-        if sender.is_closed() {
+    fn put_back(self: &Arc<Self>, conn: IdleConn, home: usize) {
+        if let IdleConn::Hyper(sender) = &conn
+            && sender.is_closed()
+        {
             return;
         }
         lock(&self.idle[home].0).push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
         // A load first: a swap is an atomic write on every request's hand-back.
@@ -718,9 +789,10 @@ impl Conns {
         }
     }
 
-    /// Opens a connection (within the connect timeout) and starts the task that drives
+    /// Opens a connection (within the connect timeout) and, unless the own exchange
+    /// takes it (`own`, and ALPN did not choose HTTP/2), starts hyper's task that drives
     /// it. An HTTP/2 one becomes the shared connection.
-    async fn connect(&self) -> Result<Checkout, ConnectError> {
+    async fn connect(&self, own: bool) -> Result<Checkout, ConnectError> {
         let at = Instant::now();
         let (io, tcp) = tokio::time::timeout(self.target.connect_timeout, self.target.dial())
             .await
@@ -737,7 +809,7 @@ impl Conns {
         let sender = if io.is_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .handshake(io)
+                .handshake(TokioIo::new(io))
                 .await
                 .map_err(|e| ConnectError::Failed(format!("HTTP/2 handshake: {e}")))?;
             tokio::spawn(async move {
@@ -746,21 +818,28 @@ impl Conns {
             *lock(&self.h2) = Some(sender.clone());
             self.any_h2.store(true, Ordering::Release);
             Sender::H2(sender)
+        } else if own {
+            Sender::Own(h1::Conn1::new(io), self.own_stack())
         } else {
-            let (sender, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| ConnectError::Failed(format!("HTTP/1 handshake: {e}")))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Sender::H1(sender, self.own_stack())
+            Sender::H1(hyper_h1(io).await?, self.own_stack())
         };
         Ok(Checkout {
             sender,
             connect: Some(timing),
         })
     }
+}
+
+/// Hands `io` to hyper's HTTP/1 client, and starts the task that drives it.
+async fn hyper_h1(io: Conn) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Failed(format!("HTTP/1 handshake: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// Closes `conns`' expired idle connections every [`SWEEP_EVERY`], until the upstream
@@ -775,26 +854,65 @@ async fn sweep(conns: Weak<Conns>) {
             return;
         };
         for stack in &c.idle {
-            lock(&stack.0).retain(|i| i.since.elapsed() < c.idle_timeout && !i.sender.is_closed());
+            lock(&stack.0)
+                .retain_mut(|i| i.since.elapsed() < c.idle_timeout && !i.conn.is_closed());
         }
     }
 }
 
 /// An HTTP/1 connection to give back when its response ends, and its home stack (in the
-/// pool its [`Slot`] holds).
-type Back = (http1::SendRequest<ProxyBody>, usize);
+/// pool its [`Slot`] holds): hyper's, or the own exchange's, which its body holds.
+enum Back {
+    H1(http1::SendRequest<ProxyBody>, usize),
+    Own(usize),
+}
+
+/// An upstream response's body, from hyper's client or the own exchange.
+enum Answer {
+    Hyper(Incoming),
+    Own(h1::Body<Conn>),
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, body::BoxError>>> {
+        match self.get_mut() {
+            Answer::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Answer::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Hyper(b) => b.is_end_stream(),
+            Answer::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Answer::Hyper(b) => b.size_hint(),
+            Answer::Own(b) => b.size_hint(),
+        }
+    }
+}
 
 /// An upstream's response body: when it ends, it gives its connection slot up and puts
 /// its HTTP/1 connection back in the pool. A body dropped before its end gives the slot
-/// up and takes the connection with it (hyper closes it).
+/// up and takes the connection with it (it is closed).
 struct Returning {
-    inner: body::ReadTimeout<Incoming>,
+    inner: body::ReadTimeout<Answer>,
     back: Option<Back>,
     slot: Option<Slot>,
 }
 
 impl Returning {
-    fn new(inner: body::ReadTimeout<Incoming>, back: Option<Back>, slot: Slot) -> Self {
+    fn new(inner: body::ReadTimeout<Answer>, back: Option<Back>, slot: Slot) -> Self {
         let mut r = Returning {
             inner,
             back,
@@ -809,8 +927,18 @@ impl Returning {
 
     fn give_back(&mut self) {
         // The connection first: a request the freed slot lets in finds it idle.
-        if let (Some((sender, home)), Some(slot)) = (self.back.take(), &self.slot) {
-            slot.0.put_back(sender, home);
+        if let Some(slot) = &self.slot {
+            let idle = match self.back.take() {
+                Some(Back::H1(sender, home)) => Some((IdleConn::Hyper(sender), home)),
+                Some(Back::Own(home)) => match self.inner.get_mut() {
+                    Answer::Own(b) => b.take_conn().map(|c| (IdleConn::Own(c), home)),
+                    Answer::Hyper(_) => None,
+                },
+                None => None,
+            };
+            if let Some((conn, home)) = idle {
+                slot.0.put_back(conn, home);
+            }
         }
         self.slot = None;
     }
@@ -884,8 +1012,8 @@ impl ConnectError {
 
 /// A connection to an upstream, plain or TLS.
 enum Conn {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Conn {
@@ -893,16 +1021,16 @@ impl Conn {
     fn is_h2(&self) -> bool {
         match self {
             Conn::Plain(_) => false,
-            Conn::Tls(s) => s.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
+            Conn::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
 }
 
-impl Read for Conn {
+impl AsyncRead for Conn {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -911,7 +1039,7 @@ impl Read for Conn {
     }
 }
 
-impl Write for Conn {
+impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1190,6 +1318,42 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(get(&pool).await, (200, false), "a pooled connection");
         }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// Sends a POST with a body: hyper's client, not the own exchange.
+    async fn post(pool: &UpstreamPool) -> (u16, bool) {
+        use http_body_util::BodyExt as _;
+        let upstream = pool.get("u").unwrap();
+        let mut req = Request::new(crate::body::full(Bytes::from_static(b"a body")));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = upstream.uri("/x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (resp, connect) = pool
+            .send_timed(upstream, Box::new(req), deadline, 5000)
+            .await;
+        let resp = resp.expect("an answer");
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.unwrap();
+        (status, connect.is_some())
+    }
+
+    #[tokio::test]
+    async fn requests_with_and_without_a_body_share_one_connection() {
+        let (url, accepted) = server(200, false).await;
+        let pool = pool_for(url);
+        assert_eq!(get(&pool).await, (200, true), "the own exchange opens it");
+        assert_eq!(
+            post(&pool).await,
+            (200, false),
+            "hyper's client takes it over"
+        );
+        assert_eq!(
+            get(&pool).await,
+            (200, false),
+            "and keeps it, for any request"
+        );
+        assert_eq!(post(&pool).await, (200, false));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 

@@ -1,0 +1,892 @@
+//! weir's own HTTP/1 exchange, for a request with no body: the request's own task writes
+//! its head and reads the response, on a pooled connection that no task drives.
+//!
+//! hyper's client connection runs a task per connection: each request crosses a channel
+//! to that task, its response head comes back over a oneshot, and its body over a
+//! channel of its own. Each of those costs a task wake and a few atomics on both sides,
+//! on every request. Here the task that serves the client reads the upstream's bytes
+//! itself, as nginx's single event loop does. Requests with a body (whose upload may
+//! have to race the upstream's early answer) and HTTP/2 stay on hyper's client.
+//!
+//! The framing rules are hyper's client's (RFC 9112, section 6.3): no body for `HEAD`,
+//! 1xx, 204 and 304; `Transfer-Encoding` whose last coding is `chunked`, else read to
+//! the connection's end; one valid `Content-Length`; else read to the end. Head parsing
+//! is `httparse`'s, as in hyper. A connection is reused only when both sides kept it
+//! alive and the response ended exactly at its framing's end.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// The most header lines a response head or a trailer section may have: hyper's limit.
+const MAX_HEADERS: usize = 100;
+
+/// The most bytes a response head, a chunk-size line or a trailer section may take:
+/// hyper's default read buffer limit.
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+
+/// A read asks for at least this much room.
+const READ_ROOM: usize = 8192;
+
+/// Whether `req` can take the own path: no body to upload, HTTP/1.1 framing (an
+/// HTTP/2 client's request is sent as HTTP/1.1, as hyper does), and no `CONNECT`.
+pub(super) fn fits<B: HttpBody>(req: &Request<B>) -> bool {
+    req.body().is_end_stream()
+        && matches!(req.version(), Version::HTTP_11 | Version::HTTP_2)
+        && req.method() != Method::CONNECT
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum H1Error {
+    /// The request head could not be written: nothing reached the upstream, so the
+    /// request may go again on another connection.
+    #[error("writing the request: {0}")]
+    Unsent(io::Error),
+    #[error("reading the response: {0}")]
+    Read(io::Error),
+    #[error("the connection closed before the response head was complete")]
+    ClosedInHead,
+    #[error("the connection closed before the response body was complete")]
+    ClosedInBody,
+    /// The upstream's bytes are not HTTP/1 as RFC 9112 frames it.
+    #[error("invalid response: {0}")]
+    Invalid(String),
+}
+
+impl H1Error {
+    /// Whether the upstream spoke, but not valid HTTP/1 (the `protocol` error kind),
+    /// rather than breaking the connection (`reset`).
+    pub(super) fn is_protocol(&self) -> bool {
+        matches!(self, H1Error::Invalid(_))
+    }
+}
+
+/// An HTTP/1 connection that the own path drives: its transport, and what was read from
+/// it but not used yet.
+pub(super) struct Conn1<IO> {
+    io: IO,
+    buf: BytesMut,
+    /// The request head being written: kept, so that a reused connection allocates none.
+    out: Vec<u8>,
+    /// Response header names and where their values are in the head: kept, as `out`.
+    fields: Vec<(HeaderName, usize, usize)>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
+    pub(super) fn new(io: IO) -> Self {
+        Conn1 {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// The transport, to hand a connection to hyper's client (for a request with a
+    /// body). A pooled connection has nothing left unread.
+    pub(super) fn into_io(self) -> IO {
+        self.io
+    }
+
+    /// Whether an idle connection still looks usable: no bytes and no end came on it
+    /// while it sat in the pool. This costs no system call unless the event loop saw
+    /// the socket become readable (a close, or stray bytes), and it never waits.
+    pub(super) fn looks_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.buf.reserve(64);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf) {
+            Poll::Pending => true,
+            // An end, bytes nobody asked for, or an error: in every case it is done.
+            Poll::Ready(_) => false,
+        }
+    }
+
+    /// Makes `req`'s head, to [`Conn1::send`]. The request is not borrowed across the
+    /// exchange's waits: its body need not be `Sync`.
+    pub(super) fn prepare<B>(&mut self, req: &Request<B>) -> Asked {
+        Asked {
+            head_method: req.method() == Method::HEAD,
+            close: encode(req, &mut self.out),
+        }
+    }
+
+    /// Sends the head [`Conn1::prepare`] made and reads the response head. The body
+    /// reads on from this connection; once it ends, [`Body::take_conn`] gives the
+    /// connection back when it can serve another request.
+    pub(super) async fn send(mut self, asked: Asked) -> Result<Response<Body<IO>>, H1Error> {
+        self.io
+            .write_all(&self.out)
+            .await
+            .map_err(H1Error::Unsent)?;
+        self.io.flush().await.map_err(H1Error::Unsent)?;
+        let Asked {
+            head_method,
+            close: asked_close,
+        } = asked;
+        loop {
+            if !self.buf.is_empty()
+                && let Some(head) = self.parse_head()?
+            {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    // 100 Continue and its kin: the answer is still to come.
+                    continue;
+                }
+                let framing = framing(&head, head_method)?;
+                // A 101's connection is no longer HTTP: it is not reused, as in hyper.
+                let reusable = head.keep_alive
+                    && !asked_close
+                    && head.status != StatusCode::SWITCHING_PROTOCOLS
+                    && !matches!(framing, Framing::Close);
+                let mut resp = Response::new(Body {
+                    conn: Some(self),
+                    framing,
+                    reusable,
+                });
+                *resp.status_mut() = head.status;
+                *resp.version_mut() = head.version;
+                *resp.headers_mut() = head.headers;
+                if let Some(reason) = head.reason {
+                    resp.extensions_mut().insert(reason);
+                }
+                return Ok(resp);
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(H1Error::Invalid(format!(
+                    "response head larger than {MAX_HEAD} bytes"
+                )));
+            }
+            if self.fill().await? == 0 {
+                return Err(H1Error::ClosedInHead);
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<usize, H1Error> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, H1Error>> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 8 {
+            self.buf.reserve(READ_ROOM);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+            .map_err(H1Error::Read)
+    }
+
+    /// A complete response head off the front of the buffer, or `None` while it is
+    /// partial.
+    fn parse_head(&mut self) -> Result<Option<Head>, H1Error> {
+        let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let invalid = |e: httparse::Error| H1Error::Invalid(e.to_string());
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, &self.buf, &mut lines)
+            .map_err(invalid)?
+        {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Ok(None),
+        };
+        let status = StatusCode::from_u16(res.code.unwrap_or(0))
+            .map_err(|e| H1Error::Invalid(e.to_string()))?;
+        let reason = res.reason.unwrap_or("");
+        let reason = (Some(reason) != status.canonical_reason())
+            .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok())
+            .flatten();
+        let version = if res.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        // The values are slices of the head once it is split off, so that no value is
+        // copied: first where each one is, then the slices.
+        let base = self.buf.as_ptr() as usize;
+        self.fields.clear();
+        for h in res.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|e| H1Error::Invalid(format!("header name {:?}: {e}", h.name)))?;
+            let at = h.value.as_ptr() as usize - base;
+            self.fields.push((name, at, at + h.value.len()));
+        }
+        let bytes = self.buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut saw_close = false;
+        let mut lengths = Lengths::default();
+        for (name, from, to) in self.fields.drain(..) {
+            let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
+                .map_err(|e| H1Error::Invalid(format!("header {name}: {e}")))?;
+            if name == http::header::CONNECTION {
+                // Once any `Connection` line asks to close, a later `keep-alive` does not
+                // undo it; HTTP/1.0 keeps alive only when asked to.
+                if saw_close || has_token(&value, "close") {
+                    saw_close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(&value, "keep-alive");
+                }
+            } else {
+                lengths.see(&name, &value);
+            }
+            headers.append(name, value);
+        }
+        Ok(Some(Head {
+            status,
+            version,
+            headers,
+            reason,
+            keep_alive,
+            lengths,
+        }))
+    }
+}
+
+/// What a response's framing and reuse depend on in its request.
+pub(super) struct Asked {
+    head_method: bool,
+    close: bool,
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    reason: Option<hyper::ext::ReasonPhrase>,
+    keep_alive: bool,
+    lengths: Lengths,
+}
+
+/// What a response head's `Transfer-Encoding` and `Content-Length` lines said, gathered
+/// as the head is read: no lookup in its header map afterwards.
+#[derive(Default)]
+struct Lengths {
+    /// Whether the last `Transfer-Encoding` line's last coding is `chunked`; `None`
+    /// when there is no such line.
+    chunked: Option<bool>,
+    /// The `Content-Length`, while every value agrees.
+    length: Option<u64>,
+    /// Why the `Content-Length` lines are invalid, when they are.
+    invalid: Option<String>,
+}
+
+impl Lengths {
+    fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == http::header::TRANSFER_ENCODING {
+            let last = value.as_bytes().rsplit(|&b| b == b',').next();
+            self.chunked =
+                Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+        } else if name == http::header::CONTENT_LENGTH && self.invalid.is_none() {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                match parse_length(part.trim_ascii()) {
+                    None => self.invalid = Some(format!("invalid Content-Length {value:?}")),
+                    Some(n) if self.length.is_some_and(|l| l != n) => {
+                        self.invalid = Some("differing Content-Length values".into());
+                    }
+                    n => self.length = n,
+                }
+                if self.invalid.is_some() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `req`'s head, as hyper's client would for a request with no body: the method,
+/// the path and query, `HTTP/1.1`, and the headers but `Transfer-Encoding` (there is no
+/// body to frame). Says whether its `Connection` header asks to close after this
+/// exchange.
+fn encode<B>(req: &Request<B>, out: &mut Vec<u8>) -> bool {
+    let mut close = false;
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        if name == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == http::header::CONNECTION {
+            close |= has_token(value, "close");
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    close
+}
+
+/// Whether a comma-separated header value lists `token`, in any case.
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked, at this step.
+    Chunked(Chunk),
+    /// At the connection's end.
+    Close,
+    /// It has ended.
+    Done,
+}
+
+/// Where a chunked body's reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// In a chunk's data, with this many bytes left.
+    Data(u64),
+    /// At the line end after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, or the empty line.
+    Trailers,
+}
+
+/// The response's framing, by RFC 9112 section 6.3, as hyper's client decides it.
+fn framing(head: &Head, head_method: bool) -> Result<Framing, H1Error> {
+    let status = head.status.as_u16();
+    if head_method || matches!(status, 101 | 204 | 304) {
+        return Ok(Framing::Done);
+    }
+    let lengths = &head.lengths;
+    if let Some(chunked) = lengths.chunked {
+        if head.version == Version::HTTP_10 {
+            return Err(H1Error::Invalid(
+                "Transfer-Encoding in an HTTP/1.0 response".into(),
+            ));
+        }
+        // `Transfer-Encoding` overrides `Content-Length`.
+        return Ok(if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Close
+        });
+    }
+    if let Some(invalid) = &lengths.invalid {
+        return Err(H1Error::Invalid(invalid.clone()));
+    }
+    Ok(match lengths.length {
+        Some(0) => Framing::Done,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+/// A `Content-Length` value: digits only, no sign, and no overflow.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then_some(())
+            .and_then(|()| n.checked_mul(10))
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+    })
+}
+
+/// A response body read straight off its connection by whoever polls it.
+pub(super) struct Body<IO> {
+    conn: Option<Conn1<IO>>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
+    /// The connection, once the body has ended exactly at its framing's end on a
+    /// connection both sides keep alive; `None` otherwise (it is then closed when the
+    /// body is dropped).
+    pub(super) fn take_conn(&mut self) -> Option<Conn1<IO>> {
+        let clean = self.framing == Framing::Done
+            && self.reusable
+            && self.conn.as_ref().is_some_and(|c| c.buf.is_empty());
+        if clean { self.conn.take() } else { None }
+    }
+
+    fn conn(&mut self) -> &mut Conn1<IO> {
+        self.conn
+            .as_mut()
+            .expect("a body that has not ended has its connection")
+    }
+
+    /// The next frame, or `None` when more must be read first.
+    fn next_frame(&mut self) -> Result<Option<Frame<Bytes>>, H1Error> {
+        loop {
+            let framing = self.framing;
+            let buf = &mut self.conn().buf;
+            match framing {
+                Framing::Done => return Ok(None),
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.framing = match framing {
+                        Framing::Length(_) if left == 0 => Framing::Done,
+                        Framing::Length(_) => Framing::Length(left),
+                        _ if left == 0 => Framing::Chunked(Chunk::DataEnd),
+                        _ => Framing::Chunked(Chunk::Data(left)),
+                    };
+                    return Ok(Some(Frame::data(data)));
+                }
+                Framing::Close => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Frame::data(buf.split().freeze())));
+                }
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        self.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+                    Ok(httparse::Status::Partial) => {
+                        return Err(H1Error::Invalid("chunk-size line too long".into()));
+                    }
+                    Err(_) => return Err(H1Error::Invalid("invalid chunk size".into())),
+                },
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(H1Error::Invalid("chunk data not followed by CRLF".into()));
+                    }
+                    buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => return self.trailers(),
+            }
+        }
+    }
+
+    /// The trailer section after the last chunk: a frame of fields, or the end.
+    fn trailers(&mut self) -> Result<Option<Frame<Bytes>>, H1Error> {
+        let buf = &mut self.conn().buf;
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+            self.framing = Framing::Done;
+            return Ok(None);
+        }
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (used, fields) = match httparse::parse_headers(buf, &mut lines) {
+            Ok(httparse::Status::Complete((used, fields))) => (used, fields),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+            Ok(httparse::Status::Partial) => {
+                return Err(H1Error::Invalid("trailer section too large".into()));
+            }
+            Err(e) => return Err(H1Error::Invalid(format!("trailers: {e}"))),
+        };
+        let mut map = HeaderMap::with_capacity(fields.len());
+        for f in fields.iter() {
+            let name = HeaderName::from_bytes(f.name.as_bytes())
+                .map_err(|e| H1Error::Invalid(format!("trailer name {:?}: {e}", f.name)))?;
+            let value = HeaderValue::from_bytes(f.value)
+                .map_err(|e| H1Error::Invalid(format!("trailer {name}: {e}")))?;
+            map.append(name, value);
+        }
+        buf.advance(used);
+        self.framing = Framing::Done;
+        Ok(Some(Frame::trailers(map)))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> HttpBody for Body<IO> {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.framing == Framing::Done {
+                return Poll::Ready(None);
+            }
+            match this.next_frame() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) if this.framing == Framing::Done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    this.fail();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match ready!(this.conn().poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::Close => {
+                    this.framing = Framing::Done;
+                    this.reusable = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.fail();
+                    return Poll::Ready(Some(Err(H1Error::ClosedInBody)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.fail();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl<IO> Body<IO> {
+    /// After an error the body is over, and its connection is closed.
+    fn fail(&mut self) {
+        self.framing = Framing::Done;
+        self.reusable = false;
+        self.conn = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt as _, DuplexStream};
+
+    /// A connection whose upstream is the other end of a pipe.
+    fn pipe() -> (Conn1<DuplexStream>, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        (Conn1::new(ours), theirs)
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path)
+            .header("host", "up.example")
+            .header("x-one", "1")
+            .body(())
+            .unwrap()
+    }
+
+    /// What the upstream read: everything up to the end of the request head.
+    async fn read_head(upstream: &mut DuplexStream) -> String {
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            upstream.read_exact(&mut byte).await.unwrap();
+            got.push(byte[0]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    /// Sends `req` with the upstream answering `answer`; the response, its whole body
+    /// (data and trailers), and the connection if it can be reused.
+    async fn exchange(
+        req: Request<()>,
+        answer: &'static [u8],
+        then_close: bool,
+    ) -> Result<(Response<()>, Bytes, Option<HeaderMap>, bool), H1Error> {
+        let (conn, mut upstream) = pipe();
+        let server = tokio::spawn(async move {
+            let head = read_head(&mut upstream).await;
+            upstream.write_all(answer).await.unwrap();
+            if then_close {
+                drop(upstream);
+                None
+            } else {
+                Some((head, upstream))
+            }
+        });
+        let mut conn = conn;
+        let asked = conn.prepare(&req);
+        let resp = conn.send(asked).await?;
+        let (parts, mut body) = resp.into_parts();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        let reusable = body.take_conn().is_some();
+        drop(server.await.unwrap());
+        Ok((
+            Response::from_parts(parts, ()),
+            data.into(),
+            trailers,
+            reusable,
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_head_is_written_as_hyper_writes_it() {
+        let (conn, mut upstream) = pipe();
+        let mut req = get("/a/b?c=d");
+        req.headers_mut()
+            .insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let mut conn = conn;
+        let asked = conn.prepare(&req);
+        let sent = tokio::spawn(async move { conn.send(asked).await.map(|_| ()) });
+        assert_eq!(
+            read_head(&mut upstream).await,
+            "GET /a/b?c=d HTTP/1.1\r\nhost: up.example\r\nx-one: 1\r\n\r\n"
+        );
+        upstream
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        sent.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sized_body_is_read_and_the_connection_reused() {
+        let (resp, body, trailers, reusable) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\nx-a: 2\r\n\r\nhello",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), Version::HTTP_11);
+        let all: Vec<_> = resp.headers().get_all("x-a").iter().collect();
+        assert_eq!(all, ["1", "2"]);
+        assert_eq!(body, "hello");
+        assert!(trailers.is_none());
+        assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_decoded_with_its_trailers() {
+        let (_, body, trailers, reusable) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 9\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(body, "hello world");
+        assert_eq!(trailers.unwrap()["x-sum"], "9");
+        assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_end_and_closes() {
+        let (_, body, _, reusable) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nraw bytes",
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(body, "raw bytes");
+        assert!(!reusable);
+        let (_, body, _, reusable) = exchange(get("/"), b"HTTP/1.1 200 OK\r\n\r\nto the end", true)
+            .await
+            .unwrap();
+        assert_eq!(body, "to the end");
+        assert!(!reusable);
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body_whatever_they_say() {
+        let mut head = get("/");
+        *head.method_mut() = Method::HEAD;
+        let (_, body, _, reusable) = exchange(
+            head,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!((body.len(), reusable), (0, true));
+        for answer in [
+            &b"HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\n"[..],
+            b"HTTP/1.1 304 Not Modified\r\n\r\n",
+        ] {
+            let answer: &'static [u8] = answer;
+            let (_, body, _, reusable) = exchange(get("/"), answer, false).await.unwrap();
+            assert_eq!((body.len(), reusable), (0, true));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_informational_answer_is_skipped() {
+        let (resp, body, _, _) = exchange(
+            get("/"),
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+              HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 201);
+        assert!(resp.headers().get("link").is_none());
+        assert_eq!(body, "ok");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_reused_when_either_side_says_close() {
+        let close =
+            &b"HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"[..];
+        let (_, _, _, reusable) = exchange(get("/"), close, false).await.unwrap();
+        assert!(!reusable);
+        let old = &b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"[..];
+        assert!(!exchange(get("/"), old, false).await.unwrap().3);
+        let old_kept =
+            &b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"[..];
+        assert!(exchange(get("/"), old_kept, false).await.unwrap().3);
+        let mut asked = get("/");
+        asked
+            .headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
+        let fine = &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..];
+        assert!(!exchange(asked, fine, false).await.unwrap().3);
+    }
+
+    #[tokio::test]
+    async fn bytes_past_the_body_make_the_connection_unusable() {
+        let (_, body, _, reusable) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(body, "ok");
+        assert!(!reusable);
+    }
+
+    #[tokio::test]
+    async fn broken_answers_name_what_is_wrong() {
+        let cases: [(&'static [u8], &str); 6] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                "differing Content-Length",
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                "HTTP/1.0",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                "invalid chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXY",
+                "CRLF",
+            ),
+            (b"NOT HTTP\r\n\r\n", "invalid response"),
+        ];
+        for (answer, says) in cases {
+            let err = exchange(get("/"), answer, false)
+                .await
+                .expect_err("a broken answer");
+            assert!(err.is_protocol(), "{err}");
+            assert!(
+                err.to_string().contains(says),
+                "{err} does not say {says:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_early_end_is_a_reset_in_the_head_or_the_body() {
+        let err = exchange(get("/"), b"HTTP/1.1 200 OK\r\ncontent-le", true)
+            .await
+            .expect_err("cut in the head");
+        assert!(matches!(err, H1Error::ClosedInHead), "{err}");
+        let err = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nabc",
+            true,
+        )
+        .await
+        .expect_err("cut in the body");
+        assert!(matches!(err, H1Error::ClosedInBody), "{err}");
+        assert!(!err.is_protocol());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_looks_open_until_its_upstream_closes_it() {
+        let (mut conn, upstream) = pipe();
+        assert!(conn.looks_open());
+        drop(upstream);
+        tokio::task::yield_now().await;
+        assert!(!conn.looks_open());
+        let (mut conn, mut upstream) = pipe();
+        upstream.write_all(b"stray").await.unwrap();
+        assert!(!conn.looks_open(), "bytes nobody asked for");
+    }
+
+    #[test]
+    fn content_length_takes_digits_only() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_length(b"18446744073709551616"), None);
+        assert_eq!(parse_length(b"+1"), None);
+        assert_eq!(parse_length(b""), None);
+    }
+
+    #[test]
+    fn only_requests_without_a_body_take_the_own_path() {
+        assert!(fits(
+            &Request::get("/")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap()
+        ));
+        let post = Request::post("/")
+            .body(http_body_util::Full::new(Bytes::from("x")))
+            .unwrap();
+        assert!(!fits(&post));
+        let old = Request::get("/")
+            .version(Version::HTTP_10)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        assert!(!fits(&old));
+        let connect = Request::connect("up.example:443")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        assert!(!fits(&connect));
+    }
+}
