@@ -296,6 +296,9 @@ impl Exchange<'_> {
     }
 
     fn finish_request(&self, headers: &mut http::HeaderMap) {
+        // Room for all three at once: a client's few headers fill the map hyper parsed
+        // them into, and each insert past its room would rehash it again.
+        headers.reserve(3);
         headers.insert(headers::X_REQUEST_ID, self.id_header.clone());
         headers.insert(headers::TRACEPARENT, self.traceparent.clone());
         if let Some(host) = self.upstream.host_header() {

@@ -670,7 +670,9 @@ impl IdleConn {
 }
 
 /// A connection to send one request on. An HTTP/1 one comes with the idle stack it goes
-/// back to: its home worker's, whose runtime drove it.
+/// back to: its home worker's, whose runtime's event loop its socket is registered
+/// with. (An own connection another worker hands to hyper keeps that home; its hyper
+/// task runs on the worker that handed it over.)
 enum Sender {
     /// hyper's HTTP/1 client, for a request with a body.
     H1(http1::SendRequest<ProxyBody>, usize),

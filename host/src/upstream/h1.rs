@@ -27,9 +27,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 /// The most header lines a response head or a trailer section may have: hyper's limit.
 const MAX_HEADERS: usize = 100;
 
-/// The most bytes a response head, a chunk-size line or a trailer section may take:
-/// hyper's default read buffer limit.
+/// The most bytes a response head may take: hyper's default read buffer limit.
 const MAX_HEAD: usize = 8192 + 4096 * 100;
+
+/// The most bytes a chunk-size line (with its extensions) or a trailer section may
+/// take: hyper's limits.
+const MAX_SECTION: usize = 16 * 1024;
 
 /// A read asks for at least this much room.
 const READ_ROOM: usize = 8192;
@@ -98,10 +101,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
     /// Whether an idle connection still looks usable: no bytes and no end came on it
     /// while it sat in the pool. This costs no system call unless the event loop saw
     /// the socket become readable (a close, or stray bytes), and it never waits.
+    ///
+    /// Outside tokio's cooperative budget: a task whose budget is spent would be told
+    /// Pending whatever the socket holds, and take a closed connection for open.
     pub(super) fn looks_open(&mut self) -> bool {
+        use std::future::Future as _;
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.buf.reserve(64);
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf) {
+        let check = std::future::poll_fn(|cx| {
+            self.buf.reserve(64);
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        });
+        match std::pin::pin!(tokio::task::unconstrained(check)).poll(&mut cx) {
             Poll::Pending => true,
             // An end, bytes nobody asked for, or an error: in every case it is done.
             Poll::Ready(_) => false,
@@ -149,6 +159,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
                     conn: Some(self),
                     framing,
                     reusable,
+                    failed: None,
                 });
                 *resp.status_mut() = head.status;
                 *resp.version_mut() = head.version;
@@ -216,7 +227,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
             self.fields.push((name, at, at + h.value.len()));
         }
         let bytes = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // One more than it holds: the `x-request-id` weir adds to every response.
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + 1);
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
         let mut lengths = Lengths::default();
@@ -392,6 +404,34 @@ fn framing(head: &Head, head_method: bool) -> Result<Framing, H1Error> {
     })
 }
 
+/// A complete chunk-size line at the front of `buf`: its length and the chunk's size;
+/// `None` while it is partial.
+///
+/// `httparse` reads a line with no digits as size 0 and takes a bare LF inside an
+/// extension; hyper rejects both, and so does this: either could end a body early and
+/// leave its rest to be read as the next response.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, H1Error> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    if !first.is_ascii_hexdigit() {
+        return Err(H1Error::Invalid("chunk-size line without a size".into()));
+    }
+    match httparse::parse_chunk_size(buf) {
+        Ok(httparse::Status::Complete((used, size))) => {
+            if buf[..used - 1].contains(&b'\n') {
+                return Err(H1Error::Invalid("bare LF in a chunk-size line".into()));
+            }
+            Ok(Some((used, size)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_SECTION => Ok(None),
+        Ok(httparse::Status::Partial) => Err(H1Error::Invalid(format!(
+            "chunk-size line longer than {MAX_SECTION} bytes"
+        ))),
+        Err(_) => Err(H1Error::Invalid("invalid chunk size".into())),
+    }
+}
+
 /// A `Content-Length` value: digits only, no sign, and no overflow.
 fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
@@ -410,17 +450,21 @@ pub(super) struct Body<IO> {
     conn: Option<Conn1<IO>>,
     framing: Framing,
     reusable: bool,
+    /// An error found but not reported yet (see [`Body::fail_soon`]).
+    failed: Option<H1Error>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
     /// The connection, once the body has ended exactly at its framing's end on a
-    /// connection both sides keep alive; `None` otherwise (it is then closed when the
-    /// body is dropped).
+    /// connection both sides keep alive; `None` otherwise. An ended body's connection
+    /// that cannot be reused is closed here, not when the body is dropped: its slot
+    /// under `max_connections` is given up at this point.
     pub(super) fn take_conn(&mut self) -> Option<Conn1<IO>> {
-        let clean = self.framing == Framing::Done
-            && self.reusable
-            && self.conn.as_ref().is_some_and(|c| c.buf.is_empty());
-        if clean { self.conn.take() } else { None }
+        if self.framing != Framing::Done {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        (self.reusable && conn.buf.is_empty()).then_some(conn)
     }
 
     fn conn(&mut self) -> &mut Conn1<IO> {
@@ -457,8 +501,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
                     }
                     return Ok(Some(Frame::data(buf.split().freeze())));
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                Framing::Chunked(Chunk::Size) => match chunk_size(buf)? {
+                    Some((used, size)) => {
                         buf.advance(used);
                         self.framing = Framing::Chunked(if size == 0 {
                             Chunk::Trailers
@@ -466,11 +510,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
                             Chunk::Data(size)
                         });
                     }
-                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
-                    Ok(httparse::Status::Partial) => {
-                        return Err(H1Error::Invalid("chunk-size line too long".into()));
-                    }
-                    Err(_) => return Err(H1Error::Invalid("invalid chunk size".into())),
+                    None => return Ok(None),
                 },
                 Framing::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {
@@ -498,9 +538,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (used, fields) = match httparse::parse_headers(buf, &mut lines) {
             Ok(httparse::Status::Complete((used, fields))) => (used, fields),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_SECTION => return Ok(None),
             Ok(httparse::Status::Partial) => {
-                return Err(H1Error::Invalid("trailer section too large".into()));
+                return Err(H1Error::Invalid(format!(
+                    "trailer section larger than {MAX_SECTION} bytes"
+                )));
             }
             Err(e) => return Err(H1Error::Invalid(format!("trailers: {e}"))),
         };
@@ -527,6 +569,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> HttpBody for Body<IO> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            this.fail();
+            return Poll::Ready(Some(Err(e)));
+        }
         loop {
             if this.framing == Framing::Done {
                 return Poll::Ready(None);
@@ -535,10 +581,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> HttpBody for Body<IO> {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) if this.framing == Framing::Done => return Poll::Ready(None),
                 Ok(None) => {}
-                Err(e) => {
-                    this.fail();
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return this.fail_soon(e, cx),
             }
             match ready!(this.conn().poll_fill(cx)) {
                 Ok(0) if this.framing == Framing::Close => {
@@ -546,15 +589,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> HttpBody for Body<IO> {
                     this.reusable = false;
                     return Poll::Ready(None);
                 }
-                Ok(0) => {
-                    this.fail();
-                    return Poll::Ready(Some(Err(H1Error::ClosedInBody)));
-                }
+                Ok(0) => return this.fail_soon(H1Error::ClosedInBody, cx),
                 Ok(_) => {}
-                Err(e) => {
-                    this.fail();
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return this.fail_soon(e, cx),
             }
         }
     }
@@ -573,6 +610,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> HttpBody for Body<IO> {
 }
 
 impl<IO> Body<IO> {
+    /// Reports `e` at the next poll, after waking the task: whoever streams this body
+    /// first sends what it already has (the response head, the data before the
+    /// error), so a client sees a cut body rather than no answer. (hyper's client gave
+    /// the same order: its connection task found such an error after the reader had
+    /// taken the data before it.)
+    fn fail_soon(
+        &mut self,
+        e: H1Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.failed = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
     /// After an error the body is over, and its connection is closed.
     fn fail(&mut self) {
         self.framing = Framing::Done;
@@ -584,6 +636,8 @@ impl<IO> Body<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use http_body_util::BodyExt as _;
     use tokio::io::{AsyncReadExt as _, DuplexStream};
 
@@ -781,6 +835,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_that_cannot_be_reused_is_closed_when_its_body_ends() {
+        let (mut conn, mut upstream) = pipe();
+        let asked = conn.prepare(&get("/"));
+        let server = tokio::spawn(async move {
+            read_head(&mut upstream).await;
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // Ends only when weir closes its side.
+            let mut rest = Vec::new();
+            upstream.read_to_end(&mut rest).await.unwrap();
+            rest
+        });
+        let mut body = conn.send(asked).await.unwrap().into_body();
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data, "ok");
+        assert!(body.is_end_stream());
+        assert!(body.take_conn().is_none());
+        // The body is still alive, but its connection is closed.
+        assert_eq!(server.await.unwrap(), b"");
+        drop(body);
+    }
+
+    #[tokio::test]
     async fn bytes_past_the_body_make_the_connection_unusable() {
         let (_, body, _, reusable) = exchange(
             get("/"),
@@ -795,7 +874,15 @@ mod tests {
 
     #[tokio::test]
     async fn broken_answers_name_what_is_wrong() {
-        let cases: [(&'static [u8], &str); 6] = [
+        let long_line: &'static [u8] = Box::leak(
+            [
+                &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;"[..],
+                &[b'x'; MAX_SECTION],
+            ]
+            .concat()
+            .into_boxed_slice(),
+        );
+        let cases: [(&'static [u8], &str); 9] = [
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
                 "invalid Content-Length",
@@ -809,7 +896,7 @@ mod tests {
                 "HTTP/1.0",
             ),
             (
-                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5x\r\n",
                 "invalid chunk size",
             ),
             (
@@ -817,6 +904,17 @@ mod tests {
                 "CRLF",
             ),
             (b"NOT HTTP\r\n\r\n", "invalid response"),
+            // httparse alone would take these for the last chunk, and the rest of the
+            // body for the next response.
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n",
+                "without a size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n",
+                "bare LF",
+            ),
+            (long_line, "longer than 16384 bytes"),
         ];
         for (answer, says) in cases {
             let err = exchange(get("/"), answer, false)
@@ -845,6 +943,55 @@ mod tests {
         .expect_err("cut in the body");
         assert!(matches!(err, H1Error::ClosedInBody), "{err}");
         assert!(!err.is_protocol());
+    }
+
+    #[tokio::test]
+    async fn an_error_after_data_comes_one_wake_later() {
+        let (mut conn, mut upstream) = pipe();
+        let asked = conn.prepare(&get("/"));
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n5x\r\n")
+            .await
+            .unwrap();
+        let mut body = conn.send(asked).await.unwrap().into_body();
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut poll = || Pin::new(&mut body).poll_frame(&mut cx);
+        assert!(
+            matches!(poll(), Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(|d| d == "hello"))
+        );
+        // The data's reader gets to pass it on before it hears of the error.
+        assert!(poll().is_pending());
+        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(matches!(
+            poll(),
+            Poll::Ready(Some(Err(H1Error::Invalid(_))))
+        ));
+        assert!(matches!(poll(), Poll::Ready(None)));
+        assert!(body.take_conn().is_none());
+    }
+
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn transfer_encoding_overrides_content_length() {
+        let (_, body, _, _) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ncontent-length: nonsense\r\ntransfer-encoding: chunked\r\n\r\n\
+              2\r\nok\r\n0\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(body, "ok");
     }
 
     #[tokio::test]
