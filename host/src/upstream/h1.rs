@@ -111,11 +111,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
             self.buf.reserve(64);
             tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
         });
-        match std::pin::pin!(tokio::task::unconstrained(check)).poll(&mut cx) {
-            Poll::Pending => true,
-            // An end, bytes nobody asked for, or an error: in every case it is done.
-            Poll::Ready(_) => false,
-        }
+        // Ready is an end, bytes nobody asked for, or an error: in every case it is done.
+        std::pin::pin!(tokio::task::unconstrained(check))
+            .poll(&mut cx)
+            .is_pending()
     }
 
     /// Makes `req`'s head, to [`Conn1::send`]. The request is not borrowed across the
