@@ -674,7 +674,8 @@ impl IdleConn {
 /// with. (An own connection another worker hands to hyper keeps that home; its hyper
 /// task runs on the worker that handed it over.)
 enum Sender {
-    /// hyper's HTTP/1 client, for a request with a body.
+    /// hyper's HTTP/1 client: for a request with a body, and for any request on a
+    /// connection already handed to it.
     H1(http1::SendRequest<ProxyBody>, usize),
     /// The own exchange, for a request with none.
     Own(h1::Conn1<Conn>, usize),
