@@ -1172,9 +1172,19 @@ mod tests {
     /// Sends a GET and reads the whole answer; returns its status, and whether the call
     /// opened a new connection.
     async fn get(pool: &UpstreamPool) -> (u16, bool) {
+        call(pool, Request::new(crate::body::empty())).await
+    }
+
+    /// Sends a POST with a body (hyper's client, not the own exchange), as [`get`].
+    async fn post(pool: &UpstreamPool) -> (u16, bool) {
+        let mut req = Request::new(crate::body::full(Bytes::from_static(b"a body")));
+        *req.method_mut() = http::Method::POST;
+        call(pool, req).await
+    }
+
+    async fn call(pool: &UpstreamPool, mut req: Request<ProxyBody>) -> (u16, bool) {
         use http_body_util::BodyExt as _;
         let upstream = pool.get("u").unwrap();
-        let mut req = Request::new(crate::body::empty());
         *req.uri_mut() = upstream.uri("/x").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let (resp, connect) = pool
@@ -1322,23 +1332,6 @@ mod tests {
             assert_eq!(get(&pool).await, (200, false), "a pooled connection");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    }
-
-    /// Sends a POST with a body: hyper's client, not the own exchange.
-    async fn post(pool: &UpstreamPool) -> (u16, bool) {
-        use http_body_util::BodyExt as _;
-        let upstream = pool.get("u").unwrap();
-        let mut req = Request::new(crate::body::full(Bytes::from_static(b"a body")));
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = upstream.uri("/x").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (resp, connect) = pool
-            .send_timed(upstream, Box::new(req), deadline, 5000)
-            .await;
-        let resp = resp.expect("an answer");
-        let status = resp.status().as_u16();
-        resp.into_body().collect().await.unwrap();
-        (status, connect.is_some())
     }
 
     #[tokio::test]
