@@ -558,17 +558,12 @@ fn authority_header(origin: &Origin) -> http::HeaderValue {
 
 /// Maps an error of the own HTTP/1 exchange to the WIT kind and the client's error.
 fn own_failure(e: &h1::H1Error, origin: &str) -> UpstreamFailure {
-    UpstreamFailure {
-        kind: if e.is_protocol() {
-            UpstreamError::Protocol
-        } else {
-            UpstreamError::Reset
-        },
-        error: ProxyError::UpstreamBroken {
-            upstream: origin.to_owned(),
-            detail: e.to_string(),
-        },
-    }
+    let kind = if e.is_protocol() {
+        UpstreamError::Protocol
+    } else {
+        UpstreamError::Reset
+    };
+    broken(kind, e, origin)
 }
 
 /// Maps an error of a request on a connection to the WIT kind and the client's error.
@@ -580,6 +575,11 @@ fn classify(e: &hyper::Error, origin: &str) -> UpstreamFailure {
     } else {
         UpstreamError::Reset
     };
+    broken(kind, e, origin)
+}
+
+/// A connection that broke under a request: `kind` for filters, `e` for the client.
+fn broken(kind: UpstreamError, e: &dyn std::fmt::Display, origin: &str) -> UpstreamFailure {
     UpstreamFailure {
         kind,
         error: ProxyError::UpstreamBroken {
