@@ -286,14 +286,39 @@ closed_loop() {
     say "  $row #$repeat: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu:-–} CPU-us/req, errors $errors"
 }
 
+# CPU $1's line of /proc/stat: its busy and its total time, in clock ticks (user to
+# steal; guest time is already in user).
+cpu_busy_total() {
+    awk -v cpu="cpu$1" '$1 == cpu {
+        total = 0; for (i = 2; i <= 9; i++) total += $i
+        print total - $5 - $6, total }' /proc/stat
+}
+
+# The share of a CPU's time that was busy between two cpu_busy_total readings, in %.
+busy_share() {
+    local b0 t0 b1 t1
+    read -r b0 t0 <<<"$1"
+    read -r b1 t1 <<<"$2"
+    python3 -c "print(round(100 * ($b1 - $b0) / max(1, $t1 - $t0), 1))"
+}
+
 # One open-loop measurement of row $1 at $RATE req/s, each latency counted from the
-# request's due time (bench/openloop: one thread, a timerfd, no millisecond timer ticks).
+# request's due time (bench/openloop: one thread, an epoll wait that ends at the next due
+# time, no millisecond timer ticks). Also records how busy each CPU was meanwhile (all
+# its processes, kernel included): a busy load CPU queues requests in the client and
+# the upstream, and that queueing is in every p99 the row reports.
 open_loop() {
-    local row="$1" repeat="$2" port json
+    local row="$1" repeat="$2" port json p0 p1 l0 l1
     port="$(port_of "$row")"
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "http://127.0.0.1:$port/bench" >/dev/null
     json="$RUN/openloop-$row-$repeat.json"
+    p0="$(cpu_busy_total "$PROXY_CPU")"
+    l0="$(cpu_busy_total "$LOAD_CPU")"
     taskset -c "$LOAD_CPU" "$OPENLOOP" "127.0.0.1:$port" /bench "$RATE" "$CONNECTIONS" "$OPEN_DURATION" >"$json"
+    p1="$(cpu_busy_total "$PROXY_CPU")"
+    l1="$(cpu_busy_total "$LOAD_CPU")"
+    printf 'busy\t%s\t%s\t%s\t%s\t\t\t\t0\n' "$row" "$repeat" \
+        "$(busy_share "$p0" "$p1")" "$(busy_share "$l0" "$l1")" >>"$RESULTS"
     python3 - "$json" "$row" "$repeat" >>"$RESULTS" <<'EOF'
 import json, sys
 path, row, repeat = sys.argv[1:]
@@ -303,7 +328,7 @@ d = json.load(open(path))
 errors = d["errors"]
 print(f"open\t{row}\t{repeat}\t{d['rps']:.1f}\t{d['p50_us']:.1f}\t{d['p99_us']:.1f}\t\t\t{errors}")
 EOF
-    say "  $row #$repeat open loop: $(tail -1 "$RESULTS" | cut -f4-6,9 | tr '\t' ' ') (rps p50us p99us errors)"
+    say "  $row #$repeat open loop: $(tail -1 "$RESULTS" | cut -f4-6,9 | tr '\t' ' ') (rps p50us p99us errors); CPU busy: $(grep "^busy	$row	$repeat	" "$RESULTS" | cut -f4,5 | tr '\t' ' ') % (proxy load)"
 }
 
 # === run ===
