@@ -30,8 +30,8 @@ const MAX_HEADERS: usize = 100;
 /// The most bytes a response head may take: hyper's default read buffer limit.
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 
-/// The most bytes a chunk-size line (with its extensions) or a trailer section may
-/// take: hyper's limits.
+/// The most bytes of chunk extensions a body may have, and of its trailer section:
+/// hyper's limits.
 const MAX_SECTION: usize = 16 * 1024;
 
 /// A read asks for at least this much room.
@@ -157,6 +157,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
                 let mut resp = Response::new(Body {
                     conn: Some(self),
                     framing,
+                    chunks: Chunks::default(),
                     reusable,
                     failed: None,
                 });
@@ -280,7 +281,8 @@ struct Head {
 #[derive(Default)]
 struct Lengths {
     /// Whether the last `Transfer-Encoding` line's last coding is `chunked`; `None`
-    /// when there is no such line.
+    /// when there is no such line. A line with other than visible ASCII is not chunked,
+    /// as in hyper (the body then runs to the connection's end).
     chunked: Option<bool>,
     /// The `Content-Length`, while every value agrees.
     length: Option<u64>,
@@ -291,9 +293,8 @@ struct Lengths {
 impl Lengths {
     fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == http::header::TRANSFER_ENCODING {
-            let last = value.as_bytes().rsplit(|&b| b == b',').next();
-            self.chunked =
-                Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+            let last = value.to_str().ok().and_then(|v| v.rsplit(',').next());
+            self.chunked = Some(last.is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
         } else if name == http::header::CONTENT_LENGTH && self.invalid.is_none() {
             for part in value.as_bytes().split(|&b| b == b',') {
                 match parse_length(part.trim_ascii()) {
@@ -352,25 +353,209 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 enum Framing {
     /// This many bytes are left.
     Length(u64),
-    /// Chunked, at this step.
-    Chunked(Chunk),
+    /// Chunked: [`Body::chunks`] reads it.
+    Chunked,
     /// At the connection's end.
     Close,
     /// It has ended.
     Done,
 }
 
-/// Where a chunked body's reader is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// At a chunk-size line.
+/// A chunked body's decoder. Byte by byte, it takes what hyper's client takes (its
+/// `ChunkedState`), so that any bytes an upstream sends give a client of weir the same
+/// body, trailers or error as they did when hyper's client read them: the `h1_response`
+/// fuzz target holds the two to that. Each byte is used once, so a line of any length
+/// costs no more memory than its limit.
+#[derive(Debug, Default)]
+struct Chunks {
+    step: Step,
+    /// The chunk size read so far, then the chunk's bytes left.
+    size: u64,
+    /// The bytes of chunk extensions so far, in the whole body.
+    extensions: usize,
+    /// The trailer section so far (from its first field), once one has begun.
+    trailers: Option<BytesMut>,
+    /// Its complete lines.
+    lines: usize,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Step {
+    /// At the start of a chunk-size line: a hex digit must come.
+    #[default]
+    Start,
+    /// In the size's digits.
     Size,
-    /// In a chunk's data, with this many bytes left.
-    Data(u64),
-    /// At the line end after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields, or the empty line.
-    Trailers,
+    /// In white space after the size.
+    SizeSpace,
+    /// In a chunk extension, up to the line's CR.
+    Extension,
+    /// After the size line's CR.
+    SizeLf,
+    /// In a chunk's data.
+    Data,
+    /// After a chunk's data.
+    DataCr,
+    DataLf,
+    /// After the last chunk, at the start of a line: a trailer field or the end.
+    EndCr,
+    /// After the CR of the empty line that ends the body.
+    EndLf,
+    /// In a trailer field's line.
+    Trailer,
+    /// After a trailer line's CR.
+    TrailerLf,
+}
+
+/// What a chunked body's decoder made of the bytes it had.
+enum Decoded {
+    Data(Bytes),
+    /// The body has ended with this trailer section.
+    Trailers(HeaderMap),
+    /// The body has ended, without trailers.
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+impl Chunks {
+    /// Decodes from the front of `buf`, taking what it uses.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+        let invalid = |why: &str| Err(H1Error::Invalid(why.into()));
+        loop {
+            if self.step == Step::Data {
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
+                }
+                let take = usize::try_from(self.size).map_or(buf.len(), |n| n.min(buf.len()));
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.step = Step::DataCr;
+                }
+                return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            }
+            let Some(&byte) = buf.first() else {
+                return Ok(Decoded::More);
+            };
+            buf.advance(1);
+            self.step = match (self.step, byte) {
+                (Step::Start, _) => match hex(byte) {
+                    Some(digit) => {
+                        self.size = digit;
+                        Step::Size
+                    }
+                    None => return invalid("chunk-size line without a size"),
+                },
+                (Step::Size, _) if hex(byte).is_some() => {
+                    let digit = hex(byte).unwrap_or_default();
+                    match self.size.checked_mul(16).and_then(|n| n.checked_add(digit)) {
+                        Some(size) => self.size = size,
+                        None => return invalid("chunk size overflows 64 bits"),
+                    }
+                    Step::Size
+                }
+                (Step::Size | Step::SizeSpace, b'\t' | b' ') => Step::SizeSpace,
+                (Step::Size | Step::SizeSpace, b';') => Step::Extension,
+                (Step::Size | Step::SizeSpace, b'\r') => Step::SizeLf,
+                (Step::Size | Step::SizeSpace, _) => return invalid("invalid chunk size"),
+                (Step::Extension, b'\r') => Step::SizeLf,
+                (Step::Extension, b'\n') => return invalid("bare LF in a chunk-size line"),
+                (Step::Extension, _) => {
+                    self.extensions += 1;
+                    if self.extensions >= MAX_SECTION {
+                        return invalid("chunk extensions longer than 16384 bytes");
+                    }
+                    Step::Extension
+                }
+                (Step::SizeLf, b'\n') if self.size == 0 => Step::EndCr,
+                (Step::SizeLf, b'\n') => Step::Data,
+                (Step::SizeLf, _) => return invalid("chunk-size line not ended by CRLF"),
+                (Step::DataCr, b'\r') => Step::DataLf,
+                (Step::DataLf, b'\n') => Step::Start,
+                (Step::DataCr | Step::DataLf, _) => {
+                    return invalid("chunk data not followed by CRLF");
+                }
+                (Step::EndCr, b'\r') => {
+                    self.keep(byte)?;
+                    Step::EndLf
+                }
+                (Step::EndCr, _) => {
+                    self.trailers
+                        .get_or_insert_with(|| BytesMut::with_capacity(64));
+                    self.keep(byte)?;
+                    Step::Trailer
+                }
+                (Step::EndLf, b'\n') => {
+                    self.keep(byte)?;
+                    return match self.trailers.take() {
+                        Some(section) => trailers(&section, self.lines).map(Decoded::Trailers),
+                        None => Ok(Decoded::End),
+                    };
+                }
+                (Step::EndLf, _) => return invalid("chunked body not ended by CRLF"),
+                (Step::Trailer, _) => {
+                    self.keep(byte)?;
+                    if byte == b'\r' {
+                        Step::TrailerLf
+                    } else {
+                        Step::Trailer
+                    }
+                }
+                (Step::TrailerLf, b'\n') => {
+                    if self.lines >= MAX_HEADERS {
+                        return invalid("more than 100 trailer fields");
+                    }
+                    self.lines += 1;
+                    self.keep(byte)?;
+                    Step::EndCr
+                }
+                (Step::TrailerLf, _) => return invalid("trailer line not ended by CRLF"),
+                (Step::Data, _) => unreachable!("data is taken above"),
+            };
+        }
+    }
+
+    /// Adds a byte to the trailer section, once one has begun.
+    fn keep(&mut self, byte: u8) -> Result<(), H1Error> {
+        let Some(section) = &mut self.trailers else {
+            return Ok(());
+        };
+        section.extend_from_slice(&[byte]);
+        if section.len() >= MAX_SECTION {
+            return Err(H1Error::Invalid(format!(
+                "trailer section larger than {MAX_SECTION} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A hex digit's value.
+fn hex(byte: u8) -> Option<u64> {
+    char::from(byte).to_digit(16).map(u64::from)
+}
+
+/// A complete trailer section (its `lines` CRLF-ended fields and the empty line) as a
+/// header map.
+fn trailers(section: &[u8], lines: usize) -> Result<HeaderMap, H1Error> {
+    let mut fields = vec![httparse::EMPTY_HEADER; lines];
+    let fields = match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        Ok(httparse::Status::Partial) => {
+            return Err(H1Error::Invalid("trailers: incomplete section".into()));
+        }
+        Err(e) => return Err(H1Error::Invalid(format!("trailers: {e}"))),
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|e| H1Error::Invalid(format!("trailer name {:?}: {e}", f.name)))?;
+        let value = HeaderValue::from_bytes(f.value)
+            .map_err(|e| H1Error::Invalid(format!("trailer {name}: {e}")))?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 /// The response's framing, by RFC 9112 section 6.3, as hyper's client decides it.
@@ -388,7 +573,7 @@ fn framing(head: &Head, head_method: bool) -> Result<Framing, H1Error> {
         }
         // `Transfer-Encoding` overrides `Content-Length`.
         return Ok(if chunked {
-            Framing::Chunked(Chunk::Size)
+            Framing::Chunked
         } else {
             Framing::Close
         });
@@ -397,38 +582,14 @@ fn framing(head: &Head, head_method: bool) -> Result<Framing, H1Error> {
         return Err(H1Error::Invalid(invalid.clone()));
     }
     Ok(match lengths.length {
+        // hyper keeps the two largest values for its own use, and refuses them.
+        Some(n) if n > u64::MAX - 2 => {
+            return Err(H1Error::Invalid(format!("Content-Length {n} is too large")));
+        }
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
-}
-
-/// A complete chunk-size line at the front of `buf`: its length and the chunk's size;
-/// `None` while it is partial.
-///
-/// `httparse` reads a line with no digits as size 0 and takes a bare LF inside an
-/// extension; hyper rejects both, and so does this: either could end a body early and
-/// leave its rest to be read as the next response.
-fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, H1Error> {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
-    };
-    if !first.is_ascii_hexdigit() {
-        return Err(H1Error::Invalid("chunk-size line without a size".into()));
-    }
-    match httparse::parse_chunk_size(buf) {
-        Ok(httparse::Status::Complete((used, size))) => {
-            if buf[..used - 1].contains(&b'\n') {
-                return Err(H1Error::Invalid("bare LF in a chunk-size line".into()));
-            }
-            Ok(Some((used, size)))
-        }
-        Ok(httparse::Status::Partial) if buf.len() < MAX_SECTION => Ok(None),
-        Ok(httparse::Status::Partial) => Err(H1Error::Invalid(format!(
-            "chunk-size line longer than {MAX_SECTION} bytes"
-        ))),
-        Err(_) => Err(H1Error::Invalid("invalid chunk size".into())),
-    }
 }
 
 /// A `Content-Length` value: digits only, no sign, and no overflow.
@@ -448,6 +609,8 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
 pub(super) struct Body<IO> {
     conn: Option<Conn1<IO>>,
     framing: Framing,
+    /// The decoder of a chunked body.
+    chunks: Chunks,
     reusable: bool,
     /// An error found but not reported yet (see [`Body::fail_soon`]).
     failed: Option<H1Error>,
@@ -474,88 +637,42 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
 
     /// The next frame, or `None` when more must be read first.
     fn next_frame(&mut self) -> Result<Option<Frame<Bytes>>, H1Error> {
-        loop {
-            let framing = self.framing;
-            let buf = &mut self.conn().buf;
-            match framing {
-                Framing::Done => return Ok(None),
-                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let take = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-                    let data = buf.split_to(take).freeze();
-                    let left = left - take as u64;
-                    self.framing = match framing {
-                        Framing::Length(_) if left == 0 => Framing::Done,
-                        Framing::Length(_) => Framing::Length(left),
-                        _ if left == 0 => Framing::Chunked(Chunk::DataEnd),
-                        _ => Framing::Chunked(Chunk::Data(left)),
-                    };
-                    return Ok(Some(Frame::data(data)));
+        let framing = self.framing;
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("a body that has not ended has its connection");
+        let buf = &mut conn.buf;
+        match framing {
+            Framing::Done => Ok(None),
+            Framing::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
                 }
-                Framing::Close => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    return Ok(Some(Frame::data(buf.split().freeze())));
-                }
-                Framing::Chunked(Chunk::Size) => match chunk_size(buf)? {
-                    Some((used, size)) => {
-                        buf.advance(used);
-                        self.framing = Framing::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
-                    }
-                    None => return Ok(None),
-                },
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if buf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(H1Error::Invalid("chunk data not followed by CRLF".into()));
-                    }
-                    buf.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
-                }
-                Framing::Chunked(Chunk::Trailers) => return self.trailers(),
+                let take = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                let left = left - take as u64;
+                self.framing = if left == 0 {
+                    Framing::Done
+                } else {
+                    Framing::Length(left)
+                };
+                Ok(Some(Frame::data(buf.split_to(take).freeze())))
             }
+            Framing::Close if buf.is_empty() => Ok(None),
+            Framing::Close => Ok(Some(Frame::data(buf.split().freeze()))),
+            Framing::Chunked => match self.chunks.decode(buf)? {
+                Decoded::Data(data) => Ok(Some(Frame::data(data))),
+                Decoded::Trailers(map) => {
+                    self.framing = Framing::Done;
+                    Ok(Some(Frame::trailers(map)))
+                }
+                Decoded::End => {
+                    self.framing = Framing::Done;
+                    Ok(None)
+                }
+                Decoded::More => Ok(None),
+            },
         }
-    }
-
-    /// The trailer section after the last chunk: a frame of fields, or the end.
-    fn trailers(&mut self) -> Result<Option<Frame<Bytes>>, H1Error> {
-        let buf = &mut self.conn().buf;
-        if buf.starts_with(b"\r\n") {
-            buf.advance(2);
-            self.framing = Framing::Done;
-            return Ok(None);
-        }
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let (used, fields) = match httparse::parse_headers(buf, &mut lines) {
-            Ok(httparse::Status::Complete((used, fields))) => (used, fields),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_SECTION => return Ok(None),
-            Ok(httparse::Status::Partial) => {
-                return Err(H1Error::Invalid(format!(
-                    "trailer section larger than {MAX_SECTION} bytes"
-                )));
-            }
-            Err(e) => return Err(H1Error::Invalid(format!("trailers: {e}"))),
-        };
-        let mut map = HeaderMap::with_capacity(fields.len());
-        for f in fields.iter() {
-            let name = HeaderName::from_bytes(f.name.as_bytes())
-                .map_err(|e| H1Error::Invalid(format!("trailer name {:?}: {e}", f.name)))?;
-            let value = HeaderValue::from_bytes(f.value)
-                .map_err(|e| H1Error::Invalid(format!("trailer {name}: {e}")))?;
-            map.append(name, value);
-        }
-        buf.advance(used);
-        self.framing = Framing::Done;
-        Ok(Some(Frame::trailers(map)))
     }
 }
 

@@ -1,0 +1,49 @@
+//! An upstream's HTTP/1 response as weir's own exchange reads it (`upstream::h1`, for
+//! requests without a body), against hyper's client connection given the same bytes
+//! (`weir::upstream::h1_compare`).
+//!
+//! Properties, for any bytes an upstream sends to a `GET` or `HEAD`, with or without
+//! `Connection: close`, arriving in any pieces, then a close:
+//! - the own exchange never panics or hangs;
+//! - a client sees what hyper's client gave it: no response where hyper gave none; else
+//!   the same status and headers, and a body that ends whole, with the same data and
+//!   trailers, exactly when hyper's does (the data before a cut and the errors' words
+//!   may differ).
+#![no_main]
+
+use arbitrary::{Arbitrary, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use weir::upstream::h1_compare::{Case, both};
+
+#[derive(Debug)]
+struct Input(Case);
+
+impl<'a> Arbitrary<'a> for Input {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Input> {
+        let head = u.arbitrary()?;
+        let close = u.arbitrary()?;
+        let pieces = u.int_in_range(0..=4)?;
+        let cuts = (0..pieces)
+            .map(|_| u.arbitrary::<u16>().map(usize::from))
+            .collect::<arbitrary::Result<_>>()?;
+        Ok(Input(Case {
+            head,
+            close,
+            cuts,
+            reply: u.bytes(u.len())?.to_vec(),
+        }))
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let case = input.0;
+    let (own, hyper) = both(&case);
+    assert!(
+        !own.differs_from(&hyper),
+        "reply {:?} (head: {}, close: {}, cuts: {:?})\n  own: {own:?}\nhyper: {hyper:?}",
+        String::from_utf8_lossy(&case.reply),
+        case.head,
+        case.close,
+        case.cuts,
+    );
+});
