@@ -48,6 +48,8 @@ use crate::telemetry::{InFlight, UpstreamMetrics};
 use crate::tls::{self, TlsError};
 
 mod h1;
+#[doc(hidden)]
+pub mod h1_compare;
 
 /// A new upstream connection: TCP, then TLS for an https upstream.
 #[derive(Debug, Clone, Copy)]
