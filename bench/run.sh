@@ -294,12 +294,13 @@ closed_loop() {
     say "  $row #$repeat: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu:-–} CPU-us/req, errors $errors"
 }
 
-# CPU $1's line of /proc/stat: its busy and its total time, in clock ticks (user to
-# steal; guest time is already in user).
+# CPU $1's line of /proc/stat: the time it ran something and its total time, in clock
+# ticks (user to steal; guest time is already in user). Idle, I/O wait and steal (the
+# hypervisor running something else) are not busy.
 cpu_busy_total() {
     awk -v cpu="cpu$1" '$1 == cpu {
         total = 0; for (i = 2; i <= 9; i++) total += $i
-        print total - $5 - $6, total }' /proc/stat
+        print total - $5 - $6 - $9, total }' /proc/stat
 }
 
 # The share of a CPU's time that was busy between two cpu_busy_total readings, in %.

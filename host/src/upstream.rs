@@ -48,6 +48,7 @@ use crate::telemetry::{InFlight, UpstreamMetrics};
 use crate::tls::{self, TlsError};
 
 mod h1;
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod h1_compare;
 

@@ -30,8 +30,8 @@ const MAX_HEADERS: usize = 100;
 /// The most bytes a response head may take: hyper's default read buffer limit.
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 
-/// The most bytes of chunk extensions a body may have, and of its trailer section:
-/// hyper's limits.
+/// The bytes of chunk extensions a body may have, and of its trailer section, must
+/// stay under this: hyper's limits.
 const MAX_SECTION: usize = 16 * 1024;
 
 /// A read asks for at least this much room.
@@ -447,7 +447,7 @@ impl Chunks {
                     }
                     None => return invalid("chunk-size line without a size"),
                 },
-                (Step::Size, _) if hex(byte).is_some() => {
+                (Step::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
                     let digit = hex(byte).unwrap_or_default();
                     match self.size.checked_mul(16).and_then(|n| n.checked_add(digit)) {
                         Some(size) => self.size = size,
@@ -464,7 +464,7 @@ impl Chunks {
                 (Step::Extension, _) => {
                     self.extensions += 1;
                     if self.extensions >= MAX_SECTION {
-                        return invalid("chunk extensions longer than 16384 bytes");
+                        return invalid("chunk extensions of 16384 bytes or more");
                     }
                     Step::Extension
                 }
@@ -524,7 +524,7 @@ impl Chunks {
         section.extend_from_slice(&[byte]);
         if section.len() >= MAX_SECTION {
             return Err(H1Error::Invalid(format!(
-                "trailer section larger than {MAX_SECTION} bytes"
+                "trailer section of {MAX_SECTION} bytes or more"
             )));
         }
         Ok(())
@@ -638,6 +638,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
     /// The next frame, or `None` when more must be read first.
     fn next_frame(&mut self) -> Result<Option<Frame<Bytes>>, H1Error> {
         let framing = self.framing;
+        // Not `self.conn()`: the chunked decoder borrows `self.chunks` beside the buffer.
         let conn = self
             .conn
             .as_mut()
@@ -1030,7 +1031,7 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n",
                 "bare LF",
             ),
-            (long_line, "longer than 16384 bytes"),
+            (long_line, "16384 bytes or more"),
         ];
         for (answer, says) in cases {
             let err = exchange(get("/"), answer, false)

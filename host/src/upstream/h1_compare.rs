@@ -6,7 +6,16 @@
 //! The own exchange replaced hyper's client for requests without a body, so hyper's
 //! client is its oracle: for any bytes an upstream sends, a client of weir should see
 //! the same status, headers, body and trailers as before, and an error where there was
-//! one. Not part of weir's interface: it is public only for the fuzz target.
+//! one. Where a body ends matters as much: a connection reused after a body that ended
+//! too early or too late reads the rest of one response as the next. So each side, when
+//! it keeps the connection, sends a second request on it, which the upstream answers
+//! with [`SECOND`]; the own side must read exactly that.
+//!
+//! Everything runs in memory on one thread with tokio's clock paused, so a run is
+//! deterministic: time moves only when every task waits, which first ends the
+//! upstream's wait for a second request, and then, only if a side waits for ever (a
+//! bug), that side's exchange, as [`Outcome::Hung`]. Built for tests and the fuzz
+//! target only (`cfg(fuzzing)`), with tokio's `test-util`.
 
 use std::time::Duration;
 
@@ -16,8 +25,19 @@ use http_body::Body as HttpBody;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+use tokio::sync::oneshot;
 
-use super::h1::Conn1;
+use super::h1::{Body, Conn1};
+
+/// What the upstream answers to a second request on the same connection.
+pub const SECOND: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext";
+
+/// How long the upstream waits for a second request before it closes (on the paused
+/// clock: only once every side waits).
+const SECOND_WAIT: Duration = Duration::from_secs(1);
+
+/// How long an exchange may wait before it counts as hung (on the paused clock).
+const HUNG_AFTER: Duration = Duration::from_secs(60);
 
 /// What a client was given for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +50,8 @@ pub enum Outcome {
         headers: Vec<(String, Vec<u8>)>,
         body: BodyOutcome,
     },
+    /// The exchange never ended, though the upstream had closed the connection.
+    Hung,
 }
 
 /// How a response body ended.
@@ -44,6 +66,14 @@ pub enum BodyOutcome {
     Cut { data: Vec<u8>, error: String },
 }
 
+/// One side's run: the first exchange, and the second one if the side kept the
+/// connection for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub first: Outcome,
+    pub second: Option<Outcome>,
+}
+
 impl Outcome {
     /// Whether a client would tell `self` and `other` apart: a different head, a body
     /// that ended whole against one cut short, or whole bodies that differ. The data
@@ -51,6 +81,7 @@ impl Outcome {
     pub fn differs_from(&self, other: &Outcome) -> bool {
         match (self, other) {
             (Outcome::NoResponse(_), Outcome::NoResponse(_)) => false,
+            (Outcome::Hung, Outcome::Hung) => false,
             (
                 Outcome::Response {
                     status: s1,
@@ -76,41 +107,73 @@ impl Outcome {
             _ => true,
         }
     }
+
+    /// Whether this is the upstream's answer to the second request, [`SECOND`].
+    pub fn is_second(&self) -> bool {
+        *self
+            == Outcome::Response {
+                status: 200,
+                headers: vec![("content-length".into(), b"4".to_vec())],
+                body: BodyOutcome::Whole {
+                    data: b"next".to_vec(),
+                    trailers: None,
+                },
+            }
+    }
 }
 
-/// What the upstream is asked and how it answers.
+impl Run {
+    /// What is wrong with the own side's run against hyper's, if anything: it hung; its
+    /// first exchange differs from hyper's; or it kept the connection and its second
+    /// exchange read something other than [`SECOND`] that hyper's did not (a body that
+    /// ended at another byte). The own side may keep a connection hyper would not, if
+    /// it reads the second answer right, and close one hyper would keep.
+    pub fn fault(own: &Run, hyper: &Run) -> Option<&'static str> {
+        if own.first == Outcome::Hung || own.second == Some(Outcome::Hung) {
+            return Some("the own exchange hung");
+        }
+        if own.first.differs_from(&hyper.first) {
+            return Some("the first responses differ");
+        }
+        match (&own.second, &hyper.second) {
+            (Some(o), _) if o.is_second() => None,
+            // Both read the same wrong answer: the upstream's bytes, not the framing.
+            (Some(o), Some(h)) if !o.differs_from(h) => None,
+            (Some(_), _) => Some("the kept connection read something else as the next answer"),
+            (None, _) => None,
+        }
+    }
+}
+
+/// What is asked of the upstream and how it answers.
 #[derive(Debug, Clone)]
 pub struct Case {
     /// `HEAD` rather than `GET`.
     pub head: bool,
     /// The request asks to close the connection (`Connection: close`).
     pub close: bool,
-    /// What the upstream sends once the request head has come, before closing.
+    /// What the upstream sends once the request head has come. Then it waits for a
+    /// second request (answered with [`SECOND`]) until every side waits, and closes.
     pub reply: Vec<u8>,
     /// Where the upstream pauses while sending `reply` (offsets into it), so that each
     /// side reads it in pieces.
     pub cuts: Vec<usize>,
 }
 
-/// The own exchange's outcome and hyper's, for `case`.
-pub fn both(case: &Case) -> (Outcome, Outcome) {
+/// The own exchange's run and hyper's, for `case`.
+pub fn both(case: &Case) -> (Run, Run) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    runtime.block_on(async {
-        // Everything is in memory: a side still waiting after a second waits for ever
-        // (a bug), and fails rather than hanging the fuzzer.
-        let own = within(own(case)).await;
-        let hyper = within(hyper(case)).await;
-        (own, hyper)
-    })
+    runtime.block_on(async { (own(case).await, hyper(case).await) })
 }
 
 async fn within(exchange: impl Future<Output = Outcome>) -> Outcome {
-    tokio::time::timeout(Duration::from_secs(1), exchange)
+    tokio::time::timeout(HUNG_AFTER, exchange)
         .await
-        .unwrap_or_else(|_| Outcome::NoResponse("never ended".into()))
+        .unwrap_or(Outcome::Hung)
 }
 
 fn request(case: &Case) -> Request<Empty<Bytes>> {
@@ -124,39 +187,104 @@ fn request(case: &Case) -> Request<Empty<Bytes>> {
     req.body(Empty::new()).expect("a valid request")
 }
 
-async fn own(case: &Case) -> Outcome {
+async fn own(case: &Case) -> Run {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
-    tokio::spawn(upstream(theirs, case.clone()));
+    let (written, replied) = oneshot::channel();
+    tokio::spawn(upstream(theirs, case.clone(), written));
     let req = request(case);
     let mut conn = Conn1::new(ours);
     let asked = conn.prepare(&req);
-    match conn.send(asked).await {
-        Ok(resp) => outcome(resp).await,
-        Err(e) => Outcome::NoResponse(e.to_string()),
-    }
+    let mut kept = None;
+    let first = within(async {
+        match conn.send(asked).await {
+            Ok(resp) => {
+                let (first, body) = outcome(resp).await;
+                kept = body.and_then(|mut b: Body<DuplexStream>| b.take_conn());
+                first
+            }
+            Err(e) => Outcome::NoResponse(e.to_string()),
+        }
+    })
+    .await;
+    // As the pool does when it takes an idle connection: once the upstream has sent
+    // all it had, a connection that has bytes or an end waiting is not used again.
+    let _ = replied.await;
+    let kept = kept.and_then(|mut conn| conn.looks_open().then_some(conn));
+    let second = match kept {
+        Some(mut conn) => Some(
+            within(async {
+                let asked = conn.prepare(&request(case));
+                match conn.send(asked).await {
+                    Ok(resp) => outcome(resp).await.0,
+                    Err(e) => Outcome::NoResponse(e.to_string()),
+                }
+            })
+            .await,
+        ),
+        _ => None,
+    };
+    Run { first, second }
 }
 
-async fn hyper(case: &Case) -> Outcome {
+async fn hyper(case: &Case) -> Run {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
-    tokio::spawn(upstream(theirs, case.clone()));
+    let (written, replied) = oneshot::channel();
+    tokio::spawn(upstream(theirs, case.clone(), written));
     // As weir's pool makes its hyper connections (`upstream::hyper_h1`).
     let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(ours))
         .await
     {
         Ok(pair) => pair,
-        Err(e) => return Outcome::NoResponse(e.to_string()),
+        Err(e) => {
+            return Run {
+                first: Outcome::NoResponse(e.to_string()),
+                second: None,
+            };
+        }
     };
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    match sender.send_request(request(case)).await {
-        Ok(resp) => outcome(resp).await,
-        Err(e) => Outcome::NoResponse(e.to_string()),
-    }
+    let first = within(async {
+        match sender.send_request(request(case)).await {
+            Ok(resp) => outcome(resp).await.0,
+            Err(e) => Outcome::NoResponse(e.to_string()),
+        }
+    })
+    .await;
+    let _ = replied.await;
+    // Its connection task runs until it waits: it has seen whatever came after the
+    // response, and closed the connection if it will not be used again.
+    tokio::task::yield_now().await;
+    let kept = matches!(
+        first,
+        Outcome::Response {
+            body: BodyOutcome::Whole { .. },
+            ..
+        }
+    ) && tokio::time::timeout(Duration::ZERO, sender.ready())
+        .await
+        .is_ok_and(|ready| ready.is_ok());
+    let second = if kept {
+        Some(
+            within(async {
+                match sender.send_request(request(case)).await {
+                    Ok(resp) => outcome(resp).await.0,
+                    Err(e) => Outcome::NoResponse(e.to_string()),
+                }
+            })
+            .await,
+        )
+    } else {
+        None
+    };
+    Run { first, second }
 }
 
-async fn outcome<B>(resp: http::Response<B>) -> Outcome
+/// What a client makes of `resp`, and its body once it has ended whole (for the own
+/// side to take its connection back).
+async fn outcome<B>(resp: http::Response<B>) -> (Outcome, Option<B>)
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -164,7 +292,7 @@ where
     let (parts, mut body) = resp.into_parts();
     let mut data = Vec::new();
     let mut trailers = None;
-    let body = loop {
+    let ended = loop {
         match body.frame().await {
             None => break BodyOutcome::Whole { data, trailers },
             Some(Err(e)) => {
@@ -183,11 +311,13 @@ where
             },
         }
     };
-    Outcome::Response {
+    let whole = matches!(ended, BodyOutcome::Whole { .. });
+    let outcome = Outcome::Response {
         status: parts.status.as_u16(),
         headers: fields(&parts.headers),
-        body,
-    }
+        body: ended,
+    };
+    (outcome, whole.then_some(body))
 }
 
 fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
@@ -196,15 +326,12 @@ fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Reads the request head, sends the reply in its pieces, then closes.
-async fn upstream(mut io: DuplexStream, case: Case) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match io.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
+/// Reads the request head, sends the reply in its pieces and says so on `written`,
+/// answers a second request with [`SECOND`] if one comes before every side waits, and
+/// closes.
+async fn upstream(mut io: DuplexStream, case: Case, written: oneshot::Sender<()>) {
+    if !read_head(&mut io).await {
+        return;
     }
     let mut cuts: Vec<usize> = case.cuts.iter().map(|&c| c.min(case.reply.len())).collect();
     cuts.sort_unstable();
@@ -217,6 +344,23 @@ async fn upstream(mut io: DuplexStream, case: Case) {
         from = to;
         tokio::task::yield_now().await;
     }
+    let _ = written.send(());
+    if let Ok(true) = tokio::time::timeout(SECOND_WAIT, read_head(&mut io)).await {
+        let _ = io.write_all(SECOND).await;
+    }
+}
+
+/// Reads up to the end of a request head; false if the connection ends first.
+async fn read_head(io: &mut DuplexStream) -> bool {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match io.read(&mut byte).await {
+            Ok(1) => got.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -235,11 +379,100 @@ mod tests {
     #[track_caller]
     fn agree(case: &Case) -> Outcome {
         let (own, hyper) = both(case);
-        assert!(
-            !own.differs_from(&hyper),
+        assert_eq!(
+            Run::fault(&own, &hyper),
+            None,
             "for {case:?}\n own: {own:?}\nhyper: {hyper:?}"
         );
-        own
+        own.first
+    }
+
+    #[test]
+    fn a_kept_connection_serves_the_next_request() {
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            let mut case = case(reply);
+            case.cuts = vec![10, 40];
+            let (own, hyper) = both(&case);
+            assert_eq!(Run::fault(&own, &hyper), None);
+            assert!(
+                own.second.as_ref().is_some_and(Outcome::is_second),
+                "{own:?}"
+            );
+            assert!(
+                hyper.second.as_ref().is_some_and(Outcome::is_second),
+                "{hyper:?}"
+            );
+        }
+        // Not kept: asked to close, told to close, read to the end, or more bytes than
+        // the response came (at once or later).
+        let mut asked = case(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        asked.close = true;
+        let mut later =
+            case(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n");
+        later.cuts = vec![40];
+        for case in [
+            asked,
+            case(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"),
+            case(b"HTTP/1.1 200 OK\r\n\r\nto the end"),
+            case(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"),
+            later,
+        ] {
+            let (own, hyper) = both(&case);
+            assert_eq!(Run::fault(&own, &hyper), None);
+            assert_eq!(own.second, None, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn the_limits_are_hypers() {
+        let chunked = |rest: &[u8]| {
+            case(
+                &[
+                    &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+                    rest,
+                ]
+                .concat(),
+            )
+        };
+        let ext = |n: usize| [b"1;".as_slice(), &vec![b'e'; n], b"\r\nx\r\n"].concat();
+        let whole = |o: &Outcome| {
+            matches!(
+                o,
+                Outcome::Response {
+                    body: BodyOutcome::Whole { .. },
+                    ..
+                }
+            )
+        };
+        // Chunk extensions: fewer than 16384 bytes in the whole body.
+        let ok = agree(&chunked(
+            &[ext(8000), ext(8383), b"0\r\n\r\n".to_vec()].concat(),
+        ));
+        assert!(whole(&ok), "{ok:?}");
+        let cut = agree(&chunked(
+            &[ext(8000), ext(8384), b"0\r\n\r\n".to_vec()].concat(),
+        ));
+        assert!(!whole(&cut), "{cut:?}");
+        // The trailer section: fewer than 16384 bytes, at most 100 lines.
+        let section = |len: usize| {
+            let field = b"x-t: ".len() + 2;
+            [
+                b"0\r\nx-t: ".as_slice(),
+                &vec![b'v'; len - field - 2],
+                b"\r\n\r\n",
+            ]
+            .concat()
+        };
+        assert!(whole(&agree(&chunked(&section(16383)))));
+        assert!(!whole(&agree(&chunked(&section(16384)))));
+        let lines =
+            |n: usize| [b"0\r\n".to_vec(), b"x-t: 1\r\n".repeat(n), b"\r\n".to_vec()].concat();
+        assert!(whole(&agree(&chunked(&lines(100)))));
+        assert!(!whole(&agree(&chunked(&lines(101)))));
     }
 
     #[test]
