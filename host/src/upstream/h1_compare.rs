@@ -23,11 +23,12 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::oneshot;
 
-use super::h1::{Body, Conn1};
+use super::h1::Conn1;
 
 /// What the upstream answers to a second request on the same connection.
 pub const SECOND: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext";
@@ -170,10 +171,9 @@ pub fn both(case: &Case) -> (Run, Run) {
     runtime.block_on(async { (own(case).await, hyper(case).await) })
 }
 
-async fn within(exchange: impl Future<Output = Outcome>) -> Outcome {
-    tokio::time::timeout(HUNG_AFTER, exchange)
-        .await
-        .unwrap_or(Outcome::Hung)
+/// What `exchange` gave, or `None` if it hung.
+async fn within<T>(exchange: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(HUNG_AFTER, exchange).await.ok()
 }
 
 fn request(case: &Case) -> Request<Empty<Bytes>> {
@@ -191,39 +191,37 @@ async fn own(case: &Case) -> Run {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let (written, replied) = oneshot::channel();
     tokio::spawn(upstream(theirs, case.clone(), written));
-    let req = request(case);
-    let mut conn = Conn1::new(ours);
-    let asked = conn.prepare(&req);
-    let mut kept = None;
-    let first = within(async {
-        match conn.send(asked).await {
-            Ok(resp) => {
-                let (first, body) = outcome(resp).await;
-                kept = body.and_then(|mut b: Body<DuplexStream>| b.take_conn());
-                first
-            }
-            Err(e) => Outcome::NoResponse(e.to_string()),
-        }
-    })
-    .await;
+    let (first, kept) = within(own_exchange(Conn1::new(ours), case))
+        .await
+        .unwrap_or((Outcome::Hung, None));
     // As the pool does when it takes an idle connection: once the upstream has sent
     // all it had, a connection that has bytes or an end waiting is not used again.
     let _ = replied.await;
-    let kept = kept.and_then(|mut conn| conn.looks_open().then_some(conn));
-    let second = match kept {
-        Some(mut conn) => Some(
-            within(async {
-                let asked = conn.prepare(&request(case));
-                match conn.send(asked).await {
-                    Ok(resp) => outcome(resp).await.0,
-                    Err(e) => Outcome::NoResponse(e.to_string()),
-                }
-            })
-            .await,
+    let second = match kept.and_then(|mut conn| conn.looks_open().then_some(conn)) {
+        Some(conn) => Some(
+            within(own_exchange(conn, case))
+                .await
+                .map_or(Outcome::Hung, |(second, _)| second),
         ),
-        _ => None,
+        None => None,
     };
     Run { first, second }
+}
+
+/// One request on an own connection: what the client was given, and the connection if
+/// it can serve another.
+async fn own_exchange(
+    mut conn: Conn1<DuplexStream>,
+    case: &Case,
+) -> (Outcome, Option<Conn1<DuplexStream>>) {
+    let asked = conn.prepare(&request(case));
+    match conn.send(asked).await {
+        Ok(resp) => {
+            let (outcome, body) = outcome(resp).await;
+            (outcome, body.and_then(|mut body| body.take_conn()))
+        }
+        Err(e) => (Outcome::NoResponse(e.to_string()), None),
+    }
 }
 
 async fn hyper(case: &Case) -> Run {
@@ -246,40 +244,42 @@ async fn hyper(case: &Case) -> Run {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let first = within(async {
-        match sender.send_request(request(case)).await {
-            Ok(resp) => outcome(resp).await.0,
-            Err(e) => Outcome::NoResponse(e.to_string()),
-        }
-    })
-    .await;
+    let first = within(hyper_exchange(&mut sender, case))
+        .await
+        .unwrap_or(Outcome::Hung);
     let _ = replied.await;
     // Its connection task runs until it waits: it has seen whatever came after the
     // response, and closed the connection if it will not be used again.
     tokio::task::yield_now().await;
-    let kept = matches!(
+    let whole = matches!(
         first,
         Outcome::Response {
             body: BodyOutcome::Whole { .. },
             ..
         }
-    ) && tokio::time::timeout(Duration::ZERO, sender.ready())
-        .await
-        .is_ok_and(|ready| ready.is_ok());
+    );
+    let kept = whole
+        && tokio::time::timeout(Duration::ZERO, sender.ready())
+            .await
+            .is_ok_and(|ready| ready.is_ok());
     let second = if kept {
         Some(
-            within(async {
-                match sender.send_request(request(case)).await {
-                    Ok(resp) => outcome(resp).await.0,
-                    Err(e) => Outcome::NoResponse(e.to_string()),
-                }
-            })
-            .await,
+            within(hyper_exchange(&mut sender, case))
+                .await
+                .unwrap_or(Outcome::Hung),
         )
     } else {
         None
     };
     Run { first, second }
+}
+
+/// One request on hyper's connection: what the client was given.
+async fn hyper_exchange(sender: &mut SendRequest<Empty<Bytes>>, case: &Case) -> Outcome {
+    match sender.send_request(request(case)).await {
+        Ok(resp) => outcome(resp).await.0,
+        Err(e) => Outcome::NoResponse(e.to_string()),
+    }
 }
 
 /// What a client makes of `resp`, and its body once it has ended whole (for the own
