@@ -440,21 +440,16 @@ impl Chunks {
             };
             buf.advance(1);
             self.step = match (self.step, byte) {
-                (Step::Start, _) => match hex(byte) {
-                    Some(digit) => {
-                        self.size = digit;
-                        Step::Size
-                    }
-                    None => return invalid("chunk-size line without a size"),
-                },
-                (Step::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
-                    let digit = hex(byte).unwrap_or_default();
+                // A chunk's size is 0 at its line's start: its data counted it down.
+                (Step::Start | Step::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                    let digit = char::from(byte).to_digit(16).map_or(0, u64::from);
                     match self.size.checked_mul(16).and_then(|n| n.checked_add(digit)) {
                         Some(size) => self.size = size,
                         None => return invalid("chunk size overflows 64 bits"),
                     }
                     Step::Size
                 }
+                (Step::Start, _) => return invalid("chunk-size line without a size"),
                 (Step::Size | Step::SizeSpace, b'\t' | b' ') => Step::SizeSpace,
                 (Step::Size | Step::SizeSpace, b';') => Step::Extension,
                 (Step::Size | Step::SizeSpace, b'\r') => Step::SizeLf,
@@ -529,11 +524,6 @@ impl Chunks {
         }
         Ok(())
     }
-}
-
-/// A hex digit's value.
-fn hex(byte: u8) -> Option<u64> {
-    char::from(byte).to_digit(16).map(u64::from)
 }
 
 /// A complete trailer section (its `lines` CRLF-ended fields and the empty line) as a
