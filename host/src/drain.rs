@@ -99,6 +99,19 @@ impl Watch {
         }
     }
 
+    /// Whether the worker is draining, for a connection that serves itself rather than
+    /// through [`Watch::serve`]: once true, it stays true. A drain that begins later
+    /// wakes the task polling with `cx`.
+    pub fn draining(&mut self, cx: &Context<'_>) -> bool {
+        self.stop_now(cx);
+        self.told
+    }
+
+    /// Whether the worker is draining, read without a task to wake.
+    pub fn draining_now(&self) -> bool {
+        self.told || self.shared.draining.load(Ordering::SeqCst)
+    }
+
     /// Whether the connection must begin its graceful shutdown now: true once, at the
     /// first poll after the drain began. A task's waker does not change between polls,
     /// so after the first poll this reads one flag.

@@ -25,6 +25,19 @@ const PAIRS: [[u8; 2]; 256] = {
     pairs
 };
 
+/// A `Content-Length` value: digits only, no sign, and no overflow (hyper's reading).
+pub fn content_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then_some(())
+            .and_then(|()| n.checked_mul(10))
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+    })
+}
+
 /// Writes the low `out.len()` hex digits of `n` (32 at most), lowercase, most
 /// significant first.
 pub fn hex_into(n: u128, out: &mut [u8]) {

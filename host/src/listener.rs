@@ -38,6 +38,11 @@ use crate::slow_clients::{Flushes, InHand, Sweep, Timeouts};
 use crate::telemetry::Telemetry;
 use crate::workers::Workers;
 
+mod h1;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod h1_compare;
+
 /// The longest client-supplied `x-request-id` weir keeps; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 200;
 
@@ -153,21 +158,31 @@ impl Proxy {
         in_hand: Option<InHand>,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
+        // A request without a body (most GETs) needs neither the drain nor the limit.
+        let body = if body.is_end_stream() {
+            body::empty()
+        } else {
+            body::boxed(body::Drain::holding(body, in_hand))
+        };
         // Boxed: the head goes down through several futures, and a box moves as a
         // pointer where the head would be copied into each.
-        let parts = Box::new(parts);
+        self.handle_head(client, Box::new(parts), body).await
+    }
+
+    /// Handles one request whose body is already weir's; never fails, as
+    /// [`Proxy::handle`].
+    pub async fn handle_head(
+        &self,
+        client: SocketAddr,
+        parts: Box<http::request::Parts>,
+        body: ProxyBody,
+    ) -> Response<ProxyBody> {
         let id = request_id(&parts.headers);
         let origin = Origin {
             client,
             replay_of: None,
             job: None,
             batch: None,
-        };
-        // A request without a body (most GETs) needs neither the drain nor the limit.
-        let body = if body.is_end_stream() {
-            body::empty()
-        } else {
-            body::boxed(body::Drain::holding(body, in_hand))
         };
         if let Some(batch) = &self.batch
             && parts.uri.path() == batch::PATH
@@ -1367,7 +1382,11 @@ async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(listen.max_header_bytes.0.min(u32::MAX as u64) as u32);
+    // A connection the own HTTP/1 side handed over after serving some of its requests
+    // is HTTP/1 for good: no h2c preface is looked for.
+    let builder_h1 = Arc::new(builder.clone().http1_only());
     let builder = Arc::new(builder);
+    let max_head = (listen.max_header_bytes.0 as usize).max(8192);
     let drain = Drain::new();
     let timeouts = Timeouts {
         head: listen.header_read_timeout.0,
@@ -1400,12 +1419,14 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let builder = builder.clone();
+        let builder_h1 = builder_h1.clone();
         let tls = tls.clone();
-        let draining = drain.watch();
+        let mut draining = drain.watch();
         let watch = sweep.begin();
         let conn_watch = watch.clone();
         let task = tokio::spawn(async move {
             let _open = open;
+            let own_proxy = proxy.clone();
             let svc_watch = conn_watch.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
@@ -1424,9 +1445,19 @@ async fn serve(
             });
             let result = match tls {
                 None => {
-                    let io = Flushes::new(TokioIo::new(stream), conn_watch);
-                    let conn = builder.serve_connection(io, svc).into_owned();
-                    draining.serve(conn, |c| c.graceful_shutdown()).await
+                    let own = Flushes::new(stream, conn_watch.clone());
+                    let proxy = &*own_proxy;
+                    let service = |parts| proxy.handle_head(peer, parts, body::empty());
+                    match h1::serve(own, max_head, &mut draining, service).await {
+                        Ok(h1::Ended::Closed) => Ok(()),
+                        Ok(h1::Ended::Hand { io, served }) => {
+                            let builder = if served { builder_h1 } else { builder };
+                            let io = Flushes::new(TokioIo::new(io), conn_watch);
+                            let conn = builder.serve_connection(io, svc).into_owned();
+                            draining.serve(conn, |c| c.graceful_shutdown()).await
+                        }
+                        Err(e) => Err(e.into()),
+                    }
                 }
                 Some(acceptor) => {
                     // The sweep bounds the handshake too: the wait began at the accept.

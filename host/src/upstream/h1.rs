@@ -24,6 +24,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::headers::content_length;
+
 /// The most header lines a response head or a trailer section may have: hyper's limit.
 const MAX_HEADERS: usize = 100;
 
@@ -297,7 +299,7 @@ impl Lengths {
             self.chunked = Some(last.is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
         } else if name == http::header::CONTENT_LENGTH && self.invalid.is_none() {
             for part in value.as_bytes().split(|&b| b == b',') {
-                match parse_length(part.trim_ascii()) {
+                match content_length(part.trim_ascii()) {
                     None => self.invalid = Some(format!("invalid Content-Length {value:?}")),
                     Some(n) if self.length.is_some_and(|l| l != n) => {
                         self.invalid = Some("differing Content-Length values".into());
@@ -579,19 +581,6 @@ fn framing(head: &Head, head_method: bool) -> Result<Framing, H1Error> {
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
-    })
-}
-
-/// A `Content-Length` value: digits only, no sign, and no overflow.
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit()
-            .then_some(())
-            .and_then(|()| n.checked_mul(10))
-            .and_then(|n| n.checked_add(u64::from(d - b'0')))
     })
 }
 
@@ -1115,11 +1104,11 @@ mod tests {
 
     #[test]
     fn content_length_takes_digits_only() {
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_length(b"18446744073709551616"), None);
-        assert_eq!(parse_length(b"+1"), None);
-        assert_eq!(parse_length(b""), None);
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(content_length(b"18446744073709551616"), None);
+        assert_eq!(content_length(b"+1"), None);
+        assert_eq!(content_length(b""), None);
     }
 
     #[test]
