@@ -48,6 +48,9 @@ use crate::slow_clients::{Flushes, InHand};
 const MAX_HEADERS: usize = 100;
 /// hyper's limit on a request target's length (414 past it).
 const MAX_URI_LEN: usize = u16::MAX as usize - 1;
+/// How many header lines [`parse`] notes on the stack; a head with more notes them in a
+/// `Vec`.
+const INLINE_LINES: usize = 32;
 /// How much room a read of the socket asks for, as hyper's first read does.
 const READ_ROOM: usize = 8192;
 /// A body chunk up to this size is copied behind the head into one write.
@@ -439,7 +442,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
-    if len > max_head || path.len() > MAX_URI_LEN {
+    if len > max_head || len > u32::MAX as usize || path.len() > MAX_URI_LEN {
         return Parsed::Other;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
@@ -448,16 +451,28 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::Other;
     }
+    // Where each line's name and value are: the lines borrow `buf`, which the head is
+    // then split off. Most heads have a few lines, and a small array costs no
+    // allocation, where one of `MAX_HEADERS` would cost a 3 KiB memset.
     let base = buf.as_ptr() as usize;
-    let range = |s: &[u8]| {
+    let span = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
         start..start + s.len()
     };
-    let path = range(path.as_bytes());
-    let mut spans = [const { (0..0, 0..0) }; MAX_HEADERS];
+    let path = span(path.as_bytes());
     let count = req.headers.len();
-    for (span, line) in spans.iter_mut().zip(req.headers.iter()) {
-        *span = (range(line.name.as_bytes()), range(line.value));
+    let mut inline = [[0u32; 4]; INLINE_LINES];
+    let mut spilled = Vec::new();
+    let spans = if count <= INLINE_LINES {
+        &mut inline[..count]
+    } else {
+        spilled.resize(count, [0u32; 4]);
+        &mut spilled[..]
+    };
+    for (at, line) in spans.iter_mut().zip(req.headers.iter()) {
+        let (name, value) = (span(line.name.as_bytes()), span(line.value));
+        // `len` fits a `u32` (checked above).
+        *at = [name.start, name.end, value.start, value.end].map(|n| n as u32);
     }
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
@@ -466,11 +481,13 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // weir adds up to three lines of its own before the request goes on.
     let mut headers = HeaderMap::with_capacity(count + 3);
     let mut keep_alive = true;
-    for (name, value) in &spans[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[name.clone()]) else {
+    for &[name_start, name_end, value_start, value_end] in spans.iter() {
+        let name = &head[name_start as usize..name_end as usize];
+        let Ok(name) = HeaderName::from_bytes(name) else {
             return restore(buf, &head);
         };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(value.clone())) else {
+        let value = head.slice(value_start as usize..value_end as usize);
+        let Ok(value) = HeaderValue::from_maybe_shared(value) else {
             return restore(buf, &head);
         };
         match name {
