@@ -55,8 +55,6 @@ const INLINE_LINES: usize = 32;
 const READ_ROOM: usize = 8192;
 /// A body chunk up to this size is copied behind the head into one write.
 const COPY_UNDER: usize = 16 * 1024;
-/// A body that keeps giving is written out once this much of it is buffered.
-const WRITE_AT: usize = 64 * 1024;
 
 /// How an own-served connection ended.
 pub(super) enum Ended<I> {
@@ -105,10 +103,11 @@ where
         io,
         buf: BytesMut::with_capacity(READ_ROOM),
         out: Vec::with_capacity(1024),
+        max_head,
     };
     let mut served = false;
     loop {
-        let head = match conn.read_head(max_head, drain).await? {
+        let head = match conn.read_head(drain, served).await? {
             Next::Head(h) => h,
             Next::Closed => return Ok(Ended::Closed),
             Next::Other => {
@@ -124,11 +123,10 @@ where
         served = true;
         let (response, _) = conn.io.watch().request(false, false);
         let is_head = head.parts.method == Method::HEAD;
-        let mut keep_alive = head.keep_alive;
         let call = service(head.parts);
-        let resp = conn.in_flight(call, drain, &mut keep_alive).await?;
+        let resp = conn.in_flight(call).await?;
         if !conn
-            .respond(resp, is_head, keep_alive, response, drain)
+            .respond(resp, is_head, head.keep_alive, response, drain)
             .await?
         {
             let _ = conn.io.shutdown().await;
@@ -160,28 +158,36 @@ struct Conn<I> {
     buf: BytesMut,
     /// The response's bytes not yet written.
     out: Vec<u8>,
+    /// `listen.max_header_bytes` as hyper's buffer takes it: the most a head may be,
+    /// and the most of a response buffered before it is written, as hyper's write
+    /// buffer.
+    max_head: usize,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     /// Reads until the buffer starts with a whole request head.
-    async fn read_head(
-        &mut self,
-        max_head: usize,
-        drain: &mut drain::Watch,
-    ) -> Result<Next, Error> {
+    async fn read_head(&mut self, drain: &mut drain::Watch, served: bool) -> Result<Next, Error> {
+        // As hyper: after a partial head, the buffer is parsed again only once a blank
+        // line has come, so a broken head sent in pieces is answered at its end.
+        let mut partial = None;
         loop {
-            if !self.buf.is_empty() {
-                match parse(&mut self.buf, max_head) {
+            if !self.buf.is_empty() && partial.is_none_or(|from| ends_head(&self.buf, from)) {
+                match parse(&mut self.buf, self.max_head) {
                     Parsed::Head(h) => return Ok(Next::Head(h)),
                     Parsed::Other => return Ok(Next::Other),
-                    Parsed::Partial if self.buf.len() >= max_head => return Ok(Next::Other),
                     Parsed::Partial => {}
                 }
             }
-            // hyper's graceful shutdown closes a connection that has no request in hand,
-            // whether or not part of a head has come.
+            if self.buf.len() >= self.max_head {
+                return Ok(Next::Other);
+            }
+            partial = (!self.buf.is_empty()).then_some(self.buf.len());
+            // hyper's graceful shutdown closes a connection that has no request in hand:
+            // after a response, whether or not part of the next head has come; before
+            // the first, only if nothing has (it reads the rest of that head, and
+            // answers it with `connection: close`).
             let read = poll_fn(|cx| {
-                if drain.draining(cx) {
+                if drain.draining(cx) && (served || self.buf.is_empty()) {
                     return Poll::Ready(None);
                 }
                 self.poll_fill(cx).map(Some)
@@ -218,21 +224,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
     }
 
-    /// Waits for the service's response, watching for the client's close and for a
-    /// drain, which turns `keep_alive` off.
+    /// Waits for the service's response, watching for the client's close. (A drain
+    /// that begins meanwhile is read when the response is written.)
     async fn in_flight<F: Future<Output = Response<ProxyBody>>>(
         &mut self,
         call: F,
-        drain: &mut drain::Watch,
-        keep_alive: &mut bool,
     ) -> Result<Response<ProxyBody>, Error> {
         let mut call = std::pin::pin!(call);
         poll_fn(|cx| {
             if let Poll::Ready(resp) = call.as_mut().poll(cx) {
                 return Poll::Ready(Ok(resp));
-            }
-            if drain.draining(cx) {
-                *keep_alive = false;
             }
             self.poll_gone(cx).map(Err)
         })
@@ -240,6 +241,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 
     /// Writes `resp`; returns whether the connection stays open for another request.
+    /// During a drain it closes after this response, which says so, as hyper's
+    /// graceful shutdown does.
     async fn respond(
         &mut self,
         resp: Response<ProxyBody>,
@@ -258,10 +261,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             }
         };
         self.out.clear();
+        let keep_alive = keep_alive && !drain.draining_now();
         let Encoded { framing, last } =
             encode(&mut self.out, &mut parts, length, is_head, keep_alive)?;
         let mut sending = Sending::new(framing);
-        while !sending.done() {
+        while !sending.ended {
             let ready = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
             let frame = match ready {
                 Poll::Ready(f) => f,
@@ -291,7 +295,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     if let Some(big) = sending.data(&mut self.out, data) {
                         self.write_out(Some(big)).await?;
                         sending.after_big(&mut self.out);
-                    } else if self.out.len() >= WRITE_AT {
+                    } else if self.out.len() >= self.max_head {
                         self.write_out(None).await?;
                     }
                 }
@@ -299,6 +303,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         drop(body);
         self.write_out(None).await?;
+        // A streamed body can leave a large buffer behind: not for the connection's life.
+        if self.out.capacity() > 4 * READ_ROOM {
+            self.out = Vec::with_capacity(1024);
+        }
         // The response is done: the slow-client watch starts the wait for the next head
         // once it is flushed, as it does for hyper.
         drop(response);
@@ -367,10 +375,6 @@ impl Sending {
         }
     }
 
-    fn done(&self) -> bool {
-        self.ended
-    }
-
     fn to_close(&self) -> bool {
         self.framing == Framing::ToClose
     }
@@ -390,7 +394,7 @@ impl Sending {
                 }
                 *left -= data.len() as u64;
             }
-            Framing::Chunked => out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes()),
+            Framing::Chunked => chunk_size(out, data.len()),
             Framing::ToClose => {}
         }
         if data.len() >= COPY_UNDER {
@@ -420,6 +424,22 @@ impl Sending {
             }
         }
     }
+}
+
+/// A chunk's size line: upper-case hex, as hyper writes it.
+fn chunk_size(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789ABCDEF"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What [`parse`] found at the buffer's front.
@@ -481,6 +501,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // weir adds up to three lines of its own before the request goes on.
     let mut headers = HeaderMap::with_capacity(count + 3);
     let mut keep_alive = true;
+    let mut has_length = false;
     for &[name_start, name_end, value_start, value_end] in spans.iter() {
         let name = &head[name_start as usize..name_end as usize];
         let Ok(name) = HeaderName::from_bytes(name) else {
@@ -497,6 +518,9 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             header::CONTENT_LENGTH if value.as_bytes() != b"0" => {
                 return restore(buf, &head);
             }
+            // hyper keeps the first of several equal lengths.
+            header::CONTENT_LENGTH if has_length => continue,
+            header::CONTENT_LENGTH => has_length = true,
             header::CONNECTION if lists(&value, "close") => keep_alive = false,
             _ => {}
         }
@@ -509,6 +533,20 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     Parsed::Head(Head {
         parts: Box::new(parts),
         keep_alive,
+    })
+}
+
+/// Whether a blank line (CRLF CRLF, LF LF or LF CRLF) ends `buf`'s bytes, looking from
+/// a little before `from`, where the last look stopped: hyper's `is_complete_fast`.
+fn ends_head(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3)..];
+    tail.iter().enumerate().any(|(i, &b)| {
+        let rest = &tail[i + 1..];
+        match b {
+            b'\r' => rest.starts_with(b"\n\r\n"),
+            b'\n' => rest.starts_with(b"\n") || rest.starts_with(b"\r\n"),
+            _ => false,
+        }
     })
 }
 
@@ -551,7 +589,10 @@ fn encode(
     let status = head.status;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         // A 1xx cannot be a final response: hyper answers 500 instead, and closes.
-        out.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n");
+        out.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\n");
+        if !is_head {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
         end_head(out, false);
         return Ok(Encoded {
             framing: Framing::Length(0),
@@ -592,7 +633,6 @@ fn encode(
     // 101 is the one 1xx left here.
     let no_content = status.is_informational()
         || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
-    let can_have_length = !no_content;
     let can_have_body = !is_head && !no_content;
     let can_chunk = can_have_body && head.version != Version::HTTP_10;
     let fail = |out: &mut Vec<u8>, why| {
@@ -614,9 +654,9 @@ fn encode(
             close_line(out, &mut open, &mut add_chunked);
             current = Some(n);
         }
-        let Some(name) = current.as_ref() else {
-            continue;
-        };
+        let name = current
+            .as_ref()
+            .expect("a map's drain names its first value");
         match *name {
             header::CONTENT_LENGTH => {
                 if wrote_len && !open {
@@ -709,12 +749,12 @@ fn encode(
             }
             BodyLength::Unknown => Framing::ToClose,
             BodyLength::None | BodyLength::Known(0) => {
-                if can_have_length && !is_head {
+                if !no_content && !is_head {
                     out.extend_from_slice(b"content-length: 0\r\n");
                 }
                 Framing::Length(0)
             }
-            BodyLength::Known(n) if can_have_length => {
+            BodyLength::Known(n) if !no_content => {
                 out.extend_from_slice(b"content-length: ");
                 out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                 out.extend_from_slice(b"\r\n");
@@ -1174,6 +1214,9 @@ mod tests {
         assert_eq!(said.matches("HTTP/1.1").count(), 1);
         same_as_hyper_closing(GET, |_| full(101, "")).await;
         same_as_hyper_closing(GET, |_| full(103, "early")).await;
+        let head = "HEAD / HTTP/1.1\r\n\r\n";
+        same_as_hyper_closing(head, |_| full(101, "")).await;
+        same_as_hyper_closing(head, |_| full(103, "early")).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -1359,6 +1402,28 @@ mod tests {
             said.contains("connection: close\r\n") && said.ends_with("done"),
             "{said}"
         );
+        assert!(matches!(served.await.unwrap(), Ok(Ended::Closed)));
+        shutdown.await.unwrap();
+
+        // The first head half come: it is read to its end and answered, with `close`.
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let drain = Arc::new(crate::drain::Drain::new());
+        let mut watch_drain = drain.watch();
+        let served = tokio::spawn(async move {
+            let service = |_: Box<http::request::Parts>| async { full(200, "late") };
+            serve(Flushes::new(server, watch()), 8192, &mut watch_drain, service).await
+        });
+        let (mut reader, mut writer) = tokio::io::split(client);
+        writer.write_all(b"GET / HT").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let draining = drain.clone();
+        let shutdown = tokio::spawn(async move { draining.shutdown().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        writer.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+        let mut said = Vec::new();
+        reader.read_to_end(&mut said).await.unwrap();
+        let said = normalize(said);
+        assert!(said.contains("connection: close\r\n") && said.ends_with("late"), "{said}");
         assert!(matches!(served.await.unwrap(), Ok(Ended::Closed)));
         shutdown.await.unwrap();
 

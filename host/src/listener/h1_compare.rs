@@ -319,6 +319,8 @@ mod tests {
             "GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
+            "GET / HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
+            "GET /a\r\nb HTTP/1.1\r\nHost: up\r\n\r\n",
             "GET / HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 1\r\n\r\nx",
             "GET / HTTP/1.1\r\nx: \x7f\r\n\r\n",
             "GET / HTTP/1.1\r\nx: caf\u{e9}\r\n\r\n",
@@ -333,6 +335,9 @@ mod tests {
         ] {
             agree(request, reply(), vec![]);
         }
+        // A broken head in pieces: hyper parses again only once a blank line comes.
+        agree("\nHost: up\r\nx: 1\r\n", reply(), vec![1]);
+        agree("\nHost: up\r\nx: 1\r\n\r\n", reply(), vec![2]);
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
         agree(&long, reply(), vec![]);
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x: 1\r\n".repeat(101));
