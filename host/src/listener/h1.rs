@@ -948,28 +948,37 @@ mod tests {
     async fn own_says(request: &[u8], answer: Answer) -> (String, bool) {
         let (client, server) = tokio::io::duplex(1 << 20);
         let drain = crate::drain::Drain::new();
-        let mut watch_drain = drain.watch();
-        let served = tokio::spawn(async move {
-            let service = |parts: Box<http::request::Parts>| {
-                let resp = answer(&parts);
-                async move { resp }
-            };
-            match serve(
-                Flushes::new(server, watch()),
-                8192,
-                &mut watch_drain,
-                service,
-            )
-            .await
-            {
-                Ok(Ended::Closed) => {}
-                Ok(Ended::Hand { .. }) => panic!("handed to hyper"),
-                Err(e) => eprintln!("ended with an error: {e}"),
-            }
-        });
+        let service = move |parts: Box<http::request::Parts>| {
+            let resp = answer(&parts);
+            async move { resp }
+        };
+        let served = spawn_own(server, &drain, service);
         let got = exchange(client, request).await;
         let closed = served.is_finished();
+        if closed {
+            match served.await.unwrap() {
+                Ok(Ended::Closed) | Err(_) => {}
+                Ok(Ended::Hand { .. }) => panic!("handed to hyper"),
+            }
+        }
         (normalize(got), closed)
+    }
+
+    /// The own side serving `server` with `service`, in a task, as one of `drain`'s
+    /// connections.
+    fn spawn_own<S, F>(
+        server: DuplexStream,
+        drain: &crate::drain::Drain,
+        service: S,
+    ) -> tokio::task::JoinHandle<Result<Ended<DuplexStream>, Error>>
+    where
+        S: FnMut(Box<http::request::Parts>) -> F + Send + 'static,
+        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        let mut in_drain = drain.watch();
+        tokio::spawn(async move {
+            serve(Flushes::new(server, watch()), 8192, &mut in_drain, service).await
+        })
     }
 
     /// The bytes as text, with each `date` value replaced: the two servers may write
@@ -1243,24 +1252,15 @@ mod tests {
     async fn the_request_head_reaches_the_service_as_hyper_gives_it() {
         let (client, server) = tokio::io::duplex(1 << 16);
         let drain = crate::drain::Drain::new();
-        let mut watch_drain = drain.watch();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);
-        tokio::spawn(async move {
-            let service = move |parts: Box<http::request::Parts>| {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(parts);
-                }
-                async { full(200, "") }
-            };
-            let _ = serve(
-                Flushes::new(server, watch()),
-                8192,
-                &mut watch_drain,
-                service,
-            )
-            .await;
-        });
+        let service = move |parts: Box<http::request::Parts>| {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(parts);
+            }
+            async { full(200, "") }
+        };
+        let _served = spawn_own(server, &drain, service);
         let req =
             "DELETE /x/y?z=1 HTTP/1.1\r\nHost: up\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 0\r\n\r\n";
         let said = exchange(client, req.as_bytes()).await;
@@ -1280,18 +1280,13 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         client.write_all(request).await.unwrap();
         let drain = crate::drain::Drain::new();
-        let mut watch_drain = drain.watch();
         let service = |_: Box<http::request::Parts>| async { full(200, "first") };
-        let ended = serve(
-            Flushes::new(server, watch()),
-            8192,
-            &mut watch_drain,
-            service,
-        );
-        let ended = tokio::time::timeout(Duration::from_secs(5), ended)
-            .await
-            .expect("handed over without waiting")
-            .expect("no error");
+        let ended =
+            tokio::time::timeout(Duration::from_secs(5), spawn_own(server, &drain, service))
+                .await
+                .expect("handed over without waiting")
+                .unwrap()
+                .expect("no error");
         let Ended::Hand { mut io, served } = ended else {
             panic!("the own side kept a request that is hyper's");
         };
@@ -1341,17 +1336,8 @@ mod tests {
     async fn a_client_gone_mid_request_cancels_it() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let drain = crate::drain::Drain::new();
-        let mut watch_drain = drain.watch();
         let service = |_: Box<http::request::Parts>| std::future::pending::<Response<ProxyBody>>();
-        let served = tokio::spawn(async move {
-            serve(
-                Flushes::new(server, watch()),
-                8192,
-                &mut watch_drain,
-                service,
-            )
-            .await
-        });
+        let served = spawn_own(server, &drain, service);
         client.write_all(GET.as_bytes()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!served.is_finished(), "the request is in flight");
@@ -1364,30 +1350,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_drain_closes_an_idle_connection_and_ends_one_in_flight_with_close() {
+    async fn a_drain_ends_a_request_in_flight_with_close() {
         let (client, server) = tokio::io::duplex(1 << 16);
         let drain = Arc::new(crate::drain::Drain::new());
-        let mut watch_drain = drain.watch();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
-        let served = tokio::spawn(async move {
-            let service = move |_: Box<http::request::Parts>| {
-                let released = released.clone();
-                async move {
-                    if let Some(r) = released.lock().await.take() {
-                        let _ = r.await;
-                    }
-                    full(200, "done")
+        let service = move |_: Box<http::request::Parts>| {
+            let released = released.clone();
+            async move {
+                if let Some(r) = released.lock().await.take() {
+                    let _ = r.await;
                 }
-            };
-            serve(
-                Flushes::new(server, watch()),
-                8192,
-                &mut watch_drain,
-                service,
-            )
-            .await
-        });
+                full(200, "done")
+            }
+        };
+        let served = spawn_own(server, &drain, service);
         let (mut reader, mut writer) = tokio::io::split(client);
         writer.write_all(GET.as_bytes()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1404,15 +1381,14 @@ mod tests {
         );
         assert!(matches!(served.await.unwrap(), Ok(Ended::Closed)));
         shutdown.await.unwrap();
+    }
 
-        // The first head half come: it is read to its end and answered, with `close`.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_lets_a_half_come_first_head_come_whole_and_answers_it_with_close() {
         let (client, server) = tokio::io::duplex(1 << 16);
         let drain = Arc::new(crate::drain::Drain::new());
-        let mut watch_drain = drain.watch();
-        let served = tokio::spawn(async move {
-            let service = |_: Box<http::request::Parts>| async { full(200, "late") };
-            serve(Flushes::new(server, watch()), 8192, &mut watch_drain, service).await
-        });
+        let service = |_: Box<http::request::Parts>| async { full(200, "late") };
+        let served = spawn_own(server, &drain, service);
         let (mut reader, mut writer) = tokio::io::split(client);
         writer.write_all(b"GET / HT").await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1423,24 +1399,20 @@ mod tests {
         let mut said = Vec::new();
         reader.read_to_end(&mut said).await.unwrap();
         let said = normalize(said);
-        assert!(said.contains("connection: close\r\n") && said.ends_with("late"), "{said}");
+        assert!(
+            said.contains("connection: close\r\n") && said.ends_with("late"),
+            "{said}"
+        );
         assert!(matches!(served.await.unwrap(), Ok(Ended::Closed)));
         shutdown.await.unwrap();
+    }
 
-        // Idle: closed at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_closes_an_idle_connection_at_once() {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let drain = Arc::new(crate::drain::Drain::new());
-        let mut watch_drain = drain.watch();
-        let served = tokio::spawn(async move {
-            let service = |_: Box<http::request::Parts>| async { full(200, "") };
-            serve(
-                Flushes::new(server, watch()),
-                8192,
-                &mut watch_drain,
-                service,
-            )
-            .await
-        });
+        let drain = crate::drain::Drain::new();
+        let service = |_: Box<http::request::Parts>| async { full(200, "") };
+        let served = spawn_own(server, &drain, service);
         tokio::time::sleep(Duration::from_secs(1)).await;
         drain.shutdown().await;
         assert!(matches!(served.await.unwrap(), Ok(Ended::Closed)));
