@@ -1452,7 +1452,7 @@ async fn serve(
                         Ok(h1::Ended::Closed) => Ok(()),
                         Ok(h1::Ended::Hand { io, served }) => {
                             let builder = if served { builder_h1 } else { builder };
-                            let io = Flushes::new(TokioIo::new(io), conn_watch);
+                            let io = TokioIo::new(Flushes::new(io, conn_watch));
                             let conn = builder.serve_connection(io, svc).into_owned();
                             draining.serve(conn, |c| c.graceful_shutdown()).await
                         }
@@ -1471,7 +1471,7 @@ async fn serve(
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                         conn_watch.speaks_http2();
                     }
-                    let io = Flushes::new(TokioIo::new(tls), conn_watch);
+                    let io = TokioIo::new(Flushes::new(tls, conn_watch));
                     let conn = builder.serve_connection(io, svc).into_owned();
                     draining.serve(conn, |c| c.graceful_shutdown()).await
                 }

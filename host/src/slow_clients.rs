@@ -464,9 +464,10 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Pulled<B> {
     }
 }
 
-/// A client connection's transport, telling its [`Watch`] when hyper flushes (a
-/// response's wait starts once its last bytes have left, not when hyper took them), and
-/// when the socket refuses or takes what hyper writes.
+/// A client connection's transport, telling its [`Watch`] when the server (hyper, or
+/// weir's own HTTP/1 side) flushes (a response's wait starts once its last bytes have
+/// left, not when the server took them), and when the socket refuses or takes what the
+/// server writes.
 pub struct Flushes<I> {
     io: I,
     watch: Arc<Watch>,
@@ -487,71 +488,7 @@ impl<I> Flushes<I> {
     pub fn into_inner(self) -> I {
         self.io
     }
-}
 
-// The same reports for tokio's traits: weir's own HTTP/1 server side writes through them.
-impl<I: AsyncRead + Unpin> AsyncRead for Flushes<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Flushes<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.note_write(poll)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.note_write(poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.io).poll_flush(cx);
-        if let Poll::Ready(Ok(())) = poll {
-            this.watch.flushed();
-        }
-        this.note(poll)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.note(poll)
-    }
-}
-
-impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Flushes<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<I> Flushes<I> {
     /// Tells the watch whether a write went through, and how much it took.
     fn note_write(&self, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = poll {
@@ -570,7 +507,18 @@ impl<I> Flushes<I> {
     }
 }
 
-impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Flushes<I> {
+// hyper gets them through `TokioIo`; weir's own HTTP/1 server side uses them as they are.
+impl<I: AsyncRead + Unpin> AsyncRead for Flushes<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Flushes<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
