@@ -91,7 +91,10 @@ pub struct Watch {
 impl Watch {
     /// Polls `conn` until it ends, calling `graceful` on it once, at its first poll after
     /// the drain began.
-    pub fn serve<C: Future, G: Fn(Pin<&mut C>)>(self, conn: C, graceful: G) -> Draining<C, G> {
+    pub fn serve<C: Future, G: Fn(Pin<&mut C>)>(mut self, conn: C, graceful: G) -> Draining<C, G> {
+        // A connection that saw the drain while it served itself (`draining`) and then
+        // handed over to `conn` must still tell `conn`, at its first poll.
+        self.told = false;
         Draining {
             conn,
             watch: self,
@@ -254,6 +257,30 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), shutdown)
             .await
             .expect("the drain ends once the aborted connection's watch is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_connection_handed_over_after_its_drain_began_is_told_at_its_first_poll() {
+        let drain = Drain::new();
+        let mut watch = drain.watch();
+        let mut shutdown = Box::pin(drain.shutdown());
+        assert!((&mut shutdown).now_or_never().is_none());
+        let seen = std::future::poll_fn(|cx| Poll::Ready(watch.draining(cx))).await;
+        assert!(seen, "the own side sees the drain");
+        let conn = Conn {
+            stopping: false,
+            polls: 0,
+        };
+        let polls = tokio::time::timeout(
+            Duration::from_secs(5),
+            watch.serve(conn, |mut c| c.stopping = true),
+        )
+        .await
+        .expect("the connection it handed over to is told too");
+        assert_eq!(polls, 1);
+        tokio::time::timeout(Duration::from_secs(5), shutdown)
+            .await
+            .expect("the drain ends when the connection does");
     }
 
     #[tokio::test]
