@@ -85,7 +85,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     for opt in ("date", "commit", "machine", "rate", "rate-base", "open-share", "connections", "duration",
-                "open-duration", "warmup", "repeats", "quick", "versions", "fanout-targets",
+                "open-duration", "warmup", "repeats", "tail-repeats", "tail-rows", "quick", "versions", "fanout-targets",
                 "fanout-connections"):
         ap.add_argument(f"--{opt}", default="")
     a = ap.parse_args()
@@ -126,7 +126,10 @@ def main():
     w(f"- method: {a.connections} connections; proxy pinned to CPU 0, wrk, the open-loop client and the upstream "
       f"to CPU 1; {a.warmup} s warm-up, {a.duration} s closed loop (wrk) and "
       f"{a.open_duration} s open loop (bench/openloop, latency from each request's due time) per repeat; "
-      f"{a.repeats} interleaved repeat(s); every figure is the median over repeats")
+      f"{a.repeats} interleaved repeat(s)"
+      + (f", and {a.tail_repeats} of the open loop for the rows the added-p99 targets judge "
+         f"({', '.join(a.tail_rows.split())})" if a.tail_repeats and a.tail_repeats != a.repeats else "")
+      + "; every figure is the median over repeats")
     share = int(a.open_share or 50)
     w(f"- open-loop rate: {a.rate} req/s ({'half' if share == 50 else f'{share} %'} of "
       f"{a.rate_base}'s median closed-loop maximum)")

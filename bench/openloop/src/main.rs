@@ -30,6 +30,13 @@
 //! Prints one JSON line: `due`, `completed`, `unsent`, `errors` (non-2xx responses and
 //! connections lost), `rps` (completed per second of the schedule), and the latency
 //! percentiles `p50_us`, `p90_us`, `p99_us`, `p999_us` and `max_us`.
+//!
+//! With `OPENLOOP_TIMELINE=FILE` it also writes, for each millisecond of the schedule
+//! in which a response came, `MS MAX_US COUNT SLOW`: the millisecond (from the
+//! schedule's start, by due time), the longest latency of the requests due in it, how
+//! many there were, and how many of them took 1 ms or more. A first line `# start_ns N` gives the schedule's start on
+//! `CLOCK_MONOTONIC`, the clock `perf record -k monotonic` stamps events with, so
+//! `bench/stalls.sh` can lay the two side by side.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -107,6 +114,9 @@ fn main() {
     let mut latencies: Vec<u64> = Vec::with_capacity((rate * seconds) as usize + 1);
     let (mut completed, mut errors, mut unsent) = (0u64, 0u64, 0u64);
     let mut in_flight = 0usize;
+    // Only with OPENLOOP_TIMELINE: (due, latency) of every response, in order of arrival.
+    let timeline_path = std::env::var_os("OPENLOOP_TIMELINE");
+    let mut timeline: Vec<(u64, u64)> = Vec::new();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; connections];
     let mut chunk = vec![0u8; 64 * 1024];
 
@@ -204,7 +214,11 @@ fn main() {
                     eprintln!("a response came with no request in flight");
                     exit(1);
                 };
-                latencies.push(now_ns().saturating_sub(due));
+                let latency = now_ns().saturating_sub(due);
+                latencies.push(latency);
+                if timeline_path.is_some() {
+                    timeline.push((due, latency));
+                }
                 in_flight -= 1;
                 completed += 1;
                 if !ok {
@@ -224,6 +238,9 @@ fn main() {
         }
     }
 
+    if let Some(path) = timeline_path {
+        write_timeline(&path, start, &timeline);
+    }
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -244,6 +261,25 @@ fn main() {
         pct(0.999),
         pct(1.0),
     );
+}
+
+/// Writes the per-millisecond timeline (see the module's docs) to `path`.
+fn write_timeline(path: &std::ffi::OsStr, start: u64, timeline: &[(u64, u64)]) {
+    let mut by_ms: std::collections::BTreeMap<u64, (u64, u64, u64)> = Default::default();
+    for &(due, latency) in timeline {
+        let slot = by_ms.entry((due - start) / 1_000_000).or_default();
+        slot.0 = slot.0.max(latency);
+        slot.1 += 1;
+        slot.2 += u64::from(latency >= 1_000_000);
+    }
+    let mut out = format!("# start_ns {start}\n");
+    for (ms, (max, count, slow)) in by_ms {
+        out.push_str(&format!("{ms} {} {count} {slow}\n", max / 1000));
+    }
+    if let Err(e) = std::fs::write(path, out) {
+        eprintln!("cannot write the timeline to {}: {e}", path.to_string_lossy());
+        exit(1);
+    }
 }
 
 /// Stops using a connection the server closed: out of epoll (which would otherwise
