@@ -277,7 +277,10 @@ fn write_timeline(path: &std::ffi::OsStr, start: u64, timeline: &[(u64, u64)]) {
         out.push_str(&format!("{ms} {} {count} {slow}\n", max / 1000));
     }
     if let Err(e) = std::fs::write(path, out) {
-        eprintln!("cannot write the timeline to {}: {e}", path.to_string_lossy());
+        eprintln!(
+            "cannot write the timeline to {}: {e}",
+            path.to_string_lossy()
+        );
         exit(1);
     }
 }
