@@ -12,7 +12,8 @@
 # utime + stime from /proc. The two alternate which goes first in each round. Prints one
 # line per run; compare the medians. It works for the rows whose weir listens on 18084,
 # with the upstream on 18080 and no other server: every weir row but weir-otlp and
-# weir-full-redis.
+# weir-full-redis. A row whose name ends in -tls (weir-empty-tls) is served over HTTPS,
+# with a self-signed certificate made with openssl into bench/.run/tls.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
@@ -20,11 +21,24 @@ BENCH="$(cd "$(dirname "$0")" && pwd)"
 OLD="$1"; NEW="$2"; ROW="${3:-weir-headers}"; REPEATS="${4:-3}"
 UPSTREAM="$BENCH/target/release/weir-bench-upstream"
 [ -x "$UPSTREAM" ] || (cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
+[ -f "$BENCH/configs/$ROW.toml" ] || { echo "ab.sh: no config for $ROW: $BENCH/configs/$ROW.toml" >&2; exit 2; }
 for tool in wrk curl python3 taskset; do
     command -v "$tool" >/dev/null || { echo "ab.sh: $tool is missing (bench/run.sh installs what it needs)" >&2; exit 1; }
 done
+URL=http://127.0.0.1:18084/
+if [[ "$ROW" == *-tls ]]; then
+    URL=https://127.0.0.1:18084/
+    TLS="$BENCH/.run/tls"
+    if [ ! -f "$TLS/server.pem" ]; then
+        command -v openssl >/dev/null || { echo "ab.sh: openssl is missing (Debian's openssl)" >&2; exit 1; }
+        mkdir -p "$TLS"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+            -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+            -keyout "$TLS/server.key" -out "$TLS/server.pem" 2>/dev/null
+    fi
+fi
 for port in 18080 18084; do
-    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+    if curl -sk -o /dev/null "http://127.0.0.1:$port/" || curl -sk -o /dev/null "https://127.0.0.1:$port/"; then
         echo "ab.sh: something already answers on 127.0.0.1:$port; stop it first" >&2
         exit 1
     fi
@@ -47,13 +61,13 @@ for i in $(seq 1 "$REPEATS"); do
         WEIR_PID=$!
         ready=
         for _ in $(seq 1 100); do
-            curl -s -o /dev/null http://127.0.0.1:18084/ && { ready=1; break; }
+            curl -sk -o /dev/null "$URL" && { ready=1; break; }
             sleep 0.1
         done
         [ -n "$ready" ] || { echo "ab.sh: $side weir did not answer on 18084 within 10 s (its log: /tmp/ab-$side.log)" >&2; exit 1; }
-        taskset -c 1 wrk -t1 -c64 -d3s http://127.0.0.1:18084/ >/dev/null
+        taskset -c 1 wrk -t1 -c64 -d3s "$URL" >/dev/null
         c0=$(cpu_ticks "$WEIR_PID")
-        out=$(taskset -c 1 wrk -t1 -c64 -d10s http://127.0.0.1:18084/)
+        out=$(taskset -c 1 wrk -t1 -c64 -d10s "$URL")
         c1=$(cpu_ticks "$WEIR_PID")
         reqs=$(echo "$out" | awk '/requests in/ {print $1}')
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')

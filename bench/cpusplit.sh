@@ -12,12 +12,17 @@
 #                                              weir-full-redis, weir-async and
 #                                              weir-fanout); a number is the repeats
 #   WEIR_BIN=/tmp/weir-old bench/cpusplit.sh   another build of weir
+#   bench/cpusplit.sh --open 20000 nginx weir-empty
+#                                              the measured 10 s are bench/openloop at that
+#                                              rate, not wrk: what a request costs when it
+#                                              comes alone (a wake-up each way, no batching)
 #
 # Each row runs pinned to CPU 0 (weir with RUST_LOG=warn and TOKIO_WORKER_THREADS=1, as in
 # run.sh); wrk -t1 -c64 and the bench upstream share CPU 1. After 3 s of warm-up, 10 s are
-# measured: utime and stime of the proxy's processes from /proc, and, when `perf` can
-# count the `raw_syscalls:sys_enter` tracepoint, the system calls. The rows run in turn,
-# once per repeat; prints one line per run.
+# measured (wrk, or bench/openloop with --open): utime and stime of the proxy's
+# processes from /proc, and, when `perf` can count the `raw_syscalls:sys_enter`
+# tracepoint, the system calls. The rows run in turn, once per repeat; prints one line
+# per run.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
@@ -26,12 +31,17 @@ say() { echo "[cpusplit] $*" >&2; }
 
 ROWS=()
 REPEATS=2
-for arg in "$@"; do
-    case "$arg" in
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-        ''|*[!0-9]*) ROWS+=("$arg") ;;
-        *) REPEATS="$arg" ;;
+OPEN_RATE=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --open)
+            OPEN_RATE="${2:-}"; shift
+            [[ "$OPEN_RATE" =~ ^[1-9][0-9]*$ ]] || { say "--open takes requests per second (got '$OPEN_RATE')"; exit 2; } ;;
+        ''|*[!0-9]*) ROWS+=("$1") ;;
+        *) REPEATS="$1" ;;
     esac
+    shift
 done
 [ ${#ROWS[@]} -gt 0 ] || ROWS=(nginx weir-empty weir-noop weir-headers)
 [ "$REPEATS" -ge 1 ] || { say "repeats must be at least 1"; exit 2; }
@@ -122,7 +132,20 @@ for i in $(seq 1 "$REPEATS"); do
             perf_pid=$!
             sleep 0.2
         fi
-        out="$(taskset -c 1 wrk -t1 -c64 -d10s "$url")"
+        if [ -n "$OPEN_RATE" ]; then
+            taskset -c 1 "$OPENLOOP" "127.0.0.1:$port" /bench "$OPEN_RATE" 64 10 >"$RUN/$row.json"
+            # bench/openloop's JSON, put in wrk's words for the lines below.
+            out="$(python3 - "$RUN/$row.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(f"{d['completed']} requests in 10s")
+print(f"Requests/sec: {d['rps']}")
+print(f"Non-2xx or 3xx responses: {d['errors']}")
+EOF
+)"
+        else
+            out="$(taskset -c 1 wrk -t1 -c64 -d10s "$url")"
+        fi
         read -r u1 s1 <<<"$(cpu_ticks_split "$pid")"
         calls=""
         if [ -n "$perf_pid" ]; then

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 
 use crate::accept;
 use crate::batch;
@@ -1443,22 +1444,8 @@ async fn serve(
                     Ok::<_, Infallible>(resp.map(|b| body::Holding::new(b, response)))
                 }
             });
-            let result = match tls {
-                None => {
-                    let own = Flushes::new(stream, conn_watch.clone());
-                    let proxy = &*own_proxy;
-                    let service = |parts| proxy.handle_head(peer, parts, body::empty());
-                    match h1::serve(own, max_head, &mut draining, service).await {
-                        Ok(h1::Ended::Closed) => Ok(()),
-                        Ok(h1::Ended::Hand { io, served }) => {
-                            let builder = if served { builder_h1 } else { builder };
-                            let io = TokioIo::new(Flushes::new(io, conn_watch));
-                            let conn = builder.serve_connection(io, svc).into_owned();
-                            draining.serve(conn, |c| c.graceful_shutdown()).await
-                        }
-                        Err(e) => Err(e.into()),
-                    }
-                }
+            let (stream, http2) = match tls {
+                None => (Either::Left(stream), false),
                 Some(acceptor) => {
                     // The sweep bounds the handshake too: the wait began at the accept.
                     let tls = match acceptor.accept(stream).await {
@@ -1468,12 +1455,32 @@ async fn serve(
                             return;
                         }
                     };
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        conn_watch.speaks_http2();
+                    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    // Boxed: a TLS session is large, and a plain connection's task
+                    // would carry its size.
+                    (Either::Right(Box::new(tls)), http2)
+                }
+            };
+            let result = if http2 {
+                conn_watch.speaks_http2();
+                let io = TokioIo::new(Flushes::new(stream, conn_watch));
+                let conn = builder.serve_connection(io, svc).into_owned();
+                draining.serve(conn, |c| c.graceful_shutdown()).await
+            } else {
+                // HTTP/1 in plain text, or over TLS when ALPN chose it or nothing: the own
+                // side serves it until a request is hyper's.
+                let own = Flushes::new(stream, conn_watch.clone());
+                let proxy = &*own_proxy;
+                let service = |parts| proxy.handle_head(peer, parts, body::empty());
+                match h1::serve(own, max_head, &mut draining, service).await {
+                    Ok(h1::Ended::Closed) => Ok(()),
+                    Ok(h1::Ended::Hand { io, served }) => {
+                        let builder = if served { builder_h1 } else { builder };
+                        let io = TokioIo::new(Flushes::new(io, conn_watch));
+                        let conn = builder.serve_connection(io, svc).into_owned();
+                        draining.serve(conn, |c| c.graceful_shutdown()).await
                     }
-                    let io = TokioIo::new(Flushes::new(tls, conn_watch));
-                    let conn = builder.serve_connection(io, svc).into_owned();
-                    draining.serve(conn, |c| c.graceful_shutdown()).await
+                    Err(e) => Err(e.into()),
                 }
             };
             if let Err(e) = result {

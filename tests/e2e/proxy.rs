@@ -852,6 +852,85 @@ upstream = "api"
 }
 
 #[tokio::test]
+async fn tls_listener_serves_http1_bodies_and_streams_over_one_connection() {
+    let pki = Pki::new();
+    let up = Upstream::start(|req, _| {
+        if req.path == "/events" {
+            // One event now, the next after the test is over.
+            Reply::ok().chunks(vec![
+                (
+                    Duration::ZERO,
+                    bytes::Bytes::from_static(b"data: first\n\n"),
+                ),
+                (
+                    Duration::from_secs(3600),
+                    bytes::Bytes::from_static(b"data: later\n\n"),
+                ),
+            ])
+        } else {
+            Reply::ok().body(format!("{} {} {}", req.method, req.path, req.body_str()))
+        }
+    })
+    .await;
+    let weir = WeirBuilder::new(format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+tls = {{ cert = "certs/server.pem", key = "certs/server.key" }}
+
+[upstreams.api]
+url = "{}"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/" }}
+upstream = "api"
+"#,
+        up.url()
+    ))
+    .files(pki.files())
+    .start()
+    .await;
+    let h1 = tls::client_builder(&pki.ca, None)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+
+    // A request with no body, one with a body (handed to hyper with the bytes already
+    // read), and one more after it, in turn on one kept-alive connection.
+    for (method, path, body, said) in [
+        ("GET", "/one", "", "GET /one "),
+        ("POST", "/two", "a body", "POST /two a body"),
+        ("GET", "/three", "", "GET /three "),
+    ] {
+        let resp = h1
+            .request(method.parse().unwrap(), weir.https_url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{method} {path}");
+        assert_eq!(resp.version(), Version::HTTP_11);
+        assert_eq!(resp.text().await.unwrap(), said);
+    }
+
+    // A streamed answer: its first event reaches the client while the upstream holds
+    // the next, so it was flushed out of the TLS session when the body began to wait.
+    let mut resp = h1.get(weir.https_url("/events")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .expect("the first event comes while the rest is held")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+
+    let paths: Vec<String> = up.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/one", "/two", "/three", "/events"]);
+}
+
+#[tokio::test]
 async fn tls_listener_with_client_ca_requires_a_client_certificate() {
     let pki = Pki::new();
     let up = Upstream::start(|_, _| Reply::ok().body("authenticated")).await;
