@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         --open)
-            OPEN_RATE="${2:-}"; shift
+            OPEN_RATE="${2:-}"; [ $# -ge 2 ] && shift
             [[ "$OPEN_RATE" =~ ^[1-9][0-9]*$ ]] || { say "--open takes requests per second (got '$OPEN_RATE')"; exit 2; } ;;
         ''|*[!0-9]*) ROWS+=("$1") ;;
         *) REPEATS="$1" ;;
@@ -49,8 +49,8 @@ done
 for row in "${ROWS[@]}"; do
     case "$row" in
         nginx|hyper) ;;
-        weir-otlp|weir-full-redis|weir-async|weir-fanout)
-            say "$row needs what only run.sh sets up (an OTLP receiver, redis, a fresh journal that answers 202, or 500 upstreams)"
+        weir-otlp|weir-full-redis|weir-async|weir-fanout|*-tls)
+            say "$row needs what only run.sh or ab.sh sets up (an OTLP receiver, redis, a fresh journal that answers 202, 500 upstreams, or a certificate)"
             exit 2 ;;
         weir-*) [ -f "$BENCH/configs/$row.toml" ] || { say "no config for $row: $BENCH/configs/$row.toml"; exit 2; } ;;
         *) say "unknown row $row (nginx, hyper or weir-*)"; exit 2 ;;

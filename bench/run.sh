@@ -389,7 +389,11 @@ median_rps() {
 BASE="nginx"
 case " $ROWS " in *" nginx "*) ;; *) BASE="$(echo "${ROWS/weir-fanout/}" | awk '{ print $1 }')" ;; esac
 RATE="$(median_rps "$BASE" | awk -v share="$OPEN_SHARE" '{ printf "%d", $1 * share / 100 }')"
-say "open loop: $RATE req/s ($OPEN_SHARE % of $BASE's median maximum), ${OPEN_DURATION}s x $REPEATS per row, $((REPEATS + TAIL_EXTRA)) for $TAIL_ROWS"
+# Only the judged rows this run has get the extra repeats.
+TAIL_ROWS="$(for row in $TAIL_ROWS; do [[ " $ROWS " == *" $row "* ]] && echo "$row"; done | paste -sd' ' || true)"
+[ -n "$TAIL_ROWS" ] || TAIL_EXTRA=0
+[ "$TAIL_EXTRA" -gt 0 ] || TAIL_ROWS=""
+say "open loop: $RATE req/s ($OPEN_SHARE % of $BASE's median maximum), ${OPEN_DURATION}s x $REPEATS per row${TAIL_ROWS:+, $((REPEATS + TAIL_EXTRA)) for $TAIL_ROWS}"
 for repeat in $(seq 1 "$((REPEATS + TAIL_EXTRA))"); do
     for row in $ROWS; do
         [ "$row" = weir-fanout ] && continue

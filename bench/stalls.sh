@@ -34,20 +34,21 @@ SECONDS_OPEN=10
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
-        --rate) RATE="${2:-}"; shift ;;
+        --rate)
+            RATE="${2:-}"; [ $# -ge 2 ] && shift
+            [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { say "--rate takes requests per second (got '$RATE')"; exit 2; } ;;
         ''|*[!0-9]*) ROWS+=("$1") ;;
         *) REPEATS="$1" ;;
     esac
     shift
 done
-[[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { say "--rate takes requests per second (got '$RATE')"; exit 2; }
 [ ${#ROWS[@]} -gt 0 ] || ROWS=(nginx weir-empty)
 [ "$REPEATS" -ge 1 ] || { say "repeats must be at least 1"; exit 2; }
 for row in "${ROWS[@]}"; do
     case "$row" in
         nginx|hyper) ;;
-        weir-otlp|weir-full-redis|weir-async|weir-fanout)
-            say "$row needs what only run.sh sets up (an OTLP receiver, redis, a fresh journal that answers 202, or 500 upstreams)"
+        weir-otlp|weir-full-redis|weir-async|weir-fanout|*-tls)
+            say "$row needs what only run.sh or ab.sh sets up (an OTLP receiver, redis, a fresh journal that answers 202, 500 upstreams, or a certificate)"
             exit 2 ;;
         weir-*) [ -f "$BENCH/configs/$row.toml" ] || { say "no config for $row: $BENCH/configs/$row.toml"; exit 2; } ;;
         *) say "unknown row $row (nginx, hyper or weir-*)"; exit 2 ;;
@@ -115,7 +116,7 @@ for i in $(seq 1 "$REPEATS"); do
         taskset -c 1 wrk -t1 -c64 -d3s "$url" >/dev/null
         # Every thread of the proxy (nginx's worker is the master's child): their runs on
         # CPU 0 are the proxy's own, not a stall.
-        tids="$(for p in $(proc_tree "$pid"); do ls "/proc/$p/task" 2>/dev/null; done | paste -sd,)"
+        tids="$(for p in $(proc_tree "$pid"); do ls "/proc/$p/task" 2>/dev/null || true; done | paste -sd,)"
         base="$RUN/$row-$i"
         perf record -q -k monotonic -C 0,1 -e sched:sched_switch -o "$base.perf" 2>"$base.perf.log" &
         perf_pid=$!

@@ -897,8 +897,8 @@ upstream = "api"
         .build()
         .unwrap();
 
-    // A request with no body, one with a body (handed to hyper with the bytes already
-    // read), and one more after it, in turn on one kept-alive connection.
+    // A request with no body, one with a body (the own side hands it to hyper with the
+    // bytes already read), and one more after it, in turn.
     for (method, path, body, said) in [
         ("GET", "/one", "", "GET /one "),
         ("POST", "/two", "a body", "POST /two a body"),
@@ -916,7 +916,7 @@ upstream = "api"
     }
 
     // A streamed answer: its first event reaches the client while the upstream holds
-    // the next, so it was flushed out of the TLS session when the body began to wait.
+    // the next (the flush that ensures it over TLS has a unit test in listener/h1.rs).
     let mut resp = h1.get(weir.https_url("/events")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())

@@ -110,7 +110,11 @@ where
     loop {
         let head = match conn.read_head(drain, served).await? {
             Next::Head(h) => h,
-            Next::Closed => return Ok(Ended::Closed),
+            Next::Closed => {
+                // As hyper: the writing side is shut down (over TLS, with `close_notify`).
+                let _ = conn.io.shutdown().await;
+                return Ok(Ended::Closed);
+            }
             Next::Other => {
                 return Ok(Ended::Hand {
                     io: Rewound {
@@ -197,6 +201,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 None => return Ok(Next::Closed),
                 Some(Ok(0)) => return Ok(Next::Closed),
                 Some(Ok(_)) => {}
+                // As hyper: a read error with no head begun is the client's close (over
+                // TLS, one without `close_notify`), not a failure.
+                Some(Err(_)) if self.buf.is_empty() => return Ok(Next::Closed),
                 Some(Err(e)) => return Err(e.into()),
             }
         }
@@ -1462,6 +1469,81 @@ mod tests {
             std::task::ready!(self.as_mut().poll_flush(cx))?;
             Pin::new(&mut self.io).poll_shutdown(cx)
         }
+    }
+
+    /// A transport whose end of input is an error, as a TLS session's is when the peer
+    /// closes without `close_notify`; it notes its shutdown.
+    struct EofIsAnError {
+        io: DuplexStream,
+        shut: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl AsyncRead for EofIsAnError {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+            if buf.filled().len() == before && buf.remaining() > 0 {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for EofIsAnError {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_between_requests_ends_the_connection_cleanly_even_as_an_error() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let drain = crate::drain::Drain::new();
+        let mut in_drain = drain.watch();
+        let shut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let io = EofIsAnError {
+            io: server,
+            shut: shut.clone(),
+        };
+        let service = |_: Box<http::request::Parts>| async { full(200, "ok") };
+        let served = tokio::spawn(async move {
+            serve(Flushes::new(io, watch()), 8192, &mut in_drain, service).await
+        });
+        client.write_all(GET.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0; 1024];
+        while !got.ends_with(b"ok") {
+            let n = client.read(&mut chunk).await.unwrap();
+            assert_ne!(n, 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        client.shutdown().await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the close ends the connection")
+            .unwrap();
+        assert!(matches!(ended, Ok(Ended::Closed)), "{:?}", ended.err());
+        assert!(
+            shut.load(std::sync::atomic::Ordering::SeqCst),
+            "shut down, as hyper does"
+        );
     }
 
     #[tokio::test(start_paused = true)]
