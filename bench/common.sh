@@ -1,4 +1,4 @@
-# Shared by run.sh and profile.sh, which source it after setting BENCH, ROOT and say()
+# Shared by run.sh, profile.sh, cpusplit.sh and stalls.sh, which source it after setting BENCH, ROOT and say()
 # (profile.sh also TOOLS). Stops the processes they start when they exit, installs what is missing and
 # builds the binaries under test.
 
@@ -103,4 +103,52 @@ cpu_ticks_split() {
 # Failed answers (not 2xx or 3xx) and socket errors in wrk's output, $1.
 wrk_errors() {
     awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$1"
+}
+
+# cpusplit.sh's and stalls.sh's rows: nginx, hyper (the bare hyper proxy) and the weir
+# rows of run.sh that answer 200 on 18084 from configs/ROW.toml over plain HTTP. Exits
+# with a message for any other $1.
+check_cpu0_row() {
+    case "$1" in
+        nginx|hyper) ;;
+        weir-otlp|weir-full-redis|weir-async|weir-fanout|*-tls)
+            say "$1 needs what only run.sh or ab.sh sets up (an OTLP receiver, redis, a fresh journal that answers 202, 500 upstreams, or a certificate)"
+            exit 2 ;;
+        weir-*) [ -f "$BENCH/configs/$1.toml" ] || { say "no config for $1: $BENCH/configs/$1.toml"; exit 2; } ;;
+        *) say "unknown row $1 (nginx, hyper or weir-*)"; exit 2 ;;
+    esac
+}
+
+# Starts row $1 (see check_cpu0_row) pinned to CPU 0, as run.sh does, logging to
+# $RUN/ROW.log, and waits until it answers 200 on /bench. Sets ROW_PID, ROW_PORT and
+# ROW_URL.
+start_cpu0_row() {
+    local row="$1" port
+    case "$row" in
+        nginx)
+            port=18081
+            taskset -c 0 "$NGINX" -p "$RUN/nginx/" -e stderr -c "$BENCH/peers/nginx.conf" \
+                >"$RUN/$row.log" 2>&1 &
+            ;;
+        hyper)
+            port=18093
+            taskset -c 0 "$HYPER" "127.0.0.1:$port" 127.0.0.1:18080 >"$RUN/$row.log" 2>&1 &
+            ;;
+        weir-*)
+            port=18084
+            RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 \
+                "$WEIR" run "$BENCH/configs/$row.toml" >"$RUN/$row.log" 2>&1 &
+            ;;
+    esac
+    ROW_PID=$!
+    STARTED+=("$ROW_PID")
+    ROW_PORT=$port
+    ROW_URL="http://127.0.0.1:$port/bench"
+    for _ in $(seq 1 100); do
+        kill -0 "$ROW_PID" 2>/dev/null || { say "$row exited at start (its log: $RUN/$row.log)"; exit 1; }
+        [ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "$ROW_URL" || true)" = 200 ] && return 0
+        sleep 0.1
+    done
+    say "$row did not answer 200 on $port within 10 s (its log: $RUN/$row.log)"
+    exit 1
 }

@@ -45,16 +45,11 @@ while [ $# -gt 0 ]; do
 done
 [ ${#ROWS[@]} -gt 0 ] || ROWS=(nginx weir-empty weir-noop weir-headers)
 [ "$REPEATS" -ge 1 ] || { say "repeats must be at least 1"; exit 2; }
+# shellcheck source=common.sh
+. "$BENCH/common.sh"
 # Every row checked before anything is built or run.
 for row in "${ROWS[@]}"; do
-    case "$row" in
-        nginx|hyper) ;;
-        weir-otlp|weir-full-redis|weir-async|weir-fanout|*-tls)
-            say "$row needs what only run.sh or ab.sh sets up (an OTLP receiver, redis, a fresh journal that answers 202, 500 upstreams, or a certificate)"
-            exit 2 ;;
-        weir-*) [ -f "$BENCH/configs/$row.toml" ] || { say "no config for $row: $BENCH/configs/$row.toml"; exit 2; } ;;
-        *) say "unknown row $row (nginx, hyper or weir-*)"; exit 2 ;;
-    esac
+    check_cpu0_row "$row"
 done
 
 for tool in wrk curl python3 taskset; do
@@ -67,8 +62,6 @@ for port in 18080 18081 18084 18093; do
     fi
 done
 
-# shellcheck source=common.sh
-. "$BENCH/common.sh"
 find_peers
 build_binaries
 check_noop_component "${ROWS[@]}"
@@ -95,32 +88,10 @@ TCK=$(getconf CLK_TCK)
 
 for i in $(seq 1 "$REPEATS"); do
     for row in "${ROWS[@]}"; do
-        case "$row" in
-            nginx)
-                port=18081
-                taskset -c 0 "$NGINX" -p "$RUN/nginx/" -e stderr -c "$BENCH/peers/nginx.conf" \
-                    >"$RUN/$row.log" 2>&1 &
-                ;;
-            hyper)
-                port=18093
-                taskset -c 0 "$HYPER" "127.0.0.1:$port" 127.0.0.1:18080 >"$RUN/$row.log" 2>&1 &
-                ;;
-            weir-*)
-                port=18084
-                RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 \
-                    "$WEIR" run "$BENCH/configs/$row.toml" >"$RUN/$row.log" 2>&1 &
-                ;;
-        esac
-        pid=$!
-        STARTED+=("$pid")
-        url="http://127.0.0.1:$port/bench"
-        ready=
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || { say "$row exited at start (its log: $RUN/$row.log)"; exit 1; }
-            [ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "$url" || true)" = 200 ] && { ready=1; break; }
-            sleep 0.1
-        done
-        [ -n "$ready" ] || { say "$row did not answer 200 on $port within 10 s (its log: $RUN/$row.log)"; exit 1; }
+        start_cpu0_row "$row"
+        pid=$ROW_PID
+        port=$ROW_PORT
+        url=$ROW_URL
         taskset -c 1 wrk -t1 -c64 -d3s "$url" >/dev/null
         # nginx's master forks its workers: count them all.
         pids="$(proc_tree "$pid" | paste -sd,)"
