@@ -152,3 +152,28 @@ start_cpu0_row() {
     say "$row did not answer 200 on $port within 10 s (its log: $RUN/$row.log)"
     exit 1
 }
+
+# Refuses to go on when something already answers on a port cpusplit.sh and stalls.sh use.
+check_cpu0_ports() {
+    local port
+    for port in 18080 18081 18084 18093; do
+        if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
+            say "something already answers on 127.0.0.1:$port; stop it first"
+            exit 1
+        fi
+    done
+}
+
+# Empties the run directory $1 and sets RUN to it, then starts the bench upstream on
+# CPU 1, port 18080, and waits for it to answer.
+start_cpu1_upstream() {
+    RUN="$1"
+    rm -rf "$RUN"
+    mkdir -p "$RUN/nginx/tmp"
+    taskset -c 1 "$UPSTREAM" 127.0.0.1:18080 >"$RUN/upstream.log" 2>&1 &
+    STARTED+=("$!")
+    for _ in $(seq 1 50); do
+        curl -s -o /dev/null --max-time 1 http://127.0.0.1:18080/ && return 0
+        sleep 0.1
+    done
+}

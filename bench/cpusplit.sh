@@ -55,12 +55,7 @@ done
 for tool in wrk curl python3 taskset; do
     command -v "$tool" >/dev/null || { say "$tool is missing (bench/run.sh installs what it needs)"; exit 1; }
 done
-for port in 18080 18081 18084 18093; do
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
-        say "something already answers on 127.0.0.1:$port; stop it first"
-        exit 1
-    fi
-done
+check_cpu0_ports
 
 find_peers
 build_binaries
@@ -75,15 +70,7 @@ else
     say "perf cannot count system calls here: that column is left out"
 fi
 
-RUN="$BENCH/.run/cpusplit"
-rm -rf "$RUN"
-mkdir -p "$RUN/nginx/tmp"
-taskset -c 1 "$UPSTREAM" 127.0.0.1:18080 >"$RUN/upstream.log" 2>&1 &
-STARTED+=("$!")
-for _ in $(seq 1 50); do
-    curl -s -o /dev/null --max-time 1 http://127.0.0.1:18080/ && break
-    sleep 0.1
-done
+start_cpu1_upstream "$BENCH/.run/cpusplit"
 TCK=$(getconf CLK_TCK)
 
 for i in $(seq 1 "$REPEATS"); do

@@ -58,26 +58,13 @@ if ! perf record -q -C 0 -e sched:sched_switch -o /dev/null -- true >/dev/null 2
     say "perf cannot trace sched:sched_switch here (needs root, or perf_event_paranoid <= 1 and a readable tracefs)"
     exit 1
 fi
-for port in 18080 18081 18084 18093; do
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
-        say "something already answers on 127.0.0.1:$port; stop it first"
-        exit 1
-    fi
-done
+check_cpu0_ports
 
 find_peers
 build_binaries
 check_noop_component "${ROWS[@]}"
 
-RUN="$BENCH/.run/stalls"
-rm -rf "$RUN"
-mkdir -p "$RUN/nginx/tmp"
-taskset -c 1 "$UPSTREAM" 127.0.0.1:18080 >"$RUN/upstream.log" 2>&1 &
-STARTED+=("$!")
-for _ in $(seq 1 50); do
-    curl -s -o /dev/null --max-time 1 http://127.0.0.1:18080/ && break
-    sleep 0.1
-done
+start_cpu1_upstream "$BENCH/.run/stalls"
 
 for i in $(seq 1 "$REPEATS"); do
     for row in "${ROWS[@]}"; do
