@@ -1471,7 +1471,7 @@ async fn serve(
                 // side serves it until a request is hyper's.
                 let own = Flushes::new(stream, conn_watch.clone());
                 let proxy = &*own_proxy;
-                let service = |parts| proxy.handle_head(peer, parts, body::empty());
+                let service = |parts, body| proxy.handle_head(peer, parts, body);
                 match h1::serve(own, max_head, &mut draining, service).await {
                     Ok(h1::Ended::Closed) => Ok(()),
                     Ok(h1::Ended::Hand { io, served }) => {

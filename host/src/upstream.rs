@@ -10,11 +10,12 @@
 //! (hyper-util's legacy client, which weir used before, spawned a task per request to
 //! do that, and looked its pool up by a SipHashed key.)
 //!
-//! A request with no body goes over HTTP/1 by weir's own exchange ([`h1`]): the
-//! request's task writes the head and reads the response itself, and no task drives
-//! the connection. A request with a body, and every HTTP/2 connection, go through
-//! hyper's client, with one task per connection; an idle connection of the own
-//! exchange is handed to hyper when a request with a body takes it.
+//! A request with no body, or a small one all in hand, goes over HTTP/1 by weir's own
+//! exchange ([`h1`]): the request's task writes the request and reads the response
+//! itself, and no task drives the connection. A request with a larger or streamed body,
+//! and every HTTP/2 connection, go through hyper's client, with one task per
+//! connection; an idle connection of the own exchange is handed to hyper when such a
+//! request takes it.
 //!
 //! weir is never an open proxy: a pool only ever dials its own upstream's origin.
 
@@ -473,9 +474,16 @@ impl Upstream {
         connect: &mut Option<ConnectTiming>,
     ) -> Result<(Response<Answer>, Option<Back>), UpstreamFailure> {
         let fail = |e: ConnectError| e.to_failure(self.origin.clone());
-        let own = h1::fits(&req);
+        // The whole body, when the own exchange can send the request; it goes back into
+        // the request if hyper's client takes it after all.
+        let mut whole = if h1::fits(&req) {
+            h1::take_body(req.body_mut())
+        } else {
+            None
+        };
         let mut fresh = false;
         loop {
+            let own = whole.is_some();
             let checkout = if fresh {
                 // Boxed, here and in `checkout`: opening a connection (TCP, TLS, the
                 // handshake) is a large future that most requests never run, and every
@@ -488,6 +496,11 @@ impl Upstream {
             let reused = checkout.connect.is_none();
             if !reused {
                 *connect = checkout.connect;
+            }
+            if !matches!(checkout.sender, Sender::Own(..))
+                && let Some(b) = whole.take_if(|b| !b.is_empty())
+            {
+                *req.body_mut() = body::full(b);
             }
             let unsent = match checkout.sender {
                 Sender::H2(mut s) => match s.try_send_request(*req).await {
@@ -503,7 +516,7 @@ impl Upstream {
                 }
                 Sender::Own(mut conn, home) => {
                     self.origin_form(&mut req);
-                    let asked = conn.prepare(&req);
+                    let asked = conn.prepare(&req, whole.clone().unwrap_or_default());
                     match conn.send(asked).await {
                         Ok(resp) => return Ok((resp.map(Answer::Own), Some(Back::Own(home)))),
                         // As below: a pooled connection that could not take the head.

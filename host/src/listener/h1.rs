@@ -4,8 +4,9 @@
 //! about 10k of the empty chain's 27.3k instructions a request (`bench/README.md`, "The
 //! eleventh round"). An HTTP/1 connection, in plain text or over TLS when ALPN chose
 //! HTTP/1.1 (or nothing), is served here instead, for as long as its requests are the
-//! common kind: HTTP/1.1, no body, not `CONNECT`, and no
-//! `Transfer-Encoding`, `Expect`, `Upgrade` or `TE` line. The first request of any other
+//! common kind: HTTP/1.1, not `CONNECT`, no `Transfer-Encoding`, `Expect`, `Upgrade` or
+//! `TE` line, and no body or one whose `Content-Length` bytes (at most [`OWN_BODY_MAX`])
+//! came with its head, in the bytes already read. The first request of any other
 //! kind, or one that does not parse, hands the connection to hyper from that request's
 //! first byte on ([`Ended::Hand`]). hyper then serves the rest of the connection as it
 //! would have from its start: request bodies, `100-continue`, HTTP/1.0's keep-alive,
@@ -40,7 +41,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{self, BoxError, ProxyBody};
 use crate::drain;
 use crate::headers::content_length;
 use crate::slow_clients::{Flushes, InHand};
@@ -56,6 +57,10 @@ const INLINE_LINES: usize = 32;
 const READ_ROOM: usize = 8192;
 /// A body chunk up to this size is copied behind the head into one write.
 const COPY_UNDER: usize = 16 * 1024;
+/// The largest request body this side takes, when all of it came with the head: what
+/// one read of [`READ_ROOM`] holds, with room to spare. A body that is larger, or not
+/// all there yet, goes to hyper with its request, which streams it.
+pub(crate) const OWN_BODY_MAX: u64 = 16 * 1024;
 
 /// How an own-served connection ended.
 pub(super) enum Ended<I> {
@@ -97,7 +102,7 @@ pub(super) async fn serve<I, S, F>(
 ) -> Result<Ended<I>, Error>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: FnMut(Box<http::request::Parts>) -> F,
+    S: FnMut(Box<http::request::Parts>, ProxyBody) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
     let mut conn = Conn {
@@ -128,7 +133,14 @@ where
         served = true;
         let (response, _) = conn.io.watch().request(false, false);
         let is_head = head.parts.method == Method::HEAD;
-        let call = service(head.parts);
+        // A body came whole with its head: the service reads it as hyper's would, in
+        // one frame with its exact length.
+        let body = if head.body.is_empty() {
+            body::empty()
+        } else {
+            body::full(head.body)
+        };
+        let call = service(head.parts, body);
         let resp = conn.in_flight(call).await?;
         if !conn
             .respond(resp, is_head, head.keep_alive, response, drain)
@@ -146,6 +158,8 @@ struct Head {
     parts: Box<http::request::Parts>,
     /// HTTP/1.1's default, unless a `Connection` line says `close`.
     keep_alive: bool,
+    /// The request's body, all of it (empty when it has none).
+    body: Bytes,
 }
 
 /// What the bytes at the buffer's front are.
@@ -511,7 +525,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // weir adds up to three lines of its own before the request goes on.
     let mut headers = HeaderMap::with_capacity(count + 3);
     let mut keep_alive = true;
-    let mut has_length = false;
+    let mut length = None;
     for &[name_start, name_end, value_start, value_end] in spans.iter() {
         let name = &head[name_start as usize..name_end as usize];
         let Ok(name) = HeaderName::from_bytes(name) else {
@@ -525,17 +539,23 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE | header::TE => {
                 return restore(buf, &head);
             }
-            header::CONTENT_LENGTH if value.as_bytes() != b"0" => {
-                return restore(buf, &head);
-            }
-            // hyper keeps the first of several equal lengths.
-            header::CONTENT_LENGTH if has_length => continue,
-            header::CONTENT_LENGTH => has_length = true,
+            // As hyper: digits only, and several lines must agree; it keeps the first.
+            header::CONTENT_LENGTH => match (content_length(value.as_bytes()), length) {
+                (None, _) => return restore(buf, &head),
+                (Some(n), Some(first)) if n != first => return restore(buf, &head),
+                (Some(_), Some(_)) => continue,
+                (n, None) => length = n,
+            },
             header::CONNECTION if lists(&value, "close") => keep_alive = false,
             _ => {}
         }
         headers.append(name, value);
     }
+    let body = match length {
+        None | Some(0) => Bytes::new(),
+        Some(n) if n <= OWN_BODY_MAX && n as usize <= buf.len() => buf.split_to(n as usize).freeze(),
+        Some(_) => return restore(buf, &head),
+    };
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -543,6 +563,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     Parsed::Head(Head {
         parts: Box::new(parts),
         keep_alive,
+        body,
     })
 }
 
@@ -958,7 +979,7 @@ mod tests {
     async fn own_says(request: &[u8], answer: Answer) -> (String, bool) {
         let (client, server) = tokio::io::duplex(1 << 20);
         let drain = crate::drain::Drain::new();
-        let service = move |parts: Box<http::request::Parts>| {
+        let service = move |parts: Box<http::request::Parts>, _: ProxyBody| {
             let resp = answer(&parts);
             async move { resp }
         };
@@ -982,7 +1003,7 @@ mod tests {
         service: S,
     ) -> tokio::task::JoinHandle<Result<Ended<DuplexStream>, Error>>
     where
-        S: FnMut(Box<http::request::Parts>) -> F + Send + 'static,
+        S: FnMut(Box<http::request::Parts>, ProxyBody) -> F + Send + 'static,
         F: Future<Output = Response<ProxyBody>> + Send + 'static,
     {
         let mut in_drain = drain.watch();
@@ -1264,7 +1285,7 @@ mod tests {
         let drain = crate::drain::Drain::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);
-        let service = move |parts: Box<http::request::Parts>| {
+        let service = move |parts: Box<http::request::Parts>, _: ProxyBody| {
             if let Some(tx) = tx.take() {
                 let _ = tx.send(parts);
             }
@@ -1284,13 +1305,50 @@ mod tests {
         assert_eq!(xa, ["1", "2"]);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_came_with_its_head_is_served_here_whole() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let drain = crate::drain::Drain::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let service = move |parts: Box<http::request::Parts>, body: ProxyBody| {
+            let tx = tx.clone();
+            async move {
+                let hint = body.size_hint().exact();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                let _ = tx.send((parts.uri.to_string(), hint, bytes));
+                full(200, "")
+            }
+        };
+        let served = spawn_own(server, &drain, service);
+        // Two lengths that agree count once, as in hyper; leading zeros are digits.
+        let req = "POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\
+                   PUT /b HTTP/1.1\r\ncontent-length: 003\r\ncontent-length: 3\r\n\r\nabc\
+                   GET /c HTTP/1.1\r\n\r\n";
+        let said = exchange(client, req.as_bytes()).await;
+        assert_eq!(said.windows(6).filter(|w| w == b" 200 O").count(), 3);
+        // The connection stayed here, to the client's close: it was never handed to hyper.
+        assert!(matches!(served.await.unwrap(), Ok(Ended::Closed)));
+        let mut got = Vec::new();
+        while let Ok(seen) = rx.try_recv() {
+            got.push(seen);
+        }
+        assert_eq!(
+            got,
+            [
+                ("/a".to_owned(), Some(5), Bytes::from_static(b"hello")),
+                ("/b".to_owned(), Some(3), Bytes::from_static(b"abc")),
+                ("/c".to_owned(), Some(0), Bytes::new()),
+            ]
+        );
+    }
+
     /// Serves `request` on the own side until it hands over; returns what hyper would
-    /// read first, and whether a request came before.
+    /// read, and whether a request came before.
     async fn handed(request: &[u8]) -> (Vec<u8>, bool, String) {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         client.write_all(request).await.unwrap();
         let drain = crate::drain::Drain::new();
-        let service = |_: Box<http::request::Parts>| async { full(200, "first") };
+        let service = |_: Box<http::request::Parts>, _: ProxyBody| async { full(200, "first") };
         let ended =
             tokio::time::timeout(Duration::from_secs(5), spawn_own(server, &drain, service))
                 .await
@@ -1300,9 +1358,17 @@ mod tests {
         let Ended::Hand { mut io, served } = ended else {
             panic!("the own side kept a request that is hyper's");
         };
-        let mut first = vec![0; request.len()];
-        let n = io.read(&mut first).await.unwrap();
-        first.truncate(n);
+        // What the own side read comes first, then the socket's rest: all of it that
+        // the client sent.
+        let mut first = Vec::new();
+        let mut chunk = [0; 4096];
+        while let Ok(n) = tokio::time::timeout(Duration::from_secs(1), io.read(&mut chunk)).await {
+            let n = n.unwrap();
+            if n == 0 {
+                break;
+            }
+            first.extend_from_slice(&chunk[..n]);
+        }
         drop(io);
         let mut said = Vec::new();
         client.read_to_end(&mut said).await.unwrap();
@@ -1311,8 +1377,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_it_does_not_serve_go_to_hyper_from_their_first_byte() {
+        let big = format!(
+            "POST / HTTP/1.1\r\ncontent-length: {n}\r\n\r\n{}",
+            "a".repeat(OWN_BODY_MAX as usize + 1),
+            n = OWN_BODY_MAX + 1,
+        );
         for other in [
-            "POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi",
+            // A body not all come yet, or too large to hold: hyper streams it.
+            "POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nhi",
+            big.as_str(),
+            "POST / HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nhi",
+            "POST / HTTP/1.1\r\ncontent-length: +2\r\n\r\nhi",
+            "POST / HTTP/1.1\r\ncontent-length: 2, 2\r\n\r\nhi",
             "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
             "GET / HTTP/1.0\r\n\r\n",
             "GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
@@ -1328,7 +1404,7 @@ mod tests {
             assert_eq!(first, other.as_bytes(), "hyper reads {other:?} whole");
             assert!(!served && said.is_empty(), "{other:?}: {said}");
         }
-        let after = format!("{GET}POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi");
+        let after = format!("{GET}POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nhi");
         let (first, served, said) = handed(after.as_bytes()).await;
         assert_eq!(first, &after.as_bytes()[GET.len()..]);
         assert!(served && said.contains("first"), "{said}");
@@ -1346,7 +1422,7 @@ mod tests {
     async fn a_client_gone_mid_request_cancels_it() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let drain = crate::drain::Drain::new();
-        let service = |_: Box<http::request::Parts>| std::future::pending::<Response<ProxyBody>>();
+        let service = |_: Box<http::request::Parts>, _: ProxyBody| std::future::pending::<Response<ProxyBody>>();
         let served = spawn_own(server, &drain, service);
         client.write_all(GET.as_bytes()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1365,7 +1441,7 @@ mod tests {
         let drain = Arc::new(crate::drain::Drain::new());
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
-        let service = move |_: Box<http::request::Parts>| {
+        let service = move |_: Box<http::request::Parts>, _: ProxyBody| {
             let released = released.clone();
             async move {
                 if let Some(r) = released.lock().await.take() {
@@ -1397,7 +1473,7 @@ mod tests {
     async fn a_drain_lets_a_half_come_first_head_come_whole_and_answers_it_with_close() {
         let (client, server) = tokio::io::duplex(1 << 16);
         let drain = Arc::new(crate::drain::Drain::new());
-        let service = |_: Box<http::request::Parts>| async { full(200, "late") };
+        let service = |_: Box<http::request::Parts>, _: ProxyBody| async { full(200, "late") };
         let served = spawn_own(server, &drain, service);
         let (mut reader, mut writer) = tokio::io::split(client);
         writer.write_all(b"GET / HT").await.unwrap();
@@ -1421,7 +1497,7 @@ mod tests {
     async fn a_drain_closes_an_idle_connection_at_once() {
         let (client, server) = tokio::io::duplex(1 << 16);
         let drain = crate::drain::Drain::new();
-        let service = |_: Box<http::request::Parts>| async { full(200, "") };
+        let service = |_: Box<http::request::Parts>, _: ProxyBody| async { full(200, "") };
         let served = spawn_own(server, &drain, service);
         tokio::time::sleep(Duration::from_secs(1)).await;
         drain.shutdown().await;
@@ -1522,7 +1598,7 @@ mod tests {
             io: server,
             shut: shut.clone(),
         };
-        let service = |_: Box<http::request::Parts>| async { full(200, "ok") };
+        let service = |_: Box<http::request::Parts>, _: ProxyBody| async { full(200, "ok") };
         let served = tokio::spawn(async move {
             serve(Flushes::new(io, watch()), 8192, &mut in_drain, service).await
         });
@@ -1551,7 +1627,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let drain = crate::drain::Drain::new();
         let mut in_drain = drain.watch();
-        let service = |_: Box<http::request::Parts>| async {
+        let service = |_: Box<http::request::Parts>, _: ProxyBody| async {
             // One event, then nothing for as long as the test runs.
             let first = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(
                 Bytes::from_static(b"data: first\n\n"),

@@ -5,8 +5,9 @@
 //! The own side replaced hyper's server for the common request, so hyper's server is
 //! its oracle: for any bytes a client sends, in any pieces, the client should get the
 //! same bytes back, and see the connection closed where hyper closed it. The service
-//! answers every request with a [`Reply`] whose body lists the request's method, target
-//! and header lines as the service saw them, so a head read differently shows too. The
+//! answers every request with a [`Reply`] whose body lists the request's method, target,
+//! header lines and body as the service saw them, so a request read differently shows
+//! too. The
 //! own side hands what it does not serve to hyper, as the listener does.
 //!
 //! Everything runs in memory on one thread with tokio's clock paused, so a run is
@@ -84,14 +85,26 @@ pub fn both(case: &Case) -> (Said, Said) {
     runtime.block_on(async { (own(case).await, hyper(case).await) })
 }
 
-/// The service's answer to a request with this head.
-fn answer(reply: Reply, head: &http::request::Parts) -> Response<ProxyBody> {
+/// The service's answer to a request with this head and body: it reads the whole body
+/// first, as a proxy that buffers it does.
+async fn answer<B>(reply: Reply, head: &http::request::Parts, body: B) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let mut echo = format!("{} {}\n", head.method, head.uri).into_bytes();
     for (name, value) in &head.headers {
         echo.extend_from_slice(name.as_str().as_bytes());
         echo.push(b'=');
         echo.extend_from_slice(value.as_bytes());
         echo.push(b'\n');
+    }
+    match body.collect().await {
+        Ok(whole) => {
+            echo.extend_from_slice(b"body=");
+            echo.extend_from_slice(&whole.to_bytes());
+        }
+        Err(e) => echo.extend_from_slice(format!("body error: {e}").as_bytes()),
     }
     let len = echo.len();
     let body = match reply.body {
@@ -176,8 +189,8 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let resp = answer(reply, &req.into_parts().0);
-        async move { Ok::<_, Infallible>(resp) }
+        let (head, body) = req.into_parts();
+        async move { Ok::<_, Infallible>(answer(reply, &head, body).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .max_buf_size(8192)
@@ -203,10 +216,10 @@ async fn own(case: &Case) -> Said {
             },
         );
         let io = Flushes::new(theirs, sweep.begin());
-        let service = |head: Box<http::request::Parts>| {
-            let resp = answer(reply, &head);
-            async move { resp }
-        };
+        let service =
+            |head: Box<http::request::Parts>, body: ProxyBody| async move {
+                answer(reply, &head, body).await
+            };
         if let Ok(Ended::Hand { io, .. }) = serve(io, 8192, &mut watch, service).await {
             serve_hyper(TokioIo::new(io), reply).await;
         }
@@ -282,6 +295,34 @@ mod tests {
                 let said = agree(many, Reply { body, ..reply() }, cuts);
                 assert_eq!(said.bytes.matches("HTTP/1.1 200 OK").count(), 4, "{said:?}");
             }
+        }
+    }
+
+    #[test]
+    fn requests_with_bodies_are_answered_alike_whole_or_in_pieces() {
+        let two = "POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\
+                   GET /b HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi";
+        // Whole (the own side serves both), and cut in the first body or head (hyper
+        // takes the connection at that request).
+        for cuts in [vec![], vec![40], vec![36], vec![10, 38, 60]] {
+            let said = agree(two, reply(), cuts);
+            assert!(said.bytes.contains("body=hello"), "{said:?}");
+            assert!(said.bytes.contains("body=hi"), "{said:?}");
+        }
+        let big = "x".repeat(20_000);
+        let large = format!("PUT / HTTP/1.1\r\ncontent-length: 20000\r\n\r\n{big}");
+        let said = agree(&large, reply(), vec![]);
+        assert!(said.bytes.contains(&big), "the large body is echoed whole");
+        for request in [
+            "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhel",
+            "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 003\r\n\r\nabc",
+            "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+            "POST / HTTP/1.1\r\ncontent-length: 3, 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\nabc",
+            "POST / HTTP/1.1\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhiGET / HTTP/1.1\r\n\r\n",
+            "HEAD / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhiGET / HTTP/1.1\r\n\r\n",
+        ] {
+            agree(request, reply(), vec![]);
         }
     }
 

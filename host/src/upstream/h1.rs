@@ -1,12 +1,15 @@
-//! weir's own HTTP/1 exchange, for a request with no body: the request's own task writes
-//! its head and reads the response, on a pooled connection that no task drives.
+//! weir's own HTTP/1 exchange, for a request with no body or a small one in hand: the
+//! request's own task writes it and reads the response, on a pooled connection that no
+//! task drives.
 //!
 //! hyper's client connection runs a task per connection: each request crosses a channel
 //! to that task, its response head comes back over a oneshot, and its body over a
 //! channel of its own. Each of those costs a task wake and a few atomics on both sides,
 //! on every request. Here the task that serves the client reads the upstream's bytes
-//! itself, as nginx's single event loop does. Requests with a body (whose upload may
-//! have to race the upstream's early answer) and HTTP/2 stay on hyper's client.
+//! itself, as nginx's single event loop does. A request whose body is all in hand and
+//! at most [`MAX_BODY`] bytes goes with its head in one write ([`take_body`]). Larger or
+//! streamed bodies (whose upload may have to race the upstream's early answer) and HTTP/2
+//! stay on hyper's client.
 //!
 //! The framing rules are hyper's client's (RFC 9112, section 6.3): no body for `HEAD`,
 //! 1xx, 204 and 304; `Transfer-Encoding` whose last coding is `chunked`, else read to
@@ -14,7 +17,8 @@
 //! is `httparse`'s, as in hyper. A connection is reused only when both sides kept it
 //! alive and the response ended exactly at its framing's end.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -24,6 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::body::{BoxError, ProxyBody};
 use crate::headers::content_length;
 
 /// The most header lines a response head or a trailer section may have: hyper's limit.
@@ -39,12 +44,115 @@ const MAX_SECTION: usize = 16 * 1024;
 /// A read asks for at least this much room.
 const READ_ROOM: usize = 8192;
 
-/// Whether `req` can take the own path: no body to upload, HTTP/1.1 framing (an
-/// HTTP/2 client's request is sent as HTTP/1.1, as hyper does), and no `CONNECT`.
-pub(super) fn fits<B: HttpBody>(req: &Request<B>) -> bool {
-    req.body().is_end_stream()
-        && matches!(req.version(), Version::HTTP_11 | Version::HTTP_2)
-        && req.method() != Method::CONNECT
+/// The largest request body the own path sends. It goes in the same write as its head,
+/// which a socket's send buffer takes at once, so an upstream that answers before it
+/// reads the body (a 413, say) finds it sent; hyper's client reads while it uploads a
+/// larger one.
+pub(super) const MAX_BODY: u64 = 16 * 1024;
+
+/// Whether `req`'s head can take the own path: HTTP/1.1 framing (an HTTP/2 client's
+/// request is sent as HTTP/1.1, as hyper does), and no `CONNECT`. Its body must also
+/// be one [`take_body`] takes.
+pub(super) fn fits<B>(req: &Request<B>) -> bool {
+    matches!(req.version(), Version::HTTP_11 | Version::HTTP_2) && req.method() != Method::CONNECT
+}
+
+/// Takes all of `body` when the own path can send it: none, or at most [`MAX_BODY`]
+/// bytes of a known length that are all ready now (a body weir buffered, or one that
+/// came whole with its head). Otherwise `None`, and `body` is as it was: any frame
+/// polled off it is put back in front. It never waits.
+pub(super) fn take_body(body: &mut ProxyBody) -> Option<Bytes> {
+    use std::future::Future as _;
+    if body.is_end_stream() {
+        return Some(Bytes::new());
+    }
+    let len = body.size_hint().exact().filter(|&n| n <= MAX_BODY)?;
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut taken = VecDeque::new();
+    let mut got = 0;
+    let ended = loop {
+        // Outside tokio's cooperative budget, as in `looks_open`: a spent budget would
+        // say Pending for a body that is all there.
+        let next = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)));
+        let Poll::Ready(next) = std::pin::pin!(tokio::task::unconstrained(next)).poll(&mut cx)
+        else {
+            unreachable!("the poll_fn is always ready");
+        };
+        match next {
+            Poll::Ready(None) => break true,
+            Poll::Pending => break false,
+            Poll::Ready(Some(frame)) => {
+                let data = frame.as_ref().ok().and_then(Frame::data_ref);
+                got += data.map_or(0, |d| d.len() as u64);
+                let more = data.is_some() && got <= len;
+                taken.push_back(frame);
+                if !more {
+                    break false;
+                }
+            }
+        }
+    };
+    if ended && got == len {
+        // Every frame taken is data: any other kind ends the loop unended.
+        let mut data = taken.into_iter().filter_map(|f| f.ok()?.into_data().ok());
+        let first = data.next().unwrap_or_default();
+        return Some(match data.next() {
+            // One frame (a buffered body's, or one that came with its head): no copy.
+            None => first,
+            Some(second) => {
+                let mut whole = BytesMut::with_capacity(len as usize);
+                for d in [first, second].into_iter().chain(data) {
+                    whole.extend_from_slice(&d);
+                }
+                whole.freeze()
+            }
+        });
+    }
+    if !taken.is_empty() {
+        let rest = std::mem::replace(body, crate::body::empty());
+        *body = crate::body::boxed(Replayed { taken, rest });
+    }
+    None
+}
+
+/// A body whose first frames were polled off it already, and come first again.
+struct Replayed {
+    taken: VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: ProxyBody,
+}
+
+impl HttpBody for Replayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.taken.pop_front() {
+            Some(frame) => Poll::Ready(Some(frame)),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.taken.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let taken: u64 = self
+            .taken
+            .iter()
+            .filter_map(|f| Some(f.as_ref().ok()?.data_ref()?.len() as u64))
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + taken);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + taken);
+        }
+        hint
+    }
 }
 
 /// Why an exchange failed.
@@ -119,28 +227,44 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
             .is_pending()
     }
 
-    /// Makes `req`'s head, to [`Conn1::send`]. The request is not borrowed across the
-    /// exchange's waits: its body need not be `Sync`.
-    pub(super) fn prepare<B>(&mut self, req: &Request<B>) -> Asked {
+    /// Makes `req`'s head for `body` (its whole body, from [`take_body`]), to
+    /// [`Conn1::send`]. The request is not borrowed across the exchange's waits: its
+    /// body need not be `Sync`.
+    pub(super) fn prepare<B>(&mut self, req: &Request<B>, body: Bytes) -> Asked {
         Asked {
             head_method: req.method() == Method::HEAD,
-            close: encode(req, &mut self.out),
+            close: encode(req, body.len(), &mut self.out),
+            body,
         }
     }
 
-    /// Sends the head [`Conn1::prepare`] made and reads the response head. The body
-    /// reads on from this connection; once it ends, [`Body::take_conn`] gives the
-    /// connection back when it can serve another request.
+    /// Sends the head [`Conn1::prepare`] made, and the body behind it in the same
+    /// write, and reads the response head. The response body reads on from this
+    /// connection; once it ends, [`Body::take_conn`] gives the connection back when it
+    /// can serve another request.
     pub(super) async fn send(mut self, asked: Asked) -> Result<Response<Body<IO>>, H1Error> {
-        self.io
-            .write_all(&self.out)
-            .await
-            .map_err(H1Error::Unsent)?;
-        self.io.flush().await.map_err(H1Error::Unsent)?;
         let Asked {
             head_method,
             close: asked_close,
+            body,
         } = asked;
+        // A write that fails part-way leaves the upstream a request short of its end,
+        // which it cannot act on: the request may still go again on another connection.
+        let (mut head, mut rest) = (&self.out[..], &body[..]);
+        while !head.is_empty() || !rest.is_empty() {
+            let n = self
+                .io
+                .write_vectored(&[IoSlice::new(head), IoSlice::new(rest)])
+                .await
+                .map_err(H1Error::Unsent)?;
+            if n == 0 {
+                return Err(H1Error::Unsent(io::ErrorKind::WriteZero.into()));
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            rest = &rest[n - from_head..];
+        }
+        self.io.flush().await.map_err(H1Error::Unsent)?;
         loop {
             if !self.buf.is_empty()
                 && let Some(head) = self.parse_head()?
@@ -262,10 +386,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
     }
 }
 
-/// What a response's framing and reuse depend on in its request.
+/// What a response's framing and reuse depend on in its request, and the request's body.
 pub(super) struct Asked {
     head_method: bool,
     close: bool,
+    body: Bytes,
 }
 
 /// A parsed response head.
@@ -314,11 +439,12 @@ impl Lengths {
     }
 }
 
-/// Writes `req`'s head, as hyper's client would for a request with no body: the method,
-/// the path and query, `HTTP/1.1`, and the headers but `Transfer-Encoding` (there is no
-/// body to frame). Says whether its `Connection` header asks to close after this
-/// exchange.
-fn encode<B>(req: &Request<B>, out: &mut Vec<u8>) -> bool {
+/// Writes `req`'s head for a body of `body_len` bytes: the method, the path and query,
+/// `HTTP/1.1`, and the headers but `Transfer-Encoding` (the body is framed by its
+/// length). With a body, its `Content-Length` comes last, from the body itself, in place
+/// of any the request had. Says whether its `Connection` header asks to close after
+/// this exchange.
+fn encode<B>(req: &Request<B>, body_len: usize, out: &mut Vec<u8>) -> bool {
     let mut close = false;
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -327,7 +453,9 @@ fn encode<B>(req: &Request<B>, out: &mut Vec<u8>) -> bool {
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        if name == http::header::TRANSFER_ENCODING {
+        if name == http::header::TRANSFER_ENCODING
+            || (body_len > 0 && name == http::header::CONTENT_LENGTH)
+        {
             continue;
         }
         if name == http::header::CONNECTION {
@@ -336,6 +464,11 @@ fn encode<B>(req: &Request<B>, out: &mut Vec<u8>) -> bool {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if body_len > 0 {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -781,7 +914,7 @@ mod tests {
             }
         });
         let mut conn = conn;
-        let asked = conn.prepare(&req);
+        let asked = conn.prepare(&req, Bytes::new());
         let resp = conn.send(asked).await?;
         let (parts, mut body) = resp.into_parts();
         let mut data = Vec::new();
@@ -810,7 +943,7 @@ mod tests {
         req.headers_mut()
             .insert("transfer-encoding", HeaderValue::from_static("chunked"));
         let mut conn = conn;
-        let asked = conn.prepare(&req);
+        let asked = conn.prepare(&req, Bytes::new());
         let sent = tokio::spawn(async move { conn.send(asked).await.map(|_| ()) });
         assert_eq!(
             read_head(&mut upstream).await,
@@ -933,7 +1066,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_cannot_be_reused_is_closed_when_its_body_ends() {
         let (mut conn, mut upstream) = pipe();
-        let asked = conn.prepare(&get("/"));
+        let asked = conn.prepare(&get("/"), Bytes::new());
         let server = tokio::spawn(async move {
             read_head(&mut upstream).await;
             upstream
@@ -1044,7 +1177,7 @@ mod tests {
     #[tokio::test]
     async fn an_error_after_data_comes_one_wake_later() {
         let (mut conn, mut upstream) = pipe();
-        let asked = conn.prepare(&get("/"));
+        let asked = conn.prepare(&get("/"), Bytes::new());
         upstream
             .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n5x\r\n")
             .await
@@ -1112,24 +1245,97 @@ mod tests {
     }
 
     #[test]
-    fn only_requests_without_a_body_take_the_own_path() {
-        assert!(fits(
-            &Request::get("/")
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap()
-        ));
-        let post = Request::post("/")
-            .body(http_body_util::Full::new(Bytes::from("x")))
-            .unwrap();
-        assert!(!fits(&post));
-        let old = Request::get("/")
-            .version(Version::HTTP_10)
-            .body(http_body_util::Empty::<Bytes>::new())
-            .unwrap();
+    fn only_plain_http11_heads_take_the_own_path() {
+        assert!(fits(&get("/")));
+        let mut h2 = get("/");
+        *h2.version_mut() = Version::HTTP_2;
+        assert!(fits(&h2));
+        let old = Request::get("/").version(Version::HTTP_10).body(()).unwrap();
         assert!(!fits(&old));
-        let connect = Request::connect("up.example:443")
-            .body(http_body_util::Empty::<Bytes>::new())
+        assert!(!fits(&Request::connect("up.example:443").body(()).unwrap()));
+    }
+
+    /// A body of `frames`, with or without its exact length, as a client's streamed
+    /// body would come: each frame ready at once, or a wait where one is `None`.
+    fn frames(frames: Vec<Option<Frame<Bytes>>>, exact: Option<u64>) -> ProxyBody {
+        struct Frames(VecDeque<Option<Frame<Bytes>>>, Option<u64>);
+        impl HttpBody for Frames {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                match self.0.pop_front() {
+                    None => Poll::Ready(None),
+                    Some(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+                    Some(None) => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                }
+            }
+            fn size_hint(&self) -> SizeHint {
+                self.1.map_or_else(SizeHint::new, SizeHint::with_exact)
+            }
+        }
+        crate::body::boxed(Frames(frames.into(), exact))
+    }
+
+    fn data(s: &'static str) -> Option<Frame<Bytes>> {
+        Some(Frame::data(Bytes::from_static(s.as_bytes())))
+    }
+
+    #[tokio::test]
+    async fn a_small_body_all_in_hand_is_taken_and_any_other_left_whole() {
+        let mut empty = crate::body::empty();
+        assert_eq!(take_body(&mut empty), Some(Bytes::new()));
+        let mut full = crate::body::full(Bytes::from_static(b"hello"));
+        assert_eq!(take_body(&mut full), Some(Bytes::from_static(b"hello")));
+        let mut pieces = frames(vec![data("he"), data("llo")], Some(5));
+        assert_eq!(take_body(&mut pieces), Some(Bytes::from_static(b"hello")));
+
+        let big = Bytes::from(vec![b'x'; MAX_BODY as usize + 1]);
+        let trailers = Some(Frame::trailers(HeaderMap::new()));
+        for (mut body, whole) in [
+            // Too large for one write; no length known; a part still to come; more
+            // than its length; trailers; less than its length.
+            (crate::body::full(big.clone()), big.clone()),
+            (frames(vec![data("he"), data("llo")], None), "hello".into()),
+            (frames(vec![data("he"), None, data("llo")], Some(5)), "hello".into()),
+            (frames(vec![data("hello"), data("!")], Some(5)), "hello!".into()),
+            (frames(vec![data("hello"), trailers], Some(5)), "hello".into()),
+            (frames(vec![data("hell")], Some(5)), "hell".into()),
+        ] {
+            assert_eq!(take_body(&mut body), None, "{whole:?}");
+            let again = body.collect().await.unwrap().to_bytes();
+            assert_eq!(again, whole, "every frame taken came back, in order");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_goes_behind_its_head_with_its_own_length() {
+        let (mut conn, mut upstream) = pipe();
+        let req = Request::post("/p")
+            .header("host", "up.example")
+            .header("content-length", "99")
+            .header("transfer-encoding", "chunked")
+            .header("x-one", "1")
+            .body(())
             .unwrap();
-        assert!(!fits(&connect));
+        let asked = conn.prepare(&req, Bytes::from_static(b"hello"));
+        let sent = tokio::spawn(async move { conn.send(asked).await.map(|_| ()) });
+        assert_eq!(
+            read_head(&mut upstream).await,
+            "POST /p HTTP/1.1\r\nhost: up.example\r\nx-one: 1\r\ncontent-length: 5\r\n\r\n"
+        );
+        let mut body = [0; 5];
+        upstream.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body, b"hello");
+        upstream
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        sent.await.unwrap().unwrap();
     }
 }

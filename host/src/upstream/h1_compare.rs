@@ -225,7 +225,7 @@ async fn own_exchange(
     mut conn: Conn1<DuplexStream>,
     case: &Case,
 ) -> (Outcome, Option<Conn1<DuplexStream>>) {
-    let asked = conn.prepare(&request(case));
+    let asked = conn.prepare(&request(case), Bytes::new());
     match conn.send(asked).await {
         Ok(resp) => {
             let (outcome, body) = outcome(resp).await;
