@@ -14,6 +14,9 @@
 # with the upstream on 18080 and no other server: every weir row but weir-otlp and
 # weir-full-redis. A row whose name ends in -tls (weir-empty-tls) is served over HTTPS,
 # with a self-signed certificate made with openssl into bench/.run/tls.
+#
+#   POST_BYTES=512 bench/ab.sh OLD NEW weir-empty    every request a POST with a JSON
+#                                                    body of that many bytes (at least 10)
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
@@ -36,6 +39,19 @@ if [[ "$ROW" == *-tls ]]; then
             -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
             -keyout "$TLS/server.key" -out "$TLS/server.pem" 2>/dev/null
     fi
+fi
+WRK_ARGS=()
+if [ -n "${POST_BYTES:-}" ]; then
+    [[ "$POST_BYTES" =~ ^[1-9][0-9]+$ ]] || { echo "ab.sh: POST_BYTES takes a number of bytes, 10 or more (got '$POST_BYTES')" >&2; exit 2; }
+    mkdir -p "$BENCH/.run"
+    LUA="$BENCH/.run/post-$POST_BYTES.lua"
+    # A JSON object of POST_BYTES bytes: {"pad":"xx…"}.
+    cat >"$LUA" <<LUA
+wrk.method = "POST"
+wrk.body = '{"pad":"' .. string.rep("x", $POST_BYTES - 10) .. '"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+    WRK_ARGS=(-s "$LUA")
 fi
 for port in 18080 18084; do
     if curl -sk -o /dev/null "http://127.0.0.1:$port/" || curl -sk -o /dev/null "https://127.0.0.1:$port/"; then
@@ -65,13 +81,15 @@ for i in $(seq 1 "$REPEATS"); do
             sleep 0.1
         done
         [ -n "$ready" ] || { echo "ab.sh: $side weir did not answer on 18084 within 10 s (its log: /tmp/ab-$side.log)" >&2; exit 1; }
-        taskset -c 1 wrk -t1 -c64 -d3s "$URL" >/dev/null
+        taskset -c 1 wrk -t1 -c64 -d3s "${WRK_ARGS[@]}" "$URL" >/dev/null
         c0=$(cpu_ticks "$WEIR_PID")
-        out=$(taskset -c 1 wrk -t1 -c64 -d10s "$URL")
+        out=$(taskset -c 1 wrk -t1 -c64 -d10s "${WRK_ARGS[@]}" "$URL")
         c1=$(cpu_ticks "$WEIR_PID")
         reqs=$(echo "$out" | awk '/requests in/ {print $1}')
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-        python3 -c "print(f'$side $ROW #$i: {float($rps):,.0f} req/s, {($c1 - $c0) / $TCK * 1e6 / $reqs:.2f} CPU-us/req')"
+        # wrk's count of answers other than 2xx or 3xx, and of socket errors, if any.
+        bad=$(echo "$out" | awk '/Non-2xx|Socket errors/' | tr -s ' \n' ' ')
+        python3 -c "print(f'$side $ROW #$i: {float($rps):,.0f} req/s, {($c1 - $c0) / $TCK * 1e6 / $reqs:.2f} CPU-us/req $bad')"
         kill "$WEIR_PID"; wait "$WEIR_PID" 2>/dev/null || true
         WEIR_PID=
     done
