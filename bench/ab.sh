@@ -20,7 +20,7 @@
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-[ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,19p' "$0"; exit 2; }
 OLD="$1"; NEW="$2"; ROW="${3:-weir-headers}"; REPEATS="${4:-3}"
 UPSTREAM="$BENCH/target/release/weir-bench-upstream"
 [ -x "$UPSTREAM" ] || (cd "$BENCH" && CARGO_TARGET_DIR="$BENCH/target" cargo build --release -q)
@@ -43,15 +43,8 @@ fi
 WRK_ARGS=()
 if [ -n "${POST_BYTES:-}" ]; then
     [[ "$POST_BYTES" =~ ^[1-9][0-9]+$ ]] || { echo "ab.sh: POST_BYTES takes a number of bytes, 10 or more (got '$POST_BYTES')" >&2; exit 2; }
-    mkdir -p "$BENCH/.run"
-    LUA="$BENCH/.run/post-$POST_BYTES.lua"
-    # A JSON object of POST_BYTES bytes: {"pad":"xx…"}.
-    cat >"$LUA" <<LUA
-wrk.method = "POST"
-wrk.body = '{"pad":"' .. string.rep("x", $POST_BYTES - 10) .. '"}'
-wrk.headers["Content-Type"] = "application/json"
-LUA
-    WRK_ARGS=(-s "$LUA")
+    export POST_BYTES
+    WRK_ARGS=(-s "$BENCH/post.lua")
 fi
 for port in 18080 18084; do
     if curl -sk -o /dev/null "http://127.0.0.1:$port/" || curl -sk -o /dev/null "https://127.0.0.1:$port/"; then

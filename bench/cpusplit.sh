@@ -16,6 +16,9 @@
 #                                              the measured 10 s are bench/openloop at that
 #                                              rate, not wrk: what a request costs when it
 #                                              comes alone (a wake-up each way, no batching)
+#   POST_BYTES=512 bench/cpusplit.sh nginx weir-empty
+#                                              every request a POST with a JSON body of that
+#                                              many bytes (wrk only, not with --open)
 #
 # Each row runs pinned to CPU 0 (weir with RUST_LOG=warn and TOKIO_WORKER_THREADS=1, as in
 # run.sh); wrk -t1 -c64 and the bench upstream share CPU 1. After 3 s of warm-up, 10 s are
@@ -34,7 +37,7 @@ REPEATS=2
 OPEN_RATE=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         --open)
             OPEN_RATE="${2:-}"; [ $# -ge 2 ] && shift
             [[ "$OPEN_RATE" =~ ^[1-9][0-9]*$ ]] || { say "--open takes requests per second (got '$OPEN_RATE')"; exit 2; } ;;
@@ -45,6 +48,13 @@ while [ $# -gt 0 ]; do
 done
 [ ${#ROWS[@]} -gt 0 ] || ROWS=(nginx weir-empty weir-noop weir-headers)
 [ "$REPEATS" -ge 1 ] || { say "repeats must be at least 1"; exit 2; }
+WRK_ARGS=()
+if [ -n "${POST_BYTES:-}" ]; then
+    [[ "$POST_BYTES" =~ ^[1-9][0-9]+$ ]] || { say "POST_BYTES takes a number of bytes, 10 or more (got '$POST_BYTES')"; exit 2; }
+    [ -z "$OPEN_RATE" ] || { say "POST_BYTES works with wrk only, not with --open"; exit 2; }
+    export POST_BYTES
+    WRK_ARGS=(-s "$BENCH/post.lua")
+fi
 # shellcheck source=common.sh
 . "$BENCH/common.sh"
 # Every row checked before anything is built or run.
@@ -79,7 +89,7 @@ for i in $(seq 1 "$REPEATS"); do
         pid=$ROW_PID
         port=$ROW_PORT
         url=$ROW_URL
-        taskset -c 1 wrk -t1 -c64 -d3s "$url" >/dev/null
+        taskset -c 1 wrk -t1 -c64 -d3s "${WRK_ARGS[@]}" "$url" >/dev/null
         # nginx's master forks its workers: count them all.
         pids="$(proc_tree "$pid" | paste -sd,)"
         read -r u0 s0 <<<"$(cpu_ticks_split "$pid")"
@@ -102,7 +112,7 @@ print(f"Non-2xx or 3xx responses: {d['errors']}")
 EOF
 )"
         else
-            out="$(taskset -c 1 wrk -t1 -c64 -d10s "$url")"
+            out="$(taskset -c 1 wrk -t1 -c64 -d10s "${WRK_ARGS[@]}" "$url")"
         fi
         read -r u1 s1 <<<"$(cpu_ticks_split "$pid")"
         calls=""

@@ -8,6 +8,8 @@
 #   bench/profile.sh --requests 5000 --top 30         more requests, longer function lists
 #   WEIR_BIN=/tmp/weir-old bench/profile.sh           another build of weir (before/after)
 #   WEIR_WASM_PERF_MAP=1 bench/profile.sh --rows weir-full   guest functions by name
+#   POST_BYTES=512 bench/profile.sh --rows weir-empty,nginx  every request a POST with
+#                                                     a JSON body of that many bytes
 #
 # Writes bench/.profile/ROW.txt (the top functions, by their own instructions and with
 # their callees, per request) and the callgrind files ROW.cg.1-THREAD; prints one line
@@ -31,13 +33,19 @@ while [ $# -gt 0 ]; do
         --requests) REQUESTS="$2"; shift ;;
         --connections) CONNECTIONS="$2"; shift ;;
         --top) TOP="$2"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
 say() { echo "[profile] $*" >&2; }
+OHA_ARGS=()
+if [ -n "${POST_BYTES:-}" ]; then
+    [[ "$POST_BYTES" =~ ^[1-9][0-9]+$ ]] || { say "POST_BYTES takes a number of bytes, 10 or more (got '$POST_BYTES')"; exit 2; }
+    # The JSON object bench/post.lua sends wrk's requests with.
+    OHA_ARGS=(-m POST -T application/json -d "{\"pad\":\"$(printf 'x%.0s' $(seq 1 $((POST_BYTES - 10))))\"}")
+fi
 die() { echo "[profile] error: $*" >&2; exit 1; }
 # shellcheck source=common.sh
 . "$BENCH/common.sh"
@@ -118,9 +126,9 @@ for row in $ROWS; do
     STARTED+=("$pid")
     wait_ready "$port" "$pid" "$row"
     url="http://127.0.0.1:$port/bench"
-    "$OHA" -n "$WARM" -c "$CONNECTIONS" --no-tui "$url" >/dev/null
+    "$OHA" -n "$WARM" -c "$CONNECTIONS" --no-tui "${OHA_ARGS[@]}" "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
-    "$OHA" -n "$REQUESTS" -c "$CONNECTIONS" --no-tui --output-format json "$url" >"$OUTDIR/$row.oha.json"
+    "$OHA" -n "$REQUESTS" -c "$CONNECTIONS" --no-tui --output-format json "${OHA_ARGS[@]}" "$url" >"$OUTDIR/$row.oha.json"
     callgrind_control -d "$pid" >/dev/null 2>&1
     sleep 1
     # The dump happens when the program next runs: a request wakes it up.

@@ -474,16 +474,17 @@ impl Upstream {
         connect: &mut Option<ConnectTiming>,
     ) -> Result<(Response<Answer>, Option<Back>), UpstreamFailure> {
         let fail = |e: ConnectError| e.to_failure(self.origin.clone());
-        // The whole body, when the own exchange can send the request; it goes back into
-        // the request if hyper's client takes it after all.
-        let mut whole = if h1::fits(&req) {
-            h1::take_body(req.body_mut())
-        } else {
-            None
-        };
+        // Whether the own exchange can send the request: with no body, or with the whole
+        // of one taken off it, which goes back into the request if hyper's client takes
+        // the request after all.
+        let mut whole = None;
+        let mut own = h1::fits(&req)
+            && (req.body().is_end_stream() || {
+                whole = h1::take_body(req.body_mut());
+                whole.is_some()
+            });
         let mut fresh = false;
         loop {
-            let own = whole.is_some();
             let checkout = if fresh {
                 // Boxed, here and in `checkout`: opening a connection (TCP, TLS, the
                 // handshake) is a large future that most requests never run, and every
@@ -498,9 +499,10 @@ impl Upstream {
                 *connect = checkout.connect;
             }
             if !matches!(checkout.sender, Sender::Own(..))
-                && let Some(b) = whole.take_if(|b| !b.is_empty())
+                && let Some(b) = whole.take()
             {
                 *req.body_mut() = body::full(b);
+                own = false;
             }
             let unsent = match checkout.sender {
                 Sender::H2(mut s) => match s.try_send_request(*req).await {

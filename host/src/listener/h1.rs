@@ -553,7 +553,9 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     }
     let body = match length {
         None | Some(0) => Bytes::new(),
-        Some(n) if n <= OWN_BODY_MAX && n as usize <= buf.len() => buf.split_to(n as usize).freeze(),
+        Some(n) if n <= OWN_BODY_MAX && n as usize <= buf.len() => {
+            buf.split_to(n as usize).freeze()
+        }
         Some(_) => return restore(buf, &head),
     };
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -1422,7 +1424,9 @@ mod tests {
     async fn a_client_gone_mid_request_cancels_it() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let drain = crate::drain::Drain::new();
-        let service = |_: Box<http::request::Parts>, _: ProxyBody| std::future::pending::<Response<ProxyBody>>();
+        let service = |_: Box<http::request::Parts>, _: ProxyBody| {
+            std::future::pending::<Response<ProxyBody>>()
+        };
         let served = spawn_own(server, &drain, service);
         client.write_all(GET.as_bytes()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -216,10 +216,9 @@ async fn own(case: &Case) -> Said {
             },
         );
         let io = Flushes::new(theirs, sweep.begin());
-        let service =
-            |head: Box<http::request::Parts>, body: ProxyBody| async move {
-                answer(reply, &head, body).await
-            };
+        let service = |head: Box<http::request::Parts>, body: ProxyBody| async move {
+            answer(reply, &head, body).await
+        };
         if let Ok(Ended::Hand { io, .. }) = serve(io, 8192, &mut watch, service).await {
             serve_hyper(TokioIo::new(io), reply).await;
         }

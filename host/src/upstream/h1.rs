@@ -1250,7 +1250,10 @@ mod tests {
         let mut h2 = get("/");
         *h2.version_mut() = Version::HTTP_2;
         assert!(fits(&h2));
-        let old = Request::get("/").version(Version::HTTP_10).body(()).unwrap();
+        let old = Request::get("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
         assert!(!fits(&old));
         assert!(!fits(&Request::connect("up.example:443").body(()).unwrap()));
     }
@@ -1302,9 +1305,18 @@ mod tests {
             // than its length; trailers; less than its length.
             (crate::body::full(big.clone()), big.clone()),
             (frames(vec![data("he"), data("llo")], None), "hello".into()),
-            (frames(vec![data("he"), None, data("llo")], Some(5)), "hello".into()),
-            (frames(vec![data("hello"), data("!")], Some(5)), "hello!".into()),
-            (frames(vec![data("hello"), trailers], Some(5)), "hello".into()),
+            (
+                frames(vec![data("he"), None, data("llo")], Some(5)),
+                "hello".into(),
+            ),
+            (
+                frames(vec![data("hello"), data("!")], Some(5)),
+                "hello!".into(),
+            ),
+            (
+                frames(vec![data("hello"), trailers], Some(5)),
+                "hello".into(),
+            ),
             (frames(vec![data("hell")], Some(5)), "hell".into()),
         ] {
             assert_eq!(take_body(&mut body), None, "{whole:?}");
