@@ -8,7 +8,8 @@
 //! - the own side never panics;
 //! - the client gets the same bytes back as from hyper (each `date` value masked), and
 //!   the connection is closed after them exactly when hyper closed it. The service's
-//!   body lists the request head it saw, so a head read differently shows too.
+//!   body lists the request head and body it saw, so a request read differently shows
+//!   too.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
