@@ -4,7 +4,8 @@
 //!
 //! Properties, for any bytes a client sends, in any pieces, and any of the replies the
 //! service may give (status, body whole, in parts or none, with or without its own
-//! length, coding, `connection: close` and `date` lines, HTTP/1.0 or 1.1):
+//! length, coding, `connection: close` and `date` lines, HTTP/1.0 or 1.1, after reading
+//! the request's body or without it):
 //! - the own side never panics;
 //! - the client gets the same bytes back as from hyper (each `date` value masked), and
 //!   the connection is closed after them exactly when hyper closed it. The service's
@@ -29,6 +30,7 @@ impl<'a> Arbitrary<'a> for Input {
             close_line: u.arbitrary()?,
             http10: u.arbitrary()?,
             date_line: u.arbitrary()?,
+            skip_body: u.arbitrary()?,
         };
         let pieces = u.int_in_range(0..=4)?;
         let cuts = (0..pieces)

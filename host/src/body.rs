@@ -38,6 +38,14 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// A request extension: the request's body is all in memory (one that came whole with
+/// its head, or one weir buffered), so reading it never waits. The upstream pool takes
+/// such a body off the request, to send it with its head; it polls no other body
+/// early, which would start the client's wait clock (and a `100-continue`) before
+/// there is a connection to send it on.
+#[derive(Clone, Copy, Debug)]
+pub struct Whole;
+
 /// The error [`collect_limited`] fails with once a body passes its limit.
 #[derive(Debug, thiserror::Error)]
 #[error("body larger than {0} bytes")]

@@ -177,6 +177,8 @@ pub struct Incoming {
     /// How the client's body failed, if it did: set by the [`body::ClientBody`] that
     /// `body` reads through.
     pub body_fault: BodyFault,
+    /// Whether `body` is all in memory ([`body::Whole`]).
+    pub body_whole: bool,
 }
 
 impl Exchange<'_> {
@@ -228,6 +230,7 @@ impl Exchange<'_> {
             mut headers,
             body,
             body_fault,
+            body_whole,
         } = req;
         // Filters read the id weir logs and returns: `request-info.id` is a different,
         // host-made one. `send` sets it again after them, as `direct` does.
@@ -244,6 +247,7 @@ impl Exchange<'_> {
             method,
             body,
             body_fault,
+            body_whole,
             memos: vec![None; self.chain.filters.len()],
             attempt: 1,
             try_timeout: None,
@@ -276,6 +280,9 @@ impl Exchange<'_> {
         // body (most) has none to fail, and skips the extension map's allocations.
         if !out.body().is_end_stream() {
             out.extensions_mut().insert(req.body_fault);
+            if req.body_whole {
+                out.extensions_mut().insert(body::Whole);
+            }
         }
         *out.method_mut() = req.method;
         *out.uri_mut() = self.upstream.uri_owned(req.path_with_query)?;
@@ -782,6 +789,8 @@ struct Walk<'x, 'a> {
     /// Handed to the pool with each try, which reads it to blame the client for a body
     /// that failed.
     body_fault: BodyFault,
+    /// Whether a streamed `body` is all in memory all the same ([`body::Whole`]).
+    body_whole: bool,
     /// Each filter's memo for the try, shared (not copied) with its `on-response`.
     memos: Vec<Option<Bytes>>,
     attempt: u32,
@@ -1134,13 +1143,16 @@ impl Walk<'_, '_> {
     /// upstream failure when no whole response came in time, and fixed when weir ends
     /// the request itself (see [`Reply::ended`]).
     async fn send(&mut self, req: &wasm::ChainRequest) -> Reply {
-        let body = match &mut self.body {
-            ReqBody::Buffered(b) => body::full(b.clone()),
-            ReqBody::Stream(s) => s.take().unwrap_or_else(body::empty),
+        let (body, whole) = match &mut self.body {
+            ReqBody::Buffered(b) => (body::full(b.clone()), true),
+            ReqBody::Stream(s) => (s.take().unwrap_or_else(body::empty), self.body_whole),
         };
         let mut out = Box::new(http::Request::new(body));
         if !out.body().is_end_stream() {
             out.extensions_mut().insert(self.body_fault.clone());
+            if whole {
+                out.extensions_mut().insert(body::Whole);
+            }
         }
         *out.method_mut() = self.method.clone();
         *out.uri_mut() = match self.x.upstream.uri(&req.path_with_query) {

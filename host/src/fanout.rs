@@ -136,6 +136,7 @@ impl Fanout {
                 headers: self.headers.clone(),
                 body: body::full(self.body.clone()),
                 body_fault: BodyFault::new(),
+                body_whole: true,
             })
             .await;
         let attempts = trace.lock().unwrap_or_else(|p| p.into_inner()).attempts;

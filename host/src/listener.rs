@@ -782,7 +782,9 @@ impl Proxy {
                         max_attempts: chain::MAX_ATTEMPTS,
                     };
                     // A fan-out reads the whole body itself.
-                    let body = if route.buffer_request && route.fanout.is_none() {
+                    let buffered = route.buffer_request && route.fanout.is_none();
+                    let body_whole = buffered || parts.extensions.get::<body::Whole>().is_some();
+                    let body = if buffered {
                         Box::pin(x.read_body(body, &body_fault))
                             .await
                             .map(body::full)
@@ -798,6 +800,7 @@ impl Proxy {
                                 headers: hdrs,
                                 body,
                                 body_fault,
+                                body_whole,
                             };
                             match &route.fanout {
                                 None => x.run(incoming).await,

@@ -475,14 +475,15 @@ impl Upstream {
     ) -> Result<(Response<Answer>, Option<Back>), UpstreamFailure> {
         let fail = |e: ConnectError| e.to_failure(self.origin.clone());
         // Whether the own exchange can send the request: with no body, or with the whole
-        // of one taken off it, which goes back into the request if hyper's client takes
-        // the request after all.
+        // of one in memory taken off it, which goes back into the request if hyper's
+        // client takes the request after all.
         let mut whole = None;
         let mut own = h1::fits(&req)
-            && (req.body().is_end_stream() || {
-                whole = h1::take_body(req.body_mut());
-                whole.is_some()
-            });
+            && (req.body().is_end_stream()
+                || req.extensions().get::<body::Whole>().is_some() && {
+                    whole = h1::take_body(req.body_mut());
+                    whole.is_some()
+                });
         let mut fresh = false;
         loop {
             let checkout = if fresh {
@@ -692,10 +693,10 @@ impl IdleConn {
 /// with. (An own connection another worker hands to hyper keeps that home; its hyper
 /// task runs on the worker that handed it over.)
 enum Sender {
-    /// hyper's HTTP/1 client: for a request with a body, and for any request on a
-    /// connection already handed to it.
+    /// hyper's HTTP/1 client: for a request whose body the own exchange does not take,
+    /// and for any request on a connection already handed to it.
     H1(http1::SendRequest<ProxyBody>, usize),
-    /// The own exchange, for a request with none.
+    /// The own exchange, for a request with no body or one taken whole.
     Own(h1::Conn1<Conn>, usize),
     H2(http2::SendRequest<ProxyBody>),
 }
@@ -1147,7 +1148,9 @@ mod tests {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let svc = hyper::service::service_fn(move |_req| async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    // Read to its end, as an upstream that answers after the body.
+                    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                     let mut resp =
                         Response::new(http_body_util::Full::new(Bytes::from(if status == 204 {
                             ""
@@ -1193,7 +1196,8 @@ mod tests {
         call(pool, Request::new(crate::body::empty())).await
     }
 
-    /// Sends a POST with a body (hyper's client, not the own exchange), as [`get`].
+    /// Sends a POST with a body not marked as in memory (hyper's client, not the own
+    /// exchange), as [`get`].
     async fn post(pool: &UpstreamPool) -> (u16, bool) {
         let mut req = Request::new(crate::body::full(Bytes::from_static(b"a body")));
         *req.method_mut() = http::Method::POST;
@@ -1369,6 +1373,49 @@ mod tests {
         );
         assert_eq!(post(&pool).await, (200, false));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// What the idle connections are, the most recently used last: `true` for the own
+    /// exchange's, `false` for hyper's.
+    fn idle_kinds(pool: &UpstreamPool) -> Vec<bool> {
+        let upstream = pool.get("u").unwrap();
+        upstream
+            .conns
+            .idle
+            .iter()
+            .flat_map(|stack| {
+                lock(&stack.0)
+                    .iter()
+                    .map(|i| matches!(i.conn, IdleConn::Own(_)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn only_a_small_body_in_memory_goes_over_the_own_exchange() {
+        let (url, accepted) = server(200, false).await;
+        let pool = pool_for(url);
+        let whole = |len: usize| {
+            let mut req = Request::new(crate::body::full(Bytes::from(vec![b'x'; len])));
+            *req.method_mut() = http::Method::POST;
+            req.extensions_mut().insert(crate::body::Whole);
+            req
+        };
+        assert_eq!(call(&pool, whole(100)).await, (200, true));
+        assert_eq!(call(&pool, whole(16 * 1024)).await, (200, false));
+        assert_eq!(idle_kinds(&pool), [true], "the own exchange sent both");
+        // Too large to go with its head: hyper's client takes the connection over.
+        assert_eq!(call(&pool, whole(16 * 1024 + 1)).await, (200, false));
+        assert_eq!(idle_kinds(&pool), [false]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // A body not marked as in memory is not polled early: hyper's client sends it.
+        let pool = pool_for(server(200, false).await.0);
+        assert_eq!(get(&pool).await, (200, true));
+        assert_eq!(idle_kinds(&pool), [true]);
+        assert_eq!(post(&pool).await, (200, false));
+        assert_eq!(idle_kinds(&pool), [false]);
     }
 
     #[tokio::test]

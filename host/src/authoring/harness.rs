@@ -276,6 +276,7 @@ impl Harness {
                 headers,
                 body,
                 body_fault: BodyFault::new(),
+                body_whole: true,
             })
             .await;
         let trace = trace.into_inner().unwrap_or_else(|p| p.into_inner());

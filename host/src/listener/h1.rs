@@ -57,9 +57,9 @@ const INLINE_LINES: usize = 32;
 const READ_ROOM: usize = 8192;
 /// A body chunk up to this size is copied behind the head into one write.
 const COPY_UNDER: usize = 16 * 1024;
-/// The largest request body this side takes, when all of it came with the head: what
-/// one read of [`READ_ROOM`] holds, with room to spare. A body that is larger, or not
-/// all there yet, goes to hyper with its request, which streams it.
+/// The largest request body this side takes, when all of it came with the head (in
+/// the socket when the head was read). A body that is larger, or still on its way,
+/// goes to hyper with its request, which streams it.
 pub(crate) const OWN_BODY_MAX: u64 = 16 * 1024;
 
 /// How an own-served connection ended.
@@ -134,13 +134,15 @@ where
         let (response, _) = conn.io.watch().request(false, false);
         let is_head = head.parts.method == Method::HEAD;
         // A body came whole with its head: the service reads it as hyper's would, in
-        // one frame with its exact length.
+        // one frame with its exact length, and the request says it is in memory.
+        let mut parts = head.parts;
         let body = if head.body.is_empty() {
             body::empty()
         } else {
+            parts.extensions.insert(body::Whole);
             body::full(head.body)
         };
-        let call = service(head.parts, body);
+        let call = service(parts, body);
         let resp = conn.in_flight(call).await?;
         if !conn
             .respond(resp, is_head, head.keep_alive, response, drain)
@@ -195,6 +197,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     Parsed::Head(h) => return Ok(Next::Head(h)),
                     Parsed::Other => return Ok(Next::Other),
                     Parsed::Partial => {}
+                    Parsed::Short(whole) => {
+                        // The rest of the body may be in the socket already (a read
+                        // stops where the buffer's room does): it is read now, without
+                        // waiting. A body still on its way goes to hyper, which streams
+                        // it.
+                        self.buf.reserve(whole - self.buf.len());
+                        match poll_fn(|cx| Poll::Ready(self.poll_fill(cx))).await {
+                            Poll::Ready(Ok(n)) if n > 0 => {
+                                partial = None;
+                                continue;
+                            }
+                            _ => return Ok(Next::Other),
+                        }
+                    }
                 }
             }
             if self.buf.len() >= self.max_head {
@@ -470,6 +486,9 @@ fn chunk_size(out: &mut Vec<u8>, mut n: usize) {
 enum Parsed {
     Head(Head),
     Partial,
+    /// A head this side serves, with part of its body: the whole request is this many
+    /// bytes.
+    Short(usize),
     Other,
 }
 
@@ -553,10 +572,13 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     }
     let body = match length {
         None | Some(0) => Bytes::new(),
-        Some(n) if n <= OWN_BODY_MAX && n as usize <= buf.len() => {
-            buf.split_to(n as usize).freeze()
+        Some(n) if n > OWN_BODY_MAX => return restore(buf, &head),
+        Some(n) if n as usize <= buf.len() => buf.split_to(n as usize).freeze(),
+        Some(n) => {
+            let whole = head.len() + n as usize;
+            restore(buf, &head);
+            return Parsed::Short(whole);
         }
-        Some(_) => return restore(buf, &head),
     };
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
@@ -1316,18 +1338,24 @@ mod tests {
             let tx = tx.clone();
             async move {
                 let hint = body.size_hint().exact();
+                let marked = parts.extensions.get::<body::Whole>().is_some();
                 let bytes = body.collect().await.unwrap().to_bytes();
-                let _ = tx.send((parts.uri.to_string(), hint, bytes));
+                let _ = tx.send((parts.uri.to_string(), hint, marked, bytes));
                 full(200, "")
             }
         };
         let served = spawn_own(server, &drain, service);
-        // Two lengths that agree count once, as in hyper; leading zeros are digits.
-        let req = "POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\
-                   PUT /b HTTP/1.1\r\ncontent-length: 003\r\ncontent-length: 3\r\n\r\nabc\
-                   GET /c HTTP/1.1\r\n\r\n";
+        // Two lengths that agree count once, as in hyper; leading zeros are digits. A
+        // body larger than one read's room is read on from the socket.
+        let large = "x".repeat(10_000);
+        let req = format!(
+            "POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\
+             PUT /b HTTP/1.1\r\ncontent-length: 003\r\ncontent-length: 3\r\n\r\nabc\
+             PATCH /l HTTP/1.1\r\ncontent-length: 10000\r\n\r\n{large}\
+             GET /c HTTP/1.1\r\n\r\n"
+        );
         let said = exchange(client, req.as_bytes()).await;
-        assert_eq!(said.windows(6).filter(|w| w == b" 200 O").count(), 3);
+        assert_eq!(said.windows(6).filter(|w| w == b" 200 O").count(), 4);
         // The connection stayed here, to the client's close: it was never handed to hyper.
         assert!(matches!(served.await.unwrap(), Ok(Ended::Closed)));
         let mut got = Vec::new();
@@ -1337,9 +1365,10 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("/a".to_owned(), Some(5), Bytes::from_static(b"hello")),
-                ("/b".to_owned(), Some(3), Bytes::from_static(b"abc")),
-                ("/c".to_owned(), Some(0), Bytes::new()),
+                ("/a".to_owned(), Some(5), true, Bytes::from_static(b"hello")),
+                ("/b".to_owned(), Some(3), true, Bytes::from_static(b"abc")),
+                ("/l".to_owned(), Some(10_000), true, Bytes::from(large)),
+                ("/c".to_owned(), Some(0), false, Bytes::new()),
             ]
         );
     }
@@ -1385,7 +1414,8 @@ mod tests {
             n = OWN_BODY_MAX + 1,
         );
         for other in [
-            // A body not all come yet, or too large to hold: hyper streams it.
+            // A body not all come yet, or larger than the own side takes (all of it
+            // in the socket): hyper streams it.
             "POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nhi",
             big.as_str(),
             "POST / HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nhi",

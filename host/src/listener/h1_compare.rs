@@ -55,6 +55,8 @@ pub struct Reply {
     pub http10: bool,
     /// A `date` line of its own.
     pub date_line: bool,
+    /// Answers without reading the request's body (a proxy's own error, say).
+    pub skip_body: bool,
 }
 
 /// What a client sends and how the service answers.
@@ -86,7 +88,7 @@ pub fn both(case: &Case) -> (Said, Said) {
 }
 
 /// The service's answer to a request with this head and body: it reads the whole body
-/// first, as a proxy that buffers it does.
+/// first, as a proxy that buffers it does, unless the reply skips it.
 async fn answer<B>(reply: Reply, head: &http::request::Parts, body: B) -> Response<ProxyBody>
 where
     B: http_body::Body<Data = Bytes>,
@@ -99,12 +101,16 @@ where
         echo.extend_from_slice(value.as_bytes());
         echo.push(b'\n');
     }
-    match body.collect().await {
-        Ok(whole) => {
-            echo.extend_from_slice(b"body=");
-            echo.extend_from_slice(&whole.to_bytes());
+    if reply.skip_body {
+        drop(body);
+    } else {
+        match body.collect().await {
+            Ok(whole) => {
+                echo.extend_from_slice(b"body=");
+                echo.extend_from_slice(&whole.to_bytes());
+            }
+            Err(e) => echo.extend_from_slice(format!("body error: {e}").as_bytes()),
         }
-        Err(e) => echo.extend_from_slice(format!("body error: {e}").as_bytes()),
     }
     let len = echo.len();
     let body = match reply.body {
@@ -264,6 +270,7 @@ mod tests {
             close_line: false,
             http10: false,
             date_line: false,
+            skip_body: false,
         }
     }
 
@@ -308,10 +315,35 @@ mod tests {
             assert!(said.bytes.contains("body=hello"), "{said:?}");
             assert!(said.bytes.contains("body=hi"), "{said:?}");
         }
-        let big = "x".repeat(20_000);
-        let large = format!("PUT / HTTP/1.1\r\ncontent-length: 20000\r\n\r\n{big}");
-        let said = agree(&large, reply(), vec![]);
-        assert!(said.bytes.contains(&big), "the large body is echoed whole");
+        // Larger than one read's room (the own side reads on), and larger than it takes
+        // (hyper's); whether the service reads the body or answers without it.
+        for len in [12_000, 20_000] {
+            let big = "x".repeat(len);
+            let large = format!(
+                "PUT / HTTP/1.1\r\ncontent-length: {len}\r\n\r\n{big}GET / HTTP/1.1\r\n\r\n"
+            );
+            let said = agree(&large, reply(), vec![]);
+            assert!(said.bytes.contains(&big), "the large body is echoed whole");
+            let skipped = agree(
+                &large,
+                Reply {
+                    skip_body: true,
+                    ..reply()
+                },
+                vec![],
+            );
+            assert!(!skipped.bytes.contains(&big), "{skipped:?}");
+        }
+        for cuts in [vec![], vec![40]] {
+            agree(
+                two,
+                Reply {
+                    skip_body: true,
+                    ..reply()
+                },
+                cuts,
+            );
+        }
         for request in [
             "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhel",
             "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 003\r\n\r\nabc",
@@ -338,6 +370,7 @@ mod tests {
                         close_line: bits & 4 != 0,
                         http10: bits & 8 != 0,
                         date_line: bits & 16 != 0,
+                        skip_body: false,
                     };
                     agree(
                         "GET / HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n",

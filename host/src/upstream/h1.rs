@@ -58,9 +58,10 @@ pub(super) fn fits<B>(req: &Request<B>) -> bool {
 }
 
 /// Takes all of `body` when the own path can send it: none, or at most [`MAX_BODY`]
-/// bytes of a known length that are all ready now (a body weir buffered, or one that
-/// came whole with its head). Otherwise `None`, and `body` is as it was: any frame
-/// polled off it is put back in front. It never waits.
+/// bytes of a known length that are all ready now. Otherwise `None`, and `body` is as
+/// it was: any frame polled off it is put back in front. It never waits. The pool
+/// gives it only bodies in memory ([`crate::body::Whole`]): polling a client's streamed
+/// body before there is a connection would start its wait clock early.
 pub(super) fn take_body(body: &mut ProxyBody) -> Option<Bytes> {
     use std::future::Future as _;
     if body.is_end_stream() {
@@ -158,10 +159,14 @@ impl HttpBody for Replayed {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum H1Error {
-    /// The request head could not be written: nothing reached the upstream, so the
-    /// request may go again on another connection.
+    /// The request could not be written, and the transport took none of it: nothing
+    /// reached the upstream, so the request may go again on another connection.
     #[error("writing the request: {0}")]
     Unsent(io::Error),
+    /// Writing the request failed after part of it was taken: the upstream may have
+    /// acted on its head, so it does not go again.
+    #[error("writing the request: {0}")]
+    Write(io::Error),
     #[error("reading the response: {0}")]
     Read(io::Error),
     #[error("the connection closed before the response head was complete")]
@@ -202,8 +207,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
         }
     }
 
-    /// The transport, to hand a connection to hyper's client (for a request with a
-    /// body). A pooled connection has nothing left unread.
+    /// The transport, to hand a connection to hyper's client (for a request whose body
+    /// the own path does not take). A pooled connection has nothing left unread.
     pub(super) fn into_io(self) -> IO {
         self.io
     }
@@ -248,23 +253,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn1<IO> {
             close: asked_close,
             body,
         } = asked;
-        // A write that fails part-way leaves the upstream a request short of its end,
-        // which it cannot act on: the request may still go again on another connection.
+        // Only a request none of which was taken may go again: an upstream may act on a
+        // head whose body never came (an early answer), as hyper's client assumes.
         let (mut head, mut rest) = (&self.out[..], &body[..]);
+        let mut took = false;
+        let failed = |took: bool, e| {
+            if took {
+                H1Error::Write(e)
+            } else {
+                H1Error::Unsent(e)
+            }
+        };
         while !head.is_empty() || !rest.is_empty() {
             let n = self
                 .io
                 .write_vectored(&[IoSlice::new(head), IoSlice::new(rest)])
                 .await
-                .map_err(H1Error::Unsent)?;
+                .map_err(|e| failed(took, e))?;
             if n == 0 {
-                return Err(H1Error::Unsent(io::ErrorKind::WriteZero.into()));
+                return Err(failed(took, io::ErrorKind::WriteZero.into()));
             }
+            took = true;
             let from_head = n.min(head.len());
             head = &head[from_head..];
             rest = &rest[n - from_head..];
         }
-        self.io.flush().await.map_err(H1Error::Unsent)?;
+        self.io.flush().await.map_err(H1Error::Write)?;
         loop {
             if !self.buf.is_empty()
                 && let Some(head) = self.parse_head()?

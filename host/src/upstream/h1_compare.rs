@@ -3,7 +3,8 @@
 //! (`fuzz/fuzz_targets/h1_response.rs`) asserts that the two agree, and the tests below
 //! keep the cases where they once did not.
 //!
-//! The own exchange replaced hyper's client for requests without a body, so hyper's
+//! The own exchange replaced hyper's client for requests without a body or with a small
+//! one in hand, so hyper's
 //! client is its oracle: for any bytes an upstream sends, a client of weir should see
 //! the same status, headers, body and trailers as before, and an error where there was
 //! one. Where a body ends matters as much: a connection reused after a body that ended
