@@ -217,6 +217,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 return Ok(Next::Other);
             }
             partial = (!self.buf.is_empty()).then_some(self.buf.len());
+            if self.buf.is_empty() && self.buf.capacity() < READ_ROOM {
+                // A request starts with a whole read's room, so that a body sent with its
+                // head comes in the same read. The last request is done with the buffer,
+                // which this takes back without a copy.
+                self.buf.reserve(READ_ROOM);
+            }
             // hyper's graceful shutdown closes a connection that has no request in hand:
             // after a response, whether or not part of the next head has come; before
             // the first, only if nothing has (it reads the rest of that head, and
