@@ -200,16 +200,24 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     Parsed::Short(whole) => {
                         // The rest of the body may be in the socket already (a read
                         // stops where the buffer's room does): it is read now, without
-                        // waiting. A body still on its way goes to hyper, which streams
-                        // it.
-                        self.buf.reserve(whole - self.buf.len());
-                        match poll_fn(|cx| Poll::Ready(self.poll_fill(cx))).await {
-                            Poll::Ready(Ok(n)) if n > 0 => {
-                                partial = None;
-                                continue;
+                        // waiting, and the head parsed again once it is all there. A
+                        // body still on its way goes to hyper, which streams it.
+                        // Outside tokio's cooperative budget: a spent one would say
+                        // Pending for bytes the socket holds.
+                        let rest = poll_fn(|cx| {
+                            while self.buf.len() < whole {
+                                match self.poll_fill(cx) {
+                                    Poll::Ready(Ok(n)) if n > 0 => {}
+                                    _ => return Poll::Ready(false),
+                                }
                             }
-                            _ => return Ok(Next::Other),
+                            Poll::Ready(true)
+                        });
+                        if !tokio::task::unconstrained(rest).await {
+                            return Ok(Next::Other);
                         }
+                        partial = None;
+                        continue;
                     }
                 }
             }
@@ -219,9 +227,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             partial = (!self.buf.is_empty()).then_some(self.buf.len());
             if self.buf.is_empty() && self.buf.capacity() < READ_ROOM {
                 // A request starts with a whole read's room, so that a body sent with its
-                // head comes in the same read. The last request is done with the buffer,
-                // which this takes back without a copy.
-                self.buf.reserve(READ_ROOM);
+                // head comes in the same read: the buffer is taken back when nothing
+                // holds a part of it any more (a kept record of the last request's
+                // headers may), never by allocating.
+                let _ = self.buf.try_reclaim(READ_ROOM);
             }
             // hyper's graceful shutdown closes a connection that has no request in hand:
             // after a response, whether or not part of the next head has come; before
@@ -582,7 +591,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
         Some(n) if n as usize <= buf.len() => buf.split_to(n as usize).freeze(),
         Some(n) => {
             let whole = head.len() + n as usize;
-            restore(buf, &head);
+            rejoin(buf, &head, whole);
             return Parsed::Short(whole);
         }
     };
@@ -614,11 +623,17 @@ fn ends_head(buf: &[u8], from: usize) -> bool {
 /// Puts a head taken off `buf` back in front of it, for hyper: a copy, on a path
 /// that hyper then serves for good.
 fn restore(buf: &mut BytesMut, head: &[u8]) -> Parsed {
-    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    rejoin(buf, head, 0);
+    Parsed::Other
+}
+
+/// Puts a head taken off `buf` back in front of it, in a buffer with room for at least
+/// `room` bytes in all.
+fn rejoin(buf: &mut BytesMut, head: &[u8], room: usize) {
+    let mut whole = BytesMut::with_capacity(room.max(head.len() + buf.len()));
     whole.extend_from_slice(head);
     whole.extend_from_slice(buf);
     *buf = whole;
-    Parsed::Other
 }
 
 /// Whether a comma-separated header value lists `token`, as hyper reads one: a value
