@@ -474,6 +474,7 @@ impl Upstream {
         connect: &mut Option<ConnectTiming>,
     ) -> Result<(Response<Answer>, Option<Back>), UpstreamFailure> {
         let fail = |e: ConnectError| e.to_failure(self.origin.clone());
+        say_empty_content(&mut req);
         // Whether the own exchange can send the request: with no body, or with the whole
         // of one in memory taken off it, which goes back into the request if hyper's
         // client takes the request after all.
@@ -576,6 +577,30 @@ fn authority_header(origin: &Origin) -> http::HeaderValue {
 }
 
 /// Maps an error of the own HTTP/1 exchange to the WIT kind and the client's error.
+/// Puts `Content-Length: 0` on a request with an empty body whose method anticipates
+/// content (RFC 9110, section 8.6), as user agents do: weir takes the client's framing
+/// headers off (`headers::prepare_upstream`), and without one some servers (Google's
+/// front end among them) answer such a `POST` with 411 Length Required. A `GET`, `HEAD`,
+/// `DELETE`, `OPTIONS`, `TRACE` or `CONNECT` without content gets none, as the RFC asks.
+fn say_empty_content(req: &mut Request<ProxyBody>) {
+    use http::Method;
+    if matches!(
+        *req.method(),
+        Method::GET
+            | Method::HEAD
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::CONNECT
+    ) || !req.body().is_end_stream()
+    {
+        return;
+    }
+    if let header::Entry::Vacant(slot) = req.headers_mut().entry(header::CONTENT_LENGTH) {
+        slot.insert(http::HeaderValue::from_static("0"));
+    }
+}
+
 fn own_failure(e: &h1::H1Error, origin: &str) -> UpstreamFailure {
     let kind = if e.is_protocol() {
         UpstreamError::Protocol

@@ -238,6 +238,114 @@ upstream = "api"
     }
 }
 
+/// A client's `POST` with an empty body reaches the upstream with `Content-Length: 0`,
+/// whether it sent one or not: weir takes the client's framing headers off, and some
+/// servers (Google's front end among them) answer a `POST` without one with 411 Length
+/// Required. Methods that anticipate no content (`GET`, `DELETE`) get none, and a
+/// chunked body stays chunked, its framing its own, though it has no data. Both of
+/// weir's HTTP/1 client sides send it: its own exchange, and hyper's client, which takes
+/// the upstream connection over after a body too large for the own one.
+#[tokio::test]
+async fn an_empty_body_goes_up_with_a_zero_length_where_the_method_expects_content() {
+    let up = Upstream::start(|_, _| Reply::ok()).await;
+    let weir = Weir::start(&format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{}"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/" }}
+upstream = "api"
+"#,
+        up.url()
+    ))
+    .await;
+    let empty = [
+        "POST /post-cl0 HTTP/1.1\r\nhost: weir\r\ncontent-length: 0\r\n\r\n",
+        "POST /post-none HTTP/1.1\r\nhost: weir\r\n\r\n",
+        "PUT /put-cl0 HTTP/1.1\r\nhost: weir\r\ncontent-length: 0\r\n\r\n",
+        "PATCH /patch-chunked HTTP/1.1\r\nhost: weir\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "DELETE /delete HTTP/1.1\r\nhost: weir\r\n\r\n",
+        "GET /get HTTP/1.1\r\nhost: weir\r\n\r\n",
+    ]
+    .concat();
+    let large = "x".repeat(40_000);
+    let requests = [
+        empty.clone(),
+        format!(
+            "POST /large HTTP/1.1\r\nhost: weir\r\ncontent-length: {}\r\n\r\n{large}",
+            large.len()
+        ),
+        empty,
+        "GET /last HTTP/1.1\r\nhost: weir\r\nconnection: close\r\n\r\n".to_owned(),
+    ]
+    .concat();
+    let mut conn = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, requests.as_bytes())
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    tokio::time::timeout(
+        crate::support::WAIT,
+        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut said),
+    )
+    .await
+    .expect("weir closes after the last request")
+    .unwrap();
+    let said = String::from_utf8(said).unwrap();
+    assert_eq!(said.matches("HTTP/1.1 200 OK").count(), 14, "{said}");
+
+    // Path, its framing headers, body length and upstream connection.
+    type Seen = (String, Vec<String>, u64, usize);
+    let got: Vec<Seen> = up
+        .requests()
+        .into_iter()
+        .map(|r| {
+            let framing = ["content-length", "transfer-encoding"]
+                .into_iter()
+                .flat_map(|name| {
+                    r.header_all(name)
+                        .into_iter()
+                        .map(move |v| format!("{name}: {}", String::from_utf8_lossy(v)))
+                });
+            (r.path.clone(), framing.collect(), r.body_len, r.conn)
+        })
+        .collect();
+    let empty_ones = [
+        ("/post-cl0", Some("content-length: 0")),
+        ("/post-none", Some("content-length: 0")),
+        ("/put-cl0", Some("content-length: 0")),
+        ("/patch-chunked", Some("transfer-encoding: chunked")),
+        ("/delete", None),
+        ("/get", None),
+    ];
+    let seen = |(path, framing): &(&str, Option<&str>)| -> Seen {
+        (
+            path.to_string(),
+            framing.iter().map(|f| f.to_string()).collect(),
+            0,
+            0,
+        )
+    };
+    let mut want: Vec<Seen> = empty_ones.iter().map(seen).collect();
+    want.push((
+        "/large".into(),
+        vec!["content-length: 40000".into()],
+        40_000,
+        0,
+    ));
+    want.extend(empty_ones.iter().map(seen));
+    want.push(("/last".into(), vec![], 0, 0));
+    assert_eq!(
+        got, want,
+        "one upstream connection: the own exchange, then hyper's"
+    );
+}
+
 #[tokio::test]
 async fn unmatched_request_gets_404_json_and_reaches_nobody() {
     let up = named_upstream("api").await;
