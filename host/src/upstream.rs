@@ -576,12 +576,13 @@ fn authority_header(origin: &Origin) -> http::HeaderValue {
     value.unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
 }
 
-/// Maps an error of the own HTTP/1 exchange to the WIT kind and the client's error.
 /// Puts `Content-Length: 0` on a request with an empty body whose method anticipates
 /// content (RFC 9110, section 8.6), as user agents do: weir takes the client's framing
 /// headers off (`headers::prepare_upstream`), and without one some servers (Google's
-/// front end among them) answer such a `POST` with 411 Length Required. A `GET`, `HEAD`,
-/// `DELETE`, `OPTIONS`, `TRACE` or `CONNECT` without content gets none, as the RFC asks.
+/// front end among them) answer such a `POST` with 411 Length Required. Over HTTP/1, a
+/// `GET`, `HEAD`, `DELETE`, `OPTIONS`, `TRACE` or `CONNECT` without content gets none, as
+/// the RFC asks (over HTTP/2, hyper's client adds one to every method but `GET`, `HEAD`
+/// and `CONNECT`).
 fn say_empty_content(req: &mut Request<ProxyBody>) {
     use http::Method;
     if matches!(
@@ -601,6 +602,7 @@ fn say_empty_content(req: &mut Request<ProxyBody>) {
     }
 }
 
+/// Maps an error of the own HTTP/1 exchange to the WIT kind and the client's error.
 fn own_failure(e: &h1::H1Error, origin: &str) -> UpstreamFailure {
     let kind = if e.is_protocol() {
         UpstreamError::Protocol

@@ -243,8 +243,10 @@ upstream = "api"
 /// servers (Google's front end among them) answer a `POST` without one with 411 Length
 /// Required. Methods that anticipate no content (`GET`, `DELETE`) get none, and a
 /// chunked body stays chunked, its framing its own, though it has no data. Both of
-/// weir's HTTP/1 client sides send it: its own exchange, and hyper's client, which takes
-/// the upstream connection over after a body too large for the own one.
+/// weir's HTTP/1 client sides send it: its own exchange for the first five requests,
+/// then hyper's client, which takes the upstream connection over for the chunked body
+/// (it streams) and keeps it. Which side takes which request is for the unit tests in
+/// `upstream.rs`; this one holds what the upstream saw.
 #[tokio::test]
 async fn an_empty_body_goes_up_with_a_zero_length_where_the_method_expects_content() {
     let up = Upstream::start(|_, _| Reply::ok()).await;
@@ -268,9 +270,9 @@ upstream = "api"
         "POST /post-cl0 HTTP/1.1\r\nhost: weir\r\ncontent-length: 0\r\n\r\n",
         "POST /post-none HTTP/1.1\r\nhost: weir\r\n\r\n",
         "PUT /put-cl0 HTTP/1.1\r\nhost: weir\r\ncontent-length: 0\r\n\r\n",
-        "PATCH /patch-chunked HTTP/1.1\r\nhost: weir\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
         "DELETE /delete HTTP/1.1\r\nhost: weir\r\n\r\n",
         "GET /get HTTP/1.1\r\nhost: weir\r\n\r\n",
+        "PATCH /patch-chunked HTTP/1.1\r\nhost: weir\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
     ]
     .concat();
     let large = "x".repeat(40_000);
@@ -319,9 +321,9 @@ upstream = "api"
         ("/post-cl0", Some("content-length: 0")),
         ("/post-none", Some("content-length: 0")),
         ("/put-cl0", Some("content-length: 0")),
-        ("/patch-chunked", Some("transfer-encoding: chunked")),
         ("/delete", None),
         ("/get", None),
+        ("/patch-chunked", Some("transfer-encoding: chunked")),
     ];
     let seen = |(path, framing): &(&str, Option<&str>)| -> Seen {
         (
@@ -342,7 +344,7 @@ upstream = "api"
     want.push(("/last".into(), vec![], 0, 0));
     assert_eq!(
         got, want,
-        "one upstream connection: the own exchange, then hyper's"
+        "one upstream connection, the own exchange's, then hyper's"
     );
 }
 

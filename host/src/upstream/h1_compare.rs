@@ -7,7 +7,8 @@
 //! one in hand, so hyper's
 //! client is its oracle: for any bytes an upstream sends, a client of weir should see
 //! the same status, headers, body and trailers as before, and an error where there was
-//! one. Where a body ends matters as much: a connection reused after a body that ended
+//! one. The other way too: the upstream must be asked the same thing by both, the same
+//! method, target, headers and body, with the body framed by the same length. Where a body ends matters as much: a connection reused after a body that ended
 //! too early or too late reads the rest of one response as the next. So each side, when
 //! it keeps the connection, sends a second request on it, which the upstream answers
 //! with [`SECOND`]; the own side must read exactly that.
@@ -23,10 +24,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
 use tokio::sync::oneshot;
 
 use super::h1::Conn1;
@@ -74,6 +77,21 @@ pub enum BodyOutcome {
 pub struct Run {
     pub first: Outcome,
     pub second: Option<Outcome>,
+    /// What the upstream was asked, in order: each request it read whole.
+    pub asked: Vec<Asked>,
+}
+
+/// A request as the upstream read it: what an HTTP/1 server makes of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub method: String,
+    pub target: String,
+    /// Every header line but the framing ones, sorted: each side orders them its own way.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The `Content-Length` and `Transfer-Encoding` lines, sorted.
+    pub framing: Vec<(String, Vec<u8>)>,
+    /// The body, by its `Content-Length`.
+    pub body: Vec<u8>,
 }
 
 impl Outcome {
@@ -136,14 +154,18 @@ impl Outcome {
 }
 
 impl Run {
-    /// What is wrong with the own side's run against hyper's, if anything: it hung; its
-    /// first exchange differs from hyper's; or it kept the connection and its second
-    /// exchange read something other than [`SECOND`] that hyper's did not (a body that
-    /// ended at another byte). The own side may keep a connection hyper would not, if
-    /// it reads the second answer right, and close one hyper would keep.
+    /// What is wrong with the own side's run against hyper's, if anything: it hung; it
+    /// asked the upstream something else; its first exchange differs from hyper's; or it
+    /// kept the connection and its second exchange read something other than [`SECOND`]
+    /// that hyper's did not (a body that ended at another byte). The own side may keep a
+    /// connection hyper would not, if it reads the second answer right, and close one
+    /// hyper would keep.
     pub fn fault(own: &Run, hyper: &Run) -> Option<&'static str> {
         if own.first == Outcome::Hung || own.second == Some(Outcome::Hung) {
             return Some("the own exchange hung");
+        }
+        if own.asked.iter().zip(&hyper.asked).any(|(o, h)| o != h) {
+            return Some("the upstream was asked something else");
         }
         if own.first.differs_from(&hyper.first) {
             return Some("the first responses differ");
@@ -163,6 +185,9 @@ impl Run {
 pub struct Case {
     /// `HEAD` rather than `GET`.
     pub head: bool,
+    /// A `POST` with this body instead, whole in memory (the own exchange takes up to
+    /// 16 KiB).
+    pub body: Option<Vec<u8>>,
     /// The request asks to close the connection (`Connection: close`).
     pub close: bool,
     /// What the upstream sends once the request head has come. Then it waits for a
@@ -188,21 +213,31 @@ async fn within<T>(exchange: impl Future<Output = T>) -> Option<T> {
     tokio::time::timeout(HUNG_AFTER, exchange).await.ok()
 }
 
-fn request(case: &Case) -> Request<Empty<Bytes>> {
+fn request(case: &Case) -> Request<Full<Bytes>> {
+    let method = match (&case.body, case.head) {
+        (Some(_), _) => Method::POST,
+        (None, true) => Method::HEAD,
+        (None, false) => Method::GET,
+    };
     let mut req = Request::builder()
-        .method(if case.head { Method::HEAD } else { Method::GET })
+        .method(method)
         .uri("/r")
         .header("host", "up.example");
     if case.close {
         req = req.header("connection", "close");
     }
-    req.body(Empty::new()).expect("a valid request")
+    req.body(Full::new(body(case))).expect("a valid request")
+}
+
+fn body(case: &Case) -> Bytes {
+    case.body.clone().map(Bytes::from).unwrap_or_default()
 }
 
 async fn own(case: &Case) -> Run {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let (written, replied) = oneshot::channel();
-    tokio::spawn(upstream(theirs, case.clone(), written));
+    let asked = Arc::default();
+    tokio::spawn(upstream(theirs, case.clone(), written, Arc::clone(&asked)));
     let (first, kept) = within(own_exchange(Conn1::new(ours), case))
         .await
         .unwrap_or((Outcome::Hung, None));
@@ -217,7 +252,15 @@ async fn own(case: &Case) -> Run {
         ),
         None => None,
     };
-    Run { first, second }
+    Run {
+        first,
+        second,
+        asked: taken(&asked),
+    }
+}
+
+fn taken(asked: &Mutex<Vec<Asked>>) -> Vec<Asked> {
+    std::mem::take(&mut asked.lock().expect("the upstream never panics"))
 }
 
 /// One request on an own connection: what the client was given, and the connection if
@@ -226,7 +269,7 @@ async fn own_exchange(
     mut conn: Conn1<DuplexStream>,
     case: &Case,
 ) -> (Outcome, Option<Conn1<DuplexStream>>) {
-    let asked = conn.prepare(&request(case), Bytes::new());
+    let asked = conn.prepare(&request(case), body(case));
     match conn.send(asked).await {
         Ok(resp) => {
             let (outcome, body) = outcome(resp).await;
@@ -239,7 +282,8 @@ async fn own_exchange(
 async fn hyper(case: &Case) -> Run {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let (written, replied) = oneshot::channel();
-    tokio::spawn(upstream(theirs, case.clone(), written));
+    let asked = Arc::default();
+    tokio::spawn(upstream(theirs, case.clone(), written, Arc::clone(&asked)));
     // As weir's pool makes its hyper connections (`upstream::hyper_h1`).
     let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(ours))
@@ -250,6 +294,7 @@ async fn hyper(case: &Case) -> Run {
             return Run {
                 first: Outcome::NoResponse(e.to_string()),
                 second: None,
+                asked: taken(&asked),
             };
         }
     };
@@ -276,11 +321,15 @@ async fn hyper(case: &Case) -> Run {
     } else {
         None
     };
-    Run { first, second }
+    Run {
+        first,
+        second,
+        asked: taken(&asked),
+    }
 }
 
 /// One request on hyper's connection: what the client was given.
-async fn hyper_exchange(sender: &mut SendRequest<Empty<Bytes>>, case: &Case) -> Outcome {
+async fn hyper_exchange(sender: &mut SendRequest<Full<Bytes>>, case: &Case) -> Outcome {
     match sender.send_request(request(case)).await {
         Ok(resp) => outcome(resp).await.0,
         Err(e) => Outcome::NoResponse(e.to_string()),
@@ -331,12 +380,19 @@ fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Reads the request head, sends the reply in its pieces and says so on `written`,
-/// answers a second request with [`SECOND`] if one comes before every side waits, and
-/// closes.
-async fn upstream(mut io: DuplexStream, case: Case, written: oneshot::Sender<()>) {
-    if !read_head(&mut io).await {
-        return;
+/// Reads the request, sends the reply in its pieces and says so on `written`, answers a
+/// second request with [`SECOND`] if one comes before every side waits, and closes. Each
+/// request read whole goes on `asked`.
+async fn upstream(
+    mut io: DuplexStream,
+    case: Case,
+    written: oneshot::Sender<()>,
+    asked: Arc<Mutex<Vec<Asked>>>,
+) {
+    let got = |request: Asked| asked.lock().expect("one task at a time").push(request);
+    match read_request(&mut io).await {
+        Some(request) => got(request),
+        None => return,
     }
     let mut cuts: Vec<usize> = case.cuts.iter().map(|&c| c.min(case.reply.len())).collect();
     cuts.sort_unstable();
@@ -350,22 +406,59 @@ async fn upstream(mut io: DuplexStream, case: Case, written: oneshot::Sender<()>
         tokio::task::yield_now().await;
     }
     let _ = written.send(());
-    if let Ok(true) = tokio::time::timeout(SECOND_WAIT, read_head(&mut io)).await {
+    if let Ok(Some(request)) = tokio::time::timeout(SECOND_WAIT, read_request(&mut io)).await {
+        got(request);
         let _ = io.write_all(SECOND).await;
     }
 }
 
-/// Reads up to the end of a request head; false if the connection ends first.
-async fn read_head(io: &mut DuplexStream) -> bool {
+/// Reads a request head and the body its `Content-Length` gives; `None` if the
+/// connection ends first, or the head does not parse (neither side sends one that would
+/// not: the comparison would then miss it).
+async fn read_request(io: &mut DuplexStream) -> Option<Asked> {
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
     while !got.ends_with(b"\r\n\r\n") {
         match io.read(&mut byte).await {
             Ok(1) => got.push(byte[0]),
-            _ => return false,
+            _ => return None,
         }
     }
-    true
+    let mut lines = [httparse::EMPTY_HEADER; 64];
+    let mut head = httparse::Request::new(&mut lines);
+    assert!(
+        head.parse(&got).is_ok_and(|status| status.is_complete()),
+        "a side sent a head that does not parse: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let (mut headers, mut framing) = (Vec::new(), Vec::new());
+    for line in head.headers.iter() {
+        let field = (line.name.to_ascii_lowercase(), line.value.to_vec());
+        match field.0.as_str() {
+            "content-length" | "transfer-encoding" => framing.push(field),
+            _ => headers.push(field),
+        }
+    }
+    headers.sort();
+    framing.sort();
+    let length = framing
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .map_or(0, |(_, value)| {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("a side sent a Content-Length that is not a number")
+        });
+    let mut body = vec![0; length];
+    io.read_exact(&mut body).await.ok()?;
+    Some(Asked {
+        method: head.method?.to_owned(),
+        target: head.path?.to_owned(),
+        headers,
+        framing,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -375,6 +468,7 @@ mod tests {
     fn case(reply: &[u8]) -> Case {
         Case {
             head: false,
+            body: None,
             close: false,
             reply: reply.to_vec(),
             cuts: vec![],
@@ -429,6 +523,53 @@ mod tests {
             let (own, hyper) = both(&case);
             assert_eq!(Run::fault(&own, &hyper), None);
             assert_eq!(own.second, None, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn both_ask_the_upstream_the_same() {
+        for len in [0, 5, 4096, 16 * 1024] {
+            for close in [false, true] {
+                let mut case = case(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                case.body = Some(vec![b'b'; len]);
+                case.close = close;
+                let (own, hyper) = both(&case);
+                assert_eq!(Run::fault(&own, &hyper), None, "{len} bytes, close {close}");
+                // Asked to close, the own side sends no second request.
+                assert_eq!(own.asked.len(), if close { 1 } else { 2 }, "{own:?}");
+                let first = &own.asked[0];
+                assert_eq!((first.method.as_str(), first.body.len()), ("POST", len));
+                // An empty body has no framing line: a client's `Content-Length: 0` on
+                // a `POST` is the pool's (`say_empty_content`), not the connection's.
+                let framing = (len > 0).then(|| ("content-length".to_owned(), len.to_string()));
+                assert_eq!(
+                    first.framing,
+                    framing
+                        .map(|(n, v)| (n, v.into_bytes()))
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_asked_otherwise_is_a_fault() {
+        let mut case = case(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        case.body = Some(b"hello".to_vec());
+        let (own, hyper) = both(&case);
+        assert_eq!(Run::fault(&own, &hyper), None);
+        let mut longer = own.clone();
+        longer.asked[0].body.push(b'!');
+        let mut reframed = own.clone();
+        reframed.asked[1]
+            .framing
+            .push(("transfer-encoding".into(), b"chunked".to_vec()));
+        for own in [longer, reframed] {
+            assert_eq!(
+                Run::fault(&own, &hyper),
+                Some("the upstream was asked something else")
+            );
         }
     }
 
