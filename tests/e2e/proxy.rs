@@ -187,19 +187,7 @@ upstream = "api"
         post("/last", small, true),
     ]
     .concat();
-    let mut conn = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut conn, requests.as_bytes())
-        .await
-        .unwrap();
-    let mut said = Vec::new();
-    tokio::time::timeout(
-        crate::support::WAIT,
-        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut said),
-    )
-    .await
-    .expect("weir closes after the last request")
-    .unwrap();
-    let said = String::from_utf8(said).unwrap();
+    let said = crate::support::raw::converse(weir.addr(), &requests).await;
     let answers: Vec<&str> = said
         .split("HTTP/1.1 ")
         .skip(1)
@@ -286,19 +274,7 @@ upstream = "api"
         "GET /last HTTP/1.1\r\nhost: weir\r\nconnection: close\r\n\r\n".to_owned(),
     ]
     .concat();
-    let mut conn = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut conn, requests.as_bytes())
-        .await
-        .unwrap();
-    let mut said = Vec::new();
-    tokio::time::timeout(
-        crate::support::WAIT,
-        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut said),
-    )
-    .await
-    .expect("weir closes after the last request")
-    .unwrap();
-    let said = String::from_utf8(said).unwrap();
+    let said = crate::support::raw::converse(weir.addr(), &requests).await;
     assert_eq!(said.matches("HTTP/1.1 200 OK").count(), 14, "{said}");
 
     // Path, its framing headers, body length and upstream connection.

@@ -7,6 +7,9 @@
 //!    connection and reads one response: head, then a `content-length` body, or
 //!    everything up to the end of the connection when there is no `content-length`.
 //! 3. Read `status`, `header(name)`, `body` or `json()`.
+//!
+//! `raw::converse(weir.addr(), requests)` writes several pipelined requests at once and
+//! returns everything weir said until it closed the connection.
 
 use std::net::SocketAddr;
 
@@ -42,6 +45,22 @@ impl RawResponse {
             )
         })
     }
+}
+
+/// Writes `requests` (several, pipelined, the last asking to close) in one write on a
+/// new connection to `addr`, and reads everything weir says until it closes. Panics if
+/// it has not closed within [`WAIT`], or said something that is not text.
+pub async fn converse(addr: SocketAddr, requests: &str) -> String {
+    let mut conn = TcpStream::connect(addr).await.expect("connect to weir");
+    conn.write_all(requests.as_bytes())
+        .await
+        .expect("write the requests");
+    let mut said = Vec::new();
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut said))
+        .await
+        .expect("weir closes after the last request")
+        .expect("read what weir said");
+    String::from_utf8(said).expect("weir's answers are text")
 }
 
 /// Sends `request` as it is on a new connection to `addr` and reads one response. Panics
