@@ -1,6 +1,6 @@
 //! An upstream's HTTP/1 response as weir's own exchange reads it (`upstream::h1`, for
-//! requests without a body), against hyper's client connection given the same bytes
-//! (`weir::upstream::h1_compare`).
+//! requests without a body or with a small one in hand), against hyper's client
+//! connection given the same bytes (`weir::upstream::h1_compare`).
 //!
 //! Properties, for any bytes an upstream sends to a `GET`, a `HEAD` or a `POST` with a
 //! body of up to 16 KiB, with or without `Connection: close`, arriving in any pieces,

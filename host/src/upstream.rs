@@ -581,8 +581,8 @@ fn authority_header(origin: &Origin) -> http::HeaderValue {
 /// headers off (`headers::prepare_upstream`), and without one some servers (Google's
 /// front end among them) answer such a `POST` with 411 Length Required. Over HTTP/1, a
 /// `GET`, `HEAD`, `DELETE`, `OPTIONS`, `TRACE` or `CONNECT` without content gets none, as
-/// the RFC asks (over HTTP/2, hyper's client adds one to every method but `GET`, `HEAD`
-/// and `CONNECT`).
+/// the RFC asks (over HTTP/2, hyper's client adds one to every method but `GET`, `HEAD`,
+/// `DELETE` and `CONNECT`).
 fn say_empty_content(req: &mut Request<ProxyBody>) {
     use http::Method;
     if matches!(

@@ -8,8 +8,9 @@
 //! client is its oracle: for any bytes an upstream sends, a client of weir should see
 //! the same status, headers, body and trailers as before, and an error where there was
 //! one. The other way too: the upstream must be asked the same thing by both, the same
-//! method, target, headers and body, with the body framed by the same length. Where a body ends matters as much: a connection reused after a body that ended
-//! too early or too late reads the rest of one response as the next. So each side, when
+//! method, target, headers and body, with the body framed by the same length. Where a
+//! body ends matters as much: a connection reused after a body that ended too early or
+//! too late reads the rest of one response as the next. So each side, when
 //! it keeps the connection, sends a second request on it, which the upstream answers
 //! with [`SECOND`]; the own side must read exactly that.
 //!
@@ -164,7 +165,16 @@ impl Run {
         if own.first == Outcome::Hung || own.second == Some(Outcome::Hung) {
             return Some("the own exchange hung");
         }
-        if own.asked.iter().zip(&hyper.asked).any(|(o, h)| o != h) {
+        // Each side sends the same request each time: every one the upstream read, from
+        // either side, must be hyper's first.
+        let want = hyper.asked.first();
+        if own.asked.first() != want
+            || own
+                .asked
+                .iter()
+                .chain(&hyper.asked)
+                .any(|a| Some(a) != want)
+        {
             return Some("the upstream was asked something else");
         }
         if own.first.differs_from(&hyper.first) {
@@ -183,14 +193,14 @@ impl Run {
 /// What is asked of the upstream and how it answers.
 #[derive(Debug, Clone)]
 pub struct Case {
-    /// `HEAD` rather than `GET`.
+    /// `HEAD` rather than `GET` (when there is no `body`).
     pub head: bool,
     /// A `POST` with this body instead, whole in memory (the own exchange takes up to
     /// 16 KiB).
     pub body: Option<Vec<u8>>,
     /// The request asks to close the connection (`Connection: close`).
     pub close: bool,
-    /// What the upstream sends once the request head has come. Then it waits for a
+    /// What the upstream sends once the whole request (head and body) has come. Then it waits for a
     /// second request (answered with [`SECOND`]) until every side waits, and closes.
     pub reply: Vec<u8>,
     /// Where the upstream pauses while sending `reply` (offsets into it), so that each
@@ -413,8 +423,9 @@ async fn upstream(
 }
 
 /// Reads a request head and the body its `Content-Length` gives; `None` if the
-/// connection ends first, or the head does not parse (neither side sends one that would
-/// not: the comparison would then miss it).
+/// connection ends first. A head that does not parse, or a `Content-Length` that is not
+/// a number, is a side's bug: it panics (a crash for the fuzz target; in a unit test the
+/// request goes missing, which [`Run::fault`] reports).
 async fn read_request(io: &mut DuplexStream) -> Option<Asked> {
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
@@ -559,15 +570,30 @@ mod tests {
         case.body = Some(b"hello".to_vec());
         let (own, hyper) = both(&case);
         assert_eq!(Run::fault(&own, &hyper), None);
+        assert_eq!(
+            (own.asked.len(), hyper.asked.len()),
+            (2, 2),
+            "{own:?}\n{hyper:?}"
+        );
         let mut longer = own.clone();
         longer.asked[0].body.push(b'!');
         let mut reframed = own.clone();
         reframed.asked[1]
             .framing
             .push(("transfer-encoding".into(), b"chunked".to_vec()));
-        for own in [longer, reframed] {
+        // A second request hyper did not send is held to hyper's first.
+        let mut closed = hyper.clone();
+        closed.asked.truncate(1);
+        let mut missing = own.clone();
+        missing.asked.clear();
+        for (own, hyper) in [
+            (longer, &hyper),
+            (reframed.clone(), &hyper),
+            (reframed, &closed),
+            (missing, &hyper),
+        ] {
             assert_eq!(
-                Run::fault(&own, &hyper),
+                Run::fault(&own, hyper),
                 Some("the upstream was asked something else")
             );
         }

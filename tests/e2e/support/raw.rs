@@ -47,7 +47,7 @@ impl RawResponse {
     }
 }
 
-/// Writes `requests` (several, pipelined, the last asking to close) in one write on a
+/// Writes `requests` (several, pipelined, the last asking to close) all at once on a
 /// new connection to `addr`, and reads everything weir says until it closes. Panics if
 /// it has not closed within [`WAIT`], or said something that is not text.
 pub async fn converse(addr: SocketAddr, requests: &str) -> String {
