@@ -20,6 +20,7 @@
 //! bug), that side's exchange, as [`Outcome::Hung`]. Built for tests and the fuzz
 //! target only (`cfg(fuzzing)`), with tokio's `test-util`.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,9 +29,7 @@ use http_body::Body as HttpBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
-
 use tokio::sync::oneshot;
 
 use super::h1::Conn1;
@@ -200,8 +199,9 @@ pub struct Case {
     pub body: Option<Vec<u8>>,
     /// The request asks to close the connection (`Connection: close`).
     pub close: bool,
-    /// What the upstream sends once the whole request (head and body) has come. Then it waits for a
-    /// second request (answered with [`SECOND`]) until every side waits, and closes.
+    /// What the upstream sends once the whole request (head and body) has come. Then it
+    /// waits for a second request (answered with [`SECOND`]) until every side waits, and
+    /// closes.
     pub reply: Vec<u8>,
     /// Where the upstream pauses while sending `reply` (offsets into it), so that each
     /// side reads it in pieces.
@@ -270,7 +270,7 @@ async fn own(case: &Case) -> Run {
 }
 
 fn taken(asked: &Mutex<Vec<Asked>>) -> Vec<Asked> {
-    std::mem::take(&mut asked.lock().expect("the upstream never panics"))
+    std::mem::take(&mut asked.lock().expect("no task panics holding it"))
 }
 
 /// One request on an own connection: what the client was given, and the connection if
@@ -552,14 +552,11 @@ mod tests {
                 assert_eq!((first.method.as_str(), first.body.len()), ("POST", len));
                 // An empty body has no framing line: a client's `Content-Length: 0` on
                 // a `POST` is the pool's (`say_empty_content`), not the connection's.
-                let framing = (len > 0).then(|| ("content-length".to_owned(), len.to_string()));
-                assert_eq!(
-                    first.framing,
-                    framing
-                        .map(|(n, v)| (n, v.into_bytes()))
-                        .into_iter()
-                        .collect::<Vec<_>>()
-                );
+                let framing = match len {
+                    0 => vec![],
+                    len => vec![("content-length".to_owned(), len.to_string().into_bytes())],
+                };
+                assert_eq!(first.framing, framing);
             }
         }
     }
