@@ -10,7 +10,44 @@ stop_started() {
     done
     wait 2>/dev/null || true
 }
-trap stop_started EXIT
+# With --pause-damon (run.sh, stalls.sh), the kernel's DAMON monitors that are on are
+# turned off for the run and back on when the script exits, however it exits. On some VMs
+# (this project's among them) `kdamond` samples the physical memory every 500 ms and holds
+# a CPU for 1-7 ms each time, which lands in every open-loop tail (bench/README.md, "The
+# fourteenth round" and "The seventeenth round"). Needs root; the DAMON settings are kept.
+DAMON_ADMIN=/sys/kernel/mm/damon/admin/kdamonds
+DAMON_PAUSED=()
+pause_damon() {
+    local state
+    for state in "$DAMON_ADMIN"/*/state; do
+        [ -e "$state" ] && [ "$(cat "$state")" = on ] || continue
+        if ! echo off >"$state" 2>/dev/null; then
+            say "cannot turn DAMON off ($state): --pause-damon needs root"
+            exit 1
+        fi
+        DAMON_PAUSED+=("$state")
+        say "DAMON paused for this run: $state (turned back on when the script exits)"
+    done
+}
+# What DAMON does during the run, for the results: "paused", "on", or "not running".
+damon_state() {
+    if [ ${#DAMON_PAUSED[@]} -gt 0 ]; then
+        echo "paused for the run (--pause-damon)"
+    elif grep -qx on "$DAMON_ADMIN"/*/state 2>/dev/null; then
+        echo "on (kdamond running; --pause-damon turns it off for a run)"
+    else
+        echo "not running"
+    fi
+}
+resume_damon() {
+    local state
+    for state in "${DAMON_PAUSED[@]:-}"; do
+        [ -n "$state" ] || continue
+        echo on >"$state" 2>/dev/null || say "could not turn DAMON back on: run 'echo on > $state'"
+    done
+    DAMON_PAUSED=()
+}
+trap 'stop_started; resume_damon' EXIT
 trap 'exit 130' INT TERM
 
 # Installs the Debian packages named, if any (scripts/apt-install.sh: root or sudo, and

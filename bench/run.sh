@@ -11,6 +11,8 @@
 #   bench/run.sh --rows direct,nginx,weir-empty --open-share 25 --out FILE
 #                           the open loop at a quarter of nginx's maximum, not half
 #                           (the p99 targets are then not judged)
+#   bench/run.sh --pause-damon   the kernel's DAMON monitor off for the run, back on after
+#                           (root; RESULTS.md says so): a quieter machine on VMs that run it
 #
 # Needs 2 cores, root (or sudo) for apt-get when nginx, haproxy or wrk are missing, and
 # a quiet machine: anything else running shows up in every number.
@@ -35,6 +37,7 @@ FANOUT_TARGETS=500       # row weir-fanout: the upstreams one request goes to (m
 FANOUT_PORT=19000        # on ports FANOUT_PORT.. of the bench upstream,
 FANOUT_CONNECTIONS=8     # with this many connections in its closed loop
 QUICK=0
+PAUSE_DAMON=0
 ROWS="$ALL_ROWS"
 OUT=""                   # default: bench/RESULTS.md, except for --quick
 OPEN_SHARE=50            # the open loop's rate, in % of the base row's closed-loop maximum
@@ -54,8 +57,10 @@ while [ $# -gt 0 ]; do
             OUT="$2"; shift ;;
         --open-share)
             OPEN_SHARE="$2"; shift ;;
+        --pause-damon)
+            PAUSE_DAMON=1 ;;
         -h|--help)
-            sed -n '2,16p' "$0"; exit 0 ;;
+            sed -n '2,18p' "$0"; exit 0 ;;
         *)
             echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -345,6 +350,8 @@ EOF
 
 # === run ===
 
+[ "$PAUSE_DAMON" = 0 ] || pause_damon
+
 say "starting the upstream on CPU $LOAD_CPU"
 check_port_free "$UPSTREAM_PORT"
 UPSTREAM_ARGS=("127.0.0.1:$UPSTREAM_PORT")
@@ -542,7 +549,7 @@ stop_peer
 
 # === report ===
 
-MACHINE="$(nproc --all) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr)"
+MACHINE="$(nproc --all) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr); DAMON: $(damon_state)"
 COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(cd "$ROOT" && git status --porcelain 2>/dev/null | grep -v '^??' || true)" ]; then
     COMMIT="$COMMIT (with uncommitted changes)"

@@ -4,6 +4,7 @@
 #   bench/stalls.sh                        nginx and weir-empty, twice each, at 20000 req/s
 #   bench/stalls.sh nginx hyper weir-empty 3 --rate 19000
 #   WEIR_BIN=/tmp/weir-old bench/stalls.sh another build of weir
+#   bench/stalls.sh --pause-damon          with the kernel's DAMON monitor off (common.sh)
 #
 # Rows are those of cpusplit.sh: nginx, hyper (the bare hyper proxy) and the weir rows that
 # answer 200 on 18084 from configs/ROW.toml. Each runs pinned to CPU 0 as in run.sh; the
@@ -31,9 +32,11 @@ ROWS=()
 REPEATS=2
 RATE=20000
 SECONDS_OPEN=10
+PAUSE_DAMON=0
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --pause-damon) PAUSE_DAMON=1 ;;
         --rate)
             RATE="${2:-}"; [ $# -ge 2 ] && shift
             [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { say "--rate takes requests per second (got '$RATE')"; exit 2; } ;;
@@ -65,6 +68,8 @@ build_binaries
 check_noop_component "${ROWS[@]}"
 
 start_cpu1_upstream "$BENCH/.run/stalls"
+[ "$PAUSE_DAMON" = 0 ] || pause_damon
+say "DAMON: $(damon_state)"
 
 for i in $(seq 1 "$REPEATS"); do
     for row in "${ROWS[@]}"; do
