@@ -1,4 +1,4 @@
-# Shared by run.sh, profile.sh, cpusplit.sh and stalls.sh, which source it after setting BENCH, ROOT and say()
+# Shared by run.sh, profile.sh, cpusplit.sh, stalls.sh and slow-clients.sh, which source it after setting BENCH, ROOT and say()
 # (profile.sh also TOOLS). Stops the processes they start when they exit, installs what is missing and
 # builds the binaries under test.
 
@@ -10,31 +10,46 @@ stop_started() {
     done
     wait 2>/dev/null || true
 }
-# With --pause-damon (run.sh, stalls.sh), the kernel's DAMON monitors that are on are
-# turned off for the run and back on when the script exits, however it exits. On some VMs
-# (this project's among them) `kdamond` samples the physical memory every 500 ms and holds
-# a CPU for 1-7 ms each time, which lands in every open-loop tail (bench/README.md, "The
-# fourteenth round" and "The seventeenth round"). Needs root; the DAMON settings are kept.
+# With --pause-damon (run.sh, stalls.sh), the kernel's DAMON monitors that were started
+# through its sysfs interface and are on are turned off for the run, and back on when the
+# script exits, however it exits. On some VMs (this project's among them) `kdamond`
+# samples the physical memory every 500 ms and holds a CPU for 1-7 ms each time, which
+# lands in every open-loop tail (bench/README.md, "The fourteenth round" and "The
+# seventeenth round"). Needs root; DAMON's settings are kept.
 DAMON_ADMIN=/sys/kernel/mm/damon/admin/kdamonds
 DAMON_PAUSED=()
 pause_damon() {
     local state
     for state in "$DAMON_ADMIN"/*/state; do
-        [ -e "$state" ] && [ "$(cat "$state")" = on ] || continue
-        if ! echo off >"$state" 2>/dev/null; then
-            say "cannot turn DAMON off ($state): --pause-damon needs root"
+        [ -e "$state" ] || continue
+        if [ ! -r "$state" ] || [ ! -w "$state" ]; then
+            say "cannot read or write $state: --pause-damon needs root"
             exit 1
         fi
+        [ "$(cat "$state")" = on ] || continue
+        # Noted first, so that the exit turns it back on whatever happens next.
         DAMON_PAUSED+=("$state")
+        if ! { echo off >"$state"; } 2>/dev/null; then
+            say "could not turn DAMON off: $state"
+            exit 1
+        fi
         say "DAMON paused for this run: $state (turned back on when the script exits)"
     done
 }
-# What DAMON does during the run, for the results: "paused", "on", or "not running".
+# What DAMON did during the run, for the results. The kdamond threads are counted by
+# name, which needs no root and also finds monitors started by a kernel module
+# (DAMON_RECLAIM and the like), which --pause-damon leaves alone.
 damon_state() {
+    local running
+    running="$(pgrep -c '^kdamond' || true)"
     if [ ${#DAMON_PAUSED[@]} -gt 0 ]; then
-        echo "paused for the run (--pause-damon)"
-    elif grep -qx on "$DAMON_ADMIN"/*/state 2>/dev/null; then
-        echo "on (kdamond running; --pause-damon turns it off for a run)"
+        if [ "${running:-0}" -gt 0 ]; then
+            echo "paused for the run (--pause-damon), but $running kdamond thread(s) not started through sysfs ran"
+        else
+            echo "paused for the run (--pause-damon)"
+        fi
+    elif [ "${running:-0}" -gt 0 ]; then
+        echo "on ($running kdamond thread(s); --pause-damon turns those started through sysfs off for a run)"
     else
         echo "not running"
     fi
@@ -43,11 +58,13 @@ resume_damon() {
     local state
     for state in "${DAMON_PAUSED[@]:-}"; do
         [ -n "$state" ] || continue
-        echo on >"$state" 2>/dev/null || say "could not turn DAMON back on: run 'echo on > $state'"
+        { echo on >"$state"; } 2>/dev/null || say "could not turn DAMON back on: run 'echo on > $state' as root"
     done
     DAMON_PAUSED=()
 }
-trap 'stop_started; resume_damon' EXIT
+# DAMON first: stop_started waits for processes, and a second Ctrl-C during that wait
+# ends the script without running this trap again.
+trap 'resume_damon; stop_started' EXIT
 trap 'exit 130' INT TERM
 
 # Installs the Debian packages named, if any (scripts/apt-install.sh: root or sudo, and
