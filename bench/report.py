@@ -15,8 +15,10 @@ more kinds of line feed the targets:
   the last target, CPU is per target call, errors include targets that failed;
 - `otlp  weir-otlp  N  EXPORTED  QUEUE_FULL  EXPORT_FAILED  ...`: the spans the weir-otlp
   row's process exported and dropped by the end of closed-loop run N (warm-up included).
-- `busy  ROW  N  PROXY%  LOAD%  ...`: how busy the proxy's CPU and the load CPU were
-  (from /proc/stat, kernel included) during open-loop run N of ROW.
+- `busy  ROW  N  PROXY%  LOAD%  PROXY_STEAL_MS  LOAD_STEAL_MS ...`: how busy the proxy's
+  CPU and the load CPU were (from /proc/stat, kernel included) during open-loop run N of
+  ROW, and how long the hypervisor took each from the VM meanwhile (steal; empty in
+  results from before it was recorded).
 
 After the tables it checks the targets: issue #6's (a)–(f), issue #13's (g) and issue #16's, each
 with its measured value and whether it is met; see bench/README.md, "Targets".
@@ -189,11 +191,21 @@ def main():
           f"{BUSY_PROXY_CPU} % busy or more kept up, but its requests mostly waited in line: "
           "*added p99* marks it as queueing.")
         w("")
-        w("| row | proxy CPU busy | load CPU busy |")
-        w("| --- | ---: | ---: |")
+        w("*Steal* is how long the hypervisor gave each CPU to something else while the VM "
+          "wanted it (from /proc/stat, in 10 ms ticks), in each repeat: no task on the VM "
+          "shows such a stall, and every request due meanwhile waits it out.")
+        w("")
+        w("| row | proxy CPU busy | load CPU busy | steal a repeat, proxy CPU | load CPU |")
+        w("| --- | ---: | ---: | ---: | ---: |")
+
+        def steals(key, i):
+            ms = [r[i] for r in runs[("busy", key)] if r[i] is not None]
+            return ", ".join(f"{m:.0f}" for m in ms) + " ms" if ms else "–"
+
         for key, label in busy_rows:
             proxy, load = med("busy", key, 0), med("busy", key, 1)
-            w(f"| {label} | {'–' if key == 'direct' else f'{proxy:.0f} %'} | {load:.0f} % |")
+            w(f"| {label} | {'–' if key == 'direct' else f'{proxy:.0f} %'} | {load:.0f} % | "
+              f"{steals(key, 2)} | {steals(key, 3)} |")
         w("")
     if ("closed", "weir-full-redis") in runs:
         trips = med("redis", "weir-full-redis", 0)

@@ -311,6 +311,18 @@ cpu_busy_total() {
         print total - $5 - $6 - $9, total }' /proc/stat
 }
 
+# CPU $1's steal time so far, in clock ticks: time the hypervisor gave the CPU to
+# something else while this VM wanted it. No task on the VM shows it, so a stall it
+# causes is one that `stalls.sh` finds no task behind.
+cpu_steal() {
+    awk -v cpu="cpu$1" '$1 == cpu { print $9 }' /proc/stat
+}
+
+# Milliseconds of steal between two cpu_steal readings.
+steal_ms() {
+    echo $(( ($2 - $1) * 1000 / CLK_TCK ))
+}
+
 # The share of a CPU's time that was busy between two cpu_busy_total readings, in %.
 busy_share() {
     local b0 t0 b1 t1
@@ -325,17 +337,22 @@ busy_share() {
 # its processes, kernel included): a busy load CPU queues requests in the client and
 # the upstream, and that queueing is in every p99 the row reports.
 open_loop() {
-    local row="$1" repeat="$2" port json p0 p1 l0 l1
+    local row="$1" repeat="$2" port json p0 p1 l0 l1 ps0 ps1 ls0 ls1
     port="$(port_of "$row")"
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "http://127.0.0.1:$port/bench" >/dev/null
     json="$RUN/openloop-$row-$repeat.json"
     p0="$(cpu_busy_total "$PROXY_CPU")"
     l0="$(cpu_busy_total "$LOAD_CPU")"
+    ps0="$(cpu_steal "$PROXY_CPU")"
+    ls0="$(cpu_steal "$LOAD_CPU")"
     taskset -c "$LOAD_CPU" "$OPENLOOP" "127.0.0.1:$port" /bench "$RATE" "$CONNECTIONS" "$OPEN_DURATION" >"$json"
     p1="$(cpu_busy_total "$PROXY_CPU")"
     l1="$(cpu_busy_total "$LOAD_CPU")"
-    printf 'busy\t%s\t%s\t%s\t%s\t\t\t\t0\n' "$row" "$repeat" \
-        "$(busy_share "$p0" "$p1")" "$(busy_share "$l0" "$l1")" >>"$RESULTS"
+    ps1="$(cpu_steal "$PROXY_CPU")"
+    ls1="$(cpu_steal "$LOAD_CPU")"
+    printf 'busy\t%s\t%s\t%s\t%s\t%s\t%s\t\t0\n' "$row" "$repeat" \
+        "$(busy_share "$p0" "$p1")" "$(busy_share "$l0" "$l1")" \
+        "$(steal_ms "$ps0" "$ps1")" "$(steal_ms "$ls0" "$ls1")" >>"$RESULTS"
     python3 - "$json" "$row" "$repeat" >>"$RESULTS" <<'EOF'
 import json, sys
 path, row, repeat = sys.argv[1:]
@@ -345,7 +362,7 @@ d = json.load(open(path))
 errors = d["errors"]
 print(f"open\t{row}\t{repeat}\t{d['rps']:.1f}\t{d['p50_us']:.1f}\t{d['p99_us']:.1f}\t\t\t{errors}")
 EOF
-    say "  $row #$repeat open loop: $(tail -1 "$RESULTS" | cut -f4-6,9 | tr '\t' ' ') (rps p50us p99us errors); CPU busy: $(grep "^busy	$row	$repeat	" "$RESULTS" | cut -f4,5 | tr '\t' ' ') % (proxy load)"
+    say "  $row #$repeat open loop: $(tail -1 "$RESULTS" | cut -f4-6,9 | tr '\t' ' ') (rps p50us p99us errors); CPU busy: $(grep "^busy	$row	$repeat	" "$RESULTS" | cut -f4,5 | tr '\t' ' ') % (proxy load); steal: $(grep "^busy	$row	$repeat	" "$RESULTS" | cut -f6,7 | tr '\t' ' ') ms"
 }
 
 # === run ===
