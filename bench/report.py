@@ -299,6 +299,10 @@ def targets(w, med, runs_of, ready, direct_open_p99, rate):
             value += f"; weir's CPU was {busy['weir-empty']:.0f} % busy"
             if busy["nginx"] is not None:
                 value += f", nginx's {busy['nginx']:.0f} %"
+            # The open-loop client and the upstream share the load CPU: near its limit,
+            # they queue every row's requests too.
+            if (load := med("busy", "weir-empty", 1)) is not None:
+                value += f", the load CPU's {load:.0f} %"
         return (label, value, verdict(ok) if ok is not None else "not measurable on this machine")
 
     rows = []
