@@ -24,14 +24,22 @@
 //!    confirm the reload by `/status`'s config hash and `weir_reloads_total`.
 //! 5. Every [`SAMPLE_EVERY`], read weir's RSS and open file descriptors from `/proc`, and
 //!    `weir_runtime_alive_tasks` from `/metrics`; print a line of the table.
-//! 6. Compare the first sample with the last (each within [`TOLERANCE`]; open
-//!    descriptors may fall, as the upstream pool closes idle connections), and require
-//!    that every request got a 2xx through the whole chain.
+//! 6. Compare the highest RSS of the second half of the samples with the highest of the
+//!    first half, and the first sample's open descriptors and tasks with the last's
+//!    (each within [`TOLERANCE`]; open descriptors may fall, as the upstream pool closes
+//!    idle connections), and require that every request got a 2xx through the whole
+//!    chain.
 //!
-//! weir runs with glibc's default malloc settings, as in production. Reloads build on one
-//! long-lived thread (see `builder` in `host/src/reload.rs`): built on tokio's blocking
-//! threads, each reload's router took another arena's memory and RSS climbed about
-//! 3 MiB at each of the first reloads, which this test caught.
+//! RSS is judged by its peaks, not by two single samples. What the allocator keeps
+//! around a reload comes and goes: with a reload every 10 s for 160 s, RSS moved between
+//! 67 and 74 MiB with no trend, so one sample against another differed by up to 10 %
+//! without any leak, and a 180 s run once failed so. A leak raises every peak after it.
+//!
+//! weir runs with its own allocator (mimalloc, `host/src/main.rs`), as in production.
+//! Reloads build on one long-lived thread (see `builder` in `host/src/reload.rs`): when
+//! weir ran on glibc's malloc and built on tokio's blocking threads, each reload's router
+//! took another arena's memory and RSS climbed about 3 MiB at each of the first reloads,
+//! which this test caught.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -568,12 +576,14 @@ async fn soak_stays_flat_across_reloads_at_half_the_maximum_rate() {
                 problems.push(line);
             }
         };
+    let (early, late) = samples.split_at(samples.len() / 2);
+    let peak = |half: &[Sample]| half.iter().map(|s| s.rss / 1024).max().unwrap_or(0) as f64;
     check(
-        "RSS (KiB)",
-        (first.rss / 1024) as f64,
-        (last.rss / 1024) as f64,
+        "peak RSS (KiB), first half -> second half",
+        peak(early),
+        peak(late),
         0.0,
-        flat,
+        no_growth,
     );
     check(
         "open fds",
